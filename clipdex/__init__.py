@@ -1,0 +1,51 @@
+"""clipdex: zero-shot classification and semantic search for photo collections.
+
+The public API: :class:`Index` (open, add folders, search), the result types,
+the model registry and the error tree. Heavy dependencies (torch, open_clip)
+load on first use.
+"""
+
+from clipdex.errors import (
+    ClipdexError,
+    EmptyIndex,
+    ImageDecodeError,
+    IndexLocked,
+    IndexNotFound,
+    IndexVersionError,
+    ModelError,
+    ModelMismatch,
+    ModelUnavailable,
+    PhotoFolderError,
+    QueryError,
+    UnknownModel,
+)
+from clipdex.index import Index, IndexStatus
+from clipdex.indexer import Failure, IndexReport, IndexSettings
+from clipdex.models import ModelSpec, list_models, resolve_model
+from clipdex.search import QueryTerm, SearchResult, parse_query
+
+__all__ = [
+    "ClipdexError",
+    "EmptyIndex",
+    "Failure",
+    "ImageDecodeError",
+    "Index",
+    "IndexLocked",
+    "IndexNotFound",
+    "IndexReport",
+    "IndexSettings",
+    "IndexStatus",
+    "IndexVersionError",
+    "ModelError",
+    "ModelMismatch",
+    "ModelSpec",
+    "ModelUnavailable",
+    "PhotoFolderError",
+    "QueryError",
+    "QueryTerm",
+    "SearchResult",
+    "UnknownModel",
+    "list_models",
+    "parse_query",
+    "resolve_model",
+]

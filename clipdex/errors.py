@@ -1,0 +1,135 @@
+"""Every error clipdex raises on purpose.
+
+    ClipdexError                  base: what went wrong, where, and what to do
+    ├── ModelError
+    │   ├── UnknownModel          a name that is neither in the registry nor open_clip's
+    │   ├── ModelUnavailable      weights missing and not downloadable
+    │   └── ModelMismatch         index holds vectors of another model
+    ├── IndexError_
+    │   ├── IndexNotFound         no index where one was expected
+    │   ├── IndexVersionError     index written by a newer clipdex
+    │   ├── IndexLocked           another process is writing the index
+    │   └── EmptyIndex            nothing indexed for the model yet
+    ├── PhotoFolderError          missing, empty or unreadable folder to index
+    ├── ImageDecodeError          one image that cannot be used (recorded, not fatal)
+    └── QueryError                a search query that cannot be understood
+
+Messages end in what to do. The CLI and the web app turn these into exit codes
+and pages; nothing below them prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ClipdexError(Exception):
+    """Base of every error clipdex raises on purpose."""
+
+
+class ModelError(ClipdexError):
+    """Something is wrong with the model that was asked for."""
+
+
+class UnknownModel(ModelError):
+    """The model name is not in the registry and is not an open_clip architecture."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.model = name
+        shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
+        super().__init__(
+            f"unknown model {name!r}. Known names: {shown}. "
+            "Run `clipdex models list` for the registry, use ARCH/PRETRAINED for any "
+            "open_clip model (e.g. ViT-B-16/laion2b_s34b_b88k), or give a custom "
+            "architecture with --model-config FILE.json --weights FILE."
+        )
+
+
+class ModelUnavailable(ModelError):
+    """The weights are not on disk and cannot be downloaded."""
+
+    def __init__(self, model: str, looked: str, reason: str, fix: str) -> None:
+        self.model = model
+        self.looked = looked
+        super().__init__(
+            f"weights for model {model!r} are not available: {reason}. "
+            f"Looked in: {looked}. {fix}"
+        )
+
+
+class ModelMismatch(ModelError):
+    """The index holds vectors of another model than the one asked for."""
+
+    def __init__(self, asked: str, present: list[str], index: Path, hint: str) -> None:
+        self.model = asked
+        self.present = present
+        self.index = index
+        super().__init__(
+            f"index {index} holds vectors of {', '.join(present) or 'no model'}, "
+            f"not of {asked!r}. {hint}"
+        )
+
+
+class IndexError_(ClipdexError):
+    """Something is wrong with an on-disk index."""
+
+
+class IndexNotFound(IndexError_):
+    def __init__(self, index: Path) -> None:
+        self.index = index
+        super().__init__(
+            f"no clipdex index at {index}. Create one with `clipdex index PHOTO_DIR"
+            f" --index {index}`, or point --index (or CLIPDEX_INDEX) at an existing one."
+        )
+
+
+class IndexVersionError(IndexError_):
+    def __init__(self, index: Path, found: int, supported: int) -> None:
+        self.index = index
+        super().__init__(
+            f"index {index} has schema version {found}, but this clipdex reads up to "
+            f"version {supported}. Upgrade clipdex (pip install -U clipdex) to open it."
+        )
+
+
+class IndexLocked(IndexError_):
+    def __init__(self, index: Path, holder: str) -> None:
+        self.index = index
+        super().__init__(
+            f"index {index} is being written by another clipdex process ({holder}). "
+            "Wait for it to finish, or pass --wait to queue behind it."
+        )
+
+
+class EmptyIndex(IndexError_):
+    def __init__(self, index: Path, model: str) -> None:
+        self.index = index
+        self.model = model
+        super().__init__(
+            f"index {index} has no photos encoded with {model!r} yet. "
+            f"Run `clipdex index PHOTO_DIR --index {index}` first."
+        )
+
+
+class PhotoFolderError(ClipdexError):
+    def __init__(self, path: Path, problem: str, fix: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {problem}. {fix}")
+
+
+class ImageDecodeError(ClipdexError):
+    """One image cannot be used; the indexer records it and moves on."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class QueryError(ClipdexError):
+    def __init__(self, query: str, problem: str) -> None:
+        self.query = query
+        super().__init__(
+            f"cannot understand query {query!r}: {problem}. "
+            "See `clipdex search --help` for the query syntax."
+        )

@@ -1,0 +1,252 @@
+"""The public face of an index: open it, add folders, search it.
+
+    >>> from clipdex import Index
+    >>> with Index.open("~/.clipdex-photos", create=True) as index:
+    ...     index.add("~/Pictures")
+    ...     for hit in index.search("dog in the snow", k=5):
+    ...         print(hit.rank, f"{hit.score:.3f}", hit.path)
+
+The CLI and the web app are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipdex.errors import EmptyIndex, ModelError, ModelMismatch, QueryError
+from clipdex.indexer import IndexReport, Indexer, IndexSettings, Progress, check_folder
+from clipdex.models.registry import ModelSpec, resolve_model
+from clipdex.search import QueryTerm, SearchResult, combine, parse_query, rank
+from clipdex.settings import default_index_dir
+from clipdex.store import FileRecord, ModelRecord, Store
+
+if TYPE_CHECKING:
+    from clipdex.models.encoder import Encoder
+
+MAX_K = 10_000
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    key: str
+    name: str
+    dim: int
+    photos: int
+    precision: str
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """What an index holds."""
+
+    path: str
+    roots: list[str]
+    indexed: int
+    failed: int
+    models: list[ModelStatus]
+
+
+class Index:
+    """An on-disk photo index and the model that searches it."""
+
+    def __init__(self, store: Store, requested: ModelSpec | None, device: str | None) -> None:
+        self.store = store
+        self.requested = requested
+        self.device = device
+        self._encoder: Encoder | None = None
+        self._spec: ModelSpec | None = None
+        self._searchable: tuple[int, tuple[np.ndarray, list[str], np.ndarray]] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        model: str | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        model_config: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        create: bool = False,
+    ) -> "Index":
+        """Open the index at ``path`` (default: CLIPDEX_INDEX or ~/.local/share/clipdex/index).
+
+        ``model``, ``weights`` and ``model_config`` name the model to use (see
+        :func:`clipdex.models.resolve_model`); without them an existing index uses
+        the model it was built with, and a new one the registry's default.
+        """
+        requested = None
+        if model or weights or model_config:
+            requested = resolve_model(model, weights, model_config)
+        store = Store.open(Path(path) if path else default_index_dir(), create=create)
+        return cls(store, requested, device)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    # -- the model ------------------------------------------------------------
+    def model_record(self) -> ModelRecord:
+        """The index's record of the model in use (raises if it has no vectors of it)."""
+        records = self.store.models()
+        if self.requested is not None:
+            record = self.store.get_model(self.requested.key)
+            if record is None:
+                if records:
+                    raise ModelMismatch(
+                        self.requested.key, [r.key for r in records], self.path,
+                        f"Search with the index's model (--model {records[0].name}, or no --model), "
+                        f"or first run `clipdex index PHOTO_DIR --add-model` with this model.")
+                raise EmptyIndex(self.path, self.requested.key)
+            return record
+        if not records:
+            raise EmptyIndex(self.path, "any model")
+        return records[0]
+
+    def spec(self) -> ModelSpec:
+        """The model spec in use: the one asked for, else the one the index was built with."""
+        if self._spec is None:
+            if self.requested is not None:
+                self._spec = self.requested
+            else:
+                records = self.store.models()
+                self._spec = ModelSpec.from_json(records[0].spec_json) if records else resolve_model()
+                if self._spec.weights and not os.path.isfile(self._spec.weights):
+                    raise ModelError(
+                        f"index {self.path} was built with weights {self._spec.weights}, which no "
+                        f"longer exist. Pass them again with --weights FILE"
+                        + (" --model-config FILE.json" if self._spec.config else "") + ".")
+        return self._spec
+
+    @property
+    def encoder(self) -> "Encoder":
+        """The model, built on first use."""
+        if self._encoder is None:
+            from clipdex.models.encoder import Encoder
+
+            self._encoder = Encoder(self.spec(), device=self.device)
+        return self._encoder
+
+    # -- writing --------------------------------------------------------------
+    def add(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        settings: IndexSettings | None = None,
+        progress: Progress | None = None,
+        allow_new_model: bool = False,
+        wait: bool = False,
+    ) -> IndexReport:
+        """Index ``folder`` recursively: new and changed photos are encoded, deleted ones dropped.
+
+        An index that already holds another model's vectors is left alone unless
+        ``allow_new_model`` (the new model's vectors are then added beside them).
+        """
+        check_folder(folder)
+        spec = self.spec()
+        records = self.store.models()
+        record = self.store.get_model(spec.key)
+        if record is None and records and not allow_new_model:
+            raise ModelMismatch(
+                spec.key, [r.key for r in records], self.path,
+                "Pass --add-model to add this model's vectors beside them (nothing is "
+                "removed), use that model instead, or choose another index with --index DIR.")
+        self.store.acquire_lock(wait=wait)
+        try:
+            encoder = self.encoder
+            if record is None:  # a new model: build it now to learn its dimension
+                encoder.load()
+                record = self.store.add_model(spec.key, spec.name, spec.to_json(), encoder.dim,
+                                              encoder.logit_scale, "fp32")
+            elif spec.weights and record.spec_json != spec.to_json():
+                self.store.update_model_spec(record.id, spec.to_json())  # weights moved
+            report = Indexer(encoder, self.store, settings).run(folder, record, progress)
+        finally:
+            self.store.release_lock()
+            self._searchable = None
+        return report
+
+    # -- reading --------------------------------------------------------------
+    def searchable(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(file ids, paths, vectors) of every searchable photo, cached until the index changes."""
+        record = self.model_record()
+        stamp = hash((record.rows, self.store.conn.total_changes,
+                      self.store.conn.execute("PRAGMA data_version").fetchone()[0]))
+        if self._searchable is None or self._searchable[0] != stamp:
+            self._searchable = (stamp, self.store.searchable(record))
+        return self._searchable[1]
+
+    def query_vector(self, query: str | list[QueryTerm]) -> np.ndarray:
+        """The normalised vector of a query (text, ``@image``, weights, negatives)."""
+        terms = parse_query(query) if isinstance(query, str) else query
+        texts = [t.value for t in terms if t.kind == "text"]
+        text_vectors = iter(self.encoder.encode_texts(texts) if texts else [])
+        vectors = [next(text_vectors) if t.kind == "text" else self._image_vector(t.value)
+                   for t in terms]
+        return combine(vectors, [t.weight for t in terms])
+
+    def search(self, query: str | list[QueryTerm], k: int = 10, *, offset: int = 0) -> list[SearchResult]:
+        """The ``k`` photos most similar to ``query``, best first (cosine scores)."""
+        if not 1 <= k <= MAX_K:
+            raise QueryError(str(query), f"k must be between 1 and {MAX_K}")
+        ids, paths, vectors = self.searchable()
+        if not paths:
+            raise EmptyIndex(self.path, self.model_record().key)
+        rows, scores = rank(self.query_vector(query), vectors, k, offset)
+        return [SearchResult(rank=offset + i + 1, score=float(s), path=paths[r], file_id=int(ids[r]))
+                for i, (r, s) in enumerate(zip(rows, scores))]
+
+    def _image_vector(self, ref: str) -> np.ndarray:
+        """A query image: a photo of the index (stored vector) or any image file."""
+        record = self.model_record()
+        found = self._find_indexed(ref)
+        if found is not None and found.content_hash:
+            vector = self.store.vector_for_hash(record, found.content_hash)
+            if vector is not None:
+                return vector
+        path = os.path.expanduser(ref)
+        if os.path.isfile(path):
+            from clipdex.decode import load_image
+
+            with open(path, "rb") as f:
+                image = load_image(f.read(), path)
+            return self.encoder.encode_pil([image])[0]
+        raise QueryError(f"@{ref}", f"{ref!r} is neither an image file nor a photo of the index")
+
+    def _find_indexed(self, ref: str) -> FileRecord | None:
+        exact = self.store.file_by_path(os.path.abspath(os.path.expanduser(ref)))
+        if exact is not None and exact.status == "ok":
+            return exact
+        if os.sep in ref:
+            return None
+        named = self.store.files_named(ref)
+        if len(named) > 1:
+            shown = ", ".join(f.path for f in named[:5])
+            raise QueryError(f"@{ref}", f"{len(named)} photos are named {ref!r} ({shown}); give a path")
+        return named[0] if named else None
+
+    def status(self) -> IndexStatus:
+        counts = self.store.counts()
+        models = [ModelStatus(key=r.key, name=r.name, dim=r.dim, photos=self.store.count_for_model(r),
+                              precision=r.precision) for r in self.store.models()]
+        return IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
+                           failed=counts.get("failed", 0), models=models)
+
+    def failures(self) -> list[FileRecord]:
+        """Files that could not be indexed, with their reasons."""
+        return self.store.failures()

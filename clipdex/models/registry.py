@@ -1,0 +1,205 @@
+"""The model registry: short names for open_clip models, kept as data.
+
+``registry.toml`` beside this file maps names and aliases to an open_clip
+architecture and pretrained tag. :func:`resolve_model` turns what a user typed
+(a registry name, ``ARCH/TAG``, a local weights file, a custom architecture
+JSON) into a :class:`ModelSpec`; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from clipdex.errors import ModelError, UnknownModel
+from clipdex.settings import cache_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REGISTRY_FILE = Path(__file__).with_name("registry.toml")
+FINGERPRINT_BYTES = 16  # hex digits of the weights' sha256 kept in a model key
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One named model of the registry."""
+
+    name: str
+    arch: str
+    pretrained: str
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a model and to tell its vectors apart.
+
+    ``arch`` is an open_clip architecture; ``pretrained`` a tag whose preprocessing
+    (mean, std, QuickGELU) applies; ``weights`` a local checkpoint that replaces the
+    download; ``config`` a custom architecture (an open_clip model-config dict).
+    """
+
+    name: str
+    arch: str
+    pretrained: str | None = None
+    weights: str | None = None
+    weights_sha256: str | None = None
+    config: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def key(self) -> str:
+        """Identity of the vectors this model makes: architecture plus weights."""
+        if self.weights_sha256:
+            return f"{self.arch}@sha256:{self.weights_sha256[:FINGERPRINT_BYTES]}"
+        return f"{self.arch}/{self.pretrained}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        return cls(**json.loads(text))
+
+
+@lru_cache(maxsize=1)
+def _load_registry() -> tuple[str, dict[str, RegistryEntry]]:
+    data = tomllib.loads(REGISTRY_FILE.read_text(encoding="utf-8"))
+    entries = {
+        name: RegistryEntry(
+            name=name,
+            arch=table["arch"],
+            pretrained=table["pretrained"],
+            aliases=tuple(table.get("aliases", ())),
+            description=table.get("description", ""),
+        )
+        for name, table in data["models"].items()
+    }
+    return data["default"], entries
+
+
+def list_models() -> list[RegistryEntry]:
+    """The registry's entries, in file order."""
+    return list(_load_registry()[1].values())
+
+
+def default_model_name() -> str:
+    return _load_registry()[0]
+
+
+def get_registry_entry(name: str) -> RegistryEntry | None:
+    """Entry for a name or alias (case-insensitive), or None."""
+    entries = _load_registry()[1]
+    if name in entries:
+        return entries[name]
+    folded = name.casefold()
+    for entry in entries.values():
+        if entry.name.casefold() == folded or any(a.casefold() == folded for a in entry.aliases):
+            return entry
+    return None
+
+
+def resolve_model(
+    model: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    model_config: str | os.PathLike[str] | None = None,
+) -> ModelSpec:
+    """Turn a model name, weights file and/or architecture JSON into a spec.
+
+    - ``model`` alone: a registry name or alias, or ``ARCH/TAG`` for any open_clip
+      pretrained model; weights come from open_clip's download.
+    - ``weights``: a checkpoint file for that architecture (fine-tuned, offline).
+    - ``model_config``: an open_clip model-config JSON for a custom architecture;
+      needs ``weights``. Its name is ``model`` if given, else the file's stem.
+    """
+    weights_path = _check_weights(weights) if weights is not None else None
+    sha = fingerprint_weights(weights_path) if weights_path else None
+
+    if model_config is not None:
+        config_path = Path(model_config)
+        config = _read_model_config(config_path)
+        if weights_path is None:
+            raise ModelError(
+                f"custom architecture {config_path} needs its weights: add --weights FILE "
+                "(a checkpoint saved from open_clip for this architecture)."
+            )
+        name = model or config_path.stem
+        return ModelSpec(name=name, arch=name, weights=weights_path, weights_sha256=sha,
+                         config=config)
+
+    name = model or default_model_name()
+    entry = get_registry_entry(name)
+    if entry is not None:
+        return ModelSpec(name=entry.name, arch=entry.arch, pretrained=entry.pretrained,
+                         weights=weights_path, weights_sha256=sha)
+    if "/" in name:
+        arch, _, tag = name.partition("/")
+        if not arch or not tag:
+            raise UnknownModel(name, [e.name for e in list_models()])
+        return ModelSpec(name=name, arch=arch, pretrained=tag, weights=weights_path,
+                         weights_sha256=sha)
+    if weights_path is not None:
+        # A bare open_clip architecture with a local checkpoint; checked when built.
+        return ModelSpec(name=name, arch=name, weights=weights_path, weights_sha256=sha)
+    raise UnknownModel(name, [e.name for e in list_models()])
+
+
+def _check_weights(weights: str | os.PathLike[str]) -> str:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"weights file {path} does not exist. Pass the path of a checkpoint saved "
+            "from open_clip (a .pt, .bin or .safetensors file)."
+        )
+    return str(path.resolve())
+
+
+def _read_model_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model config {path} does not exist. Pass an open_clip "
+                         "model-config JSON file.") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"model config {path} is not valid JSON (line {e.lineno}: {e.msg}). "
+                         "Fix the file; it must be an open_clip model config.") from None
+    if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+        raise ModelError(f"model config {path} is not an open_clip model config: it needs "
+                         "embed_dim, vision_cfg and text_cfg (see open_clip's model_configs/).")
+    return config
+
+
+def fingerprint_weights(path: str) -> str:
+    """sha256 of a weights file, remembered by (path, size, mtime) to hash it once."""
+    stat = os.stat(path)
+    memo_file = cache_dir() / "weights-sha256.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    known = memo.get(path)
+    if known and known.get("stamp") == stamp:
+        return str(known["sha256"])
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    memo[path] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)
+    except OSError:
+        pass  # a cache; failing to write it only costs a re-hash next time
+    return digest.hexdigest()

@@ -1,0 +1,39 @@
+"""The one place that reads environment variables.
+
+    CLIPDEX_HOME    where clipdex keeps its state (default: $XDG_DATA_HOME/clipdex,
+                    i.e. ~/.local/share/clipdex); the default index lives in it
+    CLIPDEX_INDEX   the index used when --index is not given (default: $CLIPDEX_HOME/index)
+    CLIPDEX_DEVICE  cuda, mps or cpu, when --device is not given (default: best available)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home_dir() -> Path:
+    """Directory for clipdex's own state (default index, caches)."""
+    explicit = os.environ.get("CLIPDEX_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg).expanduser() / "clipdex"
+
+
+def default_index_dir() -> Path:
+    """The index used when none is named."""
+    explicit = os.environ.get("CLIPDEX_INDEX")
+    if explicit:
+        return Path(explicit).expanduser()
+    return home_dir() / "index"
+
+
+def cache_dir() -> Path:
+    """Derived, disposable data (weight-file fingerprints, exported models)."""
+    return home_dir() / "cache"
+
+
+def preferred_device() -> str | None:
+    """Device named by CLIPDEX_DEVICE, or None to pick automatically."""
+    return os.environ.get("CLIPDEX_DEVICE") or None

@@ -1,0 +1,5 @@
+"""The on-disk index (see :mod:`clipdex.store.catalog` for its layout)."""
+
+from clipdex.store.catalog import FileRecord, ModelRecord, NewFile, Store
+
+__all__ = ["FileRecord", "ModelRecord", "NewFile", "Store"]

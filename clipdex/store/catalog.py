@@ -1,0 +1,306 @@
+"""The on-disk index: a SQLite catalog plus one memory-mappable vector file per model.
+
+Layout of an index folder::
+
+    catalog.sqlite        files, models, embeddings, roots (WAL mode)
+    vectors/model-N.f32   model N's vectors, float32 rows (see vectors.py)
+    lock                  held by the one process writing the index
+
+Vectors are keyed by (model, content hash): a renamed, moved or duplicated
+photo reuses its vector, and several models live side by side in one index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from clipdex.errors import IndexLocked, IndexNotFound, IndexVersionError
+from clipdex.store.migrations import LATEST_VERSION, migrate
+from clipdex.store.vectors import VectorFile
+
+CATALOG_NAME = "catalog.sqlite"
+LOCK_NAME = "lock"
+BUSY_TIMEOUT_S = 30.0
+LOCK_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model whose vectors the index holds."""
+
+    id: int
+    key: str
+    name: str
+    spec_json: str
+    dim: int
+    logit_scale: float
+    rows: int
+    precision: str
+    vectors_file: str
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file the index knows, indexed or failed."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    width: int | None
+    height: int | None
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file to record after a batch: indexed (``reason`` None) or failed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    reason: str | None = None
+
+
+class Store:
+    """An index folder opened for reading and, under :meth:`writing`, for writing."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+        self._lock_fd: int | None = None
+
+    # -- opening --------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, create: bool = False) -> "Store":
+        """Open the index at ``path``; with ``create``, make it if it does not exist."""
+        folder = Path(path).expanduser().resolve()
+        catalog = folder / CATALOG_NAME
+        if not catalog.exists():
+            if not create:
+                raise IndexNotFound(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(catalog, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > LATEST_VERSION:
+            conn.close()
+            raise IndexVersionError(folder, version, LATEST_VERSION)
+        if version < LATEST_VERSION:
+            migrate(conn, version)
+        return cls(folder, conn)
+
+    def close(self) -> None:
+        self.release_lock()
+        self.conn.close()
+
+    # -- the writer's lock ----------------------------------------------------
+    def acquire_lock(self, *, wait: bool = False) -> None:
+        """Become the index's one writer, or raise :class:`IndexLocked` (unless ``wait``)."""
+        import fcntl
+
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise IndexLocked(self.path, holder) from None
+                time.sleep(LOCK_POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}".encode(), 0)
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- models ---------------------------------------------------------------
+    def models(self) -> list[ModelRecord]:
+        rows = self.conn.execute("SELECT * FROM models ORDER BY id").fetchall()
+        return [_model(r) for r in rows]
+
+    def get_model(self, key: str) -> ModelRecord | None:
+        row = self.conn.execute("SELECT * FROM models WHERE key = ?", (key,)).fetchone()
+        return _model(row) if row else None
+
+    def add_model(self, key: str, name: str, spec_json: str, dim: int, logit_scale: float,
+                  precision: str) -> ModelRecord:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO models (key, name, spec, dim, logit_scale, rows, precision, "
+                "vectors_file, created_at) VALUES (?, ?, ?, ?, ?, 0, ?, '', ?)",
+                (key, name, spec_json, dim, logit_scale, precision, time.time()))
+            model_id = cur.lastrowid
+            c.execute("UPDATE models SET vectors_file = ? WHERE id = ?",
+                      (f"vectors/model-{model_id}.f32", model_id))
+        record = self.get_model(key)
+        assert record is not None
+        return record
+
+    def update_model_spec(self, model_id: int, spec_json: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE models SET spec = ? WHERE id = ?", (spec_json, model_id))
+
+    def vector_file(self, model: ModelRecord) -> VectorFile:
+        return VectorFile(self.path / model.vectors_file, model.dim)
+
+    def embedded_hashes(self, model: ModelRecord) -> dict[str, int]:
+        """content hash -> vector row, for every vector of ``model``."""
+        rows = self.conn.execute("SELECT content_hash, row FROM embeddings WHERE model_id = ?",
+                                 (model.id,))
+        return {h: r for h, r in rows}
+
+    # -- roots and files ------------------------------------------------------
+    def add_root(self, root: str) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO roots (path, added_at) VALUES (?, ?) ON CONFLICT(path) "
+                      "DO NOTHING", (root, time.time()))
+
+    def mark_root_indexed(self, root: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE roots SET last_indexed_at = ? WHERE path = ?", (time.time(), root))
+
+    def roots(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
+
+    def files_under(self, root: str) -> dict[str, FileRecord]:
+        prefix = root.rstrip(os.sep) + os.sep
+        rows = self.conn.execute(
+            "SELECT * FROM files WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
+        return {r["path"]: _file(r) for r in rows}
+
+    def file_by_path(self, path: str) -> FileRecord | None:
+        row = self.conn.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
+        return _file(row) if row else None
+
+    def files_named(self, name: str) -> list[FileRecord]:
+        """Files whose name or stem is ``name`` (how people refer to a photo they know)."""
+        rows = self.conn.execute(
+            "SELECT * FROM files WHERE status = 'ok' AND (path LIKE ? ESCAPE '\\' OR path LIKE ? "
+            "ESCAPE '\\') ORDER BY path", (f"%/{_like(name)}", f"%/{_like(name)}.%"))
+        return [_file(r) for r in rows]
+
+    def size_of_hash(self, content_hash: str) -> tuple[int | None, int | None]:
+        row = self.conn.execute(
+            "SELECT width, height FROM files WHERE content_hash = ? AND status = 'ok' LIMIT 1",
+            (content_hash,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def commit_batch(self, model: ModelRecord, vectors: np.ndarray, hashes: Sequence[str],
+                     files: Sequence[NewFile]) -> ModelRecord:
+        """Store a batch atomically: new vectors for ``hashes``, then the file rows.
+
+        The vectors reach the disk first; the catalog's commit then makes them
+        count. A kill between the two leaves unreferenced rows that the next
+        append overwrites.
+        """
+        current = self.conn.execute("SELECT rows FROM models WHERE id = ?", (model.id,)).fetchone()[0]
+        if len(hashes):
+            self.vector_file(model).append(current, vectors)
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO embeddings (model_id, content_hash, row) VALUES (?, ?, ?)",
+                [(model.id, h, current + i) for i, h in enumerate(hashes)])
+            c.execute("UPDATE models SET rows = ? WHERE id = ?", (current + len(hashes), model.id))
+            c.executemany(
+                "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, "
+                "reason, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE "
+                "SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                "content_hash = excluded.content_hash, width = excluded.width, "
+                "height = excluded.height, status = excluded.status, reason = excluded.reason, "
+                "indexed_at = excluded.indexed_at",
+                [(f.path, f.size, f.mtime_ns, f.content_hash, f.width, f.height,
+                  "failed" if f.reason else "ok", f.reason, now) for f in files])
+        updated = self.get_model(model.key)
+        assert updated is not None
+        return updated
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        with self.transaction() as c:
+            c.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+
+    # -- reading for search ---------------------------------------------------
+    def searchable(self, model: ModelRecord) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(file ids, paths, vectors) of every indexed file that has a vector of ``model``."""
+        rows = self.conn.execute(
+            "SELECT f.id, f.path, e.row FROM files f JOIN embeddings e "
+            "ON e.content_hash = f.content_hash AND e.model_id = ? "
+            "WHERE f.status = 'ok' ORDER BY f.path", (model.id,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vector_rows = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = self.vector_file(model).read(model.rows)
+        return ids, [r[1] for r in rows], np.asarray(matrix[vector_rows])
+
+    def vector_for_hash(self, model: ModelRecord, content_hash: str) -> np.ndarray | None:
+        row = self.conn.execute("SELECT row FROM embeddings WHERE model_id = ? AND content_hash = ?",
+                                (model.id, content_hash)).fetchone()
+        if row is None:
+            return None
+        return np.array(self.vector_file(model).read(model.rows)[row[0]])
+
+    # -- reporting ------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, count(*) FROM files GROUP BY status").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def count_for_model(self, model: ModelRecord) -> int:
+        return self.conn.execute(
+            "SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = f.content_hash "
+            "AND e.model_id = ? WHERE f.status = 'ok'", (model.id,)).fetchone()[0]
+
+    def failures(self, root: str | None = None) -> list[FileRecord]:
+        rows = self.conn.execute("SELECT * FROM files WHERE status = 'failed' ORDER BY path")
+        failed = [_file(r) for r in rows]
+        if root:
+            prefix = root.rstrip(os.sep) + os.sep
+            failed = [f for f in failed if f.path.startswith(prefix)]
+        return failed
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _model(row: sqlite3.Row) -> ModelRecord:
+    return ModelRecord(id=row["id"], key=row["key"], name=row["name"], spec_json=row["spec"],
+                       dim=row["dim"], logit_scale=row["logit_scale"], rows=row["rows"],
+                       precision=row["precision"], vectors_file=row["vectors_file"])
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(id=row["id"], path=row["path"], size=row["size"], mtime_ns=row["mtime_ns"],
+                      content_hash=row["content_hash"], width=row["width"], height=row["height"],
+                      status=row["status"], reason=row["reason"])

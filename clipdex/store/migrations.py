@@ -1,0 +1,66 @@
+"""Named, ordered schema migrations of the catalog (``PRAGMA user_version``).
+
+Append a migration to add a schema change; never edit one that has shipped.
+An index whose version is newer than ``LATEST_VERSION`` is refused with
+:class:`~clipdex.errors.IndexVersionError`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("001_initial", """
+        CREATE TABLE roots (
+            path TEXT PRIMARY KEY,
+            added_at REAL NOT NULL,
+            last_indexed_at REAL
+        );
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            content_hash TEXT,
+            width INTEGER,
+            height INTEGER,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+            reason TEXT,
+            indexed_at REAL NOT NULL
+        );
+        CREATE INDEX files_content_hash ON files (content_hash);
+        CREATE TABLE models (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            logit_scale REAL NOT NULL,
+            rows INTEGER NOT NULL,
+            precision TEXT NOT NULL,
+            vectors_file TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE embeddings (
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            content_hash TEXT NOT NULL,
+            row INTEGER NOT NULL,
+            PRIMARY KEY (model_id, content_hash)
+        );
+    """),
+]
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection, current: int) -> None:
+    """Apply every migration after ``current``, each in its own transaction."""
+    for version, (_name, sql) in enumerate(MIGRATIONS[current:], start=current + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, sql.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
