@@ -229,15 +229,11 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
         writer.writerow(["rank", "score", "path"])
         writer.writerows([r.rank, f"{r.score:.6f}", r.path] for r in results)
     else:
-        from rich.table import Table
-
-        table = Table(title=f"{text}", title_justify="left", box=None)
-        table.add_column("rank", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("path", overflow="fold")
+        out = _console()
+        out.print(f"[bold]{text}[/]  ({len(results)} results)", markup=True)
+        out.print(f"[dim]{'rank':>5}  {'score':>6}  path[/]")
         for r in results:
-            table.add_row(str(r.rank), f"{r.score:.3f}", r.path)
-        _console().print(table)
+            out.print(f"{r.rank:>5}  {r.score:>6.3f}  {r.path}", markup=False)
         if grid:
             _console(stderr=True).print(f"contact sheet: {grid}")
 

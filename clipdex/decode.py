@@ -113,11 +113,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image).astype(np.float32)
         if mode.startswith("I;16") or array.max(initial=0) > 255:
             array = array / 257.0
-        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "F":
         array = np.asarray(image, dtype=np.float32)
         top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
-        return Image.fromarray(np.clip(array / top * 255, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(array / top * 255, 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "CMYK" and image.info.get("icc_profile"):
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.errors import EmptyIndex, ModelError, ModelMismatch, QueryError
-from clipdex.indexer import IndexReport, Indexer, IndexSettings, Progress, check_folder
+from clipdex.indexer import IndexReport, Indexer, IndexSettings, Progress
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query, rank
 from clipdex.settings import default_index_dir
@@ -157,7 +157,7 @@ class Index:
         An index that already holds another model's vectors is left alone unless
         ``allow_new_model`` (the new model's vectors are then added beside them).
         """
-        check_folder(folder)
+        walk = Indexer.scan(folder)  # a missing or empty folder changes nothing
         spec = self.spec()
         records = self.store.models()
         record = self.store.get_model(spec.key)
@@ -175,7 +175,7 @@ class Index:
                                               encoder.logit_scale, "fp32")
             elif spec.weights and record.spec_json != spec.to_json():
                 self.store.update_model_spec(record.id, spec.to_json())  # weights moved
-            report = Indexer(encoder, self.store, settings).run(folder, record, progress)
+            report = Indexer(encoder, self.store, settings).run(walk, record, progress)
         finally:
             self.store.release_lock()
             self._searchable = None

@@ -111,10 +111,9 @@ class Indexer:
         self.store = store
         self.settings = settings or IndexSettings()
 
-    def run(self, root: str | os.PathLike[str], model: ModelRecord,
-            progress: Progress | None = None) -> IndexReport:
-        """Index ``root`` recursively with ``model``; return what changed."""
-        started = time.perf_counter()
+    @staticmethod
+    def scan(root: str | os.PathLike[str]) -> discover.Walk:
+        """Walk ``root``; raise :class:`PhotoFolderError` if it is missing or holds no images."""
         folder = check_folder(root)
         walk = discover.walk(folder, supported_extensions())
         if not walk.files and not walk.problems:
@@ -122,6 +121,14 @@ class Indexer:
                 folder, "contains no images",
                 f"clipdex indexes {', '.join(e.lstrip('.') for e in supported_extensions())} "
                 "files in the folder and its subfolders.")
+        return walk
+
+    def run(self, root: str | os.PathLike[str] | discover.Walk, model: ModelRecord,
+            progress: Progress | None = None) -> IndexReport:
+        """Index ``root`` (a folder, or the result of :meth:`scan`) with ``model``."""
+        started = time.perf_counter()
+        walk = root if isinstance(root, discover.Walk) else self.scan(root)
+        folder = walk.root
         self.store.add_root(folder)
         report = IndexReport(root=folder, model=model.key)
         known = self.store.files_under(folder)

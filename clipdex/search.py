@@ -65,9 +65,10 @@ def parse_query(query: str) -> list[QueryTerm]:
     words: list[str] = []
     sign = 1.0
     weight = 1.0
+    dangling = False  # an operator or weight waits for its term
 
     def close() -> None:
-        nonlocal words, sign, weight
+        nonlocal words, sign, weight, dangling
         if words:
             value = " ".join(words)
             if value.startswith("@"):
@@ -78,14 +79,14 @@ def parse_query(query: str) -> list[QueryTerm]:
                 terms.append(QueryTerm("image", value[1:], sign * weight))
             else:
                 terms.append(QueryTerm("text", value, sign * weight))
-        elif sign < 0 or weight != 1.0:
+        elif dangling:
             raise QueryError(query, "an operator or weight is not followed by a term")
-        words, sign, weight = [], 1.0, 1.0
+        words, sign, weight, dangling = [], 1.0, 1.0, False
 
     for token in tokens:
         if token in ("+", "-"):
             close()
-            sign = -1.0 if token == "-" else 1.0
+            sign, dangling = (-1.0 if token == "-" else 1.0), True
             continue
         if token[0] in "+-" and len(token) > 1:
             close()
@@ -94,7 +95,7 @@ def parse_query(query: str) -> list[QueryTerm]:
         if match:
             if words:
                 close()
-            weight = float(match["w"])
+            weight, dangling = float(match["w"]), True
             token = match["rest"]
             if not token:
                 continue
