@@ -242,6 +242,216 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+# -- classify ----------------------------------------------------------------
+@main.command("classify")
+@click.option("--name", help="Name of the label set (becomes the column name).")
+@click.option("--labels", "labels_text", help="Comma-separated labels, e.g. dawn,day,dusk,night.")
+@click.option("--template", "templates", multiple=True,
+              help='Prompt template with {} for the label (repeatable), or a built-in list: '
+                   'imagenet (CLIP\'s 80), imagenet-simple, photo. [default: "a photo of {}."]')
+@click.option("--labels-file", type=click.Path(dir_okay=False),
+              help="TOML, YAML or JSON file with one or more label sets.")
+@click.option("--set", "set_names", multiple=True, help="Use only these sets of --labels-file.")
+@click.option("--multi-label", is_flag=True, help="Judge each label on its own (several may apply).")
+@click.option("--threshold", default=0.5, show_default=True, help="Multi-label: probability to say yes.")
+@click.option("--min-prob", type=float, help="Below this probability the prediction is 'uncertain'.")
+@click.option("--top-k", type=int, help="Also add a <set>_top column with the k best labels.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write predictions: .csv or .parquet.")
+@click.option("--metadata", type=click.Path(dir_okay=False),
+              help="Your photo table (CSV) to append the predictions to.")
+@click.option("--key", help="Column of --metadata naming the photo (file stem, name or path).")
+@click.option("--metadata-out", type=click.Path(dir_okay=False),
+              help="Where the joined table goes [default: <metadata>-pred.csv].")
+@click.option("--grid", type=click.Path(dir_okay=False), help="Draw a review grid per set to this file.")
+@click.option("--per-label", default=8, show_default=True, help="Review grid: photos per label.")
+@click.option("--seed", default=0, show_default=True, help="Review grid: random seed.")
+@index_option
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print per-photo results as JSON.")
+def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str, ...],
+                 labels_file: str | None, set_names: tuple[str, ...], multi_label: bool,
+                 threshold: float, min_prob: float | None, top_k: int | None, out: str | None,
+                 metadata: str | None, key: str | None, metadata_out: str | None, grid: str | None,
+                 per_label: int, seed: int, index_dir: str | None, model: str | None,
+                 weights: str | None, model_config: str | None, device: str | None,
+                 as_json: bool) -> None:
+    """Label every indexed photo with label sets you make up (zero-shot).
+
+    \b
+    clipdex classify --name taken_time --labels dawn,day,dusk,night --template "a photo taken at {}"
+    clipdex classify --labels-file sets.toml --metadata photos.csv --key photo_id --grid review.jpg
+
+    Reads the stored image vectors (no image is decoded again); results are saved
+    in the index for `clipdex review` and `clipdex evaluate`.
+    """
+    import time
+
+    from clipdex.index import Index
+    from clipdex.labels import load_label_sets, make_label_set, parse_labels_arg
+
+    sets = []
+    if labels_file:
+        sets += load_label_sets(labels_file, set_names or None)
+    if labels_text or name:
+        if not (labels_text and name):
+            raise click.UsageError("--name and --labels go together (or use --labels-file)")
+        sets.append(make_label_set(name, parse_labels_arg(labels_text), templates or ("a photo of {}.",),
+                                   multi_label=multi_label, threshold=threshold))
+    if not sets:
+        raise click.UsageError("give a label set: --name NAME --labels a,b,c, or --labels-file FILE")
+    if metadata and not key:
+        raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
+    started = time.perf_counter()
+    with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
+                    device=device) as index:
+        results = index.classify(sets, min_prob=min_prob)
+    seconds = time.perf_counter() - started
+    from clipdex.export import join_metadata, write_predictions
+
+    if out:
+        write_predictions(results, out, top_k=top_k)
+    report = None
+    if metadata:
+        assert key is not None
+        from pathlib import Path
+
+        target = metadata_out or str(Path(metadata).with_name(Path(metadata).stem + "-pred.csv"))
+        report = join_metadata(results, metadata, key, target, top_k=top_k)
+    if grid:
+        from clipdex.review import draw_review
+
+        grids = [draw_review(r, _numbered(grid, i, len(results)), per_label=per_label, seed=seed)
+                 for i, r in enumerate(results)]
+    if as_json:
+        click.echo(json.dumps([{
+            "set": r.label_set.name, "labels": r.labels,
+            "photos": [{"path": p, "label": r.predicted[i], "prob": float(r.confidence[i]),
+                        "probs": dict(zip(r.labels, map(float, r.probs[i]))),
+                        **({"top": r.top_k(top_k)[i]} if top_k else {})}
+                       for i, p in enumerate(r.paths)]} for r in results], indent=2))
+        return
+    console = _console()
+    for r in results:
+        prompts = sum(len(label.prompts) for label in r.label_set.labels)
+        mode = "multi-label" if r.label_set.multi_label else "softmax"
+        console.print(f"[bold]{r.label_set.name}[/]: {len(r.labels)} labels, {prompts} prompts "
+                      f"({len(r.label_set.templates)} templates), {mode}, {len(r.paths)} photos")
+        total = max(1, len(r.paths))
+        for label, count in r.counts().items():
+            bar = "█" * round(30 * count / total)
+            console.print(f"  {label:<14} {count:>7} {100 * count / total:5.1f}%  {bar}", markup=False)
+    console.print(f"classified in {seconds:.2f} s (prompts encoded once; image vectors read from the index)")
+    if out:
+        console.print(f"predictions: {out}")
+    if report:
+        console.print(f"joined onto {metadata} by {key!r}: {report.matched} of {report.rows} rows "
+                      f"matched a photo, {report.rows_without_image} rows without one, "
+                      f"{len(report.images_without_row)} photos without a row -> {target}")
+        for path in report.images_without_row[:5]:
+            console.print(f"  no row for {path}", markup=False)
+    if grid:
+        console.print("review grid: " + ", ".join(grids))
+
+
+def _numbered(path: str, i: int, count: int) -> str:
+    """``out.jpg`` for one set; ``out-1.jpg``, ``out-2.jpg``… for several."""
+    if count == 1:
+        return path
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}-{i + 1}.{ext}" if dot else f"{path}-{i + 1}"
+
+
+@main.command("review")
+@click.argument("name")
+@click.option("--grid", type=click.Path(dir_okay=False), required=True, help="Image file to draw.")
+@click.option("--per-label", default=8, show_default=True, help="Photos per label.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same grid).")
+@click.option("--mode", type=click.Choice(["random", "least-confident", "most-confident"]),
+              default="random", show_default=True, help="Which photos of each label to show.")
+@index_option
+def review_cmd(name: str, grid: str, per_label: int, seed: int, mode: str,
+               index_dir: str | None) -> None:
+    """Draw a grid of example photos per label of label set NAME (from the index)."""
+    from clipdex.index import Index
+    from clipdex.review import draw_review
+
+    with Index.open(index_dir) as index:
+        result = index.classification(name)
+    draw_review(result, grid, per_label=per_label, seed=seed, mode=mode)
+    _console().print(f"{name}: {len(result.paths)} photos, {per_label} per label ({mode}) -> {grid}")
+
+
+@main.command("evaluate")
+@click.argument("name")
+@click.option("--metadata", type=click.Path(dir_okay=False), required=True,
+              help="CSV table holding the ground truth.")
+@click.option("--key", required=True, help="Column naming the photo (file stem, name or path).")
+@click.option("--truth", "truth_column", help="Column with the true labels [default: NAME].")
+@click.option("--heatmap", type=click.Path(dir_okay=False), help="Draw the confusion matrix as PNG.")
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate_cmd(name: str, metadata: str, key: str, truth_column: str | None, heatmap: str | None,
+                 index_dir: str | None, as_json: bool) -> None:
+    """Compare label set NAME's predictions with a ground-truth column of your table."""
+    from clipdex.evaluate import draw_confusion
+    from clipdex.index import Index
+
+    with Index.open(index_dir) as index:
+        evaluation, matched = index.evaluate(name, metadata, key, truth_column or name)
+    if heatmap:
+        draw_confusion(evaluation, heatmap, title=f"{name} vs {truth_column or name}")
+    if as_json:
+        click.echo(json.dumps(dict(evaluation.to_dict(), set=name, rows_matched=matched), indent=2))
+        return
+    out = _console()
+    out.print(f"[bold]{name}[/] vs column {truth_column or name!r} of {metadata}: "
+              f"{evaluation.count} photos with both")
+    out.print(f"  accuracy           {evaluation.accuracy:.3f}")
+    out.print(f"  balanced accuracy  {evaluation.balanced_accuracy:.3f}")
+    out.print(f"  macro-F1           {evaluation.macro_f1:.3f}")
+    out.print(f"  {'class':<14} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
+    for c in evaluation.per_class:
+        out.print(f"  {c.label:<14} {c.precision:>9.3f} {c.recall:>7.3f} {c.f1:>6.3f} {c.support:>8}",
+                  markup=False)
+    width = max([len(c) for c in evaluation.classes] + [10])
+    out.print("  confusion (rows: truth, columns: predicted)")
+    out.print("  " + " " * width + " " + " ".join(f"{c[:8]:>8}" for c in evaluation.classes), markup=False)
+    for label, row in zip(evaluation.classes, evaluation.confusion):
+        out.print(f"  {label:<{width}} " + " ".join(f"{v:>8}" for v in row), markup=False)
+    if heatmap:
+        out.print(f"heatmap: {heatmap}")
+
+
+@main.group("labels")
+def labels_group() -> None:
+    """Label sets and prompt templates."""
+
+
+@labels_group.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+def labels_show_cmd(file: str) -> None:
+    """Check a label file and show its sets, labels and prompts."""
+    from clipdex.labels import load_label_sets
+
+    out = _console()
+    for label_set in load_label_sets(file):
+        mode = f"multi-label, threshold {label_set.threshold}" if label_set.multi_label else "softmax"
+        out.print(f"[bold]{label_set.name}[/] ({mode}, {len(label_set.templates)} templates)")
+        for label in label_set.labels:
+            sample = "; ".join(label.prompts[:3]) + (" …" if len(label.prompts) > 3 else "")
+            out.print(f"  {label.name:<14} {len(label.prompts):>4} prompts: {sample}", markup=False)
+
+
+@labels_group.command("templates")
+def labels_templates_cmd() -> None:
+    """List the built-in template lists (usable as --template NAME)."""
+    from clipdex.labels import builtin_templates
+
+    for name, items in builtin_templates().items():
+        _console().print(f"[bold]{name}[/] ({len(items)}): " + "; ".join(items[:3])
+                         + (" …" if len(items) > 3 else ""))
+
+
 # -- status ------------------------------------------------------------------
 @main.command("status")
 @index_option

@@ -12,7 +12,9 @@
     │   └── EmptyIndex            nothing indexed for the model yet
     ├── PhotoFolderError          missing, empty or unreadable folder to index
     ├── ImageDecodeError          one image that cannot be used (recorded, not fatal)
-    └── QueryError                a search query that cannot be understood
+    ├── QueryError                a search query that cannot be understood
+    ├── LabelSetError             a label set or label file that cannot be used
+    └── TableError                a metadata table that cannot be read or joined
 
 Messages end in what to do. The CLI and the web app turn these into exit codes
 and pages; nothing below them prints.
@@ -133,3 +135,19 @@ class QueryError(ClipdexError):
             f"cannot understand query {query!r}: {problem}. "
             "See `clipdex search --help` for the query syntax."
         )
+
+
+class LabelSetError(ClipdexError):
+    """A label set (or a file of them) that cannot be used."""
+
+    def __init__(self, where: str, problem: str, fix: str) -> None:
+        self.where = where
+        super().__init__(f"{where}: {problem}. {fix}")
+
+
+class TableError(ClipdexError):
+    """A metadata table (CSV) that cannot be read, joined or evaluated against."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {problem}. {fix}")

@@ -15,16 +15,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from clipdex.errors import EmptyIndex, ModelError, ModelMismatch, QueryError
+from clipdex.classify import Classification, build_classifier, classify
+from clipdex.errors import EmptyIndex, LabelSetError, ModelError, ModelMismatch, QueryError, TableError
+from clipdex.evaluate import Evaluation, evaluate
+from clipdex.labels import LabelSet, label_set_from_json
 from clipdex.indexer import IndexReport, Indexer, IndexSettings, Progress
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query, rank
 from clipdex.settings import default_index_dir
-from clipdex.store import FileRecord, ModelRecord, Store
+from clipdex.store import FileRecord, ModelRecord, Searchable, Store
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -61,7 +64,7 @@ class Index:
         self.device = device
         self._encoder: Encoder | None = None
         self._spec: ModelSpec | None = None
-        self._searchable: tuple[int, tuple[np.ndarray, list[str], np.ndarray]] | None = None
+        self._searchable: tuple[int, Searchable] | None = None
 
     @classmethod
     def open(
@@ -182,8 +185,8 @@ class Index:
         return report
 
     # -- reading --------------------------------------------------------------
-    def searchable(self) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """(file ids, paths, vectors) of every searchable photo, cached until the index changes."""
+    def searchable(self) -> Searchable:
+        """Every searchable photo with its vector, cached until the index changes."""
         record = self.model_record()
         stamp = hash((record.rows, self.store.conn.total_changes,
                       self.store.conn.execute("PRAGMA data_version").fetchone()[0]))
@@ -204,11 +207,12 @@ class Index:
         """The ``k`` photos most similar to ``query``, best first (cosine scores)."""
         if not 1 <= k <= MAX_K:
             raise QueryError(str(query), f"k must be between 1 and {MAX_K}")
-        ids, paths, vectors = self.searchable()
-        if not paths:
+        found = self.searchable()
+        if not found.paths:
             raise EmptyIndex(self.path, self.model_record().key)
-        rows, scores = rank(self.query_vector(query), vectors, k, offset)
-        return [SearchResult(rank=offset + i + 1, score=float(s), path=paths[r], file_id=int(ids[r]))
+        rows, scores = rank(self.query_vector(query), found.vectors, k, offset)
+        return [SearchResult(rank=offset + i + 1, score=float(s), path=found.paths[r],
+                             file_id=int(found.ids[r]))
                 for i, (r, s) in enumerate(zip(rows, scores))]
 
     def _image_vector(self, ref: str) -> np.ndarray:
@@ -239,6 +243,74 @@ class Index:
             shown = ", ".join(f.path for f in named[:5])
             raise QueryError(f"@{ref}", f"{len(named)} photos are named {ref!r} ({shown}); give a path")
         return named[0] if named else None
+
+    # -- classification -------------------------------------------------------
+    def classify(self, label_sets: Sequence[LabelSet], *, min_prob: float | None = None,
+                 save: bool = True) -> list[Classification]:
+        """Label every indexed photo with each set, from the stored vectors.
+
+        Only the prompts are encoded; results are saved in the index under the
+        set's name (replacing an earlier run of that name) unless ``save`` is false.
+        """
+        names = [s.name for s in label_sets]
+        if len(set(names)) != len(names):
+            raise LabelSetError("label sets", f"the name {names[0]!r} is used twice",
+                                "Give every label set its own name.")
+        found = self.searchable()
+        if not found.paths:
+            raise EmptyIndex(self.path, self.model_record().key)
+        record = self.model_record()
+        results = []
+        for label_set in label_sets:
+            classifier = build_classifier(label_set, self.encoder.encode_texts, record.logit_scale)
+            result = classify(classifier, found.vectors, found.ids.tolist(), found.paths, min_prob=min_prob)
+            if save:
+                self.store.save_predictions(record, label_set.name, label_set.to_json(), result.labels,
+                                            found.hashes, result.predicted, result.confidence,
+                                            result.probs)
+            results.append(result)
+        return results
+
+    def label_sets(self) -> list[str]:
+        """Names of the label sets whose predictions the index holds, oldest first."""
+        return [name for name, _, _ in self.store.label_sets(self.model_record())]
+
+    def classification(self, name: str) -> Classification:
+        """The stored predictions of label set ``name``."""
+        stored = self.store.load_predictions(self.model_record(), name)
+        if stored is None:
+            known = ", ".join(self.label_sets()) or "none yet"
+            raise LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
+                                f"(sets run: {known})", "Run `clipdex classify` with it first.")
+        definition, _labels, ids, paths, predicted, confidence, probs = stored
+        return Classification(label_set=label_set_from_json(definition), file_ids=ids, paths=paths,
+                              probs=probs, predicted=predicted, confidence=confidence)
+
+    def evaluate(self, name: str, table: str | os.PathLike[str], key: str,
+                 truth_column: str) -> tuple[Evaluation, int]:
+        """Label set ``name``'s stored predictions against a column of a CSV table.
+
+        Returns the evaluation and how many table rows matched an indexed photo.
+        """
+        from clipdex.export import KeyMatcher, read_table
+
+        result = self.classification(name)
+        header, rows = read_table(table, key)
+        if truth_column not in header:
+            raise TableError(str(table), f"has no column {truth_column!r}",
+                             f"Columns: {', '.join(header[:20])}. Name the truth column with --truth.")
+        matcher = KeyMatcher(result.paths)
+        position = {p: i for i, p in enumerate(result.paths)}
+        predicted, truth = [], []
+        for row in rows:
+            path = matcher.match(row.get(key) or "")
+            if path is not None and (row.get(truth_column) or "").strip():
+                predicted.append(result.predicted[position[path]])
+                truth.append(row[truth_column].strip())
+        if not truth:
+            raise TableError(str(table), f"no row with a {truth_column!r} value matches a photo of set "
+                             f"{name!r}", f"Check that --key {key} names the photos (file stem or path).")
+        return evaluate(predicted, truth, result.labels), len(truth)
 
     def status(self) -> IndexStatus:
         counts = self.store.counts()

@@ -134,7 +134,8 @@ def test_stored_vectors_equal_plain_open_clip(tmp_path: Path, photos: Path, tiny
     config, weights = tiny_model
     with Index.open(tmp_path / "idx", create=True, model_config=config, weights=weights) as index:
         index.add(photos)
-        ids, paths, vectors = index.searchable()
+        found = index.searchable()
+        paths, vectors = found.paths, found.vectors
     open_clip.add_model_config(config)
     model, _, preprocess = open_clip.create_model_and_transforms("clipdex-tiny", pretrained=str(weights))
     model.eval()

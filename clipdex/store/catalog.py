@@ -13,6 +13,7 @@ photo reuses its vector, and several models live side by side in one index.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -73,6 +74,16 @@ class NewFile:
     width: int | None = None
     height: int | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Searchable:
+    """The photos one model can search: ids, paths, content hashes and vectors, row-aligned."""
+
+    ids: np.ndarray
+    paths: list[str]
+    hashes: list[str]
+    vectors: np.ndarray
 
 
 class Store:
@@ -253,16 +264,17 @@ class Store:
             c.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
 
     # -- reading for search ---------------------------------------------------
-    def searchable(self, model: ModelRecord) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """(file ids, paths, vectors) of every indexed file that has a vector of ``model``."""
+    def searchable(self, model: ModelRecord) -> "Searchable":
+        """Every indexed file that has a vector of ``model``, sorted by path."""
         rows = self.conn.execute(
-            "SELECT f.id, f.path, e.row FROM files f JOIN embeddings e "
+            "SELECT f.id, f.path, f.content_hash, e.row FROM files f JOIN embeddings e "
             "ON e.content_hash = f.content_hash AND e.model_id = ? "
             "WHERE f.status = 'ok' ORDER BY f.path", (model.id,)).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vector_rows = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+        vector_rows = np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows))
         matrix = self.vector_file(model).read(model.rows)
-        return ids, [r[1] for r in rows], np.asarray(matrix[vector_rows])
+        return Searchable(ids=ids, paths=[r[1] for r in rows], hashes=[r[2] for r in rows],
+                          vectors=np.asarray(matrix[vector_rows]))
 
     def vector_for_hash(self, model: ModelRecord, content_hash: str) -> np.ndarray | None:
         row = self.conn.execute("SELECT row FROM embeddings WHERE model_id = ? AND content_hash = ?",
@@ -270,6 +282,47 @@ class Store:
         if row is None:
             return None
         return np.array(self.vector_file(model).read(model.rows)[row[0]])
+
+    # -- classifications ------------------------------------------------------
+    def save_predictions(self, model: ModelRecord, name: str, definition: str, labels: Sequence[str],
+                         hashes: Sequence[str], predicted: Sequence[str], confidence: np.ndarray,
+                         probs: np.ndarray) -> None:
+        """Replace label set ``name``'s predictions for ``model`` (keyed by content hash)."""
+        probs32 = np.ascontiguousarray(probs, dtype="<f4")
+        with self.transaction() as c:
+            c.execute("DELETE FROM label_sets WHERE model_id = ? AND name = ?", (model.id, name))
+            set_id = c.execute(
+                "INSERT INTO label_sets (model_id, name, definition, labels, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (model.id, name, definition, json.dumps(list(labels)), time.time())).lastrowid
+            c.executemany(
+                "INSERT OR REPLACE INTO predictions (set_id, content_hash, label, prob, probs) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(set_id, h, p, float(c_), probs32[i].tobytes())
+                 for i, (h, p, c_) in enumerate(zip(hashes, predicted, confidence))])
+
+    def label_sets(self, model: ModelRecord) -> list[tuple[str, str, list[str]]]:
+        """(name, definition JSON, labels) of every stored label set of ``model``."""
+        rows = self.conn.execute("SELECT name, definition, labels FROM label_sets WHERE model_id = ? "
+                                 "ORDER BY created_at", (model.id,)).fetchall()
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def load_predictions(self, model: ModelRecord, name: str
+                         ) -> tuple[str, list[str], list[int], list[str], list[str], np.ndarray, np.ndarray] | None:
+        """(definition, labels, file ids, paths, predicted, confidence, probs) of a stored set."""
+        row = self.conn.execute("SELECT id, definition, labels FROM label_sets WHERE model_id = ? "
+                                "AND name = ?", (model.id, name)).fetchone()
+        if row is None:
+            return None
+        labels = json.loads(row[2])
+        rows = self.conn.execute(
+            "SELECT f.id, f.path, p.label, p.prob, p.probs FROM files f JOIN predictions p "
+            "ON p.content_hash = f.content_hash AND p.set_id = ? WHERE f.status = 'ok' "
+            "ORDER BY f.path", (row[0],)).fetchall()
+        probs = (np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").reshape(len(rows), len(labels))
+                 if rows else np.zeros((0, len(labels)), np.float32))
+        return (row[1], labels, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                np.array([r[3] for r in rows], dtype=np.float32), probs)
 
     # -- reporting ------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -48,6 +48,25 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (model_id, content_hash)
         );
     """),
+    ("002_classifications", """
+        CREATE TABLE label_sets (
+            id INTEGER PRIMARY KEY,
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            name TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (model_id, name)
+        );
+        CREATE TABLE predictions (
+            set_id INTEGER NOT NULL REFERENCES label_sets (id) ON DELETE CASCADE,
+            content_hash TEXT NOT NULL,
+            label TEXT NOT NULL,
+            prob REAL NOT NULL,
+            probs BLOB NOT NULL,
+            PRIMARY KEY (set_id, content_hash)
+        );
+    """),
 ]
 LATEST_VERSION = len(MIGRATIONS)
 

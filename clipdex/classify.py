@@ -1,0 +1,120 @@
+"""Zero-shot scores from stored image vectors: no image is decoded or encoded again.
+
+For each label, its prompts are encoded, normalised, averaged and normalised
+again (the ensemble of CLIP's paper and open_clip's zero-shot classifier).
+Probabilities are the softmax of ``logit_scale * cosine`` over the set's labels,
+as the tutorial's ``logits_per_image.softmax``. In multi-label mode each label
+is judged on its own: a two-way softmax between the label and the set's
+background prompts, i.e. ``sigmoid(logit_scale * (cos_label - cos_background))``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from clipdex.labels import LabelSet
+
+UNCERTAIN = "uncertain"
+MULTI_SEPARATOR = ";"
+
+TextEncoder = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass
+class Classifier:
+    """A label set turned into class vectors (and a background vector for multi-label)."""
+
+    label_set: LabelSet
+    class_vectors: np.ndarray  # (labels, dim), unit rows
+    background: np.ndarray | None  # (dim,), unit
+    logit_scale: float
+
+
+def build_classifier(label_set: LabelSet, encode_texts: TextEncoder, logit_scale: float) -> Classifier:
+    """Encode every prompt of the set once, in one batch, and average per label."""
+    prompts = [p for label in label_set.labels for p in label.prompts]
+    background = list(label_set.background) if label_set.multi_label else []
+    vectors = encode_texts(prompts + background)
+    class_vectors = []
+    start = 0
+    for label in label_set.labels:
+        class_vectors.append(mean_direction(vectors[start:start + len(label.prompts)]))
+        start += len(label.prompts)
+    back = mean_direction(vectors[start:]) if background else None
+    return Classifier(label_set, np.stack(class_vectors), back, logit_scale)
+
+
+def mean_direction(vectors: np.ndarray) -> np.ndarray:
+    """Mean of unit vectors, normalised: an ensemble of prompts."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    mean = unit.mean(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Classification:
+    """One label set's result for every photo, row-aligned with ``paths``."""
+
+    label_set: LabelSet
+    file_ids: list[int]
+    paths: list[str]
+    probs: np.ndarray  # (photos, labels)
+    predicted: list[str]  # a label, "uncertain", or labels joined by ";" (multi-label)
+    confidence: np.ndarray  # probability of the predicted label (max over labels)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.label_set.label_names
+
+    def top_k(self, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable labels of every photo, with their probabilities."""
+        order = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]
+        names = self.labels
+        return [[(names[j], float(self.probs[i, j])) for j in row] for i, row in enumerate(order)]
+
+    def counts(self) -> dict[str, int]:
+        """Photos per label (multi-label: per label that is on), labels in set order."""
+        counter: Counter[str] = Counter()
+        for value in self.predicted:
+            counter.update(value.split(MULTI_SEPARATOR) if value else [""])
+        ordered = {name: counter.get(name, 0) for name in self.labels}
+        for extra in (UNCERTAIN, ""):
+            if counter.get(extra):
+                ordered[extra or "(none)"] = counter[extra]
+        return ordered
+
+
+def classify(classifier: Classifier, vectors: np.ndarray, file_ids: Sequence[int],
+             paths: Sequence[str], *, min_prob: float | None = None) -> Classification:
+    """Probabilities and predictions for stored image vectors (N, dim)."""
+    label_set = classifier.label_set
+    cosines = vectors.astype(np.float32, copy=False) @ classifier.class_vectors.T
+    names = np.array(label_set.label_names, dtype=object)
+    if label_set.multi_label:
+        assert classifier.background is not None
+        margin = cosines - (vectors @ classifier.background)[:, None]
+        probs = 0.5 * (1.0 + np.tanh(0.5 * classifier.logit_scale * margin))  # sigmoid, no overflow
+        on = probs >= label_set.threshold
+        predicted = [MULTI_SEPARATOR.join(names[row]) for row in on]
+        confidence = probs.max(axis=1) if len(probs) else np.zeros(0, np.float32)
+    else:
+        probs = softmax(classifier.logit_scale * cosines)
+        best = probs.argmax(axis=1)
+        confidence = probs[np.arange(len(probs)), best]
+        predicted = list(names[best])
+        threshold = min_prob if min_prob is not None else label_set.min_prob
+        if threshold is not None:
+            predicted = [p if c >= threshold else UNCERTAIN for p, c in zip(predicted, confidence)]
+    return Classification(label_set=label_set, file_ids=list(file_ids), paths=list(paths),
+                          probs=probs.astype(np.float32), predicted=[str(p) for p in predicted],
+                          confidence=np.asarray(confidence, dtype=np.float32))
