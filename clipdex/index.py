@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 MAX_K = 10_000
 
 
+def vector_key(spec: ModelSpec, precision: str | None) -> str:
+    """The key vectors are stored under: int8 vectors are kept apart from exact ones."""
+    return spec.key + ("#int8" if precision == "int8" else "")
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     key: str
@@ -58,10 +63,12 @@ class IndexStatus:
 class Index:
     """An on-disk photo index and the model that searches it."""
 
-    def __init__(self, store: Store, requested: ModelSpec | None, device: str | None) -> None:
+    def __init__(self, store: Store, requested: ModelSpec | None, device: str | None,
+                 precision: str | None = None) -> None:
         self.store = store
         self.requested = requested
         self.device = device
+        self.precision = precision
         self._encoder: Encoder | None = None
         self._spec: ModelSpec | None = None
         self._searchable: tuple[int, Searchable] | None = None
@@ -75,6 +82,7 @@ class Index:
         weights: str | os.PathLike[str] | None = None,
         model_config: str | os.PathLike[str] | None = None,
         device: str | None = None,
+        precision: str | None = None,
         create: bool = False,
     ) -> "Index":
         """Open the index at ``path`` (default: CLIPDEX_INDEX or ~/.local/share/clipdex/index).
@@ -82,12 +90,14 @@ class Index:
         ``model``, ``weights`` and ``model_config`` name the model to use (see
         :func:`clipdex.models.resolve_model`); without them an existing index uses
         the model it was built with, and a new one the registry's default.
+        ``precision`` (fp32, int8, bf16, fp16) is how new vectors are computed;
+        int8 vectors are kept apart from full-precision ones.
         """
         requested = None
         if model or weights or model_config:
             requested = resolve_model(model, weights, model_config)
         store = Store.open(Path(path) if path else default_index_dir(), create=create)
-        return cls(store, requested, device)
+        return cls(store, requested, device, precision)
 
     def close(self) -> None:
         self.store.close()
@@ -107,16 +117,20 @@ class Index:
     def model_record(self) -> ModelRecord:
         """The index's record of the model in use (raises if it has no vectors of it)."""
         records = self.store.models()
-        if self.requested is not None:
-            record = self.store.get_model(self.requested.key)
-            if record is None:
-                if records:
-                    raise ModelMismatch(
-                        self.requested.key, [r.key for r in records], self.path,
-                        f"Search with the index's model (--model {records[0].name}, or no --model), "
-                        f"or first run `clipdex index PHOTO_DIR --add-model` with this model.")
-                raise EmptyIndex(self.path, self.requested.key)
-            return record
+        if self.requested is not None or self.precision:
+            spec = self.spec()
+            keys = ([vector_key(spec, self.precision)] if self.precision
+                    else [spec.key, vector_key(spec, "int8")])
+            for key in keys:
+                record = self.store.get_model(key)
+                if record is not None:
+                    return record
+            if records:
+                raise ModelMismatch(
+                    keys[0], [r.key for r in records], self.path,
+                    f"Search with the index's model (--model {records[0].name}, or no --model), "
+                    f"or first run `clipdex index PHOTO_DIR --add-model` with this model.")
+            raise EmptyIndex(self.path, keys[0])
         if not records:
             raise EmptyIndex(self.path, "any model")
         return records[0]
@@ -138,11 +152,11 @@ class Index:
 
     @property
     def encoder(self) -> "Encoder":
-        """The model, built on first use."""
+        """The model for queries (texts, example images), built on first use."""
         if self._encoder is None:
-            from clipdex.models.encoder import Encoder
+            from clipdex.models.encoder import make_encoder
 
-            self._encoder = Encoder(self.spec(), device=self.device)
+            self._encoder = make_encoder(self.spec(), device=self.device, for_queries=True)
         return self._encoder
 
     # -- writing --------------------------------------------------------------
@@ -162,20 +176,24 @@ class Index:
         """
         walk = Indexer.scan(folder)  # a missing or empty folder changes nothing
         spec = self.spec()
+        precision = self.precision or "fp32"
+        key = vector_key(spec, precision)
         records = self.store.models()
-        record = self.store.get_model(spec.key)
+        record = self.store.get_model(key)
         if record is None and records and not allow_new_model:
             raise ModelMismatch(
-                spec.key, [r.key for r in records], self.path,
+                key, [r.key for r in records], self.path,
                 "Pass --add-model to add this model's vectors beside them (nothing is "
                 "removed), use that model instead, or choose another index with --index DIR.")
         self.store.acquire_lock(wait=wait)
         try:
-            encoder = self.encoder
+            from clipdex.models.encoder import make_encoder
+
+            encoder = make_encoder(spec, device=self.device, precision=precision)
             if record is None:  # a new model: build it now to learn its dimension
                 encoder.load()
-                record = self.store.add_model(spec.key, spec.name, spec.to_json(), encoder.dim,
-                                              encoder.logit_scale, "fp32")
+                record = self.store.add_model(key, spec.name, spec.to_json(), encoder.dim,
+                                              encoder.logit_scale, precision)
             elif spec.weights and record.spec_json != spec.to_json():
                 self.store.update_model_spec(record.id, spec.to_json())  # weights moved
             report = Indexer(encoder, self.store, settings).run(walk, record, progress)

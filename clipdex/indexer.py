@@ -240,8 +240,6 @@ class Indexer:
 
     def _flush(self, items: list[_Prepared], model: ModelRecord, embedded: dict[str, int],
                report: IndexReport, progress: Progress | None) -> ModelRecord:
-        import torch
-
         batch_hashes: list[str] = []
         batch_pixels = []
         files: list[NewFile] = []
@@ -262,7 +260,7 @@ class Indexer:
             batch_hashes.append(item.content_hash)
             batch_pixels.append(item.pixels)
             files.append(NewFile(e.path, e.size, e.mtime_ns, item.content_hash, item.width, item.height))
-        vectors = (self.encoder.encode_images(torch.stack(batch_pixels)) if batch_pixels
+        vectors = (self.encoder.encode_images(np.stack(batch_pixels)) if batch_pixels
                    else np.zeros((0, model.dim), np.float32))
         first_row = model.rows
         model = self.store.commit_batch(model, vectors, batch_hashes, files)

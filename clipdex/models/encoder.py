@@ -1,19 +1,25 @@
 """Turn images and texts into L2-normalised vectors with an open_clip model.
 
-The model is built through open_clip's own factory
-(``open_clip.create_model_and_transforms``) and loaded on first use, once per
-encoder; importing this module does not import torch.
+Two encoders share one interface (:class:`Encoder`): :class:`TorchEncoder`
+builds the model through open_clip's own factory
+(``open_clip.create_model_and_transforms``), for GPUs and half precision;
+:class:`~clipdex.models.onnx.OnnxEncoder` runs the same model exported to ONNX
+on the CPU (the default there: faster, and no torch import for queries).
+:func:`make_encoder` picks one. Models load on first use; importing this
+module does not import torch.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from clipdex.errors import ModelError
+from clipdex.models.preprocess import PreprocessConfig
+from clipdex.models.preprocess import preprocess as preprocess_pixels
 from clipdex.models.registry import ModelSpec
 from clipdex.models.weights import locate_weights, pretrained_config
 from clipdex.settings import cache_dir, preferred_device
@@ -22,7 +28,64 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 TEXT_BATCH = 256  # prompts per forward pass of the text tower
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+
+
+class Encoder(Protocol):
+    """What the indexer, search and classification need from a model."""
+
+    spec: ModelSpec
+    precision: str
+    device: str
+    backend: str
+
+    def load(self) -> "TorchEncoder": ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    def preprocess(self, image: "Image.Image") -> np.ndarray: ...
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def make_encoder(spec: ModelSpec, *, device: str | None = None, precision: str | None = None,
+                 for_queries: bool = False) -> Encoder:
+    """The encoder for a job: ONNX Runtime on the CPU (fp32, int8), torch elsewhere.
+
+    ``for_queries`` picks the CPU ONNX path without asking torch about GPUs
+    (encoding one query is fast anywhere, and importing torch is not).
+    """
+    precision = precision or "fp32"
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if for_queries and device in (None, "cpu"):
+        from clipdex.models.onnx import OnnxEncoder
+
+        return OnnxEncoder(spec, "fp32")
+    chosen = pick_device(device)
+    if chosen == "cpu" and precision in ("fp32", "int8"):
+        from clipdex.models.onnx import OnnxEncoder
+
+        return OnnxEncoder(spec, precision)
+    if precision == "int8":
+        raise ModelError("int8 runs on the CPU through ONNX Runtime; use --device cpu, or fp16 on a GPU.")
+    if precision == "fp16" and chosen == "cpu":
+        raise ModelError("fp16 is for GPUs; on the CPU use fp32, int8 or bf16.")
+    return TorchEncoder(spec, device=chosen, precision=precision)
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -58,11 +121,14 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
     open_clip.add_model_config(path)
 
 
-class Encoder:
+class TorchEncoder:
     """A lazily built open_clip model with its preprocessing and tokenizer."""
 
-    def __init__(self, spec: ModelSpec, device: str | None = None) -> None:
+    backend = "torch"
+
+    def __init__(self, spec: ModelSpec, device: str | None = None, precision: str = "fp32") -> None:
         self.spec = spec
+        self.precision = precision
         self._requested_device = device
         self._lock = threading.Lock()
         self._model: Any = None
@@ -71,7 +137,7 @@ class Encoder:
         self.device = ""
 
     # -- building -------------------------------------------------------------
-    def load(self) -> "Encoder":
+    def load(self) -> "TorchEncoder":
         """Build the model now (it is otherwise built on first use)."""
         with self._lock:
             if self._model is None:
@@ -111,10 +177,16 @@ class Encoder:
                 "architecture (or pass the matching --model / --model-config)."
             ) from e
         model.eval()
+        if self.precision == "fp16":
+            model = model.half()
         self._model = model
         self._preprocess = preprocess
+        merged = getattr(model.visual, "preprocess_cfg", {}) or {}
+        self._cfg = PreprocessConfig(
+            self._image_size_of(model), tuple(merged.get("mean") or OPENAI_MEAN),  # type: ignore[arg-type]
+            tuple(merged.get("std") or OPENAI_STD),  # type: ignore[arg-type]
+            merged.get("interpolation") or "bicubic", merged.get("resize_mode") or "shortest")
         self._tokenizer = open_clip.get_tokenizer(spec.arch)
-        torch.set_grad_enabled(False)
 
     @property
     def model(self) -> Any:
@@ -131,10 +203,19 @@ class Encoder:
             return int(proj)
         return int(self.encode_texts(["a photo"]).shape[1])
 
+    @staticmethod
+    def _image_size_of(model: Any) -> int:
+        size = model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
     @property
     def image_size(self) -> int:
-        size = self.model.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return self._image_size_of(self.model)
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        self.load()
+        return self._cfg
 
     @property
     def logit_scale(self) -> float:
@@ -142,25 +223,40 @@ class Encoder:
         return float(self.model.logit_scale.exp().item())
 
     # -- encoding -------------------------------------------------------------
-    def preprocess(self, image: "Image.Image") -> "torch.Tensor":
+    def preprocess(self, image: "Image.Image") -> np.ndarray:
         """open_clip's evaluation transform for this model (resize, crop, normalise)."""
-        if self._preprocess is None:
-            self.load()
+        cfg = self.preprocess_config
+        if cfg.supported:
+            return preprocess_pixels(image, cfg)  # same pixels, without torch in the workers
         assert self._preprocess is not None
-        return self._preprocess(image)
+        return self._preprocess(image).numpy()
 
-    def encode_images(self, batch: "torch.Tensor") -> np.ndarray:
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
         """Vectors for a preprocessed batch (N, 3, H, W), L2-normalised, float32."""
         import torch
 
-        with torch.inference_mode():
-            features = self.model.encode_image(batch.to(self.device), normalize=True)
+        pixels = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device == "cuda":
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        else:
+            pixels = pixels.to(self.device)
+        if self.precision == "fp16":
+            pixels = pixels.half()
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_image(pixels, normalize=True)
         return features.float().cpu().numpy()
 
-    def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray:
+    def _autocast(self) -> Any:
+        import contextlib
+
         import torch
 
-        return self.encode_images(torch.stack([self.preprocess(im) for im in images]))
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray:
+        return self.encode_images(np.stack([self.preprocess(im) for im in images]))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for texts, L2-normalised, float32."""
@@ -168,7 +264,7 @@ class Encoder:
 
         model = self.model
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(texts), TEXT_BATCH):
                 tokens = self._tokenizer(list(texts[start:start + TEXT_BATCH])).to(self.device)
                 out.append(model.encode_text(tokens, normalize=True).float().cpu().numpy())

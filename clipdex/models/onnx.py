@@ -1,0 +1,246 @@
+"""The ONNX Runtime encoder: open_clip's towers exported once, then run without torch.
+
+On the first use of a model, its image and text towers are exported from the
+open_clip model (torch.onnx) into ``$CLIPDEX_HOME/cache/onnx/<model>/``, with
+``meta.json`` (dimension, preprocessing, logit scale). ``int8`` is ONNX
+Runtime's dynamic quantisation of the image tower. Every later process loads
+the exported files with onnxruntime alone: no torch, no open_clip, so a cold
+``clipdex search`` answers in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from clipdex.errors import ModelError
+from clipdex.models.preprocess import PreprocessConfig, preprocess
+from clipdex.models.registry import ModelSpec
+from clipdex.settings import cache_dir
+
+OPSET = 17
+EXPORT_VERSION = 1  # bump to re-export every cached model
+TEXT_BATCH = 64
+ONNX_PRECISIONS = ("fp32", "int8")
+
+
+def export_dir(spec: ModelSpec) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.key)
+    return cache_dir() / "onnx" / f"{slug}-v{EXPORT_VERSION}"
+
+
+def read_meta(spec: ModelSpec) -> dict[str, Any] | None:
+    try:
+        return json.loads((export_dir(spec) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> Path:
+    """The export folder for ``spec``, exporting (and quantising) what is missing."""
+    folder = export_dir(spec)
+    meta = read_meta(spec)
+    if meta is None:
+        _export(spec, folder)
+    if precision == "int8" and not (folder / "visual-int8.onnx").exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        tmp = folder / f"visual-int8.{os.getpid()}.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs advice meant for its developers
+        try:
+            quantize_dynamic(str(folder / "visual-fp32.onnx"), str(tmp), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        os.replace(tmp, folder / "visual-int8.onnx")
+    return folder
+
+
+def _export(spec: ModelSpec, folder: Path) -> None:
+    """Export both towers of the open_clip model (needs torch, once per model)."""
+    import torch
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from clipdex.models.encoder import TorchEncoder
+
+    torch_encoder = TorchEncoder(spec, device="cpu").load()
+    model = torch_encoder.model
+
+    class Visual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = model
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.clip.encode_image(pixels, normalize=True)
+
+    class Text(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.clip.encode_text(tokens, normalize=True)
+
+    tokenizer = torch_encoder._tokenizer
+    clip_bpe = (type(tokenizer) is SimpleTokenizer and getattr(tokenizer, "reduction_fn", None) is None
+                and tokenizer.clean_fn.__name__ == "_clean_lower")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        size = torch_encoder.image_size
+        # Grad mode on: with it off, nn.MultiheadAttention takes a fused fast path
+        # that the ONNX exporter cannot translate.
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but works
+            torch.onnx.export(Visual().eval(), (torch.zeros(2, 3, size, size),), str(work / "visual-fp32.onnx"),
+                              input_names=["pixels"], output_names=["vectors"], opset_version=OPSET,
+                              dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}},
+                              dynamo=False)
+            if clip_bpe:
+                tokens = tokenizer(["a photo", "a photo of a dog in the snow"])
+                torch.onnx.export(Text().eval(), (tokens,), str(work / "text-fp32.onnx"),
+                                  input_names=["tokens"], output_names=["vectors"], opset_version=OPSET,
+                                  dynamic_axes={"tokens": {0: "batch"}, "vectors": {0: "batch"}},
+                                  dynamo=False)
+        pre = torch_encoder.preprocess_config
+        meta = {
+            "key": spec.key, "dim": torch_encoder.dim, "logit_scale": torch_encoder.logit_scale,
+            "image_size": size, "mean": list(pre.mean), "std": list(pre.std),
+            "interpolation": pre.interpolation, "resize_mode": pre.resize_mode,
+            "tokenizer": "clip-bpe" if clip_bpe else None,
+            "context_length": int(getattr(tokenizer, "context_length", 77) or 77),
+        }
+        (work / "meta.json").write_text(json.dumps(meta, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(work, folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+class OnnxEncoder:
+    """Same interface as :class:`~clipdex.models.encoder.TorchEncoder`, on ONNX Runtime (CPU)."""
+
+    backend = "onnx"
+
+    def __init__(self, spec: ModelSpec, precision: str = "fp32", threads: int | None = None) -> None:
+        if precision not in ONNX_PRECISIONS:
+            raise ModelError(f"precision {precision!r} is not available with ONNX Runtime; "
+                             f"use one of {', '.join(ONNX_PRECISIONS)} (fp16/bf16 run through torch).")
+        self.spec = spec
+        self.precision = precision
+        self.device = "cpu"
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._meta: dict[str, Any] | None = None
+        self._visual: Any = None
+        self._text: Any = None
+        self._tokenizer: Any = None
+        self._torch_text: Any = None
+
+    # -- building -------------------------------------------------------------
+    def load(self) -> "OnnxEncoder":
+        self._ensure_meta()
+        self._visual_session()
+        return self
+
+    def _ensure_meta(self) -> dict[str, Any]:
+        if self._meta is None:
+            with self._lock:
+                if self._meta is None:
+                    meta = read_meta(self.spec)
+                    if meta is None or (self.precision == "int8" and
+                                        not (export_dir(self.spec) / "visual-int8.onnx").exists()):
+                        ensure_exported(self.spec, self.precision)
+                        meta = read_meta(self.spec)
+                    self._meta = meta
+        assert self._meta is not None
+        return self._meta
+
+    def _session(self, name: str) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(str(export_dir(self.spec) / name), options,
+                                    providers=["CPUExecutionProvider"])
+
+    def _visual_session(self) -> Any:
+        self._ensure_meta()
+        if self._visual is None:
+            with self._lock:
+                if self._visual is None:
+                    self._visual = self._session(f"visual-{self.precision}.onnx")
+        return self._visual
+
+    # -- facts ----------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self._ensure_meta()["dim"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self._ensure_meta()["image_size"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self._ensure_meta()["logit_scale"])
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        m = self._ensure_meta()
+        return PreprocessConfig(m["image_size"], tuple(m["mean"]), tuple(m["std"]),  # type: ignore[arg-type]
+                                m["interpolation"], m["resize_mode"])
+
+    # -- encoding -------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        cfg = self.preprocess_config
+        if not cfg.supported:
+            raise ModelError(f"resize mode {cfg.resize_mode!r} of {self.spec.name} is not supported "
+                             "by the ONNX path; use --precision with --device cpu through torch.")
+        return preprocess(image, cfg)
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        session = self._visual_session()
+        (vectors,) = session.run(None, {"pixels": np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.encode_images(np.stack([self.preprocess(im) for im in images]))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        meta = self._ensure_meta()
+        if meta.get("tokenizer") != "clip-bpe":  # a tokenizer only open_clip has: texts via torch
+            if self._torch_text is None:
+                from clipdex.models.encoder import TorchEncoder
+
+                self._torch_text = TorchEncoder(self.spec, device="cpu")
+            return self._torch_text.encode_texts(texts)
+        if self._text is None:
+            from clipdex.models.tokenizer import ClipTokenizer
+
+            with self._lock:
+                if self._text is None:
+                    self._tokenizer = ClipTokenizer(meta["context_length"])
+                    self._text = self._session("text-fp32.onnx")
+        out = [self._text.run(None, {"tokens": self._tokenizer(list(texts[i:i + TEXT_BATCH]))})[0]
+               for i in range(0, len(texts), TEXT_BATCH)]
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out).astype(np.float32)
