@@ -71,6 +71,7 @@ class Classification:
     probs: np.ndarray  # (photos, labels)
     predicted: list[str]  # a label, "uncertain", or labels joined by ";" (multi-label)
     confidence: np.ndarray  # probability of the predicted label (max over labels)
+    truth: list[str] | None = None  # a person's corrections ("" where none), when any exist
 
     @property
     def labels(self) -> list[str]:

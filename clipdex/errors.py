@@ -11,6 +11,7 @@
     │   ├── IndexLocked           another process is writing the index
     │   └── EmptyIndex            nothing indexed for the model yet
     ├── PhotoFolderError          missing, empty or unreadable folder to index
+    ├── PhotoNotFound             no indexed photo with that id
     ├── ImageDecodeError          one image that cannot be used (recorded, not fatal)
     ├── QueryError                a search query that cannot be understood
     ├── LabelSetError             a label set or label file that cannot be used
@@ -151,3 +152,10 @@ class TableError(ClipdexError):
     def __init__(self, path: str, problem: str, fix: str) -> None:
         self.path = path
         super().__init__(f"{path}: {problem}. {fix}")
+
+
+class PhotoNotFound(ClipdexError):
+    def __init__(self, photo: str) -> None:
+        self.photo = photo
+        super().__init__(f"no indexed photo {photo}. It may have been removed from the index; "
+                         "search again to find it.")

@@ -6,6 +6,8 @@ Column order of a predictions table (fixed)::
     then for each label set, in the order given:
         <set>, <set>_prob, <set>_prob_<label> for every label in the set's order
 
+Sets with corrections made in the web app add ``<set>_truth`` (the person's
+label, empty where none) after their probabilities (and after ``<set>_top``).
 ``photo_id`` is the file name without its extension. ``<set>`` is the
 predicted label (``uncertain`` below ``--min-prob``; labels joined by ``;`` in
 multi-label mode); ``<set>_prob`` is the probability of the predicted (best) label.
@@ -33,6 +35,8 @@ def prediction_columns(results: Sequence[Classification], top_k: int | None = No
         columns += [name, f"{name}_prob"] + [f"{name}_prob_{label}" for label in result.labels]
         if top_k:
             columns.append(f"{name}_top")
+        if result.truth is not None:
+            columns.append(f"{name}_truth")
     return columns
 
 
@@ -46,12 +50,15 @@ def prediction_cells(results: Sequence[Classification], top_k: int | None = None
         for result, position, top in zip(results, positions, tops):
             i = position.get(path)
             if i is None:
-                cells += [""] * (2 + len(result.labels) + (1 if top_k else 0))
+                cells += [""] * (2 + len(result.labels) + (1 if top_k else 0)
+                                 + (1 if result.truth is not None else 0))
                 continue
             cells += [result.predicted[i], _fmt(result.confidence[i])]
             cells += [_fmt(p) for p in result.probs[i]]
             if top_k:
                 cells.append(";".join(f"{label}:{prob:.3f}" for label, prob in top[i]))
+            if result.truth is not None:
+                cells.append(result.truth[i])
         rows[path] = cells
     return rows
 

@@ -15,12 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from clipdex.classify import Classification, build_classifier, classify
-from clipdex.errors import EmptyIndex, LabelSetError, ModelError, ModelMismatch, QueryError, TableError
+from clipdex.errors import (EmptyIndex, LabelSetError, ModelError, ModelMismatch, PhotoNotFound,
+                            QueryError, TableError)
 from clipdex.evaluate import Evaluation, evaluate
 from clipdex.labels import LabelSet, label_set_from_json
 from clipdex.indexer import IndexReport, Indexer, IndexSettings, Progress
@@ -47,6 +48,17 @@ class ModelStatus:
     dim: int
     photos: int
     precision: str
+
+
+@dataclass(frozen=True)
+class PhotoLabel:
+    """A photo's result in one stored label set."""
+
+    set_name: str
+    label: str
+    prob: float
+    probs: dict[str, float]
+    corrected: str | None
 
 
 @dataclass(frozen=True)
@@ -212,29 +224,48 @@ class Index:
             self._searchable = (stamp, self.store.searchable(record))
         return self._searchable[1]
 
-    def query_vector(self, query: str | list[QueryTerm]) -> np.ndarray:
-        """The normalised vector of a query (text, ``@image``, weights, negatives)."""
+    def query_vector(self, query: str | list[QueryTerm], *,
+                     image_files: Callable[[str], bool] | None = None) -> np.ndarray:
+        """The normalised vector of a query (text, ``@image``, weights, negatives).
+
+        ``image_files`` decides which image files outside the index a query may
+        read (default: any); indexed photos always resolve to their stored vector.
+        """
         terms = parse_query(query) if isinstance(query, str) else query
         texts = [t.value for t in terms if t.kind == "text"]
         text_vectors = iter(self.encoder.encode_texts(texts) if texts else [])
-        vectors = [next(text_vectors) if t.kind == "text" else self._image_vector(t.value)
+        vectors = [next(text_vectors) if t.kind == "text" else self._image_vector(t.value, image_files)
                    for t in terms]
         return combine(vectors, [t.weight for t in terms])
 
-    def search(self, query: str | list[QueryTerm], k: int = 10, *, offset: int = 0) -> list[SearchResult]:
-        """The ``k`` photos most similar to ``query``, best first (cosine scores)."""
+    def search(self, query: str | list[QueryTerm], k: int = 10, *, offset: int = 0,
+               label: tuple[str, str] | None = None,
+               image_files: Callable[[str], bool] | None = None) -> list[SearchResult]:
+        """The ``k`` photos most similar to ``query``, best first (cosine scores).
+
+        ``label=("taken_time", "night")`` keeps only photos with that label in a
+        stored set (a person's correction wins over the prediction).
+        """
         if not 1 <= k <= MAX_K:
             raise QueryError(str(query), f"k must be between 1 and {MAX_K}")
         found = self.searchable()
         if not found.paths:
             raise EmptyIndex(self.path, self.model_record().key)
-        rows, scores = rank(self.query_vector(query), found.vectors, k, offset)
+        allowed = self._label_mask(found, *label) if label else None
+        rows, scores = rank(self.query_vector(query, image_files=image_files), found.vectors, k,
+                            offset, allowed)
         return [SearchResult(rank=offset + i + 1, score=float(s), path=found.paths[r],
                              file_id=int(found.ids[r]))
                 for i, (r, s) in enumerate(zip(rows, scores))]
 
-    def _image_vector(self, ref: str) -> np.ndarray:
-        """A query image: a photo of the index (stored vector) or any image file."""
+    def _label_mask(self, found: Searchable, name: str, label: str) -> np.ndarray:
+        result = self.classification(name)
+        truth = result.truth or [""] * len(result.paths)
+        labels = {p: (t or pred) for p, pred, t in zip(result.paths, result.predicted, truth)}
+        return np.array([label in labels.get(p, "").split(";") for p in found.paths], dtype=bool)
+
+    def _image_vector(self, ref: str, image_files: Callable[[str], bool] | None = None) -> np.ndarray:
+        """A query image: a photo of the index (stored vector) or an image file."""
         record = self.model_record()
         found = self._find_indexed(ref)
         if found is not None and found.content_hash:
@@ -242,6 +273,8 @@ class Index:
             if vector is not None:
                 return vector
         path = os.path.expanduser(ref)
+        if image_files is not None and not image_files(path):
+            raise QueryError(f"@{ref}", f"{ref!r} is not a photo of the index")
         if os.path.isfile(path):
             from clipdex.decode import load_image
 
@@ -301,18 +334,66 @@ class Index:
             raise LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
                                 f"(sets run: {known})", "Run `clipdex classify` with it first.")
         definition, _labels, ids, paths, predicted, confidence, probs = stored
+        corrected = self.store.corrections(self.model_record(), name)
+        truth = None
+        if corrected:
+            by_path = {f.path: corrected.get(f.content_hash or "", "")
+                       for f in map(self.store.file_by_id, ids) if f is not None}
+            truth = [by_path.get(p, "") for p in paths]
         return Classification(label_set=label_set_from_json(definition), file_ids=ids, paths=paths,
-                              probs=probs, predicted=predicted, confidence=confidence)
+                              probs=probs, predicted=predicted, confidence=confidence, truth=truth)
 
-    def evaluate(self, name: str, table: str | os.PathLike[str], key: str,
-                 truth_column: str) -> tuple[Evaluation, int]:
+    def photo(self, file_id: int) -> FileRecord:
+        """An indexed photo by id."""
+        record = self.store.file_by_id(file_id)
+        if record is None or record.status != "ok":
+            raise PhotoNotFound(f"#{file_id}")
+        return record
+
+    def photo_labels(self, file_id: int) -> list[PhotoLabel]:
+        """The photo's label in every stored set, with probabilities and any correction."""
+        record = self.photo(file_id)
+        rows = self.store.predictions_for_hash(self.model_record(), record.content_hash or "")
+        return [PhotoLabel(set_name=name, label=label, prob=float(prob),
+                           probs=dict(zip(labels, map(float, probs))), corrected=corrected)
+                for name, labels, label, prob, probs, corrected in rows]
+
+    def correct(self, name: str, file_id: int, label: str) -> None:
+        """Record a person's label for a photo in set ``name`` (ground truth for evaluation)."""
+        labels = self.classification_labels(name)
+        if label not in labels:
+            raise LabelSetError(f"label set {name!r}", f"has no label {label!r}",
+                                f"Pick one of: {', '.join(labels)}.")
+        record = self.photo(file_id)
+        self.store.save_correction(self.model_record(), name, record.content_hash or "", label)
+
+    def classification_labels(self, name: str) -> list[str]:
+        for set_name, _definition, labels in self.store.label_sets(self.model_record()):
+            if set_name == name:
+                return labels
+        known = ", ".join(self.label_sets()) or "none yet"
+        raise LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
+                            f"(sets run: {known})", "Run `clipdex classify` with it first.")
+
+    def evaluate(self, name: str, table: str | os.PathLike[str] | None = None, key: str | None = None,
+                 truth_column: str | None = None) -> tuple[Evaluation, int]:
         """Label set ``name``'s stored predictions against a column of a CSV table.
 
-        Returns the evaluation and how many table rows matched an indexed photo.
+        Without a table, the corrections people made (web app) are the truth.
+        Returns the evaluation and how many photos were compared.
         """
         from clipdex.export import KeyMatcher, read_table
 
         result = self.classification(name)
+        if table is None:
+            if not result.truth or not any(result.truth):
+                raise LabelSetError(f"label set {name!r}", "has no corrections to evaluate against",
+                                    "Correct some photos in `clipdex serve`, or pass --metadata "
+                                    "TABLE --key COLUMN --truth COLUMN.")
+            pairs = [(p, t) for p, t in zip(result.predicted, result.truth) if t]
+            return evaluate([p for p, _ in pairs], [t for _, t in pairs], result.labels), len(pairs)
+        key = key or "path"
+        truth_column = truth_column or name
         header, rows = read_table(table, key)
         if truth_column not in header:
             raise TableError(str(table), f"has no column {truth_column!r}",

@@ -324,6 +324,34 @@ class Store:
         return (row[1], labels, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
                 np.array([r[3] for r in rows], dtype=np.float32), probs)
 
+    def save_correction(self, model: ModelRecord, set_name: str, content_hash: str, label: str) -> None:
+        """Record a person's label for a photo (ground truth), replacing an earlier one."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO corrections (model_id, set_name, content_hash, label, "
+                      "corrected_at) VALUES (?, ?, ?, ?, ?)",
+                      (model.id, set_name, content_hash, label, time.time()))
+
+    def corrections(self, model: ModelRecord, set_name: str) -> dict[str, str]:
+        """content hash -> corrected label, for one label set."""
+        rows = self.conn.execute("SELECT content_hash, label FROM corrections WHERE model_id = ? "
+                                 "AND set_name = ?", (model.id, set_name))
+        return {h: label for h, label in rows}
+
+    def file_by_id(self, file_id: int) -> FileRecord | None:
+        row = self.conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        return _file(row) if row else None
+
+    def predictions_for_hash(self, model: ModelRecord, content_hash: str
+                             ) -> list[tuple[str, list[str], str, float, np.ndarray, str | None]]:
+        """(set, labels, label, prob, probs, corrected label) of every stored set, for one photo."""
+        rows = self.conn.execute(
+            "SELECT s.name, s.labels, p.label, p.prob, p.probs, c.label FROM label_sets s "
+            "JOIN predictions p ON p.set_id = s.id AND p.content_hash = ? "
+            "LEFT JOIN corrections c ON c.model_id = s.model_id AND c.set_name = s.name "
+            "AND c.content_hash = p.content_hash WHERE s.model_id = ? ORDER BY s.created_at",
+            (content_hash, model.id)).fetchall()
+        return [(r[0], json.loads(r[1]), r[2], r[3], np.frombuffer(r[4], dtype="<f4"), r[5]) for r in rows]
+
     # -- reporting ------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT status, count(*) FROM files GROUP BY status").fetchall()

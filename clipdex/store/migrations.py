@@ -67,6 +67,16 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (set_id, content_hash)
         );
     """),
+    ("003_corrections", """
+        CREATE TABLE corrections (
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            set_name TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            label TEXT NOT NULL,
+            corrected_at REAL NOT NULL,
+            PRIMARY KEY (model_id, set_name, content_hash)
+        );
+    """),
 ]
 LATEST_VERSION = len(MIGRATIONS)
 

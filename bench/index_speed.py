@@ -1,0 +1,173 @@
+"""Indexing throughput and fidelity: the tutorial's loop vs `clipdex index`, same photos, same weights.
+
+    python bench/index_speed.py --weights vit-b-32-random.pt [--photos 200] [--large 12]
+
+Prints, for the shared Unsplash photos and for generated 24-megapixel JPEGs
+(real photos upscaled): images/s end to end, the ratio to the tutorial's loop,
+and the cosine between clipdex's stored vectors and the tutorial's fp32 torch
+vectors (min, mean). Also forward-only throughput on the same batches (does the
+model wait for the decoder?), reduced-size JPEG decoding against full decoding,
+and the time to encode one text query warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clipdex import Index
+from clipdex.decode import load_image
+from clipdex.models.encoder import make_encoder
+from clipdex.models.registry import resolve_model
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "images"
+TUTORIAL_BATCH = 100
+FORWARD_BATCH = 32
+LARGE_SIZE = (6000, 4000)
+
+
+def tutorial_loop(paths: list[Path], model_name: str, weights: str) -> tuple[float, dict[str, np.ndarray]]:
+    """The tutorial: PIL open -> model preprocess -> batches of 100 -> encode_image (torch fp32)."""
+    import open_clip
+    import torch
+
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
+    model.eval()
+    vectors = {}
+    started = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(paths), TUTORIAL_BATCH):
+            chunk = paths[i:i + TUTORIAL_BATCH]
+            batch = torch.stack([preprocess(Image.open(p)) for p in chunk])
+            features = model.encode_image(batch)
+            features /= features.norm(dim=-1, keepdim=True)
+            vectors.update({str(p): f for p, f in zip(chunk, features.numpy())})
+    return len(paths) / (time.perf_counter() - started), vectors
+
+
+def clipdex_index(folder: Path, weights: str, precision: str) -> tuple[float, dict[str, np.ndarray], float]:
+    """`clipdex index` through the library into a fresh index; returns img/s, vectors, encode seconds."""
+    with tempfile.TemporaryDirectory() as tmp, Index.open(Path(tmp) / "idx", weights=weights,
+                                                          precision=precision, create=True) as index:
+        report = index.add(folder)
+        found = index.searchable()
+        vectors = {os.path.realpath(p): v for p, v in zip(found.paths, found.vectors)}
+    return report.encoded / report.encode_seconds, vectors, report.encode_seconds
+
+
+def forward_only(weights: str, precision: str, pixels: np.ndarray) -> float:
+    encoder = make_encoder(resolve_model(None, weights), precision=precision).load()
+    encoder.encode_images(pixels[:FORWARD_BATCH])
+    started, done = time.perf_counter(), 0
+    for i in range(0, len(pixels), FORWARD_BATCH):
+        done += len(encoder.encode_images(pixels[i:i + FORWARD_BATCH]))
+    return done / (time.perf_counter() - started)
+
+
+def cosines(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> tuple[float, float]:
+    ref = {os.path.realpath(k): v for k, v in reference.items()}
+    values = [float(np.dot(ours[k], ref[k])) for k in ref if k in ours]
+    return min(values), float(np.mean(values))
+
+
+def make_large(sources: list[Path], folder: Path) -> list[Path]:
+    """24-megapixel JPEGs made from real photos (upscaled, so they decode like camera files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in sources:
+        target = folder / f"large-{src.stem}.jpg"
+        with Image.open(src) as im:
+            big = im.convert("RGB").resize(LARGE_SIZE if im.width >= im.height else LARGE_SIZE[::-1],
+                                           Image.Resampling.BICUBIC)
+        big.save(target, quality=92)
+        out.append(target)
+    return out
+
+
+def decode_rates(paths: list[Path], weights: str) -> tuple[float, float, float, float]:
+    """Full decode vs reduced-size decode (+ preprocess): img/s each, and embedding cosine min/mean."""
+    encoder = make_encoder(resolve_model(None, weights), precision="fp32").load()
+    data = [p.read_bytes() for p in paths]
+    rates, pixels = [], []
+    for draft in (None, 2 * encoder.image_size):
+        started = time.perf_counter()
+        pixels.append(np.stack([encoder.preprocess(load_image(d, "x", draft_size=draft)) for d in data]))
+        rates.append(len(data) / (time.perf_counter() - started))
+    full, reduced = encoder.encode_images(pixels[0]), encoder.encode_images(pixels[1])
+    cos = np.sum(full * reduced, axis=1)
+    return rates[0], rates[1], float(cos.min()), float(cos.mean())
+
+
+def text_query_ms(weights: str) -> tuple[float, float]:
+    spec = resolve_model(None, weights)
+    onnx = make_encoder(spec, for_queries=True)
+    torch_encoder = make_encoder(spec, device="cpu", precision="bf16")  # torch path, timed in fp32 below
+    torch_encoder.precision = "fp32"
+    times = {}
+    for name, encoder in (("onnx", onnx), ("torch", torch_encoder)):
+        encoder.encode_texts(["warm up"])
+        samples = []
+        for query in ["dog", "dog in the snow", "listen to music", "a photo taken at dusk"] * 5:
+            started = time.perf_counter()
+            encoder.encode_texts([query])
+            samples.append(time.perf_counter() - started)
+        times[name] = statistics.median(samples) * 1000
+    return times["onnx"], times["torch"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", required=True, help="ViT-B-32 checkpoint (e.g. random weights)")
+    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--large", type=int, default=12)
+    args = parser.parse_args()
+    weights = os.path.abspath(args.weights)
+    sources = sorted(SHARED.glob("*.jpg"))[:args.photos]
+    make_encoder(resolve_model(None, weights), precision="int8").load()  # export once, outside the timings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        small = Path(tmp) / "small"
+        small.mkdir()
+        for src in sources:
+            (small / src.name).symlink_to(src)
+        large = make_large(sources[:args.large], Path(tmp) / "large")
+        print(f"machine: {os.cpu_count()} cores; model ViT-B-32, weights {Path(weights).name}")
+        print(f"{'photos':<22} {'path':<34} {'img/s':>7} {'x tutorial':>10} {'cos min':>8} {'cos mean':>8}")
+        for label, folder, paths in ((f"unsplash {len(sources)}", small, sorted(small.iterdir())),
+                                     (f"24 MP x {len(large)}", Path(tmp) / "large", large)):
+            base_rate, reference = tutorial_loop(paths, "ViT-B-32", weights)
+            print(f"{label:<22} {'tutorial loop (torch fp32, b=100)':<34} {base_rate:>7.1f} {1.0:>10.2f} "
+                  f"{1.0:>8.4f} {1.0:>8.4f}")
+            for precision in ("fp32", "int8"):
+                rate, ours, _ = clipdex_index(folder, weights, precision)
+                lo, mean = cosines(ours, reference)
+                print(f"{label:<22} {'clipdex index --precision ' + precision:<34} {rate:>7.1f} "
+                      f"{rate / base_rate:>10.2f} {lo:>8.4f} {mean:>8.4f}")
+
+        encoder = make_encoder(resolve_model(None, weights), precision="fp32").load()
+        pixels = np.stack([encoder.preprocess(load_image(p.read_bytes(), str(p), draft_size=448))
+                           for p in sources])
+        print()
+        print(f"{'forward only, same photos, batch 32':<40} {'img/s':>7}   end-to-end / forward")
+        for precision in ("fp32", "int8"):
+            fwd = forward_only(weights, precision, pixels)
+            e2e, _, _ = clipdex_index(small, weights, precision)
+            print(f"{'onnx ' + precision:<40} {fwd:>7.1f}   {e2e / fwd:.2f}")
+
+        full, reduced, lo, mean = decode_rates(large, weights)
+        print()
+        print(f"decode + preprocess of {len(large)} 24-MP JPEGs: full {full:.1f} img/s, reduced-size "
+              f"{reduced:.1f} img/s ({reduced / full:.1f}x); embedding cosine min {lo:.4f} mean {mean:.4f}")
+    onnx_ms, torch_ms = text_query_ms(weights)
+    print(f"one text query, warm: onnx {onnx_ms:.1f} ms, torch {torch_ms:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

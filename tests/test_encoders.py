@@ -1,0 +1,70 @@
+"""The ONNX path against open_clip itself: tokenizer, text and image vectors, int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipdex import Index
+from clipdex.models.encoder import TorchEncoder, make_encoder
+from clipdex.models.registry import resolve_model
+from tests.conftest import unsplash_paths
+
+TEXTS = ["dog", "dog in the snow", "listen to music", "A photo taken at DUSK!!", "café & crème brûlée",
+         "emoji 🐶 test", "it's they're we'll", "&amp;quot; html", "", "word " * 100]
+
+
+def test_tokenizer_matches_open_clip_token_for_token() -> None:
+    import open_clip
+
+    from clipdex.models.tokenizer import ClipTokenizer
+
+    ours = ClipTokenizer()(TEXTS)
+    theirs = open_clip.get_tokenizer("ViT-B-32")(TEXTS).numpy()
+    assert (ours == theirs).all()
+
+
+def test_onnx_text_and_image_vectors_equal_torch(tiny_model) -> None:
+    from PIL import Image
+
+    config, weights = tiny_model
+    spec = resolve_model(None, weights, config)
+    onnx = make_encoder(spec, device="cpu", precision="fp32")
+    torch_encoder = TorchEncoder(spec, device="cpu")
+    assert onnx.backend == "onnx"
+    a, b = onnx.encode_texts(TEXTS), torch_encoder.encode_texts(TEXTS)
+    assert np.sum(a * b, axis=1).min() >= 0.999
+    images = [Image.open(p).convert("RGB") for p in unsplash_paths(4)]
+    a, b = onnx.encode_pil(images), torch_encoder.encode_pil(images)
+    assert np.sum(a * b, axis=1).min() >= 0.999
+    assert onnx.dim == torch_encoder.dim and onnx.logit_scale == pytest.approx(torch_encoder.logit_scale)
+
+
+def test_int8_vectors_are_kept_apart_and_close(tmp_path: Path, photos: Path, model_kwargs) -> None:
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        index.add(photos)
+        exact = index.searchable()
+    with Index.open(tmp_path / "idx", precision="int8", **model_kwargs) as index:
+        index.add(photos, allow_new_model=True)
+        keys = [m.key for m in index.status().models]
+        fast = index.searchable()
+        assert index.search("dog", k=3)
+    assert keys[1] == keys[0] + "#int8" and [m for m in keys]
+    assert fast.paths == exact.paths
+    assert np.sum(fast.vectors * exact.vectors, axis=1).min() >= 0.95
+
+
+def test_search_path_does_not_import_torch(tmp_path: Path, photos: Path, model_kwargs) -> None:
+    import subprocess
+    import sys
+
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        index.add(photos)
+        index.search("warm the export", k=1)
+    code = ("import sys; from clipdex import Index; "
+            f"i = Index.open({str(tmp_path / 'idx')!r}); print(len(i.search('dog in the snow', k=3))); "
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "False", "False"]
