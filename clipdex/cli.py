@@ -111,7 +111,7 @@ class _Bar:
 @click.argument("photo_dir", type=click.Path())
 @index_option
 @model_options
-@click.option("--batch-size", default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch-size", type=int, help="Images per forward pass [default: 16 on CPU, 256 on GPU].")
 @click.option("--workers", type=int, help="Decoding threads [default: CPU cores, at most 8].")
 @click.option("--max-megapixels", default=178.0, show_default=True,
               help="Refuse larger images (decompression-bomb guard).")
@@ -121,7 +121,7 @@ class _Bar:
 @click.option("--wait", is_flag=True, help="Wait for another indexing run on this index to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
-              model_config: str | None, device: str | None, precision: str | None, batch_size: int, workers: int | None,
+              model_config: str | None, device: str | None, precision: str | None, batch_size: int | None, workers: int | None,
               max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool,
               as_json: bool) -> None:
     """Embed every photo under PHOTO_DIR (recursively) into the index.
@@ -499,6 +499,33 @@ def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: str, prec
         else:
             out.print(f"{r.device:<7} {r.precision:<9} {r.backend:<7} {r.batch_size:>5} "
                       f"{r.images_per_second:>8.1f} {r.ms_per_image:>7.1f}")
+
+
+# -- serve -------------------------------------------------------------------
+@main.command("serve")
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (another than localhost exposes your photos).")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+def serve_cmd(index_dir: str | None, host: str, port: int) -> None:
+    """Open the web app: search, photo pages, label review and corrections."""
+    import uvicorn
+
+    from clipdex.index import Index
+    from clipdex.web import create_app
+
+    index = Index.open(index_dir)
+    err = _console(stderr=True)
+    err.print(f"loading the model of {index.path} …")
+    index.encoder.encode_texts(["warm up"])  # load (and export, the first time) before serving
+    app = create_app(index)
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"clipdex is serving {index.status().indexed} photos at [bold]http://{shown}:{port}/[/] "
+              "(Ctrl-C stops it)")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        index.close()
 
 
 # -- status ------------------------------------------------------------------

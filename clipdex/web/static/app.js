@@ -1,0 +1,88 @@
+// clipdex's pages: infinite scroll, drag-and-drop search by example, one-click corrections.
+// Text from the server is always set with textContent, never as HTML.
+(function () {
+  "use strict";
+
+  function card(r) {
+    const a = document.createElement("a");
+    a.className = "card";
+    a.href = "/photo/" + encodeURIComponent(r.id);
+    a.dataset.id = r.id;
+    const img = document.createElement("img");
+    img.src = "/thumb/" + encodeURIComponent(r.id);
+    img.alt = r.name;
+    img.loading = "lazy";
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    const score = document.createElement("b");
+    score.className = "score";
+    score.textContent = r.score.toFixed(3);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = " " + r.name;
+    meta.append(score, name);
+    a.append(img, meta);
+    return a;
+  }
+
+  // More results as the page scrolls (the "More results" link works without JS).
+  const grid = document.getElementById("results");
+  const more = document.getElementById("more");
+  if (grid && more && "IntersectionObserver" in window) {
+    let loading = false;
+    const pageSize = Number(grid.dataset.pageSize);
+    const observer = new IntersectionObserver(async (entries) => {
+      if (!entries.some((e) => e.isIntersecting) || loading) return;
+      loading = true;
+      const params = new URLSearchParams({ q: grid.dataset.q, offset: grid.dataset.next, k: pageSize,
+                                           set: grid.dataset.set, label: grid.dataset.label });
+      const response = await fetch("/api/search?" + params);
+      if (response.ok) {
+        const data = await response.json();
+        data.results.forEach((r) => grid.append(card(r)));
+        grid.dataset.next = Number(grid.dataset.next) + data.results.length;
+        if (data.results.length < pageSize) { observer.disconnect(); more.parentElement.remove(); }
+      }
+      loading = false;
+    }, { rootMargin: "600px" });
+    observer.observe(more);
+  }
+
+  // Search by example: choose or drop a photo.
+  const drop = document.getElementById("drop");
+  const file = document.getElementById("file");
+  const uploadForm = document.getElementById("upload-form");
+  if (drop && file && uploadForm) {
+    file.addEventListener("change", () => { if (file.files.length) uploadForm.submit(); });
+    ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+    ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+    drop.addEventListener("drop", (e) => {
+      if (e.dataTransfer.files.length) { file.files = e.dataTransfer.files; uploadForm.submit(); }
+    });
+  }
+
+  // Changing the label set refreshes the label choices.
+  const setSelect = document.getElementById("set");
+  if (setSelect) setSelect.addEventListener("change", () => {
+    const label = document.getElementById("label");
+    if (label) label.value = "";
+    document.getElementById("search-form").submit();
+  });
+
+  // One click records a correction (ground truth) for a photo.
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.correct");
+    if (!button) return;
+    const holder = button.closest("[data-set]");
+    const response = await fetch("/api/labels/" + encodeURIComponent(holder.dataset.set) + "/corrections", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ file_id: Number(holder.dataset.id), label: button.dataset.label }),
+    });
+    if (!response.ok) return;
+    holder.querySelectorAll("button.correct").forEach((b) => b.classList.toggle("chosen", b === button));
+    holder.classList.add("is-corrected");
+    let note = holder.querySelector(".corrected-note, .corrected");
+    if (!note) { note = document.createElement("span"); note.className = "corrected"; holder.querySelector("h3").append(note); }
+    note.textContent = "corrected: " + button.dataset.label;
+  });
+})();

@@ -1,0 +1,222 @@
+"""The web app: JSON API and pages in-process, security cases, and a real server in Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from clipdex import Index
+from clipdex.labels import make_label_set
+from clipdex.web import create_app
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+HOSTILE_NAME = '"><img src=x onerror=alert(1)>.jpg'
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture()
+def index(tmp_path: Path, photos: Path, model_kwargs: dict[str, str]):
+    shutil.copy(next(photos.glob("*.jpg")), photos / HOSTILE_NAME)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as idx:
+        idx.add(photos)
+        idx.classify([make_label_set("taken_space", ["indoor", "outdoor"], ["a photo taken {}"])])
+        yield idx
+
+
+@pytest.fixture()
+def client(index: Index) -> TestClient:
+    return TestClient(create_app(index))
+
+
+def test_search_api_and_page(client: TestClient) -> None:
+    data = client.get("/api/search", params={"q": "dog in the snow", "k": 5}).json()
+    assert [r["rank"] for r in data["results"]] == [1, 2, 3, 4, 5]
+    page2 = client.get("/api/search", params={"q": "dog in the snow", "k": 5, "offset": 5}).json()
+    assert page2["results"][0]["rank"] == 6
+    html = client.get("/", params={"q": "dog in the snow"}).text
+    assert html.count('class="card"') == 13 and 'value="dog in the snow"' in html
+
+
+def test_similar_photo_and_status_api(client: TestClient, index: Index) -> None:
+    first = client.get("/api/search", params={"q": "beach -people", "k": 1}).json()["results"][0]
+    similar = client.get(f"/api/similar/{first['id']}", params={"k": 3}).json()["results"]
+    assert similar[0]["id"] == first["id"] and similar[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    photo = client.get(f"/api/photos/{first['id']}").json()
+    assert photo["path"] == first["path"] and photo["labels"][0]["set_name"] == "taken_space"
+    assert client.get("/api/status").json()["indexed"] == 13
+    assert client.get("/api/openapi.json").status_code == 200
+
+
+def test_label_pages_filter_and_corrections(client: TestClient, index: Index, tmp_path: Path) -> None:
+    sets = client.get("/api/labels").json()["sets"]
+    assert sets[0]["name"] == "taken_space" and sum(sets[0]["counts"].values()) == 13
+    page = client.get("/labels/taken_space", params={"sort": "least", "per": 3}).text
+    assert "least confident first" in page and page.count('class="card labelled') <= 6
+
+    only = client.get("/api/search", params={"q": "dog", "k": 50, "set": "taken_space",
+                                              "label": "indoor"}).json()["results"]
+    predicted = dict(zip(index.classification("taken_space").paths, index.classification("taken_space").predicted))
+    assert all(predicted[r["path"]] == "indoor" for r in only)
+
+    target = client.get("/api/search", params={"q": "dog", "k": 1}).json()["results"][0]
+    flipped = "outdoor" if predicted[target["path"]] == "indoor" else "indoor"
+    saved = client.post("/api/labels/taken_space/corrections", json={"file_id": target["id"], "label": flipped})
+    assert saved.status_code == 200
+    result = index.classification("taken_space")
+    assert result.truth[result.paths.index(target["path"])] == flipped
+    evaluation, n = index.evaluate("taken_space")
+    assert n == 1 and evaluation.accuracy == 0.0
+    bad = client.post("/api/labels/taken_space/corrections", json={"file_id": target["id"], "label": "sky"})
+    assert bad.status_code == 400 and "Pick one of" in bad.json()["error"]
+
+    from clipdex.export import write_predictions
+
+    write_predictions([result], tmp_path / "p.csv")
+    assert "taken_space_truth" in (tmp_path / "p.csv").read_text().splitlines()[0]
+
+
+def test_file_names_and_queries_are_escaped(client: TestClient) -> None:
+    html = client.get("/", params={"q": "a photo", "page": 1}).text
+    assert "<img src=x onerror" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html or "&#34;&gt;&lt;img" in html
+    echo = client.get("/", params={"q": "<script>alert(1)</script>"}).text
+    assert "<script>alert(1)</script>" not in echo and "&lt;script&gt;" in echo
+    hostile = next(r for r in client.get("/api/search", params={"q": "a", "k": 13}).json()["results"]
+                   if r["name"] == HOSTILE_NAME)
+    page = client.get(f"/photo/{hostile['id']}").text
+    assert "<img src=x onerror" not in page
+
+
+def test_only_indexed_photos_are_served(client: TestClient) -> None:
+    assert client.get("/thumb/abc").status_code == 422
+    missing = client.get("/thumb/999999")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "image/svg+xml"
+    for path in ("/thumb/../../etc/passwd", "/static/../../../etc/passwd", "/static/%2e%2e/app.py",
+                 "/photo/..%2F..%2Fetc%2Fpasswd"):
+        response = client.get(path)
+        assert response.status_code in (404, 422) and "root:" not in response.text
+    outside = client.get("/", params={"q": "@/etc/passwd"}).text
+    assert "is not a photo of the index" in outside
+    api = client.get("/api/search", params={"q": "@/etc/hostname"})
+    assert api.status_code == 400 and "not a photo of the index" in api.json()["error"]
+
+
+def test_requests_are_bounded(client: TestClient) -> None:
+    assert client.get("/api/search", params={"q": "dog", "k": 100_000}).status_code == 422
+    assert client.get("/api/search", params={"q": "x" * 5000}).status_code == 422
+    assert client.get("/api/search", params={"q": "dog", "offset": 10**9}).status_code == 422
+    assert client.get("/labels/taken_space", params={"per": 10_000}).status_code == 422
+    assert client.get("/thumb/1", params={"size": 9999}).status_code == 422
+
+
+def test_uploads_are_checked_and_kept_in_the_index(client: TestClient, index: Index) -> None:
+    text = client.post("/upload", files={"file": ("x.jpg", b"not an image", "image/jpeg")})
+    assert text.status_code == 400 and "not a readable image" in text.text
+    exe = client.post("/upload", files={"file": ("x.sh", b"#!/bin/sh", "application/x-sh")})
+    assert exe.status_code == 415
+    big = client.post("/upload", files={"file": ("big.jpg", b"\xff" * (21 * 1024 * 1024), "image/jpeg")})
+    assert big.status_code == 413
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "JPEG")
+    ok = client.post("/upload", files={"file": ("../../evil.jpg", buffer.getvalue(), "image/jpeg")},
+                     data={"q": "snow"}, follow_redirects=False)
+    assert ok.status_code == 303
+    query = parse_qs(urlparse(ok.headers["location"]).query)["q"][0]
+    saved = list((index.path / "uploads").iterdir())
+    assert len(saved) == 1 and saved[0].resolve().parent == (index.path / "uploads").resolve()
+    assert str(saved[0]) in query and query.endswith("+ snow")
+    page = client.get(ok.headers["location"]).text
+    assert page.count('class="card"') == 13
+
+
+def test_deleted_photo_shows_a_placeholder(client: TestClient, index: Index) -> None:
+    result = client.get("/api/search", params={"q": "dog", "k": 1}).json()["results"][0]
+    os.unlink(result["path"])
+    thumb = client.get(f"/thumb/{result['id']}")
+    assert thumb.status_code == 404 and b"photo missing" in thumb.content
+    page = client.get(f"/photo/{result['id']}")
+    assert page.status_code == 200 and "no longer on disk" in page.text
+
+
+def test_errors_are_pages_that_say_what_to_do(client: TestClient) -> None:
+    page = client.get("/photo/424242")
+    assert page.status_code == 404 and "no indexed photo" in page.text and "Back to search" in page.text
+    api = client.get("/api/photos/424242")
+    assert api.status_code == 404 and "search again" in api.json()["error"]
+    unknown_set = client.get("/labels/nope")
+    assert unknown_set.status_code == 400 and "clipdex classify" in unknown_set.text
+
+
+# -- a real server, driven by headless Chromium -------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(index: Index):
+    import uvicorn
+
+    port = _free_port()
+    config = uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_end_to_end_in_chromium(server: str, index: Index) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server + "/")
+        page.fill("#q", "dog in the snow")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#results .card img")
+        assert "q=dog+in+the+snow" in page.url  # the URL holds the query
+        assert page.locator("#results .card").count() == 13
+        page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
+
+        page.locator("#results .card").first.click()
+        page.wait_for_selector("#photo")
+        assert page.locator("#path").inner_text().endswith(".jpg")
+        page.screenshot(path=str(ARTIFACTS / "photo.png"))
+        page.click("#more-like-this")
+        page.wait_for_selector("#results .card")
+        first_score = page.locator("#results .card .score").first.inner_text()
+        assert first_score == "1.000"  # the photo itself comes first
+
+        page.goto(server + "/labels/taken_space?per=4")
+        card = page.locator(".card.labelled").first
+        predicted = card.locator(".meta b").inner_text()
+        other = "outdoor" if predicted == "indoor" else "indoor"
+        card.locator(f"button.correct[data-label='{other}']").click()
+        page.wait_for_selector(".card.is-corrected")
+        assert "corrected: " + other in card.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "labels.png"), full_page=True)
+        browser.close()
+    result = index.classification("taken_space")
+    assert other in (result.truth or [])
