@@ -82,8 +82,15 @@ class _Bar:
     """Rich progress bar that shows images/s and an ETA."""
 
     def __init__(self) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
@@ -387,19 +394,23 @@ def review_cmd(name: str, grid: str, per_label: int, seed: int, mode: str,
 
 @main.command("evaluate")
 @click.argument("name")
-@click.option("--metadata", type=click.Path(dir_okay=False), required=True,
-              help="CSV table holding the ground truth.")
-@click.option("--key", required=True, help="Column naming the photo (file stem, name or path).")
+@click.option("--metadata", type=click.Path(dir_okay=False),
+              help="CSV table holding the ground truth [default: the corrections made in `clipdex serve`].")
+@click.option("--key", help="Column of --metadata naming the photo (file stem, name or path).")
 @click.option("--truth", "truth_column", help="Column with the true labels [default: NAME].")
 @click.option("--heatmap", type=click.Path(dir_okay=False), help="Draw the confusion matrix as PNG.")
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate_cmd(name: str, metadata: str, key: str, truth_column: str | None, heatmap: str | None,
+def evaluate_cmd(name: str, metadata: str | None, key: str | None, truth_column: str | None,
+                 heatmap: str | None,
                  index_dir: str | None, as_json: bool) -> None:
-    """Compare label set NAME's predictions with a ground-truth column of your table."""
+    """Compare label set NAME's predictions with a ground-truth column of your table
+    (or, without --metadata, with the corrections people made in the web app)."""
     from clipdex.evaluate import draw_confusion
     from clipdex.index import Index
 
+    if metadata and not key:
+        raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
     with Index.open(index_dir) as index:
         evaluation, matched = index.evaluate(name, metadata, key, truth_column or name)
     if heatmap:
@@ -408,8 +419,8 @@ def evaluate_cmd(name: str, metadata: str, key: str, truth_column: str | None, h
         click.echo(json.dumps(dict(evaluation.to_dict(), set=name, rows_matched=matched), indent=2))
         return
     out = _console()
-    out.print(f"[bold]{name}[/] vs column {truth_column or name!r} of {metadata}: "
-              f"{evaluation.count} photos with both")
+    source = f"column {truth_column or name!r} of {metadata}" if metadata else "the corrections"
+    out.print(f"[bold]{name}[/] vs {source}: {evaluation.count} photos with both")
     out.print(f"  accuracy           {evaluation.accuracy:.3f}")
     out.print(f"  balanced accuracy  {evaluation.balanced_accuracy:.3f}")
     out.print(f"  macro-F1           {evaluation.macro_f1:.3f}")

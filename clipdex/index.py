@@ -20,11 +20,18 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from clipdex.classify import Classification, build_classifier, classify
-from clipdex.errors import (EmptyIndex, LabelSetError, ModelError, ModelMismatch, PhotoNotFound,
-                            QueryError, TableError)
+from clipdex.errors import (
+    EmptyIndex,
+    LabelSetError,
+    ModelError,
+    ModelMismatch,
+    PhotoNotFound,
+    QueryError,
+    TableError,
+)
 from clipdex.evaluate import Evaluation, evaluate
+from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress
 from clipdex.labels import LabelSet, label_set_from_json
-from clipdex.indexer import IndexReport, Indexer, IndexSettings, Progress
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query, rank
 from clipdex.settings import default_index_dir

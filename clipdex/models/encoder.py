@@ -146,7 +146,6 @@ class TorchEncoder:
 
     def _build(self) -> None:
         import open_clip
-        import torch
 
         spec = self.spec
         if spec.config is not None:
