@@ -220,3 +220,33 @@ def test_end_to_end_in_chromium(server: str, index: Index) -> None:
         browser.close()
     result = index.classification("taken_space")
     assert other in (result.truth or [])
+
+
+def test_serve_command_prints_the_url_and_stops_on_ctrl_c(index: Index) -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--index", str(index.path),
+                             "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        seen = ""
+        while url not in seen and time.monotonic() < deadline:
+            seen += proc.stderr.readline()
+        assert url in seen
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(url + "api/status") as response:
+                    assert b'"indexed":13' in response.read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
