@@ -91,6 +91,7 @@ class Index:
         self._encoder: Encoder | None = None
         self._spec: ModelSpec | None = None
         self._searchable: tuple[int, Searchable] | None = None
+        self._classifications: dict[str, tuple[tuple[int, int], Classification]] = {}
 
     @classmethod
     def open(
@@ -222,11 +223,15 @@ class Index:
         return report
 
     # -- reading --------------------------------------------------------------
+    def _stamp(self) -> tuple[int, int]:
+        """Changes when anyone (this connection or another process) writes the index."""
+        return (self.store.conn.total_changes,
+                self.store.conn.execute("PRAGMA data_version").fetchone()[0])
+
     def searchable(self) -> Searchable:
         """Every searchable photo with its vector, cached until the index changes."""
         record = self.model_record()
-        stamp = hash((record.rows, self.store.conn.total_changes,
-                      self.store.conn.execute("PRAGMA data_version").fetchone()[0]))
+        stamp = hash((record.rows, *self._stamp()))
         if self._searchable is None or self._searchable[0] != stamp:
             self._searchable = (stamp, self.store.searchable(record))
         return self._searchable[1]
@@ -334,21 +339,26 @@ class Index:
         return [name for name, _, _ in self.store.label_sets(self.model_record())]
 
     def classification(self, name: str) -> Classification:
-        """The stored predictions of label set ``name``."""
+        """The stored predictions of label set ``name`` (cached until the index changes)."""
+        stamp = self._stamp()
+        cached = self._classifications.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        result = self._load_classification(name)
+        self._classifications[name] = (stamp, result)
+        return result
+
+    def _load_classification(self, name: str) -> Classification:
         stored = self.store.load_predictions(self.model_record(), name)
         if stored is None:
             known = ", ".join(self.label_sets()) or "none yet"
             raise LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
                                 f"(sets run: {known})", "Run `clipdex classify` with it first.")
-        definition, _labels, ids, paths, predicted, confidence, probs = stored
         corrected = self.store.corrections(self.model_record(), name)
-        truth = None
-        if corrected:
-            by_path = {f.path: corrected.get(f.content_hash or "", "")
-                       for f in map(self.store.file_by_id, ids) if f is not None}
-            truth = [by_path.get(p, "") for p in paths]
-        return Classification(label_set=label_set_from_json(definition), file_ids=ids, paths=paths,
-                              probs=probs, predicted=predicted, confidence=confidence, truth=truth)
+        truth = [corrected.get(h, "") for h in stored.hashes] if corrected else None
+        return Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
+                              paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
+                              confidence=stored.confidence, truth=truth)
 
     def photo(self, file_id: int) -> FileRecord:
         """An indexed photo by id."""

@@ -86,6 +86,20 @@ class Searchable:
     vectors: np.ndarray
 
 
+@dataclass(frozen=True)
+class StoredPredictions:
+    """One label set's stored results, row-aligned, sorted by path."""
+
+    definition: str
+    labels: list[str]
+    file_ids: list[int]
+    paths: list[str]
+    predicted: list[str]
+    confidence: np.ndarray
+    probs: np.ndarray
+    hashes: list[str]
+
+
 class Store:
     """An index folder opened for reading and, under :meth:`writing`, for writing."""
 
@@ -307,22 +321,23 @@ class Store:
                                  "ORDER BY created_at", (model.id,)).fetchall()
         return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
-    def load_predictions(self, model: ModelRecord, name: str
-                         ) -> tuple[str, list[str], list[int], list[str], list[str], np.ndarray, np.ndarray] | None:
-        """(definition, labels, file ids, paths, predicted, confidence, probs) of a stored set."""
+    def load_predictions(self, model: ModelRecord, name: str) -> "StoredPredictions | None":
+        """A stored label set's predictions for every indexed photo, sorted by path."""
         row = self.conn.execute("SELECT id, definition, labels FROM label_sets WHERE model_id = ? "
                                 "AND name = ?", (model.id, name)).fetchone()
         if row is None:
             return None
         labels = json.loads(row[2])
         rows = self.conn.execute(
-            "SELECT f.id, f.path, p.label, p.prob, p.probs FROM files f JOIN predictions p "
+            "SELECT f.id, f.path, p.label, p.prob, p.probs, f.content_hash FROM files f JOIN predictions p "
             "ON p.content_hash = f.content_hash AND p.set_id = ? WHERE f.status = 'ok' "
             "ORDER BY f.path", (row[0],)).fetchall()
         probs = (np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").reshape(len(rows), len(labels))
                  if rows else np.zeros((0, len(labels)), np.float32))
-        return (row[1], labels, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                np.array([r[3] for r in rows], dtype=np.float32), probs)
+        return StoredPredictions(
+            definition=row[1], labels=labels, file_ids=[r[0] for r in rows], paths=[r[1] for r in rows],
+            predicted=[r[2] for r in rows], confidence=np.array([r[3] for r in rows], dtype=np.float32),
+            probs=probs, hashes=[r[5] for r in rows])
 
     def save_correction(self, model: ModelRecord, set_name: str, content_hash: str, label: str) -> None:
         """Record a person's label for a photo (ground truth), replacing an earlier one."""
