@@ -60,8 +60,7 @@ class ClipdexGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ClipdexError as e:
-            _console(stderr=True).print(f"[bold red]error:[/] {click.style('', reset=True)}", end="")
-            click.echo(str(e), err=True)
+            click.echo(click.style("error: ", fg="red", bold=True) + str(e), err=True)
             ctx.exit(EXIT_ERROR)
 
 

@@ -207,9 +207,10 @@ class Index:
                 "removed), use that model instead, or choose another index with --index DIR.")
         self.store.acquire_lock(wait=wait)
         try:
-            from clipdex.models.encoder import make_encoder
+            from clipdex.models.encoder import LazyEncoder, make_encoder
 
-            encoder = make_encoder(spec, device=self.device, precision=precision)
+            encoder: Encoder = LazyEncoder(  # type: ignore[assignment]
+                lambda: make_encoder(spec, device=self.device, precision=precision))
             if record is None:  # a new model: build it now to learn its dimension
                 encoder.load()
                 record = self.store.add_model(key, spec.name, spec.to_json(), encoder.dim,

@@ -62,6 +62,19 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+class LazyEncoder:
+    """An encoder made on first use: an unchanged folder is re-indexed without importing torch."""
+
+    def __init__(self, factory: Callable[[], Encoder]) -> None:
+        self._factory = factory
+        self._encoder: Encoder | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._encoder is None:
+            self._encoder = self._factory()
+        return getattr(self._encoder, name)
+
+
 def make_encoder(spec: ModelSpec, *, device: str | None = None, precision: str | None = None,
                  for_queries: bool = False) -> Encoder:
     """The encoder for a job: ONNX Runtime on the CPU (fp32, int8), torch elsewhere.
