@@ -517,18 +517,25 @@ def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: str, prec
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (another than localhost exposes your photos).")
 @click.option("--port", default=8000, show_default=True, help="Port to listen on.")
-def serve_cmd(index_dir: str | None, host: str, port: int) -> None:
+@click.option("--metadata", type=click.Path(dir_okay=False),
+              help="Your photo table (CSV): its columns are shown on each photo's page.")
+@click.option("--key", help="Column of --metadata naming the photo (file stem, name or path).")
+def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None, key: str | None) -> None:
     """Open the web app: search, photo pages, label review and corrections."""
     import uvicorn
 
     from clipdex.index import Index
     from clipdex.web import create_app
+    from clipdex.web.app import load_metadata
 
+    if metadata and not key:
+        raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
     index = Index.open(index_dir)
+    table = load_metadata(index, metadata, key) if metadata and key else None
     err = _console(stderr=True)
     err.print(f"loading the model of {index.path} …")
     index.encoder.encode_texts(["warm up"])  # load (and export, the first time) before serving
-    app = create_app(index)
+    app = create_app(index, table)
     shown = f"[{host}]" if ":" in host else host
     err.print(f"clipdex is serving {index.status().indexed} photos at [bold]http://{shown}:{port}/[/] "
               "(Ctrl-C stops it)")

@@ -250,3 +250,19 @@ def test_serve_command_prints_the_url_and_stops_on_ctrl_c(index: Index) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_photo_page_shows_the_users_own_metadata(index: Index, tmp_path: Path) -> None:
+    from clipdex.web.app import load_metadata
+
+    target = next(p for p in index.searchable().paths if HOSTILE_NAME not in p)
+    table = tmp_path / "photos.csv"
+    table.write_text(f"photo_id,caption\n{Path(target).stem},<b>a caption</b>\nnot-indexed,x\n")
+    client = TestClient(create_app(index, load_metadata(index, table, "photo_id")))
+    file_id = next(r["id"] for r in client.get("/api/search", params={"q": "a", "k": 13}).json()["results"]
+                   if r["path"] == target)
+    page = client.get(f"/photo/{file_id}").text
+    assert "&lt;b&gt;a caption&lt;/b&gt;" in page
+    assert client.get(f"/api/photos/{file_id}").json()["metadata"]["caption"] == "<b>a caption</b>"
+    api_page = client.get("/api").text
+    assert "/api/search" in api_page and "Photos ranked by a query" in api_page

@@ -46,8 +46,12 @@ class Correction(BaseModel):
     label: str = Field(min_length=1, max_length=200)
 
 
-def create_app(index: Index) -> FastAPI:
-    """The ASGI app for an open index (the model loads on the first query, or at ``serve``)."""
+def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None) -> FastAPI:
+    """The ASGI app for an open index (the model loads on the first query, or at ``serve``).
+
+    ``metadata`` maps photo paths to rows of the user's own table, shown on photo pages.
+    """
+    metadata = metadata or {}
     app = FastAPI(title="clipdex", description="Search and label a photo collection with CLIP.",
                   version="1", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     lock = threading.Lock()  # one SQLite connection: one request at a time touches the index
@@ -125,8 +129,18 @@ def create_app(index: Index) -> FastAPI:
             labels = index.photo_labels(file_id)
             sets = {pl.set_name: index.classification_labels(pl.set_name) for pl in labels}
         exists = os.path.isfile(record.path)
+        row = {k: v for k, v in metadata.get(record.path, {}).items() if v not in ("", None)}
         return render("photo.html", photo=record, labels=labels, set_labels=sets, exists=exists,
-                      name=os.path.basename(record.path), like_query="@" + shlex.quote(record.path))
+                      name=os.path.basename(record.path), like_query="@" + shlex.quote(record.path),
+                      metadata=row)
+
+    @app.get("/api", response_class=HTMLResponse)
+    async def api_index() -> HTMLResponse:
+        routes = [(sorted(r.methods or [])[0], r.path, (r.endpoint.__doc__ or "").strip())
+                  for r in app.routes if getattr(r, "path", "").startswith("/api/")
+                  and getattr(r, "endpoint", None) and r.path not in ("/api/docs", "/api/openapi.json")
+                  and not r.path.startswith("/api/docs")]
+        return render("api.html", routes=routes)
 
     @app.get("/labels", response_class=HTMLResponse)
     async def labels_index() -> HTMLResponse:
@@ -191,7 +205,8 @@ def create_app(index: Index) -> FastAPI:
             labels = index.photo_labels(file_id)
         return {"id": record.id, "path": record.path, "size": record.size, "width": record.width,
                 "height": record.height, "mtime_ns": record.mtime_ns, "sha256": record.content_hash,
-                "exists": os.path.isfile(record.path), "labels": [vars(pl) for pl in labels]}
+                "exists": os.path.isfile(record.path), "labels": [vars(pl) for pl in labels],
+                "metadata": metadata.get(record.path, {})}
 
     @app.get("/api/labels")
     async def api_labels() -> dict[str, Any]:
@@ -224,6 +239,20 @@ def create_app(index: Index) -> FastAPI:
                 "failed": status.failed, "models": [vars(m) for m in status.models]}
 
     return app
+
+
+def load_metadata(index: Index, table: str | os.PathLike[str], key: str) -> dict[str, dict[str, str]]:
+    """The user's table, keyed by indexed photo path (rows that match no photo are left out)."""
+    from clipdex.export import KeyMatcher, read_table
+
+    _header, rows = read_table(table, key)
+    matcher = KeyMatcher(index.searchable().paths)
+    out = {}
+    for row in rows:
+        path = matcher.match(row.get(key) or "")
+        if path is not None:
+            out[path] = row
+    return out
 
 
 def _safe(fn: Any, default: Any) -> Any:
