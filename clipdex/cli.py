@@ -611,9 +611,9 @@ def models_list_cmd(as_json: bool) -> None:
     for col in ("name", "open_clip model", "weights", "description"):
         table.add_column(col)
     for r in rows:
-        name = r["name"] + (" (default)" if r["default"] else "")
+        name = str(r["name"]) + (" (default)" if r["default"] else "")
         table.add_row(name, f"{r['arch']}/{r['pretrained']}", "local" if r["local"] else "download",
-                      r["description"])
+                      str(r["description"]))
     _console().print(table)
     _console().print("Any open_clip ARCH/PRETRAINED pair also works, and --weights FILE "
                      "(--model-config FILE.json) for local or custom models.")

@@ -86,8 +86,8 @@ def load_image(
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return to_rgb(image)
+            upright: Image.Image = ImageOps.exif_transpose(image) or image
+            return to_rgb(upright)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:

@@ -115,7 +115,7 @@ class EmptyIndex(IndexError_):
 
 
 class PhotoFolderError(ClipdexError):
-    def __init__(self, path: Path, problem: str, fix: str) -> None:
+    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
         self.path = path
         super().__init__(f"{path}: {problem}. {fix}")
 

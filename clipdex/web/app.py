@@ -136,10 +136,10 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None) 
 
     @app.get("/api", response_class=HTMLResponse)
     async def api_index() -> HTMLResponse:
-        routes = [(sorted(r.methods or [])[0], r.path, (r.endpoint.__doc__ or "").strip())
-                  for r in app.routes if getattr(r, "path", "").startswith("/api/")
-                  and getattr(r, "endpoint", None) and r.path not in ("/api/docs", "/api/openapi.json")
-                  and not r.path.startswith("/api/docs")]
+        from fastapi.routing import APIRoute
+
+        routes = [(sorted(r.methods or {"GET"})[0], r.path, (r.endpoint.__doc__ or "").strip())
+                  for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/api/")]
         return render("api.html", routes=routes)
 
     @app.get("/labels", response_class=HTMLResponse)
