@@ -74,6 +74,16 @@ def main() -> None:
     clipdex search "dog in the snow"    find photos by meaning
     clipdex status                      what the index holds
     """
+    import logging
+
+    # The library logs one-time work (model export) at INFO; show it, not third parties' logs.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("clipdex: %(message)s"))
+    package_log = logging.getLogger("clipdex")
+    if not package_log.handlers:
+        package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
+    package_log.propagate = False
 
 
 # -- index -------------------------------------------------------------------

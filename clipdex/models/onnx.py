@@ -29,6 +29,7 @@ from clipdex.models.preprocess import PreprocessConfig, preprocess
 from clipdex.models.registry import ModelSpec
 from clipdex.settings import cache_dir
 
+log = logging.getLogger(__name__)
 OPSET = 17
 EXPORT_VERSION = 2  # bump to re-export every cached model
 TEXT_BATCH = 64
@@ -52,9 +53,13 @@ def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> Path:
     folder = export_dir(spec)
     meta = read_meta(spec)
     if meta is None:
+        log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for ViT-B-32) "
+                 "into %s", spec.name, folder)
         _export(spec, folder)
     if precision == "int8" and not (folder / "visual-int8.onnx").exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        log.info("quantising %s to int8 (once per model)", spec.name)
 
         tmp = folder / f"visual-int8.{os.getpid()}.onnx"
         root = logging.getLogger()
