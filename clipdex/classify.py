@@ -77,6 +77,11 @@ class Classification:
     def labels(self) -> list[str]:
         return self.label_set.label_names
 
+    def effective_labels(self) -> list[list[str]]:
+        """Each photo's labels: a person's correction wins over the prediction."""
+        truth = self.truth or [""] * len(self.predicted)
+        return [(t or p).split(MULTI_SEPARATOR) for p, t in zip(self.predicted, truth)]
+
     def top_k(self, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable labels of every photo, with their probabilities."""
         order = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]

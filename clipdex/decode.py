@@ -17,6 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from clipdex.errors import ImageDecodeError
 
 DEFAULT_MAX_MEGAPIXELS = 178.0  # Pillow's own decompression-bomb error threshold
+ORIGINAL_SIZE = "clipdex_original_size"  # image.info key: the file's upright (width, height)
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as viewers do
 BASE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
                    ".tif", ".tiff")
@@ -86,8 +87,12 @@ def load_image(
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
             upright: Image.Image = ImageOps.exif_transpose(image) or image
-            return to_rgb(upright)
+            rgb = to_rgb(upright)
+            # The file's own upright size (a reduced-size decode is smaller).
+            rgb.info[ORIGINAL_SIZE] = (height, width) if turned else (width, height)
+            return rgb
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:

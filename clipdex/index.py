@@ -273,9 +273,8 @@ class Index:
 
     def _label_mask(self, found: Searchable, name: str, label: str) -> np.ndarray:
         result = self.classification(name)
-        truth = result.truth or [""] * len(result.paths)
-        labels = {p: (t or pred) for p, pred, t in zip(result.paths, result.predicted, truth)}
-        return np.array([label in labels.get(p, "").split(";") for p in found.paths], dtype=bool)
+        labels = dict(zip(result.paths, result.effective_labels()))
+        return np.array([label in labels.get(p, ()) for p in found.paths], dtype=bool)
 
     def _image_vector(self, ref: str, image_files: Callable[[str], bool] | None = None) -> np.ndarray:
         """A query image: a photo of the index (stored vector) or an image file."""
@@ -352,9 +351,7 @@ class Index:
     def _load_classification(self, name: str) -> Classification:
         stored = self.store.load_predictions(self.model_record(), name)
         if stored is None:
-            known = ", ".join(self.label_sets()) or "none yet"
-            raise LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
-                                f"(sets run: {known})", "Run `clipdex classify` with it first.")
+            raise self._not_run(name)
         corrected = self.store.corrections(self.model_record(), name)
         truth = [corrected.get(h, "") for h in stored.hashes] if corrected else None
         return Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
@@ -389,9 +386,12 @@ class Index:
         for set_name, _definition, labels in self.store.label_sets(self.model_record()):
             if set_name == name:
                 return labels
+        raise self._not_run(name)
+
+    def _not_run(self, name: str) -> LabelSetError:
         known = ", ".join(self.label_sets()) or "none yet"
-        raise LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
-                            f"(sets run: {known})", "Run `clipdex classify` with it first.")
+        return LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
+                             f"(sets run: {known})", "Run `clipdex classify` with it first.")
 
     def evaluate(self, name: str, table: str | os.PathLike[str] | None = None, key: str | None = None,
                  truth_column: str | None = None) -> tuple[Evaluation, int]:

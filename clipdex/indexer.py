@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipdex import discover
-from clipdex.decode import DEFAULT_MAX_MEGAPIXELS, load_image, supported_extensions
+from clipdex.decode import (
+    DEFAULT_MAX_MEGAPIXELS,
+    ORIGINAL_SIZE,
+    load_image,
+    supported_extensions,
+)
 from clipdex.errors import ImageDecodeError, PhotoFolderError
 from clipdex.store import ModelRecord, NewFile, Store
 
@@ -235,10 +240,8 @@ class Indexer:
         except Exception as e:  # a decoder bug must not take the batch down
             return _Prepared(entry, content_hash=content_hash,
                              reason=f"could not be decoded ({type(e).__name__}: {e})")
-        original = _original_size(data)
-        return _Prepared(entry, content_hash=content_hash, pixels=pixels,
-                         width=original[0] if original else image.width,
-                         height=original[1] if original else image.height)
+        width, height = image.info.get(ORIGINAL_SIZE, image.size)
+        return _Prepared(entry, content_hash=content_hash, pixels=pixels, width=width, height=height)
 
     def _flush(self, items: list[_Prepared], model: ModelRecord, embedded: dict[str, int],
                report: IndexReport, progress: Progress | None) -> ModelRecord:
@@ -273,17 +276,3 @@ class Indexer:
             progress.advance(len(items))
         return model
 
-
-def _original_size(data: bytes) -> tuple[int, int] | None:
-    """Upright size of the stored file (the decoded image may be draft-reduced)."""
-    import io
-
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
-    except Exception:
-        return None
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clipdex import Index
+from clipdex import labels as labels_module
 from clipdex.classify import build_classifier, classify, mean_direction
 from clipdex.cli import main
 from clipdex.errors import LabelSetError
@@ -19,19 +21,8 @@ from clipdex.evaluate import evaluate
 from clipdex.export import KeyMatcher
 from clipdex.labels import builtin_templates, load_label_sets, make_label_set
 
-SETS_TOML = """
-[taken_time]
-templates = ["a photo taken at {}", "a photo taken during the {}"]
-labels = ["dawn", "day", "dusk", "night"]
-
-[taken_time.synonyms]
-dusk = ["dusk", "sunset", "twilight"]
-
-[taken_space]
-templates = "imagenet"
-labels = ["indoor", "outdoor"]
-prompts = { indoor = ["a photo taken inside a building"] }
-"""
+# The example in clipdex.labels' docstring: the test keeps the documentation true.
+SETS_TOML = textwrap.dedent(labels_module.__doc__.split("::\n", 1)[1].split("\nOptional", 1)[0])
 
 
 @pytest.fixture()

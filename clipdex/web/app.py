@@ -264,9 +264,7 @@ def _safe(fn: Any, default: Any) -> Any:
 
 def _label_browse(index: Index, name: str, label: str, offset: int, limit: int) -> list[dict[str, Any]]:
     result = index.classification(name)
-    truth = result.truth or [""] * len(result.paths)
-    members = [i for i, (p, t) in enumerate(zip(result.predicted, truth))
-               if label in (t or p).split(";")]
+    members = [i for i, labels in enumerate(result.effective_labels()) if label in labels]
     members.sort(key=lambda i: -float(result.confidence[i]))
     return [{"id": result.file_ids[i], "rank": offset + n + 1, "score": round(float(result.confidence[i]), 4),
              "path": result.paths[i], "name": os.path.basename(result.paths[i])}
