@@ -1,6 +1,6 @@
 """Indexing throughput and fidelity: the tutorial's loop vs `clipdex index`, same photos, same weights.
 
-    python bench/index_speed.py --weights vit-b-32-random.pt [--photos 200] [--large 12]
+    python bench/index_speed.py --weights vit-b-32-random.pt [--photos 200] [--large 12] [--rounds 3]
 
 Prints, for the shared Unsplash photos and for generated 24-megapixel JPEGs
 (real photos upscaled): images/s end to end, the ratio to the tutorial's loop,
@@ -24,12 +24,12 @@ from PIL import Image
 
 from clipdex import Index
 from clipdex.decode import load_image
+from clipdex.indexer import CPU_BATCH, DRAFT_FACTOR
 from clipdex.models.encoder import make_encoder
 from clipdex.models.registry import resolve_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "images"
 TUTORIAL_BATCH = 100
-FORWARD_BATCH = 32
 LARGE_SIZE = (6000, 4000)
 
 
@@ -62,12 +62,12 @@ def clipdex_index(folder: Path, weights: str, precision: str) -> tuple[float, di
     return report.encoded / report.encode_seconds, vectors, report.encode_seconds
 
 
-def forward_only(weights: str, precision: str, pixels: np.ndarray) -> float:
-    encoder = make_encoder(resolve_model(None, weights), precision=precision).load()
-    encoder.encode_images(pixels[:FORWARD_BATCH])
+def forward_only(encoder, pixels: np.ndarray) -> float:
+    """The model alone on the indexer's batches, pixels already prepared."""
+    encoder.encode_images(pixels[:CPU_BATCH])
     started, done = time.perf_counter(), 0
-    for i in range(0, len(pixels), FORWARD_BATCH):
-        done += len(encoder.encode_images(pixels[i:i + FORWARD_BATCH]))
+    for i in range(0, len(pixels), CPU_BATCH):
+        done += len(encoder.encode_images(pixels[i:i + CPU_BATCH]))
     return done / (time.perf_counter() - started)
 
 
@@ -96,7 +96,7 @@ def decode_rates(paths: list[Path], weights: str) -> tuple[float, float, float, 
     encoder = make_encoder(resolve_model(None, weights), precision="fp32").load()
     data = [p.read_bytes() for p in paths]
     rates, pixels = [], []
-    for draft in (None, 2 * encoder.image_size):
+    for draft in (None, DRAFT_FACTOR * encoder.image_size):
         started = time.perf_counter()
         pixels.append(np.stack([encoder.preprocess(load_image(d, "x", draft_size=draft)) for d in data]))
         rates.append(len(data) / (time.perf_counter() - started))
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="ViT-B-32 checkpoint (e.g. random weights)")
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--large", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved forward/end-to-end rounds")
     args = parser.parse_args()
     weights = os.path.abspath(args.weights)
     sources = sorted(SHARED.glob("*.jpg"))[:args.photos]
@@ -151,15 +152,21 @@ def main() -> None:
                 print(f"{label:<22} {'clipdex index --precision ' + precision:<34} {rate:>7.1f} "
                       f"{rate / base_rate:>10.2f} {lo:>8.4f} {mean:>8.4f}")
 
-        encoder = make_encoder(resolve_model(None, weights), precision="fp32").load()
-        pixels = np.stack([encoder.preprocess(load_image(p.read_bytes(), str(p), draft_size=448))
-                           for p in sources])
         print()
-        print(f"{'forward only, same photos, batch 32':<40} {'img/s':>7}   end-to-end / forward")
+        print(f"does the model wait? same photos, batch {CPU_BATCH}, {args.rounds} interleaved rounds (medians)")
+        print(f"{'path':<12} {'forward only':>13} {'end to end':>11} {'e2e/forward':>12} {'per round':>12}")
         for precision in ("fp32", "int8"):
-            fwd = forward_only(weights, precision, pixels)
-            e2e, _, _ = clipdex_index(small, weights, precision)
-            print(f"{'onnx ' + precision:<40} {fwd:>7.1f}   {e2e / fwd:.2f}")
+            encoder = make_encoder(resolve_model(None, weights), precision=precision).load()
+            pixels = np.stack([encoder.preprocess(load_image(p.read_bytes(), str(p),
+                                                             draft_size=DRAFT_FACTOR * encoder.image_size))
+                               for p in sources])
+            fwd, e2e = [], []
+            for _ in range(args.rounds):
+                fwd.append(forward_only(encoder, pixels))
+                e2e.append(clipdex_index(small, weights, precision)[0])
+            ratios = [e / f for e, f in zip(e2e, fwd)]
+            print(f"{'onnx ' + precision:<12} {statistics.median(fwd):>13.1f} {statistics.median(e2e):>11.1f} "
+                  f"{statistics.median(e2e) / statistics.median(fwd):>12.2f} {min(ratios):>5.2f}-{max(ratios):.2f}")
 
         full, reduced, lo, mean = decode_rates(large, weights)
         print()

@@ -1,8 +1,15 @@
 """open_clip's evaluation transform in Pillow and numpy (no torch).
 
 For a PIL image, torchvision's ``Resize`` calls Pillow's own resize, so doing
-the same resize, centre crop and normalisation here gives the same pixels:
-workers can preprocess without torch, and the ONNX path never imports it.
+the same resize, centre crop and normalisation here gives the same pixels
+(up to one level of rounding): workers can preprocess without torch, and the
+ONNX path never imports it.
+
+The work is split where it is cheapest: :func:`fit` (resize + crop, in the
+decode workers) gives the model's input as 8-bit pixels, and :func:`normalise`
+(scale, subtract the mean, divide by the std, channels first) runs on a whole
+batch inside the model's own graph or on the GPU; :func:`preprocess` does both
+for one image.
 """
 
 from __future__ import annotations
@@ -32,24 +39,49 @@ class PreprocessConfig:
         return self.resize_mode in SUPPORTED_RESIZE_MODES and self.interpolation in RESAMPLING
 
 
-def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB PIL image -> (3, size, size) float32, normalised like open_clip's val transform."""
+def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB PIL image -> (size, size, 3) uint8: open_clip's resize and centre crop.
+
+    Pillow resizes in two passes (horizontal, then vertical, through an 8-bit
+    image); doing the same two passes restricted to the crop skips the pixels
+    the crop throws away (1.4x faster on 3:2 photos) and rounds the same way.
+    """
     size = cfg.image_size
     resample = RESAMPLING[cfg.interpolation]
     if image.mode != "RGB":
         image = image.convert("RGB")
     if cfg.resize_mode == "squash":
-        image = image.resize((size, size), resample)
-    else:
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_long = int(size * long / short)
-        new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-        if (new_w, new_h) != (width, height):
-            image = image.resize((new_w, new_h), resample)
-        left = int(round((new_w - size) / 2.0))
-        top = int(round((new_h - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
-    scaled = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
-    normalised = (scaled - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+        return np.asarray(image.resize((size, size), resample))
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)  # torchvision's Resize(size) on the shorter side
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    left = int(round((new_w - size) / 2.0))  # torchvision's CenterCrop
+    top = int(round((new_h - size) / 2.0))
+    if new_w != width:
+        scale = width / new_w
+        image = image.resize((size, height), resample, box=(left * scale, 0, (left + size) * scale, height))
+    elif new_w != size:
+        image = image.crop((left, 0, left + size, height))
+    if new_h != height:
+        scale = height / new_h
+        image = image.resize((size, size), resample, box=(0, top * scale, size, (top + size) * scale))
+    elif new_h != size:
+        image = image.crop((0, top, size, top + size))
+    return np.asarray(image)
+
+
+def normalise(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 scaled to [0, 1] and standardised."""
+    scale = 1.0 / (255.0 * np.asarray(cfg.std, np.float32))
+    shift = np.asarray(cfg.mean, np.float32) / np.asarray(cfg.std, np.float32)
+    out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), np.float32)
+    for c in range(3):
+        np.multiply(batch[..., c], scale[c], out=out[:, c], dtype=np.float32)
+        out[:, c] -= shift[c]
+    return out
+
+
+def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB PIL image -> (3, size, size) float32, normalised like open_clip's val transform."""
+    return normalise(fit(image, cfg)[None], cfg)[0]
