@@ -1,6 +1,7 @@
 """Indexing throughput and fidelity: the tutorial's loop vs `clipdex index`, same photos, same weights.
 
     python bench/index_speed.py --weights vit-b-32-random.pt [--photos 200] [--large 12] [--rounds 3]
+    python bench/index_speed.py --weights vit-b-32-random.pt --device cuda --precisions fp16,fp32 --photos 1000
 
 Prints, for the shared Unsplash photos and for generated 24-megapixel JPEGs
 (real photos upscaled): images/s end to end, the ratio to the tutorial's loop,
@@ -24,7 +25,7 @@ from PIL import Image
 
 from clipdex import Index
 from clipdex.decode import load_image
-from clipdex.indexer import CPU_BATCH, DRAFT_FACTOR
+from clipdex.indexer import CPU_BATCH, DRAFT_FACTOR, GPU_BATCH
 from clipdex.models.encoder import make_encoder
 from clipdex.models.registry import resolve_model
 
@@ -33,28 +34,30 @@ TUTORIAL_BATCH = 100
 LARGE_SIZE = (6000, 4000)
 
 
-def tutorial_loop(paths: list[Path], model_name: str, weights: str) -> tuple[float, dict[str, np.ndarray]]:
+def tutorial_loop(paths: list[Path], model_name: str, weights: str,
+                  device: str) -> tuple[float, dict[str, np.ndarray]]:
     """The tutorial: PIL open -> model preprocess -> batches of 100 -> encode_image (torch fp32)."""
     import open_clip
     import torch
 
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights, device=device)
     model.eval()
     vectors = {}
     started = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(paths), TUTORIAL_BATCH):
             chunk = paths[i:i + TUTORIAL_BATCH]
-            batch = torch.stack([preprocess(Image.open(p)) for p in chunk])
+            batch = torch.stack([preprocess(Image.open(p)) for p in chunk]).to(device)
             features = model.encode_image(batch)
             features /= features.norm(dim=-1, keepdim=True)
-            vectors.update({str(p): f for p, f in zip(chunk, features.numpy())})
+            vectors.update({str(p): f for p, f in zip(chunk, features.cpu().numpy())})
     return len(paths) / (time.perf_counter() - started), vectors
 
 
-def clipdex_index(folder: Path, weights: str, precision: str) -> tuple[float, dict[str, np.ndarray], float]:
+def clipdex_index(folder: Path, weights: str, precision: str,
+                  device: str = "cpu") -> tuple[float, dict[str, np.ndarray], float]:
     """`clipdex index` through the library into a fresh index; returns img/s, vectors, encode seconds."""
-    with tempfile.TemporaryDirectory() as tmp, Index.open(Path(tmp) / "idx", weights=weights,
+    with tempfile.TemporaryDirectory() as tmp, Index.open(Path(tmp) / "idx", weights=weights, device=device,
                                                           precision=precision, create=True) as index:
         report = index.add(folder)
         found = index.searchable()
@@ -64,10 +67,11 @@ def clipdex_index(folder: Path, weights: str, precision: str) -> tuple[float, di
 
 def forward_only(encoder, pixels: np.ndarray) -> float:
     """The model alone on the indexer's batches, pixels already prepared."""
-    encoder.encode_images(pixels[:CPU_BATCH])
+    batch = CPU_BATCH if encoder.device == "cpu" else GPU_BATCH
+    encoder.encode_images(pixels[:batch])
     started, done = time.perf_counter(), 0
-    for i in range(0, len(pixels), CPU_BATCH):
-        done += len(encoder.encode_images(pixels[i:i + CPU_BATCH]))
+    for i in range(0, len(pixels), batch):
+        done += len(encoder.encode_images(pixels[i:i + batch]))
     return done / (time.perf_counter() - started)
 
 
@@ -127,11 +131,21 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="ViT-B-32 checkpoint (e.g. random weights)")
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--large", type=int, default=12)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (the tutorial runs there too)")
+    parser.add_argument("--precisions", default=None, help="[default: fp32,int8 on the CPU, fp16,fp32 elsewhere]")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every timing, interleaved")
     args = parser.parse_args()
     weights = os.path.abspath(args.weights)
+    device = args.device
+    precisions = (args.precisions or ("fp32,int8" if device == "cpu" else "fp16,fp32")).split(",")
     sources = sorted(SHARED.glob("*.jpg"))[:args.photos]
-    make_encoder(resolve_model(None, weights), precision="int8").load()  # export once, outside the timings
+    spec = resolve_model(None, weights)
+    encoders = {p: make_encoder(spec, device=device, precision=p).load() for p in precisions}  # exports once
+    where = device
+    if device.startswith("cuda"):
+        import torch
+
+        where = f"{device} ({torch.cuda.get_device_name()})"
 
     with tempfile.TemporaryDirectory() as tmp:
         small = Path(tmp) / "small"
@@ -139,44 +153,44 @@ def main() -> None:
         for src in sources:
             (small / src.name).symlink_to(src)
         large = make_large(sources[:args.large], Path(tmp) / "large")
-        print(f"machine: {os.cpu_count()} cores; model ViT-B-32, weights {Path(weights).name}")
+        print(f"machine: {os.cpu_count()} cores, device {where}; model ViT-B-32, weights {Path(weights).name}")
         print(f"{args.rounds} interleaved rounds; img/s and ratios are medians")
         print(f"{'photos':<22} {'path':<34} {'img/s':>7} {'x tutorial':>10} {'cos min':>8} {'cos mean':>8}")
         for label, folder, paths in ((f"unsplash {len(sources)}", small, sorted(small.iterdir())),
                                      (f"24 MP x {len(large)}", Path(tmp) / "large", large)):
-            rates: dict[str, list[float]] = {"tutorial": [], "fp32": [], "int8": []}
+            rates: dict[str, list[float]] = {p: [] for p in ["tutorial", *precisions]}
             fidelity = {}
             for _ in range(args.rounds):
-                base_rate, reference = tutorial_loop(paths, "ViT-B-32", weights)
+                base_rate, reference = tutorial_loop(paths, "ViT-B-32", weights, device)
                 rates["tutorial"].append(base_rate)
-                for precision in ("fp32", "int8"):
-                    rate, ours, _ = clipdex_index(folder, weights, precision)
+                for precision in precisions:
+                    rate, ours, _ = clipdex_index(folder, weights, precision, device)
                     rates[precision].append(rate)
                     fidelity[precision] = cosines(ours, reference)
             base = statistics.median(rates["tutorial"])
             print(f"{label:<22} {'tutorial loop (torch fp32, b=100)':<34} {base:>7.1f} {1.0:>10.2f} "
                   f"{1.0:>8.4f} {1.0:>8.4f}")
-            for precision in ("fp32", "int8"):
+            for precision in precisions:
                 rate = statistics.median(rates[precision])
                 lo, mean = fidelity[precision]
                 print(f"{label:<22} {'clipdex index --precision ' + precision:<34} {rate:>7.1f} "
                       f"{rate / base:>10.2f} {lo:>8.4f} {mean:>8.4f}")
 
         print()
-        print(f"does the model wait? same photos, batch {CPU_BATCH}, {args.rounds} interleaved rounds (medians)")
-        print(f"{'path':<12} {'forward only':>13} {'end to end':>11} {'e2e/forward':>12} {'per round':>12}")
-        for precision in ("fp32", "int8"):
-            encoder = make_encoder(resolve_model(None, weights), precision=precision).load()
+        print(f"does the model wait? same photos and batches, {args.rounds} interleaved rounds (medians)")
+        print(f"{'path':<14} {'forward only':>13} {'end to end':>11} {'e2e/forward':>12} {'per round':>12}")
+        for precision, encoder in encoders.items():
             pixels = np.stack([encoder.preprocess(load_image(p.read_bytes(), str(p),
                                                              draft_size=DRAFT_FACTOR * encoder.image_size))
                                for p in sources])
             fwd, e2e = [], []
             for _ in range(args.rounds):
                 fwd.append(forward_only(encoder, pixels))
-                e2e.append(clipdex_index(small, weights, precision)[0])
+                e2e.append(clipdex_index(small, weights, precision, device)[0])
             ratios = [e / f for e, f in zip(e2e, fwd)]
-            print(f"{'onnx ' + precision:<12} {statistics.median(fwd):>13.1f} {statistics.median(e2e):>11.1f} "
-                  f"{statistics.median(e2e) / statistics.median(fwd):>12.2f} {min(ratios):>5.2f}-{max(ratios):.2f}")
+            print(f"{encoder.backend + ' ' + precision:<14} {statistics.median(fwd):>13.1f} "
+                  f"{statistics.median(e2e):>11.1f} {statistics.median(e2e) / statistics.median(fwd):>12.2f} "
+                  f"{min(ratios):>5.2f}-{max(ratios):.2f}")
 
         full, reduced, lo, mean = decode_rates(large, weights)
         print()

@@ -171,6 +171,8 @@ class Indexer:
                 report.new += 1  # known, but new to this model (or retried)
             todo.append(entry)
 
+        if todo:
+            self.encoder.load()  # before the clock starts: the rate is the pipeline's, not start-up's
         if progress:
             progress.start(len(todo))
         encode_started = time.perf_counter()
@@ -201,7 +203,6 @@ class Indexer:
                  progress: Progress | None) -> ModelRecord:
         if not todo:
             return model
-        self.encoder.load()  # build the model before the workers start competing for cores
         batch_size = self.settings.batch_size or (GPU_BATCH if self.encoder.device != "cpu" else CPU_BATCH)
         window = batch_size * LOOKAHEAD_BATCHES
         draft = self.encoder.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None

@@ -91,3 +91,20 @@ def test_search_path_does_not_import_torch(tmp_path: Path, photos: Path, model_k
             "print('torch' in sys.modules, 'open_clip' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["3", "False", "False"]
+
+
+def test_export_replaces_older_export_formats_only(model_kwargs) -> None:
+    from clipdex.models import onnx
+
+    spec = resolve_model(None, model_kwargs["weights"], model_kwargs["model_config"])
+    folder = onnx.export_dir(spec)
+    stem = folder.name[:-len(f"-v{onnx.EXPORT_VERSION}")]
+    older, newer = (folder.parent / f"{stem}-v{onnx.EXPORT_VERSION - 1}",
+                    folder.parent / f"{stem}-v{onnx.EXPORT_VERSION + 1}")
+    for d in (older, newer):
+        d.mkdir(parents=True)
+        (d / "visual-fp32.onnx").write_bytes(b"old")
+    onnx.ensure_exported(spec, "int8")
+    assert not older.exists() and newer.exists()  # a newer clipdex sharing the cache keeps its own
+    assert {p.name for p in folder.iterdir()} >= {"meta.json", "visual-fp32.onnx", "visual-int8-r2.onnx",
+                                                  "text-fp32.onnx"}

@@ -181,6 +181,11 @@ def _export(spec: ModelSpec, folder: Path) -> None:
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(work, folder)
+        stem = folder.name[:-len(f"-v{EXPORT_VERSION}")]
+        for old in folder.parent.iterdir():  # older export formats of this model
+            match = re.fullmatch(re.escape(stem) + r"-v(\d+)", old.name)
+            if match and int(match.group(1)) < EXPORT_VERSION:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
