@@ -56,11 +56,20 @@ def test_int8_vectors_are_kept_apart_and_close(tmp_path: Path, photos: Path, mod
     assert np.sum(fast.vectors * exact.vectors, axis=1).min() >= 0.99, np.sum(fast.vectors * exact.vectors, axis=1)
 
 
+def _fresh_python(statement: str) -> list[str]:
+    """What a new interpreter prints for ``statement`` (with Index imported), then
+    whether torch and open_clip were imported."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from clipdex import Index; {statement}; "
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
 def test_cpu_indexing_does_not_import_torch_once_exported(tmp_path: Path, photos: Path,
                                                          model_kwargs) -> None:
     import shutil
-    import subprocess
-    import sys
 
     from clipdex.models.encoder import _accelerator_possible
 
@@ -70,27 +79,18 @@ def test_cpu_indexing_does_not_import_torch_once_exported(tmp_path: Path, photos
         index.add(photos)  # exports the model (torch, once)
     more = tmp_path / "more"
     more.mkdir()
-    for i, src in enumerate(unsplash_paths(14)[12:]):
+    for src in unsplash_paths(14)[12:]:
         shutil.copy(src, more / src.name)
-    code = ("import sys; from clipdex import Index; "
-            f"i = Index.open({str(tmp_path / 'idx')!r}); r = i.add({str(more)!r}); print(r.encoded); "
-            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["2", "False", "False"]
+    out = _fresh_python(f"print(Index.open({str(tmp_path / 'idx')!r}).add({str(more)!r}).encoded)")
+    assert out == ["2", "False", "False"]
 
 
 def test_search_path_does_not_import_torch(tmp_path: Path, photos: Path, model_kwargs) -> None:
-    import subprocess
-    import sys
-
     with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
         index.add(photos)
         index.search("warm the export", k=1)
-    code = ("import sys; from clipdex import Index; "
-            f"i = Index.open({str(tmp_path / 'idx')!r}); print(len(i.search('dog in the snow', k=3))); "
-            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["3", "False", "False"]
+    out = _fresh_python(f"print(len(Index.open({str(tmp_path / 'idx')!r}).search('dog in the snow', k=3)))")
+    assert out == ["3", "False", "False"]
 
 
 def test_export_replaces_older_export_formats_only(model_kwargs) -> None:

@@ -171,6 +171,7 @@ class TorchEncoder:
         self._model: Any = None
         self._preprocess: Callable[["Image.Image"], "torch.Tensor"] | None = None
         self._tokenizer: Any = None
+        self._scale_shift: Any = None  # device tensors for 8-bit batches, made on first use
         self.device = ""
 
     # -- building -------------------------------------------------------------
@@ -281,9 +282,10 @@ class TorchEncoder:
         else:
             pixels = pixels.to(self.device)
         if pixels.dtype == torch.uint8:
-            cfg = self.preprocess_config
-            scale = torch.tensor([1.0 / (255.0 * s) for s in cfg.std], device=self.device).view(1, 3, 1, 1)
-            shift = torch.tensor([m / s for m, s in zip(cfg.mean, cfg.std)], device=self.device).view(1, 3, 1, 1)
+            if self._scale_shift is None:
+                self._scale_shift = tuple(torch.tensor(v, device=self.device).view(1, 3, 1, 1)
+                                          for v in self.preprocess_config.scale_shift())
+            scale, shift = self._scale_shift
             pixels = pixels.permute(0, 3, 1, 2).float() * scale - shift
         if self.precision == "fp16":
             pixels = pixels.half()

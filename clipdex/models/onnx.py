@@ -52,13 +52,18 @@ def read_meta(spec: ModelSpec) -> dict[str, Any] | None:
         return None
 
 
-def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> Path:
-    """The export folder for ``spec``, exporting (and quantising) what is missing."""
+def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
+    """The export of ``spec`` (its meta.json), exporting and quantising what is missing."""
     folder = export_dir(spec)
-    if read_meta(spec) is None or not (folder / VISUAL_FILES["fp32"]).exists():
+    meta = read_meta(spec)
+    if meta is None or not (folder / VISUAL_FILES["fp32"]).exists():
         log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for ViT-B-32) "
                  "into %s", spec.name, folder)
         _export(spec, folder)
+        meta = read_meta(spec)
+        if meta is None:
+            raise ModelError(f"exporting {spec.name} left no readable {folder / 'meta.json'}; "
+                             f"delete {folder} and run again.")
     target = folder / VISUAL_FILES[precision]
     if precision == "int8" and not target.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -78,7 +83,7 @@ def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> Path:
             root.setLevel(level)
         os.replace(tmp, target)
         (folder / "visual-int8.onnx").unlink(missing_ok=True)  # recipe 1's, if any
-    return folder
+    return meta
 
 
 def _attention(attn: Any, x: Any, mask: Any) -> Any:
@@ -104,8 +109,7 @@ def _export(spec: ModelSpec, folder: Path) -> None:
     model = torch_encoder.model
 
     pre = torch_encoder.preprocess_config
-    scale = torch.tensor([1.0 / (255.0 * s) for s in pre.std]).view(1, 3, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(pre.mean, pre.std)]).view(1, 3, 1, 1)
+    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in pre.scale_shift())
 
     class Visual(torch.nn.Module):
         def __init__(self) -> None:
@@ -221,11 +225,7 @@ class OnnxEncoder:
         if self._meta is None:
             with self._lock:
                 if self._meta is None:
-                    meta = read_meta(self.spec)
-                    if meta is None or not (export_dir(self.spec) / VISUAL_FILES[self.precision]).exists():
-                        ensure_exported(self.spec, self.precision)
-                        meta = read_meta(self.spec)
-                    self._meta = meta
+                    self._meta = ensure_exported(self.spec, self.precision)
         assert self._meta is not None
         return self._meta
 

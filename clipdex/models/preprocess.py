@@ -6,10 +6,9 @@ the same resize, centre crop and normalisation here gives the same pixels
 ONNX path never imports it.
 
 The work is split where it is cheapest: :func:`fit` (resize + crop, in the
-decode workers) gives the model's input as 8-bit pixels, and :func:`normalise`
-(scale, subtract the mean, divide by the std, channels first) runs on a whole
-batch inside the model's own graph or on the GPU; :func:`preprocess` does both
-for one image.
+decode workers) gives the model's input as 8-bit pixels, and the normalisation
+(:meth:`PreprocessConfig.scale_shift`, channels first) runs on a whole batch
+inside the exported model's graph or on the GPU.
 """
 
 from __future__ import annotations
@@ -37,6 +36,11 @@ class PreprocessConfig:
     @property
     def supported(self) -> bool:
         return self.resize_mode in SUPPORTED_RESIZE_MODES and self.interpolation in RESAMPLING
+
+    def scale_shift(self) -> tuple[list[float], list[float]]:
+        """Per channel, ``x * scale - shift`` turns 8-bit pixels into the model's
+        input: (x / 255 - mean) / std."""
+        return ([1.0 / (255.0 * s) for s in self.std], [m / s for m, s in zip(self.mean, self.std)])
 
 
 def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
@@ -69,19 +73,3 @@ def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     elif new_h != size:
         image = image.crop((0, top, size, top + size))
     return np.asarray(image)
-
-
-def normalise(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 scaled to [0, 1] and standardised."""
-    scale = 1.0 / (255.0 * np.asarray(cfg.std, np.float32))
-    shift = np.asarray(cfg.mean, np.float32) / np.asarray(cfg.std, np.float32)
-    out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), np.float32)
-    for c in range(3):
-        np.multiply(batch[..., c], scale[c], out=out[:, c], dtype=np.float32)
-        out[:, c] -= shift[c]
-    return out
-
-
-def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB PIL image -> (3, size, size) float32, normalised like open_clip's val transform."""
-    return normalise(fit(image, cfg)[None], cfg)[0]
