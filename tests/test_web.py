@@ -148,6 +148,31 @@ def test_deleted_photo_shows_a_placeholder(client: TestClient, index: Index) -> 
     assert page.status_code == 200 and "no longer on disk" in page.text
 
 
+def test_thumbnails_of_one_photo_made_at_once_all_succeed(photos: Path, tmp_path: Path) -> None:
+    """Copies of one photo share a content hash; a page asks for both at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clipdex.web.thumbs import ThumbnailCache
+
+    source = next(photos.glob("*.jpg"))
+    cache = ThumbnailCache(tmp_path / "thumbs")
+    start = threading.Barrier(8)
+
+    def make(_: int) -> bytes | None:
+        start.wait()
+        return cache.get(str(source), "ab" * 32, 256)
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(make, range(8)))
+    assert all(m is not None and m == made[0] for m in made)
+    assert Image.open(io.BytesIO(made[0])).size[0] == 256
+    assert [p.name for p in (tmp_path / "thumbs").rglob("*") if p.is_file()] == ["ab" * 32 + ".jpg"]
+
+    (tmp_path / "not-a-folder").write_text("")  # the cache can't be written (even by root) ...
+    unwritable = ThumbnailCache(tmp_path / "not-a-folder")
+    assert unwritable.get(str(source), "cd" * 32, 128) is not None  # ... the thumbnail is still served
+
+
 def test_errors_are_pages_that_say_what_to_do(client: TestClient) -> None:
     page = client.get("/photo/424242")
     assert page.status_code == 404 and "no indexed photo" in page.text and "Back to search" in page.text
