@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError, UnknownModel
+from clipdex.fileio import write_atomically
 from clipdex.settings import cache_dir
 
 if sys.version_info >= (3, 11):
@@ -196,10 +197,7 @@ def fingerprint_weights(path: str) -> str:
             digest.update(chunk)
     memo[path] = {"stamp": stamp, "sha256": digest.hexdigest()}
     try:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_file)
+        write_atomically(memo_file, json.dumps(memo).encode())
     except OSError:
         pass  # a cache; failing to write it only costs a re-hash next time
     return digest.hexdigest()

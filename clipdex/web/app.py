@@ -25,7 +25,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from clipdex.classify import UNCERTAIN
 from clipdex.errors import ClipdexError, PhotoNotFound, QueryError
+from clipdex.fileio import write_atomically
 from clipdex.index import Index
 from clipdex.web.thumbs import PLACEHOLDER_SVG, ThumbnailCache
 
@@ -282,7 +284,7 @@ def _label_sections(index: Index, name: str, sort: str, per: int, seed: int,
     position = {p: i for i, p in enumerate(result.paths)}
     counts = result.counts()
     sections = []
-    for label, row in zip(result.labels + ["uncertain"], rows):
+    for label, row in zip(result.labels + [UNCERTAIN], rows):
         if only and label != only:
             continue
         photos = []
@@ -311,7 +313,6 @@ async def _save_upload(file: UploadFile, folder: Path) -> Path:
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise HTTPException(400, "the upload is not a readable image") from None
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
-    path.write_bytes(data)
+    write_atomically(path, data)
     return path

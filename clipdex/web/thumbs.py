@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from clipdex.decode import load_image
 from clipdex.errors import ImageDecodeError
+from clipdex.fileio import write_atomically
 
 QUALITY = 85
 PLACEHOLDER_SVG = (
@@ -46,30 +46,8 @@ class ThumbnailCache:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=QUALITY)
         data = buffer.getvalue()
-        self._store(target, data)
+        try:
+            write_atomically(target, data)
+        except OSError:
+            pass  # a read-only or full disk: the cache only saves time, the thumbnail is still served
         return data
-
-    @staticmethod
-    def _store(target: Path, data: bytes) -> None:
-        """Write atomically under a name no other thread or process uses.
-
-        Two requests for the same photo (or for two copies of one photo, which
-        share a content hash) may both miss the cache and both write; each
-        writes its own temporary file and the last rename wins with identical
-        bytes. The cache is only a speed-up: if it can't be written (read-only
-        or full disk), the thumbnail is still served.
-        """
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
