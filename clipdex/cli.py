@@ -17,6 +17,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from clipdex.errors import ClipdexError
+from clipdex.labels import DEFAULT_THRESHOLD
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1
@@ -273,7 +274,7 @@ def _name(path: str) -> str:
               help="TOML, YAML or JSON file with one or more label sets.")
 @click.option("--set", "set_names", multiple=True, help="Use only these sets of --labels-file.")
 @click.option("--multi-label", is_flag=True, help="Judge each label on its own (several may apply).")
-@click.option("--threshold", default=0.5, show_default=True, help="Multi-label: probability to say yes.")
+@click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, help="Multi-label: probability to say yes.")
 @click.option("--min-prob", type=float, help="Below this probability the prediction is 'uncertain'.")
 @click.option("--top-k", type=int, help="Also add a <set>_top column with the k best labels.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write predictions: .csv or .parquet.")
@@ -307,7 +308,12 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
     import time
 
     from clipdex.index import Index
-    from clipdex.labels import load_label_sets, make_label_set, parse_labels_arg
+    from clipdex.labels import (
+        DEFAULT_TEMPLATES,
+        load_label_sets,
+        make_label_set,
+        parse_labels_arg,
+    )
 
     sets = []
     if labels_file:
@@ -315,7 +321,7 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
     if labels_text or name:
         if not (labels_text and name):
             raise click.UsageError("--name and --labels go together (or use --labels-file)")
-        sets.append(make_label_set(name, parse_labels_arg(labels_text), templates or ("a photo of {}.",),
+        sets.append(make_label_set(name, parse_labels_arg(labels_text), templates or DEFAULT_TEMPLATES,
                                    multi_label=multi_label, threshold=threshold))
     if not sets:
         raise click.UsageError("give a label set: --name NAME --labels a,b,c, or --labels-file FILE")
@@ -343,12 +349,7 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
         grids = [draw_review(r, _numbered(grid, i, len(results)), per_label=per_label, seed=seed)
                  for i, r in enumerate(results)]
     if as_json:
-        click.echo(json.dumps([{
-            "set": r.label_set.name, "labels": r.labels,
-            "photos": [{"path": p, "label": r.predicted[i], "prob": float(r.confidence[i]),
-                        "probs": dict(zip(r.labels, map(float, r.probs[i]))),
-                        **({"top": r.top_k(top_k)[i]} if top_k else {})}
-                       for i, p in enumerate(r.paths)]} for r in results], indent=2))
+        click.echo(json.dumps([_classification_json(r, top_k) for r in results], indent=2))
         return
     console = _console()
     for r in results:
@@ -371,6 +372,15 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
             console.print(f"  no row for {path}", markup=False)
     if grid:
         console.print("review grid: " + ", ".join(grids))
+
+
+def _classification_json(result: Any, top_k: int | None) -> dict[str, Any]:
+    tops = result.top_k(top_k) if top_k else None  # once per set, not once per photo
+    return {"set": result.label_set.name, "labels": result.labels,
+            "photos": [{"path": p, "label": result.predicted[i], "prob": float(result.confidence[i]),
+                        "probs": dict(zip(result.labels, map(float, result.probs[i]))),
+                        **({"top": tops[i]} if tops is not None else {})}
+                       for i, p in enumerate(result.paths)]}
 
 
 def _numbered(path: str, i: int, count: int) -> str:

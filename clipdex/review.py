@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from clipdex.classify import MULTI_SEPARATOR, Classification
+from clipdex.classify import MULTI_SEPARATOR, UNCERTAIN, Classification
 from clipdex.grid import Row, Tile, draw_rows
 
 MODES = ("random", "least-confident", "most-confident")
@@ -27,10 +27,10 @@ def review_rows(result: Classification, *, per_label: int = 8, seed: int = 0,
     labels = list(result.labels)
     label_index = {name: j for j, name in enumerate(labels)}
     rows = []
-    for name in labels + ["uncertain"]:
+    for name in labels + [UNCERTAIN]:
         members = np.array([i for i, p in enumerate(result.predicted)
                             if name in p.split(MULTI_SEPARATOR)], dtype=np.int64)
-        if name == "uncertain" and not len(members):
+        if name == UNCERTAIN and not len(members):
             continue
         j = label_index.get(name)
         probs = result.probs[members, j] if j is not None else result.confidence[members]

@@ -219,8 +219,10 @@ class TorchEncoder:
         self._model = model
         self._preprocess = preprocess
         merged = getattr(model.visual, "preprocess_cfg", {}) or {}
+        size = model.visual.image_size
         self._cfg = PreprocessConfig(
-            self._image_size_of(model), tuple(merged.get("mean") or OPENAI_MEAN),  # type: ignore[arg-type]
+            int(size[0] if isinstance(size, (tuple, list)) else size),
+            tuple(merged.get("mean") or OPENAI_MEAN),  # type: ignore[arg-type]
             tuple(merged.get("std") or OPENAI_STD),  # type: ignore[arg-type]
             merged.get("interpolation") or "bicubic", merged.get("resize_mode") or "shortest")
         self._tokenizer = open_clip.get_tokenizer(spec.arch)
@@ -240,18 +242,14 @@ class TorchEncoder:
             return int(proj)
         return int(self.encode_texts(["a photo"]).shape[1])
 
-    @staticmethod
-    def _image_size_of(model: Any) -> int:
-        size = model.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
-
     @property
     def image_size(self) -> int:
-        return self._image_size_of(self.model)
+        return self.preprocess_config.image_size
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
-        self.load()
+        if self._model is None:  # load() takes a lock; the decode workers ask for every photo
+            self.load()
         return self._cfg
 
     @property
@@ -277,7 +275,7 @@ class TorchEncoder:
         import torch
 
         pixels = torch.from_numpy(np.ascontiguousarray(batch))
-        if self.device == "cuda":
+        if self.device.startswith("cuda"):
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         else:
             pixels = pixels.to(self.device)

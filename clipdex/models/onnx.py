@@ -210,6 +210,7 @@ class OnnxEncoder:
         self.threads = threads
         self._lock = threading.Lock()
         self._meta: dict[str, Any] | None = None
+        self._cfg: PreprocessConfig | None = None
         self._visual: Any = None
         self._text: Any = None
         self._tokenizer: Any = None
@@ -262,9 +263,11 @@ class OnnxEncoder:
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
-        m = self._ensure_meta()
-        return PreprocessConfig(m["image_size"], tuple(m["mean"]), tuple(m["std"]),  # type: ignore[arg-type]
-                                m["interpolation"], m["resize_mode"])
+        if self._cfg is None:  # read once: preprocess() asks for it for every photo
+            m = self._ensure_meta()
+            self._cfg = PreprocessConfig(m["image_size"], tuple(m["mean"]), tuple(m["std"]),  # type: ignore[arg-type]
+                                         m["interpolation"], m["resize_mode"])
+        return self._cfg
 
     # -- encoding -------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> np.ndarray:
