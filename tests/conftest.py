@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
+from tests.images import write_photos
+
+if TYPE_CHECKING:
+    from clipdex import Index
+
 DATA = Path(__file__).parent / "data"
 TINY_CONFIG = DATA / "clipdex-tiny.json"
-UNSPLASH = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k"
-UNSPLASH_IMAGES = UNSPLASH / "images"
+HOSTILE_NAME = '"><img src=x onerror=alert(1)>.jpg'  # a file name that is also markup
 
 
 @pytest.fixture(autouse=True)
@@ -51,18 +57,30 @@ def model_kwargs(tiny_model: tuple[Path, Path]) -> dict[str, str]:
     return {"model_config": str(config), "weights": str(weights)}
 
 
-def unsplash_paths(count: int) -> list[Path]:
-    if not UNSPLASH_IMAGES.is_dir():
-        pytest.skip(f"the shared photos are not here ({UNSPLASH_IMAGES}); they exist on "
-                    "developer machines and in CI")
-    return sorted(UNSPLASH_IMAGES.glob("*.jpg"))[:count]
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    """A folder with 12 generated photos, two of them in a subfolder."""
+    folder = tmp_path / "photos"
+    write_photos(folder / "trip", 2)
+    write_photos(folder, 10, start=2)
+    return folder
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
-def photos(tmp_path: Path) -> Path:
-    """A folder with 12 real Unsplash photos (copied: tests change it), two in a subfolder."""
-    folder = tmp_path / "photos"
-    (folder / "trip").mkdir(parents=True)
-    for i, src in enumerate(unsplash_paths(12)):
-        shutil.copy(src, folder / ("trip" if i < 2 else ".") / src.name)
-    return folder
+def web_index(tmp_path: Path, photos: Path, model_kwargs: dict[str, str]) -> Iterator[Index]:
+    """An index of the 12 photos plus a copy under a hostile name, with one label set run."""
+    from clipdex import Index
+    from clipdex.labels import make_label_set
+
+    shutil.copy(next(photos.glob("*.jpg")), photos / HOSTILE_NAME)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as idx:
+        idx.add(photos)
+        idx.classify([make_label_set("taken_space", ["indoor", "outdoor"], ["a photo taken {}"])])
+        yield idx

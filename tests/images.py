@@ -19,6 +19,35 @@ def gradient(width: int = 96, height: int = 64) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
+def photo(seed: int, width: int = 640, height: int = 480) -> Image.Image:
+    """A photo-like image, different for every ``seed``: a sky-to-ground scene with
+    shapes, texture and sensor noise (so JPEG, resizing and the model see real structure)."""
+    rng = np.random.default_rng(seed)
+    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    pixels = np.broadcast_to(top * (1 - t) + bottom * t, (height, width, 3)).copy()
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(int(rng.integers(3, 8))):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(20, width / 3), rng.uniform(20, height / 3)
+        inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+        pixels[inside] = pixels[inside] * 0.3 + rng.uniform(0, 255, 3) * 0.7
+    stripes = np.sin(xx / rng.uniform(3, 30) + yy / rng.uniform(3, 30))[..., None]
+    pixels += 12.0 * stripes + rng.normal(0.0, 6.0, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def write_photos(folder: Path, count: int, start: int = 0) -> list[Path]:
+    """``count`` photo-like JPEGs named ``photo-<seed>.jpg`` (seeds from ``start``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(start, start + count):
+        path = folder / f"photo-{seed:03d}.jpg"
+        photo(seed).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
 def write_edge_cases(folder: Path) -> dict[str, Path]:
     """Every troublesome kind of file, by name."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,21 +14,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from clipdex import Index
-from clipdex.labels import make_label_set
 from clipdex.web import create_app
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-HOSTILE_NAME = '"><img src=x onerror=alert(1)>.jpg'
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.conftest import HOSTILE_NAME, free_port
 
 
 @pytest.fixture()
-def index(tmp_path: Path, photos: Path, model_kwargs: dict[str, str]):
-    shutil.copy(next(photos.glob("*.jpg")), photos / HOSTILE_NAME)
-    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as idx:
-        idx.add(photos)
-        idx.classify([make_label_set("taken_space", ["indoor", "outdoor"], ["a photo taken {}"])])
-        yield idx
+def index(web_index: Index) -> Index:
+    return web_index
 
 
 @pytest.fixture()
@@ -182,78 +172,13 @@ def test_errors_are_pages_that_say_what_to_do(client: TestClient) -> None:
     assert unknown_set.status_code == 400 and "clipdex classify" in unknown_set.text
 
 
-# -- a real server, driven by headless Chromium -------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
-def server(index: Index):
-    import uvicorn
-
-    port = _free_port()
-    config = uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_end_to_end_in_chromium(server: str, index: Index) -> None:
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server + "/")
-        page.fill("#q", "dog in the snow")
-        page.press("#q", "Enter")
-        page.wait_for_selector("#results .card img")
-        assert "q=dog+in+the+snow" in page.url  # the URL holds the query
-        assert page.locator("#results .card").count() == 13
-        page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
-        page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
-
-        page.locator("#results .card").first.click()
-        page.wait_for_selector("#photo")
-        assert page.locator("#path").inner_text().endswith(".jpg")
-        page.screenshot(path=str(ARTIFACTS / "photo.png"))
-        page.click("#more-like-this")
-        page.wait_for_selector("#results .card")
-        first_score = page.locator("#results .card .score").first.inner_text()
-        assert first_score == "1.000"  # the photo itself comes first
-
-        page.goto(server + "/labels/taken_space?per=4")
-        card = page.locator(".card.labelled").first
-        predicted = card.locator(".meta b").inner_text()
-        other = "outdoor" if predicted == "indoor" else "indoor"
-        card.locator(f"button.correct[data-label='{other}']").click()
-        page.wait_for_selector(".card.is-corrected")
-        assert "corrected: " + other in card.inner_text()
-        page.screenshot(path=str(ARTIFACTS / "labels.png"), full_page=True)
-        browser.close()
-    result = index.classification("taken_space")
-    assert other in (result.truth or [])
-
-
 def test_serve_command_prints_the_url_and_stops_on_ctrl_c(index: Index) -> None:
     import signal
     import subprocess
     import sys
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--index", str(index.path),
                              "--port", str(port)], stderr=subprocess.PIPE, text=True)
     try:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipdex.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def run(*args: str) -> "object":

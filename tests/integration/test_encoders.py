@@ -10,7 +10,7 @@ import pytest
 from clipdex import Index
 from clipdex.models.encoder import TorchEncoder, make_encoder
 from clipdex.models.registry import resolve_model
-from tests.conftest import unsplash_paths
+from tests.images import photo, write_photos
 
 TEXTS = ["dog", "dog in the snow", "listen to music", "A photo taken at DUSK!!", "café & crème brûlée",
          "emoji 🐶 test", "it's they're we'll", "&amp;quot; html", "", "word " * 100]
@@ -27,8 +27,6 @@ def test_tokenizer_matches_open_clip_token_for_token() -> None:
 
 
 def test_onnx_text_and_image_vectors_equal_torch(tiny_model) -> None:
-    from PIL import Image
-
     config, weights = tiny_model
     spec = resolve_model(None, weights, config)
     onnx = make_encoder(spec, device="cpu", precision="fp32")
@@ -36,7 +34,7 @@ def test_onnx_text_and_image_vectors_equal_torch(tiny_model) -> None:
     assert onnx.backend == "onnx"
     a, b = onnx.encode_texts(TEXTS), torch_encoder.encode_texts(TEXTS)
     assert np.sum(a * b, axis=1).min() >= 0.999
-    images = [Image.open(p).convert("RGB") for p in unsplash_paths(4)]
+    images = [photo(seed) for seed in range(4)]
     a, b = onnx.encode_pil(images), torch_encoder.encode_pil(images)
     assert np.sum(a * b, axis=1).min() >= 0.999
     assert onnx.dim == torch_encoder.dim and onnx.logit_scale == pytest.approx(torch_encoder.logit_scale)
@@ -69,8 +67,6 @@ def _fresh_python(statement: str) -> list[str]:
 
 def test_cpu_indexing_does_not_import_torch_once_exported(tmp_path: Path, photos: Path,
                                                          model_kwargs) -> None:
-    import shutil
-
     from clipdex.models.encoder import _accelerator_possible
 
     if _accelerator_possible():
@@ -78,9 +74,7 @@ def test_cpu_indexing_does_not_import_torch_once_exported(tmp_path: Path, photos
     with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
         index.add(photos)  # exports the model (torch, once)
     more = tmp_path / "more"
-    more.mkdir()
-    for src in unsplash_paths(14)[12:]:
-        shutil.copy(src, more / src.name)
+    write_photos(more, 2, start=100)
     out = _fresh_python(f"print(Index.open({str(tmp_path / 'idx')!r}).add({str(more)!r}).encoded)")
     assert out == ["2", "False", "False"]
 

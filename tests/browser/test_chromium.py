@@ -1,0 +1,82 @@
+"""A real server on a free port, driven by headless Chromium (Debian's package)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from clipdex import Index
+from clipdex.web import create_app
+from tests.conftest import free_port
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture()
+def index(web_index: Index) -> Index:
+    return web_index
+
+
+@pytest.fixture()
+def server(index: Index) -> Iterator[str]:
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_end_to_end_in_chromium(server: str, index: Index) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server + "/")
+        page.fill("#q", "dog in the snow")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#results .card img")
+        assert "q=dog+in+the+snow" in page.url  # the URL holds the query
+        assert page.locator("#results .card").count() == 13
+        page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
+
+        page.locator("#results .card").first.click()
+        page.wait_for_selector("#photo")
+        assert page.locator("#path").inner_text().endswith(".jpg")
+        page.screenshot(path=str(ARTIFACTS / "photo.png"))
+        page.click("#more-like-this")
+        page.wait_for_selector("#results .card")
+        first_score = page.locator("#results .card .score").first.inner_text()
+        assert first_score == "1.000"  # the photo itself comes first
+
+        page.goto(server + "/labels/taken_space?per=4")
+        card = page.locator(".card.labelled").first
+        predicted = card.locator(".meta b").inner_text()
+        other = "outdoor" if predicted == "indoor" else "indoor"
+        card.locator(f"button.correct[data-label='{other}']").click()
+        page.wait_for_selector(".card.is-corrected")
+        assert "corrected: " + other in card.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "labels.png"), full_page=True)
+        browser.close()
+    result = index.classification("taken_space")
+    assert other in (result.truth or [])
