@@ -22,13 +22,15 @@ import numpy as np
 from clipdex.classify import Classifier, classify
 from clipdex.labels import make_label_set
 
-FEATURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "clip-vit-b32" / "features.npy"
+FEATURES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "clip-vit-b32"
+            / "features.npy")
 REPEATS = 5
 
 
 def vectors(n: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-    base = np.load(FEATURES).astype(np.float32) if FEATURES.exists() else rng.normal(size=(1000, 512)).astype(np.float32)
+    base = (np.load(FEATURES).astype(np.float32) if FEATURES.exists()
+            else rng.normal(size=(1000, 512)).astype(np.float32))
     tiled = np.resize(base, (n, base.shape[1])) + rng.normal(scale=0.02, size=(n, base.shape[1])).astype(np.float32)
     return tiled / np.linalg.norm(tiled, axis=1, keepdims=True)
 
@@ -69,7 +71,8 @@ def main() -> None:
     print(f"{'path':<44} {'seconds':>8} {'photos/s':>12}")
     print(f"{'torch logits+softmax (tutorial, baseline)':<44} {theirs:>8.3f} {n / theirs:>12,.0f}")
     print(f"{'clipdex classify() (numpy)':<44} {ours:>8.3f} {n / ours:>12,.0f}")
-    print(f"{'clipdex Index.classify (read+score+save)':<44} {end_to_end['total']:>8.3f} {n / end_to_end['total']:>12,.0f}")
+    total = end_to_end["total"]
+    print(f"{'clipdex Index.classify (read+score+save)':<44} {total:>8.3f} {n / total:>12,.0f}")
     print(f"  of which: read vectors {end_to_end['read']:.3f} s, score {end_to_end['score']:.3f} s, "
           f"save predictions {end_to_end['save']:.3f} s")
 

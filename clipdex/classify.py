@@ -11,8 +11,8 @@ background prompts, i.e. ``sigmoid(logit_scale * (cos_label - cos_background))``
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

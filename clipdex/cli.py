@@ -12,7 +12,8 @@ import csv
 import json
 import shlex
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -138,7 +139,8 @@ class _Bar:
 @click.option("--wait", is_flag=True, help="Wait for another indexing run on this index to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
-              model_config: str | None, device: str | None, precision: str | None, batch_size: int | None, workers: int | None,
+              model_config: str | None, device: str | None, precision: str | None, batch_size: int | None,
+              workers: int | None,
               max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool,
               as_json: bool) -> None:
     """Embed every photo under PHOTO_DIR (recursively) into the index.

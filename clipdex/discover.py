@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 SKIPPED_DIR_NAMES = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
 

@@ -9,8 +9,8 @@ classes present in the truth; macro-F1 the unweighted mean F1 over all classes
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Sequence
 
 from clipdex.classify import Classification
 from clipdex.errors import TableError

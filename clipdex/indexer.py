@@ -248,7 +248,7 @@ class Indexer:
             pixels = self.encoder.preprocess(image)
         except ImageDecodeError as e:
             return _Prepared(entry, content_hash=content_hash, reason=e.reason)
-        except Exception as e:  # a decoder bug must not take the batch down
+        except Exception as e:  # noqa: BLE001  (a decoder bug must not take the batch down)
             return _Prepared(entry, content_hash=content_hash,
                              reason=f"could not be decoded ({type(e).__name__}: {e})")
         width, height = image.info.get(ORIGINAL_SIZE, image.size)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -83,11 +83,12 @@ def parse_query(query: str) -> list[QueryTerm]:
             raise QueryError(query, "an operator or weight is not followed by a term")
         words, sign, weight, dangling = [], 1.0, 1.0, False
 
-    for token in tokens:
-        if token in ("+", "-"):
+    for raw in tokens:
+        if raw in ("+", "-"):
             close()
-            sign, dangling = (-1.0 if token == "-" else 1.0), True
+            sign, dangling = (-1.0 if raw == "-" else 1.0), True
             continue
+        token = raw
         if token[0] in "+-" and len(token) > 1:
             close()
             sign, token = (-1.0 if token[0] == "-" else 1.0), token[1:]

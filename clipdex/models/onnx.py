@@ -18,8 +18,9 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -164,7 +165,8 @@ def _export(spec: ModelSpec, folder: Path) -> None:
         # that the ONNX exporter cannot translate.
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but works
-            torch.onnx.export(Visual().eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),), str(work / "visual-fp32.onnx"),
+            torch.onnx.export(Visual().eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
+                              str(work / "visual-fp32.onnx"),
                               input_names=["pixels"], output_names=["vectors"], opset_version=OPSET,
                               dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}},
                               dynamo=False)

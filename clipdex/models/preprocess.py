@@ -60,8 +60,8 @@ def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)  # torchvision's Resize(size) on the shorter side
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-    left = int(round((new_w - size) / 2.0))  # torchvision's CenterCrop
-    top = int(round((new_h - size) / 2.0))
+    left = round((new_w - size) / 2.0)  # torchvision's CenterCrop
+    top = round((new_h - size) / 2.0)
     if new_w != width:
         scale = width / new_w
         image = image.resize((size, height), resample, box=(left * scale, 0, (left + size) * scale, height))

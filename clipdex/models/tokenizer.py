@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ def _vocab_path() -> Path:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("open_clip is not installed; it holds CLIP's BPE vocabulary")
-    return Path(list(spec.submodule_search_locations)[0]) / VOCAB_FILE
+    return Path(next(iter(spec.submodule_search_locations))) / VOCAB_FILE
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +51,8 @@ class ClipTokenizer:
         import regex
 
         self.context_length = context_length
-        lines = gzip.open(_vocab_path()).read().decode("utf-8").split("\n")[1:MERGE_COUNT + 1]
+        with gzip.open(_vocab_path()) as vocab:
+            lines = vocab.read().decode("utf-8").split("\n")[1:MERGE_COUNT + 1]
         merges = [tuple(line.split()) for line in lines]
         alphabet = list(_byte_alphabet().values())
         tokens = alphabet + [a + "</w>" for a in alphabet] + ["".join(m) for m in merges] + [START, END]

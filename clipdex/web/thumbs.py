@@ -14,12 +14,12 @@ from clipdex.fileio import write_atomically
 
 QUALITY = 85
 PLACEHOLDER_SVG = (
-    '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">'
-    '<rect width="256" height="256" fill="#ddd"/><text x="128" y="122" font-family="sans-serif" '
-    'font-size="18" text-anchor="middle" fill="#666">photo missing</text><text x="128" y="148" '
-    'font-family="sans-serif" font-size="13" text-anchor="middle" fill="#666">moved or deleted '
-    'since indexing</text></svg>'
-).encode()
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">'
+    b'<rect width="256" height="256" fill="#ddd"/><text x="128" y="122" font-family="sans-serif" '
+    b'font-size="18" text-anchor="middle" fill="#666">photo missing</text><text x="128" y="148" '
+    b'font-family="sans-serif" font-size="13" text-anchor="middle" fill="#666">moved or deleted '
+    b'since indexing</text></svg>'
+)
 
 
 class ThumbnailCache:

@@ -154,7 +154,7 @@ def test_metadata_join_keeps_every_row_and_reports_extra_images(indexed: Path, t
                                        "--metadata-out", str(out), "--out", str(tmp_path / "p.parquet")])
     assert result.exit_code == 0, result.output
     assert "10 of 11 rows matched" in result.output and "2 photos without a row" in result.output
-    rows = list(csv.DictReader(open(out)))
+    rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["photo_id", "note", "taken_space", "taken_space_prob",
                              "taken_space_prob_indoor", "taken_space_prob_outdoor"]
     assert rows[0]["taken_space"] == "" and rows[1]["taken_space"] in ("indoor", "outdoor")

@@ -1,0 +1,94 @@
+"""One JSON shape per result type, for the CLI's ``--json``, the web API and the exports.
+
+Every function returns plain JSON-ready data (dicts, lists, str, int, float,
+bool, None). The CLI and the web app call these and nothing else to describe
+a result, so ``clipdex search --json`` and ``GET /api/search`` agree field for
+field (a test holds them to it).
+
+Paths are the index's display paths: a name that is not valid UTF-8 is shown
+with ``\\xNN`` escapes (the file itself is still found by its exact bytes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clipdex.classify import Classification
+    from clipdex.index import IndexStatus, PhotoLabel
+    from clipdex.indexer import IndexReport
+    from clipdex.search import SearchResult
+    from clipdex.store import FileRecord
+
+SCHEMA_VERSION = 1
+
+
+def search_result(result: "SearchResult") -> dict[str, Any]:
+    """One ranked photo: ``{"rank", "score", "id", "path", "name"}``."""
+    return {"rank": result.rank, "score": round(float(result.score), 6), "id": result.file_id,
+            "path": result.path, "name": os.path.basename(result.path)}
+
+
+def search_results(query: str, offset: int, results: Sequence["SearchResult"]) -> dict[str, Any]:
+    """A page of results: ``{"query", "offset", "count", "results": [search_result…]}``."""
+    return {"query": query, "offset": offset, "count": len(results),
+            "results": [search_result(r) for r in results]}
+
+
+def failure(path: str, reason: str | None) -> dict[str, Any]:
+    """A file that could not be indexed: ``{"path", "reason"}``."""
+    return {"path": path, "reason": reason or "failed"}
+
+
+def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None = None) -> dict[str, Any]:
+    """What an index holds; ``failures`` (when given) lists the failed files."""
+    data: dict[str, Any] = {
+        "path": status.path, "roots": list(status.roots), "indexed": status.indexed,
+        "failed": status.failed,
+        "models": [{"key": m.key, "name": m.name, "dim": m.dim, "photos": m.photos,
+                    "precision": m.precision} for m in status.models]}
+    for name in ("missing_roots", "problems"):  # present once the index reports them
+        if hasattr(status, name):
+            data[name] = list(getattr(status, name))
+    if failures is not None:
+        data["failures"] = [failure(f.path, f.reason) for f in failures]
+    return data
+
+
+def index_report(report: "IndexReport") -> dict[str, Any]:
+    """What one ``index`` run did."""
+    return {"root": report.root, "model": report.model, "new": report.new, "changed": report.changed,
+            "reused": report.reused, "unchanged": report.unchanged, "removed": report.removed,
+            "encoded": report.encoded, "indexed_total": report.indexed_total,
+            "seconds": round(report.seconds, 3), "encode_seconds": round(report.encode_seconds, 3),
+            "images_per_second": round(report.images_per_second, 3),
+            "failed": [failure(f.path, f.reason) for f in report.failed]}
+
+
+def photo_label(label: "PhotoLabel") -> dict[str, Any]:
+    """A photo's result in one stored label set."""
+    return {"set_name": label.set_name, "label": label.label, "prob": round(label.prob, 6),
+            "probs": {k: round(v, 6) for k, v in label.probs.items()}, "corrected": label.corrected}
+
+
+def photo(record: "FileRecord", labels: Sequence["PhotoLabel"], *, exists: bool,
+          metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """An indexed photo's stored facts, its labels in every set and the user's table row."""
+    return {"id": record.id, "path": record.path, "name": os.path.basename(record.path),
+            "size": record.size, "width": record.width, "height": record.height,
+            "mtime_ns": record.mtime_ns, "sha256": record.content_hash, "exists": exists,
+            "labels": [photo_label(pl) for pl in labels], "metadata": dict(metadata or {})}
+
+
+def classification(result: "Classification", top_k: int | None = None) -> dict[str, Any]:
+    """One label set's predictions for every photo (``top`` with ``top_k``)."""
+    tops = result.top_k(top_k) if top_k else None  # once per set, not once per photo
+    return {"set": result.label_set.name, "labels": list(result.labels),
+            "photos": [{"id": int(result.file_ids[i]), "path": p, "label": result.predicted[i],
+                        "prob": round(float(result.confidence[i]), 6),
+                        "probs": {k: round(float(v), 6) for k, v in zip(result.labels, result.probs[i])},
+                        **({"top": [[label, round(float(prob), 6)] for label, prob in tops[i]]}
+                           if tops is not None else {})}
+                       for i, p in enumerate(result.paths)]}
