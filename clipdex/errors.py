@@ -9,13 +9,16 @@
     │   ├── IndexNotFound         no index where one was expected
     │   ├── IndexVersionError     index written by a newer clipdex
     │   ├── IndexLocked           another process is writing the index
-    │   └── EmptyIndex            nothing indexed for the model yet
+    │   ├── EmptyIndex            nothing indexed for the model yet
+    │   ├── IndexDamaged          catalog or vector files damaged, truncated or missing
+    │   └── IndexStorageError     the disk refused: full, read-only, I/O error
     ├── PhotoFolderError          missing, empty or unreadable folder to index
     ├── PhotoNotFound             no indexed photo with that id
     ├── ImageDecodeError          one image that cannot be used (recorded, not fatal)
     ├── QueryError                a search query that cannot be understood
     ├── LabelSetError             a label set or label file that cannot be used
-    └── TableError                a metadata table that cannot be read or joined
+    ├── TableError                a metadata table that cannot be read or joined
+    └── OutputError               an output file (grid, CSV, heatmap…) that cannot be written
 
 Messages end in what to do. The CLI and the web app turn these into exit codes
 and pages; nothing below them prints.
@@ -114,6 +117,24 @@ class EmptyIndex(IndexError_):
         )
 
 
+class IndexDamaged(IndexError_):
+    """Part of an index is damaged or missing; never silently taken for empty or zero."""
+
+    def __init__(self, index: Path, problem: str, fix: str) -> None:
+        self.index = index
+        self.problem = problem
+        super().__init__(f"index {index} is damaged: {problem}. {fix}")
+
+
+class IndexStorageError(IndexError_):
+    """The disk refused a read or write of the index (full, read-only, I/O error)."""
+
+    def __init__(self, index: Path, problem: str, fix: str) -> None:
+        self.index = index
+        self.problem = problem
+        super().__init__(f"index {index}: {problem}. {fix}")
+
+
 class PhotoFolderError(ClipdexError):
     def __init__(self, path: str | Path, problem: str, fix: str) -> None:
         self.path = path
@@ -159,3 +180,12 @@ class PhotoNotFound(ClipdexError):
         self.photo = photo
         super().__init__(f"no indexed photo {photo}. It may have been removed from the index; "
                          "search again to find it.")
+
+
+class OutputError(ClipdexError):
+    """An output file that cannot be written (checked before the work starts)."""
+
+    def __init__(self, path: str, option: str, problem: str) -> None:
+        self.path = path
+        self.option = option
+        super().__init__(f"{option} {path}: {problem}. Choose a path in a folder you can write to.")

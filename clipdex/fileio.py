@@ -27,3 +27,26 @@ def write_atomically(target: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def check_writable(path: str | os.PathLike[str], option: str) -> None:
+    """Raise :class:`~clipdex.errors.OutputError` unless ``path`` can be created or
+    replaced; called before long work, so a bad output path fails in a second, not
+    after the work is done. Creates nothing (a probe file is made and removed)."""
+    from clipdex.errors import OutputError
+
+    target = Path(path).expanduser()
+    shown = str(path)
+    if target.is_dir():
+        raise OutputError(shown, option, "is a folder, not a file")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(shown, option, f"folder {folder} does not exist")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputError(shown, option, "the file exists and is read-only")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".clipdex-probe-", dir=folder)
+    except OSError as e:
+        raise OutputError(shown, option, f"cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)

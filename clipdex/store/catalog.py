@@ -61,6 +61,17 @@ class FileRecord:
     height: int | None
     status: str
     reason: str | None
+    raw_path: bytes | None = None
+    failure_kind: str | None = None
+    failure_limit: float | None = None
+
+    @property
+    def fs_path(self) -> str:
+        """The path to open: ``path`` itself, or the exact bytes of a name that is not UTF-8."""
+        return os.fsdecode(self.raw_path) if self.raw_path is not None else self.path
+
+
+FAILURE_KINDS = ("transient", "limit", "permanent")
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,9 @@ class NewFile:
     width: int | None = None
     height: int | None = None
     reason: str | None = None
+    raw_path: bytes | None = None  # the exact OS bytes when ``path`` is a display form
+    failure_kind: str | None = None  # one of FAILURE_KINDS when ``reason`` is set
+    failure_limit: float | None = None  # the --max-megapixels a 'limit' failure was judged by
 
 
 @dataclass(frozen=True)
@@ -262,13 +276,17 @@ class Store:
             c.execute("UPDATE models SET rows = ? WHERE id = ?", (current + len(hashes), model.id))
             c.executemany(
                 "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, "
-                "reason, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE "
+                "reason, indexed_at, raw_path, failure_kind, failure_limit) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE "
                 "SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
                 "content_hash = excluded.content_hash, width = excluded.width, "
                 "height = excluded.height, status = excluded.status, reason = excluded.reason, "
-                "indexed_at = excluded.indexed_at",
+                "indexed_at = excluded.indexed_at, raw_path = excluded.raw_path, "
+                "failure_kind = excluded.failure_kind, failure_limit = excluded.failure_limit",
                 [(f.path, f.size, f.mtime_ns, f.content_hash, f.width, f.height,
-                  "failed" if f.reason else "ok", f.reason, now) for f in files])
+                  "failed" if f.reason else "ok", f.reason, now, f.raw_path,
+                  (f.failure_kind or "permanent") if f.reason else None,
+                  f.failure_limit if f.reason else None) for f in files])
         updated = self.get_model(model.key)
         assert updated is not None
         return updated
@@ -399,4 +417,5 @@ def _model(row: sqlite3.Row) -> ModelRecord:
 def _file(row: sqlite3.Row) -> FileRecord:
     return FileRecord(id=row["id"], path=row["path"], size=row["size"], mtime_ns=row["mtime_ns"],
                       content_hash=row["content_hash"], width=row["width"], height=row["height"],
-                      status=row["status"], reason=row["reason"])
+                      status=row["status"], reason=row["reason"], raw_path=row["raw_path"],
+                      failure_kind=row["failure_kind"], failure_limit=row["failure_limit"])

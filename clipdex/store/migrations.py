@@ -77,7 +77,16 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (model_id, set_name, content_hash)
         );
     """),
+    ("004_raw_paths_and_failure_kinds", """
+        ALTER TABLE files ADD COLUMN raw_path BLOB;
+        ALTER TABLE files ADD COLUMN failure_kind TEXT;
+        ALTER TABLE files ADD COLUMN failure_limit REAL;
+    """),
 ]
+# 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
+# holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
+# retried on the next run), 'limit' (over failure_limit megapixels, retried when the limit
+# is raised) or 'permanent' (the file itself is bad).
 LATEST_VERSION = len(MIGRATIONS)
 
 
