@@ -10,13 +10,14 @@ Query syntax (the CLI and the web page share it)::
     beach -people                    minus a term ("-" glued to a word, or alone)
     beach -"people walking"          quote a term of several words
     "red car" + night                several terms added
-    2*snow + dog  /  0.5*@dog.jpg    a weight before "*"
+    2*snow + dog  /  0.5*@dog.jpg    a weight before "*" (at most 100)
     @photos/dog.jpg                  an image: a file, or a photo of the index
                                      (its path, file name or stem, e.g. @abc123)
 """
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -27,7 +28,11 @@ import numpy as np
 from clipdex.errors import QueryError
 
 MAX_QUERY_CHARS = 2000
-WEIGHT = re.compile(r"^(?P<w>\d+(?:\.\d+)?|\.\d+)\*(?P<rest>.*)$")
+# A term's weight: larger ones only drown the other terms, and huge ones overflow float32.
+MAX_WEIGHT = 100.0
+# A sum of terms shorter than this is taken as cancelled out (its direction is noise).
+MIN_QUERY_NORM = 1e-6
+WEIGHT = re.compile(r"^(?P<w>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\*(?P<rest>.*)$")
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ def parse_query(query: str) -> list[QueryTerm]:
             if words:
                 close()
             weight, dangling = float(match["w"]), True
+            _check_weight(weight, query)
             token = match["rest"]
             if not token:
                 continue
@@ -107,39 +113,74 @@ def parse_query(query: str) -> list[QueryTerm]:
     return terms
 
 
+def _check_weight(weight: float, query: str) -> None:
+    if not (math.isfinite(weight) and abs(weight) <= MAX_WEIGHT):
+        raise QueryError(query, f"the weight {weight:g} is out of range: weights go up to {MAX_WEIGHT:g} "
+                                "(write 2*snow, not 1e20*snow)")
+
+
 def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Weighted sum of unit vectors, normalised: the query vector."""
+    """Weighted sum of unit vectors, normalised: the query vector.
+
+    Raises :class:`QueryError` for a weight that is not finite or above
+    ``MAX_WEIGHT``, for a vector that is not finite, and for terms that
+    cancel each other out; the result is always a finite unit vector.
+    """
+    if not vectors:
+        raise QueryError("", "the query has no terms")
     total = np.zeros_like(np.asarray(vectors[0], dtype=np.float32))
-    for vector, weight in zip(vectors, weights):
-        total += weight * np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(total))
-    if norm == 0.0:
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below: overflow is an error
+        for vector, weight in zip(vectors, weights, strict=True):
+            _check_weight(float(weight), "")
+            v = np.asarray(vector, dtype=np.float32)
+            if not np.isfinite(v).all():
+                raise QueryError("", "a term's vector is not finite (the model returned NaN or infinity)")
+            total += np.float32(weight) * v
+        norm = float(np.linalg.norm(total)) if np.isfinite(total).all() else math.inf
+    if not math.isfinite(norm):
+        raise QueryError("", "the weighted sum of the terms is not finite")
+    if norm < MIN_QUERY_NORM:
         raise QueryError("", "the terms cancel each other out")
-    return total / norm
+    return total / np.float32(norm)
 
 
 def rank(query_vector: np.ndarray, vectors: np.ndarray, k: int, offset: int = 0,
          allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine scores of the best ``k`` rows after ``offset``.
 
-    Ties are broken by row order (rows are sorted by path), so results are
-    deterministic. ``allowed`` is an optional boolean mask of rows to consider.
+    The order is total: score descending, then row ascending (rows are sorted
+    by path), so equal scores (copies of one photo) keep one order on every
+    page and paging neither repeats nor skips a row. O(n) in the rows plus a
+    sort of ``offset + k`` of them. ``allowed`` is an optional boolean mask of
+    rows to consider. Raises :class:`QueryError` for ``k < 1`` or ``offset < 0``.
     """
+    if k < 1:
+        raise QueryError("", f"the number of results must be at least 1 (got {k})")
+    if offset < 0:
+        raise QueryError("", f"the offset must be 0 or more (got {offset})")
     if len(vectors) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     scores = vectors @ query_vector.astype(np.float32)
-    candidates = np.arange(len(scores))
     if allowed is not None:
-        candidates = candidates[allowed]
-        scores_c = scores[allowed]
+        candidates = np.flatnonzero(allowed)
+        scores_c = scores[candidates]
     else:
+        candidates = np.arange(len(scores))
         scores_c = scores
+    if np.isnan(scores_c).any():  # a damaged vector ranks last, never in the middle
+        scores_c = np.where(np.isnan(scores_c), -np.inf, scores_c)
     want = min(len(candidates), offset + k)
     if want <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     if want < len(candidates):
-        top = np.argpartition(-scores_c, want - 1)[:want]
+        # The want-th best score is the threshold; of the rows tied with it, the
+        # first rows (lowest index) are taken, so the page boundary never splits
+        # a tie arbitrarily.
+        threshold = scores_c[np.argpartition(-scores_c, want - 1)[want - 1]]
+        above = np.flatnonzero(scores_c > threshold)
+        tied = np.flatnonzero(scores_c == threshold)[:want - len(above)]
+        top = np.concatenate([above, tied])
     else:
         top = np.arange(len(candidates))
-    order = top[np.lexsort((candidates[top], -scores_c[top]))][offset:offset + k]
+    order = top[np.lexsort((top, -scores_c[top]))][offset:offset + k]
     return candidates[order], scores_c[order]

@@ -47,3 +47,37 @@ def test_rank_is_deterministic_with_ties_and_pages() -> None:
     assert np.allclose(scores, [1, 1, 0.6])
     rows, _ = rank(np.array([1.0, 0.0]), vectors, k=2, offset=2)
     assert rows.tolist() == [3, 1]
+
+
+@pytest.mark.parametrize("query, weight", [("1e2*snow", 100.0), ("2.*snow", 2.0), ("2.5e-1*snow", 0.25)])
+def test_weights_in_exponent_form(query: str, weight: float) -> None:
+    assert parse_query(query) == [QueryTerm("text", "snow", weight)]
+
+
+@pytest.mark.parametrize("query", ["1e20*dog", "100000000000000000000*dog", "dog - 101*cat",
+                                   "1e400*dog", "dog + 1e39*@a.jpg"])
+def test_huge_weights_are_refused_with_the_limit(query: str) -> None:
+    with pytest.raises(QueryError, match="weights go up to 100"):
+        parse_query(query)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1e20], [1.0, float("nan")], [float("inf"), 1.0], [1.0, -101.0]])
+def test_combine_refuses_weights_out_of_range(weights: list[float]) -> None:
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    with pytest.raises(QueryError, match="weights go up to 100"):
+        combine([a, b], weights)
+
+
+def test_combine_refuses_a_vector_that_is_not_finite() -> None:
+    with pytest.raises(QueryError, match="not finite"):
+        combine([np.array([1.0, 0.0]), np.array([np.nan, 0.0])], [1.0, 1.0])
+    with pytest.raises(QueryError, match="not finite"):
+        combine([np.array([3e38, 3e38])], [100.0])  # overflows float32
+
+
+def test_combine_result_is_a_finite_unit_vector_at_the_limits() -> None:
+    a, b = np.array([1.0, 0.0]), np.array([0.6, 0.8])
+    v = combine([a, b], [100.0, -100.0])
+    assert np.isfinite(v).all() and np.isclose(np.linalg.norm(v), 1.0)
+    with pytest.raises(QueryError, match="cancel"):
+        combine([a, a], [2.0, -2.0])
