@@ -7,8 +7,10 @@ normalised again, and photos are ranked by cosine similarity to it.
 Query syntax (the CLI and the web page share it)::
 
     dog in the snow                  one text term
-    beach -people                    minus a term ("-" glued to a word, or alone)
-    beach -"people walking"          quote a term of several words
+    beach -people                    minus a word ("-" glued to it: that word only)
+    beach -"people walking"          quote a glued term of several words
+    beach - people walking           "-" alone: minus everything up to the next + or -
+    -people beach                    a query may start with a minus term
     "red car" + night                several terms added
     2*snow + dog  /  0.5*@dog.jpg    a weight before "*" (at most 100)
     @photos/dog.jpg                  an image: a file, or a photo of the index
@@ -71,9 +73,10 @@ def parse_query(query: str) -> list[QueryTerm]:
     sign = 1.0
     weight = 1.0
     dangling = False  # an operator or weight waits for its term
+    glued = False  # a sign glued to a token ("-people") applies to that token only
 
     def close() -> None:
-        nonlocal words, sign, weight, dangling
+        nonlocal words, sign, weight, dangling, glued
         if words:
             value = " ".join(words)
             if value.startswith("@"):
@@ -86,7 +89,7 @@ def parse_query(query: str) -> list[QueryTerm]:
                 terms.append(QueryTerm("text", value, sign * weight))
         elif dangling:
             raise QueryError(query, "an operator or weight is not followed by a term")
-        words, sign, weight, dangling = [], 1.0, 1.0, False
+        words, sign, weight, dangling, glued = [], 1.0, 1.0, False, False
 
     for raw in tokens:
         if raw in ("+", "-"):
@@ -96,7 +99,7 @@ def parse_query(query: str) -> list[QueryTerm]:
         token = raw
         if token[0] in "+-" and len(token) > 1:
             close()
-            sign, token = (-1.0 if token[0] == "-" else 1.0), token[1:]
+            sign, token, glued = (-1.0 if token[0] == "-" else 1.0), token[1:], True
         match = WEIGHT.match(token)
         if match:
             if words:
@@ -107,6 +110,8 @@ def parse_query(query: str) -> list[QueryTerm]:
             if not token:
                 continue
         words.append(token)
+        if glued:
+            close()
     close()
     if not any(t.weight > 0 for t in terms):
         raise QueryError(query, "the query needs at least one positive term")

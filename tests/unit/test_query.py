@@ -16,6 +16,12 @@ from clipdex.search import QueryTerm, combine, parse_query, rank
     ("@a/dog.jpg - 0.5*grass", [QueryTerm("image", "a/dog.jpg"), QueryTerm("text", "grass", -0.5)]),
     ("listen to music", [QueryTerm("text", "listen to music")]),
     ("black-and-white portrait", [QueryTerm("text", "black-and-white portrait")]),
+    ("-people beach", [QueryTerm("text", "people", -1.0), QueryTerm("text", "beach")]),
+    ("-people + beach", [QueryTerm("text", "people", -1.0), QueryTerm("text", "beach")]),
+    ("beach -people walking", [QueryTerm("text", "beach"), QueryTerm("text", "people", -1.0),
+                               QueryTerm("text", "walking")]),
+    ("beach - people walking", [QueryTerm("text", "beach"), QueryTerm("text", "people walking", -1.0)]),
+    ("-2*snow dog", [QueryTerm("text", "snow", -2.0), QueryTerm("text", "dog")]),
 ])
 def test_parse_query(query: str, terms: list[QueryTerm]) -> None:
     assert parse_query(query) == terms
