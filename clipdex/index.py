@@ -11,9 +11,12 @@ The CLI and the web app are thin layers over this class.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -26,6 +29,7 @@ from clipdex.errors import (
     LabelSetError,
     ModelError,
     ModelMismatch,
+    PhotoFolderError,
     PhotoNotFound,
     QueryError,
     TableError,
@@ -39,8 +43,12 @@ from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from clipdex.discover import Walk
     from clipdex.models.encoder import Encoder
 
+log = logging.getLogger(__name__)
 MAX_K = 10_000
 
 
@@ -71,13 +79,23 @@ class PhotoLabel:
 
 @dataclass(frozen=True)
 class IndexStatus:
-    """What an index holds."""
+    """What an index holds, and what is wrong with it.
+
+    ``indexed`` and ``failed`` count files in folders that exist; photos under
+    ``missing_roots`` (moved, deleted or unmounted folders) are counted apart in
+    ``missing_photos`` and are never searched. ``problems`` says what is damaged
+    or incomplete, each with its fix; empty when all is well.
+    """
 
     path: str
     roots: list[str]
     indexed: int
     failed: int
     models: list[ModelStatus]
+    missing_roots: list[str] = field(default_factory=list)
+    missing_photos: int = 0
+    problems: list[str] = field(default_factory=list)
+    readonly: bool = False
 
 
 class Index:
@@ -92,7 +110,8 @@ class Index:
         self._encoder: Encoder | None = None
         self._spec: ModelSpec | None = None
         self._searchable: tuple[int, Searchable] | None = None
-        self._classifications: dict[str, tuple[tuple[int, int], Classification]] = {}
+        self._classifications: dict[str, tuple[object, Classification]] = {}
+        self._status: tuple[object, IndexStatus] | None = None
 
     @classmethod
     def open(
@@ -105,6 +124,7 @@ class Index:
         device: str | None = None,
         precision: str | None = None,
         create: bool = False,
+        readonly: bool | None = None,
     ) -> "Index":
         """Open the index at ``path`` (default: CLIPDEX_INDEX or ~/.local/share/clipdex/index).
 
@@ -112,12 +132,15 @@ class Index:
         :func:`clipdex.models.resolve_model`); without them an existing index uses
         the model it was built with, and a new one the registry's default.
         ``precision`` (fp32, int8, bf16, fp16) is how new vectors are computed;
-        int8 vectors are kept apart from full-precision ones.
+        int8 vectors are kept apart from full-precision ones. ``readonly`` None
+        opens for writing where the index can be written and read-only where it
+        cannot (searching works on a read-only mount); True never writes.
         """
         requested = None
         if model or weights or model_config:
             requested = resolve_model(model, weights, model_config)
-        store = Store.open(Path(path) if path else default_index_dir(), create=create)
+        store = Store.open(Path(path) if path else default_index_dir(), create=create,
+                           readonly=readonly)
         return cls(store, requested, device, precision)
 
     def close(self) -> None:
@@ -195,47 +218,108 @@ class Index:
         An index that already holds another model's vectors is left alone unless
         ``allow_new_model`` (the new model's vectors are then added beside them).
         """
-        walk = Indexer.scan(folder)  # a missing or empty folder changes nothing
+        path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+        known_root = path in self.store.roots()
+        if known_root and not os.path.exists(path):
+            held = self.store.count_under([path])
+            raise PhotoFolderError(
+                path, f"folder does not exist (the index still holds its {held} photos, hidden from "
+                "search)", f"If it moved, index its new place; `clipdex remove {path}` forgets it "
+                "(`clipdex remove --missing` forgets every folder that is gone).")
+        self.store.require_writable()
+        walk = _scan(path, allow_empty=known_root)  # a missing or new empty folder changes nothing
         spec = self.spec()
         precision = self.precision or "fp32"
         key = vector_key(spec, precision)
-        records = self.store.models()
-        record = self.store.get_model(key)
-        if record is None and records and not allow_new_model:
-            raise ModelMismatch(
-                key, [r.key for r in records], self.path,
-                "Pass --add-model to add this model's vectors beside them (nothing is "
-                "removed), use that model instead, or choose another index with --index DIR.")
+        self._check_model(key, allow_new_model)
         self.store.acquire_lock(wait=wait)
         try:
             from clipdex.models.encoder import LazyEncoder, make_encoder
 
             encoder: Encoder = LazyEncoder(  # type: ignore[assignment]
                 lambda: make_encoder(spec, device=self.device, precision=precision))
+            # Again under the lock: another process may have registered a model meanwhile.
+            record = self._check_model(key, allow_new_model)
             if record is None:  # a new model: build it now to learn its dimension
                 encoder.load()
                 record = self.store.add_model(key, spec.name, spec.to_json(), encoder.dim,
                                               encoder.logit_scale, precision)
-            elif spec.weights and record.spec_json != spec.to_json():
-                self.store.update_model_spec(record.id, spec.to_json())  # weights moved
+            else:
+                forgotten = self.store.repair_vectors(record)
+                if forgotten:
+                    record = self.store.get_model(key) or record
+                    log.warning("%d vectors of %s were lost from %s; their photos are encoded again "
+                                "(in other folders: run `clipdex status`)", forgotten, spec.name,
+                                self.path / record.vectors_file)
+                if spec.weights and record.spec_json != spec.to_json():
+                    self.store.update_model_spec(record.id, spec.to_json())  # weights moved
             report = Indexer(encoder, self.store, settings).run(walk, record, progress)
         finally:
             self.store.release_lock()
             self._searchable = None
         return report
 
+    def _check_model(self, key: str, allow_new_model: bool) -> ModelRecord | None:
+        """The index's record of ``key``; :class:`ModelMismatch` if it holds only other models
+        and adding one was not asked for."""
+        record = self.store.get_model(key)
+        if record is None and not allow_new_model:
+            records = self.store.models()
+            if records:
+                raise ModelMismatch(
+                    key, [r.key for r in records], self.path,
+                    "Pass --add-model to add this model's vectors beside them (nothing is "
+                    "removed), use that model instead, or choose another index with --index DIR.")
+        return record
+
+    def remove_folder(self, folder: str | os.PathLike[str]) -> int:
+        """Forget an indexed folder and every photo under it, whether or not it still exists.
+
+        Vectors stay in the index (a photo indexed again elsewhere reuses its
+        vector by content hash). Returns how many photos the index forgot.
+        Raises :class:`PhotoFolderError` when the index has no such folder.
+        """
+        path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+        roots = self.store.roots()
+        if path not in roots:
+            shown = ", ".join(roots) if roots else "none yet"
+            raise PhotoFolderError(path, "is not a folder of this index",
+                                   f"Its folders are: {shown}. Pass one of them exactly as "
+                                   "`clipdex status` shows it.")
+        self.store.acquire_lock()
+        try:
+            removed = self.store.remove_root(path)
+        finally:
+            self.store.release_lock()
+            self._searchable = None
+        return removed
+
+    def prune_missing(self) -> list[str]:
+        """Forget every indexed folder that no longer exists (with its photos); returns them."""
+        missing = self.store.missing_roots()
+        for root in missing:
+            self.remove_folder(root)
+        return missing
+
     # -- reading --------------------------------------------------------------
-    def _stamp(self) -> tuple[int, int]:
-        """Changes when anyone (this connection or another process) writes the index."""
-        return (self.store.conn.total_changes,
-                self.store.conn.execute("PRAGMA data_version").fetchone()[0])
+    def _stamp(self) -> tuple[object, ...]:
+        """Changes when anyone (this connection or another process) writes the index, or an
+        indexed folder appears or disappears (a few ``isdir`` calls)."""
+        return (*self.store.stamp(), tuple(self.store.missing_roots()))
 
     def searchable(self) -> Searchable:
-        """Every searchable photo with its vector, cached until the index changes."""
+        """Every searchable photo with its vector, cached until the index changes.
+
+        Photos under folders that no longer exist are left out; a lost or
+        damaged vector raises :class:`~clipdex.errors.IndexDamaged`.
+        """
         record = self.model_record()
-        stamp = hash((record.rows, *self._stamp()))
-        if self._searchable is None or self._searchable[0] != stamp:
-            self._searchable = (stamp, self.store.searchable(record))
+        stamp = self._stamp()
+        key = hash((record.rows, stamp))
+        if self._searchable is None or self._searchable[0] != key:
+            hidden = stamp[-1]
+            assert isinstance(hidden, tuple)
+            self._searchable = (key, self.store.searchable(record, hidden))
         return self._searchable[1]
 
     def query_vector(self, query: str | list[QueryTerm], *,
@@ -289,15 +373,11 @@ class Index:
         if image_files is not None and not image_files(path):
             raise QueryError(f"@{ref}", f"{ref!r} is not a photo of the index")
         if os.path.isfile(path):
-            from clipdex.decode import load_image
-
-            with open(path, "rb") as f:
-                image = load_image(f.read(), path)
-            return self.encoder.encode_pil([image])[0]
+            return self.encoder.encode_pil([_open_query_image(path)])[0]
         raise QueryError(f"@{ref}", f"{ref!r} is neither an image file nor a photo of the index")
 
     def _find_indexed(self, ref: str) -> FileRecord | None:
-        exact = self.store.file_by_path(os.path.abspath(os.path.expanduser(ref)))
+        exact = self.store.file_by_path(os.path.abspath(os.path.expanduser(ref)))  # real or display name
         if exact is not None and exact.status == "ok":
             return exact
         if os.sep in ref:
@@ -328,7 +408,11 @@ class Index:
         for label_set in label_sets:
             classifier = build_classifier(label_set, self.encoder.encode_texts, record.logit_scale)
             result = classify(classifier, found.vectors, found.ids.tolist(), found.paths, min_prob=min_prob)
-            if save:
+            result = _with_fs_paths(result, found.fs_paths)
+            if save and self.store.readonly:
+                log.warning("index %s is read-only: the results of %r are shown but not saved",
+                            self.path, label_set.name)
+            elif save:
                 self.store.save_predictions(record, label_set.name, label_set.to_json(), result.labels,
                                             found.hashes, result.predicted, result.confidence,
                                             result.probs)
@@ -350,14 +434,15 @@ class Index:
         return result
 
     def _load_classification(self, name: str) -> Classification:
-        stored = self.store.load_predictions(self.model_record(), name)
+        stored = self.store.load_predictions(self.model_record(), name, self.store.missing_roots())
         if stored is None:
             raise self._not_run(name)
         corrected = self.store.corrections(self.model_record(), name)
         truth = [corrected.get(h, "") for h in stored.hashes] if corrected else None
-        return Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
-                              paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
-                              confidence=stored.confidence, truth=truth)
+        result = Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
+                                paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
+                                confidence=stored.confidence, truth=truth)
+        return _with_fs_paths(result, stored.fs_paths)
 
     def photo(self, file_id: int) -> FileRecord:
         """An indexed photo by id."""
@@ -431,12 +516,68 @@ class Index:
         return evaluate(predicted, truth, result.labels), len(truth)
 
     def status(self) -> IndexStatus:
-        counts = self.store.counts()
-        models = [ModelStatus(key=r.key, name=r.name, dim=r.dim, photos=self.store.count_for_model(r),
-                              precision=r.precision) for r in self.store.models()]
-        return IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
-                           failed=counts.get("failed", 0), models=models)
+        """What the index holds and what is wrong with it (cached until the index changes)."""
+        stamp = self._stamp()
+        if self._status is not None and self._status[0] == stamp:
+            return self._status[1]
+        missing = list(self.store.missing_roots())
+        counts = self.store.counts(missing)
+        problems: list[str] = []
+        models = []
+        for record in self.store.models():
+            models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
+                                      photos=self.store.count_for_model(record, missing),
+                                      precision=record.precision))
+            damage = self.store.vector_damage(record, missing)
+            if damage is not None:
+                problems.append(f"{damage.describe()}. {damage.fix()}")
+            unencoded = self.store.paths_without_vector(record, missing)
+            if unencoded:
+                roots = self.store.innermost_roots(unencoded)
+                problems.append(
+                    f"{len(unencoded)} photos have no {record.name} vector. Run "
+                    + " and ".join(f"`clipdex index {r}`" for r in roots) + " to encode them.")
+        status = IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
+                             failed=counts.get("failed", 0), models=models, missing_roots=missing,
+                             missing_photos=self.store.count_under(missing), problems=problems,
+                             readonly=self.store.readonly)
+        self._status = (stamp, status)
+        return status
 
     def failures(self) -> list[FileRecord]:
         """Files that could not be indexed, with their reasons."""
         return self.store.failures()
+
+
+def _scan(folder: str, *, allow_empty: bool) -> "Walk":
+    """:meth:`Indexer.scan`; an empty folder the index already holds is a folder emptied
+    (all its photos leave the index), not a mistake."""
+    if "allow_empty" in inspect.signature(Indexer.scan).parameters:
+        return Indexer.scan(folder, allow_empty=allow_empty)  # type: ignore[call-arg,unused-ignore]
+    try:
+        return Indexer.scan(folder)
+    except PhotoFolderError:
+        if not allow_empty or not os.path.isdir(folder):
+            raise
+        from clipdex.decode import supported_extensions
+        from clipdex.discover import walk
+
+        return walk(folder, supported_extensions())
+
+
+def _open_query_image(path: str) -> "Image":
+    """A query image, checked (header, size limit) before it is read into memory."""
+    from clipdex import decode
+
+    opener = getattr(decode, "open_image_file", None)
+    if opener is not None:
+        return opener(path)  # type: ignore[no-any-return]
+    with open(path, "rb") as f:
+        return decode.load_image(f.read(), path)
+
+
+def _with_fs_paths(result: Classification, fs_paths: list[str]) -> Classification:
+    """``result`` with the real paths of its photos, where Classification carries them."""
+    if "fs_paths" in {f.name for f in dataclasses.fields(Classification)}:
+        return dataclasses.replace(result, fs_paths=fs_paths)  # type: ignore[call-arg,unused-ignore]
+    return result

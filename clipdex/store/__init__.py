@@ -1,5 +1,13 @@
 """The on-disk index (see :mod:`clipdex.store.catalog` for its layout)."""
 
-from clipdex.store.catalog import FileRecord, ModelRecord, NewFile, Searchable, Store
+from clipdex.store.catalog import (
+    FileRecord,
+    ModelRecord,
+    NewFile,
+    Searchable,
+    Store,
+    StoredPredictions,
+    VectorDamage,
+)
 
-__all__ = ["FileRecord", "ModelRecord", "NewFile", "Searchable", "Store"]
+__all__ = ["FileRecord", "ModelRecord", "NewFile", "Searchable", "Store", "StoredPredictions", "VectorDamage"]

@@ -17,15 +17,25 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from clipdex.errors import IndexLocked, IndexNotFound, IndexVersionError
+from clipdex.discover import display_path
+from clipdex.errors import IndexDamaged, IndexLocked, IndexNotFound, IndexStorageError, IndexVersionError
+from clipdex.store.guard import (
+    catalog_damaged_fix,
+    guarded,
+    read_only_problem,
+    storage_errors,
+    translate_os_error,
+    translate_sqlite_error,
+)
 from clipdex.store.migrations import LATEST_VERSION, migrate
-from clipdex.store.vectors import VectorFile
+from clipdex.store.vectors import ShortVectorFile, VectorCheck, VectorFile, unit_rows
 
 CATALOG_NAME = "catalog.sqlite"
 LOCK_NAME = "lock"
@@ -98,6 +108,7 @@ class Searchable:
     paths: list[str]
     hashes: list[str]
     vectors: np.ndarray
+    fs_paths: list[str] = field(default_factory=list)  # the paths to open (real bytes of odd names)
 
 
 @dataclass(frozen=True)
@@ -112,50 +123,129 @@ class StoredPredictions:
     confidence: np.ndarray
     probs: np.ndarray
     hashes: list[str]
+    fs_paths: list[str] = field(default_factory=list)  # the paths to open (real bytes of odd names)
 
 
+@dataclass(frozen=True)
+class VectorDamage:
+    """One model's vectors that the catalog counts on but the vector file cannot give back."""
+
+    model: ModelRecord
+    check: VectorCheck
+    lost_hashes: list[str]  # content hashes whose vector row is missing or not a unit vector
+    photos: int  # indexed photos (outside missing folders) with one of those hashes
+    roots: list[str]  # the indexed folders those photos are in
+
+    def describe(self) -> str:
+        c = self.check
+        name = os.path.join("vectors", c.path.name)
+        if c.missing:
+            what = f"{name} is missing (the catalog committed {c.expected_rows} rows)"
+        elif c.file_rows < c.expected_rows:
+            what = (f"{name} holds {c.file_rows} complete rows, the catalog committed "
+                    f"{c.expected_rows}")
+        else:
+            what = f"{name} has {len(c.bad_rows)} rows that are not unit vectors (zeroed or garbage)"
+        return f"{what}: {self.photos} photos lost their {self.model.name} vector"
+
+    def fix(self) -> str:
+        folders = " and ".join(f"`clipdex index {r}`" for r in self.roots) or "`clipdex index FOLDER`"
+        return f"Run {folders} to re-encode the {self.photos} lost photos."
+
+
+@guarded
 class Store:
-    """An index folder opened for reading and, under :meth:`writing`, for writing."""
+    """An index folder opened for reading and, under :meth:`writing`, for writing.
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    Every public method turns SQLite and OS errors into :class:`IndexDamaged`
+    or :class:`IndexStorageError` (see :mod:`clipdex.store.guard`).
+    """
+
+    _unguarded = ("transaction", "close", "release_lock")
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, readonly: bool = False,
+                 readonly_reason: str = "") -> None:
         self.path = path
         self.conn = conn
+        self.readonly = readonly
+        self.readonly_reason = readonly_reason
         self._lock_fd: int | None = None
+        self._checks: dict[int, tuple[tuple[int, ...], VectorCheck]] = {}
 
     # -- opening --------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, create: bool = False) -> "Store":
-        """Open the index at ``path``; with ``create``, make it if it does not exist."""
+    def open(cls, path: str | os.PathLike[str], *, create: bool = False,
+             readonly: bool | None = None) -> "Store":
+        """Open the index at ``path``; with ``create``, make it if it does not exist.
+
+        ``readonly`` None (the default) opens for writing where the index can be
+        written and for reading where it cannot (read-only mount, no permission);
+        True never writes. Raises :class:`IndexDamaged` for a catalog that is not
+        a SQLite database, or empty while ``vectors/`` holds vectors.
+        """
         folder = Path(path).expanduser().resolve()
         catalog = folder / CATALOG_NAME
-        if not catalog.exists():
-            if not create:
-                raise IndexNotFound(folder)
-            folder.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(catalog, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > LATEST_VERSION:
-            conn.close()
-            raise IndexVersionError(folder, version, LATEST_VERSION)
-        if version < LATEST_VERSION:
-            migrate(conn, version)
-        return cls(folder, conn)
+        with storage_errors(folder, doing="opening the index"):
+            if not catalog.exists():
+                if not create or readonly:
+                    raise IndexNotFound(folder)
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                _check_header(folder, catalog)
+            reason = ""
+            if readonly is None:
+                reason = _not_writable(folder, catalog)
+            elif readonly:
+                reason = "opened read-only"
+            conn: sqlite3.Connection | None = None
+            if not reason:
+                try:
+                    conn = _connect_writable(catalog)
+                except sqlite3.OperationalError as e:
+                    if readonly is not None or not _is_read_only_error(e):
+                        raise translate_sqlite_error(folder, e) from e
+                    reason = str(e)
+            if conn is None:
+                conn = _connect_read_only(folder, catalog)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > LATEST_VERSION:
+                    raise IndexVersionError(folder, version, LATEST_VERSION)
+                if version < LATEST_VERSION:
+                    if reason:
+                        raise IndexStorageError(
+                            folder, f"the index has schema version {version} and this clipdex "
+                            f"needs {LATEST_VERSION}, but it is read-only ({reason}) and cannot be "
+                            "upgraded", "Open it once with write access to upgrade it, or use the "
+                            "clipdex version that wrote it.")
+                    migrate(conn)
+            except sqlite3.Error as e:
+                conn.close()
+                raise translate_sqlite_error(folder, e) from e
+            except BaseException:
+                conn.close()
+                raise
+        return cls(folder, conn, readonly=bool(reason), readonly_reason=reason)
 
     def close(self) -> None:
         self.release_lock()
         self.conn.close()
+
+    def require_writable(self) -> None:
+        """Raise :class:`IndexStorageError` if the index was opened read-only."""
+        if self.readonly:
+            raise read_only_problem(self.path, self.readonly_reason)
 
     # -- the writer's lock ----------------------------------------------------
     def acquire_lock(self, *, wait: bool = False) -> None:
         """Become the index's one writer, or raise :class:`IndexLocked` (unless ``wait``)."""
         import fcntl
 
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        self.require_writable()
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise translate_os_error(self.path, e, f"opening {self.path / LOCK_NAME}") from e
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,6 +267,7 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.require_writable()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -184,6 +275,10 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def stamp(self) -> tuple[int, int]:
+        """Changes when anyone (this connection or another process) writes the catalog."""
+        return (self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     # -- models ---------------------------------------------------------------
     def models(self) -> list[ModelRecord]:
@@ -196,14 +291,17 @@ class Store:
 
     def add_model(self, key: str, name: str, spec_json: str, dim: int, logit_scale: float,
                   precision: str) -> ModelRecord:
+        """Register a model (or get it, if another process registered it first)."""
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO models (key, name, spec, dim, logit_scale, rows, precision, "
-                "vectors_file, created_at) VALUES (?, ?, ?, ?, ?, 0, ?, '', ?)",
+                "vectors_file, created_at) VALUES (?, ?, ?, ?, ?, 0, ?, '', ?) "
+                "ON CONFLICT(key) DO NOTHING",
                 (key, name, spec_json, dim, logit_scale, precision, time.time()))
-            model_id = cur.lastrowid
-            c.execute("UPDATE models SET vectors_file = ? WHERE id = ?",
-                      (f"vectors/model-{model_id}.f32", model_id))
+            if cur.rowcount:
+                model_id = cur.lastrowid
+                c.execute("UPDATE models SET vectors_file = ? WHERE id = ?",
+                          (f"vectors/model-{model_id}.f32", model_id))
         record = self.get_model(key)
         assert record is not None
         return record
@@ -221,31 +319,130 @@ class Store:
                                  (model.id,))
         return {h: r for h, r in rows}
 
+    # -- vector integrity -----------------------------------------------------
+    def check_vectors(self, model: ModelRecord) -> VectorCheck:
+        """The model's vector file against the catalog (cached while the file is unchanged)."""
+        vectors = self.vector_file(model)
+        try:
+            st = os.stat(vectors.path)
+            key: tuple[int, ...] = (model.rows, st.st_size, st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            key = (model.rows, -1)
+        cached = self._checks.get(model.id)
+        if cached is None or cached[0] != key:
+            cached = (key, vectors.check(model.rows))
+            self._checks[model.id] = cached
+        return cached[1]
+
+    def vector_damage(self, model: ModelRecord, hidden_roots: Sequence[str] | None = None
+                      ) -> VectorDamage | None:
+        """What the model's vector file lost, or None when every vector the catalog uses is sound."""
+        check = self.check_vectors(model)
+        if not check.missing and check.file_rows >= check.expected_rows and not len(check.bad_rows):
+            return None
+        rows = self.conn.execute("SELECT content_hash, row FROM embeddings WHERE model_id = ?",
+                                 (model.id,)).fetchall()
+        if not rows:
+            return None
+        ok = check.row_ok(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+        lost = [r[0] for r, good in zip(rows, ok) if not good]
+        if not lost:
+            return None
+        return self._damage(model, check, lost, hidden_roots)
+
+    def _damage(self, model: ModelRecord, check: VectorCheck, lost: list[str],
+                hidden_roots: Sequence[str] | None) -> VectorDamage:
+        hidden = self.missing_roots() if hidden_roots is None else list(hidden_roots)
+        lost_set = set(lost)
+        paths = [p for p, h in self.conn.execute(
+            "SELECT path, content_hash FROM files WHERE status = 'ok' AND content_hash IS NOT NULL")
+            if h in lost_set and not _under_any(p, hidden)]
+        return VectorDamage(model=model, check=check, lost_hashes=lost, photos=len(paths),
+                            roots=_roots_of(paths, self.roots()))
+
+    def _damaged(self, damage: VectorDamage) -> IndexDamaged:
+        return IndexDamaged(self.path, damage.describe(), damage.fix())
+
+    def repair_vectors(self, model: ModelRecord) -> int:
+        """Forget the vectors the file lost, so that indexing encodes those photos again.
+
+        Embeddings that point past the file's end or at rows that are not unit
+        vectors are deleted; a short file's committed rows shrink to what it
+        holds (the next append continues there, never after zeros). Returns how
+        many vectors were forgotten. Call it holding the writer's lock.
+        """
+        check = self.check_vectors(model)
+        if not check.missing and check.file_rows >= check.expected_rows and not len(check.bad_rows):
+            return 0
+        readable = check.readable_rows
+        with self.transaction() as c:
+            forgotten = c.execute("DELETE FROM embeddings WHERE model_id = ? AND row >= ?",
+                                  (model.id, readable)).rowcount
+            if len(check.bad_rows):
+                forgotten += c.executemany(
+                    "DELETE FROM embeddings WHERE model_id = ? AND row = ?",
+                    [(model.id, int(r)) for r in check.bad_rows]).rowcount
+            c.execute("UPDATE models SET rows = ? WHERE id = ?", (readable, model.id))
+        self._checks.pop(model.id, None)
+        return max(forgotten, 0)
+
     # -- roots and files ------------------------------------------------------
     def add_root(self, root: str) -> None:
         with self.transaction() as c:
             c.execute("INSERT INTO roots (path, added_at) VALUES (?, ?) ON CONFLICT(path) "
-                      "DO NOTHING", (root, time.time()))
+                      "DO NOTHING", (display_path(root), time.time()))
 
     def mark_root_indexed(self, root: str) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE roots SET last_indexed_at = ? WHERE path = ?", (time.time(), root))
+            c.execute("UPDATE roots SET last_indexed_at = ? WHERE path = ?",
+                      (time.time(), display_path(root)))
 
     def roots(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
 
+    def missing_roots(self) -> list[str]:
+        """Indexed folders that no longer exist (moved, deleted or unmounted)."""
+        return [r for r in self.roots() if not os.path.isdir(r)]
+
+    def remove_root(self, root: str) -> int:
+        """Forget ``root`` and the files under it (vectors stay, for reuse by content hash).
+
+        Files under another indexed folder inside ``root`` stay with that folder;
+        when a folder that holds ``root`` is indexed too, its files stay with it.
+        Returns how many indexed photos the index forgot.
+        """
+        root = display_path(root)
+        others = [r for r in self.roots() if r != root]
+        keep = [r for r in others if _under(r, root)]  # nested roots keep their files
+        with self.transaction() as c:
+            c.execute("DELETE FROM roots WHERE path = ?", (root,))
+            if any(_under(root, r) for r in others):
+                return 0  # an enclosing indexed folder still holds these files
+            prefix = _prefix(root)
+            rows = c.execute("SELECT path, status FROM files WHERE substr(path, 1, ?) = ?",
+                             (len(prefix), prefix)).fetchall()
+            gone = [(p, s) for p, s in rows if not _under_any(p, keep)]
+            c.executemany("DELETE FROM files WHERE path = ?", [(p,) for p, _ in gone])
+        return sum(1 for _, s in gone if s == "ok")
+
     def files_under(self, root: str) -> dict[str, FileRecord]:
-        prefix = root.rstrip(os.sep) + os.sep
+        prefix = _prefix(display_path(root))
         rows = self.conn.execute(
             "SELECT * FROM files WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
         return {r["path"]: _file(r) for r in rows}
 
     def file_by_path(self, path: str) -> FileRecord | None:
-        row = self.conn.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
+        """The file at ``path``: its display form, or its real name (not UTF-8) as the OS gives it."""
+        row = self.conn.execute("SELECT * FROM files WHERE path = ?",
+                                (display_path(path),)).fetchone()
         return _file(row) if row else None
 
     def files_named(self, name: str) -> list[FileRecord]:
-        """Files whose name or stem is ``name`` (how people refer to a photo they know)."""
+        """Files whose name or stem is ``name`` (how people refer to a photo they know).
+
+        A name that is not valid UTF-8 matches by its real bytes and by its
+        display form (``\\xNN`` escapes) alike."""
+        name = display_path(name)
         rows = self.conn.execute(
             "SELECT * FROM files WHERE status = 'ok' AND (path LIKE ? ESCAPE '\\' OR path LIKE ? "
             "ESCAPE '\\') ORDER BY path", (f"%/{_like(name)}", f"%/{_like(name)}.%"))
@@ -263,11 +460,22 @@ class Store:
 
         The vectors reach the disk first; the catalog's commit then makes them
         count. A kill between the two leaves unreferenced rows that the next
-        append overwrites.
+        append overwrites. A vector file shorter than its committed rows is
+        refused (:class:`IndexDamaged`), never grown with zeros.
         """
+        self.require_writable()
         current = self.conn.execute("SELECT rows FROM models WHERE id = ?", (model.id,)).fetchone()[0]
         if len(hashes):
-            self.vector_file(model).append(current, vectors)
+            vector_file = self.vector_file(model)
+            try:
+                vector_file.append(current, vectors)
+            except ShortVectorFile as e:
+                check = VectorCheck(path=e.path, expected_rows=e.expected, file_rows=e.actual,
+                                    missing=e.missing, bad_rows=np.zeros(0, np.int64))
+                damage = self.vector_damage(model) or self._damage(model, check, [], None)
+                raise IndexDamaged(self.path, damage.describe(), damage.fix()) from None
+            except OSError as e:
+                raise translate_os_error(self.path, e, f"writing {vector_file.path}") from e
         now = time.time()
         with self.transaction() as c:
             c.executemany(
@@ -283,8 +491,8 @@ class Store:
                 "height = excluded.height, status = excluded.status, reason = excluded.reason, "
                 "indexed_at = excluded.indexed_at, raw_path = excluded.raw_path, "
                 "failure_kind = excluded.failure_kind, failure_limit = excluded.failure_limit",
-                [(f.path, f.size, f.mtime_ns, f.content_hash, f.width, f.height,
-                  "failed" if f.reason else "ok", f.reason, now, f.raw_path,
+                [(display_path(f.path), f.size, f.mtime_ns, f.content_hash, f.width, f.height,
+                  "failed" if f.reason else "ok", f.reason, now, _raw(f),
                   (f.failure_kind or "permanent") if f.reason else None,
                   f.failure_limit if f.reason else None) for f in files])
         updated = self.get_model(model.key)
@@ -293,27 +501,53 @@ class Store:
 
     def remove_files(self, paths: Sequence[str]) -> None:
         with self.transaction() as c:
-            c.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+            c.executemany("DELETE FROM files WHERE path = ?", [(display_path(p),) for p in paths])
 
     # -- reading for search ---------------------------------------------------
-    def searchable(self, model: ModelRecord) -> "Searchable":
-        """Every indexed file that has a vector of ``model``, sorted by path."""
+    def searchable(self, model: ModelRecord, hidden_roots: Sequence[str] | None = None) -> "Searchable":
+        """Every indexed file that has a vector of ``model``, sorted by path.
+
+        Files under ``hidden_roots`` (default: the indexed folders that no longer
+        exist) are left out. Raises :class:`IndexDamaged` when a vector is lost:
+        past the end of its file, or not a unit vector.
+        """
+        hidden = self.missing_roots() if hidden_roots is None else list(hidden_roots)
+        where, args = _outside(hidden)
         rows = self.conn.execute(
-            "SELECT f.id, f.path, f.content_hash, e.row FROM files f JOIN embeddings e "
+            "SELECT f.id, f.path, f.content_hash, e.row, f.raw_path FROM files f JOIN embeddings e "
             "ON e.content_hash = f.content_hash AND e.model_id = ? "
-            "WHERE f.status = 'ok' ORDER BY f.path", (model.id,)).fetchall()
+            f"WHERE f.status = 'ok'{where} ORDER BY f.path", (model.id, *args)).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vector_rows = np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows))
-        matrix = self.vector_file(model).read(model.rows)
+        vectors = self._gather(model, vector_rows, hidden)
         return Searchable(ids=ids, paths=[r[1] for r in rows], hashes=[r[2] for r in rows],
-                          vectors=np.asarray(matrix[vector_rows]))
+                          vectors=vectors, fs_paths=[_fs(r[1], r[4]) for r in rows])
+
+    def _gather(self, model: ModelRecord, vector_rows: np.ndarray,
+                hidden: Sequence[str]) -> np.ndarray:
+        """The vectors at ``vector_rows``, each checked (on disk, a unit vector)."""
+        if not len(vector_rows):
+            return np.zeros((0, model.dim), dtype=np.float32)
+        vector_file = self.vector_file(model)
+        on_disk = vector_file.file_rows() or 0
+        usable = min(on_disk, model.rows)
+        if int(vector_rows.max()) >= usable:
+            raise self._damaged(self.vector_damage(model, hidden) or self._damage(
+                model, self.check_vectors(model), [], hidden))
+        matrix = np.asarray(vector_file.read(usable)[vector_rows])
+        good = unit_rows(matrix)
+        if not good.all():
+            self._checks.pop(model.id, None)  # the file changed under a cached check
+            raise self._damaged(self.vector_damage(model, hidden) or self._damage(
+                model, self.check_vectors(model), [], hidden))
+        return matrix
 
     def vector_for_hash(self, model: ModelRecord, content_hash: str) -> np.ndarray | None:
         row = self.conn.execute("SELECT row FROM embeddings WHERE model_id = ? AND content_hash = ?",
                                 (model.id, content_hash)).fetchone()
         if row is None:
             return None
-        return np.array(self.vector_file(model).read(model.rows)[row[0]])
+        return np.array(self._gather(model, np.array([row[0]], dtype=np.int64), [])[0])
 
     # -- classifications ------------------------------------------------------
     def save_predictions(self, model: ModelRecord, name: str, definition: str, labels: Sequence[str],
@@ -339,23 +573,28 @@ class Store:
                                  "ORDER BY created_at", (model.id,)).fetchall()
         return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
-    def load_predictions(self, model: ModelRecord, name: str) -> "StoredPredictions | None":
-        """A stored label set's predictions for every indexed photo, sorted by path."""
+    def load_predictions(self, model: ModelRecord, name: str,
+                         hidden_roots: Sequence[str] | None = None) -> "StoredPredictions | None":
+        """A stored label set's predictions for every indexed photo, sorted by path.
+
+        Files under ``hidden_roots`` (default: indexed folders that no longer exist) are left out."""
         row = self.conn.execute("SELECT id, definition, labels FROM label_sets WHERE model_id = ? "
                                 "AND name = ?", (model.id, name)).fetchone()
         if row is None:
             return None
         labels = json.loads(row[2])
+        hidden = self.missing_roots() if hidden_roots is None else list(hidden_roots)
+        where, args = _outside(hidden)
         rows = self.conn.execute(
-            "SELECT f.id, f.path, p.label, p.prob, p.probs, f.content_hash FROM files f JOIN predictions p "
-            "ON p.content_hash = f.content_hash AND p.set_id = ? WHERE f.status = 'ok' "
-            "ORDER BY f.path", (row[0],)).fetchall()
+            "SELECT f.id, f.path, p.label, p.prob, p.probs, f.content_hash, f.raw_path FROM files f "
+            "JOIN predictions p ON p.content_hash = f.content_hash AND p.set_id = ? "
+            f"WHERE f.status = 'ok'{where} ORDER BY f.path", (row[0], *args)).fetchall()
         probs = (np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").reshape(len(rows), len(labels))
                  if rows else np.zeros((0, len(labels)), np.float32))
         return StoredPredictions(
             definition=row[1], labels=labels, file_ids=[r[0] for r in rows], paths=[r[1] for r in rows],
             predicted=[r[2] for r in rows], confidence=np.array([r[3] for r in rows], dtype=np.float32),
-            probs=probs, hashes=[r[5] for r in rows])
+            probs=probs, hashes=[r[5] for r in rows], fs_paths=[_fs(r[1], r[6]) for r in rows])
 
     def save_correction(self, model: ModelRecord, set_name: str, content_hash: str, label: str) -> None:
         """Record a person's label for a photo (ground truth), replacing an earlier one."""
@@ -386,22 +625,162 @@ class Store:
         return [(r[0], json.loads(r[1]), r[2], r[3], np.frombuffer(r[4], dtype="<f4"), r[5]) for r in rows]
 
     # -- reporting ------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT status, count(*) FROM files GROUP BY status").fetchall()
+    def counts(self, hidden_roots: Sequence[str] = ()) -> dict[str, int]:
+        """Files per status ('ok', 'failed'), outside ``hidden_roots``."""
+        where, args = _outside(hidden_roots, "path")
+        rows = self.conn.execute(f"SELECT status, count(*) FROM files WHERE 1{where} GROUP BY status",
+                                 args).fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def count_for_model(self, model: ModelRecord) -> int:
+    def count_under(self, roots: Sequence[str], status: str = "ok") -> int:
+        """Files with ``status`` under any of ``roots`` (each file once, nested roots or not)."""
+        if not roots:
+            return 0
+        conditions = " OR ".join(["substr(path, 1, ?) = ?"] * len(roots))
+        args: list[object] = []
+        for r in roots:
+            args += [len(_prefix(r)), _prefix(r)]
+        return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND ({conditions})",
+                                 (status, *args)).fetchone()[0]
+
+    def count_for_model(self, model: ModelRecord, hidden_roots: Sequence[str] = ()) -> int:
+        """Indexed photos outside ``hidden_roots`` that have a vector of ``model``."""
+        where, args = _outside(hidden_roots)
         return self.conn.execute(
             "SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = f.content_hash "
-            "AND e.model_id = ? WHERE f.status = 'ok'", (model.id,)).fetchone()[0]
+            f"AND e.model_id = ? WHERE f.status = 'ok'{where}", (model.id, *args)).fetchone()[0]
+
+    def paths_without_vector(self, model: ModelRecord, hidden_roots: Sequence[str] = ()) -> list[str]:
+        """Indexed photos outside ``hidden_roots`` that have no vector of ``model``."""
+        where, args = _outside(hidden_roots)
+        return [r[0] for r in self.conn.execute(
+            "SELECT f.path FROM files f LEFT JOIN embeddings e ON e.content_hash = f.content_hash "
+            f"AND e.model_id = ? WHERE f.status = 'ok' AND e.row IS NULL{where} ORDER BY f.path",
+            (model.id, *args))]
+
+    def innermost_roots(self, paths: Sequence[str]) -> list[str]:
+        """The indexed folders that hold ``paths`` (the innermost one for nested folders)."""
+        return _roots_of(paths, self.roots())
 
     def failures(self, root: str | None = None) -> list[FileRecord]:
         rows = self.conn.execute("SELECT * FROM files WHERE status = 'failed' ORDER BY path")
         failed = [_file(r) for r in rows]
         if root:
-            prefix = root.rstrip(os.sep) + os.sep
+            prefix = _prefix(display_path(root))
             failed = [f for f in failed if f.path.startswith(prefix)]
         return failed
+
+
+def _prefix(root: str) -> str:
+    return root.rstrip(os.sep) + os.sep
+
+
+def _under(path: str, root: str) -> bool:
+    """Is ``path`` inside folder ``root`` (and not ``root`` itself)?"""
+    return path.startswith(_prefix(root))
+
+
+def _under_any(path: str, roots: Sequence[str]) -> bool:
+    return any(path.startswith(_prefix(r)) for r in roots)
+
+
+def _outside(roots: Sequence[str], column: str = "f.path") -> tuple[str, list[object]]:
+    """An SQL condition (`` AND …``) keeping rows whose ``column`` is under none of ``roots``."""
+    if not roots:
+        return "", []
+    args: list[object] = []
+    for r in roots:
+        args += [len(_prefix(r)), _prefix(r)]
+    return " AND NOT (" + " OR ".join([f"substr({column}, 1, ?) = ?"] * len(roots)) + ")", args
+
+
+def _roots_of(paths: Sequence[str], roots: Sequence[str]) -> list[str]:
+    """The innermost indexed folder of each path, each folder once, sorted."""
+    ordered = sorted(roots, key=len, reverse=True)
+    found = {next((r for r in ordered if p.startswith(_prefix(r))), os.path.dirname(p)) for p in paths}
+    return sorted(found)
+
+
+def _fs(path: str, raw: bytes | None) -> str:
+    return os.fsdecode(raw) if raw is not None else path
+
+
+def _raw(f: NewFile) -> bytes | None:
+    """The exact OS bytes of a path that is not valid UTF-8 (None for the usual names)."""
+    if f.raw_path is not None:
+        return f.raw_path
+    return os.fsencode(f.path) if display_path(f.path) != f.path else None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_header(folder: Path, catalog: Path) -> None:
+    """Refuse a catalog that is not a SQLite database, or empty beside vectors it lost."""
+    with open(catalog, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        vectors = folder / "vectors"
+        held = [p.name for p in vectors.glob("*.f32") if p.stat().st_size] if vectors.is_dir() else []
+        if held:
+            raise IndexDamaged(folder, f"its catalog {CATALOG_NAME} is empty (0 bytes) but vectors/ "
+                               f"still holds {', '.join(sorted(held))}: the list of photos is lost",
+                               catalog_damaged_fix(folder))
+        return  # a first run killed before it wrote anything: a new index
+    if header != SQLITE_HEADER:
+        raise IndexDamaged(folder, f"its catalog {CATALOG_NAME} is not a SQLite database (it starts "
+                           f"with {header[:16]!r})", catalog_damaged_fix(folder))
+
+
+def _not_writable(folder: Path, catalog: Path) -> str:
+    """Why the index cannot be written ('' when it can): a read-only mount, permissions."""
+    if catalog.exists() and not os.access(catalog, os.W_OK):
+        return f"{catalog} cannot be written"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} cannot be written"
+    return ""
+
+
+def _is_read_only_error(error: sqlite3.Error) -> bool:
+    name = getattr(error, "sqlite_errorname", "") or ""
+    text = str(error).lower()
+    return (name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
+            or "readonly" in text or "unable to open" in text)
+
+
+def _connect_writable(catalog: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(catalog, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_read_only(folder: Path, catalog: Path) -> sqlite3.Connection:
+    """Open the catalog without writing anything: ``mode=ro``, and where even the WAL's
+    shared-memory file cannot be created (a read-only mount), ``immutable=1``."""
+    base = "file:" + urllib.parse.quote(str(catalog)) + "?mode=ro"
+    error: sqlite3.Error | None = None
+    for uri in (base, base + "&immutable=1"):
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as e:
+            conn.close()
+            if not _is_read_only_error(e):
+                raise
+            error = e
+    assert error is not None
+    raise translate_sqlite_error(folder, error)
 
 
 def _like(text: str) -> str:

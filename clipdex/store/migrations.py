@@ -90,14 +90,23 @@ MIGRATIONS: list[tuple[str, str]] = [
 LATEST_VERSION = len(MIGRATIONS)
 
 
-def migrate(conn: sqlite3.Connection, current: int) -> None:
-    """Apply every migration after ``current``, each in its own transaction."""
-    for version, (_name, sql) in enumerate(MIGRATIONS[current:], start=current + 1):
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply every migration the catalog lacks, each in its own transaction.
+
+    The version is read again inside each write transaction: when two first runs
+    open a new index at once, the second finds the first's migrations applied
+    and skips them (instead of failing on "table roots already exists").
+    """
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, sql.split(";")):
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current >= LATEST_VERSION:
+                conn.execute("COMMIT")
+                return
+            for statement in filter(str.strip, MIGRATIONS[current][1].split(";")):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute(f"PRAGMA user_version = {current + 1}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -4,16 +4,66 @@ A file holds rows of ``dim`` little-endian float32 values and nothing else.
 How many rows are valid is recorded in the catalog, not in the file: rows past
 that count are the leftovers of a killed run and are overwritten by the next
 append. Appends are flushed and fsync'ed before the catalog commits them.
+
+A file is never trusted blindly: it must hold at least the rows the catalog
+committed (a missing or truncated file is damage, never zeros), an append never
+grows a file that is shorter than its committed rows, and every row read is
+checked to be a unit vector (vectors are L2-normalised at encode time, so a row
+of zeros, garbage or NaN is damage too).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 DTYPE = np.dtype("<f4")
+NORM_TOLERANCE = 0.05  # |norm - 1| allowed: bf16/fp16 encoders normalise in half precision
+CHECK_CHUNK_ROWS = 65_536  # rows checked at a time (bounded memory on a million-row file)
+
+
+class ShortVectorFile(Exception):
+    """A vector file holds fewer rows than the catalog committed (or is missing)."""
+
+    def __init__(self, path: Path, expected: int, actual: int, missing: bool) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        self.missing = missing
+        what = "is missing" if missing else f"holds {actual} complete rows"
+        super().__init__(f"{path} {what}, the catalog committed {expected}")
+
+
+@dataclass(frozen=True)
+class VectorCheck:
+    """What a vector file holds compared with what the catalog committed."""
+
+    path: Path
+    expected_rows: int
+    file_rows: int  # complete rows on disk (0 when the file is missing)
+    missing: bool
+    bad_rows: np.ndarray  # rows below min(expected, file_rows) that are not unit vectors
+
+    @property
+    def readable_rows(self) -> int:
+        return min(self.expected_rows, self.file_rows)
+
+    def row_ok(self, rows: np.ndarray) -> np.ndarray:
+        """For each row index: is it on disk and a unit vector?"""
+        ok = rows < self.readable_rows
+        if len(self.bad_rows):
+            ok &= ~np.isin(rows, self.bad_rows)
+        return ok
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Which rows are finite unit vectors (the cheap integrity check of stored vectors)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+    return np.isfinite(norms) & (np.abs(norms - 1.0) <= NORM_TOLERANCE)
 
 
 class VectorFile:
@@ -23,15 +73,40 @@ class VectorFile:
         self.path = path
         self.dim = dim
 
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * DTYPE.itemsize
+
+    def file_rows(self) -> int | None:
+        """Complete rows on disk, or None when the file does not exist."""
+        try:
+            return os.stat(self.path).st_size // self.row_bytes
+        except FileNotFoundError:
+            return None
+
     def append(self, committed_rows: int, vectors: np.ndarray) -> int:
-        """Write ``vectors`` after the first ``committed_rows`` rows; return the first new row."""
+        """Write ``vectors`` after the first ``committed_rows`` rows; return the first new row.
+
+        Raises :class:`ShortVectorFile` when the file holds fewer than
+        ``committed_rows`` rows: growing it would turn the lost rows into zeros.
+        """
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        offset = committed_rows * self.row_bytes
+        flags = os.O_RDWR
+        if committed_rows == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags |= os.O_CREAT
         try:
-            offset = committed_rows * self.dim * DTYPE.itemsize
-            os.ftruncate(fd, offset)  # drop rows a killed run wrote but never committed
+            fd = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            raise ShortVectorFile(self.path, committed_rows, 0, missing=True) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < offset:
+                raise ShortVectorFile(self.path, committed_rows, size // self.row_bytes, missing=False)
+            if size > offset:
+                os.ftruncate(fd, offset)  # drop rows a killed run wrote but never committed
             os.lseek(fd, offset, os.SEEK_SET)
             data = np.ascontiguousarray(vectors, dtype=DTYPE).tobytes()
             view = memoryview(data)
@@ -44,7 +119,31 @@ class VectorFile:
         return committed_rows
 
     def read(self, rows: int) -> np.ndarray:
-        """The first ``rows`` vectors, memory-mapped read-only (an empty array for none)."""
-        if rows == 0 or not self.path.exists():
+        """The first ``rows`` vectors, memory-mapped read-only (an empty array for none).
+
+        Raises :class:`ShortVectorFile` when the file is missing or shorter.
+        """
+        if rows == 0:
             return np.zeros((0, self.dim), dtype=DTYPE)
+        on_disk = self.file_rows()
+        if on_disk is None or on_disk < rows:
+            raise ShortVectorFile(self.path, rows, on_disk or 0, missing=on_disk is None)
         return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(rows, self.dim))
+
+    def check(self, rows: int) -> VectorCheck:
+        """Compare the file with the ``rows`` the catalog committed; check every readable row.
+
+        O(rows x dim), streamed in chunks: one sequential read of the file.
+        """
+        on_disk = self.file_rows()
+        readable = min(rows, on_disk or 0)
+        bad: list[np.ndarray] = []
+        if readable:
+            matrix = np.memmap(self.path, dtype=DTYPE, mode="r", shape=(readable, self.dim))
+            for start in range(0, readable, CHECK_CHUNK_ROWS):
+                ok = unit_rows(np.asarray(matrix[start:start + CHECK_CHUNK_ROWS]))
+                bad.append(np.flatnonzero(~ok) + start)
+            del matrix
+        return VectorCheck(path=self.path, expected_rows=rows, file_rows=on_disk or 0,
+                           missing=on_disk is None and rows > 0,
+                           bad_rows=np.concatenate(bad) if bad else np.zeros(0, np.int64))
