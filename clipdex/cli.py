@@ -1,18 +1,25 @@
 """The ``clipdex`` command: a thin layer over the library.
 
-Commands parse options, call the library, and draw its results; errors of
-the library (:class:`~clipdex.errors.ClipdexError`) become one red line and
-exit code 1. Heavy modules (torch, open_clip) are imported inside commands,
-so ``clipdex --help`` answers at once.
+Commands check their options, call the library, and draw its results.
+Errors of the library (:class:`~clipdex.errors.ClipdexError`), and a disk
+that is full, read-only or failing, become one red ``error:`` line and exit
+code 1; Ctrl-C exits 130. Every ``--json`` comes from :mod:`clipdex.serialize`
+(the web API's shapes). Text the user controls (paths, folder, label and set
+names, queries) is printed as text, never as rich markup. Heavy modules
+(torch, open_clip) are imported inside commands, so ``clipdex --help``
+answers at once.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import math
+import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -22,12 +29,79 @@ from clipdex.labels import DEFAULT_THRESHOLD
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+MAX_RESULTS = 10_000  # = clipdex.index.MAX_K (not imported: --help must stay light; a test holds them equal)
+MAX_BATCH_SIZE = 4096
+MAX_WORKERS = 256
+MAX_PER_LABEL = 500  # review grids: photos per label (each is a decoded thumbnail in memory)
+MAX_MEGAPIXELS = 100_000.0
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+
+# OSErrors that are about the disk or permissions, not a bug: one line that says what to do.
+DISK_PROBLEMS = {
+    errno.ENOSPC: ("the disk is full", "Free some space (or choose another folder), then run the command again."),
+    errno.EDQUOT: ("the disk quota is used up",
+                   "Free some space (or choose another folder), then run the command again."),
+    errno.EROFS: ("the file system is read-only", "Choose a folder on a writable disk (--index, --out…)."),
+    errno.EACCES: ("permission denied", "Check the permissions of the file and its folder, or choose another path."),
+    errno.EPERM: ("operation not permitted",
+                  "Check the permissions of the file and its folder, or choose another path."),
+    errno.EIO: ("the disk reported an input/output error",
+                "Check the disk (it may be failing or disconnected), then run the command again."),
+}
 
 
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # emoji off: a file named ":smile:.jpg" is shown as it is named.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _t(value: object) -> str:
+    """User text (a path, a name, a query) to put inside rich markup: shown as it is."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (click's own lets nan through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+PROBABILITY = FiniteFloat(0.0, 1.0)
+
+
+def _check_output(path: str | None, option: str, *, image: bool = False) -> None:
+    """Fail now, not after the work, when an output file cannot be written."""
+    if path is None:
+        return
+    from clipdex.errors import OutputError, TableError
+    from clipdex.fileio import check_writable
+
+    check_writable(path, option)
+    extension = os.path.splitext(path)[1].lower()
+    if image:
+        from PIL import Image
+
+        Image.init()
+        image_format = Image.registered_extensions().get(extension)
+        if image_format is None or image_format not in Image.SAVE:
+            raise OutputError(path, option, f"{extension or 'a name without an extension'} is not an image "
+                                            "type clipdex can write; end the name in .jpg, .png or .webp")
+    elif extension == ".parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            raise TableError(path, "writing Parquet needs pyarrow",
+                             "pip install 'clipdex[parquet]', or write a .csv file.")
 
 
 def index_option(f: F) -> F:
@@ -55,15 +129,35 @@ def model_options(f: F) -> F:
     return f
 
 
+def _fail(ctx: click.Context, message: str, code: int = EXIT_ERROR) -> None:
+    click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
+    ctx.exit(code)
+
+
 class ClipdexGroup(click.Group):
-    """Turns library errors into a clear message and exit code 1."""
+    """Turns library errors, disk trouble and Ctrl-C into one clear line and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ClipdexError as e:
-            click.echo(click.style("error: ", fg="red", bold=True) + str(e), err=True)
+            _fail(ctx, str(e))
+        except KeyboardInterrupt:
+            if ctx.invoked_subcommand == "index":
+                _fail(ctx, "interrupted; every finished batch is saved: run the same command again to resume.",
+                      EXIT_INTERRUPTED)
+            _fail(ctx, "interrupted; nothing more was done: run the command again to finish.", EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # `clipdex search … | head`: the reader left; say nothing more.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(EXIT_ERROR)
+        except OSError as e:
+            if e.errno not in DISK_PROBLEMS:
+                raise
+            problem, fix = DISK_PROBLEMS[e.errno]
+            where = e.filename if e.filename is not None else "a file"
+            _fail(ctx, f"cannot use {where}: {problem}. {fix}")
 
 
 @click.group(cls=ClipdexGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,6 +169,7 @@ def main() -> None:
     clipdex index ~/Pictures            embed every photo once (incremental)
     clipdex search "dog in the snow"    find photos by meaning
     clipdex status                      what the index holds
+    clipdex remove --missing            forget folders that were moved or deleted
     """
     import logging
 
@@ -129,11 +224,14 @@ class _Bar:
 @click.argument("photo_dir", type=click.Path())
 @index_option
 @model_options
-@click.option("--batch-size", type=int, help="Images per forward pass [default: 16 on CPU, 256 on GPU].")
-@click.option("--workers", type=int, help="Decoding threads [default: CPU cores, at most 32].")
-@click.option("--max-megapixels", default=178.0, show_default=True,
-              help="Refuse larger images (decompression-bomb guard).")
-@click.option("--retry-failed", is_flag=True, help="Try files that failed before again.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE),
+              help="Images per forward pass [default: 16 on CPU, 256 on GPU].")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS),
+              help="Decoding threads [default: CPU cores, at most 32].")
+@click.option("--max-megapixels", type=FiniteFloat(0.0, MAX_MEGAPIXELS, min_open=True), default=178.0,
+              show_default=True, help="Refuse larger images (decompression-bomb guard).")
+@click.option("--retry-failed", is_flag=True,
+              help="Try every file that failed before again (transient failures are retried anyway).")
 @click.option("--add-model", is_flag=True,
               help="Add this model's vectors to an index that holds another model's.")
 @click.option("--wait", is_flag=True, help="Wait for another indexing run on this index to finish.")
@@ -167,13 +265,12 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
         finally:
             bar.stop()
     if as_json:
-        data = {k: v for k, v in vars(report).items() if k != "failed"}
-        data["failed"] = [vars(f) for f in report.failed]
-        data["images_per_second"] = report.images_per_second
-        click.echo(json.dumps(data, indent=2))
+        from clipdex import serialize
+
+        click.echo(json.dumps(serialize.index_report(report), indent=2))
         return
     out = _console()
-    out.print(f"[bold]{report.root}[/] with [bold]{report.model}[/] -> {index_dir or 'default index'}")
+    out.print(f"[bold]{_t(report.root)}[/] with [bold]{_t(report.model)}[/] -> {_t(index_dir or 'default index')}")
     out.print(f"  indexed   {report.indexed_total:>7}  photos in this folder")
     out.print(f"  new       {report.new:>7}")
     out.print(f"  changed   {report.changed:>7}")
@@ -206,17 +303,76 @@ def _check_weights_before_creating(index_dir: str | None, model: str | None, wei
 
 
 # -- search ------------------------------------------------------------------
-@main.command("search", context_settings={"ignore_unknown_options": True})
+class QueryCommand(click.Command):
+    """A command whose free words are a query, which may hold words that start with ``-``.
+
+    A word that starts with ``-`` and is not exactly one of the command's
+    options (or ``--option=value``) is part of the query, so
+    ``clipdex search "-people + beach"`` and ``clipdex search beach -people``
+    search, instead of failing as unknown options. After ``--`` every word is
+    the query.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _query_after_separator(self.get_params(ctx), args))
+
+
+def _query_after_separator(params: Sequence[click.Parameter], args: Sequence[str]) -> list[str]:
+    """``args`` with the command's options first and every query word after ``--``."""
+    takes_value: dict[str, bool] = {}
+    for param in params:
+        if isinstance(param, click.Option):
+            for name in (*param.opts, *param.secondary_opts):
+                takes_value[name] = not (param.is_flag or param.count)
+    options: list[str] = []
+    words: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            words += args[i + 1:]
+            break
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if name in takes_value:
+            options.append(arg)
+            if name == arg and takes_value[name] and i + 1 < len(args):
+                i += 1
+                options.append(args[i])  # its value, even when it starts with "-"
+        else:
+            words.append(arg)
+        i += 1
+    return options + ["--", *words] if words else options
+
+
+def _query_text(words: Sequence[str]) -> str:
+    """The shell words of a query as one query string (quoted where a word needs it)."""
+    if len(words) == 1:
+        return words[0]
+
+    def plain(word: str) -> bool:
+        try:
+            return shlex.split(word) == [word]
+        except ValueError:
+            return False
+
+    return " ".join(word if plain(word) else shlex.quote(word) for word in words)
+
+
+@main.command("search", cls=QueryCommand)
 @click.argument("query", nargs=-1, type=click.UNPROCESSED)
-@click.option("-n", "--limit", "k", default=10, show_default=True, help="How many results.")
-@click.option("--offset", default=0, show_default=True, help="Skip this many results (paging).")
+@click.option("-n", "--limit", "k", type=click.IntRange(1, MAX_RESULTS), default=10, show_default=True,
+              help="How many results.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Skip this many results (paging).")
 @click.option("--image", "images", multiple=True, type=click.Path(),
               help="Add an example image (file or indexed photo); repeatable.")
 @index_option
 @model_options
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print results as CSV.")
-@click.option("--grid", type=click.Path(dir_okay=False), help="Also draw a contact sheet to this file.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"query", "offset", "count", "results": [{"rank", "score", "id", "path", "name"}]}.')
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: rank, score, id, path.")
+@click.option("--grid", type=click.Path(dir_okay=False),
+              help="Also draw a contact sheet to this image file (.jpg, .png, .webp).")
 def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, ...],
                index_dir: str | None, model: str | None, weights: str | None,
                model_config: str | None, device: str | None, precision: str | None, as_json: bool, as_csv: bool,
@@ -226,18 +382,28 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
     \b
     Quote the query; its syntax:
       clipdex search "dog in the snow"
-      clipdex search "beach -people"            minus a term
+      clipdex search "beach -people"            minus a word
+      clipdex search "-people + beach"          a query may start with a minus
+      clipdex search 'beach -"people walking"'  minus several words
       clipdex search '"red car" + night'        several terms
-      clipdex search "2*snow + dog"             weights
+      clipdex search "2*snow + dog"             weights (at most 100)
       clipdex search "@photos/dog.jpg + snow"   an example image (file or indexed photo)
+      clipdex search -- -people beach           after --, every word is the query
+
+    A word that starts with "-" and is not one of the options below is part
+    of the query. Results are ordered by score, ties by path, the same on
+    every page (--offset).
     """
     from clipdex.index import Index
 
-    text = " ".join(shlex.quote(q) if " " in q else q for q in query) if len(query) > 1 else "".join(query)
+    text = _query_text(query)
     for image in images:
-        text = f"{text} + {shlex.quote('@' + image)}" if text else shlex.quote("@" + image)
+        text = f"{text} + {shlex.quote('@' + image)}" if text.strip() else shlex.quote("@" + image)
     if not text.strip():
         raise click.UsageError("give a query, e.g. clipdex search \"dog in the snow\"")
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    _check_output(grid, "--grid", image=True)
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
                     device=device, precision=precision) as index:
         results = index.search(text, k=k, offset=offset)
@@ -246,19 +412,21 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
 
         draw_grid([Tile(r.path, f"#{r.rank}  {r.score:.3f}\n{_name(r.path)}") for r in results], grid)
     if as_json:
-        click.echo(json.dumps([vars(r) for r in results], indent=2))
+        from clipdex import serialize
+
+        click.echo(json.dumps(serialize.search_results(text, offset, results), indent=2))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["rank", "score", "path"])
-        writer.writerows([r.rank, f"{r.score:.6f}", r.path] for r in results)
+        writer.writerow(["rank", "score", "id", "path"])
+        writer.writerows([r.rank, f"{r.score:.6f}", r.file_id, r.path] for r in results)
     else:
         out = _console()
-        out.print(f"[bold]{text}[/]  ({len(results)} results)", markup=True)
+        out.print(f"[bold]{_t(text)}[/]  ({len(results)} results)")
         out.print(f"[dim]{'rank':>5}  {'score':>6}  path[/]")
         for r in results:
             out.print(f"{r.rank:>5}  {r.score:>6.3f}  {r.path}", markup=False)
-        if grid:
-            _console(stderr=True).print(f"contact sheet: {grid}")
+    if grid:
+        _console(stderr=True).print(f"contact sheet: {grid}", markup=False)
 
 
 def _name(path: str) -> str:
@@ -276,21 +444,27 @@ def _name(path: str) -> str:
               help="TOML, YAML or JSON file with one or more label sets.")
 @click.option("--set", "set_names", multiple=True, help="Use only these sets of --labels-file.")
 @click.option("--multi-label", is_flag=True, help="Judge each label on its own (several may apply).")
-@click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, help="Multi-label: probability to say yes.")
-@click.option("--min-prob", type=float, help="Below this probability the prediction is 'uncertain'.")
-@click.option("--top-k", type=int, help="Also add a <set>_top column with the k best labels.")
+@click.option("--threshold", type=PROBABILITY, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Multi-label: probability (0 to 1) to say yes.")
+@click.option("--min-prob", type=PROBABILITY,
+              help="Below this probability (0 to 1) the prediction is 'uncertain'.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Also add a <set>_top column with the k best labels.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write predictions: .csv or .parquet.")
 @click.option("--metadata", type=click.Path(dir_okay=False),
               help="Your photo table (CSV) to append the predictions to.")
 @click.option("--key", help="Column of --metadata naming the photo (file stem, name or path).")
 @click.option("--metadata-out", type=click.Path(dir_okay=False),
               help="Where the joined table goes [default: <metadata>-pred.csv].")
-@click.option("--grid", type=click.Path(dir_okay=False), help="Draw a review grid per set to this file.")
-@click.option("--per-label", default=8, show_default=True, help="Review grid: photos per label.")
-@click.option("--seed", default=0, show_default=True, help="Review grid: random seed.")
+@click.option("--grid", type=click.Path(dir_okay=False),
+              help="Draw a review grid per set to this image file (.jpg, .png, .webp).")
+@click.option("--per-label", type=click.IntRange(1, MAX_PER_LABEL), default=8, show_default=True,
+              help="Review grid: photos per label.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Review grid: random seed.")
 @index_option
 @model_options
-@click.option("--json", "as_json", is_flag=True, help="Print per-photo results as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print per-photo results as JSON: [{"set", "labels", "photos": [{"id", "path", "label", '
+                   '"prob", "probs"}]}].')
 def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str, ...],
                  labels_file: str | None, set_names: tuple[str, ...], multi_label: bool,
                  threshold: float, min_prob: float | None, top_k: int | None, out: str | None,
@@ -329,35 +503,50 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
         raise click.UsageError("give a label set: --name NAME --labels a,b,c, or --labels-file FILE")
     if metadata and not key:
         raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
+    if metadata_out and not metadata:
+        raise click.UsageError("--metadata-out needs --metadata TABLE (the table to join the predictions onto)")
+    from pathlib import Path
+
+    from clipdex.export import join_metadata, read_table, write_predictions
+
+    # Every output and the table are checked before the prompts are encoded.
+    target = None
+    if metadata:
+        assert key is not None
+        read_table(metadata, key)  # readable, and has the key column
+        target = metadata_out or str(Path(metadata).with_name(Path(metadata).stem + "-pred.csv"))
+        _check_output(target, "--metadata-out")
+    _check_output(out, "--out")
+    grid_files = [_numbered(grid, i, len(sets)) for i in range(len(sets))] if grid else []
+    for grid_file in grid_files:
+        _check_output(grid_file, "--grid", image=True)
     started = time.perf_counter()
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
                     device=device, precision=precision) as index:
         results = index.classify(sets, min_prob=min_prob)
     seconds = time.perf_counter() - started
-    from clipdex.export import join_metadata, write_predictions
-
     if out:
         write_predictions(results, out, top_k=top_k)
     report = None
-    if metadata:
+    if metadata and target:
         assert key is not None
-        from pathlib import Path
-
-        target = metadata_out or str(Path(metadata).with_name(Path(metadata).stem + "-pred.csv"))
         report = join_metadata(results, metadata, key, target, top_k=top_k)
-    if grid:
+    grids = []
+    if grid_files:
         from clipdex.review import draw_review
 
-        grids = [draw_review(r, _numbered(grid, i, len(results)), per_label=per_label, seed=seed)
-                 for i, r in enumerate(results)]
+        grids = [draw_review(r, grid_file, per_label=per_label, seed=seed)
+                 for r, grid_file in zip(results, grid_files)]
     if as_json:
-        click.echo(json.dumps([_classification_json(r, top_k) for r in results], indent=2))
+        from clipdex import serialize
+
+        click.echo(json.dumps([serialize.classification(r, top_k) for r in results], indent=2))
         return
     console = _console()
     for r in results:
         prompts = sum(len(label.prompts) for label in r.label_set.labels)
         mode = "multi-label" if r.label_set.multi_label else "softmax"
-        console.print(f"[bold]{r.label_set.name}[/]: {len(r.labels)} labels, {prompts} prompts "
+        console.print(f"[bold]{_t(r.label_set.name)}[/]: {len(r.labels)} labels, {prompts} prompts "
                       f"({len(r.label_set.templates)} templates), {mode}, {len(r.paths)} photos")
         total = max(1, len(r.paths))
         for label, count in r.counts().items():
@@ -365,24 +554,15 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
             console.print(f"  {label:<14} {count:>7} {100 * count / total:5.1f}%  {bar}", markup=False)
     console.print(f"classified in {seconds:.2f} s (prompts encoded once; image vectors read from the index)")
     if out:
-        console.print(f"predictions: {out}")
+        console.print(f"predictions: {out}", markup=False)
     if report:
         console.print(f"joined onto {metadata} by {key!r}: {report.matched} of {report.rows} rows "
                       f"matched a photo, {report.rows_without_image} rows without one, "
-                      f"{len(report.images_without_row)} photos without a row -> {target}")
+                      f"{len(report.images_without_row)} photos without a row -> {target}", markup=False)
         for path in report.images_without_row[:5]:
             console.print(f"  no row for {path}", markup=False)
-    if grid:
-        console.print("review grid: " + ", ".join(grids))
-
-
-def _classification_json(result: Any, top_k: int | None) -> dict[str, Any]:
-    tops = result.top_k(top_k) if top_k else None  # once per set, not once per photo
-    return {"set": result.label_set.name, "labels": result.labels,
-            "photos": [{"path": p, "label": result.predicted[i], "prob": float(result.confidence[i]),
-                        "probs": dict(zip(result.labels, map(float, result.probs[i]))),
-                        **({"top": tops[i]} if tops is not None else {})}
-                       for i, p in enumerate(result.paths)]}
+    if grids:
+        console.print("review grid: " + ", ".join(grids), markup=False)
 
 
 def _numbered(path: str, i: int, count: int) -> str:
@@ -395,9 +575,12 @@ def _numbered(path: str, i: int, count: int) -> str:
 
 @main.command("review")
 @click.argument("name")
-@click.option("--grid", type=click.Path(dir_okay=False), required=True, help="Image file to draw.")
-@click.option("--per-label", default=8, show_default=True, help="Photos per label.")
-@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same grid).")
+@click.option("--grid", type=click.Path(dir_okay=False), required=True,
+              help="Image file to draw (.jpg, .png, .webp).")
+@click.option("--per-label", type=click.IntRange(1, MAX_PER_LABEL), default=8, show_default=True,
+              help="Photos per label.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed (same seed, same grid).")
 @click.option("--mode", type=click.Choice(["random", "least-confident", "most-confident"]),
               default="random", show_default=True, help="Which photos of each label to show.")
 @index_option
@@ -407,10 +590,11 @@ def review_cmd(name: str, grid: str, per_label: int, seed: int, mode: str,
     from clipdex.index import Index
     from clipdex.review import draw_review
 
+    _check_output(grid, "--grid", image=True)
     with Index.open(index_dir) as index:
         result = index.classification(name)
     draw_review(result, grid, per_label=per_label, seed=seed, mode=mode)
-    _console().print(f"{name}: {len(result.paths)} photos, {per_label} per label ({mode}) -> {grid}")
+    _console().print(f"{name}: {len(result.paths)} photos, {per_label} per label ({mode}) -> {grid}", markup=False)
 
 
 @main.command("evaluate")
@@ -419,7 +603,8 @@ def review_cmd(name: str, grid: str, per_label: int, seed: int, mode: str,
               help="CSV table holding the ground truth [default: the corrections made in `clipdex serve`].")
 @click.option("--key", help="Column of --metadata naming the photo (file stem, name or path).")
 @click.option("--truth", "truth_column", help="Column with the true labels [default: NAME].")
-@click.option("--heatmap", type=click.Path(dir_okay=False), help="Draw the confusion matrix as PNG.")
+@click.option("--heatmap", type=click.Path(dir_okay=False),
+              help="Draw the confusion matrix to this image file (.png, .jpg, .webp).")
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate_cmd(name: str, metadata: str | None, key: str | None, truth_column: str | None,
@@ -432,16 +617,25 @@ def evaluate_cmd(name: str, metadata: str | None, key: str | None, truth_column:
 
     if metadata and not key:
         raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
+    _check_output(heatmap, "--heatmap", image=True)
     with Index.open(index_dir) as index:
         evaluation, matched = index.evaluate(name, metadata, key, truth_column or name)
     if heatmap:
         draw_confusion(evaluation, heatmap, title=f"{name} vs {truth_column or name}")
+    # Truth labels that are not labels of the set: those rows are left out of the metrics.
+    excluded: dict[str, int] = dict(getattr(evaluation, "excluded", None) or {})
     if as_json:
-        click.echo(json.dumps(dict(evaluation.to_dict(), set=name, rows_matched=matched), indent=2))
+        click.echo(json.dumps(dict(evaluation.to_dict(), set=name, rows_matched=matched, excluded=excluded),
+                              indent=2))
         return
     out = _console()
     source = f"column {truth_column or name!r} of {metadata}" if metadata else "the corrections"
-    out.print(f"[bold]{name}[/] vs {source}: {evaluation.count} photos with both")
+    out.print(f"[bold]{_t(name)}[/] vs {_t(source)}: {evaluation.count} photos with both")
+    if excluded:
+        shown = ", ".join(f"{label} ({count})"
+                          for label, count in sorted(excluded.items(), key=lambda item: (-item[1], item[0])))
+        out.print(f"left out {sum(excluded.values())} rows whose truth is not a label of the set: {shown}",
+                  markup=False)
     out.print(f"  accuracy           {evaluation.accuracy:.3f}")
     out.print(f"  balanced accuracy  {evaluation.balanced_accuracy:.3f}")
     out.print(f"  macro-F1           {evaluation.macro_f1:.3f}")
@@ -455,7 +649,7 @@ def evaluate_cmd(name: str, metadata: str | None, key: str | None, truth_column:
     for label, row in zip(evaluation.classes, evaluation.confusion):
         out.print(f"  {label:<{width}} " + " ".join(f"{v:>8}" for v in row), markup=False)
     if heatmap:
-        out.print(f"heatmap: {heatmap}")
+        out.print(f"heatmap: {heatmap}", markup=False)
 
 
 @main.group("labels")
@@ -472,7 +666,7 @@ def labels_show_cmd(file: str) -> None:
     out = _console()
     for label_set in load_label_sets(file):
         mode = f"multi-label, threshold {label_set.threshold}" if label_set.multi_label else "softmax"
-        out.print(f"[bold]{label_set.name}[/] ({mode}, {len(label_set.templates)} templates)")
+        out.print(f"[bold]{_t(label_set.name)}[/] ({mode}, {len(label_set.templates)} templates)")
         for label in label_set.labels:
             sample = "; ".join(label.prompts[:3]) + (" …" if len(label.prompts) > 3 else "")
             out.print(f"  {label.name:<14} {len(label.prompts):>4} prompts: {sample}", markup=False)
@@ -484,7 +678,7 @@ def labels_templates_cmd() -> None:
     from clipdex.labels import builtin_templates
 
     for name, items in builtin_templates().items():
-        _console().print(f"[bold]{name}[/] ({len(items)}): " + "; ".join(items[:3])
+        _console().print(f"[bold]{_t(name)}[/] ({len(items)}): " + _t("; ".join(items[:3]))
                          + (" …" if len(items) > 3 else ""))
 
 
@@ -492,15 +686,18 @@ def labels_templates_cmd() -> None:
 @main.command("bench")
 @click.argument("photo_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--devices", help="Comma-separated: cpu,cuda,mps [default: what this machine has].")
-@click.option("--batch-sizes", default="8,16,32,64", show_default=True, help="Comma-separated.")
-@click.option("--precisions", default="fp32,int8", show_default=True,
-              help="Comma-separated: fp32, int8, bf16, fp16.")
-@click.option("--photos", default=64, show_default=True, help="How many photos to decode and encode.")
+@click.option("--batch-sizes", default="8,16,32,64", show_default=True, callback=lambda ctx, param, value:
+              _batch_sizes(value), help=f"Comma-separated, each 1 to {MAX_BATCH_SIZE}.")
+@click.option("--precisions", default="fp32,int8", show_default=True, callback=lambda ctx, param, value:
+              _precisions(value), help="Comma-separated: fp32, int8, bf16, fp16.")
+@click.option("--photos", type=click.IntRange(1, 10_000), default=64, show_default=True,
+              help="How many photos to decode and encode.")
 @click.option("--model", "-m", help="Registry name or ARCH/PRETRAINED [default: ViT-B-32].")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint file.")
 @click.option("--model-config", type=click.Path(dir_okay=False), help="Custom architecture JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: str, precisions: str, photos: int,
+def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: list[int], precisions: list[str],
+              photos: int,
               model: str | None, weights: str | None, model_config: str | None, as_json: bool) -> None:
     """Time image encoding on this machine per device x batch size x precision.
 
@@ -510,18 +707,18 @@ def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: str, prec
     from clipdex.models.registry import resolve_model
 
     spec = resolve_model(model, weights, model_config)
-    device_list = devices.split(",") if devices else available_devices()
+    device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else available_devices()
     err = _console(stderr=True)
-    result = run_bench(spec, device_list, [int(b) for b in batch_sizes.split(",")], precisions.split(","),
-                       photo_dir, photos, progress=None if as_json else lambda m: err.print(f"[dim]{m}…[/]"))
+    result = run_bench(spec, device_list, batch_sizes, precisions, photo_dir, photos,
+                       progress=None if as_json else lambda m: err.print(f"[dim]{_t(m)}…[/]"))
     if as_json:
         click.echo(json.dumps({"model": spec.key, "machine": cpu_name(), "photos": result.photos,
                                "decode_images_per_second": result.decode_images_per_second,
                                "rows": [vars(r) for r in result.rows]}, indent=2))
         return
     out = _console()
-    out.print(f"[bold]{spec.name}[/] ({spec.key}) on {cpu_name()}; {result.photos} photos "
-              f"from {photo_dir or 'generated images'}")
+    out.print(f"[bold]{_t(spec.name)}[/] ({_t(spec.key)}) on {_t(cpu_name())}; {result.photos} photos "
+              f"from {_t(photo_dir or 'generated images')}")
     out.print(f"decode + preprocess: {result.decode_images_per_second:.1f} img/s (one thread)")
     out.print(f"{'device':<7} {'precision':<9} {'backend':<7} {'batch':>5} {'img/s':>8} {'ms/img':>7}")
     for r in result.rows:
@@ -530,7 +727,25 @@ def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: str, prec
                       markup=False)
         else:
             out.print(f"{r.device:<7} {r.precision:<9} {r.backend:<7} {r.batch_size:>5} "
-                      f"{r.images_per_second:>8.1f} {r.ms_per_image:>7.1f}")
+                      f"{r.images_per_second:>8.1f} {r.ms_per_image:>7.1f}", markup=False)
+
+
+def _batch_sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers") from None
+    if not sizes or not all(1 <= b <= MAX_BATCH_SIZE for b in sizes):
+        raise click.BadParameter(f"give batch sizes from 1 to {MAX_BATCH_SIZE}, e.g. 8,16,32")
+    return sizes
+
+
+def _precisions(value: str) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in PRECISIONS]
+    if not chosen or unknown:
+        raise click.BadParameter(f"{', '.join(unknown) or value!r}: choose from {', '.join(PRECISIONS)}")
+    return chosen
 
 
 # -- serve -------------------------------------------------------------------
@@ -538,15 +753,23 @@ def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: str, prec
 @index_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (another than localhost exposes your photos).")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--metadata", type=click.Path(dir_okay=False),
               help="Your photo table (CSV): its columns are shown on each photo's page.")
 @click.option("--key", help="Column of --metadata naming the photo (file stem, name or path).")
-def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None, key: str | None) -> None:
-    """Open the web app: search, photo pages, label review and corrections."""
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Another host name the app answers to (repeatable), e.g. the machine's name on your "
+                   "network; requests naming any other host are refused (DNS-rebinding guard).")
+def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None, key: str | None,
+              allow_hosts: tuple[str, ...]) -> None:
+    """Open the web app: search, photo pages, label review and corrections.
+
+    The app answers to localhost, the --host address and each --allow-host NAME.
+    """
     import uvicorn
 
     from clipdex.index import Index
+    from clipdex.web import app as web_app
     from clipdex.web import create_app
     from clipdex.web.app import load_metadata
 
@@ -555,11 +778,16 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
     index = Index.open(index_dir)
     table = load_metadata(index, metadata, key) if metadata and key else None
     err = _console(stderr=True)
-    err.print(f"loading the model of {index.path} …")
+    err.print(f"loading the model of {index.path} …", markup=False)
     index.encoder.encode_texts(["warm up"])  # load (and export, the first time) before serving
-    app = create_app(index, table)
+    defaults = getattr(web_app, "DEFAULT_ALLOWED_HOSTS", None)
+    if defaults is not None:
+        allowed = tuple(dict.fromkeys((*defaults, host, *allow_hosts)))  # in order, once each
+        app = create_app(index, table, allowed_hosts=allowed)  # type: ignore[call-arg,unused-ignore]
+    else:  # a web app without the host guard
+        app = create_app(index, table)
     shown = f"[{host}]" if ":" in host else host
-    err.print(f"clipdex is serving {index.status().indexed} photos at [bold]http://{shown}:{port}/[/] "
+    err.print(f"clipdex is serving {index.status().indexed} photos at [bold]{_t(f'http://{shown}:{port}/')}[/] "
               "(Ctrl-C stops it)")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -571,26 +799,33 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
 @main.command("status")
 @index_option
 @click.option("--failures", "all_failures", is_flag=True, help="List every failed file.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print as JSON: {"path", "roots", "missing_roots", "indexed", "failed", "models", "failures"}.')
 def status_cmd(index_dir: str | None, all_failures: bool, as_json: bool) -> None:
-    """Show an index's models, counts and failures."""
+    """Show an index's folders, models, counts and failures (and folders that are gone)."""
     from clipdex.index import Index
 
     with Index.open(index_dir) as index:
         status = index.status()
         failures = index.failures()
     if as_json:
-        data = {"path": status.path, "roots": status.roots, "indexed": status.indexed,
-                "failed": status.failed, "models": [vars(m) for m in status.models],
-                "failures": [{"path": f.path, "reason": f.reason} for f in failures]}
-        click.echo(json.dumps(data, indent=2))
+        from clipdex import serialize
+
+        click.echo(json.dumps(serialize.index_status(status, failures), indent=2))
         return
+    missing = list(getattr(status, "missing_roots", None) or [])
     out = _console()
-    out.print(f"[bold]index[/]   {status.path}")
-    out.print(f"folders  {', '.join(status.roots) or '-'}")
+    out.print(f"[bold]index[/]   {_t(status.path)}")
+    out.print(f"folders  {_t(', '.join(status.roots) or '-')}")
+    if missing:
+        out.print(f"[bold yellow]gone[/]     {_t(', '.join(missing))}")
+        out.print("         (no longer on disk: `clipdex remove --missing` forgets them; after a move, "
+                  "`clipdex index NEW_PLACE` reuses their vectors)")
     out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
     for m in status.models:
-        out.print(f"model    {m.name} ({m.key}), {m.dim}-d {m.precision}: {m.photos} photos")
+        out.print(f"model    {m.name} ({m.key}), {m.dim}-d {m.precision}: {m.photos} photos", markup=False)
+    for problem in getattr(status, "problems", None) or []:
+        out.print(f"[bold red]problem[/]  {_t(problem)}")
     shown = failures if all_failures else failures[:20]
     if shown:
         out.print("[bold yellow]failures:[/]")
@@ -598,6 +833,49 @@ def status_cmd(index_dir: str | None, all_failures: bool, as_json: bool) -> None
             out.print(f"  {f.path}: {f.reason}", markup=False)
         if len(failures) > len(shown):
             out.print(f"  … and {len(failures) - len(shown)} more (--failures lists all)")
+
+
+# -- remove --------------------------------------------------------------------
+@main.command("remove")
+@click.argument("folder", required=False, type=click.Path())
+@click.option("--missing", is_flag=True, help="Forget every indexed folder that no longer exists.")
+@index_option
+@click.option("--json", "as_json", is_flag=True, help='Print JSON: {"removed_roots", "photos_removed"}.')
+def remove_cmd(folder: str | None, missing: bool, index_dir: str | None, as_json: bool) -> None:
+    """Forget photo folder FOLDER: its photos leave search, classify, review and serve.
+
+    FOLDER need not exist any more (the usual case: it was moved or deleted);
+    its vectors stay in the index, so indexing the photos again at their new
+    place reuses them instead of encoding them again.
+
+    \b
+    clipdex remove ~/Pictures/old-phone
+    clipdex remove --missing            every folder that no longer exists
+    """
+    from clipdex.index import Index
+
+    if bool(folder) == missing:
+        raise click.UsageError("give a FOLDER to forget, or --missing (every folder that no longer exists)")
+    with Index.open(index_dir) as index:
+        if missing:
+            roots = list(index.prune_missing())  # type: ignore[attr-defined,unused-ignore]
+            removed = None
+        else:
+            assert folder is not None
+            removed = int(index.remove_folder(folder))  # type: ignore[attr-defined,unused-ignore]
+            roots = [folder]
+    if as_json:
+        click.echo(json.dumps({"removed_roots": roots, "photos_removed": removed}, indent=2))
+        return
+    out = _console()
+    if missing and not roots:
+        out.print("no indexed folder is missing; nothing to forget")
+    elif missing:
+        for root in roots:
+            out.print(f"forgot {root} (no longer on disk)", markup=False)
+    else:
+        out.print(f"forgot {removed} photos of {folder}; their vectors stay for reuse "
+                  "(`clipdex index` the photos at their new place)", markup=False)
 
 
 # -- models ------------------------------------------------------------------
@@ -634,8 +912,8 @@ def models_list_cmd(as_json: bool) -> None:
         table.add_column(col)
     for r in rows:
         name = str(r["name"]) + (" (default)" if r["default"] else "")
-        table.add_row(name, f"{r['arch']}/{r['pretrained']}", "local" if r["local"] else "download",
-                      str(r["description"]))
+        table.add_row(_t(name), _t(f"{r['arch']}/{r['pretrained']}"), "local" if r["local"] else "download",
+                      _t(r["description"]))
     _console().print(table)
     _console().print("Any open_clip ARCH/PRETRAINED pair also works, and --weights FILE "
                      "(--model-config FILE.json) for local or custom models.")

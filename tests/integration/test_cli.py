@@ -38,11 +38,13 @@ def test_index_search_status_round_trip(tmp_path: Path, photos: Path, model_args
     assert table.output.count(str(photos)) == 3
 
     as_json = json.loads(run("search", "dog in the snow", "--index", idx, "-n", "3", "--json").output)
-    assert [r["rank"] for r in as_json] == [1, 2, 3]
-    assert all(-1 <= r["score"] <= 1 for r in as_json)
+    assert as_json["query"] == "dog in the snow" and as_json["offset"] == 0 and as_json["count"] == 3
+    assert [r["rank"] for r in as_json["results"]] == [1, 2, 3]
+    assert all(-1 <= r["score"] <= 1 for r in as_json["results"])
 
     rows = list(csv.DictReader(io.StringIO(run("search", "music", "--index", idx, "--csv").output)))
-    assert len(rows) == 10 and set(rows[0]) == {"rank", "score", "path"}
+    assert len(rows) == 10 and list(rows[0]) == ["rank", "score", "id", "path"]
+    assert all(int(r["id"]) > 0 for r in rows)
 
     status = run("status", "--index", idx)
     assert "12 indexed, 0 failed" in status.output and "clipdex-tiny" in status.output
@@ -63,9 +65,9 @@ def test_example_image_and_negative_terms(tmp_path: Path, photos: Path, model_ar
     run("index", str(photos), "--index", idx, *model_args)
     example = sorted(photos.glob("*.jpg"))[0]
     hits = json.loads(run("search", "--image", str(example), "--index", idx, "--json", "-n", "1").output)
-    assert hits[0]["path"] == str(example)
+    assert hits["results"][0]["path"] == str(example)
     mixed = run("search", f"@{example.stem} + beach -people", "--index", idx, "--json")
-    assert mixed.exit_code == 0 and len(json.loads(mixed.output)) == 10
+    assert mixed.exit_code == 0 and json.loads(mixed.output)["count"] == 10
 
 
 def test_errors_are_one_clear_line_and_exit_1(tmp_path: Path, photos: Path, model_args: list[str]) -> None:

@@ -1,0 +1,106 @@
+"""Queries on the command line: words that start with '-', weights, paging through copies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from clipdex.cli import _query_after_separator, main, search_cmd
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture()
+def idx(tmp_path: Path, photos: Path, model_args: list[str]) -> str:
+    index = str(tmp_path / "idx")
+    assert run("index", str(photos), "--index", index, *model_args).exit_code == 0
+    return index
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["-people + beach", "--index", "i"], ["--index", "i", "--", "-people + beach"]),
+    (["beach", "-people", "-n", "3"], ["-n", "3", "--", "beach", "-people"]),
+    (["--", "-people", "beach"], ["--", "-people", "beach"]),
+    (["--limit=3", "-hat", "--json"], ["--limit=3", "--json", "--", "-hat"]),
+    (["-n", "-5", "dog"], ["-n", "-5", "--", "dog"]),  # an option's value stays its value
+    (["dog", "-", "cat"], ["--", "dog", "-", "cat"]),
+    (["-mountains"], ["--", "-mountains"]),  # not "-m ountains"
+    (["--json", "dog", "--", "--json"], ["--json", "--", "dog", "--json"]),
+    (["--help"], ["--help"]),
+])
+def test_words_that_are_not_options_go_to_the_query(args: list[str], expected: list[str]) -> None:
+    ctx = click.Context(search_cmd)
+    assert _query_after_separator(search_cmd.get_params(ctx), args) == expected
+
+
+def test_queries_that_start_with_minus_search_and_pages_join(idx: str) -> None:
+    rankings = []
+    for args in (["-people + beach"], ["beach", "-people"], ["-people", "beach"],
+                 ["--", "-people", "beach"], ["--", "-people + beach"], ["--", "beach -people"]):
+        result = run("search", "--index", idx, "--json", "-n", "4", *args)
+        assert result.exit_code == 0, (args, result.output)
+        data = json.loads(result.output)
+        assert data["count"] == 4
+        rankings.append([r["path"] for r in data["results"]])
+    assert all(r == rankings[0] for r in rankings)  # the same query, however it was written
+
+    whole = json.loads(run("search", "sunset", "--index", idx, "--json", "-n", "12").output)["results"]
+    pages = []
+    for offset in range(0, 12, 5):
+        page = json.loads(run("search", "sunset", "--index", idx, "--json", "-n", "5",
+                              "--offset", str(offset)).output)
+        assert page["offset"] == offset
+        pages += page["results"]
+    assert pages == whole  # CLI pages join up
+
+
+def test_help_still_works_and_documents_the_separator() -> None:
+    result = run("search", "--help")
+    assert result.exit_code == 0
+    assert "clipdex search -- -people beach" in result.output and "-people + beach" in result.output
+
+
+def test_huge_weights_negative_offset_and_bad_limits_are_refused(idx: str) -> None:
+    for query in ("1e20*dog", "dog + 1000*cat", "100000000000000000000*dog"):
+        result = run("search", query, "--index", idx)
+        assert result.exit_code == 1, result.output
+        assert "error:" in result.output and "weights go up to 100" in result.output
+    for args, option in ((["--offset", "-1"], "--offset"), (["-n", "0"], "-n"), (["-n", "-3"], "-n"),
+                         (["-n", "10001"], "-n")):
+        result = run("search", "dog", "--index", idx, *args)
+        assert result.exit_code == 2 and option in result.output and "Traceback" not in result.output
+
+
+def test_paging_through_copies_gives_every_photo_once(tmp_path: Path, photos: Path,
+                                                      model_kwargs: dict[str, str]) -> None:
+    """Four copies of each photo tie exactly; pages of 3 must neither repeat nor skip one."""
+    from clipdex import Index
+
+    for copy in range(1, 4):
+        folder = photos / f"copy{copy}"
+        folder.mkdir()
+        for original in photos.glob("*.jpg"):
+            shutil.copy(original, folder / original.name)
+    with Index.open(tmp_path / "copies", create=True, **model_kwargs) as index:
+        index.add(photos)
+        total = index.status().indexed
+        assert total == 4 * 10 + 2
+        everything = index.search("a photo", k=total)
+        paged = [hit for offset in range(0, total, 3) for hit in index.search("a photo", k=3, offset=offset)]
+    assert [h.path for h in paged] == [h.path for h in everything]
+    assert len({h.path for h in paged}) == total
+    assert [h.rank for h in paged] == list(range(1, total + 1))
+    # copies score the same, and equal scores come in path order
+    for a, b in zip(everything, everything[1:]):
+        assert a.score > b.score or (a.score == b.score and a.path < b.path)
+    by_score: dict[float, list[str]] = {}
+    for hit in everything:
+        by_score.setdefault(hit.score, []).append(hit.path)
+    assert max(len(paths) for paths in by_score.values()) >= 4
