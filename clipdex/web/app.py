@@ -3,243 +3,340 @@
 A thin client of :class:`clipdex.Index`. It serves only photos of the index,
 addressed by their integer id (never by path), escapes everything it shows
 (Jinja2 autoescape; the scripts set ``textContent``), bounds every request,
-and keeps uploads inside the index folder.
+keeps uploads inside the index folder, answers only to the hosts it was
+started for and refuses writes from other sites (:mod:`clipdex.web.guard`).
+
+Errors are pages for people and JSON for scripts: every route under ``/api/``
+answers ``{"error": "<message>", "status": <code>}``, every other route an
+HTML page that says what went wrong and what to do.
+
+Blocking work (search, decoding, SQLite) runs in worker threads, never on the
+event loop; searches and thumbnails have separate thread budgets, so a page of
+thumbnails is not queued behind other people's searches (see
+:mod:`clipdex.web.access` for how the index is shared between threads).
 """
 
 from __future__ import annotations
 
-import hashlib
-import html
-import io
+import functools
+import json
 import os
 import shlex
-import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+import anyio
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
-from clipdex.classify import UNCERTAIN
-from clipdex.errors import ClipdexError, PhotoNotFound, QueryError
-from clipdex.fileio import write_atomically
+from clipdex import serialize
+from clipdex.classify import UNCERTAIN, Classification
+from clipdex.errors import (
+    ClipdexError,
+    EmptyIndex,
+    IndexDamaged,
+    IndexLocked,
+    IndexStorageError,
+    PhotoNotFound,
+)
 from clipdex.index import Index
+from clipdex.search import SearchResult, parse_query
+from clipdex.web.access import IndexAccess
+from clipdex.web.guard import DEFAULT_ALLOWED_HOSTS, Guard, HostPolicy
 from clipdex.web.thumbs import PLACEHOLDER_SVG, ThumbnailCache
+from clipdex.web.uploads import MAX_UPLOAD_BYTES, UPLOAD_DIR, UPLOAD_PREFIX, check_upload, save_upload
+
+__all__ = ["DEFAULT_ALLOWED_HOSTS", "create_app", "load_metadata"]
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 48
 MAX_PAGE = 200
 MAX_OFFSET = 10_000
 MAX_QUERY = 1000
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-UPLOAD_DIR = "uploads"
-UPLOAD_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/gif": ".gif",
-                "image/bmp": ".bmp", "image/tiff": ".tif"}
+MAX_NAME = 200
+MAX_BODY = MAX_UPLOAD_BYTES + 1024 * 1024  # an upload and its form fields
 THUMB_SIZES = (256, 1024)
+THUMB_THREADS = 8  # thumbnails have threads of their own: never queued behind searches
+MAX_SHOWN = 60
+
+T = TypeVar("T")
 
 
 class Correction(BaseModel):
     file_id: int = Field(ge=1)
-    label: str = Field(min_length=1, max_length=200)
+    label: str = Field(min_length=1, max_length=MAX_NAME)
 
 
-def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None) -> FastAPI:
+class SafeJSONResponse(JSONResponse):
+    """JSON whose strings can never fail to encode (a stray surrogate becomes a ``\\udcNN`` escape)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                          separators=(",", ":")).encode("utf-8", "backslashreplace")
+
+
+def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, *,
+               allowed_hosts: Sequence[str] = DEFAULT_ALLOWED_HOSTS) -> FastAPI:
     """The ASGI app for an open index (the model loads on the first query, or at ``serve``).
 
     ``metadata`` maps photo paths to rows of the user's own table, shown on photo pages.
+    ``allowed_hosts`` are the names the server answers to (``Host`` header): the
+    defaults, the address it listens on and any the user added; with ``0.0.0.0``
+    or ``::`` among them, this machine's own names and addresses too, and ``*`` for any.
     """
     metadata = metadata or {}
-    app = FastAPI(title="clipdex", description="Search and label a photo collection with CLIP.",
-                  version="1", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
-    lock = threading.Lock()  # one SQLite connection: one request at a time touches the index
-    thumbs = ThumbnailCache(index.path / "thumbs")
     uploads = (index.path / UPLOAD_DIR).resolve()
+    access = IndexAccess(index, uploads)
+    thumbs = ThumbnailCache(index.path / "thumbs")
+    search_threads = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+    thumb_threads = anyio.CapacityLimiter(THUMB_THREADS)
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.globals["urlencode"] = urlencode
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        access.close()
+
+    app = FastAPI(title="clipdex", description="Search and label a photo collection with CLIP.",
+                  version="1", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
+                  default_response_class=SafeJSONResponse, lifespan=lifespan)
+    app.state.access = access
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
+    async def off_loop(limiter: anyio.CapacityLimiter | None, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
+
     def render(template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
-        with lock:
-            sets = _safe(index.label_sets, [])
-        body = env.get_template(template).render(label_sets=sets, **context)
-        return HTMLResponse(body, status_code=http_status)
-
-    def only_uploads(path: str) -> bool:
-        return Path(path).resolve().parent == uploads
-
-    def search_page(q: str, offset: int, limit: int, label_set: str, label: str) -> list[dict[str, Any]]:
-        if len(q) > MAX_QUERY:
-            raise QueryError(q[:40] + "…", f"queries are limited to {MAX_QUERY} characters here")
-        with lock:
-            hits = index.search(q, k=limit, offset=offset, image_files=only_uploads,
-                                label=(label_set, label) if label_set and label else None)
-        return [{"id": h.file_id, "rank": h.rank, "score": round(h.score, 4), "path": h.path,
-                 "name": os.path.basename(h.path)} for h in hits]
+        body = env.get_template(template).render(**context)
+        return HTMLResponse(body.encode("utf-8", "backslashreplace"), status_code=http_status)
 
     # -- error handling: pages for people, JSON for scripts --------------------
+    def error_response(path: str, status: int, message: str,
+                       headers: dict[str, str] | None = None) -> Response:
+        if path.startswith("/api/"):
+            return SafeJSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+        response = render("error.html", http_status=status, status_code=status, message=message)
+        response.headers.update(headers or {})
+        return response
+
+    async def guard_error(scope: Scope, status: int, message: str) -> Response:
+        return error_response(scope.get("path", ""), status, message)
+
     @app.exception_handler(ClipdexError)
     async def clipdex_error(request: Request, exc: ClipdexError) -> Response:
-        status = 404 if isinstance(exc, PhotoNotFound) else 400
-        return _error(request, status, str(exc))
+        return error_response(request.url.path, _status_of(exc), str(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return _error(request, exc.status_code, str(exc.detail))
+        return error_response(request.url.path, exc.status_code, _http_message(request, exc),
+                              dict(exc.headers) if exc.headers else None)
 
-    def _error(request: Request, status: int, message: str) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": message}, status_code=status)
-        return render("error.html", http_status=status, status_code=status, message=message)
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        status, message = _validation_message(request, exc)
+        return error_response(request.url.path, status, message)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return error_response(request.url.path, 500, f"the server failed on this request "
+                              f"({type(exc).__name__}); its log says more. Try again, or report it.")
 
     # -- pages ----------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
-    async def home(q: str = Query("", max_length=MAX_QUERY), like: int | None = None,
-                   set: str = Query("", max_length=200), label: str = Query("", max_length=200),
-                   page: int = Query(1, ge=1, le=MAX_OFFSET // PAGE_SIZE)) -> HTMLResponse:
-        if like is not None:
-            with lock:
-                q = "@" + shlex.quote(index.photo(like).path)
-        results: list[dict[str, Any]] = []
+    async def home(q: str = Query("", max_length=MAX_QUERY), like: int | None = Query(None, ge=1),
+                   set: str = Query("", max_length=MAX_NAME), label: str = Query("", max_length=MAX_NAME),
+                   page: int = Query(1, ge=1, le=MAX_OFFSET // PAGE_SIZE)) -> Response:
+        return await off_loop(search_threads, home_page, q, like, set, label, page)
+
+    def home_page(q: str, like: int | None, set: str, label: str, page: int) -> Response:
+        offset = (page - 1) * PAGE_SIZE
+        hits: list[SearchResult] = []
         error = ""
-        if q.strip():
-            try:
-                results = search_page(q, (page - 1) * PAGE_SIZE, PAGE_SIZE, set, label)
-            except ClipdexError as e:
-                error = str(e)
-        elif set and label:  # browse one label, most confident first
-            with lock:
-                results = _label_browse(index, set, label, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-        labels_of_set: list[str] = []
-        if set:
-            with lock:
-                labels_of_set = _safe(lambda: index.classification_labels(set), [])
-        with lock:
-            status = index.status()
-        return render("search.html", q=q, results=results, error=error, page=page,
-                      page_size=PAGE_SIZE, set=set, label=label, labels_of_set=labels_of_set,
-                      status=status)
+        similar_to = None
+        try:
+            if like is not None:
+                record, hits = access.similar(like, PAGE_SIZE, offset)
+                similar_to = {"id": record.id, "name": os.path.basename(record.path)}
+                q = ""
+            elif q.strip():
+                hits = access.search(parse_query(q), PAGE_SIZE, offset,
+                                     label=(set, label) if set and label else None)
+            elif set and label:  # browse one label, most confident first
+                with access.locked() as idx:
+                    result = idx.classification(set)
+                hits = _label_browse(result, label, offset, PAGE_SIZE)
+        except PhotoNotFound:
+            raise
+        except ClipdexError as e:
+            error = str(e)
+        with access.reader() as reader:
+            label_sets = _names(reader.label_sets)
+            labels_of_set = _names(lambda: reader.classification_labels(set)) if set else []
+            status = reader.status()
+        return render("search.html", http_status=400 if error else 200, q=q, like=similar_to,
+                      results=[serialize.search_result(h) for h in hits], error=error, page=page,
+                      page_size=PAGE_SIZE, set=set, label=label, label_sets=label_sets,
+                      labels_of_set=labels_of_set, status=serialize.index_status(status))
 
     @app.get("/photo/{file_id}", response_class=HTMLResponse)
-    async def photo_page(file_id: int) -> HTMLResponse:
-        with lock:
-            record = index.photo(file_id)
-            labels = index.photo_labels(file_id)
-            sets = {pl.set_name: index.classification_labels(pl.set_name) for pl in labels}
-        exists = os.path.isfile(record.path)
+    async def photo_page(file_id: int) -> Response:
+        return await off_loop(None, photo_view, file_id)
+
+    def photo_view(file_id: int) -> Response:
+        with access.reader() as reader:
+            record = reader.photo(file_id)
+            labels = reader.photo_labels(file_id)
         row = {k: v for k, v in metadata.get(record.path, {}).items() if v not in ("", None)}
-        return render("photo.html", photo=record, labels=labels, set_labels=sets, exists=exists,
-                      name=os.path.basename(record.path), like_query="@" + shlex.quote(record.path),
-                      metadata=row)
+        view = serialize.photo(record, labels, exists=os.path.isfile(record.fs_path), metadata=row)
+        return render("photo.html", photo=view)
 
     @app.get("/api", response_class=HTMLResponse)
-    async def api_index() -> HTMLResponse:
-        from fastapi.routing import APIRoute
-
+    async def api_index() -> Response:
         routes = [(sorted(r.methods or {"GET"})[0], r.path, (r.endpoint.__doc__ or "").strip())
                   for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/api/")]
         return render("api.html", routes=routes)
 
     @app.get("/labels", response_class=HTMLResponse)
-    async def labels_index() -> HTMLResponse:
-        with lock:
-            summaries = [(name, index.classification(name).counts()) for name in index.label_sets()]
+    async def labels_index() -> Response:
+        return await off_loop(None, labels_view)
+
+    def labels_view() -> Response:
+        with access.locked() as idx:
+            summaries = [(name, idx.classification(name).counts()) for name in idx.label_sets()]
         return render("labels.html", summaries=summaries)
 
     @app.get("/labels/{name}", response_class=HTMLResponse)
     async def label_set_page(name: str, sort: str = Query("random", pattern="^(random|least|most)$"),
-                             per: int = Query(12, ge=1, le=MAX_PAGE), seed: int = 0,
-                             label: str = Query("", max_length=200)) -> HTMLResponse:
-        with lock:
-            sections = _label_sections(index, name, sort, per, seed, label)
-            labels = index.classification_labels(name)
+                             per: int = Query(12, ge=1, le=MAX_PAGE), seed: int = Query(0, ge=0, le=2**31),
+                             label: str = Query("", max_length=MAX_NAME)) -> Response:
+        return await off_loop(None, label_set_view, name, sort, per, seed, label)
+
+    def label_set_view(name: str, sort: str, per: int, seed: int, label: str) -> Response:
+        with access.locked() as idx:
+            result = idx.classification(name)
+            labels = idx.classification_labels(name)
+        sections = _label_sections(result, sort, per, seed, label)
         return render("label_set.html", name=name, sections=sections, labels=labels, sort=sort,
                       per=per, seed=seed, only=label)
 
     @app.post("/upload")
-    async def upload(file: UploadFile = File(...), q: str = Form("")) -> Response:
-        path = await _save_upload(file, uploads)
-        term = "@" + shlex.quote(str(path))
+    async def upload(file: UploadFile = File(...), q: str = Form("", max_length=MAX_QUERY)) -> Response:
+        data = await file.read(MAX_UPLOAD_BYTES + 1)
+        name = await off_loop(search_threads, check_and_save, data, file.content_type)
+        term = f"@{UPLOAD_PREFIX}{name}"
         extra = q.strip()
         return RedirectResponse("/?" + urlencode({"q": f"{term} + {extra}" if extra else term}), 303)
+
+    def check_and_save(data: bytes, content_type: str | None) -> str:
+        return save_upload(data, check_upload(data, content_type), uploads)
 
     # -- images ---------------------------------------------------------------
     @app.get("/thumb/{file_id}")
     async def thumb(file_id: int, size: int = Query(256)) -> Response:
         if size not in THUMB_SIZES:
-            raise HTTPException(422, f"size must be one of {THUMB_SIZES}")
-        with lock:
-            record = index.store.file_by_id(file_id)
-        if record is None or record.status != "ok" or not record.content_hash:
-            return Response(PLACEHOLDER_SVG, 404, media_type="image/svg+xml")
-        data = await run_in_threadpool(thumbs.get, record.path, record.content_hash, size)
-        if data is None:  # deleted or unreadable since it was indexed
+            raise HTTPException(400, f"query parameter 'size' must be one of "
+                                     f"{', '.join(map(str, THUMB_SIZES))} (got {size})")
+        data = await off_loop(thumb_threads, thumbnail, file_id, size)
+        if data is None:  # not indexed, or deleted or unreadable since it was indexed
             return Response(PLACEHOLDER_SVG, 404, media_type="image/svg+xml")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    def thumbnail(file_id: int, size: int) -> bytes | None:
+        with access.reader() as reader:
+            record = reader.store.file_by_id(file_id)
+        if record is None or record.status != "ok" or not record.content_hash:
+            return None
+        return thumbs.get(record.fs_path, record.content_hash, size)
 
     # -- JSON API -------------------------------------------------------------
     @app.get("/api/search")
     async def api_search(q: str = Query(..., min_length=1, max_length=MAX_QUERY),
                          k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
                          offset: int = Query(0, ge=0, le=MAX_OFFSET),
-                         set: str = Query("", max_length=200),
-                         label: str = Query("", max_length=200)) -> dict[str, Any]:
+                         set: str = Query("", max_length=MAX_NAME),
+                         label: str = Query("", max_length=MAX_NAME)) -> dict[str, Any]:
         """Photos ranked by a query (same syntax as the CLI)."""
-        return {"query": q, "offset": offset, "results": search_page(q, offset, k, set, label)}
+        return await off_loop(search_threads, api_search_view, q, k, offset, set, label)
+
+    def api_search_view(q: str, k: int, offset: int, set: str, label: str) -> dict[str, Any]:
+        hits = access.search(parse_query(q), k, offset, label=(set, label) if set and label else None)
+        return serialize.search_results(q, offset, hits)
 
     @app.get("/api/similar/{file_id}")
     async def api_similar(file_id: int, k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
                           offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict[str, Any]:
-        """Photos most like an indexed photo ("more like this")."""
-        with lock:
-            q = "@" + shlex.quote(index.photo(file_id).path)
-        return {"query": q, "offset": offset, "results": search_page(q, offset, k, "", "")}
+        """Photos most like an indexed photo ("more like this"), by its stored vector."""
+        return await off_loop(search_threads, api_similar_view, file_id, k, offset)
+
+    def api_similar_view(file_id: int, k: int, offset: int) -> dict[str, Any]:
+        record, hits = access.similar(file_id, k, offset)
+        return serialize.search_results("@" + shlex.quote(record.path), offset, hits)
 
     @app.get("/api/photos/{file_id}")
     async def api_photo(file_id: int) -> dict[str, Any]:
         """A photo's stored facts and its labels in every classification run."""
-        with lock:
-            record = index.photo(file_id)
-            labels = index.photo_labels(file_id)
-        return {"id": record.id, "path": record.path, "size": record.size, "width": record.width,
-                "height": record.height, "mtime_ns": record.mtime_ns, "sha256": record.content_hash,
-                "exists": os.path.isfile(record.path), "labels": [vars(pl) for pl in labels],
-                "metadata": metadata.get(record.path, {})}
+        return await off_loop(None, api_photo_view, file_id)
+
+    def api_photo_view(file_id: int) -> dict[str, Any]:
+        with access.reader() as reader:
+            record = reader.photo(file_id)
+            labels = reader.photo_labels(file_id)
+        return serialize.photo(record, labels, exists=os.path.isfile(record.fs_path),
+                               metadata=metadata.get(record.path))
 
     @app.get("/api/labels")
     async def api_labels() -> dict[str, Any]:
         """Label sets run on the index, with photo counts per label."""
-        with lock:
-            return {"sets": [{"name": n, "counts": index.classification(n).counts()}
-                             for n in index.label_sets()]}
+        return await off_loop(None, api_labels_view)
+
+    def api_labels_view() -> dict[str, Any]:
+        with access.locked() as idx:
+            return {"sets": [{"name": n, "counts": idx.classification(n).counts()} for n in idx.label_sets()]}
 
     @app.get("/api/labels/{name}")
     async def api_label_set(name: str, sort: str = Query("random", pattern="^(random|least|most)$"),
-                            per: int = Query(12, ge=1, le=MAX_PAGE), seed: int = 0,
-                            label: str = Query("", max_length=200)) -> dict[str, Any]:
+                            per: int = Query(12, ge=1, le=MAX_PAGE), seed: int = Query(0, ge=0, le=2**31),
+                            label: str = Query("", max_length=MAX_NAME)) -> dict[str, Any]:
         """Examples per label of a set, with probabilities and corrections."""
-        with lock:
-            return {"set": name, "sections": _label_sections(index, name, sort, per, seed, label)}
+        return await off_loop(None, api_label_set_view, name, sort, per, seed, label)
+
+    def api_label_set_view(name: str, sort: str, per: int, seed: int, label: str) -> dict[str, Any]:
+        with access.locked() as idx:
+            result = idx.classification(name)
+        return {"set": name, "sections": _label_sections(result, sort, per, seed, label)}
 
     @app.post("/api/labels/{name}/corrections")
     async def api_correct(name: str, correction: Correction) -> dict[str, Any]:
         """Record a person's label for a photo (ground truth for `clipdex evaluate`)."""
-        with lock:
-            index.correct(name, correction.file_id, correction.label)
+        return await off_loop(None, api_correct_view, name, correction)
+
+    def api_correct_view(name: str, correction: Correction) -> dict[str, Any]:
+        with access.locked() as idx:
+            idx.correct(name, correction.file_id, correction.label)
         return {"set": name, "file_id": correction.file_id, "label": correction.label, "saved": True}
 
     @app.get("/api/status")
     async def api_status() -> dict[str, Any]:
         """The index: folders, counts, models."""
-        with lock:
-            status = index.status()
-        return {"path": status.path, "roots": status.roots, "indexed": status.indexed,
-                "failed": status.failed, "models": [vars(m) for m in status.models]}
+        return await off_loop(None, api_status_view)
 
+    def api_status_view() -> dict[str, Any]:
+        with access.reader() as reader:
+            return serialize.index_status(reader.status())
+
+    app.add_middleware(Guard, hosts=HostPolicy(allowed_hosts), max_body=MAX_BODY,  # type: ignore[arg-type]
+                       error_page=guard_error)
     return app
 
 
@@ -257,28 +354,76 @@ def load_metadata(index: Index, table: str | os.PathLike[str], key: str) -> dict
     return out
 
 
-def _safe(fn: Any, default: Any) -> Any:
+def _names(fn: Callable[[], list[str]]) -> list[str]:
+    """Label set or label names for a menu: none when the index cannot say (the page still shows)."""
     try:
         return fn()
     except ClipdexError:
-        return default
+        return []
 
 
-def _label_browse(index: Index, name: str, label: str, offset: int, limit: int) -> list[dict[str, Any]]:
-    result = index.classification(name)
+def _status_of(exc: ClipdexError) -> int:
+    """The HTTP status of an error: the client's fault (4xx) or the server's state (5xx)."""
+    if isinstance(exc, PhotoNotFound):
+        return 404
+    if isinstance(exc, IndexLocked):
+        return 503
+    if isinstance(exc, (IndexDamaged, IndexStorageError)):
+        return 500
+    if isinstance(exc, EmptyIndex):
+        return 409
+    return 400
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+
+
+def _http_message(request: Request, exc: HTTPException) -> str:
+    """Starlette's bare reasons ("Not Found") made into sentences that say what to do."""
+    path = _shown(request.url.path)
+    if exc.status_code == 404 and exc.detail in ("Not Found", None, ""):
+        return f"there is no page {path} on this server; start from the search page"
+    if exc.status_code == 405 and exc.detail in ("Method Not Allowed", None, ""):
+        allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow") or "GET"
+        return f"{request.method} is not allowed on {path} (use {allowed})"
+    return str(exc.detail)
+
+
+def _validation_message(request: Request, exc: RequestValidationError) -> tuple[int, str]:
+    """404 when the path names no page (e.g. ``/photo/abc``), else 400; the message names the parameter."""
+    errors = list(exc.errors())
+    status = 404 if any(e.get("loc", ("",))[0] == "path" for e in errors) else 400
+    parts = []
+    for e in errors[:5]:
+        loc = [str(x) for x in e.get("loc", ())]
+        where, name = (loc[0], ".".join(loc[1:])) if loc else ("request", "")
+        message = str(e.get("msg", "is not valid"))
+        message = message[:1].lower() + message[1:]
+        got = e.get("input")
+        shown = f" (got {_shown(got)})" if got is not None and where in ("path", "query") else ""
+        parts.append(f"{where} parameter {name!r}: {message}{shown}" if name else f"{where}: {message}")
+    if status == 404:
+        return 404, (f"there is no page {_shown(request.url.path)}: " + "; ".join(parts)
+                     + ". Photos are addressed by their number, e.g. /photo/1")
+    return 400, "bad request: " + "; ".join(parts) + "."
+
+
+def _label_browse(result: Classification, label: str, offset: int, limit: int) -> list[SearchResult]:
+    """The photos with ``label`` (a correction wins), most confident first."""
     members = [i for i, labels in enumerate(result.effective_labels()) if label in labels]
     members.sort(key=lambda i: -float(result.confidence[i]))
-    return [{"id": result.file_ids[i], "rank": offset + n + 1, "score": round(float(result.confidence[i]), 4),
-             "path": result.paths[i], "name": os.path.basename(result.paths[i])}
+    return [SearchResult(rank=offset + n + 1, score=float(result.confidence[i]), path=result.paths[i],
+                         file_id=int(result.file_ids[i]))
             for n, i in enumerate(members[offset:offset + limit])]
 
 
-def _label_sections(index: Index, name: str, sort: str, per: int, seed: int,
+def _label_sections(result: Classification, sort: str, per: int, seed: int,
                     only: str) -> list[dict[str, Any]]:
     """Per label: count and ``per`` example photos (random, least or most confident)."""
     from clipdex.review import review_rows
 
-    result = index.classification(name)
     mode = {"random": "random", "least": "least-confident", "most": "most-confident"}[sort]
     rows = review_rows(result, per_label=per, seed=seed, mode=mode)
     position = {p: i for i, p in enumerate(result.paths)}
@@ -295,24 +440,3 @@ def _label_sections(index: Index, name: str, sort: str, per: int, seed: int,
                            "corrected": (result.truth[i] if result.truth else "") or None})
         sections.append({"label": label, "count": counts.get(label, 0), "photos": photos})
     return sections
-
-
-async def _save_upload(file: UploadFile, folder: Path) -> Path:
-    """Keep an uploaded query image in the index folder, named by its content hash."""
-    suffix = UPLOAD_TYPES.get(file.content_type or "")
-    if suffix is None:
-        raise HTTPException(415, f"uploads must be images ({', '.join(UPLOAD_TYPES)}), "
-                                 f"not {html.escape(file.content_type or 'unknown')}")
-    data = await file.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"uploads are limited to {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise HTTPException(400, "the upload is not a readable image") from None
-    path = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
-    write_atomically(path, data)
-    return path

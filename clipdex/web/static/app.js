@@ -34,9 +34,11 @@
     const observer = new IntersectionObserver(async (entries) => {
       if (!entries.some((e) => e.isIntersecting) || loading) return;
       loading = true;
-      const params = new URLSearchParams({ q: grid.dataset.q, offset: grid.dataset.next, k: pageSize,
-                                           set: grid.dataset.set, label: grid.dataset.label });
-      const response = await fetch("/api/search?" + params);
+      const like = grid.dataset.like;
+      const params = like ? new URLSearchParams({ offset: grid.dataset.next, k: pageSize })
+                          : new URLSearchParams({ q: grid.dataset.q, offset: grid.dataset.next, k: pageSize,
+                                                  set: grid.dataset.set, label: grid.dataset.label });
+      const response = await fetch((like ? "/api/similar/" + encodeURIComponent(like) + "?" : "/api/search?") + params);
       if (response.ok) {
         const data = await response.json();
         data.results.forEach((r) => grid.append(card(r)));
