@@ -7,9 +7,15 @@ a person can act on. It never lets a bad file take a batch down.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
+import re
+import struct
 import warnings
+from collections.abc import Iterator
 from functools import lru_cache
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -53,56 +59,155 @@ def supported_extensions() -> tuple[str, ...]:
     return BASE_EXTENSIONS + extra
 
 
+class ImageTooLarge(ImageDecodeError):
+    """An image above the megapixel limit (``--max-megapixels``).
+
+    ``needed`` is the smallest whole-megapixel limit that admits it.
+    """
+
+    def __init__(self, path: str, pixels: int, limit_megapixels: float,
+                 size: tuple[int, int] | None = None) -> None:
+        self.pixels = pixels
+        self.limit = limit_megapixels
+        self.needed = max(1, math.ceil(pixels / 1_000_000))
+        shown = f"{size[0]}x{size[1]} ({pixels / 1e6:,.1f} megapixels)" if size else \
+            f"{pixels / 1e6:,.1f} megapixels"
+        super().__init__(path, f"image is {shown}, above the {limit_megapixels:g}-megapixel limit "
+                               "that guards against decompression bombs; if it is a genuine photo, "
+                               f"index it with --max-megapixels {self.needed}")
+
+
+class ImageUnreadable(ImageDecodeError):
+    """The operating system could not read the file (gone, permissions, an I/O error).
+
+    Unlike a bad image this may come right by itself; the indexer tries again on its next run.
+    """
+
+    def __init__(self, path: str, error: OSError) -> None:
+        self.error = error
+        super().__init__(path, f"cannot be read ({error.strerror or error})")
+
+
 def load_image(
-    data: bytes,
+    data: bytes | BinaryIO,
     name: str,
     *,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     draft_size: int | None = None,
 ) -> Image.Image:
-    """Decode ``data`` (the bytes of file ``name``) into an upright RGB image.
+    """Decode ``data`` (the bytes of file ``name``, or the file opened in binary mode)
+    into an upright RGB image.
 
-    ``draft_size`` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 while both
-    sides stay at least that many pixels: big photos decode several times faster
-    and lose nothing a 224-pixel model sees.
+    The header is read first and the pixel count checked against
+    ``max_megapixels`` (:class:`ImageTooLarge`) before any pixel is decoded; from
+    an open file only what the decoder needs is read. ``draft_size`` lets JPEG
+    decoding scale down by 1/2, 1/4 or 1/8 while both sides stay at least that
+    many pixels: big photos decode several times faster and lose nothing a
+    224-pixel model sees. Every failure is an :class:`~clipdex.errors.ImageDecodeError`.
     """
+    source: BinaryIO = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    with _decoding(name, source):
+        image = _open_checked(source, name, max_megapixels)
+        width, height = image.size
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        upright: Image.Image = ImageOps.exif_transpose(image) or image
+        rgb = to_rgb(upright)
+        # The file's own upright size (a reduced-size decode is smaller).
+        rgb.info[ORIGINAL_SIZE] = (height, width) if turned else (width, height)
+        return rgb
+    raise AssertionError("unreachable")  # _decoding re-raises every failure
+
+
+def check_image(source: BinaryIO, name: str, *,
+                max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[str, int, int]:
+    """(format, width, height) of the image in ``source``, reading only its header.
+
+    Raises :class:`ImageTooLarge` above ``max_megapixels``, and
+    :class:`~clipdex.errors.ImageDecodeError` for a file that is not an image.
+    A multi-gigabyte file costs a few kilobytes of reading here.
+    """
+    with _decoding(name, source):
+        image = _open_checked(source, name, max_megapixels)
+        return str(image.format), image.size[0], image.size[1]
+    raise AssertionError("unreachable")
+
+
+def open_image_file(path: str, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                    draft_size: int | None = None) -> Image.Image:
+    """Open the image file at ``path`` as an upright RGB image (for one-off reads such as
+    a query image): the header and size are checked before anything else is read, and
+    the file is decoded from disk, never read whole into memory.
+
+    Raises :class:`~clipdex.errors.ImageDecodeError` (:class:`ImageUnreadable` when
+    the file cannot be opened or read).
+    """
+    try:
+        with open(path, "rb") as f:
+            return load_image(f, path, max_megapixels=max_megapixels, draft_size=draft_size)
+    except OSError as e:  # opening it (load_image turns every later failure into its own)
+        raise ImageUnreadable(path, e) from None
+
+
+def _open_checked(source: BinaryIO, name: str, max_megapixels: float) -> Image.Image:
+    """Image.open (header only) plus the size checks."""
     supported_extensions()  # plugins registered once
-    if not data:
+    start = source.tell()
+    if not source.read(1):
         raise ImageDecodeError(name, "empty file (0 bytes)")
+    source.seek(start)
     limit = int(max_megapixels * 1_000_000)
+    if limit > 2 * (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow's own guard refuses above 2 x MAX_IMAGE_PIXELS: let it admit what the
+        # caller asked for (it is only ever raised, never lowered, so threads agree).
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1
+    image = Image.open(source)
+    width, height = image.size
+    if width * height > limit:
+        raise ImageTooLarge(name, width * height, max_megapixels, (width, height))
+    return image
+
+
+@contextlib.contextmanager
+def _decoding(name: str, source: BinaryIO) -> Iterator[None]:
+    """Turn every way Pillow (and the file under it) can fail into an ImageDecodeError."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if limit > 2 * (Image.MAX_IMAGE_PIXELS or 0):
-                Image.MAX_IMAGE_PIXELS = limit // 2 + 1
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > limit:
-                raise ImageDecodeError(
-                    name,
-                    f"image is {width}x{height} ({width * height / 1e6:.0f} megapixels), above the "
-                    f"{max_megapixels:g}-megapixel limit that guards against decompression bombs; "
-                    "raise --max-megapixels if it is a genuine photo",
-                )
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-            upright: Image.Image = ImageOps.exif_transpose(image) or image
-            rgb = to_rgb(upright)
-            # The file's own upright size (a reduced-size decode is smaller).
-            rgb.info[ORIGINAL_SIZE] = (height, width) if turned else (width, height)
-            return rgb
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size
+            yield
     except ImageDecodeError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(name, f"refused as a decompression bomb ({e}); raise "
-                                     "--max-megapixels if it is a genuine photo") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageTooLarge(name, int(pixels.group(1)) if pixels else 0,
+                            _limit_in_force()) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(name, "not an image, or a format Pillow cannot read "
-                                     f"(first bytes: {data[:8]!r})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+                                     f"(first bytes: {_first_bytes(source)!r})") from None
+    except MemoryError:
+        raise ImageDecodeError(name, "too large to decode in the memory available") from None
+    except OSError as e:
+        if e.errno is not None:  # the OS failed to read the file (Pillow's own errors carry none)
+            raise ImageUnreadable(name, e) from None
         raise ImageDecodeError(name, f"corrupt or truncated image data ({e})") from None
+    except (SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageDecodeError(name, f"corrupt or truncated image data ({e})") from None
+    except Exception as e:  # noqa: BLE001  (a decoder bug is one bad file, never a crash)
+        raise ImageDecodeError(name, f"could not be decoded ({type(e).__name__}: {e})") from None
+
+
+def _limit_in_force() -> float:
+    return 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1_000_000
+
+
+def _first_bytes(source: BinaryIO) -> bytes:
+    try:
+        source.seek(0)
+        return source.read(8)
+    except (OSError, ValueError):
+        return b""
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

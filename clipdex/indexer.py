@@ -10,12 +10,14 @@ resumes after them.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -23,6 +25,9 @@ from clipdex import discover
 from clipdex.decode import (
     DEFAULT_MAX_MEGAPIXELS,
     ORIGINAL_SIZE,
+    ImageTooLarge,
+    ImageUnreadable,
+    check_image,
     load_image,
     supported_extensions,
 )
@@ -36,6 +41,9 @@ LOOKAHEAD_BATCHES = 3  # batches decoded ahead of the one being encoded
 CPU_BATCH = 16  # ONNX Runtime on 2-16 cores: 8-16 is fastest, larger batches only add latency
 GPU_BATCH = 256
 DRAFT_FACTOR = 2  # JPEGs decode reduced while both sides stay >= 2x the model's input
+WHOLE_READ_BYTES = 32 << 20  # files up to this size are read once (hash, then decode from memory)
+HASH_CHUNK = 1 << 20  # larger ones are hashed in chunks and decoded from the file
+RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
 
 
 class Progress(Protocol):
@@ -69,10 +77,16 @@ class IndexSettings:
 
 @dataclass(frozen=True)
 class Failure:
-    """A file that was skipped, and why."""
+    """A file that was skipped, and why.
+
+    ``kind`` says when it is tried again: 'transient' (the file could not be
+    read) on every run, 'limit' (over --max-megapixels) once the limit is
+    raised, 'permanent' (the file itself is bad) only with --retry-failed.
+    """
 
     path: str
     reason: str
+    kind: str = "permanent"
 
 
 @dataclass
@@ -87,6 +101,7 @@ class IndexReport:
     unchanged: int = 0
     removed: int = 0
     encoded: int = 0
+    retried: int = 0  # files that had failed before and were tried again
     failed: list[Failure] = field(default_factory=list)
     indexed_total: int = 0
     seconds: float = 0.0
@@ -102,20 +117,29 @@ class _Prepared:
     """A file after the worker stage: hashed, and decoded unless its vector exists."""
 
     entry: discover.FileEntry
+    size: int
+    mtime_ns: int
     content_hash: str | None = None
     pixels: Any = None  # the preprocessed tensor
     width: int | None = None
     height: int | None = None
     reason: str | None = None
+    kind: str | None = None  # how a failure is retried (clipdex.store.catalog.FAILURE_KINDS)
+    limit: float | None = None  # the --max-megapixels a 'limit' failure was judged by
+
+
+class _Stopped(Exception):
+    """The run is being interrupted: a worker drops the file it is reading."""
 
 
 def check_folder(root: str | os.PathLike[str]) -> str:
     """The folder's absolute path, or :class:`PhotoFolderError` if it is not one."""
     path = os.path.abspath(os.path.expanduser(os.fspath(root)))
     if not os.path.exists(path):
-        raise PhotoFolderError(path, "folder does not exist", "Check the path and try again.")
+        raise PhotoFolderError(discover.display_path(path), "folder does not exist",
+                               "Check the path and try again.")
     if not os.path.isdir(path):
-        raise PhotoFolderError(path, "is a file, not a folder",
+        raise PhotoFolderError(discover.display_path(path), "is a file, not a folder",
                                "Pass the folder that holds your photos.")
     return path
 
@@ -127,29 +151,50 @@ class Indexer:
         self.encoder = encoder
         self.store = store
         self.settings = settings or IndexSettings()
+        self._stop = threading.Event()
 
     @staticmethod
-    def scan(root: str | os.PathLike[str]) -> discover.Walk:
-        """Walk ``root``; raise :class:`PhotoFolderError` if it is missing or holds no images."""
+    def scan(root: str | os.PathLike[str], allow_empty: bool = False,
+             skip: tuple[str | os.PathLike[str], ...] = ()) -> discover.Walk:
+        """Walk ``root``, leaving out the folders in ``skip`` and every clipdex index folder.
+
+        Raises :class:`PhotoFolderError` if it is missing, is itself an index, or
+        holds no images; with ``allow_empty`` (a folder the index already has,
+        emptied since) an empty walk is valid and :meth:`run` removes its photos.
+        """
         folder = check_folder(root)
-        walk = discover.walk(folder, supported_extensions())
-        if not walk.files and not walk.problems:
+        walk = discover.walk(folder, supported_extensions(), skip=skip)
+        if walk.skipped_dirs and walk.skipped_dirs[0] == walk.display_root:
+            raise PhotoFolderError(walk.display_root, "is a clipdex index, not a photo folder",
+                                   "Pass the folder that holds your photos.")
+        if not walk.files and not walk.problems and not allow_empty:
             raise PhotoFolderError(
-                folder, "contains no images",
+                walk.display_root, "contains no images",
                 f"clipdex indexes {', '.join(e.lstrip('.') for e in supported_extensions())} "
                 "files in the folder and its subfolders.")
         return walk
 
     def run(self, root: str | os.PathLike[str] | discover.Walk, model: ModelRecord,
             progress: Progress | None = None) -> IndexReport:
-        """Index ``root`` (a folder, or the result of :meth:`scan`) with ``model``."""
+        """Index ``root`` (a folder, or the result of :meth:`scan`) with ``model``.
+
+        Files that failed before are tried again when that may now succeed: after
+        a read error always, after the megapixel limit once it is raised, otherwise
+        only with ``retry_failed``. Ctrl-C stops within about a second and keeps
+        every batch already committed.
+        """
         started = time.perf_counter()
-        walk = root if isinstance(root, discover.Walk) else self.scan(root)
-        folder = walk.root
+        if isinstance(root, discover.Walk):
+            walk = self._without_own_index(root)
+        else:
+            known_root = discover.display_path(check_folder(root)) in self.store.roots()
+            walk = self.scan(root, allow_empty=known_root, skip=(self.store.path,))
+        folder = walk.display_root
         self.store.add_root(folder)
         report = IndexReport(root=folder, model=model.key)
         known = self.store.files_under(folder)
         embedded = self.store.embedded_hashes(model)
+        limit = self.settings.max_megapixels
 
         todo: list[discover.FileEntry] = []
         for entry in walk.files:
@@ -159,16 +204,23 @@ class Indexer:
                 if record.status == "ok" and record.content_hash in embedded:
                     report.unchanged += 1
                     continue
-                if record.status == "failed" and not self.settings.retry_failed:
+                if record.status == "failed" and not self._retry(record.failure_kind,
+                                                                  record.failure_limit, limit):
                     report.unchanged += 1
-                    report.failed.append(Failure(entry.path, record.reason or "failed"))
+                    kind = record.failure_kind or "permanent"
+                    reason = record.reason or "failed"
+                    if kind == "permanent":
+                        reason = f"{reason} ({RETRY_HINT})"
+                    report.failed.append(Failure(entry.path, reason, kind))
                     continue
             if record is None:
                 report.new += 1
             elif not same_stat:
                 report.changed += 1
+            elif record.status == "failed":
+                report.retried += 1
             else:
-                report.new += 1  # known, but new to this model (or retried)
+                report.new += 1  # known, but new to this model
             todo.append(entry)
 
         if todo:
@@ -179,10 +231,11 @@ class Indexer:
         model = self._process(todo, model, embedded, report, progress)
         report.encode_seconds = time.perf_counter() - encode_started
 
-        problems = [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason) for p in walk.problems]
+        problems = [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason, raw_path=p.raw_path,
+                            failure_kind=p.kind) for p in walk.problems]
         if problems:
             self.store.commit_batch(model, np.zeros((0, model.dim), np.float32), [], problems)
-            report.failed.extend(Failure(p.path, p.reason) for p in walk.problems)
+            report.failed.extend(Failure(p.path, p.reason, p.kind) for p in walk.problems)
 
         # Deletions only after a complete walk, and never under a folder we could not read.
         seen = {f.path for f in walk.files} | {p.path for p in walk.problems}
@@ -197,6 +250,40 @@ class Indexer:
         report.failed.sort(key=lambda f: f.path)
         return report
 
+    @staticmethod
+    def _retry(kind: str | None, judged_by: float | None, limit: float) -> bool:
+        """Whether a file that failed (and has not changed since) is worth another try."""
+        if kind == "transient":
+            return True
+        if kind == "limit":
+            return judged_by is None or limit > judged_by
+        return False  # permanent: only with --retry-failed (checked by the caller)
+
+    def _without_own_index(self, walk: discover.Walk) -> discover.Walk:
+        """``walk`` less anything inside this index's own folder (an index kept inside the
+        photo folder must not index its own thumbnails and uploads)."""
+        own = discover.folder_identity(str(self.store.path))
+        if own is None or own in walk.skip:
+            return walk
+        own_real = os.path.realpath(self.store.path)
+        inside: dict[str, bool] = {}
+
+        def outside(fs_path: str) -> bool:
+            parent = os.path.dirname(fs_path)
+            if parent not in inside:
+                real = os.path.realpath(parent)
+                inside[parent] = real == own_real or real.startswith(own_real + os.sep)
+            return not inside[parent]
+
+        files = [f for f in walk.files if outside(f.fs_path)]
+        problems = [p for p in walk.problems if outside(p.fs_path or p.path)]
+        if len(files) == len(walk.files) and len(problems) == len(walk.problems):
+            return walk
+        return discover.Walk(root=walk.root, files=files, problems=problems,
+                             unreadable_dirs=walk.unreadable_dirs,
+                             skipped_dirs=[*walk.skipped_dirs, discover.display_path(own_real)],
+                             skip=walk.skip | {own})
+
     # -- the pipeline ---------------------------------------------------------
     def _process(self, todo: list[discover.FileEntry], model: ModelRecord,
                  embedded: dict[str, int], report: IndexReport,
@@ -208,8 +295,9 @@ class Indexer:
         draft = self.encoder.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None
         pending: list[_Prepared] = []
         to_encode = 0
-        with ThreadPoolExecutor(max_workers=self.settings.workers,
-                                thread_name_prefix="clipdex-decode") as pool:
+        self._stop.clear()
+        pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="clipdex-decode")
+        try:
             in_flight: deque[Future[_Prepared]] = deque()
             entries = iter(todo)
             for entry in entries:
@@ -229,30 +317,75 @@ class Indexer:
                     pending, to_encode = [], 0
             if pending:
                 model = self._flush(pending, model, embedded, report, progress)
+        except BaseException:
+            # Ctrl-C (or a failed commit): drop the queued files, tell the running workers
+            # to let go of theirs, and do not wait for them. Committed batches stay.
+            self._stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         return model
 
     def _prepare(self, entry: discover.FileEntry, embedded: dict[str, int],
                  draft: int | None) -> _Prepared:
-        """Worker: read, hash, and (unless a vector exists) decode and preprocess."""
+        """Worker: check the header, hash, and (unless a vector exists) decode and preprocess.
+
+        Nothing is read whole before the header says it is an image within the
+        megapixel limit, and a large file is hashed in chunks and decoded from
+        disk: memory per worker is bounded by the image's own size, not the file's.
+        """
+        limit = self.settings.max_megapixels
         try:
-            with open(entry.path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            return _Prepared(entry, reason=f"cannot be read ({e.strerror or e})")
-        content_hash = hashlib.sha256(data).hexdigest()
-        if content_hash in embedded:
-            return _Prepared(entry, content_hash=content_hash)
-        try:
-            image = load_image(data, entry.path, max_megapixels=self.settings.max_megapixels,
-                               draft_size=draft)
-            pixels = self.encoder.preprocess(image)
-        except ImageDecodeError as e:
-            return _Prepared(entry, content_hash=content_hash, reason=e.reason)
-        except Exception as e:  # noqa: BLE001  (a decoder bug must not take the batch down)
-            return _Prepared(entry, content_hash=content_hash,
-                             reason=f"could not be decoded ({type(e).__name__}: {e})")
-        width, height = image.info.get(ORIGINAL_SIZE, image.size)
-        return _Prepared(entry, content_hash=content_hash, pixels=pixels, width=width, height=height)
+            with open(entry.fs_path, "rb") as f:
+                st = os.fstat(f.fileno())  # the stat of what is read (it may have changed since the walk)
+                item = _Prepared(entry, size=st.st_size, mtime_ns=st.st_mtime_ns)
+                try:
+                    check_image(f, entry.path, max_megapixels=limit)
+                    f.seek(0)
+                    source: BinaryIO
+                    if st.st_size <= WHOLE_READ_BYTES:
+                        data = f.read()
+                        item.content_hash = hashlib.sha256(data).hexdigest()
+                        source = io.BytesIO(data)
+                    else:
+                        item.content_hash = self._hash_file(f)
+                        f.seek(0)
+                        source = f
+                    if item.content_hash in embedded:
+                        return item
+                    image = load_image(source, entry.path, max_megapixels=limit, draft_size=draft)
+                    item.pixels = self.encoder.preprocess(image)
+                    item.width, item.height = image.info.get(ORIGINAL_SIZE, image.size)
+                    return item
+                except ImageTooLarge as e:
+                    item.reason, item.kind, item.limit = e.reason, "limit", limit
+                except ImageUnreadable as e:
+                    item.reason, item.kind = e.reason, "transient"
+                except ImageDecodeError as e:
+                    item.reason, item.kind = e.reason, "permanent"
+                except _Stopped:
+                    item.reason, item.kind = "indexing was interrupted", "transient"
+                except OSError as e:  # reading or hashing it
+                    item.reason, item.kind = f"cannot be read ({e.strerror or e})", "transient"
+                except Exception as e:  # noqa: BLE001  (a decoder bug must not take the batch down)
+                    item.reason = f"could not be decoded ({type(e).__name__}: {e})"
+                    item.kind = "permanent"
+                item.pixels = None
+                return item
+        except OSError as e:  # opening it: gone since the walk, permissions, a NAS hiccup
+            return _Prepared(entry, size=entry.size, mtime_ns=entry.mtime_ns,
+                             reason=f"cannot be read ({e.strerror or e})", kind="transient")
+
+    def _hash_file(self, f: io.BufferedReader) -> str:
+        """SHA-256 of an open file, read in HASH_CHUNK pieces (and dropped on Ctrl-C)."""
+        digest = hashlib.sha256()
+        buffer = bytearray(HASH_CHUNK)
+        view = memoryview(buffer)
+        while n := f.readinto(buffer):
+            if self._stop.is_set():
+                raise _Stopped
+            digest.update(view[:n])
+        return digest.hexdigest()
 
     def _flush(self, items: list[_Prepared], model: ModelRecord, embedded: dict[str, int],
                report: IndexReport, progress: Progress | None) -> ModelRecord:
@@ -262,20 +395,24 @@ class Indexer:
         for item in items:
             e = item.entry
             if item.reason:
-                files.append(NewFile(e.path, e.size, e.mtime_ns, item.content_hash, reason=item.reason))
-                report.failed.append(Failure(e.path, item.reason))
+                files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash,
+                                     reason=item.reason, raw_path=e.raw_path,
+                                     failure_kind=item.kind or "permanent", failure_limit=item.limit))
+                report.failed.append(Failure(e.path, item.reason, item.kind or "permanent"))
                 continue
             assert item.content_hash is not None
             if item.content_hash in embedded or item.content_hash in batch_hashes:
                 width, height = item.width, item.height
                 if width is None:
                     width, height = self.store.size_of_hash(item.content_hash)
-                files.append(NewFile(e.path, e.size, e.mtime_ns, item.content_hash, width, height))
+                files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash, width, height,
+                                     raw_path=e.raw_path))
                 report.reused += 1
                 continue
             batch_hashes.append(item.content_hash)
             batch_pixels.append(item.pixels)
-            files.append(NewFile(e.path, e.size, e.mtime_ns, item.content_hash, item.width, item.height))
+            files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash, item.width,
+                                 item.height, raw_path=e.raw_path))
         vectors = (self.encoder.encode_images(np.stack(batch_pixels)) if batch_pixels
                    else np.zeros((0, model.dim), np.float32))
         first_row = model.rows
@@ -286,4 +423,3 @@ class Indexer:
         if progress:
             progress.advance(len(items))
         return model
-
