@@ -11,8 +11,6 @@ The CLI and the web app are thin layers over this class.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.classify import Classification, build_classifier, classify
+from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
     LabelSetError,
@@ -43,9 +42,6 @@ from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
-    from clipdex.discover import Walk
     from clipdex.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -219,7 +215,7 @@ class Index:
         ``allow_new_model`` (the new model's vectors are then added beside them).
         """
         path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
-        known_root = path in self.store.roots()
+        known_root = display_path(path) in self.store.roots()
         if known_root and not os.path.exists(path):
             held = self.store.count_under([path])
             raise PhotoFolderError(
@@ -227,7 +223,9 @@ class Index:
                 "search)", f"If it moved, index its new place; `clipdex remove {path}` forgets it "
                 "(`clipdex remove --missing` forgets every folder that is gone).")
         self.store.require_writable()
-        walk = _scan(path, allow_empty=known_root)  # a missing or new empty folder changes nothing
+        # A missing folder, or an empty one the index does not have, changes nothing; an
+        # indexed folder emptied since is a folder whose photos all leave the index.
+        walk = Indexer.scan(path, allow_empty=known_root)
         spec = self.spec()
         precision = self.precision or "fp32"
         key = vector_key(spec, precision)
@@ -279,10 +277,11 @@ class Index:
         vector by content hash). Returns how many photos the index forgot.
         Raises :class:`PhotoFolderError` when the index has no such folder.
         """
-        path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+        path = display_path(os.path.abspath(os.path.expanduser(os.fspath(folder))))
         roots = self.store.roots()
         if path not in roots:
-            shown = ", ".join(roots) if roots else "none yet"
+            gone = set(self.store.missing_roots())
+            shown = ", ".join(r + (" (no longer exists)" if r in gone else "") for r in roots) or "none yet"
             raise PhotoFolderError(path, "is not a folder of this index",
                                    f"Its folders are: {shown}. Pass one of them exactly as "
                                    "`clipdex status` shows it.")
@@ -373,7 +372,9 @@ class Index:
         if image_files is not None and not image_files(path):
             raise QueryError(f"@{ref}", f"{ref!r} is not a photo of the index")
         if os.path.isfile(path):
-            return self.encoder.encode_pil([_open_query_image(path)])[0]
+            from clipdex.decode import open_image_file
+
+            return self.encoder.encode_pil([open_image_file(path)])[0]
         raise QueryError(f"@{ref}", f"{ref!r} is neither an image file nor a photo of the index")
 
     def _find_indexed(self, ref: str) -> FileRecord | None:
@@ -407,8 +408,8 @@ class Index:
         results = []
         for label_set in label_sets:
             classifier = build_classifier(label_set, self.encoder.encode_texts, record.logit_scale)
-            result = classify(classifier, found.vectors, found.ids.tolist(), found.paths, min_prob=min_prob)
-            result = _with_fs_paths(result, found.fs_paths)
+            result = classify(classifier, found.vectors, found.ids.tolist(), found.paths, min_prob=min_prob,
+                              fs_paths=_real_paths(found.paths, found.fs_paths))
             if save and self.store.readonly:
                 log.warning("index %s is read-only: the results of %r are shown but not saved",
                             self.path, label_set.name)
@@ -439,10 +440,10 @@ class Index:
             raise self._not_run(name)
         corrected = self.store.corrections(self.model_record(), name)
         truth = [corrected.get(h, "") for h in stored.hashes] if corrected else None
-        result = Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
-                                paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
-                                confidence=stored.confidence, truth=truth)
-        return _with_fs_paths(result, stored.fs_paths)
+        return Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
+                              paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
+                              confidence=stored.confidence, truth=truth,
+                              fs_paths=_real_paths(stored.paths, stored.fs_paths))
 
     def photo(self, file_id: int) -> FileRecord:
         """An indexed photo by id."""
@@ -549,35 +550,7 @@ class Index:
         return self.store.failures()
 
 
-def _scan(folder: str, *, allow_empty: bool) -> "Walk":
-    """:meth:`Indexer.scan`; an empty folder the index already holds is a folder emptied
-    (all its photos leave the index), not a mistake."""
-    if "allow_empty" in inspect.signature(Indexer.scan).parameters:
-        return Indexer.scan(folder, allow_empty=allow_empty)  # type: ignore[call-arg,unused-ignore]
-    try:
-        return Indexer.scan(folder)
-    except PhotoFolderError:
-        if not allow_empty or not os.path.isdir(folder):
-            raise
-        from clipdex.decode import supported_extensions
-        from clipdex.discover import walk
 
-        return walk(folder, supported_extensions())
-
-
-def _open_query_image(path: str) -> "Image":
-    """A query image, checked (header, size limit) before it is read into memory."""
-    from clipdex import decode
-
-    opener = getattr(decode, "open_image_file", None)
-    if opener is not None:
-        return opener(path)  # type: ignore[no-any-return]
-    with open(path, "rb") as f:
-        return decode.load_image(f.read(), path)
-
-
-def _with_fs_paths(result: Classification, fs_paths: list[str]) -> Classification:
-    """``result`` with the real paths of its photos, where Classification carries them."""
-    if "fs_paths" in {f.name for f in dataclasses.fields(Classification)}:
-        return dataclasses.replace(result, fs_paths=fs_paths)  # type: ignore[call-arg,unused-ignore]
-    return result
+def _real_paths(paths: list[str], fs_paths: list[str]) -> list[str] | None:
+    """``fs_paths`` where a real path differs from its display form, else None."""
+    return fs_paths if fs_paths != paths else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from clipdex import Index
-from clipdex.errors import IndexDamaged
+from clipdex.errors import IndexDamaged, PhotoFolderError
 from clipdex.store import Store
 from tests.images import write_photos
 
@@ -117,3 +119,75 @@ def _labels():  # type: ignore[no-untyped-def]
     from clipdex.labels import make_label_set
 
     return make_label_set("taken_space", ["indoor", "outdoor"], ["a photo taken {}"])
+
+
+# -- folders that moved, emptied or nest -----------------------------------------
+def test_a_moved_folder_is_hidden_then_removed(tmp_path: Path, photos: Path,
+                                               model_kwargs: dict[str, str]) -> None:
+    moved = tmp_path / "photos-moved"
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        index.add(photos)
+        index.classify([_labels()])
+        photos.rename(moved)
+        index.add(moved)  # same bytes: every vector reused
+        status = index.status()
+        assert status.missing_roots == [str(photos)] and status.missing_photos == 12
+        assert status.indexed == 12 and [m.photos for m in status.models] == [12]
+        hits = index.search("a photo", k=30)
+        assert len(hits) == 12 and all(h.path.startswith(str(moved)) for h in hits)
+        labelled = index.classification("taken_space").paths  # by content hash: the moved copies
+        assert len(labelled) == 12 and all(p.startswith(str(moved)) for p in labelled)
+        with pytest.raises(PhotoFolderError, match="clipdex remove"):
+            index.add(photos)
+        with pytest.raises(PhotoFolderError, match=re.escape(
+                f"Its folders are: {photos} (no longer exists), {moved}.")):
+            index.remove_folder(tmp_path / "never-indexed")
+        assert index.remove_folder(photos) == 12
+        status = index.status()
+        assert status.roots == [str(moved)] and status.missing_roots == [] and status.indexed == 12
+        report = index.add(moved)
+        assert report.encoded == 0 and report.unchanged == 12
+
+
+def test_prune_missing_forgets_every_folder_that_is_gone(tmp_path: Path, photos: Path,
+                                                         model_kwargs: dict[str, str]) -> None:
+    other = tmp_path / "other"
+    write_photos(other, 2, start=30)
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        index.add(photos)
+        index.add(other)
+        for f in other.iterdir():
+            f.unlink()
+        other.rmdir()
+        assert index.prune_missing() == [str(other)]
+        assert index.prune_missing() == []
+        assert index.status().roots == [str(photos)] and index.status().indexed == 12
+
+
+def test_an_emptied_folder_leaves_the_index(tmp_path: Path, photos: Path,
+                                            model_kwargs: dict[str, str]) -> None:
+    from clipdex.errors import EmptyIndex
+
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        index.add(photos)
+        shutil.rmtree(photos)
+        photos.mkdir()
+        report = index.add(photos)
+        assert report.removed == 12 and index.status().indexed == 0
+        with pytest.raises(EmptyIndex):
+            index.search("a photo")
+
+
+def test_nested_folders_count_each_photo_once(tmp_path: Path, photos: Path,
+                                              model_kwargs: dict[str, str]) -> None:
+    trip = photos / "trip"
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        index.add(photos)
+        index.add(trip)
+        status = index.status()
+        assert status.roots == [str(photos), str(trip)] and status.indexed == 12
+        assert index.remove_folder(trip) == 0  # its photos still belong to photos/
+        assert index.status().indexed == 12
+        index.add(trip)
+        assert index.remove_folder(photos) == 10  # trip/ keeps its own two
+        assert index.status().indexed == 2 and len(index.search("a photo", k=20)) == 2
