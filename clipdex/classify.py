@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipdex.labels import LabelSet
+from clipdex.labels import MULTI_SEPARATOR, UNCERTAIN, LabelSet, check_min_prob
 
-UNCERTAIN = "uncertain"
-MULTI_SEPARATOR = ";"
+# UNCERTAIN and MULTI_SEPARATOR live in clipdex.labels (labels are checked against them)
+# and are imported from here by the rest of clipdex.
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
@@ -63,7 +63,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Classification:
-    """One label set's result for every photo, row-aligned with ``paths``."""
+    """One label set's result for every photo, row-aligned with ``paths``.
+
+    ``paths`` are display paths (a name that is not valid UTF-8 shows ``\\xNN``
+    escapes): shown to people and written to tables. ``fs_paths`` are the paths
+    to open, row-aligned; None means the same as ``paths``.
+    """
 
     label_set: LabelSet
     file_ids: list[int]
@@ -72,6 +77,11 @@ class Classification:
     predicted: list[str]  # a label, "uncertain", or labels joined by ";" (multi-label)
     confidence: np.ndarray  # probability of the predicted label (max over labels)
     truth: list[str] | None = None  # a person's corrections ("" where none), when any exist
+    fs_paths: list[str] | None = None  # the real paths to open, when some differ from ``paths``
+
+    def fs_path(self, i: int) -> str:
+        """The path to open photo ``i`` by."""
+        return self.fs_paths[i] if self.fs_paths is not None else self.paths[i]
 
     @property
     def labels(self) -> list[str]:
@@ -101,8 +111,16 @@ class Classification:
 
 
 def classify(classifier: Classifier, vectors: np.ndarray, file_ids: Sequence[int],
-             paths: Sequence[str], *, min_prob: float | None = None) -> Classification:
-    """Probabilities and predictions for stored image vectors (N, dim)."""
+             paths: Sequence[str], *, min_prob: float | None = None,
+             fs_paths: Sequence[str] | None = None) -> Classification:
+    """Probabilities and predictions for stored image vectors (N, dim).
+
+    ``min_prob`` (in [0, 1]) overrides the set's own for a softmax set; below it
+    a photo's prediction is ``uncertain``. ``fs_paths``: see :class:`Classification`.
+    """
+    min_prob = check_min_prob(min_prob, "min_prob")
+    if fs_paths is not None and len(fs_paths) != len(paths):
+        raise ValueError("fs_paths must be row-aligned with paths")
     label_set = classifier.label_set
     cosines = vectors.astype(np.float32, copy=False) @ classifier.class_vectors.T
     names = np.array(label_set.label_names, dtype=object)
@@ -123,4 +141,5 @@ def classify(classifier: Classifier, vectors: np.ndarray, file_ids: Sequence[int
             predicted = [p if c >= threshold else UNCERTAIN for p, c in zip(predicted, confidence)]
     return Classification(label_set=label_set, file_ids=list(file_ids), paths=list(paths),
                           probs=probs.astype(np.float32), predicted=[str(p) for p in predicted],
-                          confidence=np.asarray(confidence, dtype=np.float32))
+                          confidence=np.asarray(confidence, dtype=np.float32),
+                          fs_paths=list(fs_paths) if fs_paths is not None else None)
