@@ -11,33 +11,72 @@ label, empty where none) after their probabilities (and after ``<set>_top``).
 ``photo_id`` is the file name without its extension. ``<set>`` is the
 predicted label (``uncertain`` below ``--min-prob``; labels joined by ``;`` in
 multi-label mode); ``<set>_prob`` is the probability of the predicted (best) label.
+``path`` is the display path (a name that is not valid UTF-8 shows ``\\xNN``).
+
+Joining onto the user's table (:func:`join_metadata`) never changes the user's
+columns: the header, every cell, the row order, extra fields of a row, the
+encoding (UTF-8 with or without BOM, UTF-16), the delimiter (``,`` ``;`` tab
+``|``) and the line ends come out as they went in. A clipdex column whose name
+the table already uses is written as ``<name>_pred`` (``_pred2``, … if that is
+taken too) and listed in :attr:`JoinReport.renamed`. The table is streamed:
+memory holds the prediction cells per photo, not the table.
+
+Every output is written to a temporary file in the target's folder and renamed
+into place, so a failed or interrupted write leaves the old file (or none).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import IO, Any
 
 from clipdex.classify import Classification
-from clipdex.errors import TableError
+from clipdex.errors import LabelSetError, TableError
 
 PROB_DIGITS = 6
+SNIFF_BYTES = 64 * 1024  # how much of a table is read to learn its encoding, delimiter and line ends
+DELIMITERS = (",", ";", "\t", "|")  # in order of preference when several fit
+RENAME_SUFFIX = "_pred"
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
+# -- predictions --------------------------------------------------------------
 def prediction_columns(results: Sequence[Classification], top_k: int | None = None) -> list[str]:
     """The columns the label sets add, in the documented order."""
     columns: list[str] = []
+    owner: dict[str, str] = {}
     for result in results:
         name = result.label_set.name
-        columns += [name, f"{name}_prob"] + [f"{name}_prob_{label}" for label in result.labels]
+        own = [name, f"{name}_prob"] + [f"{name}_prob_{label}" for label in result.labels]
         if top_k:
-            columns.append(f"{name}_top")
+            own.append(f"{name}_top")
         if result.truth is not None:
-            columns.append(f"{name}_truth")
+            own.append(f"{name}_truth")
+        for column in own:
+            if column in owner or column in ("path", "photo_id"):
+                other = owner.get(column, "the table")
+                raise LabelSetError(f"label sets {other!r} and {name!r}", f"both make a column {column!r}",
+                                    "Rename one of the sets.")
+            owner[column] = name
+        columns += own
     return columns
+
+
+def _probability_columns(results: Sequence[Classification]) -> set[str]:
+    names = set()
+    for result in results:
+        name = result.label_set.name
+        names.add(f"{name}_prob")
+        names.update(f"{name}_prob_{label}" for label in result.labels)
+    return names
 
 
 def prediction_cells(results: Sequence[Classification], top_k: int | None = None) -> dict[str, list[str]]:
@@ -69,16 +108,25 @@ def _fmt(value: float) -> str:
 
 def write_predictions(results: Sequence[Classification], out: str | os.PathLike[str],
                       top_k: int | None = None) -> int:
-    """Write one row per photo (path, photo_id, then each set's columns); return the row count."""
+    """Write one row per photo (path, photo_id, then each set's columns); return the row count.
+
+    Paths are the display paths. Parquet when ``out`` ends in .parquet
+    (probability columns as floats), else CSV (UTF-8, comma).
+    """
     cells = prediction_cells(results, top_k)
     header = ["path", "photo_id"] + prediction_columns(results, top_k)
     rows = [[path, PurePath(path).stem] + cells[path] for path in sorted(cells)]
-    write_table(out, header, rows)
+    write_table(out, header, rows, float_columns=_probability_columns(results))
     return len(rows)
 
 
-def write_table(out: str | os.PathLike[str], header: list[str], rows: list[list[str]]) -> None:
-    """CSV, or Parquet when ``out`` ends in .parquet (probability columns become floats)."""
+def write_table(out: str | os.PathLike[str], header: list[str], rows: list[list[str]],
+                float_columns: set[str] | None = None) -> None:
+    """CSV, or Parquet when ``out`` ends in .parquet, written through a temporary file.
+
+    In Parquet, ``float_columns`` (default: names containing ``_prob``) become
+    float32 when every value is a number or blank.
+    """
     path = Path(out)
     if path.suffix.lower() == ".parquet":
         try:
@@ -90,13 +138,15 @@ def write_table(out: str | os.PathLike[str], header: list[str], rows: list[list[
         columns = {}
         for j, name in enumerate(header):
             values = [row[j] for row in rows]
-            if "_prob" in name and all(_is_number(v) for v in values):
+            is_float = name in float_columns if float_columns is not None else "_prob" in name
+            if is_float and all(_is_number(v) for v in values):
                 columns[name] = pa.array([float(v) if v != "" else None for v in values], pa.float32())
             else:
                 columns[name] = pa.array(values, pa.string())
-        pq.write_table(pa.table(columns), path)
+        with _replacing(path, binary=True) as f:
+            pq.write_table(pa.table(columns), f)
         return
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with _replacing(path, encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
@@ -112,44 +162,226 @@ def _is_number(value: str) -> bool:
     return True
 
 
+@contextmanager
+def _replacing(path: Path, *, encoding: str | None = None, binary: bool = False) -> Iterator[IO[Any]]:
+    """A temporary file beside ``path``, renamed onto it when the block succeeds.
+
+    On any error (or Ctrl-C) the temporary file is removed and ``path`` is left
+    as it was. OS errors become :class:`~clipdex.errors.TableError`.
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise TableError(str(path), f"cannot be written ({e.strerror or e})",
+                         "Choose a path in a folder you can write to.") from None
+    try:
+        if binary:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+        else:
+            with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+                yield f
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp made it private (0600)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise TableError(str(path), f"cannot be written ({e.strerror or e})",
+                             "Choose a path in a folder you can write to (with room on the disk).") from None
+        raise
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``path`` keeps (if it exists) or a new file gets under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    umask = 0o022
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o666 & ~umask
+
+
+# -- reading the user's table ------------------------------------------------
+@dataclass(frozen=True)
+class TableFormat:
+    """How a CSV file is written, so a joined copy is written the same way."""
+
+    encoding: str = "utf-8"  # "utf-8-sig" when the file starts with a BOM; "utf-16"
+    delimiter: str = ","
+    lineterminator: str = "\r\n"
+    quote_all: bool = False  # every header cell was quoted, so every cell is written quoted
+
+    def writer(self, f: IO[str]) -> Any:
+        """A ``csv.writer`` that writes like the file was written."""
+        return csv.writer(f, delimiter=self.delimiter, lineterminator=self.lineterminator,
+                          quoting=csv.QUOTE_ALL if self.quote_all else csv.QUOTE_MINIMAL)
+
+
 @dataclass
-class JoinReport:
-    """How a metadata table and the index's photos matched."""
+class Table:
+    """A CSV file's format and header, with its rows read on demand (:meth:`records`)."""
 
-    rows: int = 0
-    matched: int = 0
-    rows_without_image: int = 0
-    images_without_row: list[str] = field(default_factory=list)
-    key_mode: str = "stem"
+    path: Path
+    format: TableFormat
+    header: list[str]
+    key: str
+    key_index: int
+
+    def records(self) -> Iterator[list[str]]:
+        """The data rows as lists of cells, exactly as in the file (blank lines as ``[]``)."""
+        try:
+            with open(self.path, "rb") as f:
+                lines = self._lines(f)
+                reader = csv.reader(lines, delimiter=self.format.delimiter)
+                try:
+                    next(reader, None)  # the header
+                    yield from reader
+                except csv.Error as e:
+                    raise TableError(f"{self.path} line {reader.line_num}", f"cannot be read ({e})",
+                                     _SAVE_AS) from None
+        except OSError as e:
+            raise TableError(str(self.path), f"cannot be read ({e.strerror or e})", "Check the path.") from None
+
+    def _lines(self, f: IO[bytes]) -> Iterator[str]:
+        """The file's lines as text; a byte that is not UTF-8 is reported by its line."""
+        if self.format.encoding == "utf-16" or self.format.lineterminator == "\r":
+            text = io.TextIOWrapper(f, encoding=self.format.encoding, newline="")
+            try:
+                yield from text
+            except UnicodeDecodeError as e:
+                raise TableError(str(self.path), f"is not {self.format.encoding.upper()} text ({e.reason})",
+                                 _SAVE_AS) from None
+            return
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TableError(f"{self.path} line {number}", f"is not UTF-8 text (byte {e.start + 1} of "
+                                 "the line cannot be read)", _SAVE_AS) from None
+            yield line[1:] if number == 1 and line.startswith("\ufeff") else line
+
+    def dicts(self) -> Iterator[dict[str, str]]:
+        """Rows as dicts keyed by :func:`unique_names` of the header (missing cells blank)."""
+        names = unique_names(self.header)
+        for row in self.records():
+            if row:
+                yield {name: row[j] if j < len(row) else "" for j, name in enumerate(names)}
 
 
-def read_table(path: str | os.PathLike[str], key: str) -> tuple[list[str], list[dict[str, str]]]:
-    """A CSV file's header and rows (as strings), checking that ``key`` is a column."""
+_SAVE_AS = "Save it as a UTF-8 CSV file with a header row (Excel: CSV UTF-8)."
+
+
+def unique_names(header: Sequence[str]) -> list[str]:
+    """The header with repeated names told apart (``note``, ``note (2)``) for dict rows."""
+    seen: dict[str, int] = {}
+    out = []
+    taken = set(header)
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+        candidate, n = name, seen[name]
+        while n > 1 and (candidate := f"{name} ({n})") in taken:
+            n += 1
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def open_table(path: str | os.PathLike[str], key: str) -> Table:
+    """Learn a CSV file's encoding, delimiter, line ends and header; check ``key`` is one column.
+
+    Reads only the first :data:`SNIFF_BYTES`; the rows are streamed later.
+    """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
     except OSError as e:
         raise TableError(str(path), f"cannot be read ({e.strerror or e})", "Check the path.") from None
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise TableError(str(path), f"is not a readable CSV file ({e})",
-                         "Save it as UTF-8 CSV with a header row.") from None
-    if not header:
-        raise TableError(str(path), "has no header row", "The first row must name the columns.")
-    if key not in header:
-        raise TableError(str(path), f"has no column {key!r}",
-                         f"Columns: {', '.join(header[:20])}. Pass the key column with --key.")
-    return header, rows
+    encoding = next((name for bom, name in BOMS if head.startswith(bom)), "utf-8")
+    try:
+        # The sample may end inside a character; only its end may be cut.
+        sample = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        line = head[:e.start].count(b"\n") + 1
+        raise TableError(f"{path} line {line}", f"is not {encoding.upper().replace('-SIG', '')} text "
+                         f"(byte {e.start} cannot be read)", _SAVE_AS) from None
+    if not sample.strip():
+        raise TableError(str(path), "is empty", "The first row must name the columns.")
+    lineterminator = _line_end(sample)
+    candidates = {d: _first_record(sample, d) for d in DELIMITERS}
+    fitting = [d for d in DELIMITERS if key in candidates[d]]
+    if not fitting:
+        stripped = [d for d in DELIMITERS if key in [h.strip() for h in candidates[d]]]
+        header = candidates[_sniff(sample) or ","]
+        if stripped:
+            raise TableError(str(path), f"column {key!r} is written with spaces around it",
+                             "Remove the spaces in the header row, or pass the name as written with --key.")
+        shown = ", ".join(repr(h) for h in header[:20]) + (", …" if len(header) > 20 else "")
+        raise TableError(str(path), f"has no column {key!r}", f"Columns: {shown}. Pass the key column with --key.")
+    sniffed = _sniff(sample)
+    delimiter = sniffed if sniffed in fitting else max(fitting, key=lambda d: len(candidates[d]))
+    header = candidates[delimiter]
+    if header.count(key) > 1:
+        raise TableError(str(path), f"has {header.count(key)} columns named {key!r}",
+                         "Rename all but one, or key the table by another column.")
+    first_line = sample.splitlines()[0] if sample.splitlines() else ""
+    quote_all = bool(header) and first_line == delimiter.join('"' + h.replace('"', '""') + '"' for h in header)
+    return Table(path, TableFormat(encoding, delimiter, lineterminator, quote_all), header, key,
+                 header.index(key))
+
+
+def _line_end(sample: str) -> str:
+    newline = sample.find("\n")
+    if newline > 0 and sample[newline - 1] == "\r":
+        return "\r\n"
+    if newline >= 0:
+        return "\n"
+    return "\r" if "\r" in sample else "\r\n"
+
+
+def _first_record(sample: str, delimiter: str) -> list[str]:
+    try:
+        return next(csv.reader(sample.splitlines(keepends=True), delimiter=delimiter), [])
+    except csv.Error:
+        return []
+
+
+def _sniff(sample: str) -> str | None:
+    try:
+        return csv.Sniffer().sniff(sample[:SNIFF_BYTES // 4], delimiters="".join(DELIMITERS)).delimiter
+    except csv.Error:
+        return None
+
+
+def read_table(path: str | os.PathLike[str], key: str) -> tuple[list[str], Iterator[dict[str, str]]]:
+    """A CSV file's header and its rows as dicts, streamed (read once, in order).
+
+    Repeated column names are told apart in the header and the dicts
+    (``note``, ``note (2)``); cells beyond the header are left out of the dicts
+    (:func:`join_metadata` keeps them). Checks that ``key`` is one column.
+    """
+    table = open_table(path, key)
+    return unique_names(table.header), table.dicts()
 
 
 class KeyMatcher:
     """Matches a table's key values to indexed photo paths.
 
     A value containing a path separator is matched as a path (absolute, or a
-    relative path matched against the end of the photo's path); any other
-    value is matched against the file name and its stem (``abc`` or ``abc.jpg``).
+    relative path matched against the end of the photo's path, ``./`` and
+    Windows ``\\`` allowed); any other value is matched against the file name
+    and its stem (``abc`` or ``abc.jpg``). Each match is a dict lookup.
     """
 
     def __init__(self, paths: Sequence[str]) -> None:
@@ -161,48 +393,110 @@ class KeyMatcher:
                 self.by_name.setdefault(name, []).append(path)
 
     def match(self, value: str) -> str | None:
+        return self.match_kind(value)[0]
+
+    def match_kind(self, value: str) -> tuple[str | None, str]:
+        """(path or None, how: ``path``, ``name`` or ``stem``)."""
         value = value.strip()
         if not value:
-            return None
+            return None, "none"
+        if "\\" in value and "/" not in value and os.sep == "/":
+            value = value.replace("\\", "/")  # a relative path written on Windows
         if "/" in value or os.sep in value:
             if value in self.paths:
-                return value
-            suffix = "/" + value.lstrip("./")
-            hits = [p for p in self.paths if p.endswith(suffix)]
+                return value, "path"
+            while value.startswith("./"):
+                value = value[2:]
+            name = value.rsplit("/", 1)[-1]
+            hits = [p for p in self.by_name.get(name, []) if p.endswith("/" + value) and PurePath(p).name == name]
+            kind = "path"
         else:
             hits = self.by_name.get(value, [])
+            kind = "name" if hits and PurePath(hits[0]).name == value else "stem"
+        hits = sorted(set(hits))
         if len(hits) > 1:
-            raise TableError(value, f"matches {len(hits)} indexed photos ({', '.join(sorted(hits)[:3])})",
+            raise TableError(value, f"matches {len(hits)} indexed photos ({', '.join(hits[:3])})",
                              "Key the table by a column that holds paths, or index one folder per index.")
-        return hits[0] if hits else None
+        return (hits[0], kind) if hits else (None, kind)
+
+
+# -- joining -----------------------------------------------------------------
+@dataclass
+class JoinReport:
+    """How a metadata table and the index's photos matched, and how the output was written."""
+
+    rows: int = 0
+    matched: int = 0
+    rows_without_image: int = 0
+    images_without_row: list[str] = field(default_factory=list)
+    key_mode: str = "stem"  # how most keys matched: path, name or stem
+    renamed: dict[str, str] = field(default_factory=dict)  # clipdex column -> name written (taken)
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    extra_fields: int = 0  # rows with more cells than the header (kept, under blank column names)
+
+
+def output_names(header: Sequence[str], added: Sequence[str]) -> dict[str, str]:
+    """clipdex's column -> the name it is written under: itself, or ``<name>_pred``,
+    ``<name>_pred2``… when the user's table (or an earlier rename) already has it."""
+    taken = set(header)
+    names = {}
+    for column in added:
+        name, n = column, 1
+        while name in taken:
+            name = f"{column}{RENAME_SUFFIX}{n if n > 1 else ''}"
+            n += 1
+        taken.add(name)
+        names[column] = name
+    return names
 
 
 def join_metadata(results: Sequence[Classification], table: str | os.PathLike[str], key: str,
                   out: str | os.PathLike[str], top_k: int | None = None) -> JoinReport:
     """Append the prediction columns to the user's table and write it to ``out``.
 
-    Every row of the table is kept, in order; rows without a photo keep empty
-    cells. Photos without a row are listed in the report.
+    Every row of the table is kept, in order, with every cell as it was; rows
+    without a photo get empty prediction cells. Photos without a row are
+    listed in the report. The table is read twice, row by row (once to learn
+    its widest row, once to write), never held in memory; ``out`` may be the
+    table itself.
     """
-    header, rows = read_table(table, key)
+    source = open_table(table, key)
+    width = len(source.header)
+    report = JoinReport(encoding=source.format.encoding, delimiter=source.format.delimiter)
+    for row in source.records():
+        if len(row) > len(source.header):
+            report.extra_fields += 1
+            width = max(width, len(row))
     added = prediction_columns(results, top_k)
-    header = [h for h in header if h not in added]  # re-running replaces earlier columns
+    names = output_names(source.header, added)
+    report.renamed = {column: name for column, name in names.items() if column != name}
     cells = prediction_cells(results, top_k)
+    blank = [""] * len(added)
     matcher = KeyMatcher(list(cells))
-    width = len(added)
-    report = JoinReport(rows=len(rows))
     used: set[str] = set()
-    out_rows = []
-    for row in rows:
-        path = matcher.match(row.get(key) or "")
-        if path is None:
-            report.rows_without_image += 1
-            extra = [""] * width
-        else:
-            report.matched += 1
-            used.add(path)
-            extra = cells[path]
-        out_rows.append([row.get(h, "") for h in header] + extra)
+    kinds: dict[str, int] = {}
+    header = source.header + [""] * (width - len(source.header)) + [names[c] for c in added]
+    with _replacing(Path(out), encoding=source.format.encoding) as f:
+        writer = source.format.writer(f)
+        writer.writerow(header)
+        for row in source.records():
+            if not row:
+                writer.writerow(row)  # a blank line stays a blank line
+                continue
+            report.rows += 1
+            value = row[source.key_index] if source.key_index < len(row) else ""
+            path, kind = matcher.match_kind(value)
+            if path is None:
+                report.rows_without_image += 1
+                extra = blank
+            else:
+                report.matched += 1
+                used.add(path)
+                kinds[kind] = kinds.get(kind, 0) + 1
+                extra = cells[path]
+            writer.writerow(row + [""] * (width - len(row)) + extra if len(row) < width else row + extra)
     report.images_without_row = sorted(set(cells) - used)
-    write_table(out, header + added, out_rows)
+    if kinds:
+        report.key_mode = max(kinds, key=lambda k: kinds[k])
     return report
