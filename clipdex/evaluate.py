@@ -4,15 +4,23 @@ Definitions follow scikit-learn's: the classes are every label that occurs in
 the truth or the predictions; balanced accuracy is the mean recall over the
 classes present in the truth; macro-F1 the unweighted mean F1 over all classes
 (0 where precision and recall are both 0).
+
+Truth values are matched to the set's labels ignoring case and spacing
+(``Day``, `` day `` and ``day`` are one label). A truth value that is still
+not a label of the set (``sunset`` for dawn/day/dusk/night) is not counted:
+its rows are left out and reported in :attr:`Evaluation.excluded`.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from clipdex.errors import LabelSetError
 
 
 @dataclass(frozen=True)
@@ -35,19 +43,50 @@ class Evaluation:
     classes: list[str]
     per_class: list[ClassScore]
     confusion: np.ndarray  # rows: truth, columns: predicted, in ``classes`` order
+    excluded: dict[str, int] = field(default_factory=dict)  # truth values that are no label -> rows
 
     def to_dict(self) -> dict[str, object]:
         return {
             "count": self.count, "accuracy": self.accuracy,
             "balanced_accuracy": self.balanced_accuracy, "macro_f1": self.macro_f1,
             "classes": self.classes, "per_class": [vars(c) for c in self.per_class],
-            "confusion": self.confusion.tolist(),
+            "confusion": self.confusion.tolist(), "excluded": dict(self.excluded),
         }
 
 
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
 def evaluate(predicted: Sequence[str], truth: Sequence[str], label_order: Sequence[str] = ()) -> Evaluation:
-    """Compare aligned lists of predicted and true labels (pairs with an empty truth are dropped)."""
-    pairs = [(p, t) for p, t in zip(predicted, truth) if t != ""]
+    """Compare aligned lists of predicted and true labels (pairs with an empty truth are dropped).
+
+    With ``label_order`` (the set's labels), each truth value is matched to a
+    label ignoring case and spacing; rows whose truth is no label are left out
+    and counted in ``excluded``. Raises :class:`~clipdex.errors.LabelSetError`
+    when truth values were given but none is a label of the set.
+    """
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(predicted)} predictions but {len(truth)} truth values")
+    given = [(p, t.strip()) for p, t in zip(predicted, truth) if t.strip()]
+    excluded: Counter[str] = Counter()
+    if label_order:
+        canonical = {_folded(label): label for label in label_order}
+        pairs = []
+        for p, t in given:
+            label = canonical.get(_folded(t))
+            if label is None:
+                excluded[t] += 1
+            else:
+                pairs.append((p, label))
+        if given and not pairs:
+            shown = ", ".join(f"{value!r} ({n})" for value, n in excluded.most_common(10))
+            more = f" and {len(excluded) - 10} more" if len(excluded) > 10 else ""
+            raise LabelSetError("ground truth", f"no truth value is a label of the set: {shown}{more}",
+                                f"The set's labels are: {', '.join(label_order)}. Check that the truth "
+                                "column belongs to this label set (--truth COLUMN), or fix its values.")
+    else:
+        pairs = given
     seen = {t for _, t in pairs} | {p for p, _ in pairs}
     classes = [c for c in label_order if c in seen] + sorted(seen - set(label_order))
     position = {c: i for i, c in enumerate(classes)}
@@ -70,7 +109,8 @@ def evaluate(predicted: Sequence[str], truth: Sequence[str], label_order: Sequen
         accuracy=float(correct.sum() / count) if count else 0.0,
         balanced_accuracy=float(np.mean(present)) if present else 0.0,
         macro_f1=float(np.mean([s.f1 for s in scores])) if scores else 0.0,
-        classes=classes, per_class=scores, confusion=confusion)
+        classes=classes, per_class=scores, confusion=confusion,
+        excluded=dict(excluded.most_common()))
 
 
 def draw_confusion(evaluation: Evaluation, out: str | os.PathLike[str], title: str = "") -> str:

@@ -1,20 +1,31 @@
 """Contact sheets: photos in a grid with a caption under each, saved as one image.
 
-Used for search results (``--grid``) and classification review grids.
+Used for search results (``--grid``) and classification review grids. A sheet
+is sized by the photos it draws (never by how many were asked for) and is
+refused, before any pixel is allocated, when it would exceed
+:data:`MAX_GRID_PIXELS` or :data:`MAX_SIDE_PX`.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from clipdex.decode import load_image
-from clipdex.errors import ImageDecodeError
+from clipdex.errors import ClipdexError, ImageDecodeError, OutputError
+from clipdex.fileio import write_atomically
 
+# Pillow's own decompression-bomb limit: a larger sheet would warn or fail when opened
+# again with Pillow, and takes 3 bytes a pixel (here ~270 MB) to draw.
+MAX_GRID_PIXELS = 89_478_485
+MAX_SIDE_PX = 65_500  # JPEG cannot store a side above 65,535 pixels
+MIN_THUMB_PX, MAX_THUMB_PX = 16, 1024
 THUMB_PX = 224
 CAPTION_PX = 40
 PAD_PX = 8
@@ -24,12 +35,26 @@ MISSING = (210, 210, 210)
 TEXT = (20, 20, 20)
 
 
+class GridError(OutputError):
+    """A contact sheet that cannot be drawn: too large, or an unknown image type."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        ClipdexError.__init__(self, f"grid {path}: {problem}. {fix}")
+        self.path = path
+        self.option = "--grid"
+
+
 @dataclass(frozen=True)
 class Tile:
-    """One photo of a sheet and the text under it."""
+    """One photo of a sheet and the text under it.
+
+    ``path`` is the photo's display path; ``fs_path`` the path to open when it
+    differs (a file name that is not valid UTF-8).
+    """
 
     path: str
     caption: str
+    fs_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,14 +90,70 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | 
     return text + "…"
 
 
-def draw_rows(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int = THUMB_PX,
-              columns: int | None = None) -> str:
-    """Draw titled rows of captioned thumbnails into ``out`` (JPEG or PNG by extension)."""
-    columns = columns or max((len(r.tiles) for r in rows), default=1) or 1
+def sheet_size(rows: Sequence[Row], *, thumb: int = THUMB_PX, columns: int | None = None) -> tuple[int, int]:
+    """(width, height) in pixels of the sheet :func:`draw_rows` would draw."""
+    columns = _columns(rows, columns)
     titled = any(r.title for r in rows)
     cell_w, cell_h = thumb + PAD_PX, thumb + CAPTION_PX + PAD_PX
     row_h = cell_h + (TITLE_PX if titled else 0)
-    sheet = Image.new("RGB", (columns * cell_w + PAD_PX, max(1, len(rows)) * row_h + PAD_PX), BACKGROUND)
+    return columns * cell_w + PAD_PX, max(1, len(rows)) * row_h + PAD_PX
+
+
+def _columns(rows: Sequence[Row], columns: int | None) -> int:
+    """As many columns as the fullest row draws (at most ``columns``), at least one."""
+    drawn = max((len(r.tiles) for r in rows), default=0)
+    if columns is not None:
+        drawn = min(drawn, columns)
+    return max(1, drawn)
+
+
+def check_sheet(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int = THUMB_PX,
+                columns: int | None = None) -> tuple[int, int]:
+    """Raise :class:`GridError` unless the sheet can be drawn and saved; return its size.
+
+    Checked before anything is allocated: the thumbnail size, the image type of
+    ``out`` (by extension) and the sheet's size in pixels.
+    """
+    shown = os.fspath(out)
+    if isinstance(thumb, bool) or not isinstance(thumb, int) or not MIN_THUMB_PX <= thumb <= MAX_THUMB_PX:
+        raise GridError(shown, f"thumbnail size {thumb!r} is not between {MIN_THUMB_PX} and {MAX_THUMB_PX} "
+                        "pixels", "Use e.g. 160.")
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise GridError(shown, f"columns {columns!r} is not a positive whole number", "Use e.g. 8.")
+    _image_format(shown)
+    width, height = sheet_size(rows, thumb=thumb, columns=columns)
+    if width * height > MAX_GRID_PIXELS or max(width, height) > MAX_SIDE_PX:
+        raise GridError(shown, f"the sheet would be {width:,} x {height:,} pixels, more than clipdex draws "
+                        f"({MAX_GRID_PIXELS / 1e6:.0f} megapixels, {MAX_SIDE_PX:,} pixels a side)",
+                        "Draw fewer photos (fewer results, or fewer per label) or smaller thumbnails.")
+    return width, height
+
+
+def _image_format(out: str) -> str:
+    extension = os.path.splitext(out)[1].lower()
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None or image_format not in Image.SAVE:
+        raise GridError(out, f"{extension or 'a name without an extension'} is not an image type clipdex "
+                        "can write", "Name the file .jpg or .png.")
+    return image_format
+
+
+def draw_rows(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int = THUMB_PX,
+              columns: int | None = None) -> str:
+    """Draw titled rows of captioned thumbnails into ``out`` (JPEG or PNG by extension).
+
+    The sheet has as many columns as the fullest row draws (at most
+    ``columns``). It is written through a temporary file, so ``out`` never
+    holds half an image. Raises :class:`GridError` for a sheet that is too
+    large or an unknown image type, :class:`~clipdex.errors.OutputError` when
+    ``out`` cannot be written.
+    """
+    width, height = check_sheet(rows, out, thumb=thumb, columns=columns)
+    columns = _columns(rows, columns)
+    titled = any(r.title for r in rows)
+    cell_h = thumb + CAPTION_PX + PAD_PX
+    cell_w = thumb + PAD_PX
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     small, big = _font(15), _font(22)
     y = PAD_PX
@@ -83,19 +164,27 @@ def draw_rows(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int = 
             y += TITLE_PX
         for col, tile in enumerate(row.tiles[:columns]):
             x = PAD_PX + col * cell_w
-            sheet.paste(_thumbnail(tile.path, thumb), (x, y))
+            sheet.paste(_thumbnail(tile.fs_path or tile.path, thumb), (x, y))
             for line_no, line in enumerate(tile.caption.split("\n")[:2]):
                 draw.text((x, y + thumb + 3 + line_no * 18), _fit_text(draw, line, small, thumb),
                           fill=TEXT, font=small)
         y += cell_h
     out = os.fspath(out)
-    sheet.save(out, quality=90) if out.lower().endswith((".jpg", ".jpeg")) else sheet.save(out)
+    image_format = _image_format(out)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format=image_format, **({"quality": 90} if image_format == "JPEG" else {}))
+    try:
+        write_atomically(Path(out), buffer.getvalue())
+    except OSError as e:
+        raise OutputError(out, "--grid", f"cannot be written ({e.strerror or e})") from None
     return out
 
 
 def draw_grid(tiles: Sequence[Tile], out: str | os.PathLike[str], *, thumb: int = THUMB_PX,
               columns: int | None = None) -> str:
     """Draw tiles in a square-ish grid without titles (search results)."""
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise GridError(os.fspath(out), f"columns {columns!r} is not a positive whole number", "Use e.g. 8.")
     columns = columns or max(1, math.ceil(math.sqrt(len(tiles))))
     rows = [Row("", tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
     return draw_rows(rows, out, thumb=thumb, columns=columns)
