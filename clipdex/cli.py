@@ -769,9 +769,8 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
     import uvicorn
 
     from clipdex.index import Index
-    from clipdex.web import app as web_app
     from clipdex.web import create_app
-    from clipdex.web.app import load_metadata
+    from clipdex.web.app import DEFAULT_ALLOWED_HOSTS, load_metadata
 
     if metadata and not key:
         raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
@@ -780,12 +779,8 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
     err = _console(stderr=True)
     err.print(f"loading the model of {index.path} …", markup=False)
     index.encoder.encode_texts(["warm up"])  # load (and export, the first time) before serving
-    defaults = getattr(web_app, "DEFAULT_ALLOWED_HOSTS", None)
-    if defaults is not None:
-        allowed = tuple(dict.fromkeys((*defaults, host, *allow_hosts)))  # in order, once each
-        app = create_app(index, table, allowed_hosts=allowed)  # type: ignore[call-arg,unused-ignore]
-    else:  # a web app without the host guard
-        app = create_app(index, table)
+    allowed = tuple(dict.fromkeys((*DEFAULT_ALLOWED_HOSTS, host, *allow_hosts)))  # in order, once each
+    app = create_app(index, table, allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host
     err.print(f"clipdex is serving {index.status().indexed} photos at [bold]{_t(f'http://{shown}:{port}/')}[/] "
               "(Ctrl-C stops it)")
@@ -813,18 +808,19 @@ def status_cmd(index_dir: str | None, all_failures: bool, as_json: bool) -> None
 
         click.echo(json.dumps(serialize.index_status(status, failures), indent=2))
         return
-    missing = list(getattr(status, "missing_roots", None) or [])
+    missing = set(status.missing_roots)
     out = _console()
-    out.print(f"[bold]index[/]   {_t(status.path)}")
-    out.print(f"folders  {_t(', '.join(status.roots) or '-')}")
+    out.print(f"[bold]index[/]   {_t(status.path)}" + ("  (read-only here)" if status.readonly else ""))
+    out.print(f"folders  {_t(', '.join(r for r in status.roots if r not in missing) or '-')}")
     if missing:
-        out.print(f"[bold yellow]gone[/]     {_t(', '.join(missing))}")
-        out.print("         (no longer on disk: `clipdex remove --missing` forgets them; after a move, "
+        out.print(f"[bold yellow]gone[/]     {_t(', '.join(status.missing_roots))}")
+        out.print(f"         ({status.missing_photos} photos no longer on disk, not searched. "
+                  "`clipdex remove --missing` forgets these folders; after a move, "
                   "`clipdex index NEW_PLACE` reuses their vectors)")
     out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
     for m in status.models:
         out.print(f"model    {m.name} ({m.key}), {m.dim}-d {m.precision}: {m.photos} photos", markup=False)
-    for problem in getattr(status, "problems", None) or []:
+    for problem in status.problems:
         out.print(f"[bold red]problem[/]  {_t(problem)}")
     shown = failures if all_failures else failures[:20]
     if shown:
@@ -858,11 +854,11 @@ def remove_cmd(folder: str | None, missing: bool, index_dir: str | None, as_json
         raise click.UsageError("give a FOLDER to forget, or --missing (every folder that no longer exists)")
     with Index.open(index_dir) as index:
         if missing:
-            roots = list(index.prune_missing())  # type: ignore[attr-defined,unused-ignore]
+            roots = index.prune_missing()
             removed = None
         else:
             assert folder is not None
-            removed = int(index.remove_folder(folder))  # type: ignore[attr-defined,unused-ignore]
+            removed = index.remove_folder(folder)
             roots = [folder]
     if as_json:
         click.echo(json.dumps({"removed_roots": roots, "photos_removed": removed}, indent=2))

@@ -58,10 +58,12 @@ def test_out_of_range_options_are_usage_errors(tmp_path: Path, args: list[str], 
     assert not (tmp_path / "idx").exists()
 
 
-def test_the_result_limit_matches_the_library() -> None:
+def test_the_limits_match_the_library() -> None:
+    from clipdex import review
     from clipdex.index import MAX_K
 
     assert cli.MAX_RESULTS == MAX_K
+    assert getattr(review, "MAX_PER_LABEL", cli.MAX_PER_LABEL) == cli.MAX_PER_LABEL
 
 
 @pytest.fixture()
