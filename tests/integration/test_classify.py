@@ -20,6 +20,7 @@ from clipdex.errors import LabelSetError
 from clipdex.evaluate import evaluate
 from clipdex.export import KeyMatcher
 from clipdex.labels import builtin_templates, load_label_sets, make_label_set
+from clipdex.review import draw_review
 
 # The example in clipdex.labels' docstring: the test keeps the documentation true.
 SETS_TOML = textwrap.dedent(labels_module.__doc__.split("::\n", 1)[1].split("\nOptional", 1)[0])
@@ -228,3 +229,99 @@ def test_classify_errors(indexed: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "{}" in bad.output
     missing = runner.invoke(main, ["review", "nothing", "--index", str(indexed), "--grid", "x.png"])
     assert missing.exit_code == 1 and "clipdex classify" in missing.output
+
+
+def test_a_bad_label_file_fails_before_any_index_or_model_is_touched(tmp_path: Path) -> None:
+    sets = tmp_path / "sets.yaml"
+    sets.write_text("answer:\n  labels: [yes, no]\n  min_prob: 7\n")
+    result = CliRunner().invoke(main, ["classify", "--index", str(tmp_path / "no-index"), "--labels-file",
+                                       str(sets)])
+    assert result.exit_code == 1
+    assert "sets.yaml line 3, label set 'answer': min_prob 7 is not a probability" in result.output
+    assert not (tmp_path / "no-index").exists()
+
+
+def test_yaml_yes_no_labels_classify_as_the_words(indexed: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "sets.yaml"
+    sets.write_text("answer:\n  labels: [yes, no]\n  templates: ['{}']\n")
+    with Index.open(indexed) as index:
+        (result,) = index.classify(load_label_sets(sets))
+    assert result.labels == ["yes", "no"] and set(result.predicted) <= {"yes", "no"}
+
+
+def test_join_keeps_a_truth_column_named_like_the_set_and_evaluate_reads_it(
+        indexed: Path, tmp_path: Path, photos: Path) -> None:
+    stems = sorted(p.stem for p in photos.rglob("*.jpg"))
+    table = tmp_path / "photos.csv"
+    truth = ["indoor", "Outdoor ", "sunset", ""]
+    with open(table, "w", newline="", encoding="utf-8-sig") as f:
+        writer = csv.writer(f, delimiter=";")
+        writer.writerow(["photo_id", "taken_space", "note"])
+        for i, stem in enumerate(stems):
+            writer.writerow([stem, truth[i % 4], "ä"])
+    runner = CliRunner()
+    out = tmp_path / "joined.csv"
+    joined = runner.invoke(main, ["classify", "--index", str(indexed), "--name", "taken_space", "--labels",
+                                  "indoor,outdoor", "--metadata", str(table), "--key", "photo_id",
+                                  "--metadata-out", str(out)])
+    assert joined.exit_code == 0, joined.output
+    assert out.read_bytes().startswith(b"\xef\xbb\xbfphoto_id;taken_space;note;taken_space_pred;")
+    with open(out, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    assert [r[1] for r in rows[1:]] == [truth[i % 4] for i in range(len(stems))]  # the truth, untouched
+    assert {r[3] for r in rows[1:]} <= {"indoor", "outdoor"}
+    with Index.open(indexed) as index:
+        evaluation, matched = index.evaluate("taken_space", out, "photo_id")
+    assert evaluation.excluded == {"sunset": 3}
+    assert evaluation.count == 6  # 3 indoor + 3 "Outdoor " (case and spaces ignored)
+    assert matched >= evaluation.count
+    metrics = runner.invoke(main, ["evaluate", "taken_space", "--index", str(indexed), "--metadata", str(out),
+                                   "--key", "photo_id", "--json"])
+    assert metrics.exit_code == 0, metrics.output
+    assert json.loads(metrics.output)["excluded"] == {"sunset": 3}
+
+
+def test_a_truth_column_of_another_set_is_an_error_naming_values_and_labels(indexed: Path,
+                                                                           tmp_path: Path) -> None:
+    with Index.open(indexed) as index:
+        (result,) = index.classify([make_label_set("taken_space", ["indoor", "outdoor"])])
+    table = tmp_path / "t.csv"
+    table.write_text("photo_id,taken_space\n" + "".join(f"{Path(p).stem},night\n" for p in result.paths))
+    out = CliRunner().invoke(main, ["evaluate", "taken_space", "--index", str(indexed), "--metadata",
+                                    str(table), "--key", "photo_id"])
+    assert out.exit_code == 1
+    assert "'night' (12)" in out.output and "indoor, outdoor" in out.output
+
+
+def test_review_with_a_huge_per_label_is_refused_and_a_large_one_stays_small(indexed: Path,
+                                                                            tmp_path: Path) -> None:
+    with Index.open(indexed) as index:
+        index.classify([make_label_set("taken_space", ["indoor", "outdoor"])])
+    runner = CliRunner()
+    huge = runner.invoke(main, ["review", "taken_space", "--index", str(indexed), "--grid",
+                                str(tmp_path / "huge.png"), "--per-label", "100000"])
+    assert huge.exit_code != 0 and "per-label" in huge.output.replace("per_label", "per-label")
+    assert not (tmp_path / "huge.png").exists()
+    with Index.open(indexed) as index:
+        result = index.classification("taken_space")
+    with pytest.raises(LabelSetError, match="per_label 100000 is not between 1 and 500"):
+        draw_review(result, tmp_path / "huge.png", per_label=100_000)
+    assert not (tmp_path / "huge.png").exists()
+    large = runner.invoke(main, ["review", "taken_space", "--index", str(indexed), "--grid",
+                                 str(tmp_path / "large.png"), "--per-label", "500"])
+    assert large.exit_code == 0, large.output
+    assert Image.open(tmp_path / "large.png").width <= 8 + 12 * 168  # at most the 12 photos, not 500
+
+
+def test_classify_min_prob_outside_zero_one_is_refused(indexed: Path) -> None:
+    out = CliRunner().invoke(main, ["classify", "--index", str(indexed), "--name", "t", "--labels", "a,b",
+                                    "--min-prob", "7"])
+    assert out.exit_code != 0 and "min-prob" in out.output.replace("min_prob", "min-prob")
+    threshold = CliRunner().invoke(main, ["classify", "--index", str(indexed), "--name", "t", "--labels",
+                                          "a,b", "--multi-label", "--threshold", "7"])
+    assert threshold.exit_code != 0 and "threshold" in threshold.output
+    edge = CliRunner().invoke(main, ["classify", "--index", str(indexed), "--name", "t", "--labels",
+                                     "a,b", "--multi-label", "--threshold", "1"])
+    assert edge.exit_code == 1 and "threshold 1.0 is not a probability between 0 and 1 (exclusive)" in edge.output
+    with Index.open(indexed) as index, pytest.raises(LabelSetError, match="min_prob 7"):
+        index.classify([make_label_set("t", ["a", "b"])], min_prob=7)
