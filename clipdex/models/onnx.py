@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,13 @@ ONNX_PRECISIONS = ("fp32", "int8")
 # per-channel 7-bit weights (recipe 1's 8-bit weights saturated AVX2's
 # multiply-add without VNNI: cosine to fp32 fell to 0.989; now 0.9997).
 VISUAL_FILES = {"fp32": "visual-fp32.onnx", "int8": "visual-int8-r2.onnx"}
+STALE_TEMP_S = 3600  # a temporary export older than this is abandoned, whoever made it
+# Temporary exports and quantisations carry the pid of the process writing them, so
+# that a later export can tell the leftovers of a killed run (pid gone) from work
+# in progress: "<model>-vN.tmp-<pid>-<random>/" and "visual-int8-r2.<pid>.tmp".
+TEMP_EXPORT = re.compile(r".+\.tmp-(\d+)-[A-Za-z0-9_]+")
+TEMP_QUANTISED = re.compile(r".+\.(\d+)\.tmp")
+LEGACY_TEMP_EXPORT = re.compile(r".+-v\d+\.[a-z0-9_]{8}")  # mkdtemp's names before the pid was in them
 
 
 def export_dir(spec: ModelSpec) -> Path:
@@ -58,6 +66,7 @@ def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
     folder = export_dir(spec)
     meta = read_meta(spec)
     if meta is None or not (folder / VISUAL_FILES["fp32"]).exists():
+        remove_stale_exports(folder.parent)
         log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for ViT-B-32) "
                  "into %s", spec.name, folder)
         _export(spec, folder)
@@ -71,6 +80,7 @@ def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
 
         log.info("quantising %s to int8 (once per model)", spec.name)
 
+        remove_stale_exports(folder)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
         root = logging.getLogger()
         level = root.level
@@ -80,11 +90,59 @@ def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
             # cannot overflow int16 on CPUs without VNNI (AVX2's vpmaddubsw).
             quantize_dynamic(str(folder / VISUAL_FILES["fp32"]), str(tmp), weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             root.setLevel(level)
-        os.replace(tmp, target)
         (folder / "visual-int8.onnx").unlink(missing_ok=True)  # recipe 1's, if any
     return meta
+
+
+def remove_stale_exports(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete the temporary exports in ``folder`` that a killed process left behind.
+
+    One is stale when the process named in it is gone, or when it is older than
+    :data:`STALE_TEMP_S` (a pid may be reused). Returns what was removed.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMP_EXPORT.fullmatch(entry.name) or TEMP_QUANTISED.fullmatch(entry.name)
+        if match is None and not LEGACY_TEMP_EXPORT.fullmatch(entry.name):
+            continue
+        try:
+            old = now - entry.stat().st_mtime > STALE_TEMP_S
+        except OSError:
+            continue
+        if not old and (match is None or _process_alive(int(match.group(1)))):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d unfinished ONNX export(s) left by a stopped process in %s",
+                 len(removed), folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _attention(attn: Any, x: Any, mask: Any) -> Any:
@@ -158,7 +216,7 @@ def _export(spec: ModelSpec, folder: Path) -> None:
     clip_bpe = (type(tokenizer) is SimpleTokenizer and getattr(tokenizer, "reduction_fn", None) is None
                 and tokenizer.clean_fn.__name__ == "_clean_lower")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     try:
         size = torch_encoder.image_size
         # Grad mode on: with it off, nn.MultiheadAttention takes a fused fast path

@@ -272,7 +272,8 @@ class Store:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 

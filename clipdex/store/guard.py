@@ -92,8 +92,8 @@ def _quick_check(conn: sqlite3.Connection | None) -> str:
         rows = conn.execute("PRAGMA quick_check(3)").fetchall()
     except sqlite3.Error as e:
         return str(e)
-    found = [str(r[0]) for r in rows if r[0] != "ok"]
-    return "; ".join(found)
+    lines = [line.strip() for r in rows if r[0] != "ok" for line in str(r[0]).splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith("***"))
 
 
 @contextlib.contextmanager

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +17,7 @@ import numpy as np
 import pytest
 
 from clipdex import Index
-from clipdex.errors import IndexDamaged, PhotoFolderError
+from clipdex.errors import IndexDamaged, IndexStorageError, PhotoFolderError
 from clipdex.store import Store
 from tests.images import write_photos
 
@@ -191,3 +197,207 @@ def test_nested_folders_count_each_photo_once(tmp_path: Path, photos: Path,
         index.add(trip)
         assert index.remove_folder(photos) == 10  # trip/ keeps its own two
         assert index.status().indexed == 2 and len(index.search("a photo", k=20)) == 2
+
+
+# -- read-only indexes ------------------------------------------------------------
+def _assert_reads_but_refuses_writes(index: Index, photos: Path) -> None:
+    assert index.store.readonly and index.status().readonly
+    assert index.status().indexed == 12
+    assert len(index.search("a photo", k=5)) == 5
+    assert index.classification("taken_space").paths
+    with pytest.raises(IndexStorageError, match="read-only"):
+        index.add(photos)
+    with pytest.raises(IndexStorageError, match="read-only"):
+        index.correct("taken_space", index.search("a photo", k=1)[0].file_id, "indoor")
+
+
+def _indexed(tmp_path: Path, photos: Path, model_kwargs: dict[str, str]) -> Path:
+    idx = tmp_path / "idx"
+    with _open(idx, model_kwargs) as index:
+        index.add(photos)
+        index.classify([_labels()])
+    return idx
+
+
+def test_a_read_only_open_reads_and_refuses_writes(tmp_path: Path, photos: Path,
+                                                   model_kwargs: dict[str, str]) -> None:
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    with Index.open(idx, readonly=True, **model_kwargs) as index:
+        _assert_reads_but_refuses_writes(index, photos)
+
+
+def test_an_index_that_cannot_be_written_opens_read_only(tmp_path: Path, photos: Path,
+                                                         model_kwargs: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).startswith(str(idx))
+                        and mode & os.W_OK else real_access(p, mode, **kw))
+    with Index.open(idx, **model_kwargs) as index:  # as a read-only mount or chmod look to a user
+        _assert_reads_but_refuses_writes(index, photos)
+
+
+def _mount_read_only(source: Path, target: Path) -> None:
+    target.mkdir()
+    for cmd in (["mount", "--bind", str(source), str(target)],
+                ["mount", "-o", "remount,bind,ro", str(target)]):
+        if subprocess.run(cmd, capture_output=True).returncode:
+            subprocess.run(["umount", str(target)], capture_output=True)
+            pytest.skip("needs permission to mount (root with CAP_SYS_ADMIN)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
+                    reason="a read-only bind mount needs root on Linux")
+def test_an_index_on_a_read_only_mount(tmp_path: Path, photos: Path,
+                                       model_kwargs: dict[str, str]) -> None:
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    assert not (idx / "catalog.sqlite-shm").exists()  # closed cleanly: none to read through
+    ro = tmp_path / "ro"
+    _mount_read_only(idx, ro)
+    try:
+        with Index.open(ro, **model_kwargs) as index:
+            _assert_reads_but_refuses_writes(index, photos)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_a_read_only_index_too_old_to_read_says_so(tmp_path: Path) -> None:
+    Store.open(tmp_path / "idx", create=True).close()
+    conn = sqlite3.connect(tmp_path / "idx" / "catalog.sqlite")
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with pytest.raises(IndexStorageError, match=r"schema version 3.*read-only.*write access"):
+        Store.open(tmp_path / "idx", readonly=True)
+
+
+# -- damaged catalogs ---------------------------------------------------------------
+def test_a_damaged_catalog_is_reported_with_the_fix(tmp_path: Path, photos: Path,
+                                                    model_kwargs: dict[str, str]) -> None:
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    catalog = idx / "catalog.sqlite"
+    data = bytearray(catalog.read_bytes())
+    data[4096:] = b"\xa5" * (len(data) - 4096)  # every page after the first: garbage
+    catalog.write_bytes(bytes(data))
+    with pytest.raises(IndexDamaged, match=r"catalog.sqlite cannot be read.*move it aside") as caught, \
+            Index.open(idx, **model_kwargs) as index:
+        index.status()
+        index.search("a photo")
+    assert f"mv {idx} {idx}.damaged" in str(caught.value)
+
+
+def test_a_catalog_that_is_not_sqlite_is_reported(tmp_path: Path, photos: Path,
+                                                  model_kwargs: dict[str, str]) -> None:
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    (idx / "catalog.sqlite").write_bytes(b"\0" * 8192)
+    with pytest.raises(IndexDamaged, match="is not a SQLite database"):
+        Index.open(idx, **model_kwargs)
+
+
+def test_an_empty_catalog_beside_vectors_is_damage_not_a_new_index(
+        tmp_path: Path, photos: Path, model_kwargs: dict[str, str]) -> None:
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    (idx / "catalog.sqlite").write_bytes(b"")
+    for create in (False, True):
+        with pytest.raises(IndexDamaged, match=r"empty \(0 bytes\) but vectors/ still holds model-1.f32"):
+            Index.open(idx, create=create, **model_kwargs)
+    assert (idx / "catalog.sqlite").stat().st_size == 0  # never reset
+
+
+def test_an_empty_catalog_of_a_killed_first_run_is_a_new_index(tmp_path: Path) -> None:
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "catalog.sqlite").write_bytes(b"")
+    store = Store.open(tmp_path / "idx", create=True)
+    try:
+        assert store.models() == [] and store.roots() == []
+    finally:
+        store.close()
+
+
+# -- two first runs at once -----------------------------------------------------
+FIRST_RUN = textwrap.dedent("""
+    import os, sys, time
+    from clipdex import Index
+    index_dir, photos, config, weights, go = sys.argv[1:6]
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    with Index.open(index_dir, create=True, model_config=config, weights=weights) as index:
+        report = index.add(photos, wait=True)
+        print(report.encoded, report.unchanged)
+""")
+
+
+def test_two_first_runs_at_once_both_succeed(tmp_path: Path, photos: Path, tiny_model) -> None:
+    config, weights = tiny_model
+    go = tmp_path / "go"
+    runs = [subprocess.Popen([sys.executable, "-c", FIRST_RUN, str(tmp_path / "idx"), str(photos),
+                              str(config), str(weights), str(go)], env=os.environ.copy(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]
+    go.touch()
+    results = [run.communicate(timeout=240) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err for _, err in results]
+    done = sorted(tuple(map(int, out.split())) for out, _ in results)
+    assert done == [(0, 12), (0, 12), (12, 0)]  # one encoded; the others found it done
+    with Index.open(tmp_path / "idx", model_config=config, weights=weights) as index:
+        assert len(index.store.models()) == 1 and index.status().indexed == 12
+
+
+# -- a full disk -------------------------------------------------------------------
+def test_a_full_disk_while_indexing_is_a_clear_error_and_keeps_finished_batches(
+        tmp_path: Path, photos: Path, model_kwargs: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdex import IndexSettings
+    from clipdex.store import vectors
+
+    real_write = os.write
+    calls = {"n": 0}
+
+    def write(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] > 2:  # two batches fit, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(vectors.os, "write", write)
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        with pytest.raises(IndexStorageError, match=r"disk full while writing .*model-1\.f32.*"
+                           r"Free space and run again: finished batches are kept"):
+            index.add(photos, settings=IndexSettings(batch_size=4))
+        assert index.status().indexed == 8 and index.status().problems == []
+        monkeypatch.setattr(vectors.os, "write", real_write)
+        report = index.add(photos)
+    assert (report.unchanged, report.encoded) == (8, 4)
+
+
+def test_a_full_disk_in_the_catalog_is_a_clear_error(tmp_path: Path, photos: Path,
+                                                     model_kwargs: dict[str, str]) -> None:
+    from clipdex.labels import make_label_set
+
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    with Index.open(idx, **model_kwargs) as index:
+        index.store.conn.execute("PRAGMA max_page_count = 1")  # cannot grow (clamped to its size)
+        many = make_label_set("many", [f"label {i}" for i in range(400)], ["a photo of {}"])
+        with pytest.raises(IndexStorageError, match="disk full while writing the catalog"):
+            index.classify([many])  # 12 x 400 probabilities need new pages: SQLITE_FULL
+
+
+# -- names that are not UTF-8 -----------------------------------------------------
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses names that are not UTF-8")
+def test_names_that_are_not_utf8_are_opened_by_their_real_path(
+        tmp_path: Path, photos: Path, model_kwargs: dict[str, str]) -> None:
+    raw = os.fsencode(photos) + b"/caf\xe9.jpg"
+    shutil.copy(photos / "photo-003.jpg", raw)
+    real = os.fsdecode(raw)
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        index.add(photos)
+        found = index.searchable()
+        i = found.fs_paths.index(real)
+        assert found.paths[i] == str(photos / "caf\\xe9.jpg") and os.path.isfile(found.fs_paths[i])
+        for ref in ("caf\\xe9.jpg", real, str(photos / "caf\\xe9.jpg")):
+            hit = index.search(f"@'{ref}'", k=1)[0]  # quoted: the query keeps the backslash
+            assert hit.path == found.paths[i] and hit.score == pytest.approx(1.0, abs=1e-5)
+        (result,) = index.classify([_labels()])
+        stored = index.classification("taken_space")
+        for labelled in (result, stored):
+            assert labelled.fs_paths is not None
+            assert labelled.fs_paths[labelled.paths.index(found.paths[i])] == real
