@@ -129,6 +129,10 @@ def model_options(f: F) -> F:
     return f
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _fail(ctx: click.Context, message: str, code: int = EXIT_ERROR) -> None:
     click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
     ctx.exit(code)
@@ -814,7 +818,7 @@ def status_cmd(index_dir: str | None, all_failures: bool, as_json: bool) -> None
     out.print(f"folders  {_t(', '.join(r for r in status.roots if r not in missing) or '-')}")
     if missing:
         out.print(f"[bold yellow]gone[/]     {_t(', '.join(status.missing_roots))}")
-        out.print(f"         ({status.missing_photos} photos no longer on disk, not searched. "
+        out.print(f"         ({_count(status.missing_photos, 'photo')} no longer on disk, not searched. "
                   "`clipdex remove --missing` forgets these folders; after a move, "
                   "`clipdex index NEW_PLACE` reuses their vectors)")
     out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
@@ -870,7 +874,7 @@ def remove_cmd(folder: str | None, missing: bool, index_dir: str | None, as_json
         for root in roots:
             out.print(f"forgot {root} (no longer on disk)", markup=False)
     else:
-        out.print(f"forgot {removed} photos of {folder}; their vectors stay for reuse "
+        out.print(f"forgot {_count(removed or 0, 'photo')} of {folder}; their vectors stay for reuse "
                   "(`clipdex index` the photos at their new place)", markup=False)
 
 
