@@ -175,7 +175,9 @@ def _decoding(name: str, source: BinaryIO) -> Iterator[None]:
     """Turn every way Pillow (and the file under it) can fail into an ImageDecodeError."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size
+            # DecompressionBombWarning (we check the size ourselves), "Corrupt EXIF data"…:
+            # a library must not print, and a bad file is reported by its failure.
+            warnings.simplefilter("ignore")
             yield
     except ImageDecodeError:
         raise

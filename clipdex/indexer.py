@@ -204,8 +204,9 @@ class Indexer:
                 if record.status == "ok" and record.content_hash in embedded:
                     report.unchanged += 1
                     continue
-                if record.status == "failed" and not self._retry(record.failure_kind,
-                                                                  record.failure_limit, limit):
+                if record.status == "failed" and not (
+                        self.settings.retry_failed
+                        or self._retry(record.failure_kind, record.failure_limit, limit)):
                     report.unchanged += 1
                     kind = record.failure_kind or "permanent"
                     reason = record.reason or "failed"
@@ -257,7 +258,7 @@ class Indexer:
             return True
         if kind == "limit":
             return judged_by is None or limit > judged_by
-        return False  # permanent: only with --retry-failed (checked by the caller)
+        return False  # permanent: only with --retry-failed
 
     def _without_own_index(self, walk: discover.Walk) -> discover.Walk:
         """``walk`` less anything inside this index's own folder (an index kept inside the

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -108,7 +109,7 @@ def test_a_name_skipped_by_an_older_clipdex_is_indexed_now(tmp_path: Path,
         index.add(tmp_path / "photos")
         record = index.model_record()
         # How clipdex before names in any encoding recorded it: a failed row, no stat.
-        index.store.commit_batch(record, __import__("numpy").zeros((0, record.dim), "float32"), [], [
+        index.store.commit_batch(record, np.zeros((0, record.dim), np.float32), [], [
             NewFile(shown, 0, 0, reason="file name is not valid UTF-8; rename the file to index it")])
         assert [f.path for f in index.failures()] == [shown]
         report = index.add(tmp_path / "photos")
