@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import time
 import urllib.parse
@@ -403,7 +404,7 @@ class Store:
 
     def missing_roots(self) -> list[str]:
         """Indexed folders that no longer exist (moved, deleted or unmounted)."""
-        return [r for r in self.roots() if not os.path.isdir(r)]
+        return [r for r in self.roots() if not _is_dir(r)]
 
     def remove_root(self, root: str) -> int:
         """Forget ``root`` and the files under it (vectors stay, for reuse by content hash).
@@ -700,6 +701,17 @@ def _roots_of(paths: Sequence[str], roots: Sequence[str]) -> list[str]:
     ordered = sorted(roots, key=len, reverse=True)
     found = {next((r for r in ordered if p.startswith(_prefix(r))), os.path.dirname(p)) for p in paths}
     return sorted(found)
+
+
+def _is_dir(root: str) -> bool:
+    """Does indexed folder ``root`` (its display form) exist? A folder whose name is not
+    UTF-8 is stored with \\xNN escapes: its real name has those bytes back."""
+    if os.path.isdir(root):
+        return True
+    if "\\x" not in root:
+        return False
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), root.encode("utf-8"))
+    return os.path.isdir(os.fsdecode(raw))
 
 
 def _fs(path: str, raw: bytes | None) -> str:

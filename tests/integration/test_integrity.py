@@ -401,3 +401,16 @@ def test_names_that_are_not_utf8_are_opened_by_their_real_path(
         for labelled in (result, stored):
             assert labelled.fs_paths is not None
             assert labelled.fs_paths[labelled.paths.index(found.paths[i])] == real
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses names that are not UTF-8")
+def test_a_folder_whose_name_is_not_utf8_is_not_taken_for_missing(
+        tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    folder = os.fsdecode(os.fsencode(tmp_path) + b"/f\xe9tes")
+    write_photos(Path(folder), 2)
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        index.add(folder)
+        status = index.status()
+        assert status.roots == [str(tmp_path / "f\\xe9tes")] and status.missing_roots == []
+        assert len(index.search("a photo", k=5)) == 2
+        assert index.remove_folder(folder) == 2
