@@ -65,9 +65,6 @@ def test_names_in_any_encoding_are_indexed_and_found_again(tmp_path: Path,
         assert records[shown].width == 96
 
 
-@pytest.mark.xfail(reason="the store's missing_roots() checks the display form of the root "
-                          "(os.path.isdir), so a root whose own name is not UTF-8 reads as gone "
-                          "and its photos are hidden from search", strict=False)
 def test_a_folder_whose_own_name_is_not_utf8(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
     root = os.fsdecode(os.fsencode(str(tmp_path)) + b"/Fotos-\xfc")
     written = _write(Path(root), NAMES[:2])
