@@ -40,6 +40,7 @@ from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query, rank
 from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
+from clipdex.store.catalog import index_option
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -525,19 +526,21 @@ class Index:
         counts = self.store.counts(missing)
         problems: list[str] = []
         models = []
+        option = index_option(self.path)
         for record in self.store.models():
-            models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
-                                      photos=self.store.count_for_model(record, missing),
-                                      precision=record.precision))
             damage = self.store.vector_damage(record, missing)
+            lost = damage.photos if damage is not None else 0
+            models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
+                                      photos=self.store.count_for_model(record, missing) - lost,
+                                      precision=record.precision))
             if damage is not None:
-                problems.append(f"{damage.describe()}. {damage.fix()}")
+                problems.append(f"{damage.describe()}. {damage.fix(self.path)}")
             unencoded = self.store.paths_without_vector(record, missing)
             if unencoded:
                 roots = self.store.innermost_roots(unencoded)
                 problems.append(
                     f"{len(unencoded)} photos have no {record.name} vector. Run "
-                    + " and ".join(f"`clipdex index {r}`" for r in roots) + " to encode them.")
+                    + " and ".join(f"`clipdex index {r}{option}`" for r in roots) + " to encode them.")
         status = IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
                              failed=counts.get("failed", 0), models=models, missing_roots=missing,
                              missing_photos=self.store.count_under(missing), problems=problems,

@@ -149,8 +149,9 @@ class VectorDamage:
             what = f"{name} has {len(c.bad_rows)} rows that are not unit vectors (zeroed or garbage)"
         return f"{what}: {self.photos} photos lost their {self.model.name} vector"
 
-    def fix(self) -> str:
-        folders = " and ".join(f"`clipdex index {r}`" for r in self.roots) or "`clipdex index FOLDER`"
+    def fix(self, index: Path | None = None) -> str:
+        option = index_option(index) if index else ""
+        folders = " and ".join(f"`clipdex index {r}{option}`" for r in self.roots or ["FOLDER"])
         return f"Run {folders} to re-encode the {self.photos} lost photos."
 
 
@@ -363,7 +364,7 @@ class Store:
                             roots=_roots_of(paths, self.roots()))
 
     def _damaged(self, damage: VectorDamage) -> IndexDamaged:
-        return IndexDamaged(self.path, damage.describe(), damage.fix())
+        return IndexDamaged(self.path, damage.describe(), damage.fix(self.path))
 
     def repair_vectors(self, model: ModelRecord) -> int:
         """Forget the vectors the file lost, so that indexing encodes those photos again.
@@ -475,7 +476,7 @@ class Store:
                 check = VectorCheck(path=e.path, expected_rows=e.expected, file_rows=e.actual,
                                     missing=e.missing, bad_rows=np.zeros(0, np.int64))
                 damage = self.vector_damage(model) or self._damage(model, check, [], None)
-                raise IndexDamaged(self.path, damage.describe(), damage.fix()) from None
+                raise self._damaged(damage) from None
             except OSError as e:
                 raise translate_os_error(self.path, e, f"writing {vector_file.path}") from e
         now = time.time()
@@ -671,6 +672,17 @@ class Store:
             prefix = _prefix(display_path(root))
             failed = [f for f in failed if f.path.startswith(prefix)]
         return failed
+
+
+def index_option(index: Path) -> str:
+    """`` --index PATH`` for a command that must reach this index ('' for the default one)."""
+    from clipdex.settings import default_index_dir
+
+    try:
+        default = default_index_dir().expanduser().resolve()
+    except Exception:  # noqa: BLE001  (a bad CLIPDEX_INDEX only costs the shorter form)
+        default = None
+    return "" if index == default else f" --index {index}"
 
 
 def _prefix(root: str) -> str:

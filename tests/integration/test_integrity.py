@@ -72,7 +72,8 @@ def test_damaged_vectors_are_reported_refused_and_repaired(
     with _open(idx, model_kwargs) as index:
         status = index.status()
         assert status.problems and f"{lost} photos lost" in status.problems[0]
-        assert f"clipdex index {photos}" in status.problems[0]
+        assert f"clipdex index {photos} --index {idx}" in status.problems[0]
+        assert status.indexed == 12 and [m.photos for m in status.models] == [12 - lost]
         for call in (lambda: index.search("a photo", k=3), lambda: index.classify([_labels()], save=False)):
             with pytest.raises(IndexDamaged, match=f"re-encode the {lost} lost photos") as caught:
                 call()
