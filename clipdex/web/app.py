@@ -25,11 +25,12 @@ import shlex
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
 import anyio
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -68,12 +69,14 @@ MAX_BODY = MAX_UPLOAD_BYTES + 1024 * 1024  # an upload and its form fields
 THUMB_SIZES = (256, 1024)
 THUMB_THREADS = 8  # thumbnails have threads of their own: never queued behind searches
 MAX_SHOWN = 60
+MAX_ID = 2**63 - 1  # SQLite's largest integer
 
 T = TypeVar("T")
+PhotoId = Annotated[int, PathParam(ge=1, le=MAX_ID)]  # photos are addressed by id, never by path
 
 
 class Correction(BaseModel):
-    file_id: int = Field(ge=1)
+    file_id: int = Field(ge=1, le=MAX_ID)
     label: str = Field(min_length=1, max_length=MAX_NAME)
 
 
@@ -154,7 +157,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
 
     # -- pages ----------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
-    async def home(q: str = Query("", max_length=MAX_QUERY), like: int | None = Query(None, ge=1),
+    async def home(q: str = Query("", max_length=MAX_QUERY), like: int | None = Query(None, ge=1, le=MAX_ID),
                    set: str = Query("", max_length=MAX_NAME), label: str = Query("", max_length=MAX_NAME),
                    page: int = Query(1, ge=1, le=MAX_OFFSET // PAGE_SIZE)) -> Response:
         return await off_loop(search_threads, home_page, q, like, set, label, page)
@@ -190,7 +193,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
                       labels_of_set=labels_of_set, status=serialize.index_status(status))
 
     @app.get("/photo/{file_id}", response_class=HTMLResponse)
-    async def photo_page(file_id: int) -> Response:
+    async def photo_page(file_id: PhotoId) -> Response:
         return await off_loop(None, photo_view, file_id)
 
     def photo_view(file_id: int) -> Response:
@@ -243,7 +246,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
 
     # -- images ---------------------------------------------------------------
     @app.get("/thumb/{file_id}")
-    async def thumb(file_id: int, size: int = Query(256)) -> Response:
+    async def thumb(file_id: PhotoId, size: int = Query(256)) -> Response:
         if size not in THUMB_SIZES:
             raise HTTPException(400, f"query parameter 'size' must be one of "
                                      f"{', '.join(map(str, THUMB_SIZES))} (got {size})")
@@ -274,7 +277,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         return serialize.search_results(q, offset, hits)
 
     @app.get("/api/similar/{file_id}")
-    async def api_similar(file_id: int, k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
+    async def api_similar(file_id: PhotoId, k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
                           offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict[str, Any]:
         """Photos most like an indexed photo ("more like this"), by its stored vector."""
         return await off_loop(search_threads, api_similar_view, file_id, k, offset)
@@ -284,7 +287,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         return serialize.search_results("@" + shlex.quote(record.path), offset, hits)
 
     @app.get("/api/photos/{file_id}")
-    async def api_photo(file_id: int) -> dict[str, Any]:
+    async def api_photo(file_id: PhotoId) -> dict[str, Any]:
         """A photo's stored facts and its labels in every classification run."""
         return await off_loop(None, api_photo_view, file_id)
 
@@ -398,15 +401,21 @@ def _validation_message(request: Request, exc: RequestValidationError) -> tuple[
     parts = []
     for e in errors[:5]:
         loc = [str(x) for x in e.get("loc", ())]
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "")
+            parts.append(f"the body is not valid JSON ({reason}, at character {loc[-1] if loc else '?'})")
+            continue
         where, name = (loc[0], ".".join(loc[1:])) if loc else ("request", "")
         message = str(e.get("msg", "is not valid"))
-        message = message[:1].lower() + message[1:]
+        if message[:2].istitle():  # "Field required" -> "field required"; "JSON …" stays
+            message = message[:1].lower() + message[1:]
         got = e.get("input")
         shown = f" (got {_shown(got)})" if got is not None and where in ("path", "query") else ""
-        parts.append(f"{where} parameter {name!r}: {message}{shown}" if name else f"{where}: {message}")
+        where = "field" if where == "body" else f"{where} parameter"
+        parts.append(f"{where} {name!r}: {message}{shown}" if name else f"{where}: {message}")
     if status == 404:
-        return 404, (f"there is no page {_shown(request.url.path)}: " + "; ".join(parts)
-                     + ". Photos are addressed by their number, e.g. /photo/1")
+        hint = " Photos are numbered: /photo/1, /api/photos/1." if "file_id" in str(errors) else ""
+        return 404, f"there is no page {_shown(request.url.path)}: " + "; ".join(parts) + "." + hint
     return 400, "bad request: " + "; ".join(parts) + "."
 
 

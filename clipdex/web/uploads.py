@@ -58,8 +58,9 @@ def check_upload(data: bytes, content_type: str | None) -> str:
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 found = image.format or "unknown"
-    except Image.DecompressionBombError:
-        raise HTTPException(413, _too_many_pixels(None, None)) from None
+    except Image.DecompressionBombError as e:  # above twice Pillow's limit: refused inside open()
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        raise HTTPException(413, _too_many_pixels(int(claimed.group(1)) if claimed else None)) from None
     except UnidentifiedImageError:
         raise HTTPException(400, "the upload is not a readable image (Pillow does not recognise "
                                  "its format); choose a JPEG, PNG, WebP, GIF, BMP or TIFF photo") from None
@@ -67,12 +68,14 @@ def check_upload(data: bytes, content_type: str | None) -> str:
         raise HTTPException(400, f"the upload is not a readable image ({_shown(str(e) or type(e).__name__)})"
                             ) from None
     if width * height > limit:
-        raise HTTPException(413, _too_many_pixels(width, height))
+        raise HTTPException(413, _too_many_pixels(width * height, f"{width} × {height} pixels"))
     suffix = FORMATS.get(found)
     if suffix is None:
         raise HTTPException(415, f"uploads must be JPEG, PNG, WebP, GIF, BMP or TIFF images, not {found}")
     try:
-        load_image(data, "the upload", max_megapixels=MAX_UPLOAD_MEGAPIXELS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd metadata: the pixels are what count
+            load_image(data, "the upload", max_megapixels=MAX_UPLOAD_MEGAPIXELS)
     except ImageDecodeError as e:
         raise HTTPException(400, f"the upload is not a readable image: {e.reason}") from None
     except Exception as e:  # noqa: BLE001 - corrupt pixel data can raise anything inside Pillow
@@ -81,10 +84,10 @@ def check_upload(data: bytes, content_type: str | None) -> str:
     return suffix
 
 
-def _too_many_pixels(width: int | None, height: int | None) -> str:
-    size = (f"claims {width} × {height} pixels ({width * height / 1e6:,.0f} megapixels)"
-            if width and height else "claims more pixels than Pillow will open")
-    return (f"the upload {size}, above the {MAX_UPLOAD_MEGAPIXELS:g}-megapixel limit that guards "
+def _too_many_pixels(pixels: int | None, size: str = "") -> str:
+    claim = (f"claims {size or f'{pixels:,} pixels'} ({pixels / 1e6:,.0f} megapixels)" if pixels
+             else "claims more pixels than Pillow will open")
+    return (f"the upload {claim}, above the {MAX_UPLOAD_MEGAPIXELS:g}-megapixel limit that guards "
             "against decompression bombs; upload a smaller copy of the photo")
 
 
