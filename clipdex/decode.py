@@ -3,6 +3,9 @@
 :func:`load_image` either returns an RGB ``PIL.Image`` ready for a model's
 preprocessing or raises :class:`~clipdex.errors.ImageDecodeError` with a reason
 a person can act on. It never lets a bad file take a batch down.
+:func:`check_image` reads only a file's header (format, size, the megapixel
+limit); :func:`open_image_file` opens one image file for a one-off read (a
+query image) without reading it whole.
 """
 
 from __future__ import annotations
