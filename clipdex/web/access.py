@@ -146,9 +146,9 @@ class IndexAccess:
             cached = self._upload_vectors.get(name)
         if cached is not None:
             return cached
-        from clipdex.decode import load_image
+        from clipdex.decode import open_image_file
 
-        image = load_image(path.read_bytes(), name)
+        image = open_image_file(str(path))
         vector = np.asarray(encode([image])[0], dtype=np.float32)
         with self.lock:
             self._upload_vectors[name] = vector

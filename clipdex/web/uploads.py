@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import warnings
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
 
-from clipdex.decode import DEFAULT_MAX_MEGAPIXELS, load_image
+from clipdex.decode import DEFAULT_MAX_MEGAPIXELS, ImageTooLarge, check_image, load_image
 from clipdex.errors import ImageDecodeError
 from clipdex.fileio import write_atomically
 
@@ -27,7 +26,7 @@ MAX_UPLOAD_MEGAPIXELS = DEFAULT_MAX_MEGAPIXELS
 FORMATS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
            "TIFF": ".tif"}
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(?:jpg|png|webp|gif|bmp|tif)$")
-MAX_SHOWN = 80
+MAX_SHOWN = 160
 
 
 def _shown(text: str) -> str:
@@ -38,7 +37,8 @@ def check_upload(data: bytes, content_type: str | None) -> str:
     """The file extension to keep an upload under, or an HTTP 4xx error that says what is wrong.
 
     The pixel count is read from the header before any pixel is decoded, then the
-    whole image is decoded once: every way Pillow can fail is a 4xx, never a 500.
+    whole image is decoded once (:mod:`clipdex.decode` turns every way Pillow can
+    fail into an ImageDecodeError): a bad upload is a 4xx, never a 500.
     """
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind and not kind.startswith("image/") and kind != "application/octet-stream":
@@ -49,44 +49,25 @@ def check_upload(data: bytes, content_type: str | None) -> str:
                                  f"this one is {len(data) / (1024 * 1024):.1f} MB")
     if not data:
         raise HTTPException(400, "the upload is empty (0 bytes); choose a photo file")
-    from PIL import Image, UnidentifiedImageError
-
-    limit = int(MAX_UPLOAD_MEGAPIXELS * 1_000_000)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                found = image.format or "unknown"
-    except Image.DecompressionBombError as e:  # above twice Pillow's limit: refused inside open()
-        claimed = re.search(r"\((\d+) pixels\)", str(e))
-        raise HTTPException(413, _too_many_pixels(int(claimed.group(1)) if claimed else None)) from None
-    except UnidentifiedImageError:
-        raise HTTPException(400, "the upload is not a readable image (Pillow does not recognise "
-                                 "its format); choose a JPEG, PNG, WebP, GIF, BMP or TIFF photo") from None
-    except Exception as e:  # noqa: BLE001 - a malformed header can raise anything inside Pillow
-        raise HTTPException(400, f"the upload is not a readable image ({_shown(str(e) or type(e).__name__)})"
-                            ) from None
-    if width * height > limit:
-        raise HTTPException(413, _too_many_pixels(width * height, f"{width} × {height} pixels"))
+        found, _width, _height = check_image(io.BytesIO(data), "the upload", max_megapixels=MAX_UPLOAD_MEGAPIXELS)
+    except ImageTooLarge as e:  # read from the header: not one pixel was decoded
+        raise HTTPException(413, _too_many_pixels(e.pixels)) from None
+    except ImageDecodeError as e:
+        raise HTTPException(400, f"the upload is not a readable image: {_shown(e.reason)}") from None
     suffix = FORMATS.get(found)
     if suffix is None:
         raise HTTPException(415, f"uploads must be JPEG, PNG, WebP, GIF, BMP or TIFF images, not {found}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's notes on odd metadata: the pixels are what count
-            load_image(data, "the upload", max_megapixels=MAX_UPLOAD_MEGAPIXELS)
+        load_image(data, "the upload", max_megapixels=MAX_UPLOAD_MEGAPIXELS)  # every Pillow failure
     except ImageDecodeError as e:
-        raise HTTPException(400, f"the upload is not a readable image: {e.reason}") from None
-    except Exception as e:  # noqa: BLE001 - corrupt pixel data can raise anything inside Pillow
-        raise HTTPException(400, f"the upload is not a readable image ({_shown(str(e) or type(e).__name__)})"
-                            ) from None
+        raise HTTPException(400, f"the upload is not a readable image: {_shown(e.reason)}") from None
     return suffix
 
 
-def _too_many_pixels(pixels: int | None, size: str = "") -> str:
-    claim = (f"claims {size or f'{pixels:,} pixels'} ({pixels / 1e6:,.0f} megapixels)" if pixels
-             else "claims more pixels than Pillow will open")
+def _too_many_pixels(pixels: int) -> str:
+    claim = f"claims {pixels:,} pixels ({pixels / 1e6:,.0f} megapixels)" if pixels else \
+        "claims more pixels than Pillow will open"
     return (f"the upload {claim}, above the {MAX_UPLOAD_MEGAPIXELS:g}-megapixel limit that guards "
             "against decompression bombs; upload a smaller copy of the photo")
 
