@@ -13,6 +13,7 @@ import pytest
 from clipdex import Index
 from clipdex.web import create_app
 from tests.conftest import free_port
+from tests.images import photo
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,8 +43,11 @@ def server(index: Index) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def test_end_to_end_in_chromium(server: str, index: Index) -> None:
+def test_end_to_end_in_chromium(server: str, index: Index, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
+
+    example = tmp_path / "example.jpg"
+    photo(99).save(example, "JPEG")
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -77,6 +81,22 @@ def test_end_to_end_in_chromium(server: str, index: Index) -> None:
         page.wait_for_selector(".card.is-corrected")
         assert "corrected: " + other in card.inner_text()
         page.screenshot(path=str(ARTIFACTS / "labels.png"), full_page=True)
+
+        # search by example: the page's own upload form (a same-origin POST the guard lets through)
+        page.goto(server + "/")
+        with page.expect_navigation():
+            page.set_input_files("#file", str(example))
+        page.wait_for_selector("#results .card img")
+        assert "q=%40upload%3A" in page.url and page.locator("#results .card").count() == 13
+        assert page.locator("#q").input_value().startswith("@upload:")
+        page.screenshot(path=str(ARTIFACTS / "upload.png"), full_page=True)
+
+        # a malformed address is a page, not raw JSON
+        response = page.goto(server + "/photo/abc")
+        assert response is not None and response.status == 404
+        assert response.headers["content-type"].startswith("text/html")
+        assert "file_id" in page.locator("#error").inner_text() and page.title().startswith("Error 404")
         browser.close()
     result = index.classification("taken_space")
     assert other in (result.truth or [])
+    assert len(list((index.path / "uploads").iterdir())) == 1
