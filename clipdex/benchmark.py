@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipdex.decode import load_image, supported_extensions
+from clipdex.decode import open_image_file, supported_extensions
 from clipdex.discover import walk
 from clipdex.errors import ClipdexError, ImageDecodeError
 from clipdex.models.registry import ModelSpec
@@ -48,9 +48,8 @@ def sample_images(folder: str | None, count: int, size: int) -> list:
         images = []
         for entry in files:
             try:
-                with open(entry.path, "rb") as f:
-                    images.append(load_image(f.read(), entry.path, draft_size=2 * size))
-            except (OSError, ImageDecodeError):
+                images.append(open_image_file(entry.fs_path, draft_size=2 * size))
+            except ImageDecodeError:
                 continue
         if images:
             return images

@@ -26,6 +26,7 @@ import click
 
 from clipdex.errors import ClipdexError
 from clipdex.labels import DEFAULT_THRESHOLD
+from clipdex.review import MAX_PER_LABEL
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1
@@ -34,7 +35,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 MAX_RESULTS = 10_000  # = clipdex.index.MAX_K (not imported: --help must stay light; a test holds them equal)
 MAX_BATCH_SIZE = 4096
 MAX_WORKERS = 256
-MAX_PER_LABEL = 500  # review grids: photos per label (each is a decoded thumbnail in memory)
 MAX_MEGAPIXELS = 100_000.0
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
 
@@ -252,10 +252,9 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     run keeps every finished batch; run the command again to resume.
     """
     from clipdex.index import Index
-    from clipdex.indexer import IndexSettings, check_folder
+    from clipdex.indexer import IndexSettings
 
-    check_folder(photo_dir)  # before anything is created
-    _check_weights_before_creating(index_dir, model, weights, model_config)
+    _check_before_creating(photo_dir, index_dir, model, weights, model_config)
     settings = IndexSettings(batch_size=batch_size, max_megapixels=max_megapixels,
                              retry_failed=retry_failed)
     if workers:
@@ -280,6 +279,9 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     out.print(f"  changed   {report.changed:>7}")
     out.print(f"  reused    {report.reused:>7}  (moved, renamed or duplicate: vector reused)")
     out.print(f"  unchanged {report.unchanged:>7}")
+    if report.retried:
+        out.print(f"  retried   {report.retried:>7}  (had failed before: unreadable then, a limit since raised,"
+                  " or --retry-failed)")
     out.print(f"  removed   {report.removed:>7}")
     out.print(f"  skipped   {len(report.failed):>7}")
     rate = f", {report.images_per_second:.1f} img/s" if report.encoded else ""
@@ -292,17 +294,21 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
             out.print(f"  … and {len(report.failed) - 20} more (clipdex status --failures)")
 
 
-def _check_weights_before_creating(index_dir: str | None, model: str | None, weights: str | None,
-                                   model_config: str | None) -> None:
-    """A first run with unavailable weights must fail before it creates an index."""
+def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
+                           model_config: str | None) -> None:
+    """A first run with a missing folder or unavailable weights must fail before it creates
+    an index. (An existing index checks the folder itself: it can say that a folder it
+    holds has gone, and how to forget it.)"""
     from pathlib import Path
 
+    from clipdex.indexer import check_folder
     from clipdex.models.registry import resolve_model
     from clipdex.models.weights import locate_weights
     from clipdex.settings import default_index_dir
     from clipdex.store.catalog import CATALOG_NAME
 
     if not (Path(index_dir) if index_dir else default_index_dir()).joinpath(CATALOG_NAME).exists():
+        check_folder(photo_dir)
         locate_weights(resolve_model(model, weights, model_config))
 
 
@@ -565,6 +571,9 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
                       f"{len(report.images_without_row)} photos without a row -> {target}", markup=False)
         for path in report.images_without_row[:5]:
             console.print(f"  no row for {path}", markup=False)
+        for theirs, ours in report.renamed.items():
+            console.print(f"  your table already has a column {theirs!r}: clipdex's is written as {ours!r}",
+                          markup=False)
     if grids:
         console.print("review grid: " + ", ".join(grids), markup=False)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import re
 import struct
 import warnings
@@ -23,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from clipdex.errors import ImageDecodeError
+from clipdex.errors import ImageDecodeError, ImageTooLarge, ImageUnreadable
 
 DEFAULT_MAX_MEGAPIXELS = 178.0  # Pillow's own decompression-bomb error threshold
 ORIGINAL_SIZE = "clipdex_original_size"  # image.info key: the file's upright (width, height)
@@ -60,35 +59,6 @@ def supported_extensions() -> tuple[str, ...]:
     registered = {ext.lower() for ext in Image.registered_extensions()}
     extra = tuple(ext for ext in PLUGIN_EXTENSIONS if ext in registered)
     return BASE_EXTENSIONS + extra
-
-
-class ImageTooLarge(ImageDecodeError):
-    """An image above the megapixel limit (``--max-megapixels``).
-
-    ``needed`` is the smallest whole-megapixel limit that admits it.
-    """
-
-    def __init__(self, path: str, pixels: int, limit_megapixels: float,
-                 size: tuple[int, int] | None = None) -> None:
-        self.pixels = pixels
-        self.limit = limit_megapixels
-        self.needed = max(1, math.ceil(pixels / 1_000_000))
-        shown = f"{size[0]}x{size[1]} ({pixels / 1e6:,.1f} megapixels)" if size else \
-            f"{pixels / 1e6:,.1f} megapixels"
-        super().__init__(path, f"image is {shown}, above the {limit_megapixels:g}-megapixel limit "
-                               "that guards against decompression bombs; if it is a genuine photo, "
-                               f"index it with --max-megapixels {self.needed}")
-
-
-class ImageUnreadable(ImageDecodeError):
-    """The operating system could not read the file (gone, permissions, an I/O error).
-
-    Unlike a bad image this may come right by itself; the indexer tries again on its next run.
-    """
-
-    def __init__(self, path: str, error: OSError) -> None:
-        self.error = error
-        super().__init__(path, f"cannot be read ({error.strerror or error})")
 
 
 def load_image(

@@ -15,10 +15,13 @@
     ├── PhotoFolderError          missing, empty or unreadable folder to index
     ├── PhotoNotFound             no indexed photo with that id
     ├── ImageDecodeError          one image that cannot be used (recorded, not fatal)
+    │   ├── ImageTooLarge         over --max-megapixels (retried once the limit is raised)
+    │   └── ImageUnreadable       the OS could not read it (retried on the next run)
     ├── QueryError                a search query that cannot be understood
     ├── LabelSetError             a label set or label file that cannot be used
     ├── TableError                a metadata table that cannot be read or joined
     └── OutputError               an output file (grid, CSV, heatmap…) that cannot be written
+        └── GridError             a contact sheet too large to draw, or of an unknown type
 
 Messages end in what to do. The CLI and the web app turn these into exit codes
 and pages; nothing below them prints.
@@ -26,6 +29,7 @@ and pages; nothing below them prints.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -150,6 +154,35 @@ class ImageDecodeError(ClipdexError):
         super().__init__(f"{path}: {reason}")
 
 
+class ImageTooLarge(ImageDecodeError):
+    """An image above the megapixel limit (``--max-megapixels``).
+
+    ``needed`` is the smallest whole-megapixel limit that admits it.
+    """
+
+    def __init__(self, path: str, pixels: int, limit_megapixels: float,
+                 size: tuple[int, int] | None = None) -> None:
+        self.pixels = pixels
+        self.limit = limit_megapixels
+        self.needed = max(1, math.ceil(pixels / 1_000_000))
+        shown = f"{size[0]}x{size[1]} ({pixels / 1e6:,.1f} megapixels)" if size else \
+            f"{pixels / 1e6:,.1f} megapixels"
+        super().__init__(path, f"image is {shown}, above the {limit_megapixels:g}-megapixel limit "
+                               "that guards against decompression bombs; if it is a genuine photo, "
+                               f"index it with --max-megapixels {self.needed}")
+
+
+class ImageUnreadable(ImageDecodeError):
+    """The operating system could not read the file (gone, permissions, an I/O error).
+
+    Unlike a bad image this may come right by itself; the indexer tries again on its next run.
+    """
+
+    def __init__(self, path: str, error: OSError) -> None:
+        self.error = error
+        super().__init__(path, f"cannot be read ({error.strerror or error})")
+
+
 class QueryError(ClipdexError):
     def __init__(self, query: str, problem: str) -> None:
         self.query = query
@@ -189,3 +222,12 @@ class OutputError(ClipdexError):
         self.path = path
         self.option = option
         super().__init__(f"{option} {path}: {problem}. Choose a path in a folder you can write to.")
+
+
+class GridError(OutputError):
+    """A contact sheet that cannot be drawn: too large, or an unknown image type."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        ClipdexError.__init__(self, f"grid {path}: {problem}. {fix}")
+        self.path = path
+        self.option = "--grid"

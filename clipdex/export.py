@@ -31,7 +31,6 @@ import codecs
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import IO, Any
 
 from clipdex.classify import Classification
 from clipdex.errors import LabelSetError, TableError
+from clipdex.fileio import replacing
 
 PROB_DIGITS = 6
 SNIFF_BYTES = 64 * 1024  # how much of a table is read to learn its encoding, delimiter and line ends
@@ -164,52 +164,13 @@ def _is_number(value: str) -> bool:
 
 @contextmanager
 def _replacing(path: Path, *, encoding: str | None = None, binary: bool = False) -> Iterator[IO[Any]]:
-    """A temporary file beside ``path``, renamed onto it when the block succeeds.
-
-    On any error (or Ctrl-C) the temporary file is removed and ``path`` is left
-    as it was. OS errors become :class:`~clipdex.errors.TableError`.
-    """
-    folder = path.parent if str(path.parent) else Path(".")
+    """:func:`clipdex.fileio.replacing`, with OS errors as :class:`~clipdex.errors.TableError`."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        with replacing(path, binary=binary, encoding=encoding) as f:
+            yield f
     except OSError as e:
         raise TableError(str(path), f"cannot be written ({e.strerror or e})",
-                         "Choose a path in a folder you can write to.") from None
-    try:
-        if binary:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-        else:
-            with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-                yield f
-        os.chmod(tmp, _new_file_mode(path))  # mkstemp made it private (0600)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise TableError(str(path), f"cannot be written ({e.strerror or e})",
-                             "Choose a path in a folder you can write to (with room on the disk).") from None
-        raise
-
-
-def _new_file_mode(path: Path) -> int:
-    """The mode ``path`` keeps (if it exists) or a new file gets under the umask."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        pass
-    umask = 0o022
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    umask = int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o666 & ~umask
+                         "Choose a path in a folder you can write to (with room on the disk).") from None
 
 
 # -- reading the user's table ------------------------------------------------

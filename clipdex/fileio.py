@@ -4,29 +4,67 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from typing import IO, Any
 
 
-def write_atomically(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` through a temporary file in the same folder.
+@contextmanager
+def replacing(target: str | os.PathLike[str], *, binary: bool = True,
+              encoding: str | None = None) -> Iterator[IO[Any]]:
+    """A file object for a temporary file beside ``target``, renamed onto it when the
+    block succeeds, so readers see the old bytes or the new, never a part.
 
     The temporary name is unique to this call, so threads and processes that
-    write the same target at once never collide; the last rename wins. The
-    folder is created if needed. Raises ``OSError`` if the file can't be
-    written, leaving no temporary file behind.
+    write the same target at once never collide; the last rename wins. The new
+    file keeps the mode of the file it replaces, or gets the umask's default
+    (not mkstemp's private 0600). On any error or Ctrl-C the temporary file is
+    removed, ``target`` is left as it was, and the error propagates (``OSError``
+    for a file that can't be written). Text mode writes ``newline=""`` (as csv wants).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    path = Path(target)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        if binary:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+        else:
+            with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+                yield f
+        os.chmod(tmp, _new_file_mode(path))
+        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` through :func:`replacing`, creating its folder if needed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(target) as f:
+        f.write(data)
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``path`` keeps (if it exists) or a new file gets under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
+@lru_cache(maxsize=1)
+def _umask() -> int:
+    umask = os.umask(0o022)  # reading it means setting it: put it straight back
+    os.umask(umask)
+    return umask
 
 
 def check_writable(path: str | os.PathLike[str], option: str) -> None:

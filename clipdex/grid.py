@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from clipdex.decode import load_image
-from clipdex.errors import ClipdexError, ImageDecodeError, OutputError
+from clipdex.decode import open_image_file
+from clipdex.errors import GridError, ImageDecodeError, OutputError
 from clipdex.fileio import write_atomically
 
 # Pillow's own decompression-bomb limit: a larger sheet would warn or fail when opened
@@ -33,15 +33,6 @@ TITLE_PX = 34
 BACKGROUND = (250, 250, 250)
 MISSING = (210, 210, 210)
 TEXT = (20, 20, 20)
-
-
-class GridError(OutputError):
-    """A contact sheet that cannot be drawn: too large, or an unknown image type."""
-
-    def __init__(self, path: str, problem: str, fix: str) -> None:
-        ClipdexError.__init__(self, f"grid {path}: {problem}. {fix}")
-        self.path = path
-        self.option = "--grid"
 
 
 @dataclass(frozen=True)
@@ -74,10 +65,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def _thumbnail(path: str, size: int) -> Image.Image:
     try:
-        with open(path, "rb") as f:
-            image = load_image(f.read(), path, draft_size=size)
+        image = open_image_file(path, draft_size=size)
         return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-    except (OSError, ImageDecodeError):
+    except ImageDecodeError:
         return Image.new("RGB", (size, size), MISSING)
 
 

@@ -346,6 +346,8 @@ class Index:
         """
         if not 1 <= k <= MAX_K:
             raise QueryError(str(query), f"k must be between 1 and {MAX_K}")
+        if offset < 0:
+            raise QueryError(str(query), f"the offset must be 0 or more, not {offset}")
         found = self.searchable()
         if not found.paths:
             raise EmptyIndex(self.path, self.model_record().key)
@@ -486,7 +488,8 @@ class Index:
         """Label set ``name``'s stored predictions against a column of a CSV table.
 
         Without a table, the corrections people made (web app) are the truth.
-        Returns the evaluation and how many photos were compared.
+        Returns the evaluation and how many photos had a truth value (``evaluation.count`` of
+        them were compared; truth values that are not labels of the set are in ``excluded``).
         """
         from clipdex.export import KeyMatcher, read_table
 

@@ -37,9 +37,11 @@ def search_results(query: str, offset: int, results: Sequence["SearchResult"]) -
             "results": [search_result(r) for r in results]}
 
 
-def failure(path: str, reason: str | None) -> dict[str, Any]:
-    """A file that could not be indexed: ``{"path", "reason"}``."""
-    return {"path": path, "reason": reason or "failed"}
+def failure(path: str, reason: str | None, kind: str | None = None) -> dict[str, Any]:
+    """A file that could not be indexed: ``{"path", "reason", "kind"}``; ``kind`` says when it
+    is tried again ('transient': every run, 'limit': once --max-megapixels is raised,
+    'permanent': with --retry-failed)."""
+    return {"path": path, "reason": reason or "failed", "kind": kind or "permanent"}
 
 
 def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None = None) -> dict[str, Any]:
@@ -48,12 +50,11 @@ def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None 
         "path": status.path, "roots": list(status.roots), "indexed": status.indexed,
         "failed": status.failed,
         "models": [{"key": m.key, "name": m.name, "dim": m.dim, "photos": m.photos,
-                    "precision": m.precision} for m in status.models]}
-    for name in ("missing_roots", "problems"):  # present once the index reports them
-        if hasattr(status, name):
-            data[name] = list(getattr(status, name))
+                    "precision": m.precision} for m in status.models],
+        "missing_roots": list(status.missing_roots), "missing_photos": status.missing_photos,
+        "problems": list(status.problems), "readonly": status.readonly}
     if failures is not None:
-        data["failures"] = [failure(f.path, f.reason) for f in failures]
+        data["failures"] = [failure(f.path, f.reason, f.failure_kind) for f in failures]
     return data
 
 
@@ -61,10 +62,10 @@ def index_report(report: "IndexReport") -> dict[str, Any]:
     """What one ``index`` run did."""
     return {"root": report.root, "model": report.model, "new": report.new, "changed": report.changed,
             "reused": report.reused, "unchanged": report.unchanged, "removed": report.removed,
-            "encoded": report.encoded, "indexed_total": report.indexed_total,
+            "encoded": report.encoded, "retried": report.retried, "indexed_total": report.indexed_total,
             "seconds": round(report.seconds, 3), "encode_seconds": round(report.encode_seconds, 3),
             "images_per_second": round(report.images_per_second, 3),
-            "failed": [failure(f.path, f.reason) for f in report.failed]}
+            "failed": [failure(f.path, f.reason, f.kind) for f in report.failed]}
 
 
 def photo_label(label: "PhotoLabel") -> dict[str, Any]:

@@ -176,8 +176,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert result.exit_code == 130 and result.output.startswith("error: interrupted")
     _no_traceback(result)
 
-    monkeypatch.setattr("clipdex.indexer.check_folder", lambda folder: None)
-    monkeypatch.setattr(cli, "_check_weights_before_creating", lambda *args: None)
+    monkeypatch.setattr(cli, "_check_before_creating", lambda *args: None)
     result = run("index", str(tmp_path), "--index", str(tmp_path / "idx"))
     assert result.exit_code == 130 and "run the same command again to resume" in result.output
     _no_traceback(result)
