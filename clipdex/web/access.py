@@ -30,7 +30,7 @@ from clipdex.search import QueryTerm, SearchResult, combine, rank
 from clipdex.store import FileRecord, Searchable, Store
 from clipdex.web.uploads import UPLOAD_NAME, upload_name
 
-READERS = 4
+READERS = 8
 UPLOAD_VECTORS = 32  # encoded uploads kept, so paging through their results encodes once
 
 
