@@ -30,6 +30,15 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as viewer
 BASE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
                    ".tif", ".tiff")
 PLUGIN_EXTENSIONS = {".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF"}
+HEADER_READS = 100_000  # reads Pillow may take to find an image's header (real ones take dozens)
+HEADER_BYTES = 64 * 2**20  # and bytes (headers with large ICC/XMP segments stay far below)
+
+# Pillow's warnings (DecompressionBombWarning: the size is checked here; "Corrupt EXIF
+# data"…) are not for the user: a bad file is reported by its failure. Filtered once
+# here, not per call: warnings.catch_warnings() is not thread-safe, and decoding runs in
+# worker threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 
 def _register_plugins() -> None:
@@ -136,22 +145,66 @@ def _open_checked(source: BinaryIO, name: str, max_megapixels: float) -> Image.I
         # Pillow's own guard refuses above 2 x MAX_IMAGE_PIXELS: let it admit what the
         # caller asked for (it is only ever raised, never lowered, so threads agree).
         Image.MAX_IMAGE_PIXELS = limit // 2 + 1
-    image = Image.open(source)
+    budget = _HeaderBudget(source)
+    try:
+        image = Image.open(budget)  # type: ignore[arg-type]  # a file object, duck-typed
+    except (UnidentifiedImageError, SyntaxError, OSError, EOFError, struct.error):
+        if budget.exhausted:
+            raise ImageDecodeError(name, "not an image: no image header in its first "
+                                         f"{HEADER_READS:,} reads or {HEADER_BYTES // 2**20} MB "
+                                         f"(first bytes: {_first_bytes(source)!r})") from None
+        raise
+    budget.exhausted = False
+    budget.unlimited = True  # the header is read: decoding reads what the image needs
     width, height = image.size
     if width * height > limit:
         raise ImageTooLarge(name, width * height, max_megapixels, (width, height))
     return image
 
 
+class _HeaderBudget:
+    """A file object that ends (reads give b"") once identifying an image has taken
+    HEADER_READS reads or HEADER_BYTES bytes.
+
+    Pillow finds an image's header by reading forward: a JPEG start marker followed
+    by gigabytes of zeros is scanned one byte per read, which took minutes. Real
+    headers, with their EXIF, ICC and XMP segments, are found in a few dozen reads.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._reads = 0
+        self._bytes = 0
+        self.exhausted = False
+        self.unlimited = False
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.unlimited:
+            self._reads += 1
+            if self._reads > HEADER_READS or self._bytes >= HEADER_BYTES:
+                self.exhausted = True
+                return b""
+            if size is None or size < 0 or size > HEADER_BYTES - self._bytes:
+                size = HEADER_BYTES - self._bytes
+        data = self._source.read(size)
+        self._bytes += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._source.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._source.tell()
+
+    def __getattr__(self, name: str) -> object:  # readable(), seekable(), fileno()…
+        return getattr(self._source, name)
+
+
 @contextlib.contextmanager
 def _decoding(name: str, source: BinaryIO) -> Iterator[None]:
     """Turn every way Pillow (and the file under it) can fail into an ImageDecodeError."""
     try:
-        with warnings.catch_warnings():
-            # DecompressionBombWarning (we check the size ourselves), "Corrupt EXIF data"…:
-            # a library must not print, and a bad file is reported by its failure.
-            warnings.simplefilter("ignore")
-            yield
+        yield
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -12,7 +12,7 @@ from PIL import Image, ImageFile
 
 from clipdex.decode import ImageTooLarge, ImageUnreadable, check_image, load_image, open_image_file
 from clipdex.errors import ImageDecodeError
-from tests.images import png_claiming, write_edge_cases
+from tests.images import gradient, png_claiming, write_edge_cases
 
 
 @pytest.fixture()
@@ -210,3 +210,29 @@ def test_a_multi_gigabyte_file_is_opened_in_bounded_memory(tmp_path: Path) -> No
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20  # the files are 3 GB each
+
+
+def test_a_start_marker_followed_by_junk_is_refused_after_a_bounded_read(tmp_path: Path) -> None:
+    """Pillow scans a JPEG for its next marker one byte per read: a JPEG start marker
+    followed by gigabytes of zeros took minutes. The header search is bounded."""
+    from clipdex.decode import HEADER_READS
+
+    path = tmp_path / "junk.jpg"
+    with open(path, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0" + b"\x00" * 16)
+        f.truncate(3 * 2**30)  # sparse: 3 GB on paper, nothing on disk
+    with open(path, "rb") as f, pytest.raises(ImageDecodeError, match="no image header") as info:
+        check_image(f, str(path))
+    assert f"{HEADER_READS:,} reads" in str(info.value)
+    with pytest.raises(ImageDecodeError, match="no image header"):
+        open_image_file(str(path))
+
+
+def test_an_image_with_large_metadata_segments_still_opens(tmp_path: Path) -> None:
+    """The header budget leaves room for real headers: EXIF plus a 1 MB ICC profile."""
+    path = tmp_path / "big-icc.jpg"
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60_000  # ImageDescription: a 60 KB APP1 segment
+    gradient(320, 200).save(path, "JPEG", exif=exif.tobytes(), icc_profile=b"\x00" * 2**20)
+    image = open_image_file(str(path))
+    assert image.size == (320, 200) and image.mode == "RGB"
