@@ -316,24 +316,46 @@ def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | N
 class QueryCommand(click.Command):
     """A command whose free words are a query, which may hold words that start with ``-``.
 
-    A word that starts with ``-`` and is not exactly one of the command's
-    options (or ``--option=value``) is part of the query, so
-    ``clipdex search "-people + beach"`` and ``clipdex search beach -people``
-    search, instead of failing as unknown options. After ``--`` every word is
-    the query.
+    A word is an option of the command when it is exactly one of its names
+    (``-n``, ``--limit``), ``--name=value``, or a short option with a number
+    attached (``-n2``, ``-n20``: an option that takes a number, and the rest of
+    the word is one). Every other word, including ``-mountains`` (text is never
+    taken as ``-m`` with a value attached), ``-people`` or ``-happy``, is part
+    of the query, so ``clipdex search "-people + beach"`` and ``clipdex search
+    beach -people`` search instead of failing as unknown options. After ``--``
+    every word is the query.
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, _query_after_separator(self.get_params(ctx), args))
+        return super().parse_args(ctx, _query_after_separator(self.get_params(ctx), args, ctx))
 
 
-def _query_after_separator(params: Sequence[click.Parameter], args: Sequence[str]) -> list[str]:
-    """``args`` with the command's options first and every query word after ``--``."""
-    takes_value: dict[str, bool] = {}
+def _attached_value(param: click.Option, text: str) -> bool:
+    """Whether ``text`` glued to ``param``'s short name (``-n2``) is meant as its value: only
+    for an option that takes a number, when ``text`` is one (range checks stay click's)."""
+    kinds = ((click.types.IntParamType, int), (click.types.FloatParamType, float))
+    for kind, number in kinds:
+        if isinstance(param.type, kind):
+            try:
+                number(text)
+            except ValueError:
+                return False
+            return True
+    return False
+
+
+def _query_after_separator(params: Sequence[click.Parameter], args: Sequence[str],
+                           ctx: click.Context | None = None) -> list[str]:
+    """``args`` with the command's options first and every query word after ``--``.
+
+    An option that needs a value and has none (``search dog -n``) fails as click
+    fails it: "Option '-n' requires an argument."
+    """
+    by_name: dict[str, click.Option] = {}
     for param in params:
         if isinstance(param, click.Option):
             for name in (*param.opts, *param.secondary_opts):
-                takes_value[name] = not (param.is_flag or param.count)
+                by_name[name] = param
     options: list[str] = []
     words: list[str] = []
     i = 0
@@ -343,13 +365,22 @@ def _query_after_separator(params: Sequence[click.Parameter], args: Sequence[str
             words += args[i + 1:]
             break
         name = arg.split("=", 1)[0] if arg.startswith("--") else arg
-        if name in takes_value:
+        param = by_name.get(name)
+        if param is None and len(arg) > 2 and arg[0] == "-" and arg[1] != "-":
+            short = by_name.get(arg[:2])
+            if short is not None and not (short.is_flag or short.count) and _attached_value(short, arg[2:]):
+                options += [arg[:2], arg[2:]]
+                i += 1
+                continue
+        if param is None:
+            words.append(arg)
+        else:
             options.append(arg)
-            if name == arg and takes_value[name] and i + 1 < len(args):
+            if name == arg and not (param.is_flag or param.count):
+                if i + 1 >= len(args) or args[i + 1] == "--":
+                    raise click.BadOptionUsage(arg, f"Option {arg!r} requires an argument.", ctx)
                 i += 1
                 options.append(args[i])  # its value, even when it starts with "-"
-        else:
-            words.append(arg)
         i += 1
     return options + ["--", *words] if words else options
 
@@ -400,9 +431,11 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
       clipdex search "@photos/dog.jpg + snow"   an example image (file or indexed photo)
       clipdex search -- -people beach           after --, every word is the query
 
-    A word that starts with "-" and is not one of the options below is part
-    of the query. Results are ordered by score, ties by path, the same on
-    every page (--offset).
+    A word that starts with "-" is part of the query unless it is one of the
+    options below, written whole (-n 5, --limit 5, --limit=5) or as -n with
+    its number attached (-n5): "-mountains" is a query word, never "-m
+    ountains". Results are ordered by score, ties by path, the same on every
+    page (--offset).
     """
     from clipdex.index import Index
 

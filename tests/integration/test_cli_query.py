@@ -34,6 +34,17 @@ def idx(tmp_path: Path, photos: Path, model_args: list[str]) -> str:
     (["-mountains"], ["--", "-mountains"]),  # not "-m ountains"
     (["--json", "dog", "--", "--json"], ["--json", "--", "dog", "--json"]),
     (["--help"], ["--help"]),
+    (["-n2", "dog"], ["-n", "2", "--", "dog"]),  # a number glued to -n is its value
+    (["dog", "-n20"], ["-n", "20", "--", "dog"]),
+    (["-n0", "dog"], ["-n", "0", "--", "dog"]),  # still the option: click says 0 is out of range
+    (["-n", "2", "dog"], ["-n", "2", "--", "dog"]),
+    (["--limit=2", "dog"], ["--limit=2", "--", "dog"]),
+    (["--limit", "2", "dog"], ["--limit", "2", "--", "dog"]),
+    (["-nature", "dog"], ["--", "-nature", "dog"]),  # text glued to -n is a word
+    (["-mViT-B-32", "dog"], ["--", "-mViT-B-32", "dog"]),  # -m never takes a glued value
+    (["-happy", "dog"], ["--", "-happy", "dog"]),  # -h is a flag: never combined with text
+    (["-people"], ["--", "-people"]),
+    (["--nothing=1", "dog"], ["--", "--nothing=1", "dog"]),
 ])
 def test_words_that_are_not_options_go_to_the_query(args: list[str], expected: list[str]) -> None:
     ctx = click.Context(search_cmd)
@@ -104,3 +115,36 @@ def test_paging_through_copies_gives_every_photo_once(tmp_path: Path, photos: Pa
     for hit in everything:
         by_score.setdefault(hit.score, []).append(hit.path)
     assert max(len(paths) for paths in by_score.values()) >= 4
+
+
+@pytest.mark.parametrize("args", [["dog", "-n"], ["-n"], ["dog", "--limit"], ["dog", "-n", "--", "cat"],
+                                  ["dog", "--index"]])
+def test_an_option_without_its_value_fails_as_click_fails_it(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["search", *args])
+    assert result.exit_code == 2, result.output
+    option = next(a for a in args if a.startswith("-") and a != "--")
+    assert f"Option '{option}' requires an argument." in result.output
+    assert "is not a valid integer" not in result.output
+
+
+def test_every_way_of_writing_the_limit_limits(idx: str) -> None:
+    expected = [r["path"] for r in json.loads(run("search", "dog", "--index", idx, "--json", "-n", "2")
+                                              .output)["results"]]
+    assert len(expected) == 2
+    for args in (["-n2", "dog"], ["dog", "-n2"], ["-n", "2", "dog"], ["--limit=2", "dog"],
+                 ["--limit", "2", "dog"], ["dog", "--limit", "2"]):
+        result = run("search", "--index", idx, "--json", *args)
+        assert result.exit_code == 0, (args, result.output)
+        data = json.loads(result.output)
+        assert data["query"] == "dog", args  # nothing of the option leaked into the query
+        assert [r["path"] for r in data["results"]] == expected, args
+    text = run("search", "-n2", "dog", "--index", idx)
+    assert text.exit_code == 0 and text.output.splitlines()[0] == "dog  (2 results)"
+    for args, query in ((["-mountains", "dog"], "-mountains dog"), (["dog", "-people"], "dog -people")):
+        data = json.loads(run("search", "--index", idx, "--json", *args).output)
+        assert data["query"] == query and data["count"] == 10
+
+
+def test_help_states_when_a_glued_value_counts() -> None:
+    text = " ".join(run("search", "--help").output.split())
+    assert "-n5" in text and '"-mountains" is a query word' in text
