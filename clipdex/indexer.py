@@ -329,11 +329,12 @@ class Indexer:
 
     def _prepare(self, entry: discover.FileEntry, embedded: dict[str, int],
                  draft: int | None) -> _Prepared:
-        """Worker: check the header, hash, and (unless a vector exists) decode and preprocess.
+        """Worker: hash, and (unless a vector exists) check the header, decode and preprocess.
 
-        Nothing is read whole before the header says it is an image within the
-        megapixel limit, and a large file is hashed in chunks and decoded from
-        disk: memory per worker is bounded by the image's own size, not the file's.
+        A file of up to WHOLE_READ_BYTES is read once. A larger one is read only
+        after its header says it is an image within the megapixel limit, then
+        hashed in chunks and decoded from disk: memory per worker is bounded by
+        the image's own size, not the file's.
         """
         limit = self.settings.max_megapixels
         try:
@@ -341,14 +342,18 @@ class Indexer:
                 st = os.fstat(f.fileno())  # the stat of what is read (it may have changed since the walk)
                 item = _Prepared(entry, size=st.st_size, mtime_ns=st.st_mtime_ns)
                 try:
-                    check_image(f, entry.path, max_megapixels=limit)
-                    f.seek(0)
                     source: BinaryIO
                     if st.st_size <= WHOLE_READ_BYTES:
+                        # Read once and hash; a file whose vector exists (moved, renamed,
+                        # a copy) needs no decoding, and load_image checks the header itself.
                         data = f.read()
                         item.content_hash = hashlib.sha256(data).hexdigest()
                         source = io.BytesIO(data)
                     else:
+                        # A large file is hashed only once its header says it is an image
+                        # within the limit: a 6 GB file named .jpg costs a few reads.
+                        check_image(f, entry.path, max_megapixels=limit)
+                        f.seek(0)
                         item.content_hash = self._hash_file(f)
                         f.seek(0)
                         source = f
