@@ -352,10 +352,10 @@ def _query_after_separator(params: Sequence[click.Parameter], args: Sequence[str
     fails it: "Option '-n' requires an argument."
     """
     by_name: dict[str, click.Option] = {}
-    for param in params:
-        if isinstance(param, click.Option):
-            for name in (*param.opts, *param.secondary_opts):
-                by_name[name] = param
+    for each in params:
+        if isinstance(each, click.Option):
+            for name in (*each.opts, *each.secondary_opts):
+                by_name[name] = each
     options: list[str] = []
     words: list[str] = []
     i = 0
