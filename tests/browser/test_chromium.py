@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 
 from clipdex import Index
 from clipdex.web import create_app
-from tests.conftest import free_port
+from tests.conftest import serving
 from tests.images import photo
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -28,19 +26,8 @@ def index(web_index: Index) -> Index:
 
 @pytest.fixture()
 def server(index: Index) -> Iterator[str]:
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(index)) as url:
+        yield url
 
 
 def test_end_to_end_in_chromium(server: str, index: Index, tmp_path: Path) -> None:

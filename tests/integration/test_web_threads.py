@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,25 +14,15 @@ import pytest
 
 from clipdex import Index
 from clipdex.web import create_app
-from tests.conftest import free_port
+from tests.conftest import serving
 
 DEADLOCK_GUARD_S = 60.0  # not a timing assertion: only how long to wait before calling it stuck
 
 
 @pytest.fixture()
 def server(web_index: Index) -> Iterator[str]:
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(web_index), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(web_index)) as url:
+        yield url
 
 
 def get(url: str) -> tuple[int, bytes]:
