@@ -83,20 +83,15 @@ def _check_output(path: str | None, option: str, *, image: bool = False) -> None
     """Fail now, not after the work, when an output file cannot be written."""
     if path is None:
         return
-    from clipdex.errors import OutputError, TableError
+    from clipdex.errors import TableError
     from clipdex.fileio import check_writable
 
-    check_writable(path, option)
-    extension = os.path.splitext(path)[1].lower()
     if image:
-        from PIL import Image
+        from clipdex.grid import check_grid_path
 
-        Image.init()
-        image_format = Image.registered_extensions().get(extension)
-        if image_format is None or image_format not in Image.SAVE:
-            raise OutputError(path, option, f"{extension or 'a name without an extension'} is not an image "
-                                            "type clipdex can write; end the name in .jpg, .png or .webp")
-    elif extension == ".parquet":
+        check_grid_path(path, option)
+    check_writable(path, option)
+    if not image and os.path.splitext(path)[1].lower() == ".parquet":
         import importlib.util
 
         if importlib.util.find_spec("pyarrow") is None:

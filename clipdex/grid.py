@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from clipdex.decode import open_image_file
-from clipdex.errors import GridError, ImageDecodeError, OutputError
+from clipdex.errors import ClipdexError, GridError, ImageDecodeError, OutputError
 from clipdex.fileio import write_atomically
 
 # Pillow's own decompression-bomb limit: a larger sheet would warn or fail when opened
@@ -110,7 +110,7 @@ def check_sheet(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int 
                         "pixels", "Use e.g. 160.")
     if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
         raise GridError(shown, f"columns {columns!r} is not a positive whole number", "Use e.g. 8.")
-    _image_format(shown)
+    check_grid_path(shown)
     width, height = sheet_size(rows, thumb=thumb, columns=columns)
     if width * height > MAX_GRID_PIXELS or max(width, height) > MAX_SIDE_PX:
         raise GridError(shown, f"the sheet would be {width:,} x {height:,} pixels, more than clipdex draws "
@@ -119,12 +119,29 @@ def check_sheet(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int 
     return width, height
 
 
-def _image_format(out: str) -> str:
-    extension = os.path.splitext(out)[1].lower()
+class ImageTypeError(GridError):
+    """An image output (``--grid``, ``--heatmap``…) named with a type clipdex cannot write."""
+
+    def __init__(self, path: str, option: str, problem: str, fix: str) -> None:
+        ClipdexError.__init__(self, f"{option} {path}: {problem}. {fix}")
+        self.path = path
+        self.option = option
+
+
+def check_grid_path(out: str | os.PathLike[str], option: str = "--grid") -> str:
+    """The Pillow format an image file named ``out`` is written in (by its extension).
+
+    Raises :class:`ImageTypeError` (a :class:`GridError`) for an extension that is
+    not an image type Pillow can write. The one check of image outputs: the CLI
+    runs it before any work, :func:`draw_rows` again before it saves.
+    """
+    shown = os.fspath(out)
+    extension = os.path.splitext(shown)[1].lower()
+    Image.init()  # registers every plugin, so .webp and friends are known before the first save
     image_format = Image.registered_extensions().get(extension)
     if image_format is None or image_format not in Image.SAVE:
-        raise GridError(out, f"{extension or 'a name without an extension'} is not an image type clipdex "
-                        "can write", "Name the file .jpg or .png.")
+        raise ImageTypeError(shown, option, f"{extension or 'a name without an extension'} is not an image "
+                             "type clipdex can write", "End the name in .jpg, .png or .webp.")
     return image_format
 
 
@@ -160,7 +177,7 @@ def draw_rows(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int = 
                           fill=TEXT, font=small)
         y += cell_h
     out = os.fspath(out)
-    image_format = _image_format(out)
+    image_format = check_grid_path(out)
     buffer = io.BytesIO()
     sheet.save(buffer, format=image_format, **({"quality": 90} if image_format == "JPEG" else {}))
     try:

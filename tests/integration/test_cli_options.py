@@ -122,8 +122,30 @@ def test_the_default_joined_table_is_checked_too(tmp_path: Path, no_work: None) 
 @pytest.mark.parametrize("name", ["grid.txt", "grid", "grid.csv"])
 def test_image_outputs_need_an_image_extension(tmp_path: Path, no_work: None, name: str) -> None:
     result = run("search", "dog", "--grid", str(tmp_path / name), "--index", str(tmp_path / "idx"))
-    assert result.exit_code == 1 and "end the name in .jpg, .png or .webp" in result.output
+    assert result.exit_code == 1 and "End the name in .jpg, .png or .webp." in result.output
+    assert "is not an image type clipdex can write" in result.output
+    assert "folder you can write to" not in result.output  # the type is wrong, not the folder
     _no_traceback(result)
+    heatmap = run("evaluate", "t", "--heatmap", str(tmp_path / name), "--index", str(tmp_path / "idx"))
+    assert heatmap.exit_code == 1 and f"--heatmap {tmp_path / name}: " in heatmap.output
+    _no_traceback(heatmap)
+
+
+def test_the_cli_checks_image_outputs_with_the_grid_check(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path, no_work: None) -> None:
+    import clipdex.grid
+    from clipdex.errors import GridError
+
+    seen: list[tuple[str, str]] = []
+
+    def check(path: str, option: str = "--grid") -> str:
+        seen.append((path, option))
+        raise GridError(path, "refused by the grid's own check", "Fix.")
+
+    monkeypatch.setattr(clipdex.grid, "check_grid_path", check)
+    result = run("review", "t", "--grid", str(tmp_path / "g.png"), "--index", str(tmp_path / "idx"))
+    assert result.exit_code == 1 and "refused by the grid's own check" in result.output
+    assert seen == [(str(tmp_path / "g.png"), "--grid")]
 
 
 def test_a_table_without_the_key_column_fails_before_the_work(tmp_path: Path, no_work: None) -> None:

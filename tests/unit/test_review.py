@@ -12,9 +12,18 @@ from PIL import Image
 
 from clipdex.classify import Classification
 from clipdex.errors import ClipdexError, LabelSetError, OutputError
-from clipdex.grid import MAX_GRID_PIXELS, GridError, Row, Tile, draw_grid, draw_rows, sheet_size
+from clipdex.grid import (
+    MAX_GRID_PIXELS,
+    GridError,
+    Row,
+    Tile,
+    check_grid_path,
+    draw_grid,
+    draw_rows,
+    sheet_size,
+)
 from clipdex.labels import make_label_set
-from clipdex.review import MAX_PER_LABEL, draw_review, review_rows
+from clipdex.review import MAX_PER_LABEL, ReviewOptionError, draw_review, review_rows
 from tests.images import photo
 
 
@@ -48,12 +57,15 @@ def test_a_huge_per_label_on_a_small_index_draws_a_small_image(tmp_path: Path) -
 def test_per_label_and_seed_are_checked(tmp_path: Path) -> None:
     result = classification(tmp_path / "photos", 3)
     for per_label in (0, -1, MAX_PER_LABEL + 1, 100_000):
-        with pytest.raises(LabelSetError, match=f"per_label {per_label} is not between 1 and {MAX_PER_LABEL}"):
+        with pytest.raises(ReviewOptionError, match=f"per_label {per_label} is not between 1 and {MAX_PER_LABEL}"):
             review_rows(result, per_label=per_label)
-    with pytest.raises(LabelSetError, match="seed -1"):
+    with pytest.raises(ReviewOptionError, match="seed -1"):
         review_rows(result, seed=-1)
-    with pytest.raises(LabelSetError, match="mode 'best'"):
+    with pytest.raises(ReviewOptionError, match="mode 'best'") as info:
         review_rows(result, mode="best")
+    # The options are wrong, not the label set; still a ClipdexError (and a ValueError) for callers.
+    assert not isinstance(info.value, LabelSetError)
+    assert isinstance(info.value, ClipdexError) and isinstance(info.value, ValueError)
     assert not (tmp_path / "x.png").exists()
 
 
@@ -94,8 +106,23 @@ def test_grid_options_are_checked(tmp_path: Path, kwargs: dict, words: list[str]
 
 
 def test_an_unknown_image_type_is_refused_with_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(GridError, match=r"\.txt is not an image type.*\.jpg or \.png"):
+    with pytest.raises(GridError, match=r"\.txt is not an image type.*\.jpg, \.png or \.webp"):
         draw_grid([Tile("/nowhere.jpg", "x")], tmp_path / "g.txt")
+
+
+@pytest.mark.parametrize("name, image_format", [("a.jpg", "JPEG"), ("a.JPEG", "JPEG"), ("a.png", "PNG"),
+                                                ("a.webp", "WEBP")])
+def test_the_grid_path_check_names_the_format(name: str, image_format: str) -> None:
+    assert check_grid_path(name) == image_format
+
+
+@pytest.mark.parametrize("name", ["a.txt", "a", "a.csv", "dir/a."])
+def test_the_grid_path_check_is_a_grid_error_that_names_the_option(name: str) -> None:
+    with pytest.raises(GridError) as info:
+        check_grid_path(name, "--heatmap")
+    message = str(info.value)
+    assert message.startswith(f"--heatmap {name}: ") and "End the name in .jpg, .png or .webp." in message
+    assert "folder you can write to" not in message  # the type is wrong, not the folder
 
 
 def test_tiles_open_the_real_path_and_show_the_display_name(tmp_path: Path) -> None:
