@@ -18,27 +18,35 @@ import os
 import numpy as np
 
 from clipdex.classify import MULTI_SEPARATOR, UNCERTAIN, Classification
-from clipdex.errors import LabelSetError
+from clipdex.errors import ClipdexError
 from clipdex.grid import Row, Tile, draw_rows
 
 MODES = ("random", "least-confident", "most-confident")
 MAX_PER_LABEL = 500  # a review row is for looking at; more is a table (clipdex classify --out)
 
 
+class ReviewOptionError(ClipdexError, ValueError):
+    """A review option (photos per label, seed, mode) that cannot be used; the label set is fine."""
+
+    def __init__(self, where: str, problem: str, fix: str) -> None:
+        self.where = where
+        super().__init__(f"{where}: {problem}. {fix}")
+
+
 def check_review_options(per_label: int, seed: int, mode: str = "random", where: str = "review") -> None:
-    """Raise :class:`~clipdex.errors.LabelSetError` unless the review options are usable.
+    """Raise :class:`ReviewOptionError` unless the review options are usable.
 
     Cheap: callers (the CLI) run it before loading a model or classifying, so a
     bad ``--per-label`` fails at once rather than after the work.
     """
     if isinstance(per_label, bool) or not isinstance(per_label, int) or not 1 <= per_label <= MAX_PER_LABEL:
-        raise LabelSetError(where, f"per_label {per_label!r} is not between 1 and {MAX_PER_LABEL}",
-                            f"Ask for 1 to {MAX_PER_LABEL} photos per label; for every photo's label, "
-                            "write a table with `clipdex classify --out FILE.csv`.")
+        raise ReviewOptionError(where, f"per_label {per_label!r} is not between 1 and {MAX_PER_LABEL}",
+                                f"Ask for 1 to {MAX_PER_LABEL} photos per label; for every photo's label, "
+                                "write a table with `clipdex classify --out FILE.csv`.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise LabelSetError(where, f"seed {seed!r} is not a whole number >= 0", "Use e.g. 0.")
+        raise ReviewOptionError(where, f"seed {seed!r} is not a whole number >= 0", "Use e.g. 0.")
     if mode not in MODES:
-        raise LabelSetError(where, f"mode {mode!r} is unknown", f"Use one of: {', '.join(MODES)}.")
+        raise ReviewOptionError(where, f"mode {mode!r} is unknown", f"Use one of: {', '.join(MODES)}.")
 
 
 def review_rows(result: Classification, *, per_label: int = 8, seed: int = 0,
