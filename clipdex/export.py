@@ -164,13 +164,33 @@ def _is_number(value: str) -> bool:
 
 @contextmanager
 def _replacing(path: Path, *, encoding: str | None = None, binary: bool = False) -> Iterator[IO[Any]]:
-    """:func:`clipdex.fileio.replacing`, with OS errors as :class:`~clipdex.errors.TableError`."""
+    """:func:`clipdex.fileio.replacing`, with OS errors as :class:`~clipdex.errors.TableError`.
+
+    Only errors of the output (its temporary file, the rename, a write to the
+    yielded file) say it "cannot be written"; an OS error that names another
+    file (the table being read while the copy is written) says that file
+    "cannot be read".
+    """
     try:
         with replacing(path, binary=binary, encoding=encoding) as f:
             yield f
     except OSError as e:
+        if isinstance(e.filename, (str, bytes)) and not _names_output(os.fsdecode(e.filename), path):
+            raise TableError(os.fsdecode(e.filename), f"cannot be read ({e.strerror or e})",
+                             _CHECK_READ) from None
         raise TableError(str(path), f"cannot be written ({e.strerror or e})",
                          "Choose a path in a folder you can write to (with room on the disk).") from None
+
+
+def _names_output(filename: str, out: Path) -> bool:
+    """Whether an OS error's file name is ``out``, its folder, or its temporary file."""
+    named, out = Path(os.path.abspath(filename)), Path(os.path.abspath(out))
+    if named in (out, out.parent):
+        return True
+    return named.parent == out.parent and named.name.startswith(f".{out.name}.") and named.name.endswith(".tmp")
+
+
+_CHECK_READ = "Check that the file is there and readable (and the disk is healthy), then run again."
 
 
 # -- reading the user's table ------------------------------------------------
@@ -212,7 +232,7 @@ class Table:
                     raise TableError(f"{self.path} line {reader.line_num}", f"cannot be read ({e})",
                                      _SAVE_AS) from None
         except OSError as e:
-            raise TableError(str(self.path), f"cannot be read ({e.strerror or e})", "Check the path.") from None
+            raise TableError(str(self.path), f"cannot be read ({e.strerror or e})", _CHECK_READ) from None
 
     def _lines(self, f: IO[bytes]) -> Iterator[str]:
         """The file's lines as text; a byte that is not UTF-8 is reported by its line."""
@@ -268,7 +288,7 @@ def open_table(path: str | os.PathLike[str], key: str) -> Table:
         with open(path, "rb") as f:
             head = f.read(SNIFF_BYTES)
     except OSError as e:
-        raise TableError(str(path), f"cannot be read ({e.strerror or e})", "Check the path.") from None
+        raise TableError(str(path), f"cannot be read ({e.strerror or e})", _CHECK_READ) from None
     encoding = next((name for bom, name in BOMS if head.startswith(bom)), "utf-8")
     try:
         # The sample may end inside a character; only its end may be cut.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -230,3 +232,65 @@ def test_a_write_that_fails_midway_leaves_nothing(tmp_path: Path, monkeypatch: p
     assert out.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
     del broken
+
+
+def test_a_read_error_of_the_table_while_joining_says_the_table_cannot_be_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import errno
+
+    table = tmp_path / "photos.csv"
+    table.write_text("path,x\n" + "".join(f"{p},1\n" for p in PHOTOS))
+    out = tmp_path / "joined.csv"
+    real_open = builtins.open
+    opened: list[str] = []
+
+    class Failing:
+        """The table's file: the first line reads, then the disk fails (as a dying disk does)."""
+
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def __enter__(self) -> Failing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield next(iter(self.f))
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def fake_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == str(table):
+            opened.append(str(file))
+            if len(opened) == 3:  # the sniff, the first pass, then the pass that writes
+                return Failing(real_open(file, *args, **kwargs))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    with pytest.raises(TableError) as info:
+        join_metadata([result()], table, "path", out)
+    message = str(info.value)
+    assert str(table) in message and "cannot be read" in message and "cannot be written" not in message
+    assert not out.exists() and not list(tmp_path.glob(".joined.csv.*"))
+
+
+def test_only_errors_of_the_output_say_it_cannot_be_written(tmp_path: Path) -> None:
+    import errno
+
+    from clipdex.export import _replacing
+
+    out, other = tmp_path / "out.csv", tmp_path / "photos.csv"
+    with pytest.raises(TableError, match=r"photos\.csv: cannot be read"), _replacing(out) as f:
+        f.write("a")
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(other))
+    for error in (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                  OSError(errno.EACCES, os.strerror(errno.EACCES), str(out))):
+        with pytest.raises(TableError, match=r"out\.csv: cannot be written") as info, _replacing(out):
+            raise error
+        assert "Choose a path" in str(info.value)
+    assert not out.exists() and not list(tmp_path.glob(".out.csv.*"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TableError, match="cannot be written"):
+        write_predictions([result()], tmp_path / "file" / "out.csv")  # its folder is a file
