@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from clipdex.search import SearchResult
     from clipdex.store import FileRecord
 
-SCHEMA_VERSION = 1
-
 
 def search_result(result: "SearchResult") -> dict[str, Any]:
     """One ranked photo: ``{"rank", "score", "id", "path", "name"}``."""
