@@ -13,7 +13,6 @@ answers at once.
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import math
 import os
@@ -37,20 +36,6 @@ MAX_BATCH_SIZE = 4096
 MAX_WORKERS = 256
 MAX_MEGAPIXELS = 100_000.0
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
-
-# OSErrors that are about the disk or permissions, not a bug: one line that says what to do.
-DISK_PROBLEMS = {
-    errno.ENOSPC: ("the disk is full", "Free some space (or choose another folder), then run the command again."),
-    errno.EDQUOT: ("the disk quota is used up",
-                   "Free some space (or choose another folder), then run the command again."),
-    errno.EROFS: ("the file system is read-only", "Choose a folder on a writable disk (--index, --out…)."),
-    errno.EACCES: ("permission denied", "Check the permissions of the file and its folder, or choose another path."),
-    errno.EPERM: ("operation not permitted",
-                  "Check the permissions of the file and its folder, or choose another path."),
-    errno.EIO: ("the disk reported an input/output error",
-                "Check the disk (it may be failing or disconnected), then run the command again."),
-}
-
 
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
@@ -152,11 +137,13 @@ class ClipdexGroup(click.Group):
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(EXIT_ERROR)
         except OSError as e:
-            if e.errno not in DISK_PROBLEMS:
+            from clipdex.fileio import describe_os_error
+
+            described = describe_os_error(e)
+            if described is None:
                 raise
-            problem, fix = DISK_PROBLEMS[e.errno]
             where = e.filename if e.filename is not None else "a file"
-            _fail(ctx, f"cannot use {where}: {problem}. {fix}")
+            _fail(ctx, f"cannot use {where}: {described.problem}. {described.fix}")
 
 
 @click.group(cls=ClipdexGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,14 +1,48 @@
-"""Writing a file so that readers see the old bytes or the new, never a part."""
+"""Files: writing one so that readers see the old bytes or the new, never a part, and
+what an OS error of a file means to the person who has to fix it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
+
+
+class OSProblem(NamedTuple):
+    """What an OS error means: its ``kind`` (``disk-full``, ``read-only``,
+    ``permission``, ``io``), the ``problem`` in words and the ``fix``."""
+
+    kind: str
+    problem: str
+    fix: str
+
+
+_FREE_SPACE = "Free some space (or choose another folder), then run the command again."
+_PERMISSIONS = "Check the permissions of the file and its folder, or choose another path."
+# The one table of OS errors that are about the disk or permissions, not a bug. The CLI
+# words them for any file; the store (clipdex.store.guard) for the index's own files.
+OS_PROBLEMS: dict[int, OSProblem] = {
+    errno.ENOSPC: OSProblem("disk-full", "the disk is full", _FREE_SPACE),
+    errno.EDQUOT: OSProblem("disk-full", "the disk quota is used up", _FREE_SPACE),
+    errno.EROFS: OSProblem("read-only", "the file system is read-only",
+                           "Choose a folder on a writable disk (--index, --out…)."),
+    errno.EACCES: OSProblem("permission", "permission denied", _PERMISSIONS),
+    errno.EPERM: OSProblem("permission", "operation not permitted", _PERMISSIONS),
+    errno.EIO: OSProblem("io", "the disk reported an input/output error",
+                         "Check the disk (it may be failing or disconnected), then run the command again."),
+}
+
+
+def describe_os_error(error: OSError) -> OSProblem | None:
+    """What ``error`` means when it is about the disk or permissions (a full or
+    read-only disk, a denied permission, an I/O error); None for any other error,
+    which is a bug to show rather than a problem to explain."""
+    return OS_PROBLEMS.get(error.errno) if error.errno is not None else None
 
 
 @contextmanager

@@ -9,7 +9,6 @@ the boundary; :func:`guarded` applies it to every public method of a class.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -17,11 +16,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clipdex.errors import ClipdexError, IndexDamaged, IndexStorageError
+from clipdex.fileio import OS_PROBLEMS, describe_os_error
 
 T = TypeVar("T")
 
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# Kinds of clipdex.fileio.OS_PROBLEMS (the one errno table), worded here for the index's files.
+DISK_FULL_ERRNOS = frozenset(code for code, p in OS_PROBLEMS.items() if p.kind == "disk-full")
+READ_ONLY_ERRNOS = frozenset(code for code, p in OS_PROBLEMS.items() if p.kind in ("read-only", "permission"))
 
 
 def catalog_damaged_fix(index: Path) -> str:
@@ -40,12 +41,14 @@ def read_only_problem(index: Path, detail: str) -> IndexStorageError:
 def translate_os_error(index: Path, error: OSError, doing: str) -> IndexStorageError:
     """An OS error of the index's own files as a typed error (``doing``: 'writing vectors/…')."""
     reason = error.strerror or str(error)
-    if error.errno in DISK_FULL_ERRNOS:
+    described = describe_os_error(error)
+    kind = described.kind if described else None
+    if kind == "disk-full":
         return IndexStorageError(index, f"disk full while {doing} ({reason})",
                                  "Free space and run again: finished batches are kept.")
-    if error.errno in READ_ONLY_ERRNOS:
+    if kind in ("read-only", "permission"):
         return read_only_problem(index, f"{reason} while {doing}")
-    if error.errno == errno.EIO:
+    if kind == "io":
         return IndexStorageError(index, f"I/O error while {doing}",
                                  "The disk may be failing: check it (dmesg, fsck), then run again.")
     return IndexStorageError(index, f"{reason} while {doing}", "Check the index folder and run again.")

@@ -10,6 +10,7 @@ from click.testing import CliRunner, Result
 
 from clipdex import cli
 from clipdex.cli import main
+from clipdex.fileio import OS_PROBLEMS, describe_os_error
 
 
 def run(*args: str) -> Result:
@@ -176,6 +177,8 @@ def _raise_in_search(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> N
     (errno.EROFS, "the file system is read-only"),
     (errno.EACCES, "permission denied"),
     (errno.EIO, "the disk reported an input/output error"),
+    (errno.EDQUOT, "the disk quota is used up"),
+    (errno.EPERM, "operation not permitted"),
 ])
 def test_disk_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, code: int, said: str) -> None:
     _raise_in_search(monkeypatch, OSError(code, "os message", "/data/idx/vectors.f32"))
@@ -184,6 +187,23 @@ def test_disk_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, code: int, sa
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot use /data/idx/vectors.f32: " + said)
     _no_traceback(result)
+
+
+@pytest.mark.parametrize("code", sorted(OS_PROBLEMS))
+def test_the_cli_and_the_store_read_one_errno_table(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    from clipdex.errors import IndexStorageError
+    from clipdex.store import guard
+
+    described = describe_os_error(OSError(code, "os message"))
+    assert described is not None and described == OS_PROBLEMS[code]
+    _raise_in_search(monkeypatch, OSError(code, "os message", "/data/out.csv"))
+    result = run("search", "dog")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: cannot use /data/out.csv: {described.problem}. {described.fix}"
+    # The store words the same errors for the index's own files (by the table's kinds).
+    translated = guard.translate_os_error(Path("/idx"), OSError(code, "os message"), "writing x")
+    assert isinstance(translated, IndexStorageError) and "Check the index folder" not in str(translated)
+    assert not hasattr(cli, "DISK_PROBLEMS")  # no second table
 
 
 def test_other_os_errors_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
