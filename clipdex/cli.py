@@ -372,9 +372,11 @@ def _query_text(words: Sequence[str]) -> str:
     if len(words) == 1:
         return words[0]
 
+    from clipdex.search import split_query
+
     def plain(word: str) -> bool:
         try:
-            return shlex.split(word) == [word]
+            return split_query(word) == [word]
         except ValueError:
             return False
 
@@ -411,6 +413,7 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
       clipdex search '"red car" + night'        several terms
       clipdex search "2*snow + dog"             weights (at most 100)
       clipdex search "@photos/dog.jpg + snow"   an example image (file or indexed photo)
+      clipdex search '@caf\\xe9.jpg'             a photo by the name clipdex shows
       clipdex search -- -people beach           after --, every word is the query
 
     A word that starts with "-" is part of the query unless it is one of the

@@ -15,6 +15,8 @@ Query syntax (the CLI and the web page share it)::
     2*snow + dog  /  0.5*@dog.jpg    a weight before "*" (at most 100)
     @photos/dog.jpg                  an image: a file, or a photo of the index
                                      (its path, file name or stem, e.g. @abc123)
+    @caf\\xe9.jpg                     a name as clipdex shows it: backslashes are kept
+                                     as typed (a name that is not UTF-8 shows \\xNN)
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ class SearchResult:
     file_id: int
 
 
+def split_query(text: str) -> list[str]:
+    """The words of a query: split at spaces, quotes group words (and are removed).
+
+    Like ``shlex.split`` but a backslash is an ordinary character, so the name
+    clipdex shows for a file that is not UTF-8 (``caf\\xe9.jpg``) or a Windows
+    path reaches the query as typed. Raises ``ValueError`` for a quote that is
+    not closed.
+    """
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # "#1 photo" is words, not a comment
+    lexer.escape = ""
+    return list(lexer)
+
+
 def parse_query(query: str) -> list[QueryTerm]:
     """Split a query string into weighted terms (see the module docstring)."""
     text = query.strip()
@@ -64,7 +81,7 @@ def parse_query(query: str) -> list[QueryTerm]:
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(query[:40] + "…", f"the query is longer than {MAX_QUERY_CHARS} characters")
     try:
-        tokens = shlex.split(text, posix=True)
+        tokens = split_query(text)
     except ValueError as e:
         raise QueryError(query, f"{e} (a quote is not closed)") from None
 

@@ -148,3 +148,32 @@ def test_every_way_of_writing_the_limit_limits(idx: str) -> None:
 def test_help_states_when_a_glued_value_counts() -> None:
     text = " ".join(run("search", "--help").output.split())
     assert "-n5" in text and '"-mountains" is a query word' in text
+
+
+def test_a_name_that_is_not_utf8_works_in_an_image_term_as_clipdex_shows_it(
+        tmp_path: Path, model_args: list[str]) -> None:
+    import io
+    import os
+
+    from tests.images import photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed, raw in enumerate((b"caf\xe9.jpg", b"plain.jpg", b"other.jpg")):
+        buffer = io.BytesIO()
+        photo(seed, 96, 64).save(buffer, "JPEG")
+        with open(os.fsencode(str(folder)) + b"/" + raw, "wb") as f:
+            f.write(buffer.getvalue())
+    index = str(tmp_path / "idx")
+    assert run("index", str(folder), "--index", index, *model_args).exit_code == 0
+    listed = json.loads(run("search", "a photo", "--index", index, "--json").output)["results"]
+    shown = next(r["path"] for r in listed if r["path"].endswith(".jpg") and "\\x" in r["path"])
+    assert shown == f"{folder}/caf\\xe9.jpg"  # the display form: a backslash, x, e, 9
+    for term in ("@caf\\xe9.jpg", "@caf\\xe9", f"@{shown}", f'"@{shown}"'):
+        for args in ([term], [term, "+", "snow"]):
+            result = run("search", *args, "--index", index, "--json", "-n", "1")
+            assert result.exit_code == 0, (args, result.output)
+            data = json.loads(result.output)
+            if len(args) == 1:  # the photo itself is its own best match
+                assert data["results"][0]["path"] == shown, args
+            assert "caf\\xe9" in data["query"], args  # not "cafxe9": the backslash survived

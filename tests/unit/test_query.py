@@ -22,6 +22,13 @@ from clipdex.search import QueryTerm, combine, parse_query, rank
                                QueryTerm("text", "walking")]),
     ("beach - people walking", [QueryTerm("text", "beach"), QueryTerm("text", "people walking", -1.0)]),
     ("-2*snow dog", [QueryTerm("text", "snow", -2.0), QueryTerm("text", "dog")]),
+    # A backslash is kept as typed: the display form of a name that is not UTF-8, a Windows path.
+    (r"@caf\xe9.jpg", [QueryTerm("image", r"caf\xe9.jpg")]),
+    (r"@trip/caf\xe9 + snow", [QueryTerm("image", r"trip/caf\xe9"), QueryTerm("text", "snow")]),
+    (r'"@Vacances \xe0 Nice/plage.jpg" - sea', [QueryTerm("image", r"Vacances \xe0 Nice/plage.jpg"),
+                                               QueryTerm("text", "sea", -1.0)]),
+    (r"@C:\photos\dog.jpg", [QueryTerm("image", r"C:\photos\dog.jpg")]),
+    ("#1 dog", [QueryTerm("text", "#1 dog")]),  # "#" is not a comment
 ])
 def test_parse_query(query: str, terms: list[QueryTerm]) -> None:
     assert parse_query(query) == terms
@@ -87,3 +94,12 @@ def test_combine_result_is_a_finite_unit_vector_at_the_limits() -> None:
     assert np.isfinite(v).all() and np.isclose(np.linalg.norm(v), 1.0)
     with pytest.raises(QueryError, match="cancel"):
         combine([a, a], [2.0, -2.0])
+
+
+@pytest.mark.parametrize("word", ["it's", "a b", r"caf\xe9", '"q"', "-x", "#tag", r"back\ slash"])
+def test_a_quoted_word_splits_back_to_itself(word: str) -> None:
+    import shlex
+
+    from clipdex.search import split_query
+
+    assert split_query(shlex.quote(word)) == [word]
