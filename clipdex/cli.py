@@ -264,7 +264,7 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     if report.retried:
         out.print(f"  retried   {report.retried:>7}  (had failed before: unreadable then, a limit since raised,"
                   " or --retry-failed)")
-    out.print(f"  removed   {report.removed:>7}")
+    out.print(f"  removed   {report.removed:>7}{_removed_note(report)}")
     out.print(f"  skipped   {len(report.failed):>7}")
     rate = f", {report.images_per_second:.1f} img/s" if report.encoded else ""
     out.print(f"  encoded {report.encoded} in {report.seconds:.1f} s{rate}")
@@ -274,6 +274,17 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
             out.print(f"  {failure.path}: {failure.reason}", markup=False)
         if len(report.failed) > 20:
             out.print(f"  … and {len(report.failed) - 20} more (clipdex status --failures)")
+
+
+def _removed_note(report: Any) -> str:
+    """Why a run removed every photo of its folder, and that coming back costs nothing."""
+    if not report.removed or report.indexed_total:
+        return ""
+    keep = ("their vectors, labels and corrections stay in the index. If it is a disk that is not "
+            "mounted, mount it and index again: nothing will be encoded again")
+    if report.failed:
+        return f"  (no photo of the folder can be read now, so all left the index; {keep})"
+    return f"  (the folder is empty now, so all its photos left the index; {keep})"
 
 
 def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,

@@ -132,3 +132,31 @@ def test_every_command_is_documented_in_the_readme() -> None:
     text = README.read_text()
     missing = [c for c in _commands(main) if f"clipdex {c}" not in text]
     assert not missing, f"README lacks: {missing}"
+
+
+def test_indexing_an_emptied_folder_says_why_every_photo_left(tmp_path: Path, photos: Path,
+                                                              model_args: list[str]) -> None:
+    import shutil
+
+    idx = str(tmp_path / "idx")
+    first = run("index", str(photos), "--index", idx, *model_args)
+    assert first.exit_code == 0, first.output
+    total = sum(1 for p in photos.rglob("*.jpg"))
+    kept = tmp_path / "unmounted"
+    shutil.move(str(photos), kept)  # the disk went away; its mount point stays, empty
+    photos.mkdir()
+    emptied = run("index", str(photos), "--index", idx, *model_args)
+    assert emptied.exit_code == 0, emptied.output
+    line = next(ln for ln in emptied.output.splitlines() if ln.strip().startswith("removed"))
+    assert line.split()[1] == str(total)
+    text = " ".join(emptied.output.split())
+    assert "the folder is empty now, so all its photos left the index" in text
+    assert "mount it and index again: nothing will be encoded again" in text
+    photos.rmdir()
+    shutil.move(str(kept), photos)
+    back = run("index", str(photos), "--index", idx, *model_args, "--json")
+    report = json.loads(back.output)
+    assert back.exit_code == 0 and report["encoded"] == 0  # as the summary promised
+    assert report["indexed_total"] == total
+    again = run("index", str(photos), "--index", idx, *model_args)
+    assert "left the index" not in again.output  # nothing removed, no note
