@@ -412,7 +412,7 @@ class Index:
         for label_set in label_sets:
             classifier = build_classifier(label_set, self.encoder.encode_texts, record.logit_scale)
             result = classify(classifier, found.vectors, found.ids.tolist(), found.paths, min_prob=min_prob,
-                              fs_paths=_real_paths(found.paths, found.fs_paths))
+                              fs_paths=found.fs_paths)
             if save and self.store.readonly:
                 log.warning("index %s is read-only: the results of %r are shown but not saved",
                             self.path, label_set.name)
@@ -446,7 +446,7 @@ class Index:
         return Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
                               paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
                               confidence=stored.confidence, truth=truth,
-                              fs_paths=_real_paths(stored.paths, stored.fs_paths))
+                              fs_paths=stored.fs_paths)
 
     def photo(self, file_id: int) -> FileRecord:
         """An indexed photo by id."""
@@ -521,42 +521,44 @@ class Index:
         return evaluate(predicted, truth, result.labels), len(truth)
 
     def status(self) -> IndexStatus:
-        """What the index holds and what is wrong with it (cached until the index changes)."""
-        stamp = self._stamp()
+        """What the index holds and what is wrong with it (cached until the index changes).
+
+        Counts come from the catalog, read in one snapshot (an indexer committing
+        meanwhile never makes them disagree); each vector file is checked by its
+        length only (one ``stat``), never read: searching checks every vector it loads.
+        """
+        stamp = (*self._stamp(), self.store.damage_found)
         if self._status is not None and self._status[0] == stamp:
             return self._status[1]
-        missing = list(self.store.missing_roots())
-        counts = self.store.counts(missing)
+        hidden = stamp[-2]
+        assert isinstance(hidden, tuple)
+        missing = list(hidden)
         problems: list[str] = []
         models = []
         option = index_option(self.path)
-        for record in self.store.models():
-            damage = self.store.vector_damage(record, missing)
-            lost = damage.photos if damage is not None else 0
-            models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
-                                      photos=self.store.count_for_model(record, missing) - lost,
-                                      precision=record.precision))
-            if damage is not None:
-                problems.append(f"{damage.describe()}. {damage.fix(self.path)}")
-            unencoded = self.store.paths_without_vector(record, missing)
-            if unencoded:
-                roots = self.store.innermost_roots(unencoded)
-                problems.append(
-                    f"{len(unencoded)} photos have no {record.name} vector. Run "
-                    + " and ".join(f"`clipdex index {r}{option}`" for r in roots) + " to encode them.")
-        status = IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
-                             failed=counts.get("failed", 0), models=models, missing_roots=missing,
-                             missing_photos=self.store.count_under(missing), problems=problems,
-                             readonly=self.store.readonly)
+        with self.store.snapshot():
+            counts = self.store.counts(missing)
+            for record in self.store.models():
+                damage = self.store.vector_damage(record, missing)
+                lost = damage.photos if damage is not None else 0
+                models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
+                                          photos=self.store.count_for_model(record, missing) - lost,
+                                          precision=record.precision))
+                if damage is not None:
+                    problems.append(f"{damage.describe()}. {damage.fix(self.path)}")
+                unencoded = self.store.unencoded_by_root(record, missing)
+                if unencoded:
+                    problems.append(
+                        f"{sum(unencoded.values())} photos have no {record.name} vector. Run "
+                        + " and ".join(f"`clipdex index {r}{option}`" for r in unencoded)
+                        + " to encode them.")
+            status = IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
+                                 failed=counts.get("failed", 0), models=models, missing_roots=missing,
+                                 missing_photos=self.store.count_under(missing), problems=problems,
+                                 readonly=self.store.readonly)
         self._status = (stamp, status)
         return status
 
     def failures(self) -> list[FileRecord]:
         """Files that could not be indexed, with their reasons."""
         return self.store.failures()
-
-
-
-def _real_paths(paths: list[str], fs_paths: list[str]) -> list[str] | None:
-    """``fs_paths`` where a real path differs from its display form, else None."""
-    return fs_paths if fs_paths != paths else None

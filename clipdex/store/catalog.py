@@ -20,7 +20,7 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +109,13 @@ class Searchable:
     paths: list[str]
     hashes: list[str]
     vectors: np.ndarray
-    fs_paths: list[str] = field(default_factory=list)  # the paths to open (real bytes of odd names)
+    # The paths to open, row-aligned, only when some differ from ``paths`` (a name that is
+    # not UTF-8 opens by its real bytes); None when every path opens as shown.
+    fs_paths: list[str] | None = None
+
+    def fs_path(self, i: int) -> str:
+        """The path to open for row ``i``."""
+        return self.fs_paths[i] if self.fs_paths is not None else self.paths[i]
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,11 @@ class StoredPredictions:
     confidence: np.ndarray
     probs: np.ndarray
     hashes: list[str]
-    fs_paths: list[str] = field(default_factory=list)  # the paths to open (real bytes of odd names)
+    fs_paths: list[str] | None = None  # as in :class:`Searchable`: None when every path opens as shown
+
+    def fs_path(self, i: int) -> str:
+        """The path to open for row ``i``."""
+        return self.fs_paths[i] if self.fs_paths is not None else self.paths[i]
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,7 @@ class Store:
     or :class:`IndexStorageError` (see :mod:`clipdex.store.guard`).
     """
 
-    _unguarded = ("transaction", "close", "release_lock")
+    _unguarded = ("transaction", "snapshot", "close", "release_lock")
 
     def __init__(self, path: Path, conn: sqlite3.Connection, *, readonly: bool = False,
                  readonly_reason: str = "") -> None:
@@ -173,6 +183,7 @@ class Store:
         self.readonly_reason = readonly_reason
         self._lock_fd: int | None = None
         self._checks: dict[int, tuple[tuple[int, ...], VectorCheck]] = {}
+        self.damage_found = 0  # how many times a read found lost vectors (status caches key on it)
 
     # -- opening --------------------------------------------------------------
     @classmethod
@@ -279,6 +290,32 @@ class Store:
             raise
         self.conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every statement inside sees the same committed catalog.
+
+        Another process may commit an indexing batch between any two statements
+        (WAL lets it). Reads that must agree (a model's committed ``rows`` and the
+        embeddings pointing into its vector file; a label set and its predictions;
+        the counts of a status) are made inside one snapshot. Inside a transaction
+        or another snapshot, it joins that one.
+        """
+        if self.conn.in_transaction:
+            yield self.conn
+            return
+        with storage_errors(self.path, self.conn, "reading the catalog"):
+            self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            raise
+        with storage_errors(self.path, self.conn, "reading the catalog"):
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")  # ends the read; there is nothing to write
+
     def stamp(self) -> tuple[int, int]:
         """Changes when anyone (this connection or another process) writes the catalog."""
         return (self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0])
@@ -291,6 +328,11 @@ class Store:
     def get_model(self, key: str) -> ModelRecord | None:
         row = self.conn.execute("SELECT * FROM models WHERE key = ?", (key,)).fetchone()
         return _model(row) if row else None
+
+    def _current(self, model: ModelRecord) -> ModelRecord:
+        """``model`` as the catalog holds it now (inside a snapshot: as of that snapshot)."""
+        row = self.conn.execute("SELECT * FROM models WHERE id = ?", (model.id,)).fetchone()
+        return _model(row) if row else model
 
     def add_model(self, key: str, name: str, spec_json: str, dim: int, logit_scale: float,
                   precision: str) -> ModelRecord:
@@ -324,34 +366,61 @@ class Store:
 
     # -- vector integrity -----------------------------------------------------
     def check_vectors(self, model: ModelRecord) -> VectorCheck:
-        """The model's vector file against the catalog (cached while the file is unchanged)."""
-        vectors = self.vector_file(model)
-        try:
-            st = os.stat(vectors.path)
-            key: tuple[int, ...] = (model.rows, st.st_size, st.st_mtime_ns, st.st_ino)
-        except FileNotFoundError:
-            key = (model.rows, -1)
+        """The model's vector file against the catalog, every row read and checked to be a
+        unit vector: O(rows x dim) (cached while the file and ``model.rows`` are unchanged)."""
+        key = self._file_key(model)
         cached = self._checks.get(model.id)
         if cached is None or cached[0] != key:
-            cached = (key, vectors.check(model.rows))
+            cached = (key, self.vector_file(model).check(model.rows))
             self._checks[model.id] = cached
         return cached[1]
 
-    def vector_damage(self, model: ModelRecord, hidden_roots: Sequence[str] | None = None
-                      ) -> VectorDamage | None:
-        """What the model's vector file lost, or None when every vector the catalog uses is sound."""
-        check = self.check_vectors(model)
-        if not check.missing and check.file_rows >= check.expected_rows and not len(check.bad_rows):
-            return None
-        rows = self.conn.execute("SELECT content_hash, row FROM embeddings WHERE model_id = ?",
+    def _file_key(self, model: ModelRecord) -> tuple[int, ...]:
+        try:
+            st = os.stat(self.vector_file(model).path)
+        except FileNotFoundError:
+            return (model.rows, -1)
+        return (model.rows, st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def _length_check(self, model: ModelRecord) -> VectorCheck:
+        """The vector file's length against the catalog (one ``stat``), with the rows a full
+        check of this very file found bad, if one was made."""
+        cached = self._checks.get(model.id)
+        if cached is not None and cached[0] == self._file_key(model):
+            return cached[1]
+        vectors = self.vector_file(model)
+        on_disk = vectors.file_rows()
+        return VectorCheck(path=vectors.path, expected_rows=model.rows, file_rows=on_disk or 0,
+                           missing=on_disk is None and model.rows > 0, bad_rows=np.zeros(0, np.int64))
+
+    def vector_damage(self, model: ModelRecord, hidden_roots: Sequence[str] | None = None, *,
+                      full: bool = False) -> VectorDamage | None:
+        """What the model's vector file lost, or None when every vector the catalog uses is sound.
+
+        By default only the file's length is compared with the catalog (O(1): a
+        missing or truncated file), plus rows an earlier full check of the same
+        file found bad; searching checks every row it loads. ``full`` reads and
+        checks every row (O(rows x dim)). The model's committed rows and its
+        embeddings are read in one snapshot, so a batch another process commits
+        meanwhile is never taken for a lost vector.
+        """
+        with self.snapshot() as c:
+            model = self._current(model)
+            check = self.check_vectors(model) if full else self._length_check(model)
+            if check.sound:
+                return None
+            if len(check.bad_rows):
+                rows = c.execute("SELECT content_hash, row FROM embeddings WHERE model_id = ?",
                                  (model.id,)).fetchall()
-        if not rows:
-            return None
-        ok = check.row_ok(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
-        lost = [r[0] for r, good in zip(rows, ok) if not good]
-        if not lost:
-            return None
-        return self._damage(model, check, lost, hidden_roots)
+                ok = check.row_ok(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+                lost = [r[0] for r, good in zip(rows, ok) if not good]
+            else:
+                lost = [r[0] for r in c.execute(
+                    "SELECT content_hash FROM embeddings WHERE model_id = ? AND row >= ?",
+                    (model.id, check.readable_rows))]
+            if not lost:
+                return None
+            return self._damage(model, check, lost, hidden_roots)
 
     def _damage(self, model: ModelRecord, check: VectorCheck, lost: list[str],
                 hidden_roots: Sequence[str] | None) -> VectorDamage:
@@ -374,8 +443,9 @@ class Store:
         holds (the next append continues there, never after zeros). Returns how
         many vectors were forgotten. Call it holding the writer's lock.
         """
+        model = self._current(model)
         check = self.check_vectors(model)
-        if not check.missing and check.file_rows >= check.expected_rows and not len(check.bad_rows):
+        if check.sound:
             return 0
         readable = check.readable_rows
         with self.transaction() as c:
@@ -511,46 +581,70 @@ class Store:
         """Every indexed file that has a vector of ``model``, sorted by path.
 
         Files under ``hidden_roots`` (default: the indexed folders that no longer
-        exist) are left out. Raises :class:`IndexDamaged` when a vector is lost:
-        past the end of its file, or not a unit vector.
+        exist) are left out. The model's committed rows and the embeddings are read
+        in one snapshot: an indexer committing batches meanwhile (another process)
+        is never mistaken for damage. Raises :class:`IndexDamaged` when a vector is
+        lost: past the end of its file, or not a unit vector.
         """
         hidden = self.missing_roots() if hidden_roots is None else list(hidden_roots)
         where, args = _outside(hidden)
-        rows = self.conn.execute(
-            "SELECT f.id, f.path, f.content_hash, e.row, f.raw_path FROM files f JOIN embeddings e "
-            "ON e.content_hash = f.content_hash AND e.model_id = ? "
-            f"WHERE f.status = 'ok'{where} ORDER BY f.path", (model.id, *args)).fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vector_rows = np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows))
-        vectors = self._gather(model, vector_rows, hidden)
-        return Searchable(ids=ids, paths=[r[1] for r in rows], hashes=[r[2] for r in rows],
-                          vectors=vectors, fs_paths=[_fs(r[1], r[4]) for r in rows])
+        with self.snapshot() as c:
+            model = self._current(model)
+            rows = c.execute(
+                "SELECT f.id, f.path, f.content_hash, e.row, f.raw_path FROM files f JOIN embeddings e "
+                "ON e.content_hash = f.content_hash AND e.model_id = ? "
+                f"WHERE f.status = 'ok'{where} ORDER BY f.path", (model.id, *args)).fetchall()
+        if not rows:
+            return Searchable(ids=np.zeros(0, np.int64), paths=[], hashes=[],
+                              vectors=np.zeros((0, model.dim), dtype=np.float32))
+        ids, paths, hashes, vector_rows, raws = zip(*rows)  # columns, without a loop per row
+        vectors = self._gather(model, np.array(vector_rows, dtype=np.int64), hashes, hidden)
+        return Searchable(ids=np.array(ids, dtype=np.int64), paths=list(paths), hashes=list(hashes),
+                          vectors=vectors, fs_paths=_fs_paths(paths, raws))
 
-    def _gather(self, model: ModelRecord, vector_rows: np.ndarray,
+    def _gather(self, model: ModelRecord, vector_rows: np.ndarray, hashes: Sequence[str],
                 hidden: Sequence[str]) -> np.ndarray:
-        """The vectors at ``vector_rows``, each checked (on disk, a unit vector)."""
+        """The vectors at ``vector_rows`` (of the content ``hashes``), each checked: on disk
+        and a unit vector. ``model`` must come from the snapshot the rows were read in."""
         if not len(vector_rows):
             return np.zeros((0, model.dim), dtype=np.float32)
         vector_file = self.vector_file(model)
-        on_disk = vector_file.file_rows() or 0
-        usable = min(on_disk, model.rows)
-        if int(vector_rows.max()) >= usable:
-            raise self._damaged(self.vector_damage(model, hidden) or self._damage(
-                model, self.check_vectors(model), [], hidden))
+        on_disk = vector_file.file_rows()
+        usable = min(on_disk or 0, model.rows)
+        past = vector_rows >= usable
+        if past.any():
+            raise self._lost(model, hashes, past, hidden, on_disk, np.zeros(0, np.int64))
         matrix = np.asarray(vector_file.read(usable)[vector_rows])
         good = unit_rows(matrix)
         if not good.all():
             self._checks.pop(model.id, None)  # the file changed under a cached check
-            raise self._damaged(self.vector_damage(model, hidden) or self._damage(
-                model, self.check_vectors(model), [], hidden))
+            raise self._lost(model, hashes, ~good, hidden, on_disk, np.unique(vector_rows[~good]))
         return matrix
 
+    def _lost(self, model: ModelRecord, hashes: Sequence[str], lost: np.ndarray, hidden: Sequence[str],
+              on_disk: int | None, bad_rows: np.ndarray) -> IndexDamaged:
+        """The error for vectors a read found lost (``lost``: a mask over ``hashes``, never empty).
+
+        The whole file is checked to say how many photos lost their vector; should
+        that check find nothing (the file was repaired meanwhile), the error names
+        what this read found."""
+        self.damage_found += 1
+        damage = self.vector_damage(model, hidden, full=True)
+        if damage is None:
+            check = VectorCheck(path=self.vector_file(model).path, expected_rows=model.rows,
+                                file_rows=on_disk or 0, missing=on_disk is None, bad_rows=bad_rows)
+            damage = self._damage(model, check, [hashes[int(i)] for i in np.flatnonzero(lost)], hidden)
+        return self._damaged(damage)
+
     def vector_for_hash(self, model: ModelRecord, content_hash: str) -> np.ndarray | None:
-        row = self.conn.execute("SELECT row FROM embeddings WHERE model_id = ? AND content_hash = ?",
-                                (model.id, content_hash)).fetchone()
+        """The stored vector of ``content_hash`` (None when ``model`` has none)."""
+        with self.snapshot() as c:
+            model = self._current(model)
+            row = c.execute("SELECT row FROM embeddings WHERE model_id = ? AND content_hash = ?",
+                            (model.id, content_hash)).fetchone()
         if row is None:
             return None
-        return np.array(self._gather(model, np.array([row[0]], dtype=np.int64), [])[0])
+        return np.array(self._gather(model, np.array([row[0]], dtype=np.int64), [content_hash], [])[0])
 
     # -- classifications ------------------------------------------------------
     def save_predictions(self, model: ModelRecord, name: str, definition: str, labels: Sequence[str],
@@ -581,23 +675,25 @@ class Store:
         """A stored label set's predictions for every indexed photo, sorted by path.
 
         Files under ``hidden_roots`` (default: indexed folders that no longer exist) are left out."""
-        row = self.conn.execute("SELECT id, definition, labels FROM label_sets WHERE model_id = ? "
-                                "AND name = ?", (model.id, name)).fetchone()
-        if row is None:
-            return None
-        labels = json.loads(row[2])
         hidden = self.missing_roots() if hidden_roots is None else list(hidden_roots)
         where, args = _outside(hidden)
-        rows = self.conn.execute(
-            "SELECT f.id, f.path, p.label, p.prob, p.probs, f.content_hash, f.raw_path FROM files f "
-            "JOIN predictions p ON p.content_hash = f.content_hash AND p.set_id = ? "
-            f"WHERE f.status = 'ok'{where} ORDER BY f.path", (row[0], *args)).fetchall()
+        with self.snapshot() as c:  # a set replaced meanwhile is read whole, old or new
+            row = c.execute("SELECT id, definition, labels FROM label_sets WHERE model_id = ? "
+                            "AND name = ?", (model.id, name)).fetchone()
+            if row is None:
+                return None
+            rows = c.execute(
+                "SELECT f.id, f.path, p.label, p.prob, p.probs, f.content_hash, f.raw_path FROM files f "
+                "JOIN predictions p ON p.content_hash = f.content_hash AND p.set_id = ? "
+                f"WHERE f.status = 'ok'{where} ORDER BY f.path", (row[0], *args)).fetchall()
+        labels = json.loads(row[2])
         probs = (np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").reshape(len(rows), len(labels))
                  if rows else np.zeros((0, len(labels)), np.float32))
         return StoredPredictions(
             definition=row[1], labels=labels, file_ids=[r[0] for r in rows], paths=[r[1] for r in rows],
             predicted=[r[2] for r in rows], confidence=np.array([r[3] for r in rows], dtype=np.float32),
-            probs=probs, hashes=[r[5] for r in rows], fs_paths=[_fs(r[1], r[6]) for r in rows])
+            probs=probs, hashes=[r[5] for r in rows],
+            fs_paths=_fs_paths([r[1] for r in rows], [r[6] for r in rows]))
 
     def save_correction(self, model: ModelRecord, set_name: str, content_hash: str, label: str) -> None:
         """Record a person's label for a photo (ground truth), replacing an earlier one."""
@@ -660,6 +756,33 @@ class Store:
             "SELECT f.path FROM files f LEFT JOIN embeddings e ON e.content_hash = f.content_hash "
             f"AND e.model_id = ? WHERE f.status = 'ok' AND e.row IS NULL{where} ORDER BY f.path",
             (model.id, *args))]
+
+    def unencoded_by_root(self, model: ModelRecord, hidden_roots: Sequence[str] = ()) -> dict[str, int]:
+        """Indexed photos outside ``hidden_roots`` without a vector of ``model``, counted per
+        innermost indexed folder (SQL counts; no path is listed). Empty when all have one."""
+        where, args = _outside(hidden_roots)
+        base = ("SELECT count(*) FROM files f LEFT JOIN embeddings e ON e.content_hash = f.content_hash "
+                f"AND e.model_id = ? WHERE f.status = 'ok' AND e.row IS NULL{where}")
+        total = self.conn.execute(base, (model.id, *args)).fetchone()[0]
+        if not total:
+            return {}
+        roots = [r for r in self.roots() if not _under_any(r, hidden_roots) and r not in hidden_roots]
+        counts: dict[str, int] = {}
+        for root in roots:
+            nested = [r for r in roots if _under(r, root)]
+            inner, inner_args = _outside(nested)
+            n = self.conn.execute(base + f" AND substr(f.path, 1, ?) = ?{inner}",
+                                  (model.id, *args, len(_prefix(root)), _prefix(root), *inner_args)
+                                  ).fetchone()[0]
+            if n:
+                counts[root] = n
+        if sum(counts.values()) < total:  # files outside every indexed folder (not expected)
+            outside, outside_args = _outside(roots)
+            for path, in self.conn.execute(base.replace("count(*)", "f.path") + outside,
+                                           (model.id, *args, *outside_args)):
+                folder = os.path.dirname(path)
+                counts[folder] = counts.get(folder, 0) + 1
+        return dict(sorted(counts.items()))
 
     def innermost_roots(self, paths: Sequence[str]) -> list[str]:
         """The indexed folders that hold ``paths`` (the innermost one for nested folders)."""
@@ -726,8 +849,11 @@ def _is_dir(root: str) -> bool:
     return os.path.isdir(os.fsdecode(raw))
 
 
-def _fs(path: str, raw: bytes | None) -> str:
-    return os.fsdecode(raw) if raw is not None else path
+def _fs_paths(paths: Sequence[str], raws: Sequence[bytes | None]) -> list[str] | None:
+    """The paths to open, row-aligned, when some name is not UTF-8; None when all open as shown."""
+    if raws.count(None) == len(raws):
+        return None
+    return [os.fsdecode(raw) if raw is not None else path for path, raw in zip(paths, raws)]
 
 
 def _raw(f: NewFile) -> bytes | None:

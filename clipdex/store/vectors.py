@@ -48,6 +48,11 @@ class VectorCheck:
     bad_rows: np.ndarray  # rows below min(expected, file_rows) that are not unit vectors
 
     @property
+    def sound(self) -> bool:
+        """Does the file hold every committed row, each a unit vector?"""
+        return not self.missing and self.file_rows >= self.expected_rows and not len(self.bad_rows)
+
+    @property
     def readable_rows(self) -> int:
         return min(self.expected_rows, self.file_rows)
 
