@@ -200,6 +200,7 @@ class Store:
         catalog = folder / CATALOG_NAME
         with storage_errors(folder, doing="opening the index"):
             if not catalog.exists():
+                _check_no_vectors(folder, f"its catalog {CATALOG_NAME} is missing")
                 if not create or readonly:
                     raise IndexNotFound(folder)
                 folder.mkdir(parents=True, exist_ok=True)
@@ -871,16 +872,21 @@ def _check_header(folder: Path, catalog: Path) -> None:
     with open(catalog, "rb") as f:
         header = f.read(len(SQLITE_HEADER))
     if not header:
-        vectors = folder / "vectors"
-        held = [p.name for p in vectors.glob("*.f32") if p.stat().st_size] if vectors.is_dir() else []
-        if held:
-            raise IndexDamaged(folder, f"its catalog {CATALOG_NAME} is empty (0 bytes) but vectors/ "
-                               f"still holds {', '.join(sorted(held))}: the list of photos is lost",
-                               catalog_damaged_fix(folder))
+        _check_no_vectors(folder, f"its catalog {CATALOG_NAME} is empty (0 bytes)")
         return  # a first run killed before it wrote anything: a new index
     if header != SQLITE_HEADER:
         raise IndexDamaged(folder, f"its catalog {CATALOG_NAME} is not a SQLite database (it starts "
                            f"with {header[:16]!r})", catalog_damaged_fix(folder))
+
+
+def _check_no_vectors(folder: Path, what: str) -> None:
+    """Refuse a catalog that is missing or empty while ``vectors/`` still holds vectors: a
+    fresh catalog would count 0 rows and the first append would truncate them."""
+    vectors = folder / "vectors"
+    held = [p.name for p in vectors.glob("*.f32") if p.stat().st_size] if vectors.is_dir() else []
+    if held:
+        raise IndexDamaged(folder, f"{what} but vectors/ still holds {', '.join(sorted(held))}: "
+                           "the list of photos is lost", catalog_damaged_fix(folder))
 
 
 def _not_writable(folder: Path, catalog: Path) -> str:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from clipdex import Index
+from clipdex.cli import main
 from clipdex.errors import IndexDamaged, IndexStorageError, PhotoFolderError
 from clipdex.store import Store
 from tests.images import write_photos
@@ -305,6 +307,23 @@ def test_an_empty_catalog_beside_vectors_is_damage_not_a_new_index(
         with pytest.raises(IndexDamaged, match=r"empty \(0 bytes\) but vectors/ still holds model-1.f32"):
             Index.open(idx, create=create, **model_kwargs)
     assert (idx / "catalog.sqlite").stat().st_size == 0  # never reset
+
+
+def test_a_deleted_catalog_beside_vectors_is_damage_not_a_new_index(
+        tmp_path: Path, photos: Path, model_kwargs: dict[str, str], model_args: list[str]) -> None:
+    idx = _indexed(tmp_path, photos, model_kwargs)
+    vectors = _vector_file(idx).read_bytes()
+    for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (idx / name).unlink(missing_ok=True)
+    for kw in ({"create": False}, {"create": True}, {"readonly": True}):
+        with pytest.raises(IndexDamaged, match=r"catalog\.sqlite is missing but vectors/ still holds "
+                           r"model-1\.f32") as caught:
+            Index.open(idx, **kw, **model_kwargs)  # type: ignore[arg-type]
+        assert f"mv {idx} {idx}.damaged" in str(caught.value)
+    result = CliRunner().invoke(main, ["index", str(photos), "--index", str(idx), *model_args])
+    assert result.exit_code == 1 and "catalog.sqlite is missing" in result.output
+    assert not (idx / "catalog.sqlite").exists()  # nothing created
+    assert _vector_file(idx).read_bytes() == vectors  # never truncated
 
 
 def test_an_empty_catalog_of_a_killed_first_run_is_a_new_index(tmp_path: Path) -> None:
