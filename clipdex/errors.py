@@ -20,8 +20,10 @@
     ├── QueryError                a search query that cannot be understood
     ├── LabelSetError             a label set or label file that cannot be used
     ├── TableError                a metadata table that cannot be read or joined
-    └── OutputError               an output file (grid, CSV, heatmap…) that cannot be written
-        └── GridError             a contact sheet too large to draw, or of an unknown type
+    ├── OutputError               an output file (grid, CSV, heatmap…) that cannot be written
+    │   └── GridError             a contact sheet too large to draw
+    │       └── ImageTypeError    an image output named with a type clipdex cannot write
+    └── ReviewOptionError         review options (photos per label, seed, mode) out of range
 
 Messages end in what to do. The CLI and the web app turn these into exit codes
 and pages; nothing below them prints.
@@ -231,3 +233,20 @@ class GridError(OutputError):
         ClipdexError.__init__(self, f"grid {path}: {problem}. {fix}")
         self.path = path
         self.option = "--grid"
+
+
+class ImageTypeError(GridError):
+    """An image output (``--grid``, ``--heatmap``…) named with a type clipdex cannot write."""
+
+    def __init__(self, path: str, option: str, problem: str, fix: str) -> None:
+        ClipdexError.__init__(self, f"{option} {path}: {problem}. {fix}")
+        self.path = path
+        self.option = option
+
+
+class ReviewOptionError(ClipdexError, ValueError):
+    """A review option (photos per label, seed, mode) that cannot be used; the label set is fine."""
+
+    def __init__(self, where: str, problem: str, fix: str) -> None:
+        self.where = where
+        super().__init__(f"{where}: {problem}. {fix}")

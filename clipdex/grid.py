@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from clipdex.decode import open_image_file
-from clipdex.errors import ClipdexError, GridError, ImageDecodeError, OutputError
+from clipdex.errors import GridError, ImageDecodeError, ImageTypeError, OutputError
 from clipdex.fileio import write_atomically
 
 # Pillow's own decompression-bomb limit: a larger sheet would warn or fail when opened
@@ -117,15 +117,6 @@ def check_sheet(rows: Sequence[Row], out: str | os.PathLike[str], *, thumb: int 
                         f"({MAX_GRID_PIXELS / 1e6:.0f} megapixels, {MAX_SIDE_PX:,} pixels a side)",
                         "Draw fewer photos (fewer results, or fewer per label) or smaller thumbnails.")
     return width, height
-
-
-class ImageTypeError(GridError):
-    """An image output (``--grid``, ``--heatmap``…) named with a type clipdex cannot write."""
-
-    def __init__(self, path: str, option: str, problem: str, fix: str) -> None:
-        ClipdexError.__init__(self, f"{option} {path}: {problem}. {fix}")
-        self.path = path
-        self.option = option
 
 
 def check_grid_path(out: str | os.PathLike[str], option: str = "--grid") -> str:

@@ -18,19 +18,11 @@ import os
 import numpy as np
 
 from clipdex.classify import MULTI_SEPARATOR, UNCERTAIN, Classification
-from clipdex.errors import ClipdexError
+from clipdex.errors import ReviewOptionError
 from clipdex.grid import Row, Tile, draw_rows
 
 MODES = ("random", "least-confident", "most-confident")
 MAX_PER_LABEL = 500  # a review row is for looking at; more is a table (clipdex classify --out)
-
-
-class ReviewOptionError(ClipdexError, ValueError):
-    """A review option (photos per label, seed, mode) that cannot be used; the label set is fine."""
-
-    def __init__(self, where: str, problem: str, fix: str) -> None:
-        self.where = where
-        super().__init__(f"{where}: {problem}. {fix}")
 
 
 def check_review_options(per_label: int, seed: int, mode: str = "random", where: str = "review") -> None:

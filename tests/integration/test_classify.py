@@ -16,7 +16,7 @@ from clipdex import Index
 from clipdex import labels as labels_module
 from clipdex.classify import build_classifier, classify, mean_direction
 from clipdex.cli import main
-from clipdex.errors import LabelSetError
+from clipdex.errors import LabelSetError, ReviewOptionError
 from clipdex.evaluate import evaluate
 from clipdex.export import KeyMatcher
 from clipdex.labels import builtin_templates, load_label_sets, make_label_set
@@ -304,7 +304,7 @@ def test_review_with_a_huge_per_label_is_refused_and_a_large_one_stays_small(ind
     assert not (tmp_path / "huge.png").exists()
     with Index.open(indexed) as index:
         result = index.classification("taken_space")
-    with pytest.raises(LabelSetError, match="per_label 100000 is not between 1 and 500"):
+    with pytest.raises(ReviewOptionError, match="per_label 100000 is not between 1 and 500"):
         draw_review(result, tmp_path / "huge.png", per_label=100_000)
     assert not (tmp_path / "huge.png").exists()
     large = runner.invoke(main, ["review", "taken_space", "--index", str(indexed), "--grid",
