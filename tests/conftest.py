@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from click.testing import CliRunner, Result
 
 from tests.images import write_photos
 
@@ -87,6 +88,22 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def run_cli(*args: str, catch_exceptions: bool = False) -> Result:
+    """``clipdex ARGS…`` in-process (click's CliRunner); exceptions propagate unless caught."""
+    from clipdex.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=catch_exceptions)
+
+
+@pytest.fixture()
+def cli_index(tmp_path: Path, photos: Path, model_args: list[str]) -> str:
+    """An index of the ``photos`` fixture made by ``clipdex index``; its folder path."""
+    index = str(tmp_path / "idx")
+    result = run_cli("index", str(photos), "--index", index, *model_args)
+    assert result.exit_code == 0, result.output
+    return index
 
 
 def free_port() -> int:

@@ -12,16 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
 from PIL import Image
 
 from clipdex.cli import main
+from tests.conftest import run_cli as run
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def run(*args: str) -> "object":
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def test_index_search_status_round_trip(tmp_path: Path, photos: Path, model_args: list[str]) -> None:

@@ -12,14 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
-from click.testing import CliRunner, Result
-
-from clipdex.cli import main
+from tests.conftest import run_cli as run
 from tests.images import write_photos
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def test_markup_in_folder_file_and_label_names_is_shown_as_text(tmp_path: Path, model_args: list[str]) -> None:

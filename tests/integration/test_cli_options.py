@@ -6,15 +6,15 @@ import errno
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from clipdex import cli
-from clipdex.cli import main
 from clipdex.fileio import OS_PROBLEMS, describe_os_error
+from tests.conftest import run_cli
 
 
 def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
+    return run_cli(*args, catch_exceptions=True)
 
 
 def _no_traceback(result: Result) -> None:

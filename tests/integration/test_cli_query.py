@@ -8,20 +8,15 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from clipdex.cli import _query_after_separator, main, search_cmd
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from tests.conftest import run_cli as run
 
 
 @pytest.fixture()
-def idx(tmp_path: Path, photos: Path, model_args: list[str]) -> str:
-    index = str(tmp_path / "idx")
-    assert run("index", str(photos), "--index", index, *model_args).exit_code == 0
-    return index
+def idx(cli_index: str) -> str:
+    return cli_index
 
 
 @pytest.mark.parametrize("args, expected", [

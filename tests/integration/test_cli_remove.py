@@ -9,20 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from clipdex.cli import main
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from tests.conftest import run_cli as run
 
 
 @pytest.fixture()
-def idx(tmp_path: Path, photos: Path, model_args: list[str]) -> str:
-    index = str(tmp_path / "idx")
-    assert run("index", str(photos), "--index", index, *model_args).exit_code == 0
-    return index
+def idx(cli_index: str) -> str:
+    return cli_index
 
 
 def test_a_moved_folder_is_shown_gone_then_forgotten_and_its_vectors_reused(idx: str, photos: Path) -> None:
