@@ -95,6 +95,17 @@ class IndexStatus:
     readonly: bool = False
 
 
+@dataclass(frozen=True)
+class IndexCounts:
+    """The cheap part of :class:`IndexStatus`: files in folders that exist, folders, model names."""
+
+    indexed: int
+    failed: int
+    roots: list[str]
+    missing_roots: list[str]
+    models: list[str]
+
+
 class Index:
     """An on-disk photo index and the model that searches it."""
 
@@ -520,6 +531,16 @@ class Index:
                              f"{name!r}", f"Check that --key {key} names the photos (file stem or path).")
         return evaluate(predicted, truth, result.labels), len(truth)
 
+    def counts(self) -> IndexCounts:
+        """How many files the index holds, its folders and models: a few cheap catalog reads
+        (no per-model counts, no vector checks), for a page that shows them on every request."""
+        with self.store.snapshot():
+            missing = self.store.missing_roots()
+            counts = self.store.counts(missing)
+            return IndexCounts(indexed=counts.get("ok", 0), failed=counts.get("failed", 0),
+                               roots=self.store.roots(), missing_roots=missing,
+                               models=[r.name for r in self.store.models()])
+
     def status(self) -> IndexStatus:
         """What the index holds and what is wrong with it (cached until the index changes).
 
@@ -527,12 +548,10 @@ class Index:
         meanwhile never makes them disagree); each vector file is checked by its
         length only (one ``stat``), never read: searching checks every vector it loads.
         """
-        stamp = (*self._stamp(), self.store.damage_found)
+        stamp = (self._stamp(), self.store.vectors_stamp())
         if self._status is not None and self._status[0] == stamp:
             return self._status[1]
-        hidden = stamp[-2]
-        assert isinstance(hidden, tuple)
-        missing = list(hidden)
+        missing = list(self.store.missing_roots())
         problems: list[str] = []
         models = []
         option = index_option(self.path)

@@ -376,6 +376,10 @@ class Store:
             self._checks[model.id] = cached
         return cached[1]
 
+    def vectors_stamp(self) -> tuple[object, ...]:
+        """Changes when a vector file changes (one ``stat`` per model) or a read found damage."""
+        return (self.damage_found, *(self._file_key(m) for m in self.models()))
+
     def _file_key(self, model: ModelRecord) -> tuple[int, ...]:
         try:
             st = os.stat(self.vector_file(model).path)

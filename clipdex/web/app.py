@@ -186,11 +186,13 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         with access.reader() as reader:
             label_sets = _names(reader.label_sets)
             labels_of_set = _names(lambda: reader.classification_labels(set)) if set else []
-            status = reader.status()
+            counts = reader.counts()  # not status(): no per-model counts on every search
+        status = {"indexed": counts.indexed, "roots": counts.roots,
+                  "models": [{"name": name} for name in counts.models]}
         return render("search.html", http_status=400 if error else 200, q=q, like=similar_to,
                       results=[serialize.search_result(h) for h in hits], error=error, page=page,
                       page_size=PAGE_SIZE, set=set, label=label, label_sets=label_sets,
-                      labels_of_set=labels_of_set, status=serialize.index_status(status))
+                      labels_of_set=labels_of_set, status=status)
 
     @app.get("/photo/{file_id}", response_class=HTMLResponse)
     async def photo_page(file_id: PhotoId) -> Response:
