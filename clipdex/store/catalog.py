@@ -595,7 +595,9 @@ class Store:
         where, args = _outside(hidden)
         with self.snapshot() as c:
             model = self._current(model)
-            rows = c.execute(
+            cursor = c.cursor()
+            cursor.row_factory = None  # plain tuples: a row object per photo costs more than the read
+            rows = cursor.execute(
                 "SELECT f.id, f.path, f.content_hash, e.row, f.raw_path FROM files f JOIN embeddings e "
                 "ON e.content_hash = f.content_hash AND e.model_id = ? "
                 f"WHERE f.status = 'ok'{where} ORDER BY f.path", (model.id, *args)).fetchall()
@@ -619,7 +621,12 @@ class Store:
         past = vector_rows >= usable
         if past.any():
             raise self._lost(model, hashes, past, hidden, on_disk, np.zeros(0, np.int64))
-        matrix = np.asarray(vector_file.read(usable)[vector_rows])
+        try:
+            matrix = vector_file.take(vector_rows)
+        except ShortVectorFile as e:  # truncated since it was measured
+            past = vector_rows >= e.actual
+            raise self._lost(model, hashes, past if past.any() else vector_rows == vector_rows.max(),
+                             hidden, None if e.missing else e.actual, np.zeros(0, np.int64)) from None
         good = unit_rows(matrix)
         if not good.all():
             self._checks.pop(model.id, None)  # the file changed under a cached check

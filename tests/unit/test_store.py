@@ -64,6 +64,37 @@ def test_check_finds_zero_nan_and_garbage_rows(tmp_path: Path) -> None:
     assert unit_rows(_unit(3).astype(np.float16).astype(np.float32)).all()  # half precision passes
 
 
+@pytest.mark.parametrize("rows", [
+    list(range(40)),  # every row in order (a search load): read in place
+    [*range(0, 20), *range(25, 40), 21, 22],  # runs in order and a few out of it
+    [39, 0, 5, 5, 17, 38, 1, 1, 1, 20],  # any order, duplicated photos share a row
+    [3, 39],  # sparse: memory-mapped
+    [],
+])
+def test_take_reads_rows_in_any_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[int]) -> None:
+    monkeypatch.setattr("clipdex.store.vectors.TAKE_CHUNK_ROWS", 7)  # rows span several chunks
+    monkeypatch.setattr("clipdex.store.vectors.RUN_READ_RATIO", 8)
+    f = VectorFile(tmp_path / "v.f32", 8)
+    f.append(0, _unit(40))
+    index = np.array(rows, dtype=np.int64)
+    np.testing.assert_array_equal(f.take(index), _unit(40)[index])
+    with open(f.path, "r+b") as fh:
+        fh.truncate(30 * 8 * 4)
+    if rows and max(rows) >= 30:
+        with pytest.raises(ShortVectorFile, match="holds 30 complete rows"):
+            f.take(index)
+
+
+def test_the_unit_check_in_float32_keeps_its_tolerance_at_large_dimensions() -> None:
+    rows = _unit(64, dim=2048)
+    assert unit_rows(rows).all() and unit_rows(rows * 1.04).all()
+    assert not unit_rows(rows * 1.06).any() and not unit_rows(rows * 0.94).any()
+    huge = rows.copy()
+    huge[0] = 1e30  # the sum of squares overflows float32: not a unit vector, no warning
+    huge[1, 5] = np.inf
+    assert unit_rows(huge).tolist() == [False, False] + [True] * 62
+
+
 @pytest.mark.parametrize(("message", "kind", "says"), [
     ("database or disk is full", IndexStorageError, "disk full while writing the catalog"),
     ("disk I/O error", IndexStorageError, "I/O error"),
