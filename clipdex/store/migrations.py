@@ -7,9 +7,35 @@ An index whose version is newer than ``LATEST_VERSION`` is refused with
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from collections.abc import Callable
 
-MIGRATIONS: list[tuple[str, str]] = [
+DEFAULT_LIMIT_MEGAPIXELS = 178.0  # the limit every run used before --max-megapixels was recorded
+_LIMIT = re.compile(r"(\d+(?:\.\d+)?)-megapixel limit")
+
+
+def classify_old_failure(reason: str) -> tuple[str, float | None]:
+    """The failure kind (and megapixel limit) of a failure recorded before kinds existed,
+    from its reason text: read errors were transient, the megapixel limit a limit."""
+    if "cannot be read (" in reason:
+        return "transient", None
+    if "megapixel limit" in reason:
+        found = _LIMIT.search(reason)
+        return "limit", float(found.group(1)) if found else DEFAULT_LIMIT_MEGAPIXELS
+    return "permanent", None
+
+
+def _classify_old_failures(conn: sqlite3.Connection) -> None:
+    rows = conn.execute("SELECT id, reason FROM files WHERE status = 'failed' "
+                        "AND failure_kind IS NULL").fetchall()
+    conn.executemany("UPDATE files SET failure_kind = ?, failure_limit = ? WHERE id = ?",
+                     [(*classify_old_failure(reason or ""), file_id) for file_id, reason in rows])
+
+
+Migration = str | Callable[[sqlite3.Connection], None]  # SQL statements, or a function run in the transaction
+
+MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", """
         CREATE TABLE roots (
             path TEXT PRIMARY KEY,
@@ -82,11 +108,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE files ADD COLUMN failure_kind TEXT;
         ALTER TABLE files ADD COLUMN failure_limit REAL;
     """),
+    ("005_kinds_of_old_failures", _classify_old_failures),
 ]
 # 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
 # holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
 # retried on the next run), 'limit' (over failure_limit megapixels, retried when the limit
 # is raised) or 'permanent' (the file itself is bad).
+# 005: failures recorded before 004 had no kind, so every one stayed permanent (a photo on a
+# disk that was briefly unmounted was never retried): their kind is read from the reason.
 LATEST_VERSION = len(MIGRATIONS)
 
 
@@ -104,8 +133,12 @@ def migrate(conn: sqlite3.Connection) -> None:
             if current >= LATEST_VERSION:
                 conn.execute("COMMIT")
                 return
-            for statement in filter(str.strip, MIGRATIONS[current][1].split(";")):
-                conn.execute(statement)
+            step = MIGRATIONS[current][1]
+            if isinstance(step, str):
+                for statement in filter(str.strip, step.split(";")):
+                    conn.execute(statement)
+            else:
+                step(conn)
             conn.execute(f"PRAGMA user_version = {current + 1}")
         except BaseException:
             if conn.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
