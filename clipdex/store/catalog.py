@@ -750,7 +750,8 @@ class Store:
         conditions = " OR ".join(["substr(path, 1, ?) = ?"] * len(roots))
         args: list[object] = []
         for r in roots:
-            args += [len(_prefix(r)), _prefix(r)]
+            prefix = _prefix(display_path(r))  # a real name that is not UTF-8, or its display form
+            args += [len(prefix), prefix]
         return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND ({conditions})",
                                  (status, *args)).fetchone()[0]
 
@@ -839,7 +840,8 @@ def _outside(roots: Sequence[str], column: str = "f.path") -> tuple[str, list[ob
         return "", []
     args: list[object] = []
     for r in roots:
-        args += [len(_prefix(r)), _prefix(r)]
+        prefix = _prefix(display_path(r))  # rows hold display forms: compare like with like
+        args += [len(prefix), prefix]
     return " AND NOT (" + " OR ".join([f"substr({column}, 1, ?) = ?"] * len(roots)) + ")", args
 
 

@@ -437,3 +437,20 @@ def test_a_folder_whose_name_is_not_utf8_is_not_taken_for_missing(
         assert status.roots == [str(tmp_path / "f\\xe9tes")] and status.missing_roots == []
         assert len(index.search("a photo", k=5)) == 2
         assert index.remove_folder(folder) == 2
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses names that are not UTF-8")
+def test_a_gone_folder_whose_name_is_not_utf8_still_counts_its_photos(
+        tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    folder = os.fsdecode(os.fsencode(tmp_path) + b"/f\xe9tes")
+    write_photos(Path(folder), 2)
+    with _open(tmp_path / "idx", model_kwargs) as index:
+        index.add(folder)
+        os.rename(folder, tmp_path / "moved")
+        assert index.store.count_under([folder]) == 2  # the real name
+        assert index.store.count_under([str(tmp_path / "f\\xe9tes")]) == 2  # its display form
+        assert index.store.counts([folder]) == {}  # hidden by its real name too
+        with pytest.raises(PhotoFolderError, match="still holds its 2 photos"):
+            index.add(folder)
+        status = index.status()
+        assert status.missing_photos == 2 and status.indexed == 0
