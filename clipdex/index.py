@@ -11,13 +11,15 @@ The CLI and the web app are thin layers over this class.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -47,6 +49,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_K = 10_000
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Run an :class:`Index` method under the index's lock (its SQLite reads and caches)."""
+    @functools.wraps(method)
+    def wrapper(self: "Index", *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return cast(F, wrapper)
 
 
 def vector_key(spec: ModelSpec, precision: str | None) -> str:
@@ -120,6 +134,10 @@ class Index:
         self._searchable: tuple[int, Searchable] | None = None
         self._classifications: dict[str, tuple[object, Classification]] = {}
         self._status: tuple[object, IndexStatus] | None = None
+        # Held for the index's SQLite reads and caches (one connection, not thread-safe);
+        # search() and similar() encode and rank outside it. Reentrant: hold it around
+        # several calls that must see the same index.
+        self.lock = threading.RLock()
 
     @classmethod
     def open(
@@ -166,6 +184,7 @@ class Index:
         return self.store.path
 
     # -- the model ------------------------------------------------------------
+    @_locked
     def model_record(self) -> ModelRecord:
         """The index's record of the model in use (raises if it has no vectors of it)."""
         records = self.store.models()
@@ -318,6 +337,7 @@ class Index:
         indexed folder appears or disappears (a few ``isdir`` calls)."""
         return (*self.store.stamp(), tuple(self.store.missing_roots()))
 
+    @_locked
     def searchable(self) -> Searchable:
         """Every searchable photo with its vector, cached until the index changes.
 
@@ -349,25 +369,74 @@ class Index:
 
     def search(self, query: str | list[QueryTerm], k: int = 10, *, offset: int = 0,
                label: tuple[str, str] | None = None,
-               image_files: Callable[[str], bool] | None = None) -> list[SearchResult]:
+               image_files: Callable[[str], bool] | None = None,
+               image_vector: Callable[[str], np.ndarray | None] | None = None) -> list[SearchResult]:
         """The ``k`` photos most similar to ``query``, best first (cosine scores).
 
         ``label=("taken_time", "night")`` keeps only photos with that label in a
-        stored set (a person's correction wins over the prediction).
+        stored set (a person's correction wins over the prediction). An ``@image``
+        term is, in order: what ``image_vector`` returns for it (None: not its
+        kind; the web resolves its uploads so), a photo of the index (its stored
+        vector), or an image file that ``image_files`` allows (default: any).
+
+        Safe to call from several threads at once: the catalog reads and caches
+        are taken under :attr:`lock`; encoding the query, decoding image files
+        and ranking run outside it, side by side.
         """
         if not 1 <= k <= MAX_K:
             raise QueryError(str(query), f"k must be between 1 and {MAX_K}")
         if offset < 0:
             raise QueryError(str(query), f"the offset must be 0 or more, not {offset}")
+        terms = parse_query(query) if isinstance(query, str) else query
+        vectors: dict[int, np.ndarray] = {}
+        if image_vector is not None:
+            for i, term in enumerate(terms):
+                if term.kind == "image":
+                    given = image_vector(term.value)
+                    if given is not None:
+                        vectors[i] = given
+        files: dict[int, str] = {}
+        with self.lock:
+            found = self._nonempty_searchable()
+            allowed = self._label_mask(found, *label) if label else None
+            for i, term in enumerate(terms):
+                if term.kind == "image" and i not in vectors:
+                    stored = self._stored_vector(term.value)
+                    if stored is not None:
+                        vectors[i] = stored
+                    else:
+                        files[i] = self._query_file(term.value, image_files)
+            texts = [t.value for t in terms if t.kind == "text"]
+            encoder = self.encoder if texts or files else None  # built once, under the lock
+        if encoder is not None:
+            vectors.update(_encode_terms(encoder, terms, texts, files))
+        query_vector = combine([vectors[i] for i in range(len(terms))], [t.weight for t in terms])
+        return _ranked(found, query_vector, k, offset, allowed)
+
+    def similar(self, file_id: int, k: int = 10, *, offset: int = 0) -> tuple[FileRecord, list[SearchResult]]:
+        """Photo ``file_id`` and the photos most like it, by its stored vector (thread-safe
+        like :meth:`search`). Raises :class:`PhotoNotFound`, or :class:`QueryError` when
+        the photo has no vector of this model yet."""
+        if not 1 <= k <= MAX_K:
+            raise QueryError(f"more like photo #{file_id}", f"k must be between 1 and {MAX_K}")
+        if offset < 0:
+            raise QueryError(f"more like photo #{file_id}", f"the offset must be 0 or more, not {offset}")
+        with self.lock:
+            found = self._nonempty_searchable()
+            record = self.photo(file_id)
+            rows = np.flatnonzero(found.ids == file_id)
+            vector = (found.vectors[rows[0]] if rows.size else
+                      self.store.vector_for_hash(self.model_record(), record.content_hash or ""))
+        if vector is None:
+            raise QueryError(f"more like photo #{file_id}", f"{record.path} has no vector of this "
+                             "model yet; run `clipdex index` on its folder")
+        return record, _ranked(found, combine([vector], [1.0]), k, offset, None)
+
+    def _nonempty_searchable(self) -> Searchable:
         found = self.searchable()
         if not found.paths:
             raise EmptyIndex(self.path, self.model_record().key)
-        allowed = self._label_mask(found, *label) if label else None
-        rows, scores = rank(self.query_vector(query, image_files=image_files), found.vectors, k,
-                            offset, allowed)
-        return [SearchResult(rank=offset + i + 1, score=float(s), path=found.paths[r],
-                             file_id=int(found.ids[r]))
-                for i, (r, s) in enumerate(zip(rows, scores))]
+        return found
 
     def _label_mask(self, found: Searchable, name: str, label: str) -> np.ndarray:
         result = self.classification(name)
@@ -376,20 +445,28 @@ class Index:
 
     def _image_vector(self, ref: str, image_files: Callable[[str], bool] | None = None) -> np.ndarray:
         """A query image: a photo of the index (stored vector) or an image file."""
-        record = self.model_record()
+        stored = self._stored_vector(ref)
+        if stored is not None:
+            return stored
+        from clipdex.decode import open_image_file
+
+        return self.encoder.encode_pil([open_image_file(self._query_file(ref, image_files))])[0]
+
+    def _stored_vector(self, ref: str) -> np.ndarray | None:
+        """The stored vector of the indexed photo ``ref`` names (None when it names none)."""
         found = self._find_indexed(ref)
         if found is not None and found.content_hash:
-            vector = self.store.vector_for_hash(record, found.content_hash)
-            if vector is not None:
-                return vector
+            return self.store.vector_for_hash(self.model_record(), found.content_hash)
+        return None
+
+    def _query_file(self, ref: str, image_files: Callable[[str], bool] | None) -> str:
+        """The image file a query term names, if ``image_files`` lets the query read it."""
         path = os.path.expanduser(ref)
         if image_files is not None and not image_files(path):
             raise QueryError(f"@{ref}", f"{ref!r} is not a photo of the index")
-        if os.path.isfile(path):
-            from clipdex.decode import open_image_file
-
-            return self.encoder.encode_pil([open_image_file(path)])[0]
-        raise QueryError(f"@{ref}", f"{ref!r} is neither an image file nor a photo of the index")
+        if not os.path.isfile(path):
+            raise QueryError(f"@{ref}", f"{ref!r} is neither an image file nor a photo of the index")
+        return path
 
     def _find_indexed(self, ref: str) -> FileRecord | None:
         exact = self.store.file_by_path(os.path.abspath(os.path.expanduser(ref)))  # real or display name
@@ -434,10 +511,12 @@ class Index:
             results.append(result)
         return results
 
+    @_locked
     def label_sets(self) -> list[str]:
         """Names of the label sets whose predictions the index holds, oldest first."""
         return [name for name, _, _ in self.store.label_sets(self.model_record())]
 
+    @_locked
     def classification(self, name: str) -> Classification:
         """The stored predictions of label set ``name`` (cached until the index changes)."""
         stamp = self._stamp()
@@ -459,6 +538,7 @@ class Index:
                               confidence=stored.confidence, truth=truth,
                               fs_paths=stored.fs_paths)
 
+    @_locked
     def photo(self, file_id: int) -> FileRecord:
         """An indexed photo by id."""
         record = self.store.file_by_id(file_id)
@@ -466,6 +546,7 @@ class Index:
             raise PhotoNotFound(f"#{file_id}")
         return record
 
+    @_locked
     def photo_labels(self, file_id: int) -> list[PhotoLabel]:
         """The photo's label in every stored set, with probabilities and any correction."""
         record = self.photo(file_id)
@@ -474,6 +555,7 @@ class Index:
                            probs=dict(zip(labels, map(float, probs))), corrected=corrected)
                 for name, labels, label, prob, probs, corrected in rows]
 
+    @_locked
     def correct(self, name: str, file_id: int, label: str) -> None:
         """Record a person's label for a photo in set ``name`` (ground truth for evaluation)."""
         labels = self.classification_labels(name)
@@ -483,6 +565,7 @@ class Index:
         record = self.photo(file_id)
         self.store.save_correction(self.model_record(), name, record.content_hash or "", label)
 
+    @_locked
     def classification_labels(self, name: str) -> list[str]:
         for set_name, _definition, labels in self.store.label_sets(self.model_record()):
             if set_name == name:
@@ -531,6 +614,7 @@ class Index:
                              f"{name!r}", f"Check that --key {key} names the photos (file stem or path).")
         return evaluate(predicted, truth, result.labels), len(truth)
 
+    @_locked
     def counts(self) -> IndexCounts:
         """How many files the index holds, its folders and models: a few cheap catalog reads
         (no per-model counts, no vector checks), for a page that shows them on every request."""
@@ -541,6 +625,7 @@ class Index:
                                roots=self.store.roots(), missing_roots=missing,
                                models=[r.name for r in self.store.models()])
 
+    @_locked
     def status(self) -> IndexStatus:
         """What the index holds and what is wrong with it (cached until the index changes).
 
@@ -578,6 +663,25 @@ class Index:
         self._status = (stamp, status)
         return status
 
+    @_locked
     def failures(self) -> list[FileRecord]:
         """Files that could not be indexed, with their reasons."""
         return self.store.failures()
+
+
+def _encode_terms(encoder: "Encoder", terms: list[QueryTerm], texts: list[str],
+                  files: dict[int, str]) -> dict[int, np.ndarray]:
+    """The vectors of a query's texts and image files, by term position."""
+    from clipdex.decode import open_image_file
+
+    vectors = {i: encoder.encode_pil([open_image_file(path)])[0] for i, path in files.items()}
+    text_vectors = iter(encoder.encode_texts(texts) if texts else [])
+    vectors.update({i: next(text_vectors) for i, t in enumerate(terms) if t.kind == "text"})
+    return vectors
+
+
+def _ranked(found: Searchable, query_vector: np.ndarray, k: int, offset: int,
+            allowed: np.ndarray | None) -> list[SearchResult]:
+    rows, scores = rank(query_vector, found.vectors, k, offset, allowed)
+    return [SearchResult(rank=offset + i + 1, score=float(s), path=found.paths[r], file_id=int(found.ids[r]))
+            for i, (r, s) in enumerate(zip(rows, scores))]
