@@ -22,7 +22,7 @@ from clipdex.errors import (
     QueryError,
     UnknownModel,
 )
-from clipdex.index import Index, IndexStatus
+from clipdex.index import Index, IndexCounts, IndexStatus
 from clipdex.indexer import Failure, IndexReport, IndexSettings
 from clipdex.models import ModelSpec, list_models, resolve_model
 from clipdex.search import QueryTerm, SearchResult, parse_query
@@ -33,6 +33,7 @@ __all__ = [
     "Failure",
     "ImageDecodeError",
     "Index",
+    "IndexCounts",
     "IndexDamaged",
     "IndexLocked",
     "IndexNotFound",
