@@ -31,6 +31,7 @@ from clipdex.store.guard import (
     catalog_damaged_fix,
     guarded,
     read_only_problem,
+    retry_busy,
     storage_errors,
     translate_os_error,
     translate_sqlite_error,
@@ -282,7 +283,7 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         self.require_writable()
-        self.conn.execute("BEGIN IMMEDIATE")
+        retry_busy(lambda: self.conn.execute("BEGIN IMMEDIATE"))
         try:
             yield self.conn
         except BaseException:
@@ -923,7 +924,7 @@ def _connect_writable(catalog: Path) -> sqlite3.Connection:
                            check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
     except BaseException:

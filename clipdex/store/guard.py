@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,3 +132,26 @@ def _guard(method: Callable[..., Any]) -> Callable[..., Any]:
         with storage_errors(self.path, getattr(self, "conn", None), f"{method.__name__.replace('_', ' ')}"):
             return method(self, *args, **kwargs)
     return wrapper
+
+
+BUSY_RETRY_S = 30.0  # as long as the connections' own busy timeout
+
+
+def retry_busy(step: Callable[[], T], timeout_s: float = BUSY_RETRY_S) -> T:
+    """Run ``step`` again while SQLite answers "database is locked" without waiting.
+
+    The busy timeout covers ordinary lock waits, but SQLite returns SQLITE_BUSY at
+    once where waiting could deadlock (a read snapshot another process has written
+    past, switching a new catalog to WAL while another process creates it). Two
+    first runs racing hit these; the step starts nothing, so it can simply be retried.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)

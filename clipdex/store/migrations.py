@@ -11,6 +11,8 @@ import re
 import sqlite3
 from collections.abc import Callable
 
+from clipdex.store.guard import retry_busy
+
 DEFAULT_LIMIT_MEGAPIXELS = 178.0  # the limit every run used before --max-megapixels was recorded
 _LIMIT = re.compile(r"(\d+(?:\.\d+)?)-megapixel limit")
 
@@ -127,7 +129,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     and skips them (instead of failing on "table roots already exists").
     """
     while True:
-        conn.execute("BEGIN IMMEDIATE")
+        retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             if current >= LATEST_VERSION:

@@ -213,3 +213,30 @@ def test_stale_onnx_exports_of_dead_processes_are_removed(tmp_path: Path) -> Non
     removed = {p.name for p in remove_stale_exports(tmp_path)}
     assert removed == {n for n, stale in entries.items() if stale} | {f"visual-int8-r2.{dead_pid}.tmp"}
     assert {p.name for p in tmp_path.iterdir()} == {n for n, stale in entries.items() if not stale}
+
+
+def test_an_immediate_database_is_locked_is_retried_not_reported() -> None:
+    """SQLite answers SQLITE_BUSY at once (no busy wait) where waiting could deadlock:
+    two first runs racing hit it. Such a step is retried; other errors are not."""
+    import sqlite3
+
+    from clipdex.store.guard import retry_busy
+
+    calls = []
+
+    def step() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "done"
+
+    assert retry_busy(step) == "done" and len(calls) == 3
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("no such table: files")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_busy(broken)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        retry_busy(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")),
+                   timeout_s=0.05)
