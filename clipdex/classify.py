@@ -99,10 +99,14 @@ class Classification:
         return [[(names[j], float(self.probs[i, j])) for j in row] for i, row in enumerate(order)]
 
     def counts(self) -> dict[str, int]:
-        """Photos per label (multi-label: per label that is on), labels in set order."""
+        """Photos per label (multi-label: per label that is on), labels in set order.
+
+        A person's correction wins over the prediction, as in :meth:`effective_labels`
+        (so the counts match what a filter by label finds).
+        """
         counter: Counter[str] = Counter()
-        for value in self.predicted:
-            counter.update(value.split(MULTI_SEPARATOR) if value else [""])
+        for labels in self.effective_labels():
+            counter.update(label for label in labels)
         ordered = {name: counter.get(name, 0) for name in self.labels}
         for extra in (UNCERTAIN, ""):
             if counter.get(extra):

@@ -64,24 +64,21 @@ class FiniteFloat(click.FloatRange):
 PROBABILITY = FiniteFloat(0.0, 1.0)
 
 
-def _check_output(path: str | None, option: str, *, image: bool = False) -> None:
+def _check_output(path: str | None, option: str, *, image: bool = False, table: bool = False) -> None:
     """Fail now, not after the work, when an output file cannot be written."""
     if path is None:
         return
-    from clipdex.errors import TableError
     from clipdex.fileio import check_writable
 
     if image:
         from clipdex.grid import check_grid_path
 
         check_grid_path(path, option)
-    check_writable(path, option)
-    if not image and os.path.splitext(path)[1].lower() == ".parquet":
-        import importlib.util
+    if table:
+        from clipdex.export import check_table_path
 
-        if importlib.util.find_spec("pyarrow") is None:
-            raise TableError(path, "writing Parquet needs pyarrow",
-                             "pip install 'clipdex[parquet]', or write a .csv file.")
+        check_table_path(path, option)
+    check_writable(path, option)
 
 
 def index_option(f: F) -> F:
@@ -555,7 +552,7 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
         read_table(metadata, key)  # readable, and has the key column
         target = metadata_out or str(Path(metadata).with_name(Path(metadata).stem + "-pred.csv"))
         _check_output(target, "--metadata-out")
-    _check_output(out, "--out")
+    _check_output(out, "--out", table=True)
     grid_files = [_numbered(grid, i, len(sets)) for i in range(len(sets))] if grid else []
     for grid_file in grid_files:
         _check_output(grid_file, "--grid", image=True)

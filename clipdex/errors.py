@@ -114,13 +114,22 @@ class IndexLocked(IndexError_):
 
 
 class EmptyIndex(IndexError_):
-    def __init__(self, index: Path, model: str) -> None:
+    """Nothing to search: no photo encoded yet, or every folder gone (``missing_roots``)."""
+
+    def __init__(self, index: Path, model: str, missing_roots: list[str] | None = None) -> None:
         self.index = index
         self.model = model
-        super().__init__(
-            f"index {index} has no photos encoded with {model!r} yet. "
-            f"Run `clipdex index PHOTO_DIR --index {index}` first."
-        )
+        self.missing_roots = missing_roots or []
+        if self.missing_roots:
+            shown = ", ".join(self.missing_roots[:3]) + (" …" if len(self.missing_roots) > 3 else "")
+            message = (f"index {index} has nothing to search: the folders it indexed no longer exist "
+                       f"({shown}). If they moved, run `clipdex index NEW_PLACE --index {index}` "
+                       "(their vectors are reused, nothing is encoded again); if they are on a disk "
+                       "that is not mounted, mount it; `clipdex remove --missing` forgets them.")
+        else:
+            message = (f"index {index} has no photos encoded with {model!r} yet (or its folders hold "
+                       f"none now). Run `clipdex index PHOTO_DIR --index {index}` first.")
+        super().__init__(message)
 
 
 class IndexDamaged(IndexError_):
@@ -188,6 +197,7 @@ class ImageUnreadable(ImageDecodeError):
 class QueryError(ClipdexError):
     def __init__(self, query: str, problem: str) -> None:
         self.query = query
+        self.problem = problem
         super().__init__(
             f"cannot understand query {query!r}: {problem}. "
             "See `clipdex search --help` for the query syntax."

@@ -42,6 +42,7 @@ from clipdex.errors import LabelSetError, TableError
 from clipdex.fileio import replacing
 
 PROB_DIGITS = 6
+TABLE_SUFFIXES = (".csv", ".parquet")
 SNIFF_BYTES = 64 * 1024  # how much of a table is read to learn its encoding, delimiter and line ends
 DELIMITERS = (",", ";", "\t", "|")  # in order of preference when several fit
 RENAME_SUFFIX = "_pred"
@@ -120,6 +121,24 @@ def write_predictions(results: Sequence[Classification], out: str | os.PathLike[
     return len(rows)
 
 
+def check_table_path(out: str | os.PathLike[str], option: str = "--out") -> None:
+    """Raise :class:`~clipdex.errors.OutputError` unless ``out`` names a table type clipdex
+    writes (.csv, or .parquet with pyarrow installed)."""
+    from clipdex.errors import OutputError
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise OutputError(str(out), option, f"clipdex writes tables as {' or '.join(TABLE_SUFFIXES)}, "
+                                            f"not {suffix or 'a name without an extension'}; end the name "
+                                            "in .csv (Excel opens it) or .parquet")
+    if suffix == ".parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            raise TableError(str(out), "writing Parquet needs pyarrow",
+                             "pip install 'clipdex[parquet]', or write a .csv file.")
+
+
 def write_table(out: str | os.PathLike[str], header: list[str], rows: list[list[str]],
                 float_columns: set[str] | None = None) -> None:
     """CSV, or Parquet when ``out`` ends in .parquet, written through a temporary file.
@@ -127,6 +146,7 @@ def write_table(out: str | os.PathLike[str], header: list[str], rows: list[list[
     In Parquet, ``float_columns`` (default: names containing ``_prob``) become
     float32 when every value is a number or blank.
     """
+    check_table_path(out)
     path = Path(out)
     if path.suffix.lower() == ".parquet":
         try:
@@ -278,6 +298,12 @@ def unique_names(header: Sequence[str]) -> list[str]:
     return out
 
 
+def describe_columns(header: Sequence[str], most: int = 20, width: int = 40) -> str:
+    """A table's column names for a message: at most ``most``, each cut to ``width`` characters."""
+    names = [repr(h if len(h) <= width else h[:width] + "…") for h in header[:most]]
+    return ", ".join(names) + (f", … ({len(header)} columns)" if len(header) > most else "")
+
+
 def open_table(path: str | os.PathLike[str], key: str) -> Table:
     """Learn a CSV file's encoding, delimiter, line ends and header; check ``key`` is one column.
 
@@ -299,6 +325,9 @@ def open_table(path: str | os.PathLike[str], key: str) -> Table:
                          f"(byte {e.start} cannot be read)", _SAVE_AS) from None
     if not sample.strip():
         raise TableError(str(path), "is empty", "The first row must name the columns.")
+    if "\x00" in sample:
+        raise TableError(str(path), "is not a CSV table (it holds NUL bytes: an image or another "
+                                    f"binary file? first bytes: {head[:8]!r})", _SAVE_AS)
     lineterminator = _line_end(sample)
     candidates = {d: _first_record(sample, d) for d in DELIMITERS}
     fitting = [d for d in DELIMITERS if key in candidates[d]]
@@ -308,8 +337,8 @@ def open_table(path: str | os.PathLike[str], key: str) -> Table:
         if stripped:
             raise TableError(str(path), f"column {key!r} is written with spaces around it",
                              "Remove the spaces in the header row, or pass the name as written with --key.")
-        shown = ", ".join(repr(h) for h in header[:20]) + (", …" if len(header) > 20 else "")
-        raise TableError(str(path), f"has no column {key!r}", f"Columns: {shown}. Pass the key column with --key.")
+        raise TableError(str(path), f"has no column {key!r}",
+                         f"Columns: {describe_columns(header)}. Pass the key column with --key.")
     sniffed = _sniff(sample)
     delimiter = sniffed if sniffed in fitting else max(fitting, key=lambda d: len(candidates[d]))
     header = candidates[delimiter]

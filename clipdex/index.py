@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from clipdex.classify import Classification, build_classifier, classify
+from clipdex.classify import UNCERTAIN, Classification, build_classifier, classify
 from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
@@ -365,7 +365,7 @@ class Index:
         text_vectors = iter(self.encoder.encode_texts(texts) if texts else [])
         vectors = [next(text_vectors) if t.kind == "text" else self._image_vector(t.value, image_files)
                    for t in terms]
-        return combine(vectors, [t.weight for t in terms])
+        return _combine(query, terms, vectors)
 
     def search(self, query: str | list[QueryTerm], k: int = 10, *, offset: int = 0,
                label: tuple[str, str] | None = None,
@@ -410,7 +410,7 @@ class Index:
             encoder = self.encoder if texts or files else None  # built once, under the lock
         if encoder is not None:
             vectors.update(_encode_terms(encoder, terms, texts, files))
-        query_vector = combine([vectors[i] for i in range(len(terms))], [t.weight for t in terms])
+        query_vector = _combine(query, terms, [vectors[i] for i in range(len(terms))])
         return _ranked(found, query_vector, k, offset, allowed)
 
     def similar(self, file_id: int, k: int = 10, *, offset: int = 0) -> tuple[FileRecord, list[SearchResult]]:
@@ -435,11 +435,14 @@ class Index:
     def _nonempty_searchable(self) -> Searchable:
         found = self.searchable()
         if not found.paths:
-            raise EmptyIndex(self.path, self.model_record().key)
+            raise EmptyIndex(self.path, self.model_record().key, self.store.missing_roots())
         return found
 
     def _label_mask(self, found: Searchable, name: str, label: str) -> np.ndarray:
         result = self.classification(name)
+        if label not in result.labels and label != UNCERTAIN:
+            raise LabelSetError(f"label set {name!r}", f"has no label {label!r}",
+                                f"Filter by one of: {', '.join(result.labels + [UNCERTAIN])}.")
         labels = dict(zip(result.paths, result.effective_labels()))
         return np.array([label in labels.get(p, ()) for p in found.paths], dtype=bool)
 
@@ -494,7 +497,7 @@ class Index:
                                 "Give every label set its own name.")
         found = self.searchable()
         if not found.paths:
-            raise EmptyIndex(self.path, self.model_record().key)
+            raise EmptyIndex(self.path, self.model_record().key, self.store.missing_roots())
         record = self.model_record()
         results = []
         for label_set in label_sets:
@@ -585,7 +588,7 @@ class Index:
         Returns the evaluation and how many photos had a truth value (``evaluation.count`` of
         them were compared; truth values that are not labels of the set are in ``excluded``).
         """
-        from clipdex.export import KeyMatcher, read_table
+        from clipdex.export import KeyMatcher, describe_columns, read_table
 
         result = self.classification(name)
         if table is None:
@@ -600,7 +603,7 @@ class Index:
         header, rows = read_table(table, key)
         if truth_column not in header:
             raise TableError(str(table), f"has no column {truth_column!r}",
-                             f"Columns: {', '.join(header[:20])}. Name the truth column with --truth.")
+                             f"Columns: {describe_columns(header)}. Name the truth column with --truth.")
         matcher = KeyMatcher(result.paths)
         position = {p: i for i, p in enumerate(result.paths)}
         predicted, truth = [], []
@@ -678,6 +681,15 @@ def _encode_terms(encoder: "Encoder", terms: list[QueryTerm], texts: list[str],
     text_vectors = iter(encoder.encode_texts(texts) if texts else [])
     vectors.update({i: next(text_vectors) for i, t in enumerate(terms) if t.kind == "text"})
     return vectors
+
+
+def _combine(query: str | list[QueryTerm], terms: list[QueryTerm], vectors: list[np.ndarray]) -> np.ndarray:
+    """:func:`clipdex.search.combine`, whose errors name the query (it sees only vectors)."""
+    try:
+        return combine(vectors, [t.weight for t in terms])
+    except QueryError as e:
+        shown = query if isinstance(query, str) else " + ".join(f"{t.weight:g}*{t.value}" for t in terms)
+        raise QueryError(shown, e.problem) from None
 
 
 def _ranked(found: Searchable, query_vector: np.ndarray, k: int, offset: int,

@@ -34,6 +34,7 @@ from clipdex.errors import QueryError
 MAX_QUERY_CHARS = 2000
 # A term's weight: larger ones only drown the other terms, and huge ones overflow float32.
 MAX_WEIGHT = 100.0
+MIN_WEIGHT = 0.001  # below it a term does nothing but hide a typo (0*snow, 1e-300*snow)
 # A sum of terms shorter than this is taken as cancelled out (its direction is noise).
 MIN_QUERY_NORM = 1e-6
 WEIGHT = re.compile(r"^(?P<w>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\*(?P<rest>.*)$")
@@ -136,9 +137,9 @@ def parse_query(query: str) -> list[QueryTerm]:
 
 
 def _check_weight(weight: float, query: str) -> None:
-    if not (math.isfinite(weight) and abs(weight) <= MAX_WEIGHT):
-        raise QueryError(query, f"the weight {weight:g} is out of range: weights go up to {MAX_WEIGHT:g} "
-                                "(write 2*snow, not 1e20*snow)")
+    if not (math.isfinite(weight) and MIN_WEIGHT <= abs(weight) <= MAX_WEIGHT):
+        raise QueryError(query, f"the weight {weight:g} is out of range: weights go up to {MAX_WEIGHT:g}, "
+                                f"from {MIN_WEIGHT:g} (write 2*snow or 0.5*snow, not 1e20*snow)")
 
 
 def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -162,7 +163,8 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
     if not math.isfinite(norm):
         raise QueryError("", "the weighted sum of the terms is not finite")
     if norm < MIN_QUERY_NORM:
-        raise QueryError("", "the terms cancel each other out")
+        raise QueryError("", "the terms cancel each other out (e.g. 'dog - dog'): give the query "
+                             "a term that is not taken away again")
     return total / np.float32(norm)
 
 

@@ -275,6 +275,9 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         return await off_loop(search_threads, api_search_view, q, k, offset, set, label)
 
     def api_search_view(q: str, k: int, offset: int, set: str, label: str) -> dict[str, Any]:
+        if bool(set) != bool(label):
+            raise HTTPException(400, "a label filter takes both a set and a label: "
+                                     "set=NAME&label=LABEL (the sets are listed at /api/labels)")
         hits = access.search(parse_query(q), k, offset, label=(set, label) if set and label else None)
         return serialize.search_results(q, offset, hits)
 
