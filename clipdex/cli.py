@@ -889,7 +889,9 @@ def remove_cmd(folder: str | None, missing: bool, index_dir: str | None, as_json
     """
     from clipdex.index import Index
 
-    if bool(folder) == missing:
+    if folder and missing:
+        raise click.UsageError("give a FOLDER to forget or --missing, not both")
+    if not folder and not missing:
         raise click.UsageError("give a FOLDER to forget, or --missing (every folder that no longer exists)")
     with Index.open(index_dir) as index:
         if missing:
