@@ -19,6 +19,7 @@
     │   └── ImageUnreadable       the OS could not read it (retried on the next run)
     ├── QueryError                a search query that cannot be understood
     ├── LabelSetError             a label set or label file that cannot be used
+    │   └── LabelSetNotRun        a set never run on the index
     ├── TableError                a metadata table that cannot be read or joined
     ├── OutputError               an output file (grid, CSV, heatmap…) that cannot be written
     │   └── GridError             a contact sheet too large to draw
@@ -210,6 +211,10 @@ class LabelSetError(ClipdexError):
     def __init__(self, where: str, problem: str, fix: str) -> None:
         self.where = where
         super().__init__(f"{where}: {problem}. {fix}")
+
+
+class LabelSetNotRun(LabelSetError):
+    """A label set that was never run on the index (nothing stored under that name)."""
 
 
 class TableError(ClipdexError):

@@ -28,6 +28,7 @@ from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
     LabelSetError,
+    LabelSetNotRun,
     ModelError,
     ModelMismatch,
     PhotoFolderError,
@@ -575,9 +576,9 @@ class Index:
                 return labels
         raise self._not_run(name)
 
-    def _not_run(self, name: str) -> LabelSetError:
+    def _not_run(self, name: str) -> LabelSetNotRun:
         known = ", ".join(self.label_sets()) or "none yet"
-        return LabelSetError(f"label set {name!r}", f"has not been run on index {self.path} "
+        return LabelSetNotRun(f"label set {name!r}", f"has not been run on index {self.path} "
                              f"(sets run: {known})", "Run `clipdex classify` with it first.")
 
     def evaluate(self, name: str, table: str | os.PathLike[str] | None = None, key: str | None = None,

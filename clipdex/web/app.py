@@ -48,6 +48,7 @@ from clipdex.errors import (
     IndexDamaged,
     IndexLocked,
     IndexStorageError,
+    LabelSetNotRun,
     PhotoNotFound,
 )
 from clipdex.index import Index
@@ -372,7 +373,7 @@ def _names(fn: Callable[[], list[str]]) -> list[str]:
 
 def _status_of(exc: ClipdexError) -> int:
     """The HTTP status of an error: the client's fault (4xx) or the server's state (5xx)."""
-    if isinstance(exc, PhotoNotFound):
+    if isinstance(exc, (PhotoNotFound, LabelSetNotRun)):
         return 404
     if isinstance(exc, IndexLocked):
         return 503

@@ -175,7 +175,7 @@ def test_errors_are_pages_that_say_what_to_do(client: TestClient) -> None:
     api = client.get("/api/photos/424242")
     assert api.status_code == 404 and "search again" in api.json()["error"]
     unknown_set = client.get("/labels/nope")
-    assert unknown_set.status_code == 400 and "clipdex classify" in unknown_set.text
+    assert unknown_set.status_code == 404 and "clipdex classify" in unknown_set.text
 
 
 def test_serve_command_prints_the_url_and_stops_on_ctrl_c(index: Index) -> None:

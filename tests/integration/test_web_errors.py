@@ -41,7 +41,7 @@ API_CASES = [
     ("GET", "/api/search", 400, "'q'"),
     ("GET", "/api/search?q=dog&k=abc", 400, "'k'"),
     ("GET", "/api/search?q=%22unclosed", 400, "cannot understand query"),
-    ("GET", "/api/labels/nope", 400, "clipdex classify"),
+    ("GET", "/api/labels/nope", 404, "clipdex classify"),
     ("GET", "/api/nothing", 404, "no page"),
     ("GET", "/api/docs", 404, "no page"),  # Swagger UI needs a CDN: not served
     ("DELETE", "/api/status", 405, "use GET"),
