@@ -833,14 +833,16 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
 @main.command("status")
 @index_option
 @click.option("--failures", "all_failures", is_flag=True, help="List every failed file.")
+@click.option("--verify", is_flag=True,
+              help="Also read every stored vector and check it (zeroed or garbage rows; reads the vector files).")
 @click.option("--json", "as_json", is_flag=True,
               help='Print as JSON: {"path", "roots", "missing_roots", "indexed", "failed", "models", "failures"}.')
-def status_cmd(index_dir: str | None, all_failures: bool, as_json: bool) -> None:
+def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json: bool) -> None:
     """Show an index's folders, models, counts and failures (and folders that are gone)."""
     from clipdex.index import Index
 
     with Index.open(index_dir) as index:
-        status = index.status()
+        status = index.status(verify=verify)
         failures = index.failures()
     if as_json:
         from clipdex import serialize

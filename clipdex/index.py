@@ -630,15 +630,17 @@ class Index:
                                models=[r.name for r in self.store.models()])
 
     @_locked
-    def status(self) -> IndexStatus:
+    def status(self, *, verify: bool = False) -> IndexStatus:
         """What the index holds and what is wrong with it (cached until the index changes).
 
         Counts come from the catalog, read in one snapshot (an indexer committing
         meanwhile never makes them disagree); each vector file is checked by its
         length only (one ``stat``), never read: searching checks every vector it loads.
+        ``verify`` reads and checks every vector too (O(rows x dim): zeroed or garbage
+        rows in a file of the right length).
         """
         stamp = (self._stamp(), self.store.vectors_stamp())
-        if self._status is not None and self._status[0] == stamp:
+        if not verify and self._status is not None and self._status[0] == stamp:
             return self._status[1]
         missing = list(self.store.missing_roots())
         problems: list[str] = []
@@ -647,7 +649,7 @@ class Index:
         with self.store.snapshot():
             counts = self.store.counts(missing)
             for record in self.store.models():
-                damage = self.store.vector_damage(record, missing)
+                damage = self.store.vector_damage(record, missing, full=verify)
                 lost = damage.photos if damage is not None else 0
                 models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
                                           photos=self.store.count_for_model(record, missing) - lost,

@@ -60,3 +60,19 @@ def test_the_search_page_does_not_compute_a_status(web_index: Index, monkeypatch
         page = client.get(url)
         assert page.status_code == 200 and f"{counts.indexed} photos" in page.text
     assert isinstance(IndexStatus, type)
+
+
+def test_status_verify_reads_every_vector_and_names_zeroed_rows(tmp_path: Path, photos: Path,
+                                                               model_args: list[str]) -> None:
+    from tests.conftest import run_cli
+
+    index = str(tmp_path / "idx")
+    assert run_cli("index", str(photos), "--index", index, *model_args).exit_code == 0
+    vectors = next((tmp_path / "idx" / "vectors").glob("*.f32"))
+    dim = Store.open(tmp_path / "idx").models()[0].dim
+    with open(vectors, "r+b") as f:  # two rows zeroed: the file keeps its length
+        f.seek(4 * dim)
+        f.write(b"\x00" * 4 * dim * 2)
+    assert "problem" not in run_cli("status", "--index", index).output  # length only: O(1)
+    verified = run_cli("status", "--verify", "--index", index).output
+    assert "2 rows that are not unit vectors" in verified and f"clipdex index {photos}" in verified
