@@ -246,7 +246,7 @@ class Indexer:
             self.store.remove_files(gone)
         report.removed = len(gone)
         self.store.mark_root_indexed(folder)
-        report.indexed_total = sum(1 for f in self.store.files_under(folder).values() if f.status == "ok")
+        report.indexed_total = self.store.count_under([folder])
         report.seconds = time.perf_counter() - started
         report.failed.sort(key=lambda f: f.path)
         return report
@@ -396,6 +396,7 @@ class Indexer:
     def _flush(self, items: list[_Prepared], model: ModelRecord, embedded: dict[str, int],
                report: IndexReport, progress: Progress | None) -> ModelRecord:
         batch_hashes: list[str] = []
+        batch_set: set[str] = set()  # the same hashes, for membership tests
         batch_pixels = []
         files: list[NewFile] = []
         for item in items:
@@ -407,7 +408,7 @@ class Indexer:
                 report.failed.append(Failure(e.path, item.reason, item.kind or "permanent"))
                 continue
             assert item.content_hash is not None
-            if item.content_hash in embedded or item.content_hash in batch_hashes:
+            if item.content_hash in embedded or item.content_hash in batch_set:
                 width, height = item.width, item.height
                 if width is None:
                     width, height = self.store.size_of_hash(item.content_hash)
@@ -416,6 +417,7 @@ class Indexer:
                 report.reused += 1
                 continue
             batch_hashes.append(item.content_hash)
+            batch_set.add(item.content_hash)
             batch_pixels.append(item.pixels)
             files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash, item.width,
                                  item.height, raw_path=e.raw_path))

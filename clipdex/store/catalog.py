@@ -763,14 +763,6 @@ class Store:
             "SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = f.content_hash "
             f"AND e.model_id = ? WHERE f.status = 'ok'{where}", (model.id, *args)).fetchone()[0]
 
-    def paths_without_vector(self, model: ModelRecord, hidden_roots: Sequence[str] = ()) -> list[str]:
-        """Indexed photos outside ``hidden_roots`` that have no vector of ``model``."""
-        where, args = _outside(hidden_roots)
-        return [r[0] for r in self.conn.execute(
-            "SELECT f.path FROM files f LEFT JOIN embeddings e ON e.content_hash = f.content_hash "
-            f"AND e.model_id = ? WHERE f.status = 'ok' AND e.row IS NULL{where} ORDER BY f.path",
-            (model.id, *args))]
-
     def unencoded_by_root(self, model: ModelRecord, hidden_roots: Sequence[str] = ()) -> dict[str, int]:
         """Indexed photos outside ``hidden_roots`` without a vector of ``model``, counted per
         innermost indexed folder (SQL counts; no path is listed). Empty when all have one."""
@@ -798,17 +790,9 @@ class Store:
                 counts[folder] = counts.get(folder, 0) + 1
         return dict(sorted(counts.items()))
 
-    def innermost_roots(self, paths: Sequence[str]) -> list[str]:
-        """The indexed folders that hold ``paths`` (the innermost one for nested folders)."""
-        return _roots_of(paths, self.roots())
-
-    def failures(self, root: str | None = None) -> list[FileRecord]:
+    def failures(self) -> list[FileRecord]:
         rows = self.conn.execute("SELECT * FROM files WHERE status = 'failed' ORDER BY path")
-        failed = [_file(r) for r in rows]
-        if root:
-            prefix = _prefix(display_path(root))
-            failed = [f for f in failed if f.path.startswith(prefix)]
-        return failed
+        return [_file(r) for r in rows]
 
 
 def index_option(index: Path) -> str:

@@ -25,7 +25,6 @@ def test_status_never_reads_the_vector_file(tmp_path: Path, photos: Path, model_
     with Index.open(idx, create=True, **model_kwargs) as index:
         index.add(photos)
     monkeypatch.setattr(VectorFile, "check", _refuse)
-    monkeypatch.setattr(Store, "paths_without_vector", _refuse)
     with Index.open(idx, **model_kwargs) as index:
         status = index.status()
         assert status.problems == [] and status.indexed == 12 and status.models[0].photos == 12
@@ -44,7 +43,6 @@ def test_photos_without_a_vector_are_counted_per_folder(
         for folder in (photos, nested, other):
             index.add(folder)
         index.store.conn.execute("DELETE FROM embeddings")  # as if another model were added
-        monkeypatch.setattr(Store, "paths_without_vector", _refuse)
         (problem,) = index.status().problems
         assert problem.startswith("15 photos have no")
         for folder in (photos, nested, other):
