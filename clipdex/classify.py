@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipdex.errors import LabelSetError
 from clipdex.labels import MULTI_SEPARATOR, UNCERTAIN, LabelSet, check_min_prob
 
 # UNCERTAIN and MULTI_SEPARATOR live in clipdex.labels (labels are checked against them)
@@ -86,6 +87,14 @@ class Classification:
     @property
     def labels(self) -> list[str]:
         return self.label_set.label_names
+
+    def check_label(self, label: str, *, allow_uncertain: bool = True) -> None:
+        """Raise :class:`~clipdex.errors.LabelSetError` unless ``label`` is one of the set's
+        (or ``uncertain``, where a filter may ask for it; a correction may not)."""
+        allowed = self.labels + ([UNCERTAIN] if allow_uncertain else [])
+        if label not in allowed:
+            raise LabelSetError(f"label set {self.label_set.name!r}", f"has no label {label!r}",
+                                f"Pick one of: {', '.join(allowed)}.")
 
     def effective_labels(self) -> list[list[str]]:
         """Each photo's labels: a person's correction wins over the prediction."""

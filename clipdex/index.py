@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from clipdex.classify import UNCERTAIN, Classification, build_classifier, classify
+from clipdex.classify import Classification, build_classifier, classify
 from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
@@ -441,9 +441,7 @@ class Index:
 
     def _label_mask(self, found: Searchable, name: str, label: str) -> np.ndarray:
         result = self.classification(name)
-        if label not in result.labels and label != UNCERTAIN:
-            raise LabelSetError(f"label set {name!r}", f"has no label {label!r}",
-                                f"Filter by one of: {', '.join(result.labels + [UNCERTAIN])}.")
+        result.check_label(label)
         labels = dict(zip(result.paths, result.effective_labels()))
         return np.array([label in labels.get(p, ()) for p in found.paths], dtype=bool)
 
@@ -562,10 +560,7 @@ class Index:
     @_locked
     def correct(self, name: str, file_id: int, label: str) -> None:
         """Record a person's label for a photo in set ``name`` (ground truth for evaluation)."""
-        labels = self.classification_labels(name)
-        if label not in labels:
-            raise LabelSetError(f"label set {name!r}", f"has no label {label!r}",
-                                f"Pick one of: {', '.join(labels)}.")
+        self.classification(name).check_label(label, allow_uncertain=False)
         record = self.photo(file_id)
         self.store.save_correction(self.model_record(), name, record.content_hash or "", label)
 

@@ -179,6 +179,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
             elif set and label:  # browse one label, most confident first
                 with access.locked() as idx:
                     result = idx.classification(set)
+                result.check_label(label)
                 hits = _label_browse(result, label, offset, PAGE_SIZE)
         except PhotoNotFound:
             raise
@@ -439,6 +440,8 @@ def _label_sections(result: Classification, sort: str, per: int, seed: int,
     """Per label: count and ``per`` example photos (random, least or most confident)."""
     from clipdex.review import review_rows
 
+    if only:
+        result.check_label(only)
     mode = {"random": "random", "least": "least-confident", "most": "most-confident"}[sort]
     rows = review_rows(result, per_label=per, seed=seed, mode=mode)
     position = {p: i for i, p in enumerate(result.paths)}

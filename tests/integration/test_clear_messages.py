@@ -77,3 +77,16 @@ def test_label_filters_are_checked_and_counts_follow_corrections(web_index: Inde
         found = client.get("/api/search", params={"q": "dog", "k": 200, "set": "taken_space",
                                                   "label": label}).json()["count"]
         assert counts[label] == found, (label, counts, found)
+
+
+def test_browsing_an_unknown_label_says_so(web_index: Index) -> None:
+    client = TestClient(create_app(web_index), base_url=LOCAL)
+    browse = client.get("/", params={"set": "taken_space", "label": "bogus"})
+    assert "has no label &#39;bogus&#39;" in browse.text and "indoor" in browse.text
+    section = client.get("/labels/taken_space", params={"label": "bogus"})
+    assert section.status_code == 400 and "has no label" in section.text
+    api = client.get("/api/labels/taken_space", params={"label": "bogus"})
+    assert api.status_code == 400 and "Pick one of: indoor, outdoor" in api.json()["error"]
+    bad = client.post("/api/labels/taken_space/corrections", headers={"Origin": LOCAL},
+                      json={"file_id": web_index.classification("taken_space").file_ids[0], "label": "uncertain"})
+    assert bad.status_code == 400  # a person's label is one of the set's, never 'uncertain'
