@@ -10,9 +10,8 @@ background prompts, i.e. ``sigmoid(logit_scale * (cos_label - cos_background))``
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +78,7 @@ class Classification:
     confidence: np.ndarray  # probability of the predicted label (max over labels)
     truth: list[str] | None = None  # a person's corrections ("" where none), when any exist
     fs_paths: list[str] | None = None  # the real paths to open, when some differ from ``paths``
+    _members: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     def fs_path(self, i: int) -> str:
         """The path to open photo ``i`` by."""
@@ -95,6 +95,20 @@ class Classification:
         if label not in allowed:
             raise LabelSetError(f"label set {self.label_set.name!r}", f"has no label {label!r}",
                                 f"Pick one of: {', '.join(allowed)}.")
+
+    def members(self, label: str) -> np.ndarray:
+        """Row indices of the photos with ``label`` (a correction wins), in row order.
+
+        Worked out once for every label (one pass over the photos) and kept: filters,
+        counts and browsing by label ask for it on every request.
+        """
+        if self._members is None:
+            rows: dict[str, list[int]] = {}
+            for i, labels in enumerate(self.effective_labels()):
+                for name in labels:
+                    rows.setdefault(name, []).append(i)
+            self._members = {name: np.array(r, dtype=np.int64) for name, r in rows.items()}
+        return self._members.get(label, np.zeros(0, dtype=np.int64))
 
     def effective_labels(self) -> list[list[str]]:
         """Each photo's labels: a person's correction wins over the prediction."""
@@ -113,13 +127,10 @@ class Classification:
         A person's correction wins over the prediction, as in :meth:`effective_labels`
         (so the counts match what a filter by label finds).
         """
-        counter: Counter[str] = Counter()
-        for labels in self.effective_labels():
-            counter.update(label for label in labels)
-        ordered = {name: counter.get(name, 0) for name in self.labels}
+        ordered = {name: len(self.members(name)) for name in self.labels}
         for extra in (UNCERTAIN, ""):
-            if counter.get(extra):
-                ordered[extra or "(none)"] = counter[extra]
+            if len(self.members(extra)):
+                ordered[extra or "(none)"] = len(self.members(extra))
         return ordered
 
 

@@ -442,8 +442,8 @@ class Index:
     def _label_mask(self, found: Searchable, name: str, label: str) -> np.ndarray:
         result = self.classification(name)
         result.check_label(label)
-        labels = dict(zip(result.paths, result.effective_labels()))
-        return np.array([label in labels.get(p, ()) for p in found.paths], dtype=bool)
+        member_ids = np.asarray(result.file_ids, dtype=np.int64)[result.members(label)]
+        return np.isin(found.ids, member_ids)
 
     def _image_vector(self, ref: str, image_files: Callable[[str], bool] | None = None) -> np.ndarray:
         """A query image: a photo of the index (stored vector) or an image file."""

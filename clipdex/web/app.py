@@ -29,6 +29,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -428,8 +429,8 @@ def _validation_message(request: Request, exc: RequestValidationError) -> tuple[
 
 def _label_browse(result: Classification, label: str, offset: int, limit: int) -> list[SearchResult]:
     """The photos with ``label`` (a correction wins), most confident first."""
-    members = [i for i, labels in enumerate(result.effective_labels()) if label in labels]
-    members.sort(key=lambda i: -float(result.confidence[i]))
+    rows = result.members(label)
+    members = rows[np.argsort(-np.asarray(result.confidence)[rows], kind="stable")]
     return [SearchResult(rank=offset + n + 1, score=float(result.confidence[i]), path=result.paths[i],
                          file_id=int(result.file_ids[i]))
             for n, i in enumerate(members[offset:offset + limit])]
