@@ -399,6 +399,8 @@ class Indexer:
         batch_set: set[str] = set()  # the same hashes, for membership tests
         batch_pixels = []
         files: list[NewFile] = []
+        sizes = self.store.sizes_of_hashes(  # photos reused without decoding: their recorded size
+            i.content_hash for i in items if not i.reason and i.width is None and i.content_hash in embedded)
         for item in items:
             e = item.entry
             if item.reason:
@@ -411,7 +413,7 @@ class Indexer:
             if item.content_hash in embedded or item.content_hash in batch_set:
                 width, height = item.width, item.height
                 if width is None:
-                    width, height = self.store.size_of_hash(item.content_hash)
+                    width, height = sizes.get(item.content_hash, (None, None))
                 files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash, width, height,
                                      raw_path=e.raw_path))
                 report.reused += 1

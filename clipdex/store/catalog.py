@@ -19,7 +19,7 @@ import re
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from clipdex.store.vectors import ShortVectorFile, VectorCheck, VectorFile, unit
 CATALOG_NAME = "catalog.sqlite"
 LOCK_NAME = "lock"
 BUSY_TIMEOUT_S = 30.0
+SQL_CHUNK = 500  # values bound in one IN (...) list (SQLite allows 32,766; old builds 999)
 LOCK_POLL_S = 0.5
 
 
@@ -527,11 +528,19 @@ class Store:
             "ESCAPE '\\') ORDER BY path", (f"%/{_like(name)}", f"%/{_like(name)}.%"))
         return [_file(r) for r in rows]
 
-    def size_of_hash(self, content_hash: str) -> tuple[int | None, int | None]:
-        row = self.conn.execute(
-            "SELECT width, height FROM files WHERE content_hash = ? AND status = 'ok' LIMIT 1",
-            (content_hash,)).fetchone()
-        return (row[0], row[1]) if row else (None, None)
+    def sizes_of_hashes(self, hashes: Iterable[str]) -> dict[str, tuple[int | None, int | None]]:
+        """(width, height) recorded for each content hash an indexed file has (one query per
+        500 hashes: a moved folder's reused photos are not looked up one by one)."""
+        wanted = list(dict.fromkeys(hashes))
+        sizes: dict[str, tuple[int | None, int | None]] = {}
+        for start in range(0, len(wanted), SQL_CHUNK):
+            chunk = wanted[start:start + SQL_CHUNK]
+            rows = self.conn.execute(
+                f"SELECT content_hash, width, height FROM files WHERE status = 'ok' AND content_hash IN "
+                f"({', '.join('?' * len(chunk))})", chunk)
+            for content_hash, width, height in rows:
+                sizes.setdefault(content_hash, (width, height))
+        return sizes
 
     def commit_batch(self, model: ModelRecord, vectors: np.ndarray, hashes: Sequence[str],
                      files: Sequence[NewFile]) -> ModelRecord:

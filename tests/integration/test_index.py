@@ -205,3 +205,17 @@ def test_sigkill_keeps_committed_batches_and_the_next_run_resumes(
         assert len(index.search("a photo", k=12)) == 6
         resumed = index.add(photos)
     assert (resumed.unchanged, resumed.encoded, resumed.indexed_total) == (6, 6, 12)
+
+
+def test_photos_reused_by_hash_keep_their_recorded_size(tmp_path: Path, photos: Path,
+                                                        model_kwargs: dict[str, str]) -> None:
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        index.add(photos)
+        copy = tmp_path / "copy"
+        shutil.copytree(photos, copy)
+        report = index.add(copy)
+        assert report.reused == 12 and report.encoded == 0
+        originals = index.store.files_under(str(photos))
+        for path, record in index.store.files_under(str(copy)).items():
+            original = originals[str(photos / Path(path).relative_to(copy))]
+            assert (record.width, record.height) == (original.width, original.height) == (640, 480)
