@@ -36,6 +36,11 @@ import math
 from pathlib import Path
 
 
+def shorten(text: str, most: int) -> str:
+    """``text`` cut to ``most`` characters (an ellipsis marks the cut), for quoting in a message."""
+    return text if len(text) <= most else text[:most] + "…"
+
+
 class ClipdexError(Exception):
     """Base of every error clipdex raises on purpose."""
 

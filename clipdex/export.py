@@ -38,7 +38,7 @@ from pathlib import Path, PurePath
 from typing import IO, Any
 
 from clipdex.classify import Classification
-from clipdex.errors import LabelSetError, TableError
+from clipdex.errors import LabelSetError, TableError, shorten
 from clipdex.fileio import replacing
 
 PROB_DIGITS = 6
@@ -300,7 +300,7 @@ def unique_names(header: Sequence[str]) -> list[str]:
 
 def describe_columns(header: Sequence[str], most: int = 20, width: int = 40) -> str:
     """A table's column names for a message: at most ``most``, each cut to ``width`` characters."""
-    names = [repr(h if len(h) <= width else h[:width] + "…") for h in header[:most]]
+    names = [repr(shorten(h, width)) for h in header[:most]]
     return ", ".join(names) + (f", … ({len(header)} columns)" if len(header) > most else "")
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipdex.errors import QueryError
+from clipdex.errors import QueryError, shorten
 
 MAX_QUERY_CHARS = 2000
 # A term's weight: larger ones only drown the other terms, and huge ones overflow float32.
@@ -80,7 +80,7 @@ def parse_query(query: str) -> list[QueryTerm]:
     if not text:
         raise QueryError(query, "the query is empty")
     if len(text) > MAX_QUERY_CHARS:
-        raise QueryError(query[:40] + "…", f"the query is longer than {MAX_QUERY_CHARS} characters")
+        raise QueryError(shorten(query, 40), f"the query is longer than {MAX_QUERY_CHARS} characters")
     try:
         tokens = split_query(text)
     except ValueError as e:

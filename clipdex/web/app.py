@@ -51,6 +51,7 @@ from clipdex.errors import (
     IndexStorageError,
     LabelSetNotRun,
     PhotoNotFound,
+    shorten,
 )
 from clipdex.index import Index
 from clipdex.search import SearchResult, parse_query
@@ -387,8 +388,7 @@ def _status_of(exc: ClipdexError) -> int:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+    return shorten(repr(value), MAX_SHOWN)
 
 
 def _http_message(request: Request, exc: HTTPException) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from starlette.exceptions import HTTPException
 
 from clipdex.decode import DEFAULT_MAX_MEGAPIXELS, ImageTooLarge, check_image, load_image
-from clipdex.errors import ImageDecodeError
+from clipdex.errors import ImageDecodeError, shorten
 from clipdex.fileio import write_atomically
 
 UPLOAD_DIR = "uploads"
@@ -29,10 +29,6 @@ UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(?:jpg|png|webp|gif|bmp|tif)$")
 MAX_SHOWN = 160
 
 
-def _shown(text: str) -> str:
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
-
-
 def check_upload(data: bytes, content_type: str | None) -> str:
     """The file extension to keep an upload under, or an HTTP 4xx error that says what is wrong.
 
@@ -43,7 +39,7 @@ def check_upload(data: bytes, content_type: str | None) -> str:
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind and not kind.startswith("image/") and kind != "application/octet-stream":
         raise HTTPException(415, f"uploads must be images ({', '.join(sorted(set(FORMATS.values())))}), "
-                                 f"not {_shown(kind)!r}")
+                                 f"not {shorten(kind, MAX_SHOWN)!r}")
     if len(data) > MAX_UPLOAD_BYTES:
         raise HTTPException(413, f"uploads are limited to {MAX_UPLOAD_BYTES // (1024 * 1024)} MB; "
                                  f"this one is {len(data) / (1024 * 1024):.1f} MB")
@@ -54,14 +50,14 @@ def check_upload(data: bytes, content_type: str | None) -> str:
     except ImageTooLarge as e:  # read from the header: not one pixel was decoded
         raise HTTPException(413, _too_many_pixels(e.pixels)) from None
     except ImageDecodeError as e:
-        raise HTTPException(400, f"the upload is not a readable image: {_shown(e.reason)}") from None
+        raise HTTPException(400, f"the upload is not a readable image: {shorten(e.reason, MAX_SHOWN)}") from None
     suffix = FORMATS.get(found)
     if suffix is None:
         raise HTTPException(415, f"uploads must be JPEG, PNG, WebP, GIF, BMP or TIFF images, not {found}")
     try:
         load_image(data, "the upload", max_megapixels=MAX_UPLOAD_MEGAPIXELS)  # every Pillow failure
     except ImageDecodeError as e:
-        raise HTTPException(400, f"the upload is not a readable image: {_shown(e.reason)}") from None
+        raise HTTPException(400, f"the upload is not a readable image: {shorten(e.reason, MAX_SHOWN)}") from None
     return suffix
 
 
