@@ -498,17 +498,16 @@ class Store:
             c.execute("DELETE FROM roots WHERE path = ?", (root,))
             if any(_under(root, r) for r in others):
                 return 0  # an enclosing indexed folder still holds these files
-            prefix = _prefix(root)
-            rows = c.execute("SELECT path, status FROM files WHERE substr(path, 1, ?) = ?",
-                             (len(prefix), prefix)).fetchall()
-            gone = [(p, s) for p, s in rows if not _under_any(p, keep)]
+            under, args = _under_sql([root])
+            outside, outside_args = _outside(keep, "path")
+            gone = c.execute(f"SELECT path, status FROM files WHERE {under}{outside}",
+                             (*args, *outside_args)).fetchall()
             c.executemany("DELETE FROM files WHERE path = ?", [(p,) for p, _ in gone])
         return sum(1 for _, s in gone if s == "ok")
 
     def files_under(self, root: str) -> dict[str, FileRecord]:
-        prefix = _prefix(display_path(root))
-        rows = self.conn.execute(
-            "SELECT * FROM files WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
+        condition, args = _under_sql([root])
+        rows = self.conn.execute(f"SELECT * FROM files WHERE {condition}", args)
         return {r["path"]: _file(r) for r in rows}
 
     def file_by_path(self, path: str) -> FileRecord | None:
@@ -757,12 +756,8 @@ class Store:
         """Files with ``status`` under any of ``roots`` (each file once, nested roots or not)."""
         if not roots:
             return 0
-        conditions = " OR ".join(["substr(path, 1, ?) = ?"] * len(roots))
-        args: list[object] = []
-        for r in roots:
-            prefix = _prefix(display_path(r))  # a real name that is not UTF-8, or its display form
-            args += [len(prefix), prefix]
-        return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND ({conditions})",
+        condition, args = _under_sql(roots)  # a real name that is not UTF-8, or its display form
+        return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND {condition}",
                                  (status, *args)).fetchone()[0]
 
     def count_for_model(self, model: ModelRecord, hidden_roots: Sequence[str] = ()) -> int:
@@ -786,9 +781,9 @@ class Store:
         for root in roots:
             nested = [r for r in roots if _under(r, root)]
             inner, inner_args = _outside(nested)
-            n = self.conn.execute(base + f" AND substr(f.path, 1, ?) = ?{inner}",
-                                  (model.id, *args, len(_prefix(root)), _prefix(root), *inner_args)
-                                  ).fetchone()[0]
+            under, under_args = _under_sql([root], "f.path")
+            n = self.conn.execute(base + f" AND {under}{inner}",
+                                  (model.id, *args, *under_args, *inner_args)).fetchone()[0]
             if n:
                 counts[root] = n
         if sum(counts.values()) < total:  # files outside every indexed folder (not expected)
@@ -828,15 +823,22 @@ def _under_any(path: str, roots: Sequence[str]) -> bool:
     return any(path.startswith(_prefix(r)) for r in roots)
 
 
-def _outside(roots: Sequence[str], column: str = "f.path") -> tuple[str, list[object]]:
-    """An SQL condition (`` AND …``) keeping rows whose ``column`` is under none of ``roots``."""
-    if not roots:
-        return "", []
+def _under_sql(roots: Sequence[str], column: str = "path") -> tuple[str, list[object]]:
+    """An SQL condition (in parentheses) true for rows whose ``column`` is under any of
+    ``roots`` (each non-empty), and its arguments."""
     args: list[object] = []
     for r in roots:
         prefix = _prefix(display_path(r))  # rows hold display forms: compare like with like
         args += [len(prefix), prefix]
-    return " AND NOT (" + " OR ".join([f"substr({column}, 1, ?) = ?"] * len(roots)) + ")", args
+    return "(" + " OR ".join([f"substr({column}, 1, ?) = ?"] * len(roots)) + ")", args
+
+
+def _outside(roots: Sequence[str], column: str = "f.path") -> tuple[str, list[object]]:
+    """An SQL condition (`` AND …``) keeping rows whose ``column`` is under none of ``roots``."""
+    if not roots:
+        return "", []
+    condition, args = _under_sql(roots, column)
+    return " AND NOT " + condition, args
 
 
 def _roots_of(paths: Sequence[str], roots: Sequence[str]) -> list[str]:
