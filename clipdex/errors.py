@@ -18,6 +18,7 @@
     │   ├── ImageTooLarge         over --max-megapixels (retried once the limit is raised)
     │   └── ImageUnreadable       the OS could not read it (retried on the next run)
     ├── QueryError                a search query that cannot be understood
+    ├── FilterError               a search filter (folder, date, label) that cannot be used
     ├── LabelSetError             a label set or label file that cannot be used
     │   └── LabelSetNotRun        a set never run on the index
     ├── TableError                a metadata table that cannot be read or joined
@@ -208,6 +209,15 @@ class QueryError(ClipdexError):
             f"cannot understand query {query!r}: {problem}. "
             "See `clipdex search --help` for the query syntax."
         )
+
+
+class FilterError(ClipdexError):
+    """A search filter (folder, date, label) that cannot be used."""
+
+    def __init__(self, what: str, problem: str, fix: str) -> None:
+        self.what = what
+        self.problem = problem
+        super().__init__(f"{what}: {problem}. {fix}")
 
 
 class LabelSetError(ClipdexError):

@@ -59,6 +59,8 @@ class ModelRecord:
     rows: int
     precision: str
     vectors_file: str
+    generation: int = 0  # bumped when row numbers change meaning (compaction, a shrinking repair)
+    storage: str = "f32"  # how the vector file stores rows: "f32" or "f16"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class FileRecord:
     raw_path: bytes | None = None
     failure_kind: str | None = None
     failure_limit: float | None = None
+    taken_at: str | None = None  # 'YYYY-MM-DDTHH:MM:SS', local time (EXIF, else mtime)
 
     @property
     def fs_path(self) -> str:
@@ -101,6 +104,10 @@ class NewFile:
     raw_path: bytes | None = None  # the exact OS bytes when ``path`` is a display form
     failure_kind: str | None = None  # one of FAILURE_KINDS when ``reason`` is set
     failure_limit: float | None = None  # the --max-megapixels a 'limit' failure was judged by
+    # When it was taken, local wall-clock time 'YYYY-MM-DDTHH:MM:SS' (EXIF DateTimeOriginal),
+    # and where that came from ('exif', 'import'); None: the file's mtime is used ('mtime').
+    taken_at: str | None = None
+    taken_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -467,10 +474,14 @@ class Store:
         return max(forgotten, 0)
 
     # -- roots and files ------------------------------------------------------
-    def add_root(self, root: str) -> None:
+    def add_root(self, root: str, kind: str = "folder") -> None:
+        """Record an indexed folder (``kind`` "folder"), or the folder of imported
+        embeddings ("import": never hidden as missing, its images may live elsewhere).
+        Indexing a folder that was imported makes it a folder."""
         with self.transaction() as c:
-            c.execute("INSERT INTO roots (path, added_at) VALUES (?, ?) ON CONFLICT(path) "
-                      "DO NOTHING", (display_path(root), time.time()))
+            c.execute("INSERT INTO roots (path, added_at, kind) VALUES (?, ?, ?) ON CONFLICT(path) "
+                      "DO UPDATE SET kind = 'folder' WHERE excluded.kind = 'folder'",
+                      (display_path(root), time.time(), kind))
 
     def mark_root_indexed(self, root: str) -> None:
         with self.transaction() as c:
@@ -481,8 +492,14 @@ class Store:
         return [r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
 
     def missing_roots(self) -> list[str]:
-        """Indexed folders that no longer exist (moved, deleted or unmounted)."""
-        return [r for r in self.roots() if not _is_dir(r)]
+        """Indexed folders that no longer exist (moved, deleted or unmounted); the folders of
+        imported embeddings are never missing (their images may live on another machine)."""
+        rows = self.conn.execute("SELECT path FROM roots WHERE kind = 'folder' ORDER BY path")
+        return [r[0] for r in rows if not _is_dir(r[0])]
+
+    def root_kinds(self) -> dict[str, str]:
+        """Every root with its kind ("folder" or "import")."""
+        return {r[0]: r[1] for r in self.conn.execute("SELECT path, kind FROM roots ORDER BY path")}
 
     def remove_root(self, root: str) -> int:
         """Forget ``root`` and the files under it (vectors stay, for reuse by content hash).
@@ -571,17 +588,18 @@ class Store:
             c.execute("UPDATE models SET rows = ? WHERE id = ?", (current + len(hashes), model.id))
             c.executemany(
                 "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, "
-                "reason, indexed_at, raw_path, failure_kind, failure_limit) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE "
+                "reason, indexed_at, raw_path, failure_kind, failure_limit, taken_at, taken_source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE "
                 "SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
                 "content_hash = excluded.content_hash, width = excluded.width, "
                 "height = excluded.height, status = excluded.status, reason = excluded.reason, "
                 "indexed_at = excluded.indexed_at, raw_path = excluded.raw_path, "
-                "failure_kind = excluded.failure_kind, failure_limit = excluded.failure_limit",
+                "failure_kind = excluded.failure_kind, failure_limit = excluded.failure_limit, "
+                "taken_at = excluded.taken_at, taken_source = excluded.taken_source",
                 [(display_path(f.path), f.size, f.mtime_ns, f.content_hash, f.width, f.height,
                   "failed" if f.reason else "ok", f.reason, now, _raw(f),
                   (f.failure_kind or "permanent") if f.reason else None,
-                  f.failure_limit if f.reason else None) for f in files])
+                  f.failure_limit if f.reason else None, *_taken(f)) for f in files])
         updated = self.get_model(model.key)
         assert updated is not None
         return updated
@@ -866,6 +884,18 @@ def _fs_paths(paths: Sequence[str], raws: Sequence[bytes | None]) -> list[str] |
     return [os.fsdecode(raw) if raw is not None else path for path, raw in zip(paths, raws)]
 
 
+def _taken(f: NewFile) -> tuple[str | None, str | None]:
+    """(taken_at, taken_source) to store for ``f``: what it says, else its mtime (local time)."""
+    if f.reason:
+        return None, None
+    if f.taken_at:
+        return f.taken_at, f.taken_source or "exif"
+    if f.mtime_ns > 0:
+        stamp = time.localtime(f.mtime_ns / 1e9)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", stamp), "mtime"
+    return None, None
+
+
 def _raw(f: NewFile) -> bytes | None:
     """The exact OS bytes of a path that is not valid UTF-8 (None for the usual names)."""
     if f.raw_path is not None:
@@ -956,11 +986,13 @@ def _like(text: str) -> str:
 def _model(row: sqlite3.Row) -> ModelRecord:
     return ModelRecord(id=row["id"], key=row["key"], name=row["name"], spec_json=row["spec"],
                        dim=row["dim"], logit_scale=row["logit_scale"], rows=row["rows"],
-                       precision=row["precision"], vectors_file=row["vectors_file"])
+                       precision=row["precision"], vectors_file=row["vectors_file"],
+                       generation=row["generation"], storage=row["storage"])
 
 
 def _file(row: sqlite3.Row) -> FileRecord:
     return FileRecord(id=row["id"], path=row["path"], size=row["size"], mtime_ns=row["mtime_ns"],
                       content_hash=row["content_hash"], width=row["width"], height=row["height"],
                       status=row["status"], reason=row["reason"], raw_path=row["raw_path"],
-                      failure_kind=row["failure_kind"], failure_limit=row["failure_limit"])
+                      failure_kind=row["failure_kind"], failure_limit=row["failure_limit"],
+                      taken_at=row["taken_at"])

@@ -111,6 +111,28 @@ MIGRATIONS: list[tuple[str, Migration]] = [
         ALTER TABLE files ADD COLUMN failure_limit REAL;
     """),
     ("005_kinds_of_old_failures", _classify_old_failures),
+    ("006_scale", """
+        ALTER TABLE files ADD COLUMN taken_at TEXT;
+        ALTER TABLE files ADD COLUMN taken_source TEXT;
+        UPDATE files SET taken_at = strftime('%Y-%m-%dT%H:%M:%S', mtime_ns / 1000000000, 'unixepoch',
+                                             'localtime'), taken_source = 'mtime'
+            WHERE status = 'ok' AND mtime_ns > 0;
+        CREATE INDEX files_taken_at ON files (taken_at);
+        CREATE INDEX embeddings_row ON embeddings (model_id, row);
+        ALTER TABLE models ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE models ADD COLUMN storage TEXT NOT NULL DEFAULT 'f32';
+        ALTER TABLE models ADD COLUMN checked_rows INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE roots ADD COLUMN kind TEXT NOT NULL DEFAULT 'folder';
+        CREATE TABLE imports (
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            source TEXT NOT NULL,
+            shard TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            fingerprint TEXT NOT NULL,
+            done_at REAL NOT NULL,
+            PRIMARY KEY (model_id, source, shard)
+        );
+    """),
 ]
 # 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
 # holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
@@ -118,6 +140,15 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # is raised) or 'permanent' (the file itself is bad).
 # 005: failures recorded before 004 had no kind, so every one stayed permanent (a photo on a
 # disk that was briefly unmounted was never retried): their kind is read from the reason.
+# 006: files.taken_at is when a photo was taken, local wall-clock time as EXIF gives it
+# ('YYYY-MM-DDTHH:MM:SS'; taken_source 'exif'), else its file's mtime ('mtime') or what an
+# import said ('import'); filters by date use it. embeddings_row maps a search's rows back to
+# photos. models.generation is bumped whenever row numbers change meaning (compaction, a
+# repair that shrinks the file): whatever was built on row numbers (the ANN index) is rebuilt.
+# models.storage is how the vector file stores rows ('f32', 'f16'); models.checked_rows how many
+# of its rows a full check found sound (an index run checks only the rows after them). roots.kind is 'folder'
+# (indexed from disk: hidden while it is missing) or 'import' (adopted embeddings, whose
+# images may live elsewhere: never hidden). imports records the shards an import finished.
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,92 @@
+"""Search filters: by stored label, by folder, by date taken; combinable with any query.
+
+Dates are local wall-clock times, as cameras write them (EXIF DateTimeOriginal
+has no time zone): ``files.taken_at`` holds ``YYYY-MM-DDTHH:MM:SS``, from EXIF
+where the photo has it and from the file's modification time where it has not.
+``after`` is inclusive and ``before`` exclusive, each given as a year
+(``2021``), a month (``2021-06``), a day (``2021-06-01``) or a time
+(``2021-06-01T18:30``, ``2021-06-01 18:30:15``)::
+
+    --after 2021-06 --before 2021-07     every photo taken in June 2021
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from clipdex.errors import FilterError
+
+DATE = re.compile(r"^(?P<y>\d{4})(?:-(?P<m>\d{1,2})(?:-(?P<d>\d{1,2})"
+                  r"(?:[T ](?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2}))?)?)?)?$")
+DATE_FORMS = "2021, 2021-06, 2021-06-01 or 2021-06-01T18:30"
+
+
+def parse_date(text: str, option: str) -> str:
+    """``text`` as the start of the period it names, ``YYYY-MM-DDTHH:MM:SS``.
+
+    Raises :class:`FilterError` naming ``option`` for anything else.
+    """
+    found = DATE.match(text.strip())
+    if not found:
+        raise FilterError(f"{option} {text!r}", "is not a date", f"Write it as {DATE_FORMS}.")
+    parts = [int(found[g]) if found[g] else default
+             for g, default in (("y", 0), ("m", 1), ("d", 1), ("H", 0), ("M", 0), ("S", 0))]
+    y, m, d, hh, mm, ss = parts
+    limits = [(m, 1, 12, "month"), (hh, 0, 23, "hour"), (mm, 0, 59, "minute"), (ss, 0, 59, "second")]
+    for value, low, high, name in limits:
+        if not low <= value <= high:
+            raise FilterError(f"{option} {text!r}", f"{name} {value} is out of range",
+                              f"Write it as {DATE_FORMS}.")
+    if not 1 <= d <= _days_in(y, m):
+        raise FilterError(f"{option} {text!r}", f"day {d} is not in that month", f"Write it as {DATE_FORMS}.")
+    return f"{y:04d}-{m:02d}-{d:02d}T{hh:02d}:{mm:02d}:{ss:02d}"
+
+
+def _days_in(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which photos a search may return; every part that is set must hold.
+
+    ``label`` is (label set, label) of a stored classification (a person's
+    correction wins over the prediction); ``folders`` are folders (a photo under
+    any of them passes); ``after``/``before`` bound the date taken, normalised
+    by :func:`parse_date`.
+    """
+
+    label: tuple[str, str] | None = None
+    folders: tuple[str, ...] = ()
+    after: str | None = None
+    before: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.label or self.folders or self.after or self.before)
+
+    @classmethod
+    def make(cls, *, label: tuple[str, str] | None = None, folders: tuple[str, ...] | list[str] = (),
+             after: str | None = None, before: str | None = None) -> "SearchFilter":
+        """A filter from what a person typed: dates parsed, an empty period refused."""
+        start = parse_date(after, "--after") if after else None
+        end = parse_date(before, "--before") if before else None
+        if start and end and start >= end:
+            raise FilterError(f"--after {after} --before {before}", "no date is in that period",
+                              "--after is the first moment kept, --before the first one left out.")
+        return cls(label=label, folders=tuple(folders), after=start, before=end)
+
+    def describe(self) -> str:
+        """The filter in words, for messages ("in /photos/trip, taken from 2021-06-01")."""
+        parts = []
+        if self.label:
+            parts.append(f"labelled {self.label[1]!r} in {self.label[0]!r}")
+        if self.folders:
+            parts.append("in " + " or ".join(self.folders))
+        if self.after:
+            parts.append(f"taken from {self.after}")
+        if self.before:
+            parts.append(f"taken before {self.before}")
+        return ", ".join(parts)
