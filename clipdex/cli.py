@@ -958,5 +958,15 @@ def models_list_cmd(as_json: bool) -> None:
                      "(--model-config FILE.json) for local or custom models.")
 
 
+def _add_commands() -> None:
+    """Commands that live in modules of their own (they import this module's options)."""
+    from clipdex import cli_compact, cli_interchange
+
+    for command in (*cli_interchange.COMMANDS, *cli_compact.COMMANDS):
+        main.add_command(command)
+
+
+_add_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
