@@ -17,12 +17,19 @@ test suite (``tests/unit/test_vector_index.py``) holds both to it:
   approximately, then the candidates re-ranked exactly from the vector file.
 
 The order of equal scores is total and the same on every call: score
-descending, then row ascending.
+descending, then row ascending; a row whose score is not a number (a damaged
+vector) ranks after every other, as :func:`clipdex.search.query.rank` does.
+
+Each backend has its own ``load`` classmethod (what it needs besides the file
+differs: the matrix for exact search, a row reader for IVF); a file that cannot
+be used raises :class:`VectorIndexUnusable`, which the engine answers by
+rebuilding or by searching exactly.
 """
 
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +43,20 @@ RowReader = Callable[[np.ndarray], np.ndarray]
 
 # (done, total) as a build or an update goes; the CLI draws it as a bar.
 BuildProgress = Callable[[int, int], None]
+
+
+class VectorIndexUnusable(Exception):
+    """A saved vector index cannot be used: missing, truncated, corrupt, or of another kind.
+
+    Not a user error: the engine catches it and rebuilds the index (or searches
+    exactly meanwhile). ``path`` is the file, ``reason`` says what is wrong.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"the vector index {path} cannot be used: {reason}; it will be rebuilt "
+                         "(`clipdex index` rebuilds it, search is exact meanwhile)")
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,7 @@ class VectorIndexStats:
 
     kind: str  # "exact" or "ivf"
     rows: int  # rows it can return (added, not removed)
-    removed: int  # rows added and then removed (masked)
+    removed: int  # rows below ``covered`` it does not return (removed, or never given)
     covered: int  # 1 + the highest row it was given: rows of the file it reflects
     bytes: int  # size on disk of what it saved (0 for exact search: it is the vector file)
     params: dict[str, Any] = field(default_factory=dict)  # nlist, nprobe, codes, ... as built
@@ -67,9 +88,15 @@ class VectorIndexStats:
 
 
 class VectorIndex(abc.ABC):
-    """Rows of one model's vector file, searchable by a query vector."""
+    """Rows of one model's vector file, searchable by a query vector.
+
+    ``meta`` is the caller's: a JSON-serialisable dict (the engine records the
+    model, the file's generation and fingerprint in it) that ``save`` writes with
+    the index and ``load`` gives back, so a stale index can be told from a fresh one.
+    """
 
     kind: str = ""
+    meta: dict[str, Any]
 
     @property
     @abc.abstractmethod
@@ -119,3 +146,61 @@ def check_query(query: np.ndarray, dim: int, k: int) -> np.ndarray:
     if k < 1:
         raise ValueError(f"k must be at least 1 (got {k})")
     return q
+
+
+def top_hits(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> Hits:
+    """The best ``k`` of ``rows`` (default: 0..len(scores)-1) by ``scores``.
+
+    Score descending, then row ascending. A NaN score (a damaged vector) ranks
+    after every number and is returned as -inf, as :func:`clipdex.search.query.rank`
+    does. O(n) plus a sort of ``k``: the ``k``-th best score is found by
+    partition, then the rows above it and the lowest rows tied with it are
+    taken, so equal scores never split arbitrarily.
+    """
+    n = len(scores)
+    want = min(k, n)
+    if want <= 0:
+        return Hits.empty()
+    scores = np.asarray(scores, dtype=np.float32)
+    if np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)
+    if want < n:
+        threshold = scores[np.argpartition(-scores, want - 1)[want - 1]]
+        above = np.flatnonzero(scores > threshold)
+        tied = np.flatnonzero(scores == threshold)
+        if len(tied) > want - len(above):  # the lowest rows among the tied
+            if rows is not None:
+                tied = tied[np.argsort(rows[tied], kind="stable")]
+            tied = tied[:want - len(above)]
+        top = np.concatenate([above, tied])
+    else:
+        top = np.arange(n)
+    top_rows = top if rows is None else rows[top]
+    order = np.lexsort((top_rows, -scores[top]))
+    return Hits(np.asarray(top_rows[order], dtype=np.int64), scores[top[order]])
+
+
+def merge_hits(parts: list[Hits], k: int) -> Hits:
+    """The best ``k`` of several :class:`Hits` over disjoint rows, in the same order."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Hits.empty()
+    if len(parts) == 1:
+        return Hits(parts[0].rows[:k], parts[0].scores[:k])
+    return top_hits(np.concatenate([p.scores for p in parts]), k, np.concatenate([p.rows for p in parts]))
+
+
+def check_rows(rows: np.ndarray, vectors: np.ndarray | None = None, dim: int = 0) -> np.ndarray:
+    """``rows`` as int64 row numbers (>= 0), and ``vectors`` checked to match them: ValueError if not."""
+    r = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(r) and int(r.min()) < 0:
+        raise ValueError(f"row numbers are 0 or more (got {int(r.min())})")
+    if vectors is not None and (vectors.ndim != 2 or vectors.shape != (len(r), dim)):
+        raise ValueError(f"expected vectors of shape ({len(r)}, {dim}) for {len(r)} rows, got {vectors.shape}")
+    return r
+
+
+def flush_to_disk(f: Any) -> None:
+    """Flush ``f`` to the disk before it is renamed into place (a crash leaves the old file or the new)."""
+    f.flush()
+    os.fsync(f.fileno())
