@@ -5,7 +5,9 @@ preprocessing or raises :class:`~clipdex.errors.ImageDecodeError` with a reason
 a person can act on. It never lets a bad file take a batch down.
 :func:`check_image` reads only a file's header (format, size, the megapixel
 limit); :func:`open_image_file` opens one image file for a one-off read (a
-query image) without reading it whole.
+query image) without reading it whole. :func:`read_taken_at` reads when a photo
+was taken from its EXIF alone, without decoding it (a photo whose vector is
+reused); :func:`load_image` records the same in ``image.info[TAKEN_AT]``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterator
+from datetime import datetime
 from functools import lru_cache
 from typing import BinaryIO
 
@@ -26,6 +29,15 @@ from clipdex.errors import ImageDecodeError, ImageTooLarge, ImageUnreadable
 
 DEFAULT_MAX_MEGAPIXELS = 178.0  # Pillow's own decompression-bomb error threshold
 ORIGINAL_SIZE = "clipdex_original_size"  # image.info key: the file's upright (width, height)
+TAKEN_AT = "clipdex_taken_at"  # image.info key: when it was taken ('YYYY-MM-DDTHH:MM:SS') or None
+EXIF_IFD = 0x8769  # the Exif sub-IFD, where cameras write when a photo was taken
+# Where a photo's date is looked for, best first: DateTimeOriginal and DateTimeDigitized in
+# the Exif IFD, then the main IFD's DateTime (when the file was last written by the camera
+# or an editor). A tag that holds garbage is skipped for the next.
+DATE_TAGS = ((EXIF_IFD, 0x9003), (EXIF_IFD, 0x9004), (None, 0x0132))
+DATE_YEARS = (1800, 2200)  # a year outside these is a camera's garbage, not a date
+EXIF_SEGMENTS = 32  # JPEG segments read before the image data to find the EXIF one
+_EXIF_DATE = re.compile(r"(\d{4})[:\-./](\d{2})[:\-./](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as viewers do
 BASE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
                    ".tif", ".tiff")
@@ -94,11 +106,13 @@ def load_image(
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.load()
-        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        exif = image.getexif()
+        turned = exif.get(0x0112, 1) in (5, 6, 7, 8)
         upright: Image.Image = ImageOps.exif_transpose(image) or image
         rgb = to_rgb(upright)
         # The file's own upright size (a reduced-size decode is smaller).
         rgb.info[ORIGINAL_SIZE] = (height, width) if turned else (width, height)
+        rgb.info[TAKEN_AT] = _taken_at_or_none(exif)
         return rgb
     raise AssertionError("unreachable")  # _decoding re-raises every failure
 
@@ -131,6 +145,93 @@ def open_image_file(path: str, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
             return load_image(f, path, max_megapixels=max_megapixels, draft_size=draft_size)
     except OSError as e:  # opening it (load_image turns every later failure into its own)
         raise ImageUnreadable(path, e) from None
+
+
+def exif_taken_at(exif: Image.Exif) -> str | None:
+    """When the photo was taken, from its EXIF: 'YYYY-MM-DDTHH:MM:SS' (local wall-clock time,
+    as the camera wrote it), or None when no date tag holds a real date.
+
+    EXIF writes 'YYYY:MM:DD HH:MM:SS'; blank or zeroed dates ('0000:00:00 00:00:00'),
+    impossible ones (month 13, 25 o'clock) and years outside DATE_YEARS are skipped.
+    """
+    for ifd, tag in DATE_TAGS:
+        values = exif.get_ifd(ifd) if ifd is not None else exif
+        taken = normalise_exif_date(values.get(tag))
+        if taken is None and ifd is not None:
+            taken = normalise_exif_date(exif.get(tag))  # some writers put it in the main IFD
+        if taken is not None:
+            return taken
+    return None
+
+
+def normalise_exif_date(value: object) -> str | None:
+    """An EXIF date value as 'YYYY-MM-DDTHH:MM:SS', or None when it is not a real date."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    found = _EXIF_DATE.match(value.strip("\x00 \t\r\n"))
+    if found is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in found.groups())
+    if not DATE_YEARS[0] <= year <= DATE_YEARS[1]:
+        return None
+    try:
+        return datetime(year, month, day, hour, minute, second).strftime("%Y-%m-%dT%H:%M:%S")
+    except ValueError:  # month 13, February 30th, 24:00:00...
+        return None
+
+
+def read_taken_at(source: BinaryIO, name: str) -> str | None:
+    """When the photo in ``source`` was taken (see :func:`exif_taken_at`), reading only its
+    header: for a JPEG the segments before the image data (seeking past all but the EXIF
+    one), for other formats what ``Image.open`` reads to identify the image. Never
+    decodes pixels. None when it has no date or cannot be read (the caller falls back to
+    the file's mtime): a bad file is the decoder's to report, not this function's.
+    """
+    try:
+        start = source.tell()
+        if source.read(2) == b"\xff\xd8":
+            raw = _jpeg_exif(source)
+            if raw is None:
+                return None
+            exif = Image.Exif()
+            exif.load(raw)
+            return exif_taken_at(exif)
+        source.seek(start)
+        supported_extensions()  # plugins registered once
+        image = Image.open(_HeaderBudget(source))  # type: ignore[arg-type]  # duck-typed file
+        if image.format == "PNG" and "exif" not in image.info:
+            return None  # PNG's getexif() would decode the image to find a late eXIf chunk
+        return exif_taken_at(image.getexif())
+    except Exception:  # noqa: BLE001  (no date is the answer for any unreadable header)
+        return None
+
+
+def _jpeg_exif(source: BinaryIO) -> bytes | None:
+    """The EXIF payload of a JPEG whose first two bytes were just read: its APP1 'Exif'
+    segment (the TIFF data after the 6-byte 'Exif\\0\\0' header), or None."""
+    for _ in range(EXIF_SEGMENTS):
+        head = source.read(4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return None
+        marker, length = head[1], struct.unpack(">H", head[2:])[0]
+        if marker in (0xDA, 0xD9) or length < 2:  # the image data (or the end) starts here
+            return None
+        if marker == 0xE1:
+            payload = source.read(length - 2)
+            if payload.startswith(b"Exif\x00\x00"):
+                return payload[6:]
+            continue
+        source.seek(length - 2, io.SEEK_CUR)
+    return None
+
+
+def _taken_at_or_none(exif: Image.Exif) -> str | None:
+    try:
+        return exif_taken_at(exif)
+    except Exception:  # noqa: BLE001  (a broken Exif IFD costs the date, never the photo)
+        return None
 
 
 def _open_checked(source: BinaryIO, name: str, max_megapixels: float) -> Image.Image:

@@ -25,14 +25,17 @@ from clipdex import discover
 from clipdex.decode import (
     DEFAULT_MAX_MEGAPIXELS,
     ORIGINAL_SIZE,
+    TAKEN_AT,
     ImageTooLarge,
     ImageUnreadable,
     check_image,
     load_image,
+    read_taken_at,
     supported_extensions,
 )
 from clipdex.errors import ImageDecodeError, PhotoFolderError
 from clipdex.store import ModelRecord, NewFile, Store
+from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -44,6 +47,7 @@ DRAFT_FACTOR = 2  # JPEGs decode reduced while both sides stay >= 2x the model's
 WHOLE_READ_BYTES = 32 << 20  # files up to this size are read once (hash, then decode from memory)
 HASH_CHUNK = 1 << 20  # larger ones are hashed in chunks and decoded from the file
 RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
+DATE_BATCH = 1_000  # EXIF dates of photos indexed before are committed this many at a time
 
 
 class Progress(Protocol):
@@ -104,6 +108,7 @@ class IndexReport:
     retried: int = 0  # files that had failed before and were tried again
     failed: list[Failure] = field(default_factory=list)
     indexed_total: int = 0
+    dated: int = 0  # unchanged photos, indexed before EXIF dates were read, given their EXIF date
     seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -126,6 +131,7 @@ class _Prepared:
     reason: str | None = None
     kind: str | None = None  # how a failure is retried (clipdex.store.catalog.FAILURE_KINDS)
     limit: float | None = None  # the --max-megapixels a 'limit' failure was judged by
+    taken_at: str | None = None  # its EXIF date, when it has one
 
 
 class _Stopped(Exception):
@@ -197,12 +203,15 @@ class Indexer:
         limit = self.settings.max_megapixels
 
         todo: list[discover.FileEntry] = []
+        undated: list[discover.FileEntry] = []  # unchanged, but their EXIF was never read
         for entry in walk.files:
             record = known.get(entry.path)
             same_stat = record is not None and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
             if same_stat and record is not None:
                 if record.status == "ok" and record.content_hash in embedded:
                     report.unchanged += 1
+                    if record.taken_source == TAKEN_MTIME:
+                        undated.append(entry)
                     continue
                 if record.status == "failed" and not (
                         self.settings.retry_failed
@@ -231,6 +240,7 @@ class Indexer:
         encode_started = time.perf_counter()
         model = self._process(todo, model, embedded, report, progress)
         report.encode_seconds = time.perf_counter() - encode_started
+        report.dated = self._date_undated(undated)
 
         problems = [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason, raw_path=p.raw_path,
                             failure_kind=p.kind) for p in walk.problems]
@@ -284,6 +294,28 @@ class Indexer:
                              unreadable_dirs=walk.unreadable_dirs,
                              skipped_dirs=[*walk.skipped_dirs, discover.display_path(own_real)],
                              skip=walk.skip | {own})
+
+    def _date_undated(self, entries: list[discover.FileEntry]) -> int:
+        """Read the EXIF date of unchanged photos indexed before dates were read (once: each
+        is then 'exif' or 'mtime-no-exif'). Only the header is read, in the decoding
+        threads, and committed every DATE_BATCH photos (a killed run keeps what it read).
+        Returns how many had an EXIF date."""
+        if not entries:
+            return 0
+        found = 0
+        pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="clipdex-dates")
+        try:
+            for start in range(0, len(entries), DATE_BATCH):
+                chunk = entries[start:start + DATE_BATCH]
+                read = [(e.path, date) for e, (opened, date) in zip(chunk, pool.map(_header_date, chunk))
+                        if opened]
+                self.store.set_taken_dates(read)
+                found += sum(1 for _, date in read if date)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return found
 
     # -- the pipeline ---------------------------------------------------------
     def _process(self, todo: list[discover.FileEntry], model: ModelRecord,
@@ -358,10 +390,13 @@ class Indexer:
                         f.seek(0)
                         source = f
                     if item.content_hash in embedded:
+                        # No decoding: its date comes from the EXIF in the header alone.
+                        item.taken_at = read_taken_at(source, entry.path)
                         return item
                     image = load_image(source, entry.path, max_megapixels=limit, draft_size=draft)
                     item.pixels = self.encoder.preprocess(image)
                     item.width, item.height = image.info.get(ORIGINAL_SIZE, image.size)
+                    item.taken_at = image.info.get(TAKEN_AT)
                     return item
                 except ImageTooLarge as e:
                     item.reason, item.kind, item.limit = e.reason, "limit", limit
@@ -415,14 +450,16 @@ class Indexer:
                 if width is None:
                     width, height = sizes.get(item.content_hash, (None, None))
                 files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash, width, height,
-                                     raw_path=e.raw_path))
+                                     raw_path=e.raw_path, taken_at=item.taken_at,
+                                     taken_source=TAKEN_EXIF if item.taken_at else TAKEN_NO_EXIF))
                 report.reused += 1
                 continue
             batch_hashes.append(item.content_hash)
             batch_set.add(item.content_hash)
             batch_pixels.append(item.pixels)
             files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash, item.width,
-                                 item.height, raw_path=e.raw_path))
+                                 item.height, raw_path=e.raw_path, taken_at=item.taken_at,
+                                     taken_source=TAKEN_EXIF if item.taken_at else TAKEN_NO_EXIF))
         vectors = (self.encoder.encode_images(np.stack(batch_pixels)) if batch_pixels
                    else np.zeros((0, model.dim), np.float32))
         first_row = model.rows
@@ -433,3 +470,13 @@ class Indexer:
         if progress:
             progress.advance(len(items))
         return model
+
+
+def _header_date(entry: discover.FileEntry) -> tuple[bool, str | None]:
+    """(opened, EXIF date or None) of a file, reading its header only. One that cannot be
+    opened stays undated and is tried again on the next run."""
+    try:
+        with open(entry.fs_path, "rb") as f:
+            return True, read_taken_at(f, entry.path)
+    except OSError:
+        return False, None

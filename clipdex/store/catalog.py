@@ -80,6 +80,7 @@ class FileRecord:
     failure_kind: str | None = None
     failure_limit: float | None = None
     taken_at: str | None = None  # 'YYYY-MM-DDTHH:MM:SS', local time (EXIF, else mtime)
+    taken_source: str | None = None  # where taken_at came from: one of TAKEN_SOURCES
 
     @property
     def fs_path(self) -> str:
@@ -88,6 +89,12 @@ class FileRecord:
 
 
 FAILURE_KINDS = ("transient", "limit", "permanent")
+# Where a file's taken_at came from. 'exif': the photo's EXIF date. 'mtime': the file's mtime,
+# its EXIF not read yet (migration 006 dated every photo indexed before it so; the next
+# `clipdex index` reads their EXIF once). 'mtime-no-exif': the file's mtime, its EXIF read
+# and holding no date. 'import': what an import said.
+TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF, TAKEN_IMPORT = "exif", "mtime", "mtime-no-exif", "import"
+TAKEN_SOURCES = (TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF, TAKEN_IMPORT)
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,8 @@ class NewFile:
     failure_kind: str | None = None  # one of FAILURE_KINDS when ``reason`` is set
     failure_limit: float | None = None  # the --max-megapixels a 'limit' failure was judged by
     # When it was taken, local wall-clock time 'YYYY-MM-DDTHH:MM:SS' (EXIF DateTimeOriginal),
-    # and where that came from ('exif', 'import'); None: the file's mtime is used ('mtime').
+    # and where that came from ('exif', 'import'). taken_at None: the file's mtime is stored,
+    # with taken_source, or 'mtime' (EXIF not read) when that is None too.
     taken_at: str | None = None
     taken_source: str | None = None
 
@@ -368,6 +376,23 @@ class Store:
     def vector_file(self, model: ModelRecord) -> VectorFile:
         return VectorFile(self.path / model.vectors_file, model.dim)
 
+    def used_rows(self, model: ModelRecord) -> int:
+        """How many of ``model``'s vectors some indexed photo uses (an SQL count: no file read).
+
+        Photos in folders that are missing for now count as used: they come back when the
+        disk is mounted again."""
+        return self.conn.execute(
+            "SELECT count(*) FROM embeddings e WHERE e.model_id = ? AND EXISTS (SELECT 1 FROM files f "
+            "WHERE f.content_hash = e.content_hash AND f.status = 'ok')", (model.id,)).fetchone()[0]
+
+    def reclaimable(self, model: ModelRecord) -> tuple[int, int]:
+        """(rows, bytes) of ``model``'s vector file that no indexed photo uses any more (removed,
+        changed or replaced photos): what `clipdex compact` frees. SQL counts, no file read."""
+        with self.snapshot():
+            model = self._current(model)
+            rows = max(model.rows - self.used_rows(model), 0)
+        return rows, rows * self.vector_file(model).row_bytes
+
     def embedded_hashes(self, model: ModelRecord) -> dict[str, int]:
         """content hash -> vector row, for every vector of ``model``."""
         rows = self.conn.execute("SELECT content_hash, row FROM embeddings WHERE model_id = ?",
@@ -603,6 +628,17 @@ class Store:
         updated = self.get_model(model.key)
         assert updated is not None
         return updated
+
+    def set_taken_dates(self, dates: Sequence[tuple[str, str | None]]) -> None:
+        """Record what reading the EXIF of files indexed before found: (path, taken_at) with
+        the EXIF date ('exif'), or None when it holds none (the mtime date stays, now
+        'mtime-no-exif': never read again). Files changed since are left alone."""
+        with self.transaction() as c:
+            c.executemany(
+                "UPDATE files SET taken_at = coalesce(?, taken_at), taken_source = ? "
+                "WHERE path = ? AND taken_source = ?",
+                [(taken, TAKEN_EXIF if taken else TAKEN_NO_EXIF, display_path(path), TAKEN_MTIME)
+                 for path, taken in dates])
 
     def remove_files(self, paths: Sequence[str]) -> None:
         with self.transaction() as c:
@@ -889,11 +925,15 @@ def _taken(f: NewFile) -> tuple[str | None, str | None]:
     if f.reason:
         return None, None
     if f.taken_at:
-        return f.taken_at, f.taken_source or "exif"
+        return f.taken_at, f.taken_source or TAKEN_EXIF
     if f.mtime_ns > 0:
-        stamp = time.localtime(f.mtime_ns / 1e9)
-        return time.strftime("%Y-%m-%dT%H:%M:%S", stamp), "mtime"
+        return mtime_taken_at(f.mtime_ns), f.taken_source or TAKEN_MTIME
     return None, None
+
+
+def mtime_taken_at(mtime_ns: int) -> str:
+    """A file's mtime as a taken_at value (local wall-clock time, as EXIF dates are)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime_ns / 1e9))
 
 
 def _raw(f: NewFile) -> bytes | None:
@@ -995,4 +1035,4 @@ def _file(row: sqlite3.Row) -> FileRecord:
                       content_hash=row["content_hash"], width=row["width"], height=row["height"],
                       status=row["status"], reason=row["reason"], raw_path=row["raw_path"],
                       failure_kind=row["failure_kind"], failure_limit=row["failure_limit"],
-                      taken_at=row["taken_at"])
+                      taken_at=row["taken_at"], taken_source=row["taken_source"])
