@@ -11,6 +11,9 @@ app therefore reaches the index in two ways:
 * **readers**: a few extra connections to the same catalog (WAL lets them read
   while the index writes), for photo pages, thumbnails and status. A thumbnail
   never waits for a search.
+
+What every search page shows beside its results (photo and folder counts) is
+read once per change of the catalog, not on every request (:meth:`IndexAccess.counts`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import QueryError
-from clipdex.index import Index
+from clipdex.index import Index, IndexCounts
 from clipdex.search import QueryTerm, SearchResult
+from clipdex.search.filters import SearchFilter
 from clipdex.store import FileRecord, Store
 from clipdex.web.uploads import UPLOAD_NAME, upload_name
 
@@ -47,6 +51,7 @@ class IndexAccess:
         self._max_readers = max(1, readers)
         self._open_lock = threading.Lock()
         self._upload_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._counts: dict[int, tuple[object, IndexCounts]] = {}  # by reader: its catalog stamp, counts
         self._closed = False
 
     # -- the index, one short step at a time ----------------------------------
@@ -84,21 +89,42 @@ class IndexAccess:
             for reader in self._readers:
                 reader.close()
             self._readers.clear()
+            self._counts.clear()
+
+    def counts(self) -> IndexCounts:
+        """:meth:`Index.counts`, read again only when the catalog changed or a folder came or went.
+
+        Counting the files is a pass over the whole files table (about a second
+        at a million photos on a small machine); the search page shows the count
+        on every request, so each reader keeps its last answer with the catalog
+        stamp it was read at (a stamp is per connection: one cache per reader).
+        """
+        with self.reader() as reader:
+            stamp = (reader.store.stamp(), tuple(reader.store.missing_roots()))
+            cached = self._counts.get(id(reader))
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            counts = reader.counts()
+            self._counts[id(reader)] = (stamp, counts)
+            return counts
 
     # -- searching ------------------------------------------------------------
     def search(self, terms: list[QueryTerm], k: int, offset: int = 0,
-               label: tuple[str, str] | None = None) -> list[SearchResult]:
-        """:meth:`Index.search` (encoding and ranking outside the index's lock).
+               filters: SearchFilter | None = None) -> list[SearchResult]:
+        """:meth:`Index.search` (encoding and ranking outside the index's lock), keeping only
+        photos that pass ``filters``.
 
         Image terms are uploads or photos of the index (their stored vectors);
         no other file on the server is read.
         """
-        return self.index.search(terms, k, offset=offset, label=label, image_files=_no_other_files,
-                                 image_vector=self._upload_or_none)
+        return self.index.search(terms, k, offset=offset, filters=filters or None,
+                                 image_files=_no_other_files, image_vector=self._upload_or_none)
 
-    def similar(self, file_id: int, k: int, offset: int = 0) -> tuple[FileRecord, list[SearchResult]]:
-        """The photo ``file_id`` and the photos most like it, by its stored vector (no path involved)."""
-        return self.index.similar(file_id, k, offset=offset)
+    def similar(self, file_id: int, k: int, offset: int = 0,
+                filters: SearchFilter | None = None) -> tuple[FileRecord, list[SearchResult]]:
+        """The photo ``file_id`` and the photos most like it that pass ``filters``, by its stored
+        vector (no path involved)."""
+        return self.index.similar(file_id, k, offset=offset, filters=filters or None)
 
     def _upload_or_none(self, term: str) -> np.ndarray | None:
         name = upload_name(term, self.uploads)

@@ -55,7 +55,9 @@ from clipdex.errors import (
 )
 from clipdex.index import Index
 from clipdex.search import SearchResult, parse_query
+from clipdex.search.filters import SearchFilter
 from clipdex.web.access import IndexAccess
+from clipdex.web.filters import MAX_FOLDERS, FilterForm, date_field, describe
 from clipdex.web.guard import DEFAULT_ALLOWED_HOSTS, Guard, HostPolicy
 from clipdex.web.thumbs import PLACEHOLDER_SVG, ThumbnailCache
 from clipdex.web.uploads import MAX_UPLOAD_BYTES, UPLOAD_DIR, UPLOAD_PREFIX, check_upload, save_upload
@@ -73,9 +75,17 @@ THUMB_SIZES = (256, 1024)
 THUMB_THREADS = 8  # thumbnails have threads of their own: never queued behind searches
 MAX_SHOWN = 60
 MAX_ID = 2**63 - 1  # SQLite's largest integer
+MAX_DATE = 40  # a date filter: "2021-06-01T18:30:15" and some room
+FOLDERS_WHERE = "they are listed at /api/status"
 
 T = TypeVar("T")
 PhotoId = Annotated[int, PathParam(ge=1, le=MAX_ID)]  # photos are addressed by id, never by path
+# The search filters, the same on every route that searches (see clipdex.web.filters).
+Folders = Annotated[list[Annotated[str, Field(max_length=MAX_QUERY)]] | None, Query(max_length=MAX_FOLDERS)]
+After = Annotated[str, Query(max_length=MAX_DATE)]
+Before = Annotated[str, Query(max_length=MAX_DATE)]
+SetName = Annotated[str, Query(max_length=MAX_NAME)]
+LabelName = Annotated[str, Query(max_length=MAX_NAME)]
 
 
 class Correction(BaseModel):
@@ -161,54 +171,70 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     # -- pages ----------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
     async def home(q: str = Query("", max_length=MAX_QUERY), like: int | None = Query(None, ge=1, le=MAX_ID),
-                   set: str = Query("", max_length=MAX_NAME), label: str = Query("", max_length=MAX_NAME),
-                   page: int = Query(1, ge=1, le=MAX_OFFSET // PAGE_SIZE)) -> Response:
-        return await off_loop(search_threads, home_page, q, like, set, label, page)
+                   folder: Folders = None, after: After = "", before: Before = "", set: SetName = "",
+                   label: LabelName = "", page: int = Query(1, ge=1, le=MAX_OFFSET // PAGE_SIZE)) -> Response:
+        form = FilterForm.of(folder or (), after, before, set, label)
+        return await off_loop(search_threads, home_page, q, like, form, page)
 
-    def home_page(q: str, like: int | None, set: str, label: str, page: int) -> Response:
+    def home_page(q: str, like: int | None, form: FilterForm, page: int) -> Response:
         offset = (page - 1) * PAGE_SIZE
         hits: list[SearchResult] = []
         error = ""
         similar_to = None
+        searched = False
+        counts = access.counts()  # not status(): no per-model counts on every search; cached
+        filters = None
         try:
-            if like is not None:
-                record, hits = access.similar(like, PAGE_SIZE, offset)
+            filters = form.check(counts.roots, where="in the folder menu")
+            if q.strip():  # a query typed on a "more like this" page starts a new search
+                hits = access.search(parse_query(q), PAGE_SIZE, offset, filters)
+                searched = True
+            elif like is not None:
+                record, hits = access.similar(like, PAGE_SIZE, offset, filters)
                 similar_to = {"id": record.id, "name": os.path.basename(record.path)}
-                q = ""
-            elif q.strip():
-                hits = access.search(parse_query(q), PAGE_SIZE, offset,
-                                     label=(set, label) if set and label else None)
-            elif set and label:  # browse one label, most confident first
+                q, searched = "", True
+            elif form.set and form.label and not form.narrows:  # browse one label, most confident first
                 with access.locked() as idx:
-                    result = idx.classification(set)
-                result.check_label(label)
-                hits = _label_browse(result, label, offset, PAGE_SIZE)
+                    result = idx.classification(form.set)
+                result.check_label(form.label)
+                hits = _label_browse(result, form.label, offset, PAGE_SIZE)
+                searched = True
         except PhotoNotFound:
             raise
         except ClipdexError as e:
             error = str(e)
         with access.reader() as reader:
             label_sets = _names(reader.label_sets)
-            labels_of_set = _names(lambda: reader.classification_labels(set)) if set else []
-            counts = reader.counts()  # not status(): no per-model counts on every search
+            labels_of_set = _names(lambda: reader.classification_labels(form.set)) if form.set else []
         status = {"indexed": counts.indexed, "roots": counts.roots,
                   "models": [{"name": name} for name in counts.models]}
+        folder_choices = counts.roots + [f for f in form.folders if f not in counts.roots]
         return render("search.html", http_status=400 if error else 200, q=q, like=similar_to,
                       results=[serialize.search_result(h) for h in hits], error=error, page=page,
-                      page_size=PAGE_SIZE, set=set, label=label, label_sets=label_sets,
-                      labels_of_set=labels_of_set, status=status)
+                      like_id=like if like is not None and not q.strip() else None,
+                      page_size=PAGE_SIZE, set=form.set, label=form.label, label_sets=label_sets,
+                      labels_of_set=labels_of_set, status=status, searched=searched and not error,
+                      folders=form.folders, folder_choices=folder_choices,
+                      after=date_field(form.after), before=date_field(form.before),
+                      narrows=form.narrows, filter_params=form.params(),
+                      api_filter_params=form.params(for_api=True),
+                      applied=describe(filters) if filters and not error else [])
 
     @app.get("/photo/{file_id}", response_class=HTMLResponse)
-    async def photo_page(file_id: PhotoId) -> Response:
-        return await off_loop(None, photo_view, file_id)
+    async def photo_page(file_id: PhotoId, folder: Folders = None, after: After = "", before: Before = "",
+                         set: SetName = "", label: LabelName = "") -> Response:
+        # The filters of the search that led here, handed on to "more like this" (checked there).
+        form = FilterForm.of(folder or (), after, before, set, label)
+        return await off_loop(None, photo_view, file_id, form)
 
-    def photo_view(file_id: int) -> Response:
+    def photo_view(file_id: int, form: FilterForm) -> Response:
         with access.reader() as reader:
             record = reader.photo(file_id)
             labels = reader.photo_labels(file_id)
         row = {k: v for k, v in metadata.get(record.path, {}).items() if v not in ("", None)}
         view = serialize.photo(record, labels, exists=os.path.isfile(record.fs_path), metadata=row)
-        return render("photo.html", photo=view)
+        return render("photo.html", photo=view, like_params=[("like", str(record.id)), *form.params()],
+                      filtered=form.any)
 
     @app.get("/api", response_class=HTMLResponse)
     async def api_index() -> Response:
@@ -273,27 +299,38 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     async def api_search(q: str = Query(..., min_length=1, max_length=MAX_QUERY),
                          k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
                          offset: int = Query(0, ge=0, le=MAX_OFFSET),
-                         set: str = Query("", max_length=MAX_NAME),
-                         label: str = Query("", max_length=MAX_NAME)) -> dict[str, Any]:
-        """Photos ranked by a query (same syntax as the CLI)."""
-        return await off_loop(search_threads, api_search_view, q, k, offset, set, label)
+                         folder: Folders = None, after: After = "", before: Before = "",
+                         set: SetName = "", label: LabelName = "") -> dict[str, Any]:
+        """Photos ranked by a query (same syntax as the CLI); filters: folder (repeatable), after,
+        before (dates taken), set with label."""
+        form = FilterForm.of(folder or (), after, before, set, label)
+        return await off_loop(search_threads, api_search_view, q, k, offset, form)
 
-    def api_search_view(q: str, k: int, offset: int, set: str, label: str) -> dict[str, Any]:
-        if bool(set) != bool(label):
-            raise HTTPException(400, "a label filter takes both a set and a label: "
-                                     "set=NAME&label=LABEL (the sets are listed at /api/labels)")
-        hits = access.search(parse_query(q), k, offset, label=(set, label) if set and label else None)
-        return serialize.search_results(q, offset, hits)
+    def api_search_view(q: str, k: int, offset: int, form: FilterForm) -> dict[str, Any]:
+        filters = api_filters(form)
+        hits = access.search(parse_query(q), k, offset, filters)
+        return serialize.search_results(q, offset, hits, filters)
 
     @app.get("/api/similar/{file_id}")
     async def api_similar(file_id: PhotoId, k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
-                          offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict[str, Any]:
-        """Photos most like an indexed photo ("more like this"), by its stored vector."""
-        return await off_loop(search_threads, api_similar_view, file_id, k, offset)
+                          offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                          folder: Folders = None, after: After = "", before: Before = "",
+                          set: SetName = "", label: LabelName = "") -> dict[str, Any]:
+        """Photos most like an indexed photo ("more like this"), by its stored vector; the same
+        filters as /api/search."""
+        form = FilterForm.of(folder or (), after, before, set, label)
+        return await off_loop(search_threads, api_similar_view, file_id, k, offset, form)
 
-    def api_similar_view(file_id: int, k: int, offset: int) -> dict[str, Any]:
-        record, hits = access.similar(file_id, k, offset)
-        return serialize.search_results("@" + shlex.quote(record.path), offset, hits)
+    def api_similar_view(file_id: int, k: int, offset: int, form: FilterForm) -> dict[str, Any]:
+        filters = api_filters(form)
+        record, hits = access.similar(file_id, k, offset, filters)
+        return serialize.search_results("@" + shlex.quote(record.path), offset, hits, filters)
+
+    def api_filters(form: FilterForm) -> SearchFilter | None:
+        if bool(form.set) != bool(form.label):
+            raise HTTPException(400, "a label filter takes both a set and a label: "
+                                     "set=NAME&label=LABEL (the sets are listed at /api/labels)")
+        return form.check(access.counts().roots, where=FOLDERS_WHERE)
 
     @app.get("/api/photos/{file_id}")
     async def api_photo(file_id: PhotoId) -> dict[str, Any]:

@@ -35,9 +35,11 @@
       if (!entries.some((e) => e.isIntersecting) || loading) return;
       loading = true;
       const like = grid.dataset.like;
-      const params = like ? new URLSearchParams({ offset: grid.dataset.next, k: pageSize })
-                          : new URLSearchParams({ q: grid.dataset.q, offset: grid.dataset.next, k: pageSize,
-                                                  set: grid.dataset.set, label: grid.dataset.label });
+      // The page's filters (folder, dates, label), already in URL form, go with every request.
+      const params = new URLSearchParams(grid.dataset.filters || "");
+      if (!like) params.set("q", grid.dataset.q);
+      params.set("offset", grid.dataset.next);
+      params.set("k", pageSize);
       const response = await fetch((like ? "/api/similar/" + encodeURIComponent(like) + "?" : "/api/search?") + params);
       if (response.ok) {
         const data = await response.json();
@@ -63,12 +65,23 @@
     });
   }
 
-  // Changing the label set refreshes the label choices.
+  // Changing the label set refreshes the label choices; choosing a folder searches in it at once.
+  const searchForm = document.getElementById("search-form");
   const setSelect = document.getElementById("set");
   if (setSelect) setSelect.addEventListener("change", () => {
     const label = document.getElementById("label");
     if (label) label.value = "";
-    document.getElementById("search-form").submit();
+    searchForm.requestSubmit();
+  });
+  const folderSelect = document.getElementById("folder");
+  if (folderSelect) folderSelect.addEventListener("change", () => searchForm.requestSubmit());
+
+  // Filters left empty stay out of the URL (a search link keeps only what was chosen).
+  if (searchForm) searchForm.addEventListener("submit", () => {
+    searchForm.querySelectorAll("#filters select, #filters input").forEach((field) => {
+      if (!field.value) field.disabled = true;
+    });
+    window.addEventListener("pageshow", () => searchForm.querySelectorAll("[disabled]").forEach((f) => { f.disabled = false; }), { once: true });
   });
 
   // One click records a correction (ground truth) for a photo.
