@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from clipdex.index import IndexStatus, PhotoLabel
     from clipdex.indexer import IndexReport
     from clipdex.search import SearchResult
+    from clipdex.search.filters import SearchFilter
     from clipdex.store import FileRecord
 
 
@@ -29,9 +30,25 @@ def search_result(result: "SearchResult") -> dict[str, Any]:
             "path": result.path, "name": os.path.basename(result.path)}
 
 
-def search_results(query: str, offset: int, results: Sequence["SearchResult"]) -> dict[str, Any]:
-    """A page of results: ``{"query", "offset", "count", "results": [search_result…]}``."""
-    return {"query": query, "offset": offset, "count": len(results),
+def search_filter(filters: "SearchFilter | None") -> dict[str, Any]:
+    """The filters a search kept photos by: ``{"folders": [...], "after", "before", "label"}``.
+
+    ``after``/``before`` are local times as the filter holds them
+    (``YYYY-MM-DDTHH:MM:SS``; None when not set); ``label`` is ``{"set", "label"}``
+    or None. A search without filters has every part empty (the same shape).
+    """
+    if filters is None:
+        return {"folders": [], "after": None, "before": None, "label": None}
+    label = {"set": filters.label[0], "label": filters.label[1]} if filters.label else None
+    return {"folders": list(filters.folders), "after": filters.after, "before": filters.before,
+            "label": label}
+
+
+def search_results(query: str, offset: int, results: Sequence["SearchResult"],
+                   filters: "SearchFilter | None" = None) -> dict[str, Any]:
+    """A page of results: ``{"query", "offset", "count", "filters": search_filter, "results":
+    [search_result…]}``."""
+    return {"query": query, "offset": offset, "count": len(results), "filters": search_filter(filters),
             "results": [search_result(r) for r in results]}
 
 
@@ -74,11 +91,14 @@ def photo_label(label: "PhotoLabel") -> dict[str, Any]:
 
 def photo(record: "FileRecord", labels: Sequence["PhotoLabel"], *, exists: bool,
           metadata: dict[str, str] | None = None) -> dict[str, Any]:
-    """An indexed photo's stored facts, its labels in every set and the user's table row."""
+    """An indexed photo's stored facts, its labels in every set and the user's table row.
+
+    ``taken_at`` is when it was taken, local time ``YYYY-MM-DDTHH:MM:SS`` (EXIF, else the
+    file's modification time); None when unknown."""
     return {"id": record.id, "path": record.path, "name": os.path.basename(record.path),
             "size": record.size, "width": record.width, "height": record.height,
-            "mtime_ns": record.mtime_ns, "sha256": record.content_hash, "exists": exists,
-            "labels": [photo_label(pl) for pl in labels], "metadata": dict(metadata or {})}
+            "mtime_ns": record.mtime_ns, "taken_at": record.taken_at, "sha256": record.content_hash,
+            "exists": exists, "labels": [photo_label(pl) for pl in labels], "metadata": dict(metadata or {})}
 
 
 def classification(result: "Classification", top_k: int | None = None) -> dict[str, Any]:
