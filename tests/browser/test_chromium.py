@@ -87,3 +87,42 @@ def test_end_to_end_in_chromium(server: str, index: Index, tmp_path: Path) -> No
     result = index.classification("taken_space")
     assert other in (result.truth or [])
     assert len(list((index.path / "uploads").iterdir())) == 1
+
+
+def test_folder_filter_in_chromium(index: Index, photos: Path) -> None:
+    """Pick a folder in the search form: only its photos come back, and the filter stays in the
+    URL, on the photo page and in "more like this"."""
+    from playwright.sync_api import sync_playwright
+
+    trip = photos / "trip"
+    index.add(trip)  # a folder of its own too, so the folder menu offers it
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serving(create_app(index)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url + "/?q=a+photo")
+        page.wait_for_selector("#results .card")
+        assert page.locator("#results .card").count() == 13
+        with page.expect_navigation():
+            page.select_option("#folder", str(trip))  # choosing a folder searches at once
+        page.wait_for_selector("#results .card img")
+        assert "folder=" in page.url and "after=" not in page.url  # empty filters stay out of the URL
+        assert page.locator("#results .card").count() == 2
+        assert page.locator("#folder").input_value() == str(trip)
+        assert page.locator("#applied").inner_text() == f"in {trip}"
+        page.screenshot(path=str(ARTIFACTS / "search-folder.png"), full_page=True)
+
+        page.locator("#results .card").first.click()
+        page.wait_for_selector("#photo")
+        assert page.locator("#taken").inner_text()[:2] in ("19", "20")
+        page.click("#more-like-this")
+        page.wait_for_selector("#results .card")
+        assert page.locator("#results .card").count() == 2 and "like=" in page.url
+
+        page.fill("#after", "2999-01-01")  # a date input: a period with no photo in it
+        with page.expect_navigation():
+            page.click("#search-form button[type=submit]")
+        assert "after=2999-01-01" in page.url and page.locator("#results .card").count() == 0
+        browser.close()
