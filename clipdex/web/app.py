@@ -77,6 +77,7 @@ MAX_SHOWN = 60
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 MAX_DATE = 40  # a date filter: "2021-06-01T18:30:15" and some room
 FOLDERS_WHERE = "they are listed at /api/status"
+MAX_FOLDER_SHOWN = 48  # characters of a folder in the menu: its end, which tells folders apart
 
 T = TypeVar("T")
 PhotoId = Annotated[int, PathParam(ge=1, le=MAX_ID)]  # photos are addressed by id, never by path
@@ -208,7 +209,8 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
             labels_of_set = _names(lambda: reader.classification_labels(form.set)) if form.set else []
         status = {"indexed": counts.indexed, "roots": counts.roots,
                   "models": [{"name": name} for name in counts.models]}
-        folder_choices = counts.roots + [f for f in form.folders if f not in counts.roots]
+        folder_choices = [(f, _tail(f, MAX_FOLDER_SHOWN))
+                          for f in counts.roots + [f for f in form.folders if f not in counts.roots]]
         return render("search.html", http_status=400 if error else 200, q=q, like=similar_to,
                       results=[serialize.search_result(h) for h in hits], error=error, page=page,
                       like_id=like if like is not None and not q.strip() else None,
@@ -422,6 +424,11 @@ def _status_of(exc: ClipdexError) -> int:
     if isinstance(exc, EmptyIndex):
         return 409
     return 400
+
+
+def _tail(path: str, most: int) -> str:
+    """``path`` cut from the left to ``most`` characters (``…/photos/trip``), for a narrow menu."""
+    return path if len(path) <= most else "…" + path[-(most - 1):]
 
 
 def _shown(value: Any) -> str:

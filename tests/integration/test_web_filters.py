@@ -72,8 +72,8 @@ def test_folder_filter_keeps_only_that_folders_photos(client: TestClient, folder
 
     page = client.get("/", params={"q": QUERY, "folder": trip})
     assert page.status_code == 200 and len(cards(page.text)) == 2
-    assert f'<option value="{trip}" selected>' in page.text  # the chosen folder stays chosen
-    assert f'<option value="{root}" >' in page.text and "all folders" in page.text
+    assert f'<option value="{trip}" title="{trip}" selected>' in page.text  # the chosen folder stays chosen
+    assert f'<option value="{root}" title="{root}" >' in page.text and "all folders" in page.text
 
 
 def test_date_filters(client: TestClient, web_index: Index) -> None:
@@ -196,7 +196,7 @@ def test_more_like_this_keeps_the_filters(client: TestClient, folders: tuple[str
     assert parse_qs(urlparse(link).query)["folder"] == [trip] and "like=" in link
     like = client.get(link)
     assert like.status_code == 200 and len(cards(like.text)) == 2 and "likeness to" in like.text
-    assert f'<option value="{trip}" selected>' in like.text and 'name="like"' in like.text
+    assert f'<option value="{trip}" title="{trip}" selected>' in like.text and 'name="like"' in like.text
     plain = client.get(f"/photo/{outside['id']}").text
     assert f'id="more-like-this" href="/?like={outside["id"]}"' in plain
 
@@ -212,3 +212,15 @@ def test_photo_page_shows_when_it_was_taken(client: TestClient, web_index: Index
 def test_api_page_documents_the_filters(client: TestClient) -> None:
     page = html.unescape(client.get("/api").text)
     assert "folder" in page and "after" in page and '"filters"' in page
+
+
+def test_the_pages_counts_follow_the_index(client: TestClient, web_index: Index, photos: Path) -> None:
+    """The photo count is kept between requests (a full count is slow at a million photos), and
+    read again once the index changes."""
+    from tests.images import write_photos
+
+    assert "13 photos in 1 folder(s)" in client.get("/").text
+    write_photos(photos / "new", 2, start=40)
+    web_index.add(photos)
+    assert "15 photos in 1 folder(s)" in client.get("/").text
+    assert "15 photos searched" in client.get("/", params={"q": QUERY}).text
