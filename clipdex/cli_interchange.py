@@ -1,7 +1,190 @@
-"""clipdex's interchange commands (registered on the main command group by clipdex.cli)."""
+"""clipdex's interchange commands (registered on the main command group by clipdex.cli):
+``clipdex export DIR`` and ``clipdex import DIR``, in clip-retrieval's layout
+(see :mod:`clipdex.interchange`)."""
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING, Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from clipdex.cli import EXIT_INTERRUPTED, _console, _fail, _t, index_option
+
+if TYPE_CHECKING:
+    from clipdex.interchange import ExportReport, ImportReport
+
+MAX_SHARD_ROWS = 100_000_000
+
+
+class _RowsBar:
+    """A rich progress bar counting rows (exported or imported), with rows/s and an ETA."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=_console(stderr=True), transient=False)
+        self.task: Any = None
+
+    def start(self, total: int) -> None:
+        if total and self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("rows", total=total, rate="")
+
+    def advance(self, count: int) -> None:
+        if self.task is None:
+            return
+        self.progress.advance(self.task, count)
+        speed = self.progress.tasks[0].speed
+        if speed:
+            self.progress.update(self.task, rate=f"{speed:,.0f} rows/s")
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+@click.command("export")
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False))
+@index_option
+@click.option("--model", "-m", help="Export this model's vectors (registry name or ARCH/PRETRAINED) "
+              "[default: the index's model].")
+@click.option("--shard-rows", type=click.IntRange(1, MAX_SHARD_ROWS), default=100_000, show_default=True,
+              help="Photos per shard (one .npy and one .parquet each).")
+@click.option("--overwrite", is_flag=True, help="Replace an export already in DIR.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"folder", "model", "dim", "rows", "shards", "columns", "seconds"}.')
+def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_rows: int, overwrite: bool,
+               as_json: bool) -> None:
+    """Write the index's vectors and photo metadata to DIR as clip-retrieval does.
+
+    \b
+    DIR/img_emb/img_emb_N.npy          float16 unit vectors, one row per photo (by path)
+    DIR/metadata/metadata_N.parquet    image_path, id, path, width, height, size, mtime,
+                                       taken_at, sha256, and per label set its label
+                                       (a correction wins) and <set>_prob
+    Readable by clip-retrieval, autofaiss and embedding-reader (file_format="parquet_npy"),
+    and by `clipdex import`. Photos in folders that are gone are left out.
+    """
+    from clipdex.index import Index
+    from clipdex.interchange import export_embeddings
+
+    bar = _RowsBar("exporting")
+    with Index.open(index_dir, model=model) as index:
+        try:
+            report = export_embeddings(index, out_dir, shard_rows=shard_rows, overwrite=overwrite,
+                                       progress=None if as_json else bar)
+        finally:
+            bar.stop()
+    if as_json:
+        click.echo(json.dumps(export_json(report), indent=2))
+        return
+    out = _console()
+    out.print(f"exported {report.rows} photos of [bold]{_t(report.model)}[/] ({report.dim}-d) to "
+              f"{_t(report.folder)} in {report.shards} shard{'s' if report.shards != 1 else ''}, "
+              f"{report.seconds:.1f} s")
+    out.print(f"  columns: {', '.join(report.columns)}", markup=False)
+
+
+@click.command("import")
+@click.argument("source", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@index_option
+@click.option("--model", "-m", help="The model that made the vectors: registry name or ARCH/PRETRAINED "
+              "(its weights are not needed).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint of that model.")
+@click.option("--model-config", type=click.Path(dir_okay=False),
+              help="open_clip model-config JSON of a custom architecture (needs --weights).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Folder that relative image_path values start from, and where features.npy's ids "
+                   "are files (<id>.jpg, …).")
+@click.option("--add-model", is_flag=True, help="Add this model's vectors to an index that holds another model's.")
+@click.option("--wait", is_flag=True, help="Wait for another process writing the index to finish.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"source", "model", "layout", "rows", "imported", "vectors_added", "reused", '
+                   '"skipped", "skipped_rows", "shards", "shards_imported", "shards_done_before", "roots", '
+                   '"seconds"}.')
+@click.pass_context
+def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: str | None, weights: str | None,
+               model_config: str | None, images: str | None, add_model: bool, wait: bool, as_json: bool) -> None:
+    """Adopt the embeddings in DIR into the index, encoding no image.
+
+    \b
+    DIR is one of:
+      clip-retrieval output or `clipdex export`: img_emb/*.npy + metadata/*.parquet
+        (image_path, or url/caption: a url is kept as the photo's path)
+      the CLIP tutorial's features.npy + photo_ids.csv (with --images: <id>.jpg there)
+    The vectors' dimension is checked against the model; rows of zeros or NaN are
+    skipped and reported. Each shard is saved as it finishes: run the same command
+    again after an interruption to resume (finished shards are skipped).
+    """
+    from clipdex.index import Index
+    from clipdex.interchange import import_embeddings
+
+    if not (model or weights or model_config):
+        raise click.UsageError("name the model that made the vectors: --model NAME (or --weights FILE "
+                               "[--model-config FILE.json])")
+    bar = _RowsBar("importing")
+    with Index.open(index_dir, model=model, weights=weights, model_config=model_config, create=True) as index:
+        try:
+            report = import_embeddings(index, source, images=images, allow_new_model=add_model, wait=wait,
+                                       progress=None if as_json else bar)
+        except KeyboardInterrupt:
+            bar.stop()
+            _fail(ctx, "interrupted; every finished shard is saved: run the same command again to resume.",
+                  EXIT_INTERRUPTED)
+            return
+        finally:
+            bar.stop()
+    if as_json:
+        click.echo(json.dumps(import_json(report), indent=2))
+        return
+    _print_import(report)
+
+
+def _print_import(report: "ImportReport") -> None:
+    out = _console()
+    out.print(f"[bold]{_t(report.source)}[/] ({report.layout}) with [bold]{_t(report.model)}[/]")
+    out.print(f"  imported  {report.imported:>9}  photos ({report.vectors_added} new vectors, "
+              f"{report.reused} already held)")
+    out.print(f"  skipped   {report.skipped:>9}  rows")
+    out.print(f"  shards    {report.shards_imported:>9}  imported, {report.shards_done_before} done before "
+              f"(of {report.shards})")
+    out.print(f"  folders   {_t(', '.join(report.roots) or '-')}")
+    out.print(f"  read {report.rows} rows in {report.seconds:.1f} s")
+    if report.skipped_rows:
+        out.print("[bold yellow]skipped rows:[/]")
+        for row in report.skipped_rows:
+            out.print(f"  {row.shard} row {row.row}: {row.reason}", markup=False)
+        if report.skipped > len(report.skipped_rows):
+            out.print(f"  … and {report.skipped - len(report.skipped_rows)} more")
+
+
+def export_json(report: "ExportReport") -> dict[str, Any]:
+    """The JSON of an export's summary."""
+    return {"folder": report.folder, "model": report.model, "dim": report.dim, "rows": report.rows,
+            "shards": report.shards, "columns": report.columns, "seconds": round(report.seconds, 3)}
+
+
+def import_json(report: "ImportReport") -> dict[str, Any]:
+    """The JSON of an import's summary."""
+    return {"source": report.source, "model": report.model, "layout": report.layout, "rows": report.rows,
+            "imported": report.imported, "vectors_added": report.vectors_added, "reused": report.reused,
+            "skipped": report.skipped,
+            "skipped_rows": [{"shard": r.shard, "row": r.row, "reason": r.reason} for r in report.skipped_rows],
+            "shards": report.shards, "shards_imported": report.shards_imported,
+            "shards_done_before": report.shards_done_before, "roots": report.roots,
+            "seconds": round(report.seconds, 3)}
+
+
+COMMANDS: list[click.Command] = [export_cmd, import_cmd]

@@ -1,0 +1,907 @@
+"""Embeddings in and out of an index, in clip-retrieval's layout.
+
+``clipdex export DIR`` writes what ``clip-retrieval inference`` writes, so that
+clip-retrieval, autofaiss and embedding-reader read it as their own::
+
+    DIR/img_emb/img_emb_{i}.npy        float16, one unit row per photo
+    DIR/metadata/metadata_{i}.parquet  row-aligned: image_path (the file to open), id,
+                                       path, width, height, size, mtime, taken_at,
+                                       sha256, and per stored label set its label
+                                       (a correction wins) and <set>_prob
+    DIR/clipdex.json                   what clipdex wrote: model, rows, shards, columns
+
+embedding-reader lists each folder, sorts the names as strings and pairs the
+n-th ``.npy`` with the n-th ``.parquet``: shard numbers are zero-padded to the
+width of the last one, so string order is shard order is path order.
+
+``clipdex import DIR`` adopts such a folder (or real clip-retrieval output with
+``image_path`` or only ``url``/``caption`` metadata, or the CLIP tutorial's
+``features.npy`` + ``photo_ids.csv``) into an index without encoding an image:
+vectors are checked against the model's dimension and normalised again (rows of
+zeros or NaN are reported and skipped), and every shard is committed in chunks
+and recorded in the catalog's ``imports`` table, so a run that is stopped
+resumes after the last finished shard and a shard whose file changed is read
+again.
+
+Content hashes: hashing a million image files would cost more than the import
+itself, so an imported photo gets a stable synthetic hash: ``import:`` + 40 hex
+digits of sha256s of its identity, its absolute path or its URL (see
+:func:`synthetic_hash`). The same photo imported again, or from another model's
+export, gets the same hash, so several models' vectors of one photo live side
+by side. A ``sha256`` column (clipdex's export and img2dataset write one) is the
+file's real content hash and is used as such: indexing the same photo under
+another name later then reuses its vector. Where the image exists on this
+machine, its real size and mtime are recorded, so a later ``clipdex index`` of
+its folder finds it unchanged and encodes nothing; a changed file is encoded
+again (and gets its real hash).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdex.errors import ClipdexError, EmptyIndex, IndexDamaged, ModelError, ModelMismatch
+from clipdex.indexer import Progress
+from clipdex.store import ModelRecord, NewFile, Store
+from clipdex.store.catalog import SQL_CHUNK, _outside
+from clipdex.store.vectors import unit_rows
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from clipdex.index import Index
+    from clipdex.models.registry import ModelSpec
+
+EMBEDDINGS_DIR = "img_emb"
+METADATA_DIR = "metadata"
+MANIFEST_NAME = "clipdex.json"
+FEATURES_FILE = "features.npy"  # the CLIP tutorial's layout: one matrix ...
+FEATURE_IDS_FILE = "photo_ids.csv"  # ... and the ids of its rows
+EXPORT_FORMAT = "clipdex-export"
+EXPORT_VERSION = 1
+EXPORT_SHARD_ROWS = 100_000  # rows per exported shard: 100 MB of float16 at 512-d
+EXPORT_READ_ROWS = 16_384  # vectors read from the index at a time (32 MB at 512-d)
+IMPORT_CHUNK_ROWS = 100_000  # rows committed at once: large enough that SQLite is not the bottleneck
+IMPORT_CACHE_KIB = 256 * 1024  # SQLite page cache while importing (random-hash inserts miss a small one)
+HASH_PREFIX = "import:"
+FOLDER_DIGITS = 10  # a synthetic hash: hex digits of its folder's sha256, then
+NAME_DIGITS = 30  # hex digits of its own (160 bits in all, as git's)
+CLIP_LOGIT_SCALE = 100.0  # exp(logit_scale) of trained CLIP models (it saturates at its clamp, 100)
+SKIPPED_SHOWN = 20  # skipped rows named in a report (the rest are counted)
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHARD_NUMBER = re.compile(r"(\d+)$")
+_DATE_TIME = re.compile(r"^\s*(\d{4})[:-](\d{2})[:-](\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?")
+# Metadata columns that say when a photo was taken, best first (compared case-insensitively);
+# an ``exif`` column (img2dataset: JSON) is read for the EXIF_KEYS after them.
+TAKEN_COLUMNS = ("taken_at", "datetimeoriginal", "datetime_original", "exif_datetime_original",
+                 "exif_datetimeoriginal", "exif_date_time_original", "date_taken", "datetaken")
+EXIF_KEYS = ("EXIF DateTimeOriginal", "DateTimeOriginal", "Image DateTime", "DateTime")
+BASE_COLUMNS = ("image_path", "id", "path", "width", "height", "size", "mtime", "taken_at", "sha256")
+
+
+class InterchangeError(ClipdexError):
+    """An export folder that cannot be written, or a folder of embeddings that cannot be imported."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}. {fix}")
+
+
+class DimensionMismatch(ModelError):
+    """Imported vectors whose dimension is not the model's."""
+
+    def __init__(self, where: str, found: int, model: str, key: str, expected: int) -> None:
+        self.found = found
+        self.expected = expected
+        self.model = model
+        super().__init__(
+            f"{where} holds {found}-dimensional vectors, but model {model} ({key}) makes "
+            f"{expected}-dimensional ones. Import them with the model that made them "
+            "(--model NAME, or --weights FILE [--model-config FILE.json]).")
+
+
+# -- export ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``export`` wrote."""
+
+    folder: str
+    model: str
+    dim: int
+    rows: int
+    shards: int
+    columns: list[str]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _LabelColumns:
+    """One stored label set as two metadata columns."""
+
+    set_id: int
+    name: str
+    labels: list[str]
+    label_column: str
+    prob_column: str
+
+
+def export_embeddings(index: "Index", folder: str | os.PathLike[str], *,
+                      shard_rows: int = EXPORT_SHARD_ROWS, overwrite: bool = False,
+                      progress: Progress | None = None) -> ExportReport:
+    """Write the index's photos that have a vector of its model to ``folder``, by path.
+
+    Photos under folders that are gone are left out. Vectors are streamed from
+    the memory-mapped vector file a few thousand rows at a time; every file is
+    written under a temporary name and renamed into place. A folder that already
+    holds an export is refused unless ``overwrite`` (its shards are then
+    replaced, none left over). Raises :class:`EmptyIndex` when nothing is exported.
+    """
+    if shard_rows < 1:
+        raise ValueError(f"shard_rows must be at least 1, not {shard_rows}")
+    started = time.perf_counter()
+    out = Path(os.path.abspath(os.path.expanduser(os.fspath(folder))))
+    _prepare_export_folder(out, overwrite)
+    store = index.store
+    record = index.model_record()
+    hidden = store.missing_roots()
+    with store.snapshot() as c:  # the rows counted, the rows listed and the vectors agree
+        record = store.get_model(record.key) or record
+        sets = _label_columns(store, record)
+        where, args = _outside(hidden)
+        total = c.execute("SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = "
+                          f"f.content_hash AND e.model_id = ? WHERE f.status = 'ok'{where}",
+                          (record.id, *args)).fetchone()[0]
+        if not total:
+            raise EmptyIndex(store.path, record.key, hidden)
+        shards = math.ceil(total / shard_rows)
+        width = len(str(shards - 1))
+        if progress:
+            progress.start(total)
+        cursor = c.cursor()
+        cursor.row_factory = None
+        cursor.execute(_export_sql(sets, where), (record.id, *_label_args(sets, record), *args))
+        columns: list[str] = []
+        for number in range(shards):
+            rows = cursor.fetchmany(shard_rows)
+            name = f"{number:0{width}d}"
+            _write_vectors(out / EMBEDDINGS_DIR / f"img_emb_{name}.npy", store, record,
+                           np.array([r[8] for r in rows], dtype=np.int64))
+            table = _metadata_table(rows, sets)
+            _write_parquet(out / METADATA_DIR / f"metadata_{name}.parquet", table)
+            columns = table.column_names
+            if progress:
+                progress.advance(len(rows))
+    manifest = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "rows": total, "shards": shards,
+                "model": {"key": record.key, "name": record.name, "dim": record.dim,
+                          "spec": json.loads(record.spec_json)},
+                "columns": columns, "label_sets": [s.name for s in sets],
+                "roots": store.roots(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_bytes(out / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
+    return ExportReport(folder=str(out), model=record.key, dim=record.dim, rows=total, shards=shards,
+                        columns=columns, seconds=time.perf_counter() - started)
+
+
+def _prepare_export_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds an export (unless ``overwrite``: its files are removed)."""
+    if out.exists() and not out.is_dir():
+        raise InterchangeError(out, "is a file, not a folder", "Choose a folder to export to.")
+    held = _export_files(out)
+    if held and not overwrite:
+        raise InterchangeError(out, f"already holds an export ({len(held)} files: "
+                               f"{', '.join(str(p.relative_to(out)) for p in held[:3])}"
+                               f"{' …' if len(held) > 3 else ''})",
+                               "Pass --overwrite to replace it, or choose another folder.")
+    for path in held:  # embedding-reader reads every .npy/.parquet there: none may be left over
+        path.unlink()
+    (out / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
+    (out / METADATA_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def _export_files(out: Path) -> list[Path]:
+    """The files of an export in ``out`` (what embedding-reader would read, and the manifest)."""
+    files = sorted((out / EMBEDDINGS_DIR).glob("*.npy")) if (out / EMBEDDINGS_DIR).is_dir() else []
+    if (out / METADATA_DIR).is_dir():
+        files += sorted((out / METADATA_DIR).glob("*.parquet"))
+    if (out / MANIFEST_NAME).is_file():
+        files.append(out / MANIFEST_NAME)
+    return files
+
+
+def _label_columns(store: Store, record: ModelRecord) -> list[_LabelColumns]:
+    """The model's stored label sets, each with the names of its two columns."""
+    rows = store.conn.execute("SELECT id, name, labels FROM label_sets WHERE model_id = ? "
+                              "ORDER BY created_at", (record.id,)).fetchall()
+    taken = set(BASE_COLUMNS)
+    sets = []
+    for set_id, name, labels in rows:
+        column = name if name not in taken and f"{name}_prob" not in taken else f"label_{name}"
+        taken |= {column, f"{column}_prob"}
+        sets.append(_LabelColumns(set_id, name, json.loads(labels), column, f"{column}_prob"))
+    return sets
+
+
+def _export_sql(sets: Sequence[_LabelColumns], where: str) -> str:
+    """One query for the export's rows, by path: the file, its vector row, and per label set
+    its prediction, the prediction's probability, the correction and (only when the
+    correction differs) the probabilities, to look the corrected label up in."""
+    selects, joins = [], []
+    for i in range(len(sets)):
+        selects.append(f", p{i}.label, p{i}.prob, c{i}.label, "
+                       f"CASE WHEN c{i}.label IS NOT NULL AND c{i}.label != p{i}.label THEN p{i}.probs END")
+        joins.append(f" LEFT JOIN predictions p{i} ON p{i}.set_id = ? AND p{i}.content_hash = f.content_hash"
+                     f" LEFT JOIN corrections c{i} ON c{i}.model_id = ? AND c{i}.set_name = ?"
+                     f" AND c{i}.content_hash = f.content_hash")
+    return ("SELECT f.id, f.path, f.raw_path, f.width, f.height, f.size, f.mtime_ns, f.taken_at, e.row, "
+            "f.content_hash" + "".join(selects) + " FROM files f JOIN embeddings e ON "
+            "e.content_hash = f.content_hash AND e.model_id = ?" + "".join(joins)
+            + f" WHERE f.status = 'ok'{where} ORDER BY f.path")
+
+
+def _label_args(sets: Sequence[_LabelColumns], record: ModelRecord) -> list[object]:
+    args: list[object] = []
+    for s in sets:
+        args += [s.set_id, record.id, s.name]
+    return args
+
+
+def _write_vectors(target: Path, store: Store, record: ModelRecord, rows: np.ndarray) -> None:
+    """``rows`` of the model's vector file as a float16 ``.npy``, read a chunk at a time."""
+    from numpy.lib import format as npy
+
+    vectors = store.vector_file(record)
+    with _replacing(target) as f:
+        npy.write_array_header_1_0(f, {"descr": npy.dtype_to_descr(np.dtype("<f2")), "fortran_order": False,
+                                       "shape": (len(rows), record.dim)})
+        for start in range(0, len(rows), EXPORT_READ_ROWS):
+            chunk = vectors.take(rows[start:start + EXPORT_READ_ROWS])
+            bad = ~unit_rows(chunk)
+            if bad.any():
+                raise IndexDamaged(store.path, f"{int(bad.sum())} vectors of {record.name} read for the "
+                                   "export are not unit vectors (zeroed or garbage)",
+                                   "Run `clipdex status --verify` to see which photos lost them, and "
+                                   "`clipdex index` their folders to encode them again.")
+            f.write(chunk.astype("<f2").tobytes())
+
+
+def _metadata_table(rows: Sequence[tuple[Any, ...]], sets: Sequence[_LabelColumns]) -> "pa.Table":
+    """The metadata of one shard, row-aligned with its vectors."""
+    import pyarrow as pa
+
+    columns: dict[str, pa.Array] = {
+        "image_path": pa.array([_open_path(r[1], r[2]) for r in rows], pa.string()),
+        "id": pa.array([r[0] for r in rows], pa.int64()),
+        "path": pa.array([r[1] for r in rows], pa.string()),
+        "width": pa.array([r[3] for r in rows], pa.int32()),
+        "height": pa.array([r[4] for r in rows], pa.int32()),
+        "size": pa.array([r[5] for r in rows], pa.int64()),
+        "mtime": pa.array([r[6] if r[6] else None for r in rows], pa.int64()).cast(pa.timestamp("ns", "UTC")),
+        "taken_at": pa.array([r[7] for r in rows], pa.string()),
+        "sha256": pa.array([r[9] if r[9] and _SHA256.match(r[9]) else None for r in rows], pa.string()),
+    }
+    for i, s in enumerate(sets):
+        base = 10 + 4 * i
+        labels, probs = [], []
+        for r in rows:
+            predicted, prob, corrected, all_probs = r[base:base + 4]
+            labels.append(corrected or predicted)
+            probs.append(_prob_of(corrected, all_probs, s.labels) if all_probs is not None else prob)
+        columns[s.label_column] = pa.array(labels, pa.string())
+        columns[s.prob_column] = pa.array(probs, pa.float32())
+    return pa.table(columns)
+
+
+def _open_path(path: str, raw: bytes | None) -> str:
+    """The path to open, as Parquet can hold it (UTF-8): the real name, else the shown one."""
+    if raw is None:
+        return path
+    real = os.fsdecode(raw)
+    try:
+        real.encode("utf-8")
+    except UnicodeEncodeError:
+        return path  # not UTF-8: Parquet strings cannot hold it; the \\xNN form names it
+    return real
+
+
+def _prob_of(label: str | None, probs: bytes, labels: list[str]) -> float | None:
+    """The model's probability of a corrected label (None when it is not one of the set's)."""
+    if label not in labels:
+        return None
+    return float(np.frombuffer(probs, dtype="<f4")[labels.index(label)])
+
+
+def _write_parquet(target: Path, table: "pa.Table") -> None:
+    import pyarrow.parquet as pq
+
+    with _replacing(target) as f:
+        pq.write_table(table, f)
+
+
+def _write_bytes(target: Path, data: bytes) -> None:
+    with _replacing(target) as f:
+        f.write(data)
+
+
+def _replacing(target: Path) -> Any:
+    from clipdex.fileio import replacing
+
+    return replacing(target)
+
+
+# -- import ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row that was not imported, and why."""
+
+    shard: str
+    row: int
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    """What ``import`` did."""
+
+    source: str
+    model: str
+    layout: str  # "clip-retrieval", "clipdex" or "features"
+    rows: int = 0  # rows read (in the shards imported this run)
+    imported: int = 0  # photos recorded
+    vectors_added: int = 0
+    reused: int = 0  # photos whose vector the index already held (the same content hash)
+    skipped: int = 0  # rows not imported (zeros, NaN, no path)
+    skipped_rows: list[SkippedRow] = field(default_factory=list)  # the first SKIPPED_SHOWN
+    shards: int = 0
+    shards_imported: int = 0
+    shards_done_before: int = 0  # finished by an earlier run, unchanged since: not read again
+    roots: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def skip(self, shard: str, row: int, reason: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_rows) < SKIPPED_SHOWN:
+            self.skipped_rows.append(SkippedRow(shard, row, reason))
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One vector file and the metadata of its rows."""
+
+    name: str  # as recorded in the imports table: its path inside the source folder
+    vectors: Path
+    metadata: Path  # a Parquet file, or the CSV of ids (features layout)
+
+    def fingerprint(self) -> str:
+        a, b = os.stat(self.vectors), os.stat(self.metadata)
+        return f"{a.st_size}:{a.st_mtime_ns};{b.st_size}:{b.st_mtime_ns}"
+
+
+@dataclass
+class _Rows:
+    """The metadata of a run of rows, as the catalog will record them."""
+
+    paths: list[str | None]  # the photo's path (absolute) or URL; None: no way to name it
+    local: list[bool]  # whether each path names a file (that may be on this machine), not a URL
+    hashes: list[str | None]  # a real content hash from the metadata, when it has one
+    taken: list[str | None]
+    widths: list[int | None]
+    heights: list[int | None]
+    sizes: list[int | None]
+    mtimes: list[int | None]
+
+
+def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
+                      images: str | os.PathLike[str] | None = None, allow_new_model: bool = False,
+                      wait: bool = False, progress: Progress | None = None,
+                      chunk_rows: int = IMPORT_CHUNK_ROWS) -> ImportReport:
+    """Adopt the embeddings in ``source`` into the index under its model, encoding nothing.
+
+    ``index`` must be opened with the model that made the vectors (its
+    dimension is checked first; the index is untouched on a mismatch).
+    ``images`` is where relative ``image_path`` values and the features
+    layout's ids point. Shards finished by an earlier run and unchanged since
+    are skipped; Ctrl-C keeps every finished shard. An index that holds other
+    models' vectors takes this one beside them only with ``allow_new_model``.
+    """
+    started = time.perf_counter()
+    folder = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
+    images_dir = os.path.abspath(os.path.expanduser(os.fspath(images))) if images is not None else None
+    if images_dir is not None and not os.path.isdir(images_dir):
+        raise InterchangeError(images_dir, "is not a folder", "Pass the folder that holds the images (--images).")
+    layout, shards = _find_shards(folder)
+    spec = index.spec()
+    _check_manifest(folder, spec)
+    store = index.store
+    store.require_writable()
+    record = store.get_model(spec.key)
+    if record is None and store.models() and not allow_new_model:
+        raise ModelMismatch(spec.key, [r.key for r in store.models()], store.path,
+                            "Pass --add-model to import this model's vectors beside them (nothing is "
+                            "removed), or choose another index with --index DIR.")
+    dim = record.dim if record is not None else embedding_dim(spec)
+    for shard in shards:
+        found = _vector_shape(shard.vectors)[1]
+        if found != dim:
+            raise DimensionMismatch(str(shard.vectors), found, spec.name, spec.key, dim)
+    report = ImportReport(source=str(folder), model=spec.key, layout=layout, shards=len(shards))
+    store.acquire_lock(wait=wait)
+    previous_cache = store.conn.execute("PRAGMA cache_size").fetchone()[0]
+    store.conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
+    try:
+        if record is None:
+            record = store.add_model(spec.key, spec.name, spec.to_json(), dim, logit_scale(spec), "fp32")
+        done = _finished_shards(store, record, folder)
+        todo = [s for s in shards if done.get(s.name) != s.fingerprint()]
+        report.shards_done_before = len(shards) - len(todo)
+        stems = _image_stems(images_dir) if layout == "features" and images_dir else {}
+        readers = [_ShardReader(s, layout, folder, images_dir, stems) for s in todo]
+        report.roots = _roots(readers, layout, folder, images_dir)
+        for root in report.roots:
+            store.add_root(root, kind="import")
+        if progress:
+            progress.start(sum(r.count for r in readers))
+        seen: set[str] = set()  # content hashes given a vector in this run
+        check_known = record.rows > 0
+        for reader in readers:
+            record = _import_shard(store, record, reader, report, seen, check_known, chunk_rows, progress)
+            _record_shard(store, record, folder, reader.shard, reader.count)
+            report.shards_imported += 1
+    finally:
+        store.conn.execute(f"PRAGMA cache_size = {previous_cache}")
+        store.release_lock()
+    refresh = getattr(index, "refresh_search", None)  # the lead's: builds or updates the ANN index
+    if refresh is not None and report.shards_imported:
+        refresh(progress)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _find_shards(folder: Path) -> tuple[str, list[_Shard]]:
+    """The layout of ``folder`` and its shards, in shard order; paired by shard number."""
+    if not folder.is_dir():
+        raise InterchangeError(folder, "is not a folder", "Pass the folder that holds img_emb/ and metadata/ "
+                               f"(clip-retrieval, clipdex export), or {FEATURES_FILE} + {FEATURE_IDS_FILE}.")
+    emb, meta = folder / EMBEDDINGS_DIR, folder / METADATA_DIR
+    if emb.is_dir():
+        vectors = _by_number(emb.glob("*.npy"))
+        if not vectors:
+            raise InterchangeError(emb, "holds no .npy files", "Pass a folder written by `clip-retrieval "
+                                   "inference` or `clipdex export`.")
+        if not meta.is_dir():
+            raise InterchangeError(folder, f"has {EMBEDDINGS_DIR}/ but no {METADATA_DIR}/ beside it (the "
+                                   "paths of the vectors' photos)", "Copy the metadata folder too.")
+        metadata = _by_number(meta.glob("*.parquet"))
+        unpaired = sorted(set(vectors) ^ set(metadata))
+        if unpaired:
+            lonely = [str((vectors.get(k) or metadata[k]).relative_to(folder)) for k in unpaired[:3]]
+            raise InterchangeError(folder, f"{len(unpaired)} shards lack their other half ({', '.join(lonely)}"
+                                   f"{' …' if len(unpaired) > 3 else ''}): every img_emb_N.npy needs its "
+                                   "metadata_N.parquet", "Copy the missing files, or remove the lone ones.")
+        layout = "clipdex" if (folder / MANIFEST_NAME).is_file() else "clip-retrieval"
+        return layout, [_Shard(str(vectors[k].relative_to(folder)), vectors[k], metadata[k])
+                        for k in sorted(vectors)]
+    if (folder / FEATURES_FILE).is_file():
+        ids = folder / FEATURE_IDS_FILE
+        if not ids.is_file():
+            raise InterchangeError(folder, f"has {FEATURES_FILE} but no {FEATURE_IDS_FILE} (the ids of its rows)",
+                                   "Copy the ids file beside it.")
+        return "features", [_Shard(FEATURES_FILE, folder / FEATURES_FILE, ids)]
+    raise InterchangeError(folder, f"holds neither {EMBEDDINGS_DIR}/ + {METADATA_DIR}/ nor {FEATURES_FILE} + "
+                           f"{FEATURE_IDS_FILE}", "Pass a folder written by `clip-retrieval inference` or "
+                           "`clipdex export`, or the CLIP tutorial's features folder.")
+
+
+def _by_number(paths: Iterator[Path]) -> dict[tuple[int, str], Path]:
+    """Files keyed by the number their name ends in (img_emb_10 pairs metadata_10, and comes
+    after img_emb_9 even where the names are not zero-padded)."""
+    keyed = {}
+    for path in paths:
+        found = _SHARD_NUMBER.search(path.stem)
+        keyed[(int(found.group(1)), "") if found else (-1, path.stem)] = path
+    return keyed
+
+
+def _check_manifest(folder: Path, spec: "ModelSpec") -> None:
+    """Refuse a clipdex export of another model (same dimension or not: its vectors mean other things)."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        key, name = manifest["model"]["key"], manifest["model"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not clipdex's export, or a manifest it cannot read: the dimension check remains
+    if key != spec.key:
+        raise ModelError(f"{folder} holds vectors of {name} ({key}), not of {spec.name} ({spec.key}). Import "
+                         f"it with the model that made them (--model {name}, or the same --weights file).")
+
+
+def _vector_shape(path: Path) -> tuple[int, int]:
+    """(rows, dimension) of a ``.npy`` of vectors, from its header only."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise InterchangeError(path, f"is not a NumPy array file ({e})", "Pass the vectors as .npy files.") from None
+    if array.ndim != 2 or array.dtype.kind != "f":
+        raise InterchangeError(path, f"holds a {array.dtype} array of shape {array.shape}, not rows of float "
+                               "vectors", "Pass a 2-D float16 or float32 array (one row per image).")
+    return int(array.shape[0]), int(array.shape[1])
+
+
+def embedding_dim(spec: "ModelSpec") -> int:
+    """The dimension of ``spec``'s vectors, learnt without building the model or its weights:
+    a custom architecture's config, else open_clip's config of the architecture."""
+    if spec.config is not None:
+        return int(spec.config["embed_dim"])
+    config = _open_clip_config(spec.arch)
+    if config is None:
+        raise ModelError(f"cannot tell the dimension of model {spec.name} ({spec.arch}) without building it: "
+                         "open_clip has no config for that architecture. Pass --model-config FILE.json "
+                         "(with --weights FILE) for a custom architecture.")
+    return int(config["embed_dim"])
+
+
+def _open_clip_config(arch: str) -> dict[str, Any] | None:
+    """open_clip's model config of ``arch``: read from its package's JSON (importing open_clip
+    imports torch: seconds), else from open_clip itself (configs added at run time)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("open_clip")
+    for location in (found.submodule_search_locations or []) if found else []:
+        path = Path(location) / "model_configs" / f"{arch}.json"
+        if path.is_file():
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        import open_clip
+    except ImportError:
+        return None
+    config = open_clip.get_model_config(arch)
+    return dict(config) if config else None
+
+
+def logit_scale(spec: "ModelSpec") -> float:
+    """exp(logit_scale) of ``spec`` for zero-shot classification: read from a local weights
+    file where it holds one, else trained CLIP's 100."""
+    if not spec.weights:
+        return CLIP_LOGIT_SCALE
+    try:
+        import torch
+
+        state = torch.load(spec.weights, map_location="cpu", mmap=True, weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        value = next((v for k, v in state.items() if k.removeprefix("module.") == "logit_scale"), None)
+        if value is not None:
+            return float(value.float().exp().item())
+    except Exception:  # noqa: BLE001  (safetensors, an odd checkpoint: the trained default serves)
+        pass
+    return CLIP_LOGIT_SCALE
+
+
+def _finished_shards(store: Store, record: ModelRecord, folder: Path) -> dict[str, str]:
+    """shard -> fingerprint of the shards of ``folder`` an earlier run finished."""
+    rows = store.conn.execute("SELECT shard, fingerprint FROM imports WHERE model_id = ? AND source = ?",
+                              (record.id, str(folder)))
+    return {shard: fingerprint for shard, fingerprint in rows}
+
+
+def _record_shard(store: Store, record: ModelRecord, folder: Path, shard: _Shard, rows: int) -> None:
+    with store.transaction() as c:
+        c.execute("INSERT OR REPLACE INTO imports (model_id, source, shard, rows, fingerprint, done_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", (record.id, str(folder), shard.name, rows, shard.fingerprint(),
+                                                time.time()))
+
+
+def _image_stems(folder: str) -> dict[str, str]:
+    """stem -> file name of the images in ``folder`` (not its subfolders)."""
+    from clipdex.decode import supported_extensions
+
+    extensions = set(supported_extensions())
+    stems: dict[str, str] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in extensions:
+                stems.setdefault(stem, entry.name)
+    return stems
+
+
+class _ShardReader:
+    """One shard's vectors (memory-mapped) and metadata, read a run of rows at a time."""
+
+    def __init__(self, shard: _Shard, layout: str, source: Path, images: str | None,
+                 stems: dict[str, str]) -> None:
+        self.shard = shard
+        self.layout = layout
+        self.source = source
+        self.images = images
+        self.stems = stems
+        self.vectors = np.load(shard.vectors, mmap_mode="r")
+        self.count = int(self.vectors.shape[0])
+        self._table: pa.Table | None = None
+        self._ids: list[str] | None = None
+        if layout == "features":
+            self._ids = _read_ids(shard.metadata)
+            rows = len(self._ids)
+        else:
+            import pyarrow.parquet as pq
+
+            try:
+                self._table = pq.read_table(shard.metadata, columns=self._wanted(
+                    pq.read_schema(shard.metadata).names))
+            except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a bad file)
+                raise InterchangeError(shard.metadata, f"cannot be read as Parquet ({e})",
+                                       "Copy the file again from where it was written.") from None
+            rows = self._table.num_rows
+        if rows != self.count:
+            raise InterchangeError(shard.metadata, f"describes {rows} images, but {shard.vectors.name} holds "
+                                   f"{self.count} vectors", "The two files must be row-aligned: copy both "
+                                   "again from where they were written.")
+
+    @staticmethod
+    def _wanted(names: list[str]) -> list[str]:
+        lowered = {n.lower() for n in names}
+        wanted = {"image_path", "url", "sha256", "width", "height", "original_width", "original_height",
+                  "size", "mtime", "exif", *TAKEN_COLUMNS}
+        if not lowered & {"image_path", "url"}:
+            return names[:0]  # nothing names the images: reported per row
+        return [n for n in names if n.lower() in wanted]
+
+    def names(self) -> "pa.ChunkedArray | None":
+        """The column naming the images (image_path, else url), for the pre-pass over paths."""
+        if self._table is None:
+            return None
+        for column in ("image_path", "url"):
+            if column in self._table.column_names:
+                return self._table.column(column)
+        return None
+
+    def rows(self, start: int, stop: int) -> _Rows:
+        if self._ids is not None:
+            return self._id_rows(self._ids[start:stop])
+        assert self._table is not None
+        table = self._table.slice(start, stop - start)
+        n = stop - start
+
+        def column(*names: str) -> list[Any]:
+            for name in names:
+                if name in table.column_names:
+                    return table.column(name).to_pylist()
+            return [None] * n
+
+        named = column("image_path")
+        urls = column("url")
+        paths = [self._path(p) if p else (u or None) for p, u in zip(named, urls)]
+        local = [bool(p) and not _URL.match(p) for p in named]
+        hashes = [h if isinstance(h, str) and _SHA256.match(h) else None for h in column("sha256")]
+        return _Rows(paths=paths, local=local, hashes=hashes, taken=self._taken(table, n),
+                     widths=column("original_width", "width"), heights=column("original_height", "height"),
+                     sizes=column("size"), mtimes=_mtimes(table, n))
+
+    def _path(self, value: str) -> str:
+        if value[0] == os.sep:
+            return os.path.normpath(value)
+        if _URL.match(value):
+            return value
+        assert self.images is not None  # checked by the pre-pass
+        return os.path.normpath(os.path.join(self.images, value))
+
+    def _id_rows(self, ids: list[str]) -> _Rows:
+        base = self.images or str(self.source)
+        paths: list[str | None] = [os.path.join(base, self.stems.get(i, i)) if i else None for i in ids]
+        n = len(ids)
+        return _Rows(paths=paths, local=[True] * n, hashes=[None] * n, taken=[None] * n, widths=[None] * n,
+                     heights=[None] * n,
+                     sizes=[None] * n, mtimes=[None] * n)
+
+    def _taken(self, table: "pa.Table", n: int) -> list[str | None]:
+        by_lower = {name.lower(): name for name in table.column_names}
+        taken: list[str | None] = [None] * n
+        for wanted in TAKEN_COLUMNS:
+            if wanted in by_lower:
+                values = table.column(by_lower[wanted]).to_pylist()
+                taken = [t or taken_at(v) for t, v in zip(taken, values)]
+        if "exif" in by_lower:
+            taken = [t or _exif_taken(v) for t, v in zip(taken, table.column(by_lower["exif"]).to_pylist())]
+        return taken
+
+
+def _read_ids(path: Path) -> list[str]:
+    """The ids of the features layout's rows: the CSV's first column, under its header."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InterchangeError(path, f"cannot be read as CSV ({e})", "Pass the ids as a CSV file with a "
+                               "header (e.g. photo_id), one row per vector.") from None
+    return [row[0].strip() if row else "" for row in rows[1:]]
+
+
+def _mtimes(table: "pa.Table", n: int) -> list[int | None]:
+    """mtime_ns per row from an ``mtime`` column: a timestamp, or seconds since the epoch."""
+    import pyarrow as pa
+
+    if "mtime" not in table.column_names:
+        return [None] * n
+    column = table.column("mtime")
+    if pa.types.is_timestamp(column.type):
+        return list(column.cast(pa.timestamp("ns", column.type.tz)).cast(pa.int64()).to_pylist())
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return [int(v * 1e9) if v is not None and math.isfinite(v) else None for v in column.to_pylist()]
+    return [None] * n
+
+
+def taken_at(value: object) -> str | None:
+    """When a photo was taken, as the catalog keeps it ('YYYY-MM-DDTHH:MM:SS', wall-clock time),
+    from an EXIF date ('2019:05:01 12:00:00'), an ISO date or time, or a datetime; None when
+    it says nothing usable."""
+    if value is None:
+        return None
+    if hasattr(value, "strftime"):
+        try:
+            return str(value.strftime("%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            return None
+    found = _DATE_TIME.match(str(value))
+    if found is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) if g else 0 for g in found.groups())
+    if not (1 <= month <= 12 and 1 <= day <= 31 and year > 0 and hour < 24 and minute < 60 and second < 61):
+        return None
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{min(second, 59):02d}"
+
+
+def _exif_taken(value: object) -> str | None:
+    """The date taken in an img2dataset ``exif`` cell (JSON of EXIF tags)."""
+    if not value:
+        return None
+    try:
+        tags = json.loads(str(value)) if not isinstance(value, dict) else value
+    except ValueError:
+        return None
+    if not isinstance(tags, dict):
+        return None
+    return next((t for t in (taken_at(tags.get(k)) for k in EXIF_KEYS) if t), None)
+
+
+def _roots(readers: Sequence[_ShardReader], layout: str, source: Path, images: str | None) -> list[str]:
+    """The folders the imported photos live under (one, their deepest common folder), and
+    ``scheme://host`` for URLs; raises for relative paths without ``images``."""
+    if layout == "features":
+        return [images or str(source)]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    roots: set[str] = set()
+    low: str | None = None
+    high: str | None = None
+    for reader in readers:
+        names = reader.names()
+        if names is None:
+            continue
+        names = pc.drop_null(names)
+        is_url = pc.match_substring_regex(names, _URL.pattern)
+        hosts = pc.extract_regex(pc.filter(names, is_url), r"^(?P<root>[A-Za-z][A-Za-z0-9+.-]*://[^/]*)")
+        roots |= {h for h in pc.unique(pc.struct_field(hosts, "root")).to_pylist() if h}
+        local = pc.filter(names, pc.and_(pc.invert(is_url), pc.not_equal(names, "")))
+        relative = pc.filter(local, pc.invert(pc.starts_with(local, os.sep)))
+        if len(relative) and images is None:
+            raise InterchangeError(reader.shard.metadata, f"names its images by relative paths (e.g. "
+                                   f"{relative[0].as_py()!r})", "Pass --images FOLDER: the folder those "
+                                   "paths start from.")
+        for values, join in ((pc.filter(local, pc.starts_with(local, os.sep)), None), (relative, images)):
+            if not len(values):
+                continue
+            bounds = pc.min_max(values.cast(pa.string()))
+            for bound in (bounds["min"].as_py(), bounds["max"].as_py()):
+                path = os.path.normpath(os.path.join(join, bound) if join else bound)
+                low = path if low is None or path < low else low
+                high = path if high is None or path > high else high
+    if low is not None and high is not None:
+        common = os.path.commonpath([low, high])  # the folder of every path between them too
+        roots.add(os.path.dirname(common) if common in (low, high) else common)
+    return sorted(roots)
+
+
+def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, report: ImportReport,
+                  seen: set[str], check_known: bool, chunk_rows: int,
+                  progress: Progress | None) -> ModelRecord:
+    """Import one shard, ``chunk_rows`` rows per atomic commit; returns the model as updated."""
+    shard = reader.shard.name
+    for start in range(0, reader.count, chunk_rows):
+        stop = min(start + chunk_rows, reader.count)
+        block = np.array(reader.vectors[start:stop], dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        usable = np.isfinite(norms) & (norms > 0)
+        block /= np.where(usable, norms, 1.0)[:, None]
+        meta = reader.rows(start, stop)
+        hashes: dict[int, str] = {}  # row in the chunk -> content hash, for the rows to import
+        for i in np.flatnonzero(~usable).tolist():
+            report.skip(shard, start + i, "a row of zeros" if norms[i] == 0 else "not a finite vector (NaN or inf)")
+        for i in np.flatnonzero(usable).tolist():
+            path = meta.paths[i]
+            if path is None:
+                report.skip(shard, start + i, "no image_path, url or id names its image")
+            else:
+                hashes[i] = meta.hashes[i] or synthetic_hash(path)
+        known = _known_hashes(store, record, set(hashes.values()) - seen) if check_known else set()
+        new_rows: list[int] = []
+        new_hashes: list[str] = []
+        files: list[NewFile] = []
+        for i, content_hash in hashes.items():
+            if content_hash in seen or content_hash in known:
+                report.reused += 1
+            else:
+                seen.add(content_hash)
+                new_rows.append(i)
+                new_hashes.append(content_hash)
+            files.append(_new_file(meta, i, content_hash))
+        vectors = block if len(new_rows) == len(block) else block[new_rows]  # (in order: no copy)
+        record = store.commit_batch(record, vectors, new_hashes, files)
+        report.rows += stop - start
+        report.imported += len(files)
+        report.vectors_added += len(new_hashes)
+        if progress:
+            progress.advance(stop - start)
+    return record
+
+
+def synthetic_hash(identity: str) -> str:
+    """The stable content hash of an imported photo that was not hashed: ``import:``, then
+    the sha256 of its folder's path (or URL) and of its own, cut (see the module's docstring).
+
+    Photos of one folder share the first part, so a million of them reach the catalog's
+    hash indexes folder by folder instead of at random places: commits take half the time.
+    """
+    folder = identity.rpartition("/")[0]
+    return (HASH_PREFIX + hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:FOLDER_DIGITS]
+            + hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:NAME_DIGITS])
+
+
+def _known_hashes(store: Store, record: ModelRecord, hashes: set[str]) -> set[str]:
+    """Which of ``hashes`` already have a vector of ``record``."""
+    wanted = list(hashes)
+    known: set[str] = set()
+    for start in range(0, len(wanted), SQL_CHUNK):
+        chunk = wanted[start:start + SQL_CHUNK]
+        rows = store.conn.execute(f"SELECT content_hash FROM embeddings WHERE model_id = ? AND content_hash IN "
+                                  f"({', '.join('?' * len(chunk))})", (record.id, *chunk))
+        known.update(r[0] for r in rows)
+    return known
+
+
+def _new_file(meta: _Rows, i: int, content_hash: str) -> NewFile:
+    """The catalog row of an imported photo: its real size and mtime where the file is here
+    (so `clipdex index` finds it unchanged), else what the metadata says."""
+    path = meta.paths[i]
+    assert path is not None
+    size, mtime_ns = meta.sizes[i], meta.mtimes[i]
+    if meta.local[i]:
+        try:
+            st = os.stat(path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        except (OSError, ValueError):
+            pass  # not on this machine (or not a name the OS takes): the metadata's values
+    taken = meta.taken[i]
+    return NewFile(path=path, size=int(size or 0), mtime_ns=int(mtime_ns or 0), content_hash=content_hash,
+                   width=_int(meta.widths[i]), height=_int(meta.heights[i]), taken_at=taken,
+                   taken_source="import" if taken else None)
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(value) if value is not None else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
