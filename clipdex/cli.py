@@ -106,6 +106,14 @@ def model_options(f: F) -> F:
     return f
 
 
+def _size(n: int) -> str:
+    """Bytes in words: 512 B, 3.4 MB, 2.1 GB."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -168,9 +176,12 @@ def main() -> None:
 
 # -- index -------------------------------------------------------------------
 class _Bar:
-    """Rich progress bar that shows images/s and an ETA."""
+    """Rich progress bar that shows a rate (images/s, rows/s) and an ETA.
 
-    def __init__(self) -> None:
+    Drive it with start/advance (the indexer's Progress), or call it with
+    (done, total) (a BuildProgress: building a search index, importing)."""
+
+    def __init__(self, label: str = "indexing", unit: str = "img") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -182,10 +193,18 @@ class _Bar:
         )
 
         self.progress = Progress(
-            TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), console=_console(stderr=True), transient=False)
         self.task: Any = None
+        self.unit = unit
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.start(total)
+        if self.task is not None:
+            self.progress.update(self.task, completed=done, total=total)
+            self._show_rate()
 
     def start(self, total: int) -> None:
         if total:
@@ -194,9 +213,12 @@ class _Bar:
 
     def advance(self, count: int) -> None:
         self.progress.advance(self.task, count)
+        self._show_rate()
+
+    def _show_rate(self) -> None:
         speed = self.progress.tasks[0].speed
         if speed:
-            self.progress.update(self.task, rate=f"{speed:.1f} img/s")
+            self.progress.update(self.task, rate=f"{speed:,.1f} {self.unit}/s")
 
     def stop(self) -> None:
         if self.task is not None:
@@ -239,13 +261,16 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     if workers:
         settings.workers = workers
     bar = _Bar()
+    search_bar = _Bar("search index", "rows")
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
                     device=device, precision=precision, create=True) as index:
         try:
             report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
-                               allow_new_model=add_model, wait=wait)
+                               allow_new_model=add_model, wait=wait,
+                               search_progress=None if as_json else search_bar)
         finally:
             bar.stop()
+            search_bar.stop()
     if as_json:
         from clipdex import serialize
 
@@ -406,10 +431,20 @@ def _query_text(words: Sequence[str]) -> str:
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: rank, score, id, path.")
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw a contact sheet to this image file (.jpg, .png, .webp).")
+@click.option("--folder", "folders", multiple=True, type=click.Path(file_okay=False),
+              help="Only photos under this folder; repeatable (any of them).")
+@click.option("--after", metavar="DATE", help="Only photos taken from DATE on (2021, 2021-06, 2021-06-01, "
+                                               "2021-06-01T18:30; EXIF date taken, else the file's time).")
+@click.option("--before", metavar="DATE", help="Only photos taken before DATE (same forms as --after).")
+@click.option("--label", "label_filter", metavar="SET=LABEL",
+              help="Only photos with LABEL in the stored label set SET (a correction wins), e.g. "
+                   "taken_time=night.")
+@click.option("--exact", is_flag=True, help="Score every photo, even where an approximate index exists.")
 def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, ...],
                index_dir: str | None, model: str | None, weights: str | None,
                model_config: str | None, device: str | None, precision: str | None, as_json: bool, as_csv: bool,
-               grid: str | None) -> None:
+               grid: str | None, folders: tuple[str, ...], after: str | None, before: str | None,
+               label_filter: str | None, exact: bool) -> None:
     """Find photos by meaning: text, example images, or both.
 
     \b
@@ -423,6 +458,8 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
       clipdex search "@photos/dog.jpg + snow"   an example image (file or indexed photo)
       clipdex search '@caf\\xe9.jpg'             a photo by the name clipdex shows
       clipdex search -- -people beach           after --, every word is the query
+      clipdex search dog --folder ~/Pictures/2021 --after 2021-06 --before 2021-07
+      clipdex search "city at night" --label taken_space=outdoor
 
     A word that starts with "-" is part of the query unless it is one of the
     options below, written whole (-n 5, --limit 5, --limit=5) or as -n with
@@ -440,9 +477,19 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     _check_output(grid, "--grid", image=True)
+    from clipdex.search.filters import SearchFilter
+
+    label = None
+    if label_filter is not None:
+        name, sep, value = label_filter.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise click.BadParameter("write it as SET=LABEL, e.g. taken_time=night", param_hint="--label")
+        label = (name.strip(), value.strip())
+    filters = SearchFilter.make(label=label, after=after, before=before,
+                                folders=[os.path.abspath(os.path.expanduser(f)) for f in folders])
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
                     device=device, precision=precision) as index:
-        results = index.search(text, k=k, offset=offset)
+        results = index.search(text, k=k, offset=offset, filters=filters or None, exact=exact)
     if grid:
         from clipdex.grid import Tile, draw_grid
 
@@ -861,6 +908,11 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
     out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
     for m in status.models:
         out.print(f"model    {m.name} ({m.key}), {m.dim}-d {m.precision}: {m.photos} photos", markup=False)
+        if m.search:
+            out.print(f"search   {m.search}", markup=False)
+        if m.reclaimable_bytes:
+            out.print(f"space    {_size(m.reclaimable_bytes)} reclaimable (vectors no photo uses any more): "
+                      "run `clipdex compact`", markup=False)
     for problem in status.problems:
         out.print(f"[bold red]problem[/]  {_t(problem)}")
     shown = failures if all_failures else failures[:20]

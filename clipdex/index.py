@@ -27,6 +27,7 @@ from clipdex.classify import Classification, build_classifier, classify
 from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
+    FilterError,
     LabelSetError,
     LabelSetNotRun,
     ModelError,
@@ -38,18 +39,28 @@ from clipdex.errors import (
 )
 from clipdex.evaluate import Evaluation, evaluate
 from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress
-from clipdex.labels import LabelSet, label_set_from_json
+from clipdex.labels import UNCERTAIN, LabelSet, label_set_from_json
 from clipdex.models.registry import ModelSpec, resolve_model
-from clipdex.search import QueryTerm, SearchResult, combine, parse_query, rank
+from clipdex.search import QueryTerm, SearchResult, combine, parse_query
+from clipdex.search.base import BuildProgress
+from clipdex.search.engine import ModelSearch, RefreshReport, SearchBackend, ann_path, backend_of, refresh
+from clipdex.search.filters import SearchFilter
 from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
 from clipdex.store.catalog import index_option
+from clipdex.store.rows import allowed_rows, photos_of_rows, row_of_file
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 MAX_K = 10_000
+MAX_OFFSET = 100_000  # the deepest result a page may reach (an approximate search pages this far)
+# A search asks its vector index for a few more rows than it shows: rows no photo uses any
+# more (deleted, changed) and rows of hidden folders are skipped; it asks again, wider,
+# when that was not enough.
+EXTRA_ROWS = 16
+WIDEN = 4
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,6 +87,9 @@ class ModelStatus:
     dim: int
     photos: int
     precision: str
+    search: str = ""  # how it is searched: exact or approximate, and how fresh
+    search_stale: bool = False  # an approximate index is missing or out of date
+    reclaimable_bytes: int = 0  # what `clipdex compact` would free
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class Index:
         self._encoder: Encoder | None = None
         self._spec: ModelSpec | None = None
         self._searchable: tuple[int, Searchable] | None = None
+        self._engines: dict[tuple[object, ...], ModelSearch] = {}
         self._classifications: dict[str, tuple[object, Classification]] = {}
         self._status: tuple[object, IndexStatus] | None = None
         # Held for the index's SQLite reads and caches (one connection, not thread-safe);
@@ -171,6 +186,8 @@ class Index:
         return cls(store, requested, device, precision)
 
     def close(self) -> None:
+        self._engines = {}  # their memory maps hold the vector files open
+        self._searchable = None
         self.store.close()
 
     def __enter__(self) -> "Index":
@@ -240,11 +257,14 @@ class Index:
         progress: Progress | None = None,
         allow_new_model: bool = False,
         wait: bool = False,
+        search_progress: BuildProgress | None = None,
     ) -> IndexReport:
         """Index ``folder`` recursively: new and changed photos are encoded, deleted ones dropped.
 
         An index that already holds another model's vectors is left alone unless
         ``allow_new_model`` (the new model's vectors are then added beside them).
+        A large collection's approximate search index is then brought up to date
+        (:meth:`refresh_search`; ``search_progress(done, total)`` follows it).
         """
         path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
         known_root = display_path(path) in self.store.roots()
@@ -284,10 +304,31 @@ class Index:
                 if spec.weights and record.spec_json != spec.to_json():
                     self.store.update_model_spec(record.id, spec.to_json())  # weights moved
             report = Indexer(encoder, self.store, settings).run(walk, record, progress)
+            self._refresh_search(search_progress)
         finally:
             self.store.release_lock()
             self._searchable = None
         return report
+
+    def refresh_search(self, progress: BuildProgress | None = None, *, wait: bool = False) -> list[RefreshReport]:
+        """Bring every model's approximate search index up to date with its vectors: built when
+        a model reaches ``ANN_MIN_ROWS`` photos or its index does not match (a killed run,
+        compaction, an older clipdex), updated with the rows added since otherwise.
+        :meth:`add` does it; imports and compaction call it. Takes the writer's lock."""
+        self.store.require_writable()
+        self.store.acquire_lock(wait=wait)
+        try:
+            return self._refresh_search(progress)
+        finally:
+            self.store.release_lock()
+
+    def _refresh_search(self, progress: BuildProgress | None) -> list[RefreshReport]:
+        reports = [refresh(self.store, record, progress) for record in self.store.models()]
+        for report in reports:
+            if report.action in ("built", "updated"):
+                log.info("approximate search index of %s %s: %s rows in %.1f s (%s)", report.model,
+                         report.action, f"{report.rows:,}", report.seconds, report.why)
+        return reports
 
     def _check_model(self, key: str, allow_new_model: bool) -> ModelRecord | None:
         """The index's record of ``key``; :class:`ModelMismatch` if it holds only other models
@@ -369,25 +410,27 @@ class Index:
         return _combine(query, terms, vectors)
 
     def search(self, query: str | list[QueryTerm], k: int = 10, *, offset: int = 0,
-               label: tuple[str, str] | None = None,
-               image_files: Callable[[str], bool] | None = None,
+               label: tuple[str, str] | None = None, filters: SearchFilter | None = None,
+               exact: bool = False, image_files: Callable[[str], bool] | None = None,
                image_vector: Callable[[str], np.ndarray | None] | None = None) -> list[SearchResult]:
         """The ``k`` photos most similar to ``query``, best first (cosine scores).
 
-        ``label=("taken_time", "night")`` keeps only photos with that label in a
-        stored set (a person's correction wins over the prediction). An ``@image``
-        term is, in order: what ``image_vector`` returns for it (None: not its
-        kind; the web resolves its uploads so), a photo of the index (its stored
-        vector), or an image file that ``image_files`` allows (default: any).
+        ``filters`` keeps only photos with a label of a stored set (a person's
+        correction wins over the prediction), under some folders, or taken within
+        dates (:class:`~clipdex.search.filters.SearchFilter`); ``label=("taken_time",
+        "night")`` is a shortcut for a label filter. ``exact`` searches every vector
+        even where an approximate index exists. An ``@image`` term is, in order: what
+        ``image_vector`` returns for it (None: not its kind; the web resolves its
+        uploads so), a photo of the index (its stored vector), or an image file that
+        ``image_files`` allows (default: any).
 
-        Safe to call from several threads at once: the catalog reads and caches
-        are taken under :attr:`lock`; encoding the query, decoding image files
-        and ranking run outside it, side by side.
+        Results are ordered by score, ties by vector row then path, the same on every
+        page. Safe to call from several threads at once: the catalog reads are taken
+        under :attr:`lock`; encoding the query, decoding image files and ranking run
+        outside it, side by side.
         """
-        if not 1 <= k <= MAX_K:
-            raise QueryError(str(query), f"k must be between 1 and {MAX_K}")
-        if offset < 0:
-            raise QueryError(str(query), f"the offset must be 0 or more, not {offset}")
+        _check_page(str(query), k, offset)
+        filters = _with_label(filters, label)
         terms = parse_query(query) if isinstance(query, str) else query
         vectors: dict[int, np.ndarray] = {}
         if image_vector is not None:
@@ -398,8 +441,7 @@ class Index:
                         vectors[i] = given
         files: dict[int, str] = {}
         with self.lock:
-            found = self._nonempty_searchable()
-            allowed = self._label_mask(found, *label) if label else None
+            plan = self._plan(filters, exact)
             for i, term in enumerate(terms):
                 if term.kind == "image" and i not in vectors:
                     stored = self._stored_vector(term.value)
@@ -412,38 +454,112 @@ class Index:
         if encoder is not None:
             vectors.update(_encode_terms(encoder, terms, texts, files))
         query_vector = _combine(query, terms, [vectors[i] for i in range(len(terms))])
-        return _ranked(found, query_vector, k, offset, allowed)
+        text = any(t.kind == "text" and t.weight > 0 for t in terms)
+        return self._top(plan, query_vector, k, offset, text)
 
-    def similar(self, file_id: int, k: int = 10, *, offset: int = 0) -> tuple[FileRecord, list[SearchResult]]:
+    def similar(self, file_id: int, k: int = 10, *, offset: int = 0, filters: SearchFilter | None = None,
+                exact: bool = False) -> tuple[FileRecord, list[SearchResult]]:
         """Photo ``file_id`` and the photos most like it, by its stored vector (thread-safe
-        like :meth:`search`). Raises :class:`PhotoNotFound`, or :class:`QueryError` when
-        the photo has no vector of this model yet."""
-        if not 1 <= k <= MAX_K:
-            raise QueryError(f"more like photo #{file_id}", f"k must be between 1 and {MAX_K}")
-        if offset < 0:
-            raise QueryError(f"more like photo #{file_id}", f"the offset must be 0 or more, not {offset}")
+        like :meth:`search`; ``filters`` as there). Raises :class:`PhotoNotFound`, or
+        :class:`QueryError` when the photo has no vector of this model yet."""
+        _check_page(f"more like photo #{file_id}", k, offset)
         with self.lock:
-            found = self._nonempty_searchable()
+            plan = self._plan(filters, exact)
             record = self.photo(file_id)
-            rows = np.flatnonzero(found.ids == file_id)
-            vector = (found.vectors[rows[0]] if rows.size else
-                      self.store.vector_for_hash(self.model_record(), record.content_hash or ""))
-        if vector is None:
+            row = row_of_file(self.store, plan.engine.record, file_id)
+        if row is None:
             raise QueryError(f"more like photo #{file_id}", f"{record.path} has no vector of this "
                              "model yet; run `clipdex index` on its folder")
-        return record, _ranked(found, combine([vector], [1.0]), k, offset, None)
+        vector = plan.engine.read(np.array([row]))[0]
+        return record, self._top(plan, combine([vector], [1.0]), k, offset, False)
 
-    def _nonempty_searchable(self) -> Searchable:
-        found = self.searchable()
-        if not found.paths:
-            raise EmptyIndex(self.path, self.model_record().key, self.store.missing_roots())
-        return found
+    @_locked
+    def search_backend(self, exact: bool = False) -> SearchBackend:
+        """How the model in use is searched now: exact or approximate, and how fresh."""
+        return self._model_search(self.model_record(), exact).backend
 
-    def _label_mask(self, found: Searchable, name: str, label: str) -> np.ndarray:
-        result = self.classification(name)
-        result.check_label(label)
-        member_ids = np.asarray(result.file_ids, dtype=np.int64)[result.members(label)]
-        return np.isin(found.ids, member_ids)
+    def _model_search(self, record: ModelRecord, exact: bool) -> ModelSearch:
+        """The model's search engine, kept while its vectors and approximate index are unchanged."""
+        key = (record.id, record.rows, record.generation, record.vectors_file, exact,
+               _stat_key(ann_path(self.store, record)),
+               _stat_key(self.store.vector_file(record).path))
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = ModelSearch(self.store, record, exact=exact)
+            self._engines = {key: engine}  # one model, one state at a time
+        return engine
+
+    def _plan(self, filters: SearchFilter | None, exact: bool) -> "_Plan":
+        """What a search needs from the catalog, read under the lock: the engine, the folders
+        hidden from search and, when something is filtered, the rows allowed."""
+        record = self.model_record()
+        engine = self._model_search(record, exact)
+        hidden = tuple(self.store.missing_roots())
+        if filters and filters.label:
+            self._check_label(*filters.label)
+        if filters and filters.folders:
+            self._check_folders(filters.folders)
+        allowed = (allowed_rows(self.store, record, filters, hidden) if filters or hidden else None)
+        return _Plan(engine, filters, hidden, allowed)
+
+    def _check_folders(self, folders: Sequence[str]) -> None:
+        """A folder filter must name a folder the index holds photos of (inside or around one
+        of its folders): anything else is a typo, not an empty result."""
+        roots = self.store.roots()
+        for folder in folders:
+            shown = display_path(folder).rstrip(os.sep) or os.sep
+            if not any(shown == r or _inside(shown, r) or _inside(r, shown) for r in roots):
+                raise FilterError(f"--folder {shown}", "is not a folder of this index",
+                                  f"Its folders are: {', '.join(roots) or 'none yet'} (or folders inside them).")
+
+    def _check_label(self, name: str, label: str) -> None:
+        labels = self.classification_labels(name)  # raises LabelSetNotRun
+        if label not in labels and label != UNCERTAIN:
+            raise LabelSetError(f"label set {name!r}", f"has no label {label!r}",
+                                f"Pick one of: {', '.join([*labels, UNCERTAIN])}.")
+
+    def _top(self, plan: "_Plan", query_vector: np.ndarray, k: int, offset: int,
+             text: bool) -> list[SearchResult]:
+        """The page ``offset:offset + k`` of photos ranked by ``query_vector``.
+
+        The vector index returns rows; the catalog maps them to photos (a row may have
+        several: copies of one photo; or none: a photo deleted since). A search asks
+        for a few more rows than it shows, and again for more when rows had no photo.
+        """
+        need = offset + k
+        engine = plan.engine
+        if plan.allowed is not None and not len(plan.allowed):
+            self._check_not_empty(plan)
+            return []
+        want = need + EXTRA_ROWS
+        while True:
+            hits = engine.search(query_vector, want, plan.allowed, text)
+            with self.lock:
+                photos = photos_of_rows(self.store, engine.record, hits.rows, plan.filters, plan.hidden)
+            if len(photos) >= need or len(hits) < want:
+                break
+            if plan.allowed is None and want >= 4 * (need + EXTRA_ROWS):
+                # Many rows without a photo (a big folder deleted, not yet compacted): ask the
+                # catalog which rows are in use instead of widening again and again.
+                with self.lock:
+                    plan = plan.with_allowed(allowed_rows(self.store, engine.record, plan.filters, plan.hidden))
+            want *= WIDEN
+        if not photos and offset == 0:
+            self._check_not_empty(plan)
+        score = dict(zip(hits.rows.tolist(), hits.scores.tolist()))
+        photos.sort(key=lambda p: (-score[p.row], p.row, p.path))
+        photos = photos[offset:need]
+        engine.check(np.array(sorted({p.row for p in photos}), dtype=np.int64))
+        return [SearchResult(rank=offset + i + 1, score=float(score[p.row]), path=p.path, file_id=p.file_id)
+                for i, p in enumerate(photos)]
+
+    def _check_not_empty(self, plan: "_Plan") -> None:
+        """Raise :class:`EmptyIndex` when the model has no searchable photo at all (nothing
+        indexed, or every folder missing), rather than answering with nothing."""
+        with self.lock:
+            record = plan.engine.record
+            if plan.filters is None and not self.store.count_for_model(record, list(plan.hidden)):
+                raise EmptyIndex(self.path, record.key, self.store.missing_roots())
 
     def _image_vector(self, ref: str, image_files: Callable[[str], bool] | None = None) -> np.ndarray:
         """A query image: a photo of the index (stored vector) or an image file."""
@@ -646,11 +762,18 @@ class Index:
             for record in self.store.models():
                 damage = self.store.vector_damage(record, missing, full=verify)
                 lost = damage.photos if damage is not None else 0
+                backend = None if damage is not None else backend_of(self.store, record)
+                reclaimable = self.store.reclaimable(record)[1] if hasattr(self.store, "reclaimable") else 0
                 models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
                                           photos=self.store.count_for_model(record, missing) - lost,
-                                          precision=record.precision))
+                                          precision=record.precision,
+                                          search=backend.note if backend else "",
+                                          search_stale=bool(backend and backend.stale),
+                                          reclaimable_bytes=reclaimable))
                 if damage is not None:
                     problems.append(f"{damage.describe()}. {damage.fix(self.path)}")
+                elif backend is not None and backend.stale:
+                    problems.append(f"{record.name}: {backend.note}.")
                 unencoded = self.store.unencoded_by_root(record, missing)
                 if unencoded:
                     problems.append(
@@ -690,8 +813,42 @@ def _combine(query: str | list[QueryTerm], terms: list[QueryTerm], vectors: list
         raise QueryError(shown, e.problem) from None
 
 
-def _ranked(found: Searchable, query_vector: np.ndarray, k: int, offset: int,
-            allowed: np.ndarray | None) -> list[SearchResult]:
-    rows, scores = rank(query_vector, found.vectors, k, offset, allowed)
-    return [SearchResult(rank=offset + i + 1, score=float(s), path=found.paths[r], file_id=int(found.ids[r]))
-            for i, (r, s) in enumerate(zip(rows, scores))]
+@dataclass(frozen=True)
+class _Plan:
+    """One search's view of the catalog (see :meth:`Index._plan`)."""
+
+    engine: ModelSearch
+    filters: SearchFilter | None
+    hidden: tuple[str, ...]
+    allowed: np.ndarray | None  # sorted rows a result may come from; None: any row
+
+    def with_allowed(self, allowed: np.ndarray) -> "_Plan":
+        return _Plan(self.engine, self.filters, self.hidden, allowed)
+
+
+def _check_page(what: str, k: int, offset: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise QueryError(what, f"k must be between 1 and {MAX_K}")
+    if offset < 0:
+        raise QueryError(what, f"the offset must be 0 or more, not {offset}")
+    if offset + k > MAX_OFFSET:
+        raise QueryError(what, f"results go no deeper than {MAX_OFFSET:,}; narrow the search with filters")
+
+
+def _with_label(filters: SearchFilter | None, label: tuple[str, str] | None) -> SearchFilter | None:
+    if label is None:
+        return filters or None
+    base = filters or SearchFilter()
+    return SearchFilter(label=label, folders=base.folders, after=base.after, before=base.before)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -1,0 +1,121 @@
+"""The catalog seen from the vector file: which rows a search may return, and whose photos they are.
+
+A search ranks rows of a model's vector file (:mod:`clipdex.search.engine`);
+these queries turn a :class:`~clipdex.search.filters.SearchFilter` into the
+rows it allows, and the rows a search returned into photos. Each costs what it
+touches: a folder is a range of the path index, a date range one of the
+``taken_at`` index, the rows of a page one lookup through ``embeddings_row``.
+Nothing here reads every file of a large index unless a filter matches them all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clipdex.discover import display_path
+from clipdex.labels import MULTI_SEPARATOR
+from clipdex.search.filters import SearchFilter
+from clipdex.store.catalog import ModelRecord, Store
+
+SQL_CHUNK = 500  # values bound in one IN (...) list
+
+
+@dataclass(frozen=True)
+class RowPhoto:
+    """An indexed photo behind a row of the vector file."""
+
+    row: int
+    file_id: int
+    path: str
+    raw_path: bytes | None
+
+    @property
+    def fs_path(self) -> str:
+        return os.fsdecode(self.raw_path) if self.raw_path is not None else self.path
+
+
+def _folder_range(folder: str, column: str) -> tuple[str, list[object]]:
+    """Rows whose ``column`` lies under ``folder``: a range of the path index (the prefix
+    ``folder/`` up to ``folder0``, '0' being the character after '/')."""
+    prefix = display_path(folder).rstrip(os.sep) + os.sep
+    upper = prefix[:-1] + chr(ord(os.sep) + 1)
+    return f"({column} >= ? AND {column} < ?)", [prefix, upper]
+
+
+def filter_sql(store: Store, model: ModelRecord, filters: SearchFilter | None,
+               hidden_roots: Sequence[str]) -> tuple[str, list[object]]:
+    """SQL conditions (each `` AND …``) on ``files f`` for a filter and the hidden folders."""
+    where: list[str] = []
+    args: list[object] = []
+    for root in hidden_roots:
+        condition, more = _folder_range(root, "f.path")
+        where.append(f"NOT {condition}")
+        args += more
+    if filters and filters.folders:
+        parts = [_folder_range(folder, "f.path") for folder in filters.folders]
+        where.append("(" + " OR ".join(p for p, _ in parts) + ")")
+        args += [a for _, more in parts for a in more]
+    if filters and filters.after:
+        where.append("f.taken_at >= ?")
+        args.append(filters.after)
+    if filters and filters.before:
+        where.append("f.taken_at < ?")
+        args.append(filters.before)
+    if filters and filters.label:
+        name, label = filters.label
+        row = store.conn.execute("SELECT id FROM label_sets WHERE model_id = ? AND name = ?",
+                                 (model.id, name)).fetchone()
+        set_id = row[0] if row else -1
+        # A person's correction wins over the prediction; a multi-label cell holds labels
+        # joined by MULTI_SEPARATOR (as Classification.effective_labels reads them).
+        where.append(
+            "f.content_hash IN (SELECT p.content_hash FROM predictions p LEFT JOIN corrections c "
+            "ON c.model_id = ? AND c.set_name = ? AND c.content_hash = p.content_hash "
+            "WHERE p.set_id = ? AND instr(? || COALESCE(c.label, p.label) || ?, ?) > 0)")
+        sep = MULTI_SEPARATOR
+        args += [model.id, name, set_id, sep, sep, f"{sep}{label}{sep}"]
+    return "".join(f" AND {w}" for w in where), args
+
+
+def allowed_rows(store: Store, model: ModelRecord, filters: SearchFilter | None,
+                 hidden_roots: Sequence[str]) -> np.ndarray:
+    """Sorted unique rows of ``model``'s vector file that some photo passing the filter uses."""
+    where, args = filter_sql(store, model, filters, hidden_roots)
+    cursor = store.conn.cursor()
+    cursor.row_factory = None
+    rows = cursor.execute(
+        "SELECT DISTINCT e.row FROM files f JOIN embeddings e ON e.content_hash = f.content_hash "
+        f"AND e.model_id = ? WHERE f.status = 'ok'{where}", (model.id, *args))
+    found = np.fromiter((r[0] for r in rows), dtype=np.int64)
+    found.sort()
+    return found
+
+
+def photos_of_rows(store: Store, model: ModelRecord, rows: np.ndarray, filters: SearchFilter | None,
+                   hidden_roots: Sequence[str]) -> list[RowPhoto]:
+    """The photos behind ``rows`` that pass the filter (a row may have several: copies)."""
+    where, args = filter_sql(store, model, filters, hidden_roots)
+    wanted = [int(r) for r in rows]
+    found: list[RowPhoto] = []
+    cursor = store.conn.cursor()
+    cursor.row_factory = None
+    for start in range(0, len(wanted), SQL_CHUNK):
+        chunk = wanted[start:start + SQL_CHUNK]
+        found += [RowPhoto(*r) for r in cursor.execute(
+            "SELECT e.row, f.id, f.path, f.raw_path FROM embeddings e JOIN files f "
+            "ON f.content_hash = e.content_hash "
+            f"WHERE e.model_id = ? AND e.row IN ({', '.join('?' * len(chunk))}) AND f.status = 'ok'{where}",
+            (model.id, *chunk, *args))]
+    return found
+
+
+def row_of_file(store: Store, model: ModelRecord, file_id: int) -> int | None:
+    """The vector row of an indexed photo (None when it has no vector of ``model``)."""
+    row = store.conn.execute(
+        "SELECT e.row FROM files f JOIN embeddings e ON e.content_hash = f.content_hash AND e.model_id = ? "
+        "WHERE f.id = ? AND f.status = 'ok'", (model.id, file_id)).fetchone()
+    return None if row is None else int(row[0])
