@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.discover import display_path
-from clipdex.errors import IndexDamaged, IndexLocked, IndexNotFound, IndexStorageError, IndexVersionError
+from clipdex.errors import ClipdexError, IndexDamaged, IndexLocked, IndexNotFound, IndexStorageError, IndexVersionError
 from clipdex.store.guard import (
     catalog_damaged_fix,
     guarded,
@@ -200,6 +200,7 @@ class Store:
         self.readonly_reason = readonly_reason
         self._lock_fd: int | None = None
         self._checks: dict[int, tuple[tuple[int, ...], VectorCheck]] = {}
+        self._recheck: dict[int, int] = {}  # model id -> first bad row a read found below checked_rows
         self.damage_found = 0  # how many times a read found lost vectors (status caches key on it)
 
     # -- opening --------------------------------------------------------------
@@ -333,6 +334,7 @@ class Store:
         with storage_errors(self.path, self.conn, "reading the catalog"):
             if self.conn.in_transaction:
                 self.conn.execute("COMMIT")  # ends the read; there is nothing to write
+        self._lower_checked_rows()
 
     def stamp(self) -> tuple[int, int]:
         """Changes when anyone (this connection or another process) writes the catalog."""
@@ -449,6 +451,8 @@ class Store:
             if check.sound:
                 return None
             if len(check.bad_rows):
+                self._recheck[model.id] = int(check.bad_rows.min())
+            if len(check.bad_rows):
                 rows = c.execute("SELECT content_hash, row FROM embeddings WHERE model_id = ?",
                                  (model.id,)).fetchall()
                 ok = check.row_ok(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
@@ -479,12 +483,21 @@ class Store:
 
         Embeddings that point past the file's end or at rows that are not unit
         vectors are deleted; a short file's committed rows shrink to what it
-        holds (the next append continues there, never after zeros). Returns how
-        many vectors were forgotten. Call it holding the writer's lock.
+        holds (the next append continues there, never after zeros; the model's
+        generation is bumped, as row numbers past that point will name new
+        vectors). Only rows from ``models.checked_rows`` on are read (the rows an
+        earlier run found sound are not read again: a run at a million rows would
+        read 2 GB), plus the file's length; ``status --verify`` reads every row.
+        Returns how many vectors were forgotten. Call it holding the writer's lock.
         """
         model = self._current(model)
-        check = self.check_vectors(model)
+        checked = self.checked_rows(model)
+        check = self.vector_file(model).check(model.rows, start=checked)
         if check.sound:
+            if checked != model.rows:
+                with self.transaction() as c:
+                    c.execute("UPDATE models SET checked_rows = ? WHERE id = ? AND rows = ?",
+                              (model.rows, model.id, model.rows))
             return 0
         readable = check.readable_rows
         with self.transaction() as c:
@@ -494,9 +507,28 @@ class Store:
                 forgotten += c.executemany(
                     "DELETE FROM embeddings WHERE model_id = ? AND row = ?",
                     [(model.id, int(r)) for r in check.bad_rows]).rowcount
-            c.execute("UPDATE models SET rows = ? WHERE id = ?", (readable, model.id))
+            shrinks = int(readable < model.rows)
+            c.execute("UPDATE models SET rows = ?, checked_rows = ?, generation = generation + ? "
+                      "WHERE id = ?", (readable, readable, shrinks, model.id))
         self._checks.pop(model.id, None)
         return max(forgotten, 0)
+
+    def _lower_checked_rows(self) -> None:
+        """Make the next index run read again the rows a full check found bad below
+        ``checked_rows`` (bit rot in rows an earlier run found sound), so that it forgets
+        and re-encodes them. Best effort, after the read that found them: a read-only
+        index, or one busy for 30 s, is repaired by the run that can write it."""
+        if not self._recheck or self.conn.in_transaction or self.readonly:
+            return
+        pending, self._recheck = self._recheck, {}
+        with contextlib.suppress(sqlite3.Error, ClipdexError), self.transaction() as c:
+            c.executemany("UPDATE models SET checked_rows = min(checked_rows, ?) WHERE id = ?",
+                          [(row, model_id) for model_id, row in pending.items()])
+
+    def checked_rows(self, model: ModelRecord) -> int:
+        """How many of ``model``'s first rows a check found sound (at most its committed rows)."""
+        row = self.conn.execute("SELECT checked_rows, rows FROM models WHERE id = ?", (model.id,)).fetchone()
+        return min(row[0], row[1]) if row else 0
 
     # -- roots and files ------------------------------------------------------
     def add_root(self, root: str, kind: str = "folder") -> None:

@@ -185,19 +185,20 @@ class VectorFile:
                 out[order[a:b]] = chunk[ordered[a:b] - start]
         return out
 
-    def check(self, rows: int) -> VectorCheck:
-        """Compare the file with the ``rows`` the catalog committed; check every readable row.
+    def check(self, rows: int, start: int = 0) -> VectorCheck:
+        """Compare the file with the ``rows`` the catalog committed; check every readable row
+        from ``start`` on (the rows before it were found sound by an earlier check).
 
-        O(rows x dim), streamed in chunks: one sequential read of the file.
+        O((rows - start) x dim), streamed in chunks: one sequential read of that part.
         """
         on_disk = self.file_rows()
         readable = min(rows, on_disk or 0)
         bad: list[np.ndarray] = []
-        if readable:
+        if readable > start:
             matrix = np.memmap(self.path, dtype=DTYPE, mode="r", shape=(readable, self.dim))
-            for start in range(0, readable, CHECK_CHUNK_ROWS):
-                ok = unit_rows(np.asarray(matrix[start:start + CHECK_CHUNK_ROWS]))
-                bad.append(np.flatnonzero(~ok) + start)
+            for first in range(start, readable, CHECK_CHUNK_ROWS):
+                ok = unit_rows(np.asarray(matrix[first:first + CHECK_CHUNK_ROWS]))
+                bad.append(np.flatnonzero(~ok) + first)
             del matrix
         return VectorCheck(path=self.path, expected_rows=rows, file_rows=on_disk or 0,
                            missing=on_disk is None and rows > 0,

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from clipdex.errors import ClipdexError, IndexDamaged, IndexStorageError
-from clipdex.store import Store
+from clipdex.store import ModelRecord, NewFile, Store
 from clipdex.store.guard import storage_errors, translate_os_error, translate_sqlite_error
 from clipdex.store.migrations import LATEST_VERSION
-from clipdex.store.vectors import ShortVectorFile, VectorFile, unit_rows
+from clipdex.store.vectors import ShortVectorFile, VectorCheck, VectorFile, unit_rows
 
 
 def _unit(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -240,3 +240,60 @@ def test_an_immediate_database_is_locked_is_retried_not_reported() -> None:
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         retry_busy(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")),
                    timeout_s=0.05)
+
+
+def _filled(tmp_path: Path, rows: int, dim: int = 8) -> tuple[Store, ModelRecord]:
+    """A store whose model has ``rows`` vectors, each used by one photo ``/p/N.jpg``."""
+    store = Store.open(tmp_path / "idx", create=True)
+    model = store.add_model("k", "n", "{}", dim, 1.0, "fp32")
+    return store, _add(store, model, 0, rows)
+
+
+def _add(store: Store, model: ModelRecord, first: int, count: int) -> ModelRecord:
+    hashes = [f"h{i}" for i in range(first, first + count)]
+    files = [NewFile(f"/p/{i}.jpg", 10, 1, h) for i, h in zip(range(first, first + count), hashes)]
+    return store.commit_batch(model, _unit(count, model.dim, seed=first), hashes, files)
+
+
+def test_an_index_run_checks_only_the_rows_added_since_the_last(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store, model = _filled(tmp_path, 6)
+    reads: list[tuple[int, int]] = []
+    real = VectorFile.check
+
+    def counted(self: VectorFile, rows: int, start: int = 0) -> VectorCheck:
+        reads.append((start, rows))
+        return real(self, rows, start)
+
+    monkeypatch.setattr(VectorFile, "check", counted)
+    assert store.repair_vectors(model) == 0 and store.checked_rows(model) == 6
+    model = _add(store, model, 6, 3)
+    assert store.repair_vectors(model) == 0 and store.checked_rows(model) == 9
+    assert store.repair_vectors(model) == 0
+    assert reads == [(0, 6), (6, 9), (9, 9)]  # a full check once, then only the new rows
+
+
+def test_a_zeroed_row_below_the_checked_rows_is_found_by_a_full_check_then_repaired(tmp_path: Path) -> None:
+    store, model = _filled(tmp_path, 6)
+    assert store.repair_vectors(model) == 0
+    data = np.fromfile(store.vector_file(model).path, dtype="<f4")
+    data[2 * 8:3 * 8] = 0.0
+    data.tofile(store.vector_file(model).path)
+    assert store.repair_vectors(model) == 0  # rows an earlier run found sound are not read again
+    damage = store.vector_damage(model, [], full=True)  # what `status --verify` does
+    assert damage is not None and damage.lost_hashes == ["h2"]
+    assert store.checked_rows(model) == 2  # so the next index run reads row 2 on
+    assert store.repair_vectors(model) == 1
+    assert store.embedded_hashes(model) == {f"h{i}": i for i in (0, 1, 3, 4, 5)}
+    assert store.vector_damage(model, [], full=True) is None
+
+
+def test_a_file_cut_below_the_checked_rows_shrinks_and_bumps_the_generation(tmp_path: Path) -> None:
+    store, model = _filled(tmp_path, 6)
+    assert store.repair_vectors(model) == 0
+    with open(store.vector_file(model).path, "r+b") as f:
+        f.truncate(4 * 8 * 4 + 5)
+    assert store.repair_vectors(model) == 2
+    after = store.get_model("k")
+    assert after is not None
+    assert (after.rows, store.checked_rows(after), after.generation) == (4, 4, model.generation + 1)
