@@ -87,12 +87,13 @@ def allowed_rows(store: Store, model: ModelRecord, filters: SearchFilter | None,
     where, args = filter_sql(store, model, filters, hidden_roots)
     cursor = store.conn.cursor()
     cursor.row_factory = None
+    # A folder or a date range is a range of an index on files: walk it first (CROSS JOIN
+    # fixes SQLite's join order), then each photo's vector row by the embeddings key.
+    join = "CROSS JOIN" if filters and (filters.folders or filters.after or filters.before) else "JOIN"
     rows = cursor.execute(
-        "SELECT DISTINCT e.row FROM files f JOIN embeddings e ON e.content_hash = f.content_hash "
-        f"AND e.model_id = ? WHERE f.status = 'ok'{where}", (model.id, *args))
-    found = np.fromiter((r[0] for r in rows), dtype=np.int64)
-    found.sort()
-    return found
+        f"SELECT e.row FROM files f {join} embeddings e ON e.model_id = ? "
+        f"AND e.content_hash = f.content_hash WHERE f.status = 'ok'{where}", (model.id, *args))
+    return np.unique(np.fromiter((r[0] for r in rows), dtype=np.int64))  # copies share a row
 
 
 def photos_of_rows(store: Store, model: ModelRecord, rows: np.ndarray, filters: SearchFilter | None,
