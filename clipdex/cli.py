@@ -427,7 +427,8 @@ def _query_text(words: Sequence[str]) -> str:
 @index_option
 @model_options
 @click.option("--json", "as_json", is_flag=True,
-              help='Print JSON: {"query", "offset", "count", "results": [{"rank", "score", "id", "path", "name"}]}.')
+              help='Print JSON: {"query", "offset", "count", "filters", "results": [{"rank", "score", "id", '
+                   '"path", "name"}]}.')
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: rank, score, id, path.")
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw a contact sheet to this image file (.jpg, .png, .webp).")
@@ -497,7 +498,7 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
     if as_json:
         from clipdex import serialize
 
-        click.echo(json.dumps(serialize.search_results(text, offset, results), indent=2))
+        click.echo(json.dumps(serialize.search_results(text, offset, results, filters or None), indent=2))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["rank", "score", "id", "path"])

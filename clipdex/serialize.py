@@ -65,7 +65,8 @@ def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None 
         "path": status.path, "roots": list(status.roots), "indexed": status.indexed,
         "failed": status.failed,
         "models": [{"key": m.key, "name": m.name, "dim": m.dim, "photos": m.photos,
-                    "precision": m.precision} for m in status.models],
+                    "precision": m.precision, "search": m.search, "search_stale": m.search_stale,
+                    "reclaimable_bytes": m.reclaimable_bytes} for m in status.models],
         "missing_roots": list(status.missing_roots), "missing_photos": status.missing_photos,
         "problems": list(status.problems), "readonly": status.readonly}
     if failures is not None:

@@ -53,6 +53,7 @@ FORMAT = 1  # bump when what the engine records in an approximate index's meta c
 SAMPLED_ROWS = 9  # rows whose vectors fingerprint the file an index was built from
 LOADED_MAX = 4  # approximate indexes kept loaded per process (shared by every Index object)
 ADD_CHUNK_ROWS = 65_536
+ANN_PARAMS = None  # IvfParams to build with (None: worked out from the rows; tests set small ones)
 
 
 def ann_path(store: Store, record: ModelRecord) -> Path:
@@ -303,7 +304,8 @@ def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = 
     else:
         log.info("building the approximate search index of %s (%s rows; a few minutes per million)",
                  record.name, f"{record.rows:,}")
-        ann = IvfIndex.build(_FileReader(vector_file, matrix), record.rows, record.dim, progress=progress)
+        ann = IvfIndex.build(_FileReader(vector_file, matrix), record.rows, record.dim, params=ANN_PARAMS,
+                             progress=progress)
         action, why = "built", problem or "there was none"
     ann.meta.update(format=FORMAT, model=record.key, generation=record.generation,
                     fingerprint=fingerprint(matrix, record.rows))

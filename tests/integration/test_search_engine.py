@@ -17,6 +17,7 @@ from clipdex import Index
 from clipdex.errors import FilterError, LabelSetError
 from clipdex.models.registry import ModelSpec
 from clipdex.search import engine
+from clipdex.search.ann import IvfParams
 from clipdex.search.filters import SearchFilter
 from clipdex.store import NewFile, Store
 
@@ -117,6 +118,7 @@ def test_deleted_photos_are_never_returned(small: tuple[Path, np.ndarray]) -> No
 def large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray]:
     """3,000 photos with an approximate index (the threshold lowered to 2,000 rows)."""
     monkeypatch.setattr(engine, "ANN_MIN_ROWS", 2000)
+    monkeypatch.setattr(engine, "ANN_PARAMS", IvfParams(nlist=16, nprobe=6, nprobe_text=8))
     vectors = clustered(3000)
     fill(tmp_path / "idx", vectors)
     with Index.open(tmp_path / "idx") as index:
