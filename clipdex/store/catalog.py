@@ -3,7 +3,8 @@
 Layout of an index folder::
 
     catalog.sqlite        files, models, embeddings, roots (WAL mode)
-    vectors/model-N.f32   model N's vectors, float32 rows (see vectors.py)
+    vectors/model-N.f32   model N's vectors, float32 rows (see vectors.py); model-N.f16 for
+                          float16 storage; model-N.gG.f32 after compaction G
     lock                  held by the one process writing the index
 
 Vectors are keyed by (model, content hash): a renamed, moved or duplicated
@@ -37,13 +38,14 @@ from clipdex.store.guard import (
     translate_sqlite_error,
 )
 from clipdex.store.migrations import LATEST_VERSION, migrate
-from clipdex.store.vectors import ShortVectorFile, VectorCheck, VectorFile, unit_rows
+from clipdex.store.vectors import STORAGE_DTYPES, ShortVectorFile, VectorCheck, VectorFile, storage_dtype, unit_rows
 
 CATALOG_NAME = "catalog.sqlite"
 LOCK_NAME = "lock"
 BUSY_TIMEOUT_S = 30.0
 SQL_CHUNK = 500  # values bound in one IN (...) list (SQLite allows 32,766; old builds 999)
 LOCK_POLL_S = 0.5
+VECTOR_SUFFIXES = tuple(f".{storage}" for storage in STORAGE_DTYPES)  # .f32, .f16
 
 
 @dataclass(frozen=True)
@@ -355,18 +357,22 @@ class Store:
         return _model(row) if row else model
 
     def add_model(self, key: str, name: str, spec_json: str, dim: int, logit_scale: float,
-                  precision: str) -> ModelRecord:
-        """Register a model (or get it, if another process registered it first)."""
+                  precision: str, storage: str = "f32") -> ModelRecord:
+        """Register a model (or get it, if another process registered it first).
+
+        ``storage`` is how its vector file keeps rows: "f32", or "f16" (half the disk and
+        memory, scores within ~1e-3). A model registered before keeps its own storage."""
+        storage_dtype(storage)  # ValueError for an unknown storage
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO models (key, name, spec, dim, logit_scale, rows, precision, "
-                "vectors_file, created_at) VALUES (?, ?, ?, ?, ?, 0, ?, '', ?) "
+                "vectors_file, created_at, storage) VALUES (?, ?, ?, ?, ?, 0, ?, '', ?, ?) "
                 "ON CONFLICT(key) DO NOTHING",
-                (key, name, spec_json, dim, logit_scale, precision, time.time()))
+                (key, name, spec_json, dim, logit_scale, precision, time.time(), storage))
             if cur.rowcount:
                 model_id = cur.lastrowid
                 c.execute("UPDATE models SET vectors_file = ? WHERE id = ?",
-                          (f"vectors/model-{model_id}.f32", model_id))
+                          (f"vectors/model-{model_id}.{storage}", model_id))
         record = self.get_model(key)
         assert record is not None
         return record
@@ -376,7 +382,7 @@ class Store:
             c.execute("UPDATE models SET spec = ? WHERE id = ?", (spec_json, model_id))
 
     def vector_file(self, model: ModelRecord) -> VectorFile:
-        return VectorFile(self.path / model.vectors_file, model.dim)
+        return VectorFile(self.path / model.vectors_file, model.dim, model.storage)
 
     def used_rows(self, model: ModelRecord) -> int:
         """How many of ``model``'s vectors some indexed photo uses (an SQL count: no file read).
@@ -529,6 +535,52 @@ class Store:
         """How many of ``model``'s first rows a check found sound (at most its committed rows)."""
         row = self.conn.execute("SELECT checked_rows, rows FROM models WHERE id = ?", (model.id,)).fetchone()
         return min(row[0], row[1]) if row else 0
+
+    # -- compaction (see clipdex.store.compact) -------------------------------
+    def rows_in_use(self, model: ModelRecord) -> tuple[ModelRecord, np.ndarray, int]:
+        """(``model`` as the catalog holds it now, the vector rows some indexed photo uses in
+        ascending order, how many embeddings no photo uses): one pass over its embeddings,
+        read in one snapshot."""
+        with self.snapshot() as c:
+            model = self._current(model)
+            cursor = c.cursor()
+            cursor.row_factory = None
+            pairs = cursor.execute(
+                "SELECT e.row, EXISTS (SELECT 1 FROM files f WHERE f.content_hash = e.content_hash "
+                "AND f.status = 'ok') FROM embeddings e WHERE e.model_id = ? ORDER BY e.row",
+                (model.id,)).fetchall()
+        table = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        used = table[:, 1].astype(bool)
+        return model, np.unique(table[used, 0]), int((~used).sum())
+
+    def renumber_vectors(self, model: ModelRecord, kept: np.ndarray, vectors_file: str,
+                         generation: int) -> ModelRecord:
+        """Point ``model`` at a compacted vector file, in one transaction: row ``kept[i]``
+        becomes row ``i``, embeddings of rows not kept are dropped, ``rows``,
+        ``checked_rows`` (the copy checked every row), ``vectors_file`` and ``generation``
+        are set. Raises RuntimeError if the model changed since ``model`` was read (a writer
+        without the lock). Call it holding the writer's lock."""
+        with self.transaction() as c:
+            now = c.execute("SELECT rows, generation, vectors_file FROM models WHERE id = ?",
+                            (model.id,)).fetchone()
+            if tuple(now) != (model.rows, model.generation, model.vectors_file):
+                raise RuntimeError(f"model {model.key} changed while it was compacted")
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS renumbered "
+                      "(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+            c.execute("DELETE FROM renumbered")
+            c.executemany("INSERT INTO renumbered (old, new) VALUES (?, ?)",
+                          zip(kept.tolist(), range(len(kept))))
+            c.execute("DELETE FROM embeddings WHERE model_id = ? AND row NOT IN (SELECT old FROM renumbered)",
+                      (model.id,))
+            c.execute("UPDATE embeddings SET row = (SELECT new FROM renumbered WHERE old = embeddings.row) "
+                      "WHERE model_id = ?", (model.id,))
+            c.execute("UPDATE models SET rows = ?, checked_rows = ?, vectors_file = ?, generation = ? "
+                      "WHERE id = ?", (len(kept), len(kept), vectors_file, generation, model.id))
+            c.execute("DELETE FROM renumbered")
+        self._checks.pop(model.id, None)
+        updated = self.get_model(model.key)
+        assert updated is not None
+        return updated
 
     # -- roots and files ------------------------------------------------------
     def add_root(self, root: str, kind: str = "folder") -> None:
@@ -994,7 +1046,8 @@ def _check_no_vectors(folder: Path, what: str) -> None:
     """Refuse a catalog that is missing or empty while ``vectors/`` still holds vectors: a
     fresh catalog would count 0 rows and the first append would truncate them."""
     vectors = folder / "vectors"
-    held = [p.name for p in vectors.glob("*.f32") if p.stat().st_size] if vectors.is_dir() else []
+    held = ([p.name for p in vectors.iterdir() if p.suffix in VECTOR_SUFFIXES and p.stat().st_size]
+            if vectors.is_dir() else [])
     if held:
         raise IndexDamaged(folder, f"{what} but vectors/ still holds {', '.join(sorted(held))}: "
                            "the list of photos is lost", catalog_damaged_fix(folder))

@@ -1,6 +1,9 @@
-"""Append-only float32 vector files that search memory-maps.
+"""Append-only vector files that search memory-maps.
 
-A file holds rows of ``dim`` little-endian float32 values and nothing else.
+A file holds rows of ``dim`` little-endian values and nothing else: float32
+(``model-N.f32``), or float16 (``model-N.f16``: half the disk and page cache, scores
+within ~1e-3) for a model registered with ``storage="f16"``. Whatever a file
+stores, :meth:`VectorFile.take` gives float32.
 How many rows are valid is recorded in the catalog, not in the file: rows past
 that count are the leftovers of a killed run and are overwritten by the next
 append. Appends are flushed and fsync'ed before the catalog commits them.
@@ -21,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-DTYPE = np.dtype("<f4")
+DTYPE = np.dtype("<f4")  # what vectors are computed and read back in
+STORAGE_DTYPES: dict[str, np.dtype] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}  # models.storage -> rows on disk
 NORM_TOLERANCE = 0.05  # |norm - 1| allowed: bf16/fp16 encoders normalise in half precision
 CHECK_CHUNK_ROWS = 65_536  # rows checked at a time (bounded memory on a million-row file)
 TAKE_CHUNK_ROWS = 16_384  # rows read at a time when loading vectors (32 MB at dim 512)
@@ -79,16 +83,27 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return np.isfinite(norms) & (np.abs(norms - 1.0) <= NORM_TOLERANCE)
 
 
-class VectorFile:
-    """One model's vectors: ``rows`` x ``dim`` float32, appended in batches."""
+def storage_dtype(storage: str) -> np.dtype:
+    """The on-disk dtype of ``storage`` ('f32' or 'f16'); ValueError for anything else."""
+    try:
+        return STORAGE_DTYPES[storage]
+    except KeyError:
+        raise ValueError(f"unknown vector storage {storage!r}: use one of "
+                         f"{', '.join(STORAGE_DTYPES)}") from None
 
-    def __init__(self, path: Path, dim: int) -> None:
+
+class VectorFile:
+    """One model's vectors: ``rows`` x ``dim`` values (``storage`` 'f32' or 'f16'), appended in batches."""
+
+    def __init__(self, path: Path, dim: int, storage: str = "f32") -> None:
         self.path = path
         self.dim = dim
+        self.storage = storage
+        self.dtype = storage_dtype(storage)
 
     @property
     def row_bytes(self) -> int:
-        return self.dim * DTYPE.itemsize
+        return self.dim * self.dtype.itemsize
 
     def file_rows(self) -> int | None:
         """Complete rows on disk, or None when the file does not exist."""
@@ -121,7 +136,7 @@ class VectorFile:
             if size > offset:
                 os.ftruncate(fd, offset)  # drop rows a killed run wrote but never committed
             os.lseek(fd, offset, os.SEEK_SET)
-            data = np.ascontiguousarray(vectors, dtype=DTYPE).tobytes()
+            data = np.ascontiguousarray(vectors, dtype=self.dtype).tobytes()
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -132,19 +147,20 @@ class VectorFile:
         return committed_rows
 
     def read(self, rows: int) -> np.ndarray:
-        """The first ``rows`` vectors, memory-mapped read-only (an empty array for none).
+        """The first ``rows`` vectors, memory-mapped read-only, in the file's own dtype (an
+        empty array for none).
 
         Raises :class:`ShortVectorFile` when the file is missing or shorter.
         """
         if rows == 0:
-            return np.zeros((0, self.dim), dtype=DTYPE)
+            return np.zeros((0, self.dim), dtype=self.dtype)
         on_disk = self.file_rows()
         if on_disk is None or on_disk < rows:
             raise ShortVectorFile(self.path, rows, on_disk or 0, missing=on_disk is None)
-        return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(rows, self.dim))
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(rows, self.dim))
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The vectors at ``rows`` (indexes below :meth:`file_rows`), in that order.
+        """The vectors at ``rows`` (indexes below :meth:`file_rows`), in that order, as float32.
 
         A search load reads most of the file, mostly in file order (photos are
         indexed in path order): runs of consecutive rows are read straight into
@@ -156,6 +172,15 @@ class VectorFile:
         out = np.empty((len(rows), self.dim), dtype=DTYPE)
         if not len(rows):
             return out
+        if self.dtype != DTYPE:  # read in the file's dtype, then widen
+            out[:] = self._take_stored(rows)
+            return out
+        return self._take_into(out, rows)
+
+    def _take_stored(self, rows: np.ndarray) -> np.ndarray:
+        return self._take_into(np.empty((len(rows), self.dim), dtype=self.dtype), rows)
+
+    def _take_into(self, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
         first, end = int(ordered[0]), int(ordered[-1]) + 1
@@ -171,11 +196,11 @@ class VectorFile:
                     _read_exactly(f, out[a:b].data.cast("B"), self.path, end)
             return out
         if len(rows) * SPARSE_READ_RATIO < end - first:
-            matrix = np.memmap(self.path, dtype=DTYPE, mode="r", shape=(end, self.dim))
+            matrix = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(end, self.dim))
             out[:] = matrix[rows]
             del matrix
             return out
-        chunk = np.empty((min(TAKE_CHUNK_ROWS, end - first), self.dim), dtype=DTYPE)
+        chunk = np.empty((min(TAKE_CHUNK_ROWS, end - first), self.dim), dtype=self.dtype)
         with io.FileIO(self.path, "r") as f:
             for start in range(first, end, TAKE_CHUNK_ROWS):
                 stop = min(start + TAKE_CHUNK_ROWS, end)
@@ -195,7 +220,7 @@ class VectorFile:
         readable = min(rows, on_disk or 0)
         bad: list[np.ndarray] = []
         if readable > start:
-            matrix = np.memmap(self.path, dtype=DTYPE, mode="r", shape=(readable, self.dim))
+            matrix = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(readable, self.dim))
             for first in range(start, readable, CHECK_CHUNK_ROWS):
                 ok = unit_rows(np.asarray(matrix[first:first + CHECK_CHUNK_ROWS]))
                 bad.append(np.flatnonzero(~ok) + first)
