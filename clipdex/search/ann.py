@@ -70,9 +70,34 @@ FILTER_NPROBE_BOOST = 4.0
 # arguments of SearchParametersIVF, the IO classes).
 faiss: Any = _faiss
 
+# faiss's parallel mode: 0 splits a batch by query (one query runs on one core), 1
+# splits a query's lists across the cores. On the 2-core bench machine under load
+# (other processes on both cores), mode 1 was 2.5x slower at p50 (OpenMP threads wait
+# for a busy core): 0 it is, and several searches at once still use every core.
+PARALLEL_MODE = 0
+
 MAGIC = b"CLPDXIVF"
 VERSION = 1
 _TRAILER = struct.Struct("<QQQ8s")  # faiss bytes, bitmap bytes, json bytes, magic
+
+
+# The defaults, from bench/ann_params.py on CLIP-like vectors of bench/synthetic.py (2-core
+# AMD EPYC; recall@10 against exact search; the table is in the README):
+# - the share of lists probed decides recall, and this generator's vectors are hard to
+#   navigate (near-Gaussian between small clusters): at 200k, IVF2048,SQ8 needs 512 of
+#   2,048 lists for image-like 0.983 and text-like 0.966; 256 gave 0.931 / 0.878.
+# - more lists at the same share recall more (IVF1024 at 25%: 0.973 / 0.939).
+# - SQ8 codes re-ranked exactly lose nothing against Flat codes at a quarter of the size;
+#   a pool of 50 recalls as much as 100 (the lists, not the codes, are what is missed).
+# - shifting text queries by the mean text-to-image gap to navigate made recall worse
+#   (0.19 against 0.59 at nprobe 64): centroids are chosen by inner product, which the
+#   gap only skews toward large centroids.
+PROBE_SHARE_IMAGE = 0.25
+PROBE_SHARE_TEXT = 0.25
+POOL = 100
+# k-means sample per list: faiss warns below 39; 40 keeps training at 1M (4,096 lists,
+# 164k points) near a minute on 2 cores.
+TRAIN_PER_LIST = 40
 
 
 @dataclass(frozen=True)
@@ -88,14 +113,14 @@ class IvfParams:
     codes: str = "SQ8"
     nprobe: int | None = None
     nprobe_text: int | None = None
-    pool: int = 100
-    train_per_list: int = 64
+    pool: int = POOL
+    train_per_list: int = TRAIN_PER_LIST
 
     def resolved(self, rows: int) -> "IvfParams":
         """These parameters with every ``None`` worked out for an index of ``rows`` rows."""
         nlist = self.nlist or auto_nlist(rows)
-        nprobe = self.nprobe or max(1, nlist // 32)
-        nprobe_text = self.nprobe_text or min(nlist, nprobe * 4)
+        nprobe = self.nprobe or max(1, round(nlist * PROBE_SHARE_IMAGE))
+        nprobe_text = self.nprobe_text or max(1, round(nlist * PROBE_SHARE_TEXT))
         return replace(self, nlist=nlist, nprobe=min(nprobe, nlist), nprobe_text=min(nprobe_text, nlist))
 
 
@@ -118,6 +143,7 @@ class IvfIndex(VectorIndex):
                  mapped: Path | None = None, file_bytes: int = 0) -> None:
         self._index = index
         self._ivf = faiss.extract_index_ivf(index)
+        self._ivf.parallel_mode = PARALLEL_MODE
         self._reader = reader
         self.params = params
         self._present = present  # bool per row below covered: does the index hold it?
@@ -212,6 +238,7 @@ class IvfIndex(VectorIndex):
         if self._mapped is not None:
             self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
             self._ivf = faiss.extract_index_ivf(self._index)
+            self._ivf.parallel_mode = PARALLEL_MODE
             self._mapped = None
 
     # -- search --------------------------------------------------------------
@@ -243,15 +270,21 @@ class IvfIndex(VectorIndex):
             hits = self._search_exact(q, k, rows)
         return hits
 
-    def _search_lists(self, q: np.ndarray, k: int, nprobe: int, bitmap: np.ndarray | None) -> Hits:
-        """Candidates from the ``nprobe`` nearest lists, re-ranked exactly."""
+    def _search_lists(self, q: np.ndarray, k: int, nprobe: int, bitmap: np.ndarray | None,
+                      navigate: np.ndarray | None = None) -> Hits:
+        """Candidates from the ``nprobe`` nearest lists, re-ranked exactly.
+
+        ``navigate`` (the bench's study of shifted text queries) finds the
+        candidates with another vector than the one they are ranked by.
+        """
         if bitmap is not None:
             bits = np.packbits(bitmap, bitorder="little")  # held by this frame while faiss reads it
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bits))
             search_params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         else:
             search_params = faiss.SearchParametersIVF(nprobe=nprobe)
-        _, ids = self._index.search(q[None, :], max(k, self.params.pool), params=search_params)
+        nav = q if navigate is None else navigate
+        _, ids = self._index.search(nav[None, :], max(k, self.params.pool), params=search_params)
         candidates = np.sort(ids[0][ids[0] >= 0])
         if not len(candidates):
             return Hits.empty()
