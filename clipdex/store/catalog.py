@@ -14,6 +14,7 @@ photo reuses its vector, and several models live side by side in one index.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -90,6 +91,7 @@ class FileRecord:
         return os.fsdecode(self.raw_path) if self.raw_path is not None else self.path
 
 
+FILE_COLUMNS = ", ".join(f.name for f in dataclasses.fields(FileRecord))  # files' columns, in FileRecord's order
 FAILURE_KINDS = ("transient", "limit", "permanent")
 # Where a file's taken_at came from. 'exif': the photo's EXIF date. 'mtime': the file's mtime,
 # its EXIF not read yet (migration 006 dated every photo indexed before it so; the next
@@ -632,9 +634,15 @@ class Store:
         return sum(1 for _, s in gone if s == "ok")
 
     def files_under(self, root: str) -> dict[str, FileRecord]:
+        """Every file under ``root``, by path (what an index run compares the walk with).
+
+        Rows come back as plain tuples, made into records by position: at a million
+        files, name lookups on row objects cost more than the query."""
         condition, args = _under_sql([root])
-        rows = self.conn.execute(f"SELECT * FROM files WHERE {condition}", args)
-        return {r["path"]: _file(r) for r in rows}
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE {condition}", args)
+        return {r[1]: FileRecord(*r) for r in rows}
 
     def file_by_path(self, path: str) -> FileRecord | None:
         """The file at ``path``: its display form, or its real name (not UTF-8) as the OS gives it."""
