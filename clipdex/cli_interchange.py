@@ -37,6 +37,12 @@ class _RowsBar:
             TimeRemainingColumn(), console=_console(stderr=True), transient=False)
         self.task: Any = None
 
+    def __call__(self, done: int, total: int) -> None:
+        """(done, total): how building the search index reports."""
+        self.start(total)
+        if self.task is not None:
+            self.progress.update(self.task, completed=done, total=total)
+
     def start(self, total: int) -> None:
         if total and self.task is None:
             self.progress.start()
@@ -53,6 +59,7 @@ class _RowsBar:
     def stop(self) -> None:
         if self.task is not None:
             self.progress.stop()
+            self.task = None
 
 
 @click.command("export")
@@ -113,7 +120,7 @@ def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_row
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"source", "model", "layout", "rows", "imported", "vectors_added", "reused", '
                    '"skipped", "skipped_rows", "shards", "shards_imported", "shards_done_before", "roots", '
-                   '"seconds"}.')
+                   '"seconds", "search_seconds"}.')
 @click.pass_context
 def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: str | None, weights: str | None,
                model_config: str | None, images: str | None, add_model: bool, wait: bool, as_json: bool) -> None:
@@ -134,18 +141,21 @@ def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: st
     if not (model or weights or model_config):
         raise click.UsageError("name the model that made the vectors: --model NAME (or --weights FILE "
                                "[--model-config FILE.json])")
-    bar = _RowsBar("importing")
+    bar, search_bar = _RowsBar("importing"), _RowsBar("search index")
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config, create=True) as index:
         try:
             report = import_embeddings(index, source, images=images, allow_new_model=add_model, wait=wait,
-                                       progress=None if as_json else bar)
+                                       progress=None if as_json else bar,
+                                       search_progress=None if as_json else search_bar)
         except KeyboardInterrupt:
             bar.stop()
+            search_bar.stop()
             _fail(ctx, "interrupted; every finished shard is saved: run the same command again to resume.",
                   EXIT_INTERRUPTED)
             return
         finally:
             bar.stop()
+            search_bar.stop()
     if as_json:
         click.echo(json.dumps(import_json(report), indent=2))
         return
@@ -161,7 +171,8 @@ def _print_import(report: "ImportReport") -> None:
     out.print(f"  shards    {report.shards_imported:>9}  imported, {report.shards_done_before} done before "
               f"(of {report.shards})")
     out.print(f"  folders   {_t(', '.join(report.roots) or '-')}")
-    out.print(f"  read {report.rows} rows in {report.seconds:.1f} s")
+    search = f", search index updated in {report.search_seconds:.1f} s" if report.search_seconds >= 0.1 else ""
+    out.print(f"  read {report.rows} rows in {report.seconds:.1f} s{search}")
     if report.skipped_rows:
         out.print("[bold yellow]skipped rows:[/]")
         for row in report.skipped_rows:
@@ -184,7 +195,7 @@ def import_json(report: "ImportReport") -> dict[str, Any]:
             "skipped_rows": [{"shard": r.shard, "row": r.row, "reason": r.reason} for r in report.skipped_rows],
             "shards": report.shards, "shards_imported": report.shards_imported,
             "shards_done_before": report.shards_done_before, "roots": report.roots,
-            "seconds": round(report.seconds, 3)}
+            "seconds": round(report.seconds, 3), "search_seconds": round(report.search_seconds, 3)}
 
 
 COMMANDS: list[click.Command] = [export_cmd, import_cmd]

@@ -54,6 +54,7 @@ import numpy as np
 
 from clipdex.errors import ClipdexError, EmptyIndex, IndexDamaged, ModelError, ModelMismatch
 from clipdex.indexer import Progress
+from clipdex.search.base import BuildProgress
 from clipdex.store import ModelRecord, NewFile, Store
 from clipdex.store.catalog import SQL_CHUNK, _outside
 from clipdex.store.vectors import unit_rows
@@ -84,6 +85,7 @@ SKIPPED_SHOWN = 20  # skipped rows named in a report (the rest are counted)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_NUMBER = re.compile(r"(\d+)$")
+_UNNORMAL = r"//|/\.\.?(/|$)"  # a path that os.path.normpath would change
 _DATE_TIME = re.compile(r"^\s*(\d{4})[:-](\d{2})[:-](\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?")
 # Metadata columns that say when a photo was taken, best first (compared case-insensitively);
 # an ``exif`` column (img2dataset: JSON) is read for the EXIF_KEYS after them.
@@ -369,7 +371,8 @@ class ImportReport:
     shards_imported: int = 0
     shards_done_before: int = 0  # finished by an earlier run, unchanged since: not read again
     roots: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the import itself
+    search_seconds: float = 0.0  # bringing the approximate search index up to date afterwards
 
     def skip(self, shard: str, row: int, reason: str) -> None:
         self.skipped += 1
@@ -407,6 +410,7 @@ class _Rows:
 def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
                       images: str | os.PathLike[str] | None = None, allow_new_model: bool = False,
                       wait: bool = False, progress: Progress | None = None,
+                      search_progress: BuildProgress | None = None,
                       chunk_rows: int = IMPORT_CHUNK_ROWS) -> ImportReport:
     """Adopt the embeddings in ``source`` into the index under its model, encoding nothing.
 
@@ -416,6 +420,8 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
     layout's ids point. Shards finished by an earlier run and unchanged since
     are skipped; Ctrl-C keeps every finished shard. An index that holds other
     models' vectors takes this one beside them only with ``allow_new_model``.
+    Afterwards the approximate search index is brought up to date
+    (``search_progress(done, total)`` follows it).
     """
     started = time.perf_counter()
     folder = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
@@ -463,10 +469,12 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
     finally:
         store.conn.execute(f"PRAGMA cache_size = {previous_cache}")
         store.release_lock()
-    refresh = getattr(index, "refresh_search", None)  # the lead's: builds or updates the ANN index
-    if refresh is not None and report.shards_imported:
-        refresh(progress)
     report.seconds = time.perf_counter() - started
+    refresh = getattr(index, "refresh_search", None)  # builds or updates the approximate search index
+    if refresh is not None and report.shards_imported:
+        started = time.perf_counter()
+        refresh(search_progress, wait=wait)
+        report.search_seconds = time.perf_counter() - started
     return report
 
 
@@ -680,14 +688,29 @@ class _ShardReader:
                     return table.column(name).to_pylist()
             return [None] * n
 
-        named = column("image_path")
-        urls = column("url")
-        paths = [self._path(p) if p else (u or None) for p, u in zip(named, urls)]
-        local = [bool(p) and not _URL.match(p) for p in named]
+        paths: list[str | None] = [None] * n
+        local = [False] * n
+        if "image_path" in table.column_names:
+            paths, local = self._paths(table.column("image_path"))
+        if "url" in table.column_names:
+            paths = [p or u or None for p, u in zip(paths, column("url"))]
         hashes = [h if isinstance(h, str) and _SHA256.match(h) else None for h in column("sha256")]
         return _Rows(paths=paths, local=local, hashes=hashes, taken=self._taken(table, n),
-                     widths=column("original_width", "width"), heights=column("original_height", "height"),
-                     sizes=column("size"), mtimes=_mtimes(table, n))
+                     widths=_ints(table, n, "original_width", "width"),
+                     heights=_ints(table, n, "original_height", "height"), sizes=_ints(table, n, "size"),
+                     mtimes=_mtimes(table, n))
+
+    def _paths(self, named: "pa.ChunkedArray") -> tuple[list[str | None], list[bool]]:
+        """The paths of an image_path column (absolute, normalised; URLs as they are), and
+        which of them are files. Checked for the column at once: most are taken as they are."""
+        import pyarrow.compute as pc
+
+        values: list[str | None] = named.to_pylist()
+        if (pc.all(pc.starts_with(named, os.sep)).as_py() is not False
+                and not pc.any(pc.match_substring_regex(named, _UNNORMAL)).as_py()):
+            return values, [v is not None for v in values]
+        paths = [self._path(v) if v else None for v in values]
+        return paths, [p is not None and not _URL.match(p) for p in paths]
 
     def _path(self, value: str) -> str:
         if value[0] == os.sep:
@@ -828,6 +851,7 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
         block /= np.where(usable, norms, 1.0)[:, None]
         meta = reader.rows(start, stop)
         hashes: dict[int, str] = {}  # row in the chunk -> content hash, for the rows to import
+        folders: dict[str, str] = {}
         for i in np.flatnonzero(~usable).tolist():
             report.skip(shard, start + i, "a row of zeros" if norms[i] == 0 else "not a finite vector (NaN or inf)")
         for i in np.flatnonzero(usable).tolist():
@@ -835,7 +859,7 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
             if path is None:
                 report.skip(shard, start + i, "no image_path, url or id names its image")
             else:
-                hashes[i] = meta.hashes[i] or synthetic_hash(path)
+                hashes[i] = meta.hashes[i] or synthetic_hash(path, folders)
         known = _known_hashes(store, record, set(hashes.values()) - seen) if check_known else set()
         new_rows: list[int] = []
         new_hashes: list[str] = []
@@ -858,16 +882,22 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
     return record
 
 
-def synthetic_hash(identity: str) -> str:
+def synthetic_hash(identity: str, folders: dict[str, str] | None = None) -> str:
     """The stable content hash of an imported photo that was not hashed: ``import:``, then
     the sha256 of its folder's path (or URL) and of its own, cut (see the module's docstring).
 
     Photos of one folder share the first part, so a million of them reach the catalog's
     hash indexes folder by folder instead of at random places: commits take half the time.
+    ``folders`` remembers the first parts of folders seen (one sha256 per photo, not two).
     """
     folder = identity.rpartition("/")[0]
-    return (HASH_PREFIX + hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:FOLDER_DIGITS]
-            + hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:NAME_DIGITS])
+    start = folders.get(folder) if folders is not None else None
+    if start is None:
+        digest = hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()
+        start = HASH_PREFIX + digest[:FOLDER_DIGITS]
+        if folders is not None:
+            folders[folder] = start
+    return start + hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:NAME_DIGITS]
 
 
 def _known_hashes(store: Store, record: ModelRecord, hashes: set[str]) -> set[str]:
@@ -896,12 +926,24 @@ def _new_file(meta: _Rows, i: int, content_hash: str) -> NewFile:
             pass  # not on this machine (or not a name the OS takes): the metadata's values
     taken = meta.taken[i]
     return NewFile(path=path, size=int(size or 0), mtime_ns=int(mtime_ns or 0), content_hash=content_hash,
-                   width=_int(meta.widths[i]), height=_int(meta.heights[i]), taken_at=taken,
+                   width=meta.widths[i], height=meta.heights[i], taken_at=taken,
                    taken_source="import" if taken else None)
 
 
-def _int(value: object) -> int | None:
-    try:
-        return int(value) if value is not None else None  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
+def _ints(table: "pa.Table", n: int, *names: str) -> list[int | None]:
+    """Whole numbers of the first of the columns ``names`` that ``table`` has (None where a
+    cell is empty or not a number; all None without such a column)."""
+    import pyarrow as pa
+
+    column = next((table.column(name) for name in names if name in table.column_names), None)
+    if column is None:
+        return [None] * n
+    if pa.types.is_integer(column.type):
+        return list(column.to_pylist())
+    out: list[int | None] = []
+    for v in column.to_pylist():
+        try:
+            out.append(int(v) if v is not None else None)
+        except (TypeError, ValueError):
+            out.append(None)
+    return out
