@@ -240,11 +240,14 @@ class _Bar:
 @click.option("--add-model", is_flag=True,
               help="Add this model's vectors to an index that holds another model's.")
 @click.option("--wait", is_flag=True, help="Wait for another indexing run on this index to finish.")
+@click.option("--storage", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="How a new index (or a model new to it) stores vectors: fp16 halves the vector file "
+                   "[default: fp32; an existing model keeps its own].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
               model_config: str | None, device: str | None, precision: str | None, batch_size: int | None,
               workers: int | None,
-              max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool,
+              max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool, storage: str | None,
               as_json: bool) -> None:
     """Embed every photo under PHOTO_DIR (recursively) into the index.
 
@@ -267,7 +270,8 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
         try:
             report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
                                allow_new_model=add_model, wait=wait,
-                               search_progress=None if as_json else search_bar)
+                               search_progress=None if as_json else search_bar,
+                               storage={"fp32": "f32", "fp16": "f16"}.get(storage or ""))
         finally:
             bar.stop()
             search_bar.stop()

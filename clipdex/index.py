@@ -258,6 +258,7 @@ class Index:
         allow_new_model: bool = False,
         wait: bool = False,
         search_progress: BuildProgress | None = None,
+        storage: str | None = None,
     ) -> IndexReport:
         """Index ``folder`` recursively: new and changed photos are encoded, deleted ones dropped.
 
@@ -265,7 +266,12 @@ class Index:
         ``allow_new_model`` (the new model's vectors are then added beside them).
         A large collection's approximate search index is then brought up to date
         (:meth:`refresh_search`; ``search_progress(done, total)`` follows it).
+        ``storage`` ("f32" or "f16") is how a model new to the index keeps its vectors:
+        float16 halves the vector file for a recall measured in bench/search_scale.py;
+        a model the index holds keeps its storage.
         """
+        if storage not in (None, "f32", "f16"):
+            raise ValueError(f"storage must be 'f32' or 'f16', not {storage!r}")
         path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
         known_root = display_path(path) in self.store.roots()
         if known_root and not os.path.exists(path):
@@ -293,7 +299,7 @@ class Index:
             if record is None:  # a new model: build it now to learn its dimension
                 encoder.load()
                 record = self.store.add_model(key, spec.name, spec.to_json(), encoder.dim,
-                                              encoder.logit_scale, precision)
+                                              encoder.logit_scale, precision, storage or "f32")
             else:
                 forgotten = self.store.repair_vectors(record)
                 if forgotten:
@@ -763,7 +769,7 @@ class Index:
                 damage = self.store.vector_damage(record, missing, full=verify)
                 lost = damage.photos if damage is not None else 0
                 backend = None if damage is not None else backend_of(self.store, record)
-                reclaimable = self.store.reclaimable(record)[1] if hasattr(self.store, "reclaimable") else 0
+                reclaimable = self.store.reclaimable(record)[1]
                 models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
                                           photos=self.store.count_for_model(record, missing) - lost,
                                           precision=record.precision,
