@@ -141,6 +141,7 @@ def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: st
     if not (model or weights or model_config):
         raise click.UsageError("name the model that made the vectors: --model NAME (or --weights FILE "
                                "[--model-config FILE.json])")
+    _check_before_creating(source, index_dir, model, weights, model_config)
     bar, search_bar = _RowsBar("importing"), _RowsBar("search index")
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config, create=True) as index:
         try:
@@ -160,6 +161,21 @@ def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: st
         click.echo(json.dumps(import_json(report), indent=2))
         return
     _print_import(report)
+
+
+def _check_before_creating(source: str, index_dir: str | None, model: str | None, weights: str | None,
+                           model_config: str | None) -> None:
+    """A first import of a folder it cannot take (no layout it knows, another model's vectors)
+    must fail before it creates an index."""
+    from pathlib import Path
+
+    from clipdex.interchange import check_source
+    from clipdex.models.registry import resolve_model
+    from clipdex.settings import default_index_dir
+    from clipdex.store.catalog import CATALOG_NAME
+
+    if not (Path(index_dir) if index_dir else default_index_dir()).joinpath(CATALOG_NAME).exists():
+        check_source(source, resolve_model(model, weights, model_config))
 
 
 def _print_import(report: "ImportReport") -> None:

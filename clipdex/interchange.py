@@ -428,9 +428,7 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
     images_dir = os.path.abspath(os.path.expanduser(os.fspath(images))) if images is not None else None
     if images_dir is not None and not os.path.isdir(images_dir):
         raise InterchangeError(images_dir, "is not a folder", "Pass the folder that holds the images (--images).")
-    layout, shards = _find_shards(folder)
     spec = index.spec()
-    _check_manifest(folder, spec)
     store = index.store
     store.require_writable()
     record = store.get_model(spec.key)
@@ -438,24 +436,22 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         raise ModelMismatch(spec.key, [r.key for r in store.models()], store.path,
                             "Pass --add-model to import this model's vectors beside them (nothing is "
                             "removed), or choose another index with --index DIR.")
-    dim = record.dim if record is not None else embedding_dim(spec)
-    for shard in shards:
-        found = _vector_shape(shard.vectors)[1]
-        if found != dim:
-            raise DimensionMismatch(str(shard.vectors), found, spec.name, spec.key, dim)
+    layout, shards = check_source(folder, spec, record.dim if record is not None else None)
     report = ImportReport(source=str(folder), model=spec.key, layout=layout, shards=len(shards))
     store.acquire_lock(wait=wait)
     previous_cache = store.conn.execute("PRAGMA cache_size").fetchone()[0]
     store.conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
     try:
-        if record is None:
-            record = store.add_model(spec.key, spec.name, spec.to_json(), dim, logit_scale(spec), "fp32")
-        done = _finished_shards(store, record, folder)
+        record = store.get_model(spec.key)  # again, as the writer: another may have imported meanwhile
+        done = _finished_shards(store, record, folder) if record is not None else {}
         todo = [s for s in shards if done.get(s.name) != s.fingerprint()]
         report.shards_done_before = len(shards) - len(todo)
         stems = _image_stems(images_dir) if layout == "features" and images_dir else {}
         readers = [_ShardReader(s, layout, folder, images_dir, stems) for s in todo]
-        report.roots = _roots(readers, layout, folder, images_dir)
+        report.roots = _roots(readers, layout, folder, images_dir)  # (refuses relative paths first)
+        if record is None:
+            record = store.add_model(spec.key, spec.name, spec.to_json(), _vector_shape(shards[0].vectors)[1],
+                                     logit_scale(spec), "fp32")
         for root in report.roots:
             store.add_root(root, kind="import")
         if progress:
@@ -464,6 +460,7 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         check_known = record.rows > 0
         for reader in readers:
             record = _import_shard(store, record, reader, report, seen, check_known, chunk_rows, progress)
+            reader.close()
             _record_shard(store, record, folder, reader.shard, reader.count)
             report.shards_imported += 1
     finally:
@@ -476,6 +473,22 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         refresh(search_progress, wait=wait)
         report.search_seconds = time.perf_counter() - started
     return report
+
+
+def check_source(source: str | os.PathLike[str], spec: "ModelSpec",
+                 dim: int | None = None) -> tuple[str, list[_Shard]]:
+    """The layout of the folder ``source`` and its shards, checked against ``spec``: a clipdex
+    export must be of that model, and every shard's vectors of ``dim`` dimensions (None: the
+    model's, learnt from its config). Reads headers only; raises what an import would."""
+    folder = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
+    layout, shards = _find_shards(folder)
+    _check_manifest(folder, spec)
+    expected = dim if dim is not None else embedding_dim(spec)
+    for shard in shards:
+        found = _vector_shape(shard.vectors)[1]
+        if found != expected:
+            raise DimensionMismatch(str(shard.vectors), found, spec.name, spec.key, expected)
+    return layout, shards
 
 
 def _find_shards(folder: Path) -> tuple[str, list[_Shard]]:
@@ -626,7 +639,10 @@ def _image_stems(folder: str) -> dict[str, str]:
 
 
 class _ShardReader:
-    """One shard's vectors (memory-mapped) and metadata, read a run of rows at a time."""
+    """One shard's vectors (memory-mapped) and metadata, read a run of rows at a time.
+
+    The metadata table is read when the first rows are asked for and let go by
+    :meth:`close`: one shard's metadata in memory at a time."""
 
     def __init__(self, shard: _Shard, layout: str, source: Path, images: str | None,
                  stems: dict[str, str]) -> None:
@@ -639,6 +655,7 @@ class _ShardReader:
         self.count = int(self.vectors.shape[0])
         self._table: pa.Table | None = None
         self._ids: list[str] | None = None
+        self._columns: list[str] = []
         if layout == "features":
             self._ids = _read_ids(shard.metadata)
             rows = len(self._ids)
@@ -646,12 +663,11 @@ class _ShardReader:
             import pyarrow.parquet as pq
 
             try:
-                self._table = pq.read_table(shard.metadata, columns=self._wanted(
-                    pq.read_schema(shard.metadata).names))
+                parquet = pq.ParquetFile(shard.metadata)
             except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a bad file)
-                raise InterchangeError(shard.metadata, f"cannot be read as Parquet ({e})",
-                                       "Copy the file again from where it was written.") from None
-            rows = self._table.num_rows
+                raise _unreadable(shard.metadata, e) from None
+            self._columns = self._wanted(parquet.schema_arrow.names)
+            rows = parquet.metadata.num_rows
         if rows != self.count:
             raise InterchangeError(shard.metadata, f"describes {rows} images, but {shard.vectors.name} holds "
                                    f"{self.count} vectors", "The two files must be row-aligned: copy both "
@@ -666,19 +682,29 @@ class _ShardReader:
             return names[:0]  # nothing names the images: reported per row
         return [n for n in names if n.lower() in wanted]
 
+    def _read(self, columns: list[str]) -> "pa.Table":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(self.shard.metadata, columns=columns)
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(self.shard.metadata, e) from None
+
     def names(self) -> "pa.ChunkedArray | None":
         """The column naming the images (image_path, else url), for the pre-pass over paths."""
-        if self._table is None:
-            return None
         for column in ("image_path", "url"):
-            if column in self._table.column_names:
-                return self._table.column(column)
+            if column in self._columns:
+                return self._read([column]).column(column)
         return None
+
+    def close(self) -> None:
+        self._table = None
 
     def rows(self, start: int, stop: int) -> _Rows:
         if self._ids is not None:
             return self._id_rows(self._ids[start:stop])
-        assert self._table is not None
+        if self._table is None:
+            self._table = self._read(self._columns)
         table = self._table.slice(start, stop - start)
         n = stop - start
 
@@ -738,6 +764,11 @@ class _ShardReader:
         if "exif" in by_lower:
             taken = [t or _exif_taken(v) for t, v in zip(taken, table.column(by_lower["exif"]).to_pylist())]
         return taken
+
+
+def _unreadable(path: Path, error: Exception) -> InterchangeError:
+    return InterchangeError(path, f"cannot be read as Parquet ({error})",
+                            "Copy the file again from where it was written.")
 
 
 def _read_ids(path: Path) -> list[str]:

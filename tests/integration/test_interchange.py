@@ -121,6 +121,9 @@ def test_export_then_import_searches_like_numpy_and_indexing_encodes_nothing(
         hits = index.search("@photo-003", k=5)
     assert [Path(h.path).stem for h in hits] == _neighbours(vectors, names, "photo-003", 5)
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    taken_sql = "SELECT path, taken_at FROM files ORDER BY path"
+    with Index.open(labelled_index) as original, Index.open(target) as imported:
+        assert (list(imported.store.conn.execute(taken_sql)) == list(original.store.conn.execute(taken_sql)))
 
     indexed = run_cli("index", str(photos), "--index", str(target), *model_args, "--json")
     assert indexed.exit_code == 0, indexed.output
@@ -185,7 +188,8 @@ def test_import_features_and_ids_with_images_then_index_encodes_nothing(
     assert report["encoded"] == 0 and report["unchanged"] == 5, report
 
 
-def test_dimension_mismatch_names_both_dimensions_and_the_model(tmp_path: Path, model_args: list[str]) -> None:
+def test_dimension_mismatch_names_both_dimensions_and_the_model(tmp_path: Path, model_args: list[str],
+                                                                model_kwargs: dict[str, str]) -> None:
     source = tmp_path / "wrong"
     _write_shards(source, _unit(np.random.default_rng(3), 4, 16),
                   {"image_path": [f"/nowhere/p{i}.jpg" for i in range(4)]}, shards=1)
@@ -193,8 +197,14 @@ def test_dimension_mismatch_names_both_dimensions_and_the_model(tmp_path: Path, 
     assert result.exit_code == 1
     assert "16-dimensional" in result.output and f"{TINY_DIM}-dimensional" in result.output
     assert "clipdex-tiny" in result.output and "--model" in result.output
+    assert not (tmp_path / "idx").exists()  # refused before an index was made
+
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index, \
+            pytest.raises(DimensionMismatch) as caught:
+        import_embeddings(index, source)
+    assert (caught.value.found, caught.value.expected) == (16, TINY_DIM)
     with Index.open(tmp_path / "idx") as index:
-        assert index.store.models() == []  # nothing was registered
+        assert index.store.models() == []  # an existing index is left as it was
 
     b32 = run_cli("import", str(source), "--index", str(tmp_path / "idx2"), "--model", "ViT-B-32")
     assert b32.exit_code == 1 and f"{B32_DIM}-dimensional" in b32.output and "ViT-B-32" in b32.output
@@ -296,10 +306,41 @@ def test_import_refuses_a_folder_it_cannot_read(tmp_path: Path, model_args: list
     assert no_model.exit_code == 2 and "--model" in no_model.output
 
 
-def test_dimension_error_type(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
-    source = tmp_path / "wrong"
-    _write_shards(source, _unit(np.random.default_rng(7), 2, 8), {"url": ["http://h/a.jpg", "http://h/b.jpg"]}, 1)
-    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index, \
-            pytest.raises(DimensionMismatch) as caught:
+def test_export_leaves_out_folders_that_are_gone(labelled_index: Path, tmp_path: Path,
+                                                 model_kwargs: dict[str, str]) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    write_photos(other, 3, start=40)
+    with Index.open(labelled_index, **model_kwargs) as index:
+        index.add(other)
+    shutil.rmtree(other)
+    result = run_cli("export", str(tmp_path / "export"), "--index", str(labelled_index), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["rows"] == 12
+
+
+def test_taken_at_comes_from_the_metadata(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    paths = [f"/elsewhere/p{i}.jpg" for i in range(4)]
+    columns: dict[str, list[object]] = {
+        "image_path": paths,
+        "DateTimeOriginal": ["2019:05:01 12:30:05", None, "0000:00:00 00:00:00", None],
+        "exif": [None, json.dumps({"EXIF DateTimeOriginal": "2020:01:02 03:04:05"}), None, "not json"],
+    }
+    source = tmp_path / "source"
+    _write_shards(source, _unit(np.random.default_rng(8), 4, TINY_DIM), columns, shards=1)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
         import_embeddings(index, source)
-    assert (caught.value.found, caught.value.expected) == (8, TINY_DIM)
+        taken = dict(index.store.conn.execute("SELECT path, taken_at || ' ' || taken_source FROM files"))
+    assert taken == {paths[0]: "2019-05-01T12:30:05 import", paths[1]: "2020-01-02T03:04:05 import",
+                     paths[2]: None, paths[3]: None}  # not on disk, no date: none
+
+
+def test_rows_that_name_no_image_are_skipped(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    source = tmp_path / "source"
+    _write_shards(source, _unit(np.random.default_rng(9), 3, TINY_DIM),
+                  {"url": ["http://h.example/a.jpg", None, ""], "caption": ["a", "b", "c"]}, shards=1)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        report = import_embeddings(index, source)
+    assert report.imported == 1 and report.skipped == 2
+    assert {r.reason for r in report.skipped_rows} == {"no image_path, url or id names its image"}
