@@ -290,6 +290,8 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     if report.retried:
         out.print(f"  retried   {report.retried:>7}  (had failed before: unreadable then, a limit since raised,"
                   " or --retry-failed)")
+    if report.dated:
+        out.print(f"  dated     {report.dated:>7}  (indexed before: their EXIF date taken read now)")
     out.print(f"  removed   {report.removed:>7}{_removed_note(report)}")
     out.print(f"  skipped   {len(report.failed):>7}")
     rate = f", {report.images_per_second:.1f} img/s" if report.encoded else ""

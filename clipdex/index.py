@@ -28,6 +28,7 @@ from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
     FilterError,
+    IndexDamaged,
     LabelSetError,
     LabelSetNotRun,
     ModelError,
@@ -499,14 +500,22 @@ class Index:
         """What a search needs from the catalog, read under the lock: the engine, the folders
         hidden from search and, when something is filtered, the rows allowed."""
         record = self.model_record()
-        engine = self._model_search(record, exact)
+        try:
+            engine = self._model_search(record, exact)
+        except IndexDamaged:
+            # Another process compacted meanwhile (the file read is gone, a new one is named):
+            # that is no damage; read the model again.
+            fresh = self.store.get_model(record.key)
+            if fresh is None or (fresh.generation, fresh.vectors_file) == (record.generation, record.vectors_file):
+                raise
+            engine = self._model_search(fresh, exact)
         hidden = tuple(self.store.missing_roots())
         if filters and filters.label:
             self._check_label(*filters.label)
         if filters and filters.folders:
             self._check_folders(filters.folders)
         allowed = (allowed_rows(self.store, record, filters, hidden) if filters or hidden else None)
-        return _Plan(engine, filters, hidden, allowed)
+        return _Plan(engine, filters, hidden, allowed, exact)
 
     def _check_folders(self, folders: Sequence[str]) -> None:
         """A folder filter must name a folder the index holds photos of (inside or around one
@@ -538,9 +547,17 @@ class Index:
             self._check_not_empty(plan)
             return []
         want = need + EXTRA_ROWS
+        replanned = 0
         while True:
             hits = engine.search(query_vector, want, plan.allowed, text)
             with self.lock:
+                current = self.store.get_model(engine.record.key)
+                if current is not None and current.generation != engine.record.generation and replanned < 2:
+                    # Rows were renumbered (another process compacted) since they were ranked:
+                    # rank again with the new numbering, never map old rows to new photos.
+                    plan, replanned = self._plan(plan.filters, plan.exact), replanned + 1
+                    engine = plan.engine
+                    continue
                 photos = photos_of_rows(self.store, engine.record, hits.rows, plan.filters, plan.hidden)
             if len(photos) >= need or len(hits) < want:
                 break
@@ -827,9 +844,10 @@ class _Plan:
     filters: SearchFilter | None
     hidden: tuple[str, ...]
     allowed: np.ndarray | None  # sorted rows a result may come from; None: any row
+    exact: bool = False
 
     def with_allowed(self, allowed: np.ndarray) -> "_Plan":
-        return _Plan(self.engine, self.filters, self.hidden, allowed)
+        return _Plan(self.engine, self.filters, self.hidden, allowed, self.exact)
 
 
 def _check_page(what: str, k: int, offset: int) -> None:

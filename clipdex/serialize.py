@@ -78,7 +78,8 @@ def index_report(report: "IndexReport") -> dict[str, Any]:
     """What one ``index`` run did."""
     return {"root": report.root, "model": report.model, "new": report.new, "changed": report.changed,
             "reused": report.reused, "unchanged": report.unchanged, "removed": report.removed,
-            "encoded": report.encoded, "retried": report.retried, "indexed_total": report.indexed_total,
+            "encoded": report.encoded, "retried": report.retried, "dated": report.dated,
+            "indexed_total": report.indexed_total,
             "seconds": round(report.seconds, 3), "encode_seconds": round(report.encode_seconds, 3),
             "images_per_second": round(report.images_per_second, 3),
             "failed": [failure(f.path, f.reason, f.kind) for f in report.failed]}

@@ -204,3 +204,27 @@ def test_below_the_threshold_the_approximate_index_goes(large: tuple[Path, np.nd
     with Index.open(idx) as index:
         assert index.refresh_search()[0].action == "removed"
         assert index.search_backend().kind == "exact"
+
+
+def test_an_open_index_searches_right_after_another_process_compacts(large: tuple[Path, np.ndarray]) -> None:
+    from clipdex.store.compact import compact
+
+    idx, vectors = large
+    with Index.open(idx) as index:
+        assert index.search_backend().kind == "ann"
+        gone = [f"{ROOT}/a/photo-{i:05d}.jpg" for i in range(0, 3000, 4)]  # half the photos in a/
+        other = Store.open(idx)  # "another process"
+        try:
+            other.remove_files(gone)
+            report = compact(other)
+            assert report is not None
+        finally:
+            other.close()
+        keep = np.arange(len(vectors)) % 4 != 0
+        hits = index.search("@photo-00007", k=10, exact=True)
+        assert [h.path for h in hits] == brute_force(vectors, 7, 10, keep)
+        backend = index.search_backend()
+        assert backend.kind == "exact" and backend.stale  # its approximate index went with the old file
+        assert index.refresh_search()[0].action == "built"
+        hits = index.search("@photo-00007", k=10)
+        assert recall([h.path for h in hits], brute_force(vectors, 7, 10, keep)) >= 0.8
