@@ -117,13 +117,17 @@ def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_row
                    "are files (<id>.jpg, …).")
 @click.option("--add-model", is_flag=True, help="Add this model's vectors to an index that holds another model's.")
 @click.option("--wait", is_flag=True, help="Wait for another process writing the index to finish.")
+@click.option("--storage", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="How a model new to the index stores vectors: fp16 halves the vector file (clip-retrieval's "
+                   "vectors are float16 already) [default: fp32; a model the index holds keeps its own].")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"source", "model", "layout", "rows", "imported", "vectors_added", "reused", '
                    '"skipped", "skipped_rows", "shards", "shards_imported", "shards_done_before", "roots", '
                    '"seconds", "search_seconds"}.')
 @click.pass_context
 def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: str | None, weights: str | None,
-               model_config: str | None, images: str | None, add_model: bool, wait: bool, as_json: bool) -> None:
+               model_config: str | None, images: str | None, add_model: bool, wait: bool, storage: str | None,
+               as_json: bool) -> None:
     """Adopt the embeddings in DIR into the index, encoding no image.
 
     \b
@@ -147,7 +151,8 @@ def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: st
         try:
             report = import_embeddings(index, source, images=images, allow_new_model=add_model, wait=wait,
                                        progress=None if as_json else bar,
-                                       search_progress=None if as_json else search_bar)
+                                       search_progress=None if as_json else search_bar,
+                                       storage={"fp32": "f32", "fp16": "f16"}.get(storage or ""))
         except KeyboardInterrupt:
             bar.stop()
             search_bar.stop()

@@ -410,7 +410,7 @@ class _Rows:
 def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
                       images: str | os.PathLike[str] | None = None, allow_new_model: bool = False,
                       wait: bool = False, progress: Progress | None = None,
-                      search_progress: BuildProgress | None = None,
+                      search_progress: BuildProgress | None = None, storage: str | None = None,
                       chunk_rows: int = IMPORT_CHUNK_ROWS) -> ImportReport:
     """Adopt the embeddings in ``source`` into the index under its model, encoding nothing.
 
@@ -420,9 +420,14 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
     layout's ids point. Shards finished by an earlier run and unchanged since
     are skipped; Ctrl-C keeps every finished shard. An index that holds other
     models' vectors takes this one beside them only with ``allow_new_model``.
+    ``storage`` ("f32" or "f16") is how a model new to the index keeps its
+    vectors (float16: half the file, and half the writing; clip-retrieval's
+    vectors are float16 already); a model the index holds keeps its storage.
     Afterwards the approximate search index is brought up to date
     (``search_progress(done, total)`` follows it).
     """
+    if storage not in (None, "f32", "f16"):
+        raise ValueError(f"storage must be 'f32' or 'f16', not {storage!r}")
     started = time.perf_counter()
     folder = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
     images_dir = os.path.abspath(os.path.expanduser(os.fspath(images))) if images is not None else None
@@ -451,7 +456,7 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         report.roots = _roots(readers, layout, folder, images_dir)  # (refuses relative paths first)
         if record is None:
             record = store.add_model(spec.key, spec.name, spec.to_json(), _vector_shape(shards[0].vectors)[1],
-                                     logit_scale(spec), "fp32")
+                                     logit_scale(spec), "fp32", storage or "f32")
         for root in report.roots:
             store.add_root(root, kind="import")
         if progress:

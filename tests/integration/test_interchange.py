@@ -139,7 +139,8 @@ def test_import_clip_retrieval_urls_only(tmp_path: Path) -> None:
     source = tmp_path / "clip-retrieval"
     _write_shards(source, vectors, {"url": urls, "caption": [f"caption {i}" for i in range(6)]}, shards=2)
 
-    result = run_cli("import", str(source), "--index", str(tmp_path / "idx"), "--model", "ViT-B-32", "--json")
+    result = run_cli("import", str(source), "--index", str(tmp_path / "idx"), "--model", "ViT-B-32",
+                     "--storage", "fp16", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["imported"] == 6 and summary["layout"] == "clip-retrieval"
@@ -148,6 +149,7 @@ def test_import_clip_retrieval_urls_only(tmp_path: Path) -> None:
         status = index.status()
         assert status.indexed == 6 and not status.missing_roots and not status.problems
         assert sorted(status.roots) == summary["roots"]
+        assert index.model_record().storage == "f16"
         hits = index.search("@cat-2", k=3)
     assert hits[0].path == urls[2]
     names = [u.rsplit("/", 1)[1].removesuffix(".jpg") for u in urls]
