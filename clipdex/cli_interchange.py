@@ -65,8 +65,8 @@ class _RowsBar:
 @click.command("export")
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False))
 @index_option
-@click.option("--model", "-m", help="Export this model's vectors (registry name or ARCH/PRETRAINED) "
-              "[default: the index's model].")
+@click.option("--model", "-m", help="Export this model's vectors: its name as `clipdex status` shows it, or a "
+              "registry name or ARCH/PRETRAINED [default: the index's model].")
 @click.option("--shard-rows", type=click.IntRange(1, MAX_SHARD_ROWS), default=100_000, show_default=True,
               help="Photos per shard (one .npy and one .parquet each).")
 @click.option("--overwrite", is_flag=True, help="Replace an export already in DIR.")
@@ -88,9 +88,9 @@ def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_row
     from clipdex.interchange import export_embeddings
 
     bar = _RowsBar("exporting")
-    with Index.open(index_dir, model=model) as index:
+    with Index.open(index_dir) as index:
         try:
-            report = export_embeddings(index, out_dir, shard_rows=shard_rows, overwrite=overwrite,
+            report = export_embeddings(index, out_dir, model=model, shard_rows=shard_rows, overwrite=overwrite,
                                        progress=None if as_json else bar)
         finally:
             bar.stop()

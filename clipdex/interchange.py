@@ -142,10 +142,13 @@ class _LabelColumns:
     prob_column: str
 
 
-def export_embeddings(index: "Index", folder: str | os.PathLike[str], *,
+def export_embeddings(index: "Index", folder: str | os.PathLike[str], *, model: str | None = None,
                       shard_rows: int = EXPORT_SHARD_ROWS, overwrite: bool = False,
                       progress: Progress | None = None) -> ExportReport:
-    """Write the index's photos that have a vector of its model to ``folder``, by path.
+    """Write the index's photos that have a vector of ``model`` to ``folder``, by path.
+
+    ``model`` is a name or key of a model the index holds, or what
+    :func:`~clipdex.models.resolve_model` takes; default: the model the index was opened with.
 
     Photos under folders that are gone are left out. Vectors are streamed from
     the memory-mapped vector file a few thousand rows at a time; every file is
@@ -157,9 +160,8 @@ def export_embeddings(index: "Index", folder: str | os.PathLike[str], *,
         raise ValueError(f"shard_rows must be at least 1, not {shard_rows}")
     started = time.perf_counter()
     out = Path(os.path.abspath(os.path.expanduser(os.fspath(folder))))
-    _prepare_export_folder(out, overwrite)
     store = index.store
-    record = index.model_record()
+    record = _export_model(index, model)
     hidden = store.missing_roots()
     with store.snapshot() as c:  # the rows counted, the rows listed and the vectors agree
         record = store.get_model(record.key) or record
@@ -170,6 +172,7 @@ def export_embeddings(index: "Index", folder: str | os.PathLike[str], *,
                           (record.id, *args)).fetchone()[0]
         if not total:
             raise EmptyIndex(store.path, record.key, hidden)
+        _prepare_export_folder(out, overwrite)  # (now that there is something to write)
         shards = math.ceil(total / shard_rows)
         width = len(str(shards - 1))
         if progress:
@@ -196,6 +199,27 @@ def export_embeddings(index: "Index", folder: str | os.PathLike[str], *,
     _write_bytes(out / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
     return ExportReport(folder=str(out), model=record.key, dim=record.dim, rows=total, shards=shards,
                         columns=columns, seconds=time.perf_counter() - started)
+
+
+def _export_model(index: "Index", model: str | None) -> ModelRecord:
+    """The record of the model to export: by name or key among the index's, else resolved."""
+    if model is None:
+        return index.model_record()
+    records = index.store.models()
+    for record in records:
+        if model in (record.name, record.key):
+            return record
+    from clipdex.models.registry import resolve_model
+
+    try:
+        key = resolve_model(model).key
+    except ModelError:
+        key = model
+    for record in records:
+        if record.key in (key, f"{key}#int8"):
+            return record
+    raise ModelMismatch(key, [r.key for r in records], index.store.path,
+                        "Export one of its models: --model " + " or --model ".join(r.name for r in records) + ".")
 
 
 def _prepare_export_folder(out: Path, overwrite: bool) -> None:

@@ -317,9 +317,12 @@ def test_export_leaves_out_folders_that_are_gone(labelled_index: Path, tmp_path:
     with Index.open(labelled_index, **model_kwargs) as index:
         index.add(other)
     shutil.rmtree(other)
-    result = run_cli("export", str(tmp_path / "export"), "--index", str(labelled_index), "--json")
+    result = run_cli("export", str(tmp_path / "export"), "--index", str(labelled_index), "--json",
+                     "--model", "clipdex-tiny")  # a custom model, by the name status shows
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rows"] == 12
+    other_model = run_cli("export", str(tmp_path / "export2"), "--index", str(labelled_index), "-m", "ViT-B-32")
+    assert other_model.exit_code == 1 and "--model clipdex-tiny" in other_model.output
 
 
 def test_taken_at_comes_from_the_metadata(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
