@@ -18,6 +18,7 @@ re-ranking reads them through clipdex's VectorFile, as a search does.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -41,8 +42,12 @@ K = 10
 
 
 def vector_file(work: Path, rows: int) -> VectorFile:
-    """The collection of ``rows`` CLIP-like vectors as a vector file (generated once, kept in ``work``)."""
-    path = work / f"clip-like-{rows}.f32"
+    """The collection of ``rows`` CLIP-like vectors as a vector file (generated once, kept in ``work``).
+
+    The file's name carries a digest of bench/synthetic.py: a refitted generator makes a new file.
+    """
+    digest = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:8]
+    path = work / f"clip-like-{rows}-{digest}.f32"
     if not path.exists() or path.stat().st_size != rows * DIM * 4:
         work.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -76,6 +81,19 @@ def text_shift(vectors: np.ndarray) -> np.ndarray:
     return (images.mean(0) - texts.mean(0)).astype(np.float32)
 
 
+def shifted_search(index: IvfIndex, q: np.ndarray, shift: np.ndarray, nprobe: int) -> Hits:
+    """Lists chosen by the text query moved across the gap (q + shift); codes scored and re-ranked with q."""
+    ivf = index._ivf
+    nav = q + shift
+    nav /= np.linalg.norm(nav)
+    _, lists = ivf.quantizer.search(nav[None, :], nprobe)
+    centroids = ivf.quantizer.reconstruct_batch(lists[0])
+    coarse = (centroids @ q)[None, :].astype(np.float32)  # IP by residual: q.c + q.r
+    ivf.nprobe = nprobe  # the wrapper checks the lists against it (the bench searches one query at a time)
+    _, ids = ivf.search_preassigned(q[None, :], max(K, index.params.pool), lists, coarse)
+    return index._rerank(q, K, ids[0])
+
+
 def run_queries(index: IvfIndex, queries: np.ndarray, truth: np.ndarray, text: bool,
                 shift: np.ndarray | None = None) -> tuple[float, float, float]:
     """Recall@K, p50 and p99 ms of single queries."""
@@ -86,9 +104,7 @@ def run_queries(index: IvfIndex, queries: np.ndarray, truth: np.ndarray, text: b
         if shift is None:
             hits: Hits = index.search(q, K, text=text)
         else:
-            nav = q + shift
-            nav /= np.linalg.norm(nav)
-            hits = index._search_lists(q, K, int(nprobe or 1), None, navigate=nav)
+            hits = shifted_search(index, q, shift, int(nprobe or 1))
         times.append((time.perf_counter() - started) * 1e3)
         recalls.append(len(set(hits.rows.tolist()) & set(expected.tolist())) / K)
     return float(np.mean(recalls)), float(np.percentile(times, 50)), float(np.percentile(times, 99))
@@ -98,7 +114,7 @@ def build(vf: VectorFile, rows: int, params: IvfParams, work: Path) -> tuple[Ivf
     started = time.perf_counter()
     index = IvfIndex.build(vf.take, rows, DIM, params=params)
     seconds = time.perf_counter() - started
-    path = work / f"ivf-{rows}-{index.params.nlist}-{params.codes}.index"
+    path = work / f"ivf-{rows}-{index.params.nlist}-{params.codes}-{vf.path.stem.rsplit('-', 1)[1]}.index"
     index.save(path)
     return index, seconds, path.stat().st_size, path
 
@@ -155,12 +171,21 @@ def confirm(args: argparse.Namespace) -> None:
         if done == 0:
             print(f"  trained in {time.perf_counter() - progress_at[0]:.1f} s", flush=True)
 
-    started = time.perf_counter()
-    index = IvfIndex.build(vf.take, args.rows, DIM, progress=progress)
-    seconds = time.perf_counter() - started
-    path = work / f"ivf-{args.rows}-default.index"
-    index.save(path)
-    print(f"built with {index.params} in {seconds:.1f} s; {path.stat().st_size / 1e6:.0f} MB on disk", flush=True)
+    path = work / f"ivf-{args.rows}-default-{vf.path.stem.rsplit('-', 1)[1]}.index"
+    if args.reuse and path.exists():
+        index = IvfIndex.load(path, vf.take, mmap=False)
+        built = index.params  # the search parameters of today's defaults, on the lists as built
+        index.params = replace(IvfParams(train_per_list=built.train_per_list).resolved(args.rows),
+                               nlist=built.nlist, codes=built.codes)
+        index.save(path)
+        print(f"reused {path} ({index.params}); {path.stat().st_size / 1e6:.0f} MB on disk", flush=True)
+    else:
+        started = time.perf_counter()
+        index = IvfIndex.build(vf.take, args.rows, DIM, progress=progress)
+        seconds = time.perf_counter() - started
+        index.save(path)
+        print(f"built with {index.params} in {seconds:.1f} s; {path.stat().st_size / 1e6:.0f} MB on disk",
+              flush=True)
     chosen = index.params
     for name, queries, truth, text in (("image", image_q, truth_i, False), ("text", text_q, truth_t, True)):
         recall, p50, p99 = run_queries(index, queries, truth, text)
@@ -183,7 +208,7 @@ def confirm(args: argparse.Namespace) -> None:
 def load_check(args: argparse.Namespace) -> None:
     """In a fresh process: open the saved index (memory-mapped), run 50 text queries; time and peak RSS."""
     work = Path(args.work)
-    vf = VectorFile(work / f"clip-like-{args.rows}.f32", DIM)
+    vf = vector_file(work, args.rows)
     queries = np.load(work / "text-queries.npy")
     started = time.perf_counter()
     index = IvfIndex.load(Path(args.load_check), vf.take)
@@ -211,6 +236,7 @@ def main() -> None:
     parser.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shifted text queries")
     parser.add_argument("--work", default="/tmp/clipdex-ann-bench", help="where vectors and indexes are kept")
     parser.add_argument("--confirm", action="store_true", help="the defaults only, with load time and RSS")
+    parser.add_argument("--reuse", action="store_true", help="--confirm: load the index it built last time")
     parser.add_argument("--load-check", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_check:

@@ -82,18 +82,19 @@ _TRAILER = struct.Struct("<QQQ8s")  # faiss bytes, bitmap bytes, json bytes, mag
 
 
 # The defaults, from bench/ann_params.py on CLIP-like vectors of bench/synthetic.py (2-core
-# AMD EPYC; recall@10 against exact search; the table is in the README):
-# - the share of lists probed decides recall, and this generator's vectors are hard to
-#   navigate (near-Gaussian between small clusters): at 200k, IVF2048,SQ8 needs 512 of
-#   2,048 lists for image-like 0.983 and text-like 0.966; 256 gave 0.931 / 0.878.
-# - more lists at the same share recall more (IVF1024 at 25%: 0.973 / 0.939).
-# - SQ8 codes re-ranked exactly lose nothing against Flat codes at a quarter of the size;
-#   a pool of 50 recalls as much as 100 (the lists, not the codes, are what is missed).
-# - shifting text queries by the mean text-to-image gap to navigate made recall worse
-#   (0.19 against 0.59 at nprobe 64): centroids are chosen by inner product, which the
-#   gap only skews toward large centroids.
-PROBE_SHARE_IMAGE = 0.25
-PROBE_SHARE_TEXT = 0.25
+# AMD EPYC, other work on it: load average ~4; recall@10 against exact search, 100 queries
+# of each kind; the table is in the README):
+# - the share of lists probed decides recall. Image-like queries need 1/64 of the lists
+#   (200k, IVF2048: nprobe 32 -> 0.993; 1M, IVF4096: nprobe 64 -> 0.995, p50 4.5 ms);
+#   text-like ones, across the modality gap, 4x more: 1/16 (200k: nprobe 128 -> 0.961;
+#   1M: nprobe 256 -> 0.980, p50 9.6 ms, p99 13.8 ms; 1/32 gave 0.909 and 0.941).
+# - SQ8 codes re-ranked exactly recall as much as Flat codes at a quarter of the size;
+#   PQ64 is 5.6x smaller again but recalls less and trains 3x longer. A pool of 50
+#   recalled as much as 100: the lists a query misses, not the codes, lose its rows.
+# - navigating a text query by the mean text-to-image gap (lists chosen for q + gap,
+#   codes scored with q) lost recall: 0.579 against 0.795 at nprobe 16 of 1,024.
+PROBE_SHARE_IMAGE = 1 / 64
+PROBE_SHARE_TEXT = 1 / 16
 POOL = 100
 # k-means sample per list: faiss warns below 39; 40 keeps training at 1M (4,096 lists,
 # 164k points) near a minute on 2 cores.
@@ -270,22 +271,20 @@ class IvfIndex(VectorIndex):
             hits = self._search_exact(q, k, rows)
         return hits
 
-    def _search_lists(self, q: np.ndarray, k: int, nprobe: int, bitmap: np.ndarray | None,
-                      navigate: np.ndarray | None = None) -> Hits:
-        """Candidates from the ``nprobe`` nearest lists, re-ranked exactly.
-
-        ``navigate`` (the bench's study of shifted text queries) finds the
-        candidates with another vector than the one they are ranked by.
-        """
+    def _search_lists(self, q: np.ndarray, k: int, nprobe: int, bitmap: np.ndarray | None) -> Hits:
+        """Candidates from the ``nprobe`` nearest lists, re-ranked exactly."""
         if bitmap is not None:
             bits = np.packbits(bitmap, bitorder="little")  # held by this frame while faiss reads it
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bits))
             search_params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         else:
             search_params = faiss.SearchParametersIVF(nprobe=nprobe)
-        nav = q if navigate is None else navigate
-        _, ids = self._index.search(nav[None, :], max(k, self.params.pool), params=search_params)
-        candidates = np.sort(ids[0][ids[0] >= 0])
+        _, ids = self._index.search(q[None, :], max(k, self.params.pool), params=search_params)
+        return self._rerank(q, k, ids[0])
+
+    def _rerank(self, q: np.ndarray, k: int, ids: np.ndarray) -> Hits:
+        """The best ``k`` of faiss's candidate ``ids`` (-1: none), scored exactly."""
+        candidates = np.sort(ids[ids >= 0])
         if not len(candidates):
             return Hits.empty()
         return top_hits(self._read(candidates) @ q, k, candidates)
