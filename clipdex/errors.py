@@ -4,7 +4,8 @@
     ├── ModelError
     │   ├── UnknownModel          a name that is neither in the registry nor open_clip's
     │   ├── ModelUnavailable      weights missing and not downloadable
-    │   └── ModelMismatch         index holds vectors of another model
+    │   ├── ModelMismatch         index holds vectors of another model
+    │   └── DimensionMismatch     imported vectors of another dimension than the model's
     ├── IndexError_
     │   ├── IndexNotFound         no index where one was expected
     │   ├── IndexVersionError     index written by a newer clipdex
@@ -22,6 +23,7 @@
     ├── LabelSetError             a label set or label file that cannot be used
     │   └── LabelSetNotRun        a set never run on the index
     ├── TableError                a metadata table that cannot be read or joined
+    ├── InterchangeError          an export folder it cannot write, or embeddings it cannot import
     ├── OutputError               an output file (grid, CSV, heatmap…) that cannot be written
     │   └── GridError             a contact sheet too large to draw
     │       └── ImageTypeError    an image output named with a type clipdex cannot write
@@ -87,6 +89,19 @@ class ModelMismatch(ModelError):
             f"index {index} holds vectors of {', '.join(present) or 'no model'}, "
             f"not of {asked!r}. {hint}"
         )
+
+
+class DimensionMismatch(ModelError):
+    """Imported vectors whose dimension is not the model's."""
+
+    def __init__(self, where: str, found: int, model: str, key: str, expected: int) -> None:
+        self.found = found
+        self.expected = expected
+        self.model = model
+        super().__init__(
+            f"{where} holds {found}-dimensional vectors, but model {model} ({key}) makes "
+            f"{expected}-dimensional ones. Import them with the model that made them "
+            "(--model NAME, or --weights FILE [--model-config FILE.json]).")
 
 
 class IndexError_(ClipdexError):
@@ -237,6 +252,15 @@ class TableError(ClipdexError):
 
     def __init__(self, path: str, problem: str, fix: str) -> None:
         self.path = path
+        super().__init__(f"{path}: {problem}. {fix}")
+
+
+class InterchangeError(ClipdexError):
+    """An export folder that cannot be written, or a folder of embeddings that cannot be imported."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
+        self.path = str(path)
+        self.problem = problem
         super().__init__(f"{path}: {problem}. {fix}")
 
 

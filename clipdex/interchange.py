@@ -52,7 +52,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.errors import ClipdexError, EmptyIndex, IndexDamaged, ModelError, ModelMismatch
+from clipdex.errors import (
+    DimensionMismatch,
+    EmptyIndex,
+    IndexDamaged,
+    InterchangeError,
+    ModelError,
+    ModelMismatch,
+)
 from clipdex.indexer import Progress
 from clipdex.search.base import BuildProgress
 from clipdex.store import ModelRecord, NewFile, Store
@@ -93,28 +100,6 @@ TAKEN_COLUMNS = ("taken_at", "datetimeoriginal", "datetime_original", "exif_date
                  "exif_datetimeoriginal", "exif_date_time_original", "date_taken", "datetaken")
 EXIF_KEYS = ("EXIF DateTimeOriginal", "DateTimeOriginal", "Image DateTime", "DateTime")
 BASE_COLUMNS = ("image_path", "id", "path", "width", "height", "size", "mtime", "taken_at", "sha256")
-
-
-class InterchangeError(ClipdexError):
-    """An export folder that cannot be written, or a folder of embeddings that cannot be imported."""
-
-    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}. {fix}")
-
-
-class DimensionMismatch(ModelError):
-    """Imported vectors whose dimension is not the model's."""
-
-    def __init__(self, where: str, found: int, model: str, key: str, expected: int) -> None:
-        self.found = found
-        self.expected = expected
-        self.model = model
-        super().__init__(
-            f"{where} holds {found}-dimensional vectors, but model {model} ({key}) makes "
-            f"{expected}-dimensional ones. Import them with the model that made them "
-            "(--model NAME, or --weights FILE [--model-config FILE.json]).")
 
 
 # -- export ---------------------------------------------------------------------

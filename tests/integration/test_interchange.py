@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipdex import Index
-from clipdex.interchange import DimensionMismatch, import_embeddings, synthetic_hash
+from clipdex.errors import DimensionMismatch
+from clipdex.interchange import import_embeddings, synthetic_hash
 from clipdex.labels import make_label_set
 from tests.conftest import run_cli
 from tests.images import write_photos
