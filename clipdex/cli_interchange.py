@@ -12,7 +12,7 @@ import click
 from clipdex.cli import EXIT_INTERRUPTED, _console, _fail, _t, index_option
 
 if TYPE_CHECKING:
-    from clipdex.interchange import ExportReport, ImportReport
+    from clipdex.interchange import ImportReport
 
 MAX_SHARD_ROWS = 100_000_000
 
@@ -95,7 +95,9 @@ def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_row
         finally:
             bar.stop()
     if as_json:
-        click.echo(json.dumps(export_json(report), indent=2))
+        from clipdex import serialize
+
+        click.echo(json.dumps(serialize.export_report(report), indent=2))
         return
     out = _console()
     out.print(f"exported {report.rows} photos of [bold]{_t(report.model)}[/] ({report.dim}-d) to "
@@ -163,7 +165,9 @@ def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: st
             bar.stop()
             search_bar.stop()
     if as_json:
-        click.echo(json.dumps(import_json(report), indent=2))
+        from clipdex import serialize
+
+        click.echo(json.dumps(serialize.import_report(report), indent=2))
         return
     _print_import(report)
 
@@ -200,23 +204,6 @@ def _print_import(report: "ImportReport") -> None:
             out.print(f"  {row.shard} row {row.row}: {row.reason}", markup=False)
         if report.skipped > len(report.skipped_rows):
             out.print(f"  … and {report.skipped - len(report.skipped_rows)} more")
-
-
-def export_json(report: "ExportReport") -> dict[str, Any]:
-    """The JSON of an export's summary."""
-    return {"folder": report.folder, "model": report.model, "dim": report.dim, "rows": report.rows,
-            "shards": report.shards, "columns": report.columns, "seconds": round(report.seconds, 3)}
-
-
-def import_json(report: "ImportReport") -> dict[str, Any]:
-    """The JSON of an import's summary."""
-    return {"source": report.source, "model": report.model, "layout": report.layout, "rows": report.rows,
-            "imported": report.imported, "vectors_added": report.vectors_added, "reused": report.reused,
-            "skipped": report.skipped,
-            "skipped_rows": [{"shard": r.shard, "row": r.row, "reason": r.reason} for r in report.skipped_rows],
-            "shards": report.shards, "shards_imported": report.shards_imported,
-            "shards_done_before": report.shards_done_before, "roots": report.roots,
-            "seconds": round(report.seconds, 3), "search_seconds": round(report.search_seconds, 3)}
 
 
 COMMANDS: list[click.Command] = [export_cmd, import_cmd]

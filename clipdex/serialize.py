@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from clipdex.classify import Classification
     from clipdex.index import IndexStatus, PhotoLabel
     from clipdex.indexer import IndexReport
+    from clipdex.interchange import ExportReport, ImportReport
     from clipdex.search import SearchResult
     from clipdex.search.filters import SearchFilter
     from clipdex.store import FileRecord
@@ -113,3 +114,22 @@ def classification(result: "Classification", top_k: int | None = None) -> dict[s
                         **({"top": [[label, round(float(prob), 6)] for label, prob in tops[i]]}
                            if tops is not None else {})}
                        for i, p in enumerate(result.paths)]}
+
+
+def export_report(report: "ExportReport") -> dict[str, Any]:
+    """What one ``export`` wrote: ``{"folder", "model", "dim", "rows", "shards", "columns", "seconds"}``."""
+    return {"folder": report.folder, "model": report.model, "dim": report.dim, "rows": report.rows,
+            "shards": report.shards, "columns": list(report.columns), "seconds": round(report.seconds, 3)}
+
+
+def import_report(report: "ImportReport") -> dict[str, Any]:
+    """What one ``import`` did. ``skipped_rows`` names the first skipped rows (``{"shard", "row",
+    "reason"}``; ``skipped`` counts them all); ``seconds`` is the import itself, ``search_seconds``
+    bringing the approximate search index up to date afterwards."""
+    return {"source": report.source, "model": report.model, "layout": report.layout, "rows": report.rows,
+            "imported": report.imported, "vectors_added": report.vectors_added, "reused": report.reused,
+            "skipped": report.skipped,
+            "skipped_rows": [{"shard": r.shard, "row": r.row, "reason": r.reason} for r in report.skipped_rows],
+            "shards": report.shards, "shards_imported": report.shards_imported,
+            "shards_done_before": report.shards_done_before, "roots": list(report.roots),
+            "seconds": round(report.seconds, 3), "search_seconds": round(report.search_seconds, 3)}
