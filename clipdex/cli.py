@@ -179,7 +179,10 @@ class _Bar:
     """Rich progress bar that shows a rate (images/s, rows/s) and an ETA.
 
     Drive it with start/advance (the indexer's Progress), or call it with
-    (done, total) (a BuildProgress: building a search index, importing)."""
+    (done, total) (a BuildProgress: building a search index, importing).
+    Forgiving, as a progress callback must be: a second ``start`` adds no
+    second bar, ``advance`` before ``start`` (or after ``stop``) does nothing,
+    and ``stop`` is safe to call at any time; a bar stopped can start again."""
 
     def __init__(self, label: str = "indexing", unit: str = "img") -> None:
         from rich.progress import (
@@ -200,29 +203,32 @@ class _Bar:
         self.unit = unit
 
     def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.start(total)
+        self.start(total)
         if self.task is not None:
             self.progress.update(self.task, completed=done, total=total)
             self._show_rate()
 
     def start(self, total: int) -> None:
-        if total:
+        if total and self.task is None:
             self.progress.start()
-            self.task = self.progress.add_task("index", total=total, rate="")
+            self.task = self.progress.add_task(self.unit, total=total, rate="")
 
     def advance(self, count: int) -> None:
+        if self.task is None:
+            return
         self.progress.advance(self.task, count)
         self._show_rate()
 
     def _show_rate(self) -> None:
-        speed = self.progress.tasks[0].speed
+        speed = next((t.speed for t in self.progress.tasks if t.id == self.task), None)
         if speed:
             self.progress.update(self.task, rate=f"{speed:,.1f} {self.unit}/s")
 
     def stop(self) -> None:
         if self.task is not None:
             self.progress.stop()
+            self.progress.remove_task(self.task)
+            self.task = None
 
 
 @main.command("index")

@@ -16,23 +16,22 @@ if TYPE_CHECKING:
 
 
 class _ModelBars:
-    """One progress bar per model compacted (the compaction reports (done, total) per model)."""
+    """A fresh progress bar for each model compacted (the compaction reports (done, total) per
+    model: done going back means the next model)."""
 
     def __init__(self) -> None:
-        self.bar: _Bar | None = None
+        self.bar = _Bar("compacting", "rows")
         self.last = -1
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None or done < self.last:
-            self.stop()
-            self.bar = _Bar("compacting", "rows")
+        if done < self.last:
+            self.bar.stop()
         self.last = done
         self.bar(done, total)
 
     def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.bar.stop()
+        self.last = -1
 
 
 @click.command("compact")

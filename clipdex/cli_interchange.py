@@ -5,61 +5,16 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from clipdex.cli import EXIT_INTERRUPTED, _console, _fail, _t, index_option
+from clipdex.cli import EXIT_INTERRUPTED, _Bar, _console, _fail, _t, index_option
 
 if TYPE_CHECKING:
     from clipdex.interchange import ImportReport
 
 MAX_SHARD_ROWS = 100_000_000
-
-
-class _RowsBar:
-    """A rich progress bar counting rows (exported or imported), with rows/s and an ETA."""
-
-    def __init__(self, label: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=_console(stderr=True), transient=False)
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        """(done, total): how building the search index reports."""
-        self.start(total)
-        if self.task is not None:
-            self.progress.update(self.task, completed=done, total=total)
-
-    def start(self, total: int) -> None:
-        if total and self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("rows", total=total, rate="")
-
-    def advance(self, count: int) -> None:
-        if self.task is None:
-            return
-        self.progress.advance(self.task, count)
-        speed = self.progress.tasks[0].speed
-        if speed:
-            self.progress.update(self.task, rate=f"{speed:,.0f} rows/s")
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.progress.stop()
-            self.task = None
 
 
 @click.command("export")
@@ -87,7 +42,7 @@ def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_row
     from clipdex.index import Index
     from clipdex.interchange import export_embeddings
 
-    bar = _RowsBar("exporting")
+    bar = _Bar("exporting", "rows")
     with Index.open(index_dir) as index:
         try:
             report = export_embeddings(index, out_dir, model=model, shard_rows=shard_rows, overwrite=overwrite,
@@ -148,7 +103,7 @@ def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: st
         raise click.UsageError("name the model that made the vectors: --model NAME (or --weights FILE "
                                "[--model-config FILE.json])")
     _check_before_creating(source, index_dir, model, weights, model_config)
-    bar, search_bar = _RowsBar("importing"), _RowsBar("search index")
+    bar, search_bar = _Bar("importing", "rows"), _Bar("search index", "rows")
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config, create=True) as index:
         try:
             report = import_embeddings(index, source, images=images, allow_new_model=add_model, wait=wait,

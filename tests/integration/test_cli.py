@@ -156,3 +156,23 @@ def test_indexing_an_emptied_folder_says_why_every_photo_left(tmp_path: Path, ph
     assert report["indexed_total"] == total
     again = run("index", str(photos), "--index", idx, *model_args)
     assert "left the index" not in again.output  # nothing removed, no note
+
+
+def test_progress_bar_forgives_calls_out_of_order() -> None:
+    from clipdex.cli import _Bar
+
+    bar = _Bar("importing", "rows")
+    bar.advance(5)  # before start: nothing to advance, no error
+    bar.stop()  # never started: nothing to stop
+    bar.start(10)
+    bar.start(10)  # a second start adds no second bar
+    assert len(bar.progress.tasks) == 1
+    bar.advance(4)
+    assert bar.progress.tasks[0].completed == 4
+    bar.stop()
+    assert bar.task is None and not bar.progress.tasks
+    bar.advance(1)  # after stop: nothing
+    bar(3, 6)  # (done, total) starts it again, fresh
+    assert [(t.completed, t.total) for t in bar.progress.tasks] == [(3, 6)]
+    bar.stop()
+    bar.stop()
