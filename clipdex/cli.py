@@ -13,12 +13,13 @@ answers at once.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -36,6 +37,10 @@ MAX_BATCH_SIZE = 4096
 MAX_WORKERS = 256
 MAX_MEGAPIXELS = 100_000.0
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+# Commands that live in modules of their own, imported when named (those modules import this
+# one's options, so this one must not import them when it loads).
+LAZY_COMMANDS = {"export": "clipdex.cli_interchange", "import": "clipdex.cli_interchange",
+                 "compact": "clipdex.cli_compact"}
 
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
@@ -124,7 +129,27 @@ def _fail(ctx: click.Context, message: str, code: int = EXIT_ERROR) -> None:
 
 
 class ClipdexGroup(click.Group):
-    """Turns library errors, disk trouble and Ctrl-C into one clear line and an exit code."""
+    """Turns library errors, disk trouble and Ctrl-C into one clear line and an exit code.
+
+    ``lazy`` names commands by the module that defines them (in its ``COMMANDS``): the
+    module is imported only when the command is asked for (run, or listed in ``--help``)."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self.lazy:
+            return command
+        module = importlib.import_module(self.lazy[cmd_name])
+        found = {c.name: c for c in module.COMMANDS}.get(cmd_name)
+        if found is None:  # a mistake in LAZY_COMMANDS, not the user's
+            raise RuntimeError(f"{self.lazy[cmd_name]}.COMMANDS has no command {cmd_name!r}")
+        return found
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -151,7 +176,7 @@ class ClipdexGroup(click.Group):
             _fail(ctx, f"cannot use {where}: {described.problem}. {described.fix}")
 
 
-@click.group(cls=ClipdexGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ClipdexGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipdex")
 def main() -> None:
     """clipdex: search and label photo collections with CLIP (open_clip).
@@ -1022,16 +1047,6 @@ def models_list_cmd(as_json: bool) -> None:
     _console().print("Any open_clip ARCH/PRETRAINED pair also works, and --weights FILE "
                      "(--model-config FILE.json) for local or custom models.")
 
-
-def _add_commands() -> None:
-    """Commands that live in modules of their own (they import this module's options)."""
-    from clipdex import cli_compact, cli_interchange
-
-    for command in (*cli_interchange.COMMANDS, *cli_compact.COMMANDS):
-        main.add_command(command)
-
-
-_add_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,4 +1,4 @@
-"""clipdex's compact commands (registered on the main command group by clipdex.cli):
+"""clipdex's compact commands (imported by clipdex.cli's main group when named, see its LAZY_COMMANDS):
 ``clipdex compact`` gives back the vector rows no indexed photo uses any more
 (see :mod:`clipdex.store.compact`)."""
 

@@ -1,4 +1,4 @@
-"""clipdex's interchange commands (registered on the main command group by clipdex.cli):
+"""clipdex's interchange commands (imported by clipdex.cli's main group when named, see its LAZY_COMMANDS):
 ``clipdex export DIR`` and ``clipdex import DIR``, in clip-retrieval's layout
 (see :mod:`clipdex.interchange`)."""
 

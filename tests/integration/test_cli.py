@@ -104,6 +104,29 @@ def test_help_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False False"
 
 
+def test_commands_in_modules_of_their_own_load_when_named() -> None:
+    listing = run("--help")
+    assert listing.exit_code == 0, listing.output
+    for name, summary in (("export", "Write the index's vectors"), ("import", "Adopt the embeddings in DIR"),
+                          ("compact", "Give back the disk space")):
+        assert re.search(rf"^\s+{name}\s+{re.escape(summary)}", listing.output, re.MULTILINE), listing.output
+    helped = run("import", "--help")
+    assert helped.exit_code == 0 and "import [OPTIONS] DIR" in helped.output, helped.output
+    assert run("nope").exit_code == 2  # an unknown name is still click's usage error
+
+
+def test_command_modules_import_first_in_a_fresh_process() -> None:
+    code = ("import sys; import clipdex.cli; lazy = 'clipdex.cli_interchange' in sys.modules; "
+            "import clipdex.cli_interchange, clipdex.cli_compact; "
+            "print(lazy, [c.name for c in clipdex.cli_interchange.COMMANDS + clipdex.cli_compact.COMMANDS])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "False ['export', 'import', 'compact']"
+    for module in ("clipdex.cli_interchange", "clipdex.cli_compact"):  # before clipdex.cli: no import cycle
+        alone = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+        assert alone.returncode == 0, alone.stderr
+
+
 def test_models_list_shows_the_registry() -> None:
     result = run("models", "list", "--json")
     rows = json.loads(result.output)
@@ -112,10 +135,14 @@ def test_models_list_shows_the_registry() -> None:
 
 
 def _commands(group: object, prefix: str = "") -> list[str]:
+    """Every command's full name, the ones loaded on demand too (as `clipdex --help` lists them)."""
     import click
 
+    assert isinstance(group, click.Group)
+    ctx = click.Context(group)
     names = []
-    for name, command in sorted(group.commands.items()):  # type: ignore[attr-defined]
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         full = f"{prefix}{name}"
         if isinstance(command, click.Group):
             names += _commands(command, full + " ")
