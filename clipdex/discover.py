@@ -89,6 +89,11 @@ def display_path(path: str) -> str:
     Bytes that are not UTF-8 and control characters are shown as ``\\xNN``
     escapes; any other path is returned unchanged.
     """
+    # The common case, first and cheaply (every imported row's path comes here): a printable
+    # string holds no control character and no surrogate escape (Unicode's Cc and Cs are not
+    # printable), so there is nothing to escape.
+    if path.isprintable():
+        return path
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:

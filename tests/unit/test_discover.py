@@ -97,6 +97,27 @@ def test_display_path() -> None:
     assert display_path("/a/tab\t.jpg") == "/a/tab\\x09.jpg"
 
 
+def test_display_path_shortcut_changes_nothing() -> None:
+    """Printable paths skip the escaping: for characters printable or not, and the surrogate
+    escapes of bytes that are not UTF-8, the result is what the escaping alone gives."""
+    import re
+
+    control = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+    def escaped(path: str) -> str:  # display_path without its shortcut
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            path = os.fsencode(path).decode("utf-8", "backslashreplace")
+        return control.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
+
+    chars = [*range(0x3000), *range(0xDC80, 0xDD00), 0xFEFF, 0xFFFD, 0x1F600, 0xE0001, 0x10FFFF]
+    for c in chars:
+        path = f"/photos/{chr(c)}.jpg"
+        assert display_path(path) == escaped(path), hex(c)
+    assert display_path("") == "" and display_path("/Urlaub Köln/café 1.jpg") == "/Urlaub Köln/café 1.jpg"
+
+
 def test_two_files_that_would_share_a_display_name(tmp_path: Path) -> None:
     (tmp_path / "caf\\xe9.jpg").write_bytes(b"x")  # a real backslash in the name
     _touch(os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg")
