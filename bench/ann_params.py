@@ -35,10 +35,12 @@ import synthetic
 
 from clipdex.search.ann import IvfIndex, IvfParams
 from clipdex.search.base import Hits
+from clipdex.search.exact import ExactIndex
 from clipdex.store.vectors import VectorFile
 
 DIM = synthetic.DIM
 K = 10
+ADD_ROWS = 10_000
 
 
 def vector_file(work: Path, rows: int) -> VectorFile:
@@ -198,6 +200,21 @@ def confirm(args: argparse.Namespace) -> None:
         print(f"  nprobe {nprobe:>5}: image {ri:.3f} p50 {pi50:.2f} p99 {pi99:.2f} ms | "
               f"text {rt:.3f} p50 {pt50:.2f} p99 {pt99:.2f} ms (load average {os.getloadavg()[0]:.1f})", flush=True)
     index.params = chosen
+    new_rows = np.arange(args.rows, args.rows + ADD_ROWS)
+    started = time.perf_counter()
+    index.add(new_rows, vf.take(np.arange(ADD_ROWS)))
+    added = time.perf_counter() - started
+    started = time.perf_counter()
+    index.remove(new_rows)
+    print(f"  add {ADD_ROWS:,} rows: {added:.2f} s; remove them: {time.perf_counter() - started:.2f} s", flush=True)
+    exact = ExactIndex(vf.read(args.rows), DIM)
+    times = []
+    for q in text_q[:30]:
+        started = time.perf_counter()
+        exact.search(q, K)
+        times.append((time.perf_counter() - started) * 1e3)
+    print(f"  exact search, warm: p50 {np.percentile(times, 50):.1f} ms, p99 {np.percentile(times, 99):.1f} ms "
+          f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     del index
     np.save(work / "text-queries.npy", text_q[:50])
     out = subprocess.run([sys.executable, __file__, "--load-check", str(path), "--rows", str(args.rows),

@@ -365,7 +365,7 @@ class IvfIndex(VectorIndex):
             params = IvfParams(**header["params"])
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0)
             faiss.extract_index_ivf(index)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, MemoryError) as e:
             raise VectorIndexUnusable(path, f"it is corrupt ({str(e).splitlines()[0][:200]})") from None
         rows = int(np.count_nonzero(present))
         if int(index.ntotal) != rows or int(header.get("ntotal", -1)) != rows or index.d != header.get("dim"):

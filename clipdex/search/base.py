@@ -148,6 +148,12 @@ def check_query(query: np.ndarray, dim: int, k: int) -> np.ndarray:
     return q
 
 
+# Above this many scores, top_hits first keeps only the rows above a threshold estimated
+# from a sample: one comparison pass (~0.5 ms at 1M) instead of a partition (12-24 ms).
+PREFILTER_ROWS = 65_536
+PREFILTER_SAMPLE = 4_096
+
+
 def top_hits(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> Hits:
     """The best ``k`` of ``rows`` (default: 0..len(scores)-1) by ``scores``.
 
@@ -162,10 +168,14 @@ def top_hits(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> Hits
     if want <= 0:
         return Hits.empty()
     scores = np.asarray(scores, dtype=np.float32)
-    if np.isnan(scores).any():
+    if np.isnan(scores.min()):  # min propagates NaN: one pass, nothing allocated
         scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)
+    if n >= PREFILTER_ROWS:
+        picked = _above_estimate(scores, want)
+        if picked is not None:
+            return top_hits(scores[picked], want, picked if rows is None else rows[picked])
     if want < n:
-        threshold = scores[np.argpartition(-scores, want - 1)[want - 1]]
+        threshold = scores[np.argpartition(scores, n - want)[n - want]]
         above = np.flatnonzero(scores > threshold)
         tied = np.flatnonzero(scores == threshold)
         if len(tied) > want - len(above):  # the lowest rows among the tied
@@ -178,6 +188,24 @@ def top_hits(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> Hits
     top_rows = top if rows is None else rows[top]
     order = np.lexsort((top_rows, -scores[top]))
     return Hits(np.asarray(top_rows[order], dtype=np.int64), scores[top[order]])
+
+
+def _above_estimate(scores: np.ndarray, want: int) -> np.ndarray | None:
+    """Indexes of every score at or above a threshold that a sample puts above the ``want``-th best.
+
+    Every row tied with the ``want``-th best is among them, so the order of ties
+    is kept. None when the estimate keeps fewer than ``want`` rows or too many to
+    help (a quarter of them): the caller partitions all of them instead.
+    """
+    n = len(scores)
+    sample = scores[::max(1, n // PREFILTER_SAMPLE)]
+    # ~2x want rows expected above the m-th best of the sample
+    m = min(len(sample), max(1, -(-2 * want * len(sample) // n)))
+    threshold = np.partition(sample, len(sample) - m)[len(sample) - m]
+    if threshold == -np.inf:
+        return None
+    picked = np.flatnonzero(scores >= threshold)
+    return picked if want <= len(picked) <= n // 4 else None
 
 
 def merge_hits(parts: list[Hits], k: int) -> Hits:

@@ -135,7 +135,7 @@ class ExactIndex(VectorIndex):
             return Hits.empty()
         # Masked rows go to -inf, damaged ones just above: the best `eligible` never
         # reach a masked row, and a damaged row still ranks last among the rest.
-        if np.isnan(scores).any():
+        if np.isnan(scores.min()):
             scores[np.isnan(scores)] = _DAMAGED
         if keep is not None:
             scores[~keep] = -np.inf

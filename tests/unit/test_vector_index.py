@@ -348,3 +348,22 @@ def test_ivf_automatic_parameters() -> None:
     p = IvfParams().resolved(1_000_000)
     assert p.nlist == 4096 and p.nprobe is not None and p.nprobe_text is not None
     assert p.nprobe_text >= p.nprobe
+
+
+def test_top_hits_on_many_rows_keeps_the_total_order() -> None:
+    """Above PREFILTER_ROWS, top_hits narrows to rows above a sampled threshold: ties, masks and NaN still hold."""
+    from clipdex.search.base import PREFILTER_ROWS, top_hits
+
+    rng = np.random.default_rng(11)
+    n = PREFILTER_ROWS * 2
+    for decimals, k in [(2, 10), (3, 500), (5, 1), (1, 50)]:
+        scores = np.round(rng.random(n), decimals).astype(np.float32)
+        scores[rng.random(n) < 0.3] = -np.inf  # masked rows
+        scores[rng.integers(0, n, 4)] = np.nan  # damaged rows
+        clean = np.where(np.isnan(scores), -np.inf, scores)
+        expected = np.lexsort((np.arange(n), -clean))[:k]
+        hits = top_hits(scores, k)
+        assert hits.rows.tolist() == expected.tolist()
+        rows = np.arange(n, dtype=np.int64)[::-1].copy()  # rows given: ties go to the lowest row
+        hits = top_hits(scores, k, rows)
+        assert hits.rows.tolist() == rows[np.lexsort((rows, -clean))[:k]].tolist()
