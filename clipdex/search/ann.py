@@ -53,15 +53,18 @@ from clipdex.search.base import (
 )
 
 # Fewer rows than this and the engine searches exactly (IvfIndex.build refuses with
-# automatic parameters): an exact search of 50k rows takes ~2 ms.
+# automatic parameters): exact search of 50k rows takes ~12 ms on 2 cores (200k: ~45 ms).
 MIN_ROWS = 50_000
 MIN_POINTS_PER_LIST = 39  # faiss's own floor for k-means: fewer and the centroids are noise
 NLIST_MIN, NLIST_MAX = 64, 65_536
 BUILD_CHUNK_ROWS = 65_536  # rows read and added at a time (128 MB at dim 512)
 EXACT_CHUNK_ROWS = 16_384  # rows read at a time when scoring exactly through the reader
-# An allowed set this small is scored exactly (reading its vectors: ~5 ms for 20k rows warm)
-# rather than through the lists, where its members may be too thinly spread.
-EXACT_ALLOWED_ROWS = 20_000
+# An allowed set this small is scored exactly (its vectors read through the reader)
+# rather than through the lists, where its members are thinly spread. At 1M rows (text
+# queries, 2-core EPYC under load): 10k rows exactly 16 ms with a reader over one
+# long-lived memory map (92 ms through VectorFile.take, which maps the file per call);
+# 20k rows through the lists, bitmap-filtered, 6-40 ms.
+EXACT_ALLOWED_ROWS = 10_000
 # A filtered search probes more lists the fewer rows are allowed (up to this factor),
 # since the allowed rows nearest the query may lie in lists further away.
 FILTER_NPROBE_BOOST = 4.0
@@ -85,9 +88,9 @@ _TRAILER = struct.Struct("<QQQ8s")  # faiss bytes, bitmap bytes, json bytes, mag
 # AMD EPYC, other work on it: load average ~4; recall@10 against exact search, 100 queries
 # of each kind; the table is in the README):
 # - the share of lists probed decides recall. Image-like queries need 1/64 of the lists
-#   (200k, IVF2048: nprobe 32 -> 0.993; 1M, IVF4096: nprobe 64 -> 0.995, p50 4.5 ms);
+#   (200k, IVF2048: nprobe 32 -> 0.993; 1M, IVF4096: nprobe 64 -> 0.995, p50 3.3 ms, p99 8.5);
 #   text-like ones, across the modality gap, 4x more: 1/16 (200k: nprobe 128 -> 0.961;
-#   1M: nprobe 256 -> 0.980, p50 9.6 ms, p99 13.8 ms; 1/32 gave 0.909 and 0.941).
+#   1M: nprobe 256 -> 0.980, p50 7.0 ms, p99 12.1 ms; 1/32 gave 0.909 and 0.941).
 # - SQ8 codes re-ranked exactly recall as much as Flat codes at a quarter of the size;
 #   PQ64 is 5.6x smaller again but recalls less and trains 3x longer. A pool of 50
 #   recalled as much as 100: the lists a query misses, not the codes, lose its rows.
@@ -97,7 +100,7 @@ PROBE_SHARE_IMAGE = 1 / 64
 PROBE_SHARE_TEXT = 1 / 16
 POOL = 100
 # k-means sample per list: faiss warns below 39; 40 keeps training at 1M (4,096 lists,
-# 164k points) near a minute on 2 cores.
+# 164k points) at 128 s on 2 cores under load, the whole build at 222 s.
 TRAIN_PER_LIST = 40
 
 
