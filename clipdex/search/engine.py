@@ -38,10 +38,10 @@ from clipdex.store.vectors import ShortVectorFile, VectorFile, unit_rows
 
 log = logging.getLogger(__name__)
 
-# Below this many rows exact search answers a query in a few milliseconds (about
-# 7 ms at 200k x 512 on a 2-core EPYC, bench/search_scale.py), and an approximate
-# index would only cost building and recall.
-ANN_MIN_ROWS = 200_000
+# Below this many rows exact search answers a query in milliseconds (it reads every
+# vector: ~10-20 ms at 100k x 512 on a 2-core EPYC, memory bandwidth bound), and an
+# approximate index would only cost building and recall (bench/search_scale.py).
+ANN_MIN_ROWS = 100_000
 # Rows committed after the approximate index was saved are searched exactly beside it,
 # up to this many; beyond, the whole search is exact until the index is updated.
 TAIL_MAX_ROWS = 50_000
@@ -189,29 +189,35 @@ def _damaged(store: Store, record: ModelRecord) -> IndexDamaged:
                         "Search again; if it persists, run `clipdex status --verify`.")
 
 
-def _load_ann(path: Path, record: ModelRecord, vector_file: VectorFile,
-              matrix: np.ndarray) -> tuple[VectorIndex | None, str | None]:
-    """The approximate index at ``path`` when it matches the vector file, else (None, why)."""
+def _load_ann(path: Path, record: ModelRecord, vector_file: VectorFile, matrix: np.ndarray, *,
+              shared: bool = True) -> tuple[VectorIndex | None, str | None]:
+    """The approximate index at ``path`` when it matches the vector file, else (None, why).
+
+    ``shared``: the process's loaded copy, which searches use (never changed in place);
+    otherwise a copy of its own that the caller may change (an update)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None, None
     key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    with _loaded_lock:
-        ann = _loaded.get(key)
-        if ann is not None:
-            _loaded.move_to_end(key)
+    ann = None
+    if shared:
+        with _loaded_lock:
+            ann = _loaded.get(key)
+            if ann is not None:
+                _loaded.move_to_end(key)
     if ann is None:
         from clipdex.search.ann import IvfIndex
 
         try:
             ann = IvfIndex.load(path, _FileReader(vector_file, matrix))
         except VectorIndexUnusable as e:
-            return None, f"cannot be read ({e})"
-        with _loaded_lock:
-            _loaded[key] = ann
-            while len(_loaded) > LOADED_MAX:
-                _loaded.popitem(last=False)
+            return None, f"cannot be read ({e.reason})"
+        if shared:
+            with _loaded_lock:
+                _loaded[key] = ann
+                while len(_loaded) > LOADED_MAX:
+                    _loaded.popitem(last=False)
     problem = _mismatch(ann, record, matrix)
     return (None, problem) if problem else (ann, None)
 
@@ -289,7 +295,8 @@ def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = 
         raise _damaged(store, record) from None
     from clipdex.search.ann import IvfIndex
 
-    ann, problem = _load_ann(path, record, vector_file, matrix)
+    # A copy of its own: searches in this process (other threads) keep the loaded one.
+    ann, problem = _load_ann(path, record, vector_file, matrix, shared=False)
     if ann is not None:
         covered = ann.stats().covered
         if covered == record.rows:

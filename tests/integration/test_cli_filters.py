@@ -75,4 +75,4 @@ def test_bad_filters_are_one_clear_line(cli_index: str, model_args: list[str], t
 def test_status_says_how_the_index_is_searched(cli_index: str) -> None:
     result = run_cli("status", "--index", cli_index)
     assert result.exit_code == 0, result.output
-    assert "search   exact search (fewer than 200,000 photos)" in result.output
+    assert "search   exact search (fewer than 100,000 photos)" in result.output
