@@ -17,7 +17,8 @@ Every step leaves the index searchable and correct, whatever kills the process:
 Killed before 2 commits: the old file and the old catalog still agree, and the
 new file is a leftover. Killed after: the new ones agree, and the old file is a
 leftover. The next compaction deletes leftovers: files in ``vectors/`` named
-``model-…`` that are not, and do not start with, a file the catalog references.
+``model-…`` that are not, and do not start with, a file the catalog references, and
+the hidden temporary files (``.model-….tmp``) of a save that was killed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from clipdex.store.vectors import VectorFile, unit_rows
 
 COMPACT_CHUNK_ROWS = 32_768  # rows copied at a time: 64 MB at dim 512 float32 (bounded memory)
 VECTOR_FILE_NAME = re.compile(r"model-\d+[.]")  # what a compaction may delete in vectors/ (when unreferenced)
+# The temporary file of a vector or approximate index file being replaced (clipdex.fileio.replacing
+# names it ``.model-1.f32.ivf.XXXX.tmp``): a SIGKILL mid-save leaves it. Only the writer's lock holder
+# writes one, so one found holding that lock is a leftover, whichever file it was to replace.
+REPLACING_FILE_NAME = re.compile(r"[.]model-\d+[.].*[.]tmp\Z")
 
 CompactProgress = Callable[[int, int], None]  # (rows copied, rows to copy) for one model
 
@@ -118,7 +123,8 @@ def remove_leftovers(store: Store) -> tuple[list[str], int]:
     """Delete the files a killed compaction left in ``vectors/``; (names, bytes) deleted.
 
     Only files named ``model-…`` go, and never one the catalog references or one named
-    after a referenced file (``model-1.f32.ivf``, the approximate index beside it).
+    after a referenced file (``model-1.f32.ivf``, the approximate index beside it); and the
+    temporary files of a killed save (``.model-1.f32.ivf.XXXX.tmp``), referenced or not.
     Call it holding the writer's lock: no other process then creates vector files."""
     folder = store.path / "vectors"
     if not folder.is_dir():
@@ -128,10 +134,13 @@ def remove_leftovers(store: Store) -> tuple[list[str], int]:
     freed = 0
     for path in sorted(folder.iterdir()):
         name = path.name
-        if not VECTOR_FILE_NAME.match(name) or not path.is_file():
+        if not path.is_file():
             continue
-        if any(name == ref or name.startswith(ref + ".") for ref in referenced):
-            continue
+        if not REPLACING_FILE_NAME.match(name):
+            if not VECTOR_FILE_NAME.match(name):
+                continue
+            if any(name == ref or name.startswith(ref + ".") for ref in referenced):
+                continue
         size = path.stat().st_size
         _discard(path)
         removed.append(f"vectors/{name}")
