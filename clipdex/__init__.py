@@ -8,6 +8,7 @@ load on first use.
 from clipdex.errors import (
     ClipdexError,
     EmptyIndex,
+    FilterError,
     ImageDecodeError,
     IndexDamaged,
     IndexLocked,
@@ -26,11 +27,13 @@ from clipdex.index import Index, IndexCounts, IndexStatus
 from clipdex.indexer import Failure, IndexReport, IndexSettings
 from clipdex.models import ModelSpec, list_models, resolve_model
 from clipdex.search import QueryTerm, SearchResult, parse_query
+from clipdex.search.filters import SearchFilter
 
 __all__ = [
     "ClipdexError",
     "EmptyIndex",
     "Failure",
+    "FilterError",
     "ImageDecodeError",
     "Index",
     "IndexCounts",
@@ -50,6 +53,7 @@ __all__ = [
     "PhotoFolderError",
     "QueryError",
     "QueryTerm",
+    "SearchFilter",
     "SearchResult",
     "UnknownModel",
     "list_models",

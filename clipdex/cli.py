@@ -946,7 +946,7 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
     out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
     for m in status.models:
         out.print(f"model    {m.name} ({m.key}), {m.dim}-d {m.precision}: {m.photos} photos", markup=False)
-        if m.search:
+        if m.search and not m.search_stale:  # a stale one is a problem, listed below with its fix
             out.print(f"search   {m.search}", markup=False)
         if m.reclaimable_bytes:
             out.print(f"space    {_size(m.reclaimable_bytes)} reclaimable (vectors no photo uses any more): "

@@ -27,8 +27,8 @@ from clipdex.classify import Classification, build_classifier, classify
 from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
-    FilterError,
     IndexDamaged,
+    IndexStorageError,
     LabelSetError,
     LabelSetNotRun,
     ModelError,
@@ -44,15 +44,24 @@ from clipdex.labels import UNCERTAIN, LabelSet, label_set_from_json
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query
 from clipdex.search.base import BuildProgress
-from clipdex.search.engine import ModelSearch, RefreshReport, SearchBackend, ann_path, backend_of, refresh
-from clipdex.search.filters import SearchFilter
+from clipdex.search.engine import (
+    ModelSearch,
+    RefreshReport,
+    SearchBackend,
+    ann_path,
+    backend_of,
+    forget_under,
+    refresh,
+)
+from clipdex.search.filters import SearchFilter, check_folder
 from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
 from clipdex.store.catalog import index_option
-from clipdex.store.rows import allowed_rows, photos_of_rows, row_of_file
+from clipdex.store.rows import allowed_rows, indexed_paths, photos_of_rows, row_of_file
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
+    from clipdex.store.compact import CompactReport
 
 log = logging.getLogger(__name__)
 MAX_K = 10_000
@@ -62,6 +71,7 @@ MAX_OFFSET = 100_000  # the deepest result a page may reach (an approximate sear
 # when that was not enough.
 EXTRA_ROWS = 16
 WIDEN = 4
+ALLOWED_CACHED = 8  # filters whose allowed rows are kept (a few people paging at once)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -149,6 +159,7 @@ class Index:
         self._spec: ModelSpec | None = None
         self._searchable: tuple[int, Searchable] | None = None
         self._engines: dict[tuple[object, ...], ModelSearch] = {}
+        self._allowed_cache: dict[tuple[object, ...], np.ndarray] = {}
         self._classifications: dict[str, tuple[object, Classification]] = {}
         self._status: tuple[object, IndexStatus] | None = None
         # Held for the index's SQLite reads and caches (one connection, not thread-safe);
@@ -189,6 +200,8 @@ class Index:
     def close(self) -> None:
         self._engines = {}  # their memory maps hold the vector files open
         self._searchable = None
+        self._allowed_cache = {}
+        forget_under(self.path)  # and so do the approximate indexes this process loaded
         self.store.close()
 
     def __enter__(self) -> "Index":
@@ -330,7 +343,15 @@ class Index:
             self.store.release_lock()
 
     def _refresh_search(self, progress: BuildProgress | None) -> list[RefreshReport]:
-        reports = [refresh(self.store, record, progress) for record in self.store.models()]
+        reports = []
+        for record in self.store.models():
+            try:
+                reports.append(refresh(self.store, record, progress))
+            except OSError as e:  # a full disk: what was indexed stays; search is exact meanwhile
+                path = ann_path(self.store, record)
+                log.warning("could not save the approximate search index %s (%s); searches stay exact "
+                            "until the next `clipdex index` succeeds", path, e.strerror or e)
+                reports.append(RefreshReport(record.key, "failed", record.rows, 0.0, str(e)))
         for report in reports:
             if report.action in ("built", "updated"):
                 log.info("approximate search index of %s %s: %s rows in %.1f s (%s)", report.model,
@@ -372,6 +393,24 @@ class Index:
             self.store.release_lock()
             self._searchable = None
         return removed
+
+    def compact(self, progress: BuildProgress | None = None, search_progress: BuildProgress | None = None, *,
+                wait: bool = False) -> "CompactReport":
+        """Rewrite every model's vector file without the vectors no photo uses any more, then
+        rebuild what is built on row numbers (the approximate search index); see
+        :func:`clipdex.store.compact.compact`. Safe to kill at any point."""
+        from clipdex.store.compact import compact
+
+        report = compact(self.store, progress, wait=wait)
+        self._engines = {}
+        forget_under(self.path)
+        self.refresh_search(search_progress, wait=wait)
+        return report
+
+    @_locked
+    def indexed_paths(self) -> list[str]:
+        """Every searchable photo's path, sorted (folders that are gone left out; no vector read)."""
+        return indexed_paths(self.store, self.store.missing_roots())
 
     def prune_missing(self) -> list[str]:
         """Forget every indexed folder that no longer exists (with its photos); returns them."""
@@ -473,7 +512,11 @@ class Index:
         with self.lock:
             plan = self._plan(filters, exact)
             record = self.photo(file_id)
-            row = row_of_file(self.store, plan.engine.record, file_id)
+            with self.store.snapshot():
+                current = self.store.get_model(plan.engine.record.key)
+                if current is not None and current.generation != plan.engine.record.generation:
+                    plan = self._plan(filters, exact)  # compacted meanwhile: the new numbering
+                row = row_of_file(self.store, plan.engine.record, file_id)
         if row is None:
             raise QueryError(f"more like photo #{file_id}", f"{record.path} has no vector of this "
                              "model yet; run `clipdex index` on its folder")
@@ -514,18 +557,30 @@ class Index:
             self._check_label(*filters.label)
         if filters and filters.folders:
             self._check_folders(filters.folders)
-        allowed = (allowed_rows(self.store, record, filters, hidden) if filters or hidden else None)
+        # Folders that are gone (an unplugged disk) hide their photos when rows are mapped to
+        # photos; only a filter makes the allowed rows worth a query of their own.
+        allowed = self._allowed(engine.record, filters, hidden) if filters else None
         return _Plan(engine, filters, hidden, allowed, exact)
 
+    def _allowed(self, record: ModelRecord, filters: SearchFilter | None,
+                 hidden: tuple[str, ...]) -> np.ndarray:
+        """The rows a filter allows, kept until the catalog changes (paging through a filtered
+        search, or scrolling on, asks for the same rows again)."""
+        key = (record.id, record.generation, filters, hidden, self.store.stamp())
+        found = self._allowed_cache.get(key)
+        if found is None:
+            found = allowed_rows(self.store, record, filters, hidden)
+            if len(self._allowed_cache) >= ALLOWED_CACHED:
+                self._allowed_cache.pop(next(iter(self._allowed_cache)))
+            self._allowed_cache[key] = found
+        return found
+
     def _check_folders(self, folders: Sequence[str]) -> None:
-        """A folder filter must name a folder the index holds photos of (inside or around one
-        of its folders): anything else is a typo, not an empty result."""
+        """A folder filter must name a folder the index holds photos of (one of its folders, or
+        inside or around one): anything else is a typo, not an empty result."""
         roots = self.store.roots()
         for folder in folders:
-            shown = display_path(folder).rstrip(os.sep) or os.sep
-            if not any(shown == r or _inside(shown, r) or _inside(r, shown) for r in roots):
-                raise FilterError(f"--folder {shown}", "is not a folder of this index",
-                                  f"Its folders are: {', '.join(roots) or 'none yet'} (or folders inside them).")
+            check_folder(display_path(folder), roots, "`clipdex status` lists them")
 
     def _check_label(self, name: str, label: str) -> None:
         labels = self.classification_labels(name)  # raises LabelSetNotRun
@@ -550,15 +605,21 @@ class Index:
         replanned = 0
         while True:
             hits = engine.search(query_vector, want, plan.allowed, text)
-            with self.lock:
+            with self.lock, self.store.snapshot():  # the generation and the photos read as one
                 current = self.store.get_model(engine.record.key)
-                if current is not None and current.generation != engine.record.generation and replanned < 2:
-                    # Rows were renumbered (another process compacted) since they were ranked:
-                    # rank again with the new numbering, never map old rows to new photos.
+                renumbered = current is not None and current.generation != engine.record.generation
+                if not renumbered:
+                    photos = photos_of_rows(self.store, engine.record, hits.rows, plan.filters, plan.hidden)
+            if renumbered:
+                if replanned >= 2:
+                    raise IndexStorageError(self.path, "the index was compacted again and again while "
+                                            "searching it", "Search again once `clipdex compact` is done.")
+                # Rows were renumbered (another process compacted) since they were ranked: rank
+                # again with the new numbering, never map old rows to new photos.
+                with self.lock:
                     plan, replanned = self._plan(plan.filters, plan.exact), replanned + 1
-                    engine = plan.engine
-                    continue
-                photos = photos_of_rows(self.store, engine.record, hits.rows, plan.filters, plan.hidden)
+                engine = plan.engine
+                continue
             if len(photos) >= need or len(hits) < want:
                 break
             if plan.allowed is None and want >= 4 * (need + EXTRA_ROWS):
@@ -864,10 +925,6 @@ def _with_label(filters: SearchFilter | None, label: tuple[str, str] | None) -> 
         return filters or None
     base = filters or SearchFilter()
     return SearchFilter(label=label, folders=base.folders, after=base.after, before=base.before)
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _stat_key(path: Path) -> tuple[int, ...]:

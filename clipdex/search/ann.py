@@ -220,6 +220,9 @@ class IvfIndex(VectorIndex):
         self._present[r] = True
         self._rows = int(np.count_nonzero(self._present))
 
+    def held(self) -> np.ndarray:
+        return np.flatnonzero(self._present).astype(np.int64)
+
     def remove(self, rows: np.ndarray) -> None:
         r = check_rows(rows)
         r = r[r < len(self._present)]

@@ -111,6 +111,10 @@ class VectorIndex(abc.ABC):
         """
 
     @abc.abstractmethod
+    def held(self) -> np.ndarray:
+        """The rows it can return, sorted (int64)."""
+
+    @abc.abstractmethod
     def remove(self, rows: np.ndarray) -> None:
         """Never return ``rows`` again (rows it does not hold are ignored)."""
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import IndexDamaged
-from clipdex.search.base import BuildProgress, Hits, VectorIndex, VectorIndexStats, VectorIndexUnusable
+from clipdex.search.base import BuildProgress, Hits, VectorIndex, VectorIndexStats, VectorIndexUnusable, merge_hits
 from clipdex.search.exact import ExactIndex
 from clipdex.store.catalog import ModelRecord, Store
 from clipdex.store.vectors import ShortVectorFile, VectorFile, unit_rows
@@ -122,7 +122,8 @@ class ModelSearch:
                                              "`clipdex index` on any of its folders to build it)", stale=True)
             return
         stats = ann.stats()
-        tail = record.rows - stats.covered
+        covered = int(ann.meta.get("rows", stats.covered))  # rows of the file it was brought up to
+        tail = record.rows - covered
         if tail > TAIL_MAX_ROWS:
             self.exact = ExactIndex(self.matrix, record.dim)
             self.backend = SearchBackend("exact", f"exact search: the approximate index lacks the newest "
@@ -130,10 +131,10 @@ class ModelSearch:
             return
         self.exact = None
         self.ann = ann
-        self.covered = stats.covered
+        self.covered = covered
         if tail:
             self.tail = ExactIndex(None, record.dim)
-            rows = np.arange(stats.covered, record.rows, dtype=np.int64)
+            rows = np.arange(covered, record.rows, dtype=np.int64)
             self.tail.add(rows, self.read(rows))
         built = time.strftime("%Y-%m-%d %H:%M", time.localtime(stats.built_at)) if stats.built_at else "?"
         fresh = "up to date" if not tail else f"{tail:,} newest photos searched exactly beside it"
@@ -165,20 +166,13 @@ class ModelSearch:
             if self.tail is not None:
                 in_tail = None if allowed is None else allowed[allowed >= self.covered]
                 if in_tail is None or len(in_tail):
-                    hits = _merge(hits, self.tail.search(query, k, in_tail, text=text), k)
+                    hits = merge_hits([hits, self.tail.search(query, k, in_tail, text=text)], k)
         return hits
 
 
 def _describe(stats: VectorIndexStats) -> str:
     shown = ", ".join(f"{k} {v}" for k, v in stats.params.items() if k in ("nlist", "codes", "nprobe_text"))
     return f"{stats.kind.upper()} {shown}".strip()
-
-
-def _merge(a: Hits, b: Hits, k: int) -> Hits:
-    rows = np.concatenate([a.rows, b.rows])
-    scores = np.concatenate([a.scores, b.scores])
-    order = np.lexsort((rows, -scores))[:k]
-    return Hits(rows[order], scores[order])
 
 
 def _damaged(store: Store, record: ModelRecord) -> IndexDamaged:
@@ -215,6 +209,8 @@ def _load_ann(path: Path, record: ModelRecord, vector_file: VectorFile, matrix: 
             return None, f"cannot be read ({e.reason})"
         if shared:
             with _loaded_lock:
+                for stale in [k for k in _loaded if k[0] == key[0]]:  # an older file of that path
+                    del _loaded[stale]
                 _loaded[key] = ann
                 while len(_loaded) > LOADED_MAX:
                     _loaded.popitem(last=False)
@@ -224,7 +220,7 @@ def _load_ann(path: Path, record: ModelRecord, vector_file: VectorFile, matrix: 
 
 def _mismatch(ann: VectorIndex, record: ModelRecord, matrix: np.ndarray) -> str | None:
     meta = ann.meta
-    covered = ann.stats().covered
+    covered = int(meta.get("rows", ann.stats().covered))
     if meta.get("format") != FORMAT:
         return "was written by another version of clipdex"
     if meta.get("model") != record.key or ann.dim != record.dim:
@@ -279,15 +275,19 @@ def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = 
     """Bring ``record``'s approximate index up to date with its vector file; call it holding the
     writer's lock. Built from scratch when there is none (and the model has at least
     ``ANN_MIN_ROWS`` rows) or the one there does not match; otherwise the rows committed since
-    are added. Below ``ANN_MIN_ROWS`` an existing index is removed (exact search is faster)."""
+    are added and the rows no photo uses any more (deleted, changed photos) are removed, so
+    that searches do not wade through them until a compaction. Below ``ANN_MIN_ROWS`` an
+    existing index is removed (exact search is as fast)."""
     started = time.perf_counter()
     path = ann_path(store, record)
     if record.rows < ANN_MIN_ROWS:
         if path.exists():
             path.unlink()
+            forget(path)
             return RefreshReport(record.key, "removed", record.rows, time.perf_counter() - started,
                                  f"fewer than {ANN_MIN_ROWS:,} rows: exact search is used")
         return RefreshReport(record.key, "none", record.rows, 0.0)
+    record, used, _unused = store.rows_in_use(record)
     vector_file = store.vector_file(record)
     try:
         matrix = vector_file.read(record.rows)
@@ -295,35 +295,57 @@ def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = 
         raise _damaged(store, record) from None
     from clipdex.search.ann import IvfIndex
 
+    unused = np.setdiff1d(np.arange(record.rows, dtype=np.int64), used, assume_unique=True)
     # A copy of its own: searches in this process (other threads) keep the loaded one.
     ann, problem = _load_ann(path, record, vector_file, matrix, shared=False)
     if ann is not None:
-        covered = ann.stats().covered
-        if covered == record.rows:
+        held = ann.held()
+        gone = np.setdiff1d(held, used, assume_unique=True)  # photos deleted or changed since
+        # New rows, and rows used again (a deleted photo back: its vector is reused by hash).
+        todo = np.setdiff1d(used, held, assume_unique=True)
+        if not len(gone) and not len(todo):
             return RefreshReport(record.key, "none", record.rows, 0.0)
-        todo = record.rows - covered
-        for start in range(covered, record.rows, ADD_CHUNK_ROWS):
-            rows = np.arange(start, min(start + ADD_CHUNK_ROWS, record.rows), dtype=np.int64)
-            ann.add(rows, np.asarray(matrix[start:start + len(rows)], dtype=np.float32))
+        if len(gone):
+            ann.remove(gone)
+        for start in range(0, len(todo), ADD_CHUNK_ROWS):
+            rows = todo[start:start + ADD_CHUNK_ROWS]
+            ann.add(rows, np.asarray(matrix[rows], dtype=np.float32))
             if progress:
-                progress(int(rows[-1]) + 1 - covered, todo)
-        action, why = "updated", f"{todo:,} rows added"
+                progress(start + len(rows), len(todo))
+        action, why = "updated", f"{len(todo):,} rows added, {len(gone):,} removed"
     else:
         log.info("building the approximate search index of %s (%s rows; a few minutes per million)",
                  record.name, f"{record.rows:,}")
         ann = IvfIndex.build(_FileReader(vector_file, matrix), record.rows, record.dim, params=ANN_PARAMS,
-                             progress=progress)
+                             progress=progress, exclude=unused)
         action, why = "built", problem or "there was none"
-    ann.meta.update(format=FORMAT, model=record.key, generation=record.generation,
+    ann.meta.update(format=FORMAT, model=record.key, generation=record.generation, rows=record.rows,
                     fingerprint=fingerprint(matrix, record.rows))
     ann.save(path)
+    forget(path)
     st = os.stat(path)
     with _loaded_lock:  # this process searches with what it just saved, without reading it again
         _loaded[(str(path), st.st_ino, st.st_size, st.st_mtime_ns)] = ann
     return RefreshReport(record.key, action, record.rows, time.perf_counter() - started, why)
 
 
+def forget(path: Path | None = None) -> None:
+    """Let go of the loaded approximate indexes of ``path`` (of every index: None), and with
+    them the vector files they map: an index closed, rebuilt or compacted away."""
+    with _loaded_lock:
+        for key in [k for k in _loaded if path is None or k[0] == str(path)]:
+            del _loaded[key]
+
+
+def forget_under(folder: Path) -> None:
+    """Let go of every loaded approximate index of the index at ``folder``."""
+    prefix = str(folder).rstrip(os.sep) + os.sep
+    with _loaded_lock:
+        for key in [k for k in _loaded if str(k[0]).startswith(prefix)]:
+            del _loaded[key]
+
+
 def backend_of(store: Store, record: ModelRecord) -> SearchBackend:
-    """How ``record`` would be searched now (loads its approximate index if it has one; reads
-    no vector beyond the few it fingerprints)."""
+    """How ``record`` would be searched now (loads its approximate index if it has one, and
+    reads the rows committed after it, up to ``TAIL_MAX_ROWS``)."""
     return ModelSearch(store, record, verify=False).backend

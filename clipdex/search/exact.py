@@ -83,6 +83,11 @@ class ExactIndex(VectorIndex):
             self._extra[row] = vector.copy()
         self._extra_cache = None
 
+    def held(self) -> np.ndarray:
+        base = np.flatnonzero(~self._hidden).astype(np.int64)
+        extra = np.fromiter(self._extra, dtype=np.int64, count=len(self._extra))
+        return np.union1d(base, extra)
+
     def remove(self, rows: np.ndarray) -> None:
         r = check_rows(rows)
         self._hide(r[r < self._base])

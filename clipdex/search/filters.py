@@ -12,14 +12,17 @@ where the photo has it and from the file's modification time where it has not.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clipdex.errors import FilterError
+from clipdex.errors import FilterError, shorten
 
 DATE = re.compile(r"^(?P<y>\d{4})(?:-(?P<m>\d{1,2})(?:-(?P<d>\d{1,2})"
                   r"(?:[T ](?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2}))?)?)?)?$")
 DATE_FORMS = "2021, 2021-06, 2021-06-01 or 2021-06-01T18:30"
+MAX_SHOWN_FOLDERS = 8  # folders listed in an "unknown folder" message
 
 
 def parse_date(text: str, option: str) -> str:
@@ -64,6 +67,16 @@ class SearchFilter:
     after: str | None = None
     before: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.folders, str) or not all(isinstance(f, str) and f for f in self.folders):
+            raise TypeError("folders must be a tuple of folder paths, e.g. folders=('/photos/2021',)")
+        for value, option in ((self.after, "after"), (self.before, "before")):
+            if value is not None and parse_date(value, option) != value:
+                raise FilterError(f"{option} {value!r}", "is not a normalised date",
+                                  "Make filters with SearchFilter.make(after=..., before=...).")
+        if self.label is not None and (len(self.label) != 2 or not all(self.label)):
+            raise TypeError("label must be (label set, label), e.g. label=('taken_time', 'night')")
+
     def __bool__(self) -> bool:
         return bool(self.label or self.folders or self.after or self.before)
 
@@ -90,3 +103,25 @@ class SearchFilter:
         if self.before:
             parts.append(f"taken before {self.before}")
         return ", ".join(parts)
+
+
+def check_folder(folder: str, roots: Sequence[str], where: str = "") -> str:
+    """``folder`` in the index's own form (no trailing slash, no ``..``) if it can hold photos of
+    the index: one of its folders (an import's ``https://host`` too), a folder inside one, or a
+    folder around some; else :class:`FilterError` listing the index's folders. ``where`` says
+    where they are listed, for the message."""
+    if folder in roots:
+        return folder
+    shown = shorten(repr(folder), 120)
+    hint = f" ({where})" if where else ""
+    if not os.path.isabs(folder):
+        raise FilterError(f"folder {shown}", "is not a full path (it must start with /)",
+                          f"Pick one of the index's folders{hint}.")
+    path = os.path.normpath(folder)
+    inside = path.rstrip(os.sep) + os.sep
+    if any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) or r.startswith(inside) for r in roots):
+        return path
+    listed = ", ".join(roots[:MAX_SHOWN_FOLDERS]) + (", …" if len(roots) > MAX_SHOWN_FOLDERS else "")
+    raise FilterError(f"folder {shown}", "is not a folder of this index",
+                      f"Its folders are: {listed or 'none yet'}. Pick one of them, or a folder inside "
+                      f"or around one{hint}.")

@@ -46,9 +46,10 @@ def _folder_range(folder: str, column: str) -> tuple[str, list[object]]:
     return f"({column} >= ? AND {column} < ?)", [prefix, upper]
 
 
-def filter_sql(store: Store, model: ModelRecord, filters: SearchFilter | None,
+def filter_sql(store: Store, model: ModelRecord | None, filters: SearchFilter | None,
                hidden_roots: Sequence[str]) -> tuple[str, list[object]]:
-    """SQL conditions (each `` AND …``) on ``files f`` for a filter and the hidden folders."""
+    """SQL conditions (each `` AND …``) on ``files f`` for a filter and the hidden folders
+    (a label filter needs the ``model`` whose label sets it reads)."""
     where: list[str] = []
     args: list[object] = []
     for root in hidden_roots:
@@ -66,6 +67,7 @@ def filter_sql(store: Store, model: ModelRecord, filters: SearchFilter | None,
         where.append("f.taken_at < ?")
         args.append(filters.before)
     if filters and filters.label:
+        assert model is not None, "a label filter reads one model's label sets"
         name, label = filters.label
         row = store.conn.execute("SELECT id FROM label_sets WHERE model_id = ? AND name = ?",
                                  (model.id, name)).fetchone()
@@ -120,3 +122,12 @@ def row_of_file(store: Store, model: ModelRecord, file_id: int) -> int | None:
         "SELECT e.row FROM files f JOIN embeddings e ON e.content_hash = f.content_hash AND e.model_id = ? "
         "WHERE f.id = ? AND f.status = 'ok'", (model.id, file_id)).fetchone()
     return None if row is None else int(row[0])
+
+
+def indexed_paths(store: Store, hidden_roots: Sequence[str]) -> list[str]:
+    """The paths of every indexed photo outside ``hidden_roots``, sorted (no vector is read)."""
+    where, args = filter_sql(store, None, None, hidden_roots)
+    cursor = store.conn.cursor()
+    cursor.row_factory = None
+    return [r[0] for r in cursor.execute(f"SELECT f.path FROM files f WHERE f.status = 'ok'{where} "
+                                         "ORDER BY f.path", args)]

@@ -396,7 +396,7 @@ def load_metadata(index: Index, table: str | os.PathLike[str], key: str) -> dict
     from clipdex.export import KeyMatcher, read_table
 
     _header, rows = read_table(table, key)
-    matcher = KeyMatcher(index.searchable().paths)
+    matcher = KeyMatcher(index.indexed_paths())
     out = {}
     for row in rows:
         path = matcher.match(row.get(key) or "")

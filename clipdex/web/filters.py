@@ -10,15 +10,13 @@ date is one of :data:`~clipdex.search.filters.DATE_FORMS`. Anything else is a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clipdex.errors import FilterError, shorten
-from clipdex.search.filters import SearchFilter, parse_date
+from clipdex.errors import FilterError
+from clipdex.search.filters import SearchFilter, check_folder, parse_date
 
 MAX_FOLDERS = 20  # folders one search may name (each is one SQL condition)
-MAX_SHOWN_FOLDERS = 8  # folders listed in an "unknown folder" message
 MIDNIGHT = "T00:00:00"
 
 
@@ -84,22 +82,6 @@ class FilterForm:
         made = SearchFilter.make(label=label, folders=folders, after=self.after or None,
                                  before=self.before or None)
         return made if made else None
-
-
-def check_folder(folder: str, roots: Sequence[str], where: str = "") -> str:
-    """``folder`` in the index's own form (no trailing slash, no ``..``), if it is a folder of the
-    index or inside one; else :class:`FilterError` listing the index's folders."""
-    shown = shorten(repr(folder), 120)
-    if not os.path.isabs(folder):
-        raise FilterError(f"folder {shown}", "is not a full path (it must start with /)",
-                          "Pick one of the index's folders" + (f" ({where})" if where else "") + ".")
-    path = os.path.normpath(folder)
-    if any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
-        return path
-    listed = ", ".join(roots[:MAX_SHOWN_FOLDERS]) + (", …" if len(roots) > MAX_SHOWN_FOLDERS else "")
-    raise FilterError(f"folder {shown}", "is not a folder of this index nor inside one",
-                      f"Its folders are: {listed or 'none yet'}. Pick one of them or a folder inside one"
-                      + (f" ({where})" if where else "") + ".")
 
 
 def date_field(text: str) -> tuple[str, str]:

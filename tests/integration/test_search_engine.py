@@ -228,3 +228,30 @@ def test_an_open_index_searches_right_after_another_process_compacts(large: tupl
         assert index.refresh_search()[0].action == "built"
         hits = index.search("@photo-00007", k=10)
         assert recall([h.path for h in hits], brute_force(vectors, 7, 10, keep)) >= 0.8
+
+
+def test_an_update_removes_deleted_photos_and_takes_back_returning_ones(large: tuple[Path, np.ndarray]) -> None:
+    idx, vectors = large
+    nearest = brute_force(vectors, 7, 20)
+    store = Store.open(idx)
+    try:
+        store.remove_files(nearest[1:11])
+    finally:
+        store.close()
+    with Index.open(idx) as index:
+        (report,) = index.refresh_search()
+        assert report.action == "updated" and "10 removed" in report.why
+        assert [h.path for h in index.search("@photo-00007", k=10, exact=True)] == [nearest[0], *nearest[11:20]]
+    store = Store.open(idx)  # the photos come back unchanged: their vectors are reused by hash
+    try:
+        back = [int(p[-9:-4]) for p in nearest[1:11]]
+        store.commit_batch(store.models()[0], np.zeros((0, DIM), np.float32), [],
+                           [NewFile(path=nearest[1 + i], size=1, mtime_ns=1, content_hash=f"h{r}")
+                            for i, r in enumerate(back)])
+    finally:
+        store.close()
+    with Index.open(idx) as index:
+        (report,) = index.refresh_search()
+        assert report.action == "updated" and "10 rows added" in report.why
+        assert "up to date" in index.search_backend().note
+        assert recall([h.path for h in index.search("@photo-00007", k=10)], nearest[:10]) >= 0.9

@@ -123,7 +123,7 @@ def test_bad_filters_are_400_with_a_message(client: TestClient, folders: tuple[s
              ({"after": "2021-07", "before": "2021-06"}, "no date is in that period"),
              ({"folder": "/nowhere/at/all"}, "is not a folder of this index"),
              ({"folder": "photos/trip"}, "is not a full path"),
-             ({"folder": trip + "/../../.."}, "is not a folder of this index"),
+             ({"folder": trip + "/../../../elsewhere"}, "is not a folder of this index"),
              ({"set": "taken_space"}, "set=NAME&label=LABEL")]
     for params, message in cases:
         response = client.get("/api/search", params={"q": QUERY, **params})
