@@ -185,6 +185,9 @@ def test_removed_rows_never_come_back(index: VectorIndex, data: Collection) -> N
         assert len(hits) == 10 and not set(hits.rows.tolist()) & set(removed.tolist())
         hits = index.search(q, 10, allowed=removed[:3])
         assert not len(hits)
+    assert index.held().tolist() == np.setdiff1d(np.arange(ROWS), removed).tolist()
+    index.add(removed[:2], data.vectors[removed[:2]])  # back again
+    assert index.held().tolist() == np.setdiff1d(np.arange(ROWS), removed[2:]).tolist()
 
 
 def test_rows_added_after_the_build_are_found(index: VectorIndex, data: Collection) -> None:
