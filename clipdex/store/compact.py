@@ -46,6 +46,8 @@ VECTOR_FILE_NAME = re.compile(r"model-\d+[.]")  # what a compaction may delete i
 # writes one, so one found holding that lock is a leftover, whichever file it was to replace.
 REPLACING_FILE_NAME = re.compile(r"[.]model-\d+[.].*[.]tmp\Z")
 
+CHECKPOINT_WAIT_MS = 1_000  # how long the closing WAL checkpoint waits for readers
+
 CompactProgress = Callable[[int, int], None]  # (rows copied, rows to copy) for one model
 
 
@@ -111,12 +113,25 @@ def compact(store: Store, progress: CompactProgress | None = None, *, wait: bool
         report.leftovers, report.leftover_bytes = remove_leftovers(store)
         for model in store.models():
             report.models.append(_compact_model(store, model, progress))
-        with contextlib.suppress(sqlite3.Error):  # the renumbering's WAL back to its size (best effort)
-            store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _shrink_wal(store)
     finally:
         store.release_lock()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _shrink_wal(store: Store) -> None:
+    """The renumbering's WAL back to its size (best effort). It waits for readers of older
+    snapshots (an export reads in one for minutes): CHECKPOINT_WAIT_MS, not the catalog's
+    busy timeout; the WAL a reader kept is truncated by a later checkpoint."""
+    conn = store.conn
+    with contextlib.suppress(sqlite3.Error):
+        waited = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(waited)}")
 
 
 def remove_leftovers(store: Store) -> tuple[list[str], int]:
