@@ -146,7 +146,8 @@ def _print_import(report: "ImportReport") -> None:
     out = _console()
     out.print(f"[bold]{_t(report.source)}[/] ({report.layout}) with [bold]{_t(report.model)}[/]")
     out.print(f"  imported  {report.imported:>9}  photos ({report.vectors_added} new vectors, "
-              f"{report.reused} already held)")
+              f"{report.reused} already held"
+              + (f", {report.replaced} changed since an earlier import" if report.replaced else "") + ")")
     out.print(f"  skipped   {report.skipped:>9}  rows")
     out.print(f"  shards    {report.shards_imported:>9}  imported, {report.shards_done_before} done before "
               f"(of {report.shards})")

@@ -21,14 +21,16 @@ vectors are checked against the model's dimension and normalised again (rows of
 zeros or NaN are reported and skipped), and every shard is committed in chunks
 and recorded in the catalog's ``imports`` table, so a run that is stopped
 resumes after the last finished shard and a shard whose file changed is read
-again.
+again: a photo whose vector in it differs from the one the index holds gets the
+new one (the old row is left for ``clipdex compact`` to give back).
 
 Content hashes: hashing a million image files would cost more than the import
 itself, so an imported photo gets a stable synthetic hash: ``import:`` + 40 hex
 digits of sha256s of its identity, its absolute path or its URL (see
 :func:`synthetic_hash`). The same photo imported again, or from another model's
 export, gets the same hash, so several models' vectors of one photo live side
-by side. A ``sha256`` column (clipdex's export and img2dataset write one) is the
+by side. (A photo whose vector changed gets a hash of its identity and of the new
+vector's bytes: see :func:`_revise_changed`.) A ``sha256`` column (clipdex's export and img2dataset write one) is the
 file's real content hash and is used as such: indexing the same photo under
 another name later then reuses its vector. Where the image exists on this
 machine, its real size and mtime are recorded, so a later ``clipdex index`` of
@@ -44,6 +46,7 @@ import json
 import math
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,11 +63,12 @@ from clipdex.errors import (
     ModelError,
     ModelMismatch,
 )
+from clipdex.fileio import replacing
 from clipdex.indexer import Progress
 from clipdex.search.base import BuildProgress
 from clipdex.store import ModelRecord, NewFile, Store
 from clipdex.store.catalog import SQL_CHUNK, _outside
-from clipdex.store.vectors import unit_rows
+from clipdex.store.vectors import ShortVectorFile, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -88,6 +92,9 @@ FOLDER_DIGITS = 10  # a synthetic hash: hex digits of its folder's sha256, then
 NAME_DIGITS = 30  # hex digits of its own (160 bits in all, as git's)
 CLIP_LOGIT_SCALE = 100.0  # exp(logit_scale) of trained CLIP models (it saturates at its clamp, 100)
 SKIPPED_SHOWN = 20  # skipped rows named in a report (the rest are counted)
+VECTOR_CHANGED = 1e-4  # 1 - cosine above which an imported row's vector is not the one held (float16: ~1e-7)
+REVISION_MARK = "#vector="  # a changed row's synthetic hash: of its identity, this, and ...
+REVISION_DIGITS = 16  # ... this many hex digits of the sha256 of its bytes in the shard
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -148,34 +155,16 @@ def export_embeddings(index: "Index", folder: str | os.PathLike[str], *, model: 
     store = index.store
     record = _export_model(index, model)
     hidden = store.missing_roots()
-    with store.snapshot() as c:  # the rows counted, the rows listed and the vectors agree
-        record = store.get_model(record.key) or record
-        sets = _label_columns(store, record)
-        where, args = _outside(hidden)
-        total = c.execute("SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = "
-                          f"f.content_hash AND e.model_id = ? WHERE f.status = 'ok'{where}",
-                          (record.id, *args)).fetchone()[0]
-        if not total:
-            raise EmptyIndex(store.path, record.key, hidden)
-        _prepare_export_folder(out, overwrite)  # (now that there is something to write)
-        shards = math.ceil(total / shard_rows)
-        width = len(str(shards - 1))
-        if progress:
-            progress.start(total)
-        cursor = c.cursor()
-        cursor.row_factory = None
-        cursor.execute(_export_sql(sets, where), (record.id, *_label_args(sets, record), *args))
-        columns: list[str] = []
-        for number in range(shards):
-            rows = cursor.fetchmany(shard_rows)
-            name = f"{number:0{width}d}"
-            _write_vectors(out / EMBEDDINGS_DIR / f"img_emb_{name}.npy", store, record,
-                           np.array([r[8] for r in rows], dtype=np.int64))
-            table = _metadata_table(rows, sets)
-            _write_parquet(out / METADATA_DIR / f"metadata_{name}.parquet", table)
-            columns = table.column_names
-            if progress:
-                progress.advance(len(rows))
+    try:
+        with store.snapshot() as c:  # the rows counted, the rows listed and the vectors agree
+            record = store.get_model(record.key) or record
+            # Mapped once, as of this snapshot: a compaction that replaces the file meanwhile
+            # unlinks a name, and the map still reads the rows these row numbers mean.
+            matrix = store.vector_file(record).read(record.rows)
+            columns, shards, total, sets = _export_rows(index, record, matrix, hidden, out, shard_rows,
+                                                        overwrite, progress, c)
+    except ShortVectorFile:
+        raise _lost_vectors(store, record.key) from None
     manifest = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "rows": total, "shards": shards,
                 "model": {"key": record.key, "name": record.name, "dim": record.dim,
                           "spec": json.loads(record.spec_json)},
@@ -184,6 +173,52 @@ def export_embeddings(index: "Index", folder: str | os.PathLike[str], *, model: 
     _write_bytes(out / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
     return ExportReport(folder=str(out), model=record.key, dim=record.dim, rows=total, shards=shards,
                         columns=columns, seconds=time.perf_counter() - started)
+
+
+def _export_rows(index: "Index", record: ModelRecord, matrix: np.ndarray, hidden: list[str], out: Path,
+                 shard_rows: int, overwrite: bool, progress: Progress | None,
+                 c: sqlite3.Connection) -> tuple[list[str], int, int, list[_LabelColumns]]:
+    """Write the shards of ``record``'s photos (inside the snapshot ``c``, with the vector file
+    mapped as of it); (the metadata's columns, shards, rows, label sets)."""
+    store = index.store
+    sets = _label_columns(store, record)
+    where, args = _outside(hidden)
+    total = c.execute("SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = "
+                      f"f.content_hash AND e.model_id = ? WHERE f.status = 'ok'{where}",
+                      (record.id, *args)).fetchone()[0]
+    if not total:
+        raise EmptyIndex(store.path, record.key, hidden)
+    _prepare_export_folder(out, overwrite)  # (now that there is something to write)
+    shards = math.ceil(total / shard_rows)
+    width = len(str(shards - 1))
+    if progress:
+        progress.start(total)
+    cursor = c.cursor()
+    cursor.row_factory = None
+    cursor.execute(_export_sql(sets, where), (record.id, *_label_args(sets, record), *args))
+    columns: list[str] = []
+    for number in range(shards):
+        rows = cursor.fetchmany(shard_rows)
+        name = f"{number:0{width}d}"
+        _write_vectors(out / EMBEDDINGS_DIR / f"img_emb_{name}.npy", store, record, matrix,
+                       np.array([r[8] for r in rows], dtype=np.int64))
+        table = _metadata_table(rows, sets)
+        _write_parquet(out / METADATA_DIR / f"metadata_{name}.parquet", table)
+        columns = table.column_names
+        if progress:
+            progress.advance(len(rows))
+    return columns, shards, total, sets
+
+
+def _lost_vectors(store: Store, key: str) -> IndexDamaged:
+    """The error for a vector file shorter than the catalog says, or gone (replaced by a
+    compaction between the catalog's read and the file's: exporting again reads the new one)."""
+    record = store.get_model(key)
+    damage = store.vector_damage(record) if record is not None else None
+    if damage is not None:
+        return IndexDamaged(store.path, damage.describe(), damage.fix(store.path))
+    return IndexDamaged(store.path, f"the vector file of {key} was replaced while the export began to "
+                        "read it (a compaction)", "Export again.")
 
 
 def _export_model(index: "Index", model: str | None) -> ModelRecord:
@@ -270,16 +305,19 @@ def _label_args(sets: Sequence[_LabelColumns], record: ModelRecord) -> list[obje
     return args
 
 
-def _write_vectors(target: Path, store: Store, record: ModelRecord, rows: np.ndarray) -> None:
-    """``rows`` of the model's vector file as a float16 ``.npy``, read a chunk at a time."""
+def _write_vectors(target: Path, store: Store, record: ModelRecord, matrix: np.ndarray, rows: np.ndarray) -> None:
+    """``rows`` of ``matrix`` (the model's mapped vector file) as a float16 ``.npy``, read a
+    chunk at a time, each in file order (pages are read forward, not at random)."""
     from numpy.lib import format as npy
 
-    vectors = store.vector_file(record)
-    with _replacing(target) as f:
+    with replacing(target) as f:
         npy.write_array_header_1_0(f, {"descr": npy.dtype_to_descr(np.dtype("<f2")), "fortran_order": False,
                                        "shape": (len(rows), record.dim)})
         for start in range(0, len(rows), EXPORT_READ_ROWS):
-            chunk = vectors.take(rows[start:start + EXPORT_READ_ROWS])
+            wanted = rows[start:start + EXPORT_READ_ROWS]
+            order = np.argsort(wanted, kind="stable")
+            chunk = np.empty((len(wanted), record.dim), dtype=np.float32)
+            chunk[order] = matrix[wanted[order]]
             bad = ~unit_rows(chunk)
             if bad.any():
                 raise IndexDamaged(store.path, f"{int(bad.sum())} vectors of {record.name} read for the "
@@ -338,19 +376,13 @@ def _prob_of(label: str | None, probs: bytes, labels: list[str]) -> float | None
 def _write_parquet(target: Path, table: "pa.Table") -> None:
     import pyarrow.parquet as pq
 
-    with _replacing(target) as f:
+    with replacing(target) as f:
         pq.write_table(table, f)
 
 
 def _write_bytes(target: Path, data: bytes) -> None:
-    with _replacing(target) as f:
+    with replacing(target) as f:
         f.write(data)
-
-
-def _replacing(target: Path) -> Any:
-    from clipdex.fileio import replacing
-
-    return replacing(target)
 
 
 # -- import ---------------------------------------------------------------------
@@ -374,6 +406,7 @@ class ImportReport:
     imported: int = 0  # photos recorded
     vectors_added: int = 0
     reused: int = 0  # photos whose vector the index already held (the same content hash)
+    replaced: int = 0  # photos whose held vector differs from the shard's: its vector is added for them
     skipped: int = 0  # rows not imported (zeros, NaN, no path)
     skipped_rows: list[SkippedRow] = field(default_factory=list)  # the first SKIPPED_SHOWN
     shards: int = 0
@@ -905,7 +938,10 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
                 report.skip(shard, start + i, "no image_path, url or id names its image")
             else:
                 hashes[i] = meta.hashes[i] or synthetic_hash(path, folders)
-        known = _known_hashes(store, record, set(hashes.values()) - seen) if check_known else set()
+        known = _known_hashes(store, record, set(hashes.values()) - seen) if check_known else {}
+        if known:
+            hashes, known = _revise_changed(store, record, reader, start, block, meta.paths, hashes, known, seen,
+                                            report)
         new_rows: list[int] = []
         new_hashes: list[str] = []
         files: list[NewFile] = []
@@ -945,16 +981,51 @@ def synthetic_hash(identity: str, folders: dict[str, str] | None = None) -> str:
     return start + hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:NAME_DIGITS]
 
 
-def _known_hashes(store: Store, record: ModelRecord, hashes: set[str]) -> set[str]:
-    """Which of ``hashes`` already have a vector of ``record``."""
+def _known_hashes(store: Store, record: ModelRecord, hashes: set[str]) -> dict[str, int]:
+    """Those of ``hashes`` that already have a vector of ``record``, with its row."""
     wanted = list(hashes)
-    known: set[str] = set()
+    known: dict[str, int] = {}
     for start in range(0, len(wanted), SQL_CHUNK):
         chunk = wanted[start:start + SQL_CHUNK]
-        rows = store.conn.execute(f"SELECT content_hash FROM embeddings WHERE model_id = ? AND content_hash IN "
-                                  f"({', '.join('?' * len(chunk))})", (record.id, *chunk))
-        known.update(r[0] for r in rows)
+        rows = store.conn.execute(f"SELECT content_hash, row FROM embeddings WHERE model_id = ? AND content_hash "
+                                  f"IN ({', '.join('?' * len(chunk))})", (record.id, *chunk))
+        known.update(rows)
     return known
+
+
+def _revise_changed(store: Store, record: ModelRecord, reader: "_ShardReader", start: int, block: np.ndarray,
+                    paths: Sequence[str | None], hashes: dict[int, str], known: dict[str, int], seen: set[str],
+                    report: ImportReport) -> tuple[dict[int, str], dict[str, int]]:
+    """(hashes, known) with a new hash for each row whose photo has a vector of ``record``
+    that differs from the row's (a shard changed since it was imported: its vectors win).
+
+    The new hash is the synthetic hash of the photo's identity and a digest of the row's
+    bytes in the shard, so importing the same changed shard again finds it held. The
+    photo's file then points at the new vector (the old row is left to `clipdex compact`);
+    the other models' vectors of the old hash are recorded under the new one too, so that
+    the photo keeps them."""
+    held = [(i, h) for i, h in hashes.items() if h in known and h not in seen]
+    if not held:
+        return hashes, known
+    stored = store.vector_file(record).take(np.array([known[h] for _, h in held], dtype=np.int64))
+    rows = np.array([i for i, _ in held], dtype=np.int64)
+    changed = rows[np.einsum("ij,ij->i", stored, block[rows]) < 1.0 - VECTOR_CHANGED]
+    if not len(changed):
+        return hashes, known
+    revised = dict(hashes)
+    folders: dict[str, str] = {}
+    for i in changed.tolist():
+        digest = hashlib.sha256(np.ascontiguousarray(reader.vectors[start + i]).tobytes()).hexdigest()
+        revised[i] = synthetic_hash(f"{paths[i]}{REVISION_MARK}{digest[:REVISION_DIGITS]}", folders)
+    held_before = _known_hashes(store, record, {revised[i] for i in changed.tolist()} - seen)
+    moves = {(hashes[i], revised[i]) for i in changed.tolist() if revised[i] not in held_before}
+    report.replaced += len(moves)
+    if moves:
+        with store.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO embeddings (model_id, content_hash, row) SELECT model_id, ?, "
+                          "row FROM embeddings WHERE content_hash = ? AND model_id != ?",
+                          [(new, old, record.id) for old, new in sorted(moves)])
+    return revised, known | held_before
 
 
 def _new_file(meta: _Rows, i: int, content_hash: str) -> NewFile:

@@ -13,10 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clipdex import Index
+from clipdex import Index, interchange
 from clipdex.errors import DimensionMismatch
-from clipdex.interchange import import_embeddings, synthetic_hash
+from clipdex.interchange import export_embeddings, import_embeddings, synthetic_hash
 from clipdex.labels import make_label_set
+from clipdex.store import Store
+from clipdex.store.compact import compact
 from tests.conftest import run_cli
 from tests.images import write_photos
 
@@ -102,6 +104,33 @@ def test_export_is_read_row_aligned_by_embedding_reader(labelled_index: Path, tm
     assert json.loads(replaced.output)["shards"] == 1
     assert os.listdir(out / "img_emb") == ["img_emb_0.npy"]  # no shard of the old export left over
     assert os.listdir(out / "metadata") == ["metadata_0.parquet"]
+
+
+def test_a_compaction_while_exporting_changes_nothing_the_export_reads(
+        tmp_path: Path, photos: Path, model_kwargs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        index.add(photos)
+        (photos / "photo-002.jpg").unlink()  # a row for compact to give back: the others renumbered
+        index.add(photos)
+        before = export_embeddings(index, tmp_path / "before", shard_rows=4)
+        write_parquet = interchange._write_parquet
+        compacted: list[int] = []
+
+        def compact_after_the_first_shard(target: Path, table: pa.Table) -> None:
+            write_parquet(target, table)
+            if not compacted:
+                other = Store.open(index.path)
+                try:
+                    compacted.append(compact(other).rows_after)
+                finally:
+                    other.close()
+
+        monkeypatch.setattr(interchange, "_write_parquet", compact_after_the_first_shard)
+        during = export_embeddings(index, tmp_path / "during", shard_rows=4)
+    assert compacted == [11] and before.rows == during.rows == 11 and during.shards == 3
+    for i in range(3):
+        shard = f"img_emb/img_emb_{i}.npy"
+        assert np.array_equal(np.load(tmp_path / "before" / shard), np.load(tmp_path / "during" / shard))
 
 
 def test_export_then_import_searches_like_numpy_and_indexing_encodes_nothing(
@@ -280,6 +309,33 @@ def test_an_interrupted_import_resumes_after_its_finished_shards(tmp_path: Path,
         assert counts(index) == (9, 9, 3)
         hits = index.search("@p4", k=9)
     assert [Path(h.path).stem for h in hits] == _neighbours(vectors, [f"p{i}" for i in range(9)], "p4", 9)
+
+
+def test_a_changed_shard_imported_again_replaces_its_vectors(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    rng = np.random.default_rng(8)
+    vectors = _unit(rng, 9, TINY_DIM)
+    names = [f"p{i}" for i in range(9)]
+    source = tmp_path / "source"
+    _write_shards(source, vectors, {"image_path": [f"/elsewhere/photos/{n}.jpg" for n in names]}, shards=3)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        import_embeddings(index, source)
+        changed = vectors.copy()
+        changed[3:6] = _unit(rng, 3, TINY_DIM)  # shard 1 written again with other vectors
+        changed[4] = changed[7] + 0.05 * changed[4]  # p4 now close to p7
+        np.save(source / "img_emb" / "img_emb_1.npy", changed[3:6].astype(np.float16))
+
+        redone = import_embeddings(index, source)
+        assert (redone.shards_imported, redone.replaced, redone.vectors_added, redone.reused) == (1, 3, 3, 0)
+        hits = index.search("@p4", k=9)
+        assert [Path(h.path).stem for h in hits] == _neighbours(changed, names, "p4", 9)
+        assert index.store.reclaimable(index.model_record())[0] == 3  # the old vectors: for compact
+
+        os.utime(source / "img_emb" / "img_emb_1.npy")  # the same vectors again: nothing new
+        again = import_embeddings(index, source)
+        assert (again.shards_imported, again.replaced, again.vectors_added, again.reused) == (1, 0, 0, 3)
+    with Index.open(tmp_path / "idx") as index:
+        hits = index.search("@p4", k=9)
+    assert [Path(h.path).stem for h in hits] == _neighbours(changed, names, "p4", 9)
 
 
 def test_relative_image_paths_need_images(tmp_path: Path, model_args: list[str]) -> None:
