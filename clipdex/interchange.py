@@ -514,10 +514,9 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         store.conn.execute(f"PRAGMA cache_size = {previous_cache}")
         store.release_lock()
     report.seconds = time.perf_counter() - started
-    refresh = getattr(index, "refresh_search", None)  # builds or updates the approximate search index
-    if refresh is not None and report.shards_imported:
+    if report.shards_imported:  # builds or updates the approximate search index
         started = time.perf_counter()
-        refresh(search_progress, wait=wait)
+        index.refresh_search(search_progress, wait=wait)
         report.search_seconds = time.perf_counter() - started
     return report
 
@@ -688,8 +687,9 @@ def _image_stems(folder: str) -> dict[str, str]:
 class _ShardReader:
     """One shard's vectors (memory-mapped) and metadata, read a run of rows at a time.
 
-    The metadata table is read when the first rows are asked for and let go by
-    :meth:`close`: one shard's metadata in memory at a time."""
+    The vectors are mapped and the metadata table read when the first rows are asked
+    for, and both let go by :meth:`close`: one shard in memory at a time (a map holds
+    the pages it has read while it lives)."""
 
     def __init__(self, shard: _Shard, layout: str, source: Path, images: str | None,
                  stems: dict[str, str]) -> None:
@@ -698,8 +698,8 @@ class _ShardReader:
         self.source = source
         self.images = images
         self.stems = stems
-        self.vectors = np.load(shard.vectors, mmap_mode="r")
-        self.count = int(self.vectors.shape[0])
+        self.count = _vector_shape(shard.vectors)[0]  # (its header: mapped when its rows are read)
+        self._vectors: np.ndarray | None = None
         self._table: pa.Table | None = None
         self._ids: list[str] | None = None
         self._columns: list[str] = []
@@ -744,8 +744,17 @@ class _ShardReader:
                 return self._read([column]).column(column)
         return None
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """The shard's vectors, memory-mapped on first use (until :meth:`close`)."""
+        if self._vectors is None:
+            self._vectors = np.load(self.shard.vectors, mmap_mode="r")
+        return self._vectors
+
     def close(self) -> None:
+        """Let the shard's metadata and the map of its vectors go (their pages with them)."""
         self._table = None
+        self._vectors = None
 
     def rows(self, start: int, stop: int) -> _Rows:
         if self._ids is not None:

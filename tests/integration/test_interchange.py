@@ -338,6 +338,27 @@ def test_a_changed_shard_imported_again_replaces_its_vectors(tmp_path: Path, mod
     assert [Path(h.path).stem for h in hits] == _neighbours(changed, names, "p4", 9)
 
 
+def test_an_import_maps_one_shard_at_a_time(tmp_path: Path, model_kwargs: dict[str, str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "source"
+    _write_shards(source, _unit(np.random.default_rng(9), 9, TINY_DIM),
+                  {"image_path": [f"/elsewhere/p{i}.jpg" for i in range(9)]}, shards=3)
+    readers: list[interchange._ShardReader] = []
+    mapped_at_once: list[int] = []
+    real_import_shard = interchange._import_shard
+
+    def import_shard(store: Store, record: object, reader: interchange._ShardReader, *args: object) -> object:
+        readers.append(reader)
+        done = real_import_shard(store, record, reader, *args)
+        mapped_at_once.append(sum(r._vectors is not None for r in readers))
+        return done
+
+    monkeypatch.setattr(interchange, "_import_shard", import_shard)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        assert import_embeddings(index, source).imported == 9
+    assert mapped_at_once == [1, 1, 1] and all(r._vectors is None for r in readers)
+
+
 def test_relative_image_paths_need_images(tmp_path: Path, model_args: list[str]) -> None:
     images = tmp_path / "pictures"
     write_photos(images / "sub", 2)
