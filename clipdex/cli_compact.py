@@ -59,8 +59,8 @@ def compact_cmd(index_dir: str | None, wait: bool, as_json: bool) -> None:
         try:
             report = compact(index.store, None if as_json else bars, wait=wait)
             bars.stop()
-            if hasattr(index, "refresh_search"):  # rows were renumbered: rebuild what is built on them
-                index.refresh_search(None if as_json else search_bar, wait=wait)
+            # Rows were renumbered: rebuild what is built on them.
+            index.refresh_search(None if as_json else search_bar, wait=wait)
         finally:
             bars.stop()
             search_bar.stop()
