@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
 import time
@@ -48,6 +49,8 @@ WHOLE_READ_BYTES = 32 << 20  # files up to this size are read once (hash, then d
 HASH_CHUNK = 1 << 20  # larger ones are hashed in chunks and decoded from the file
 RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
 DATE_BATCH = 1_000  # EXIF dates of photos indexed before are committed this many at a time
+
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -235,12 +238,12 @@ class Indexer:
 
         if todo:
             self.encoder.load()  # before the clock starts: the rate is the pipeline's, not start-up's
-        if progress:
-            progress.start(len(todo))
+        if progress:  # the photos to encode, then those whose EXIF date is read (fast: headers only)
+            progress.start(len(todo) + len(undated))
         encode_started = time.perf_counter()
         model = self._process(todo, model, embedded, report, progress)
         report.encode_seconds = time.perf_counter() - encode_started
-        report.dated = self._date_undated(undated)
+        report.dated = self._date_undated(undated, progress)
 
         problems = [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason, raw_path=p.raw_path,
                             failure_kind=p.kind) for p in walk.problems]
@@ -295,13 +298,16 @@ class Indexer:
                              skipped_dirs=[*walk.skipped_dirs, discover.display_path(own_real)],
                              skip=walk.skip | {own})
 
-    def _date_undated(self, entries: list[discover.FileEntry]) -> int:
-        """Read the EXIF date of unchanged photos indexed before dates were read (once: each
-        is then 'exif' or 'mtime-no-exif'). Only the header is read, in the decoding
-        threads, and committed every DATE_BATCH photos (a killed run keeps what it read).
-        Returns how many had an EXIF date."""
+    def _date_undated(self, entries: list[discover.FileEntry], progress: Progress | None = None) -> int:
+        """Read the EXIF date of unchanged photos indexed before dates were read, or imported
+        (once: each is then 'exif' or 'mtime-no-exif'). Only the header is read, in the
+        decoding threads, and committed every DATE_BATCH photos, each batch then counted by
+        ``progress``: a killed or interrupted (Ctrl-C) run keeps what it read, and the next
+        reads the rest. Minutes at a million photos: said in the log first. Returns how many
+        had an EXIF date."""
         if not entries:
             return 0
+        log.info("reading the EXIF dates of %s photos indexed before (once)", f"{len(entries):,}")
         found = 0
         pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="clipdex-dates")
         try:
@@ -311,6 +317,8 @@ class Indexer:
                         if opened]
                 self.store.set_taken_dates(read)
                 found += sum(1 for _, date in read if date)
+                if progress:
+                    progress.advance(len(chunk))
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

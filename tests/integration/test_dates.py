@@ -138,6 +138,42 @@ def test_photos_indexed_before_dates_get_their_exif_date_once(
         assert (again.dated, reads) == (0, [])  # never read again
 
 
+class _StopAfterOneDateBatch:
+    """The indexer's Progress: Ctrl-C once the first batch of dates is counted."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.advanced: list[int] = []
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, count: int) -> None:
+        self.advanced.append(count)
+        raise KeyboardInterrupt
+
+
+def test_reading_the_dates_shows_progress_and_stops_on_ctrl_c_keeping_what_it_read(
+        tmp_path: Path, dated: Path, model_kwargs: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At a million imported photos this pass takes minutes: it must not look hung."""
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as idx:
+        idx.add(dated)
+        with idx.store.transaction() as c:
+            c.execute("UPDATE files SET taken_source = 'mtime', taken_at = ?", (mtime_taken_at(MTIME * 10**9),))
+        monkeypatch.setattr(indexer_module, "DATE_BATCH", 4)
+        stop = _StopAfterOneDateBatch()
+        with caplog.at_level("INFO", logger="clipdex"), pytest.raises(KeyboardInterrupt):
+            idx.add(dated, progress=stop)
+        assert "reading the EXIF dates of 6 photos indexed before (once)" in caplog.text
+        assert (stop.total, stop.advanced) == (6, [4])  # nothing to encode: the dates are the work
+        left = [Path(p).name for (p,) in idx.store.conn.execute("SELECT path FROM files WHERE taken_source = 'mtime'")]
+        assert len(left) == 2  # the first batch was kept
+        report = idx.add(dated)
+        assert report.dated == sum(1 for name in left if EXPECTED[name][1] == "exif")  # only the rest read
+        assert _dates(idx, dated) == EXPECTED
+
+
 def test_a_changed_photo_gets_its_new_date(tmp_path: Path, dated: Path, model_kwargs: dict[str, str]) -> None:
     with Index.open(tmp_path / "idx", create=True, **model_kwargs) as idx:
         idx.add(dated)
