@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from clipdex.cli import EXIT_INTERRUPTED, _Bar, _console, _fail, _t, index_option
+from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
 
 if TYPE_CHECKING:
     from clipdex.interchange import ImportReport
@@ -74,7 +75,7 @@ def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_row
                    "are files (<id>.jpg, …).")
 @click.option("--add-model", is_flag=True, help="Add this model's vectors to an index that holds another model's.")
 @click.option("--wait", is_flag=True, help="Wait for another process writing the index to finish.")
-@click.option("--storage", type=click.Choice(["fp32", "fp16"]), default=None,
+@click.option("--storage", type=click.Choice(list(STORAGE_OPTIONS)), default=None,
               help="How a model new to the index stores vectors: fp16 halves the vector file (clip-retrieval's "
                    "vectors are float16 already) [default: fp32; a model the index holds keeps its own].")
 @click.option("--json", "as_json", is_flag=True,
@@ -109,7 +110,7 @@ def import_cmd(ctx: click.Context, source: str, index_dir: str | None, model: st
             report = import_embeddings(index, source, images=images, allow_new_model=add_model, wait=wait,
                                        progress=None if as_json else bar,
                                        search_progress=None if as_json else search_bar,
-                                       storage={"fp32": "f32", "fp16": "f16"}.get(storage or ""))
+                                       storage=stored_name(storage))
         except KeyboardInterrupt:
             bar.stop()
             search_bar.stop()

@@ -68,7 +68,7 @@ from clipdex.indexer import Progress
 from clipdex.search.base import BuildProgress
 from clipdex.store import ModelRecord, NewFile, Store
 from clipdex.store.catalog import SQL_CHUNK, _outside
-from clipdex.store.vectors import ShortVectorFile, unit_rows
+from clipdex.store.vectors import ShortVectorFile, check_storage, unit_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -468,8 +468,7 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
     Afterwards the approximate search index is brought up to date
     (``search_progress(done, total)`` follows it).
     """
-    if storage not in (None, "f32", "f16"):
-        raise ValueError(f"storage must be 'f32' or 'f16', not {storage!r}")
+    check_storage(storage)
     started = time.perf_counter()
     folder = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
     images_dir = os.path.abspath(os.path.expanduser(os.fspath(images))) if images is not None else None

@@ -26,6 +26,7 @@ import numpy as np
 
 DTYPE = np.dtype("<f4")  # what vectors are computed and read back in
 STORAGE_DTYPES: dict[str, np.dtype] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}  # models.storage -> rows on disk
+STORAGE_OPTIONS = {"fp32": "f32", "fp16": "f16"}  # --storage's names (as --precision's) -> models.storage
 NORM_TOLERANCE = 0.05  # |norm - 1| allowed: bf16/fp16 encoders normalise in half precision
 CHECK_CHUNK_ROWS = 65_536  # rows checked at a time (bounded memory on a million-row file)
 TAKE_CHUNK_ROWS = 16_384  # rows read at a time when loading vectors (32 MB at dim 512)
@@ -81,6 +82,23 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     return np.isfinite(norms) & (np.abs(norms - 1.0) <= NORM_TOLERANCE)
+
+
+def stored_name(option: str | None) -> str | None:
+    """The ``models.storage`` name of a ``--storage`` value ('fp32' -> 'f32'); None for None,
+    ValueError for anything else."""
+    if option is None:
+        return None
+    try:
+        return STORAGE_OPTIONS[option]
+    except KeyError:
+        raise ValueError(f"unknown vector storage {option!r}: use one of {', '.join(STORAGE_OPTIONS)}") from None
+
+
+def check_storage(storage: str | None) -> None:
+    """Raise ValueError unless ``storage`` is None or a ``models.storage`` name ('f32', 'f16')."""
+    if storage is not None:
+        storage_dtype(storage)
 
 
 def storage_dtype(storage: str) -> np.dtype:

@@ -18,12 +18,32 @@ from clipdex.errors import ClipdexError, IndexDamaged, IndexStorageError
 from clipdex.store import ModelRecord, NewFile, Store
 from clipdex.store.guard import storage_errors, translate_os_error, translate_sqlite_error
 from clipdex.store.migrations import LATEST_VERSION
-from clipdex.store.vectors import ShortVectorFile, VectorCheck, VectorFile, unit_rows
+from clipdex.store.vectors import (
+    STORAGE_DTYPES,
+    STORAGE_OPTIONS,
+    ShortVectorFile,
+    VectorCheck,
+    VectorFile,
+    check_storage,
+    stored_name,
+    unit_rows,
+)
 
 
 def _unit(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
     v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_storage_options_name_every_stored_kind_once() -> None:
+    assert sorted(STORAGE_OPTIONS.values()) == sorted(STORAGE_DTYPES)
+    assert (stored_name("fp16"), stored_name("fp32"), stored_name(None)) == ("f16", "f32", None)
+    with pytest.raises(ValueError, match="use one of fp32, fp16"):
+        stored_name("f16")  # a stored name is not an option
+    check_storage(None)
+    check_storage("f16")
+    with pytest.raises(ValueError, match="use one of f32, f16"):
+        check_storage("fp16")
 
 
 def test_a_vector_file_refuses_to_grow_past_lost_rows(tmp_path: Path) -> None:
