@@ -25,9 +25,7 @@ Other work on the machine inflates every time: the load average is printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,26 +40,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import synthetic  # noqa: E402  (a sibling script, not a package)
+from _machine import cpu_line  # noqa: E402  (likewise)
+
+from clipdex.store.vectors import STORAGE_OPTIONS, stored_name  # noqa: E402
 
 MODEL = "ViT-B-32"
 DIM = 512  # ViT-B-32's embedding size
 SHARD_ROWS = 100_000  # rows per shard, as clip-retrieval writes them
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-STORAGE = {"fp32": "f32", "fp16": "f16"}  # the CLI's names -> the library's
-
-
-def cpu_line() -> str:
-    """The CPU's model name, core count and the SIMD flags that matter to NumPy, faiss and BLAS."""
-    model, flags = platform.processor() or "?", set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    have = [flag for flag in CPU_FLAGS if flag in flags]
-    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(have) or 'none of ' + ' '.join(CPU_FLAGS)}"
 
 
 def load() -> str:
@@ -98,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="photos to import [default: 1,000,000]")
     parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS,
                         help=f"rows per generated shard [default: {SHARD_ROWS:,}]")
-    parser.add_argument("--storage", choices=sorted(STORAGE), default="fp32",
+    parser.add_argument("--storage", choices=list(STORAGE_OPTIONS), default="fp32",
                         help="how the index keeps the vectors (import --storage) [default: fp32]")
     parser.add_argument("--no-search", action="store_true",
                         help="time the import alone: no approximate search index afterwards")
@@ -128,10 +113,10 @@ def main() -> None:
     from clipdex.interchange import export_embeddings, import_embeddings
 
     with Index.open(index_dir, model=MODEL, create=True) as index:
-        if args.no_search:
-            index.refresh_search = None  # type: ignore[assignment,method-assign]  # import_embeddings skips it
+        if args.no_search:  # import_embeddings then brings no search index up to date
+            index.refresh_search = lambda *args, **kwargs: []  # type: ignore[method-assign]
         started, cpu = time.perf_counter(), time.process_time()
-        report = import_embeddings(index, source, storage=STORAGE[args.storage])
+        report = import_embeddings(index, source, storage=stored_name(args.storage))
         took, cpu = time.perf_counter() - started, time.process_time() - cpu
         search = "skipped" if args.no_search else f"{report.search_seconds:.1f} s"
         print(f"import: {report.imported:,} rows in {report.shards_imported} shards, {report.seconds:.1f} s "

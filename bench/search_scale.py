@@ -33,7 +33,6 @@ import importlib.util
 import json
 import mmap
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -51,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import synthetic  # noqa: E402  (a sibling script, not a package)
+from _machine import cpu_line  # noqa: E402  (likewise)
 
 STAGES = ("recall", "add", "memory", "fp16", "cli")
 DIM = 512
@@ -62,7 +62,6 @@ FP16_EXACT_QUERIES = 20  # exact search over float16 converts every row per quer
 MAXRSS_TAG = "clipdex-bench-maxrss-kb "
 COLD_RUNS = 5  # cold `clipdex search` runs (fresh processes); median and max printed
 WEB_TIMEOUT_S = 600  # the web app opening a million-row index for the first time
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 # The issue's targets at 1M rows (ViT-B-32, 512-d), printed beside the measurements.
 TARGETS = {"recall_text": 0.95, "recall_image": 0.98, "p50_ms": 5.0, "p99_ms": 20.0, "exact_ms": 40.0,
            "cold_s": 1.5, "web_s": 1.0, "rss_over_mb": 300, "build_s": 600, "add_s": 30, "import_s": 60}
@@ -70,20 +69,6 @@ YEARS = (2018, 2019, 2020, 2021, 2022)  # photos are spread over /photos/<year>/
 
 
 # ---- the machine ----
-
-def cpu_line() -> str:
-    """The CPU's model name, core count and the SIMD flags that matter to faiss and BLAS."""
-    model, flags = platform.processor() or "?", set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    have = [flag for flag in CPU_FLAGS if flag in flags]
-    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(have) or 'none of ' + ' '.join(CPU_FLAGS)}"
-
 
 def proc_status_mb(pid: int | str = "self") -> dict[str, float]:
     """The memory lines of /proc/PID/status (VmRSS, VmHWM, RssAnon, RssFile, ...) in MB."""
