@@ -29,10 +29,10 @@ itself, so an imported photo gets a stable synthetic hash: ``import:`` + 40 hex
 digits of sha256s of its identity, its absolute path or its URL (see
 :func:`synthetic_hash`). The same photo imported again, or from another model's
 export, gets the same hash, so several models' vectors of one photo live side
-by side. (A photo whose vector changed gets a hash of its identity and of the new
-vector's bytes: see :func:`_revise_changed`.) A ``sha256`` column (clipdex's export and img2dataset write one) is the
-file's real content hash and is used as such: indexing the same photo under
-another name later then reuses its vector. Where the image exists on this
+by side (a photo whose vector changed gets a hash of its identity and of the new
+vector's bytes: see :func:`_revise_changed`). A ``sha256`` column (clipdex's
+export and img2dataset write one) is the file's real content hash and is used as
+such: indexing the same photo under another name later then reuses its vector. Where the image exists on this
 machine, its real size and mtime are recorded, so a later ``clipdex index`` of
 its folder finds it unchanged and encodes nothing; a changed file is encoded
 again (and gets its real hash).
@@ -212,13 +212,13 @@ def _export_rows(index: "Index", record: ModelRecord, matrix: np.ndarray, hidden
 
 def _lost_vectors(store: Store, key: str) -> IndexDamaged:
     """The error for a vector file shorter than the catalog says, or gone (replaced by a
-    compaction between the catalog's read and the file's: exporting again reads the new one)."""
+    compaction between the catalog's read and the file's: running again reads the new one)."""
     record = store.get_model(key)
     damage = store.vector_damage(record) if record is not None else None
     if damage is not None:
         return IndexDamaged(store.path, damage.describe(), damage.fix(store.path))
-    return IndexDamaged(store.path, f"the vector file of {key} was replaced while the export began to "
-                        "read it (a compaction)", "Export again.")
+    return IndexDamaged(store.path, f"the vector file of {key} was replaced as it was opened (a compaction)",
+                        "Run the command again.")
 
 
 def _export_model(index: "Index", model: str | None) -> ModelRecord:
@@ -1015,7 +1015,10 @@ def _revise_changed(store: Store, record: ModelRecord, reader: "_ShardReader", s
     held = [(i, h) for i, h in hashes.items() if h in known and h not in seen]
     if not held:
         return hashes, known
-    stored = store.vector_file(record).take(np.array([known[h] for _, h in held], dtype=np.int64))
+    try:
+        stored = store.vector_file(record).take(np.array([known[h] for _, h in held], dtype=np.int64))
+    except ShortVectorFile:
+        raise _lost_vectors(store, record.key) from None
     rows = np.array([i for i, _ in held], dtype=np.int64)
     changed = rows[np.einsum("ij,ij->i", stored, block[rows]) < 1.0 - VECTOR_CHANGED]
     if not len(changed):
