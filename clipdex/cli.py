@@ -27,6 +27,7 @@ import click
 from clipdex.errors import ClipdexError
 from clipdex.labels import DEFAULT_THRESHOLD
 from clipdex.review import MAX_PER_LABEL
+from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1
@@ -271,7 +272,7 @@ class _Bar:
 @click.option("--add-model", is_flag=True,
               help="Add this model's vectors to an index that holds another model's.")
 @click.option("--wait", is_flag=True, help="Wait for another indexing run on this index to finish.")
-@click.option("--storage", type=click.Choice(["fp32", "fp16"]), default=None,
+@click.option("--storage", type=click.Choice(list(STORAGE_OPTIONS)), default=None,
               help="How a new index (or a model new to it) stores vectors: fp16 halves the vector file "
                    "[default: fp32; an existing model keeps its own].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -302,7 +303,7 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
             report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
                                allow_new_model=add_model, wait=wait,
                                search_progress=None if as_json else search_bar,
-                               storage={"fp32": "f32", "fp16": "f16"}.get(storage or ""))
+                               storage=stored_name(storage))
         finally:
             bar.stop()
             search_bar.stop()

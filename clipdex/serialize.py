@@ -128,7 +128,7 @@ def import_report(report: "ImportReport") -> dict[str, Any]:
     bringing the approximate search index up to date afterwards."""
     return {"source": report.source, "model": report.model, "layout": report.layout, "rows": report.rows,
             "imported": report.imported, "vectors_added": report.vectors_added, "reused": report.reused,
-            "skipped": report.skipped,
+            "replaced": report.replaced, "skipped": report.skipped,
             "skipped_rows": [{"shard": r.shard, "row": r.row, "reason": r.reason} for r in report.skipped_rows],
             "shards": report.shards, "shards_imported": report.shards_imported,
             "shards_done_before": report.shards_done_before, "roots": list(report.roots),
