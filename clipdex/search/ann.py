@@ -74,10 +74,12 @@ FILTER_NPROBE_BOOST = 4.0
 faiss: Any = _faiss
 
 # faiss's parallel mode: 0 splits a batch by query (one query runs on one core), 1
-# splits a query's lists across the cores. On the 2-core bench machine under load
-# (other processes on both cores), mode 1 was 2.5x slower at p50 (OpenMP threads wait
-# for a busy core): 0 it is, and several searches at once still use every core.
-PARALLEL_MODE = 0
+# splits a query's lists across the cores. One text query at 1M (nprobe 256) on the
+# idle 2-core bench machine: p50 2.8-3.5 ms with mode 1 against 4.8-6.2 ms with mode 0
+# (p99 3.4-4.8 against 6.5-18). Under load (other processes on both cores) mode 1 was
+# 2.5x slower (OpenMP threads wait for a busy core); a person searching waits on one
+# query at a time, so 1 it is.
+PARALLEL_MODE = 1
 
 MAGIC = b"CLPDXIVF"
 VERSION = 1
