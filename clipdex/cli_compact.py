@@ -51,16 +51,13 @@ def compact_cmd(index_dir: str | None, wait: bool, as_json: bool) -> None:
     point: the index stays searchable, and the next run cleans up.
     """
     from clipdex.index import Index
-    from clipdex.store.compact import compact
 
     bars = _ModelBars()
     search_bar = _Bar("search index", "rows")
     with Index.open(index_dir) as index:
         try:
-            report = compact(index.store, None if as_json else bars, wait=wait)
-            bars.stop()
-            # Rows were renumbered: rebuild what is built on them.
-            index.refresh_search(None if as_json else search_bar, wait=wait)
+            # Rows are renumbered, then what is built on them (the search index) rebuilt.
+            report = index.compact(None if as_json else bars, None if as_json else search_bar, wait=wait)
         finally:
             bars.stop()
             search_bar.stop()

@@ -43,7 +43,7 @@ from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress
 from clipdex.labels import UNCERTAIN, LabelSet, label_set_from_json
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query
-from clipdex.search.base import BuildProgress
+from clipdex.search.base import BuildProgress, VectorIndex
 from clipdex.search.engine import (
     ModelSearch,
     RefreshReport,
@@ -52,6 +52,7 @@ from clipdex.search.engine import (
     backend_of,
     forget_under,
     refresh,
+    trained_index,
 )
 from clipdex.search.filters import SearchFilter, check_folder
 from clipdex.settings import default_index_dir
@@ -342,11 +343,12 @@ class Index:
         finally:
             self.store.release_lock()
 
-    def _refresh_search(self, progress: BuildProgress | None) -> list[RefreshReport]:
+    def _refresh_search(self, progress: BuildProgress | None,
+                        trained: dict[str, VectorIndex | None] | None = None) -> list[RefreshReport]:
         reports = []
         for record in self.store.models():
             try:
-                reports.append(refresh(self.store, record, progress))
+                reports.append(refresh(self.store, record, progress, trained=(trained or {}).get(record.key)))
             except OSError as e:  # a full disk: what was indexed stays; search is exact meanwhile
                 path = ann_path(self.store, record)
                 log.warning("could not save the approximate search index %s (%s); searches stay exact "
@@ -401,10 +403,18 @@ class Index:
         :func:`clipdex.store.compact.compact`. Safe to kill at any point."""
         from clipdex.store.compact import compact
 
+        # The approximate indexes as they are: a rebuild reuses their trained lists (k-means is
+        # most of a build), since compaction renumbers rows but changes no vector.
+        trained = {record.key: trained_index(self.store, record) for record in self.store.models()}
         report = compact(self.store, progress, wait=wait)
         self._engines = {}
         forget_under(self.path)
-        self.refresh_search(search_progress, wait=wait)
+        self.store.require_writable()
+        self.store.acquire_lock(wait=wait)
+        try:
+            self._refresh_search(search_progress, trained)
+        finally:
+            self.store.release_lock()
         return report
 
     @_locked

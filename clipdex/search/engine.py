@@ -271,13 +271,29 @@ class RefreshReport:
     why: str = ""
 
 
-def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = None) -> RefreshReport:
+def trained_index(store: Store, record: ModelRecord) -> VectorIndex | None:
+    """``record``'s approximate index as it is on disk, sound or not (None: none, or unreadable):
+    what a rebuild after compaction reuses the trained lists of."""
+    path = ann_path(store, record)
+    if not path.exists():
+        return None
+    from clipdex.search.ann import IvfIndex
+
+    try:
+        return IvfIndex.load(path, _FileReader(store.vector_file(record), np.zeros((0, record.dim), np.float32)))
+    except VectorIndexUnusable:
+        return None
+
+
+def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = None, *,
+            trained: VectorIndex | None = None) -> RefreshReport:
     """Bring ``record``'s approximate index up to date with its vector file; call it holding the
     writer's lock. Built from scratch when there is none (and the model has at least
     ``ANN_MIN_ROWS`` rows) or the one there does not match; otherwise the rows committed since
     are added and the rows no photo uses any more (deleted, changed photos) are removed, so
     that searches do not wade through them until a compaction. Below ``ANN_MIN_ROWS`` an
-    existing index is removed (exact search is as fast)."""
+    existing index is removed (exact search is as fast). ``trained``: the index of these vectors
+    before a compaction renumbered them, whose trained lists a rebuild reuses."""
     started = time.perf_counter()
     path = ann_path(store, record)
     if record.rows < ANN_MIN_ROWS:
@@ -317,8 +333,9 @@ def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = 
         log.info("building the approximate search index of %s (%s rows; a few minutes per million)",
                  record.name, f"{record.rows:,}")
         ann = IvfIndex.build(_FileReader(vector_file, matrix), record.rows, record.dim, params=ANN_PARAMS,
-                             progress=progress, exclude=unused)
-        action, why = "built", problem or "there was none"
+                             progress=progress, exclude=unused,
+                             trained=trained if isinstance(trained, IvfIndex) else None)
+        action, why = "built", problem or ("after a compaction, its lists kept" if trained else "there was none")
     ann.meta.update(format=FORMAT, model=record.key, generation=record.generation, rows=record.rows,
                     fingerprint=fingerprint(matrix, record.rows))
     ann.save(path)

@@ -255,3 +255,21 @@ def test_an_update_removes_deleted_photos_and_takes_back_returning_ones(large: t
         assert report.action == "updated" and "10 rows added" in report.why
         assert "up to date" in index.search_backend().note
         assert recall([h.path for h in index.search("@photo-00007", k=10)], nearest[:10]) >= 0.9
+
+
+def test_compaction_rebuilds_the_approximate_index_on_its_trained_lists(
+        large: tuple[Path, np.ndarray]) -> None:
+    idx, vectors = large
+    store = Store.open(idx)
+    try:
+        store.remove_files([f"{ROOT}/a/photo-{i:05d}.jpg" for i in range(0, 3000, 4)])
+    finally:
+        store.close()
+    with Index.open(idx) as index:
+        index.compact()
+        backend = index.search_backend()
+        assert backend.kind == "ann" and "up to date" in backend.note
+        assert backend.stats is not None and backend.stats.rows == 2250
+        keep = np.arange(len(vectors)) % 4 != 0
+        assert recall([h.path for h in index.search("@photo-00007", k=10)], brute_force(vectors, 7, 10, keep)) >= 0.8
+    assert sorted(p.name for p in (idx / "vectors").iterdir()) == ["model-1.g1.f32", "model-1.g1.f32.ivf"]
