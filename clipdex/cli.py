@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
-from clipdex.errors import ClipdexError
+from clipdex.errors import ClipdexError, ModelError
 from clipdex.labels import DEFAULT_THRESHOLD
 from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
@@ -903,7 +903,11 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
     table = load_metadata(index, metadata, key) if metadata and key else None
     err = _console(stderr=True)
     err.print(f"loading the model of {index.path} …", markup=False)
-    index.encoder.encode_texts(["warm up"])  # load (and export, the first time) before serving
+    try:
+        index.encoder.encode_texts(["warm up"])  # load (and export, the first time) before serving
+    except ModelError as e:  # an imported index without its weights here: photos still search
+        err.print(f"[bold yellow]text queries and uploaded photos are unavailable[/]: {_t(str(e))}\n"
+                  "Searching by an indexed photo (@name, More like this), filters and label pages work.")
     allowed = tuple(dict.fromkeys((*DEFAULT_ALLOWED_HOSTS, host, *allow_hosts)))  # in order, once each
     app = create_app(index, table, allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host

@@ -157,6 +157,7 @@ class Index:
         self.device = device
         self.precision = precision
         self._encoder: Encoder | None = None
+        self._encoder_error: ModelError | None = None
         self._spec: ModelSpec | None = None
         self._searchable: tuple[int, Searchable] | None = None
         self._engines: dict[tuple[object, ...], ModelSearch] = {}
@@ -256,11 +257,21 @@ class Index:
 
     @property
     def encoder(self) -> "Encoder":
-        """The model for queries (texts, example images), built on first use."""
+        """The model for queries (texts, example images), built on first use.
+
+        A model that cannot be built (weights missing offline) raises :class:`ModelError`,
+        and again at once on later calls, not after another attempt: a server keeps
+        answering searches by indexed photos, which need no model."""
         if self._encoder is None:
+            if self._encoder_error is not None:
+                raise self._encoder_error
             from clipdex.models.encoder import make_encoder
 
-            self._encoder = make_encoder(self.spec(), device=self.device, for_queries=True)
+            try:
+                self._encoder = make_encoder(self.spec(), device=self.device, for_queries=True)
+            except ModelError as e:
+                self._encoder_error = e
+                raise
         return self._encoder
 
     # -- writing --------------------------------------------------------------

@@ -50,6 +50,7 @@ from clipdex.errors import (
     IndexLocked,
     IndexStorageError,
     LabelSetNotRun,
+    ModelError,
     PhotoNotFound,
     shorten,
 )
@@ -181,6 +182,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         offset = (page - 1) * PAGE_SIZE
         hits: list[SearchResult] = []
         error = ""
+        error_status = 400
         similar_to = None
         searched = False
         counts = access.counts()  # not status(): no per-model counts on every search; cached
@@ -203,7 +205,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         except PhotoNotFound:
             raise
         except ClipdexError as e:
-            error = str(e)
+            error, error_status = str(e), _status_of(e)  # the form stays, with what went wrong
         with access.reader() as reader:
             label_sets = _names(reader.label_sets)
             labels_of_set = _names(lambda: reader.classification_labels(form.set)) if form.set else []
@@ -211,7 +213,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
                   "models": [{"name": name} for name in counts.models]}
         folder_choices = [(f, _tail(f, MAX_FOLDER_SHOWN))
                           for f in counts.roots + [f for f in form.folders if f not in counts.roots]]
-        return render("search.html", http_status=400 if error else 200, q=q, like=similar_to,
+        return render("search.html", http_status=error_status if error else 200, q=q, like=similar_to,
                       results=[serialize.search_result(h) for h in hits], error=error, page=page,
                       like_id=like if like is not None and not q.strip() else None,
                       page_size=PAGE_SIZE, set=form.set, label=form.label, label_sets=label_sets,
@@ -417,7 +419,7 @@ def _status_of(exc: ClipdexError) -> int:
     """The HTTP status of an error: the client's fault (4xx) or the server's state (5xx)."""
     if isinstance(exc, (PhotoNotFound, LabelSetNotRun)):
         return 404
-    if isinstance(exc, IndexLocked):
+    if isinstance(exc, (IndexLocked, ModelError)):  # the server's state: busy, or no model here
         return 503
     if isinstance(exc, (IndexDamaged, IndexStorageError)):
         return 500
