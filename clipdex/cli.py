@@ -525,7 +525,8 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
             raise click.BadParameter("write it as SET=LABEL, e.g. taken_time=night", param_hint="--label")
         label = (name.strip(), value.strip())
     filters = SearchFilter.make(label=label, after=after, before=before,
-                                folders=[os.path.abspath(os.path.expanduser(f)) for f in folders])
+                                folders=[f if "://" in f else os.path.abspath(os.path.expanduser(f))
+                                         for f in folders])  # an import's https://host as it is
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
                     device=device, precision=precision) as index:
         results = index.search(text, k=k, offset=offset, filters=filters or None, exact=exact)

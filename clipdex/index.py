@@ -43,7 +43,7 @@ from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress
 from clipdex.labels import UNCERTAIN, LabelSet, label_set_from_json
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query
-from clipdex.search.base import BuildProgress, VectorIndex
+from clipdex.search.base import BuildProgress, Hits, VectorIndex
 from clipdex.search.engine import (
     ModelSearch,
     RefreshReport,
@@ -58,7 +58,7 @@ from clipdex.search.filters import SearchFilter, check_folder
 from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
 from clipdex.store.catalog import index_option
-from clipdex.store.rows import allowed_rows, indexed_paths, photos_of_rows, row_of_file
+from clipdex.store.rows import RowPhoto, allowed_rows, indexed_paths, photos_of_rows, row_of_file
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -71,7 +71,9 @@ MAX_OFFSET = 100_000  # the deepest result a page may reach (an approximate sear
 # more (deleted, changed) and rows of hidden folders are skipped; it asks again, wider,
 # when that was not enough.
 EXTRA_ROWS = 16
-WIDEN = 4
+# The depths at which a search ranks rows, segment by segment (see Index._top): the same for
+# every page, so an approximate search pages without repeats or gaps.
+DEPTHS = (64, 512, 4096, 32_768, 262_144)
 ALLOWED_CACHED = 8  # filters whose allowed rows are kept (a few people paging at once)
 
 
@@ -300,6 +302,11 @@ class Index:
             raise ValueError(f"storage must be 'f32' or 'f16', not {storage!r}")
         path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
         known_root = display_path(path) in self.store.roots()
+        if known_root and not os.path.exists(path) and self.store.root_kinds().get(display_path(path)) == "import":
+            raise PhotoFolderError(
+                path, "holds imported embeddings whose images are not on this machine: there is nothing to "
+                "index", "Search it as it is; `clipdex import` adds embeddings, and `clipdex compact` (or "
+                "`clipdex import` again) brings its search index up to date.")
         if known_root and not os.path.exists(path):
             held = self.store.count_under([path])
             raise PhotoFolderError(
@@ -614,49 +621,80 @@ class Index:
         """The page ``offset:offset + k`` of photos ranked by ``query_vector``.
 
         The vector index returns rows; the catalog maps them to photos (a row may have
-        several: copies of one photo; or none: a photo deleted since). A search asks
-        for a few more rows than it shows, and again for more when rows had no photo.
+        several: copies of one photo; or none: a photo deleted since). Rows are ranked
+        in segments of fixed depths (:data:`DEPTHS`): the first ``DEPTHS[0]`` rows are
+        an approximate search's best ``DEPTHS[0]``, the next ones its best ``DEPTHS[1]``
+        less those already ranked, and so on. An approximate search's candidates depend
+        on how many results it is asked for; fixed depths make the ranking the same
+        whichever page is asked, so paging never repeats or skips a photo. (Exact
+        search is the same at any depth: it asks once, as deep as the page needs.)
         """
         need = offset + k
-        engine = plan.engine
         if plan.allowed is not None and not len(plan.allowed):
             self._check_not_empty(plan)
             return []
-        want = need + EXTRA_ROWS
         replanned = 0
         while True:
-            hits = engine.search(query_vector, want, plan.allowed, text)
-            with self.lock, self.store.snapshot():  # the generation and the photos read as one
-                current = self.store.get_model(engine.record.key)
-                renumbered = current is not None and current.generation != engine.record.generation
-                if not renumbered:
-                    photos = photos_of_rows(self.store, engine.record, hits.rows, plan.filters, plan.hidden)
-            if renumbered:
+            try:
+                ranked, photos = self._ranked_photos(plan, query_vector, need, text)
+                break
+            except _Renumbered:
                 if replanned >= 2:
                     raise IndexStorageError(self.path, "the index was compacted again and again while "
-                                            "searching it", "Search again once `clipdex compact` is done.")
+                                            "searching it", "Search again once `clipdex compact` is done.") from None
                 # Rows were renumbered (another process compacted) since they were ranked: rank
                 # again with the new numbering, never map old rows to new photos.
                 with self.lock:
                     plan, replanned = self._plan(plan.filters, plan.exact), replanned + 1
-                engine = plan.engine
-                continue
-            if len(photos) >= need or len(hits) < want:
-                break
-            if plan.allowed is None and want >= 4 * (need + EXTRA_ROWS):
-                # Many rows without a photo (a big folder deleted, not yet compacted): ask the
-                # catalog which rows are in use instead of widening again and again.
-                with self.lock:
-                    plan = plan.with_allowed(allowed_rows(self.store, engine.record, plan.filters, plan.hidden))
-            want *= WIDEN
         if not photos and offset == 0:
             self._check_not_empty(plan)
-        score = dict(zip(hits.rows.tolist(), hits.scores.tolist()))
-        photos.sort(key=lambda p: (-score[p.row], p.row, p.path))
+        position = {row: i for i, row in enumerate(ranked.rows.tolist())}
+        score = dict(zip(ranked.rows.tolist(), ranked.scores.tolist()))
+        photos.sort(key=lambda p: (position[p.row], p.path))
         photos = photos[offset:need]
-        engine.check(np.array(sorted({p.row for p in photos}), dtype=np.int64))
+        plan.engine.check(np.array(sorted({p.row for p in photos}), dtype=np.int64))
         return [SearchResult(rank=offset + i + 1, score=float(score[p.row]), path=p.path, file_id=p.file_id)
                 for i, p in enumerate(photos)]
+
+    def _ranked_photos(self, plan: "_Plan", query_vector: np.ndarray, need: int,
+                       text: bool) -> tuple[Hits, list[RowPhoto]]:
+        """Rows in ranked order, and the photos of the first of them, at least ``need`` photos
+        when there are so many (see :meth:`_top`). Raises :class:`_Renumbered` when another
+        process compacted the index meanwhile."""
+        engine = plan.engine
+        exact = engine.exact is not None
+        rows: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        photos: list[RowPhoto] = []
+        seen: set[int] = set()
+        depths = list(DEPTHS)
+        if exact:  # the same at any depth: start as deep as the page needs
+            depths = [max(need + EXTRA_ROWS, DEPTHS[0])] + [d for d in DEPTHS if d > need + EXTRA_ROWS]
+        for level, depth in enumerate(depths):
+            hits = engine.search(query_vector, depth, plan.allowed, text)
+            fresh = np.array([r not in seen for r in hits.rows.tolist()], dtype=bool)
+            taken = max(0, depth - len(seen))
+            new_rows, new_scores = hits.rows[fresh][:taken], hits.scores[fresh][:taken]
+            with self.lock, self.store.snapshot():  # the generation and the photos read as one
+                current = self.store.get_model(engine.record.key)
+                if current is not None and current.generation != engine.record.generation:
+                    raise _Renumbered
+                found = photos_of_rows(self.store, engine.record, new_rows, plan.filters, plan.hidden)
+            if level == 0 and plan.allowed is None and len(new_rows) >= 2 * len(found) + EXTRA_ROWS:
+                # Most rows have no photo (a big folder deleted or missing, not yet compacted):
+                # rank only the rows in use. Decided on the first segment, the same for every page.
+                with self.lock:
+                    allowed = allowed_rows(self.store, engine.record, plan.filters, plan.hidden)
+                return self._ranked_photos(plan.with_allowed(allowed), query_vector, need, text)
+            rows.append(new_rows)
+            scores.append(new_scores)
+            seen.update(new_rows.tolist())
+            photos += found
+            if len(photos) >= need or len(hits) < depth:
+                break
+        if not rows:
+            return Hits.empty(), []
+        return Hits(np.concatenate(rows), np.concatenate(scores)), photos
 
     def _check_not_empty(self, plan: "_Plan") -> None:
         """Raise :class:`EmptyIndex` when the model has no searchable photo at all (nothing
@@ -916,6 +954,10 @@ def _combine(query: str | list[QueryTerm], terms: list[QueryTerm], vectors: list
     except QueryError as e:
         shown = query if isinstance(query, str) else " + ".join(f"{t.weight:g}*{t.value}" for t in terms)
         raise QueryError(shown, e.problem) from None
+
+
+class _Renumbered(Exception):
+    """Another process renumbered the rows (compaction) while a search was ranking them."""
 
 
 @dataclass(frozen=True)

@@ -513,10 +513,11 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         store.conn.execute(f"PRAGMA cache_size = {previous_cache}")
         store.release_lock()
     report.seconds = time.perf_counter() - started
-    if report.shards_imported:  # builds or updates the approximate search index
-        started = time.perf_counter()
-        index.refresh_search(search_progress, wait=wait)
-        report.search_seconds = time.perf_counter() - started
+    # Builds or updates the approximate search index; run again, an import whose shards are all
+    # done still brings it up to date (an earlier run killed while building it).
+    started = time.perf_counter()
+    index.refresh_search(search_progress, wait=wait)
+    report.search_seconds = time.perf_counter() - started
     return report
 
 
@@ -1033,9 +1034,11 @@ def _revise_changed(store: Store, record: ModelRecord, reader: "_ShardReader", s
     report.replaced += len(moves)
     if moves:
         with store.transaction() as c:
+            # One key lookup per other model (the key is (model_id, content_hash)), never a scan.
+            others = [m.id for m in store.models() if m.id != record.id]
             c.executemany("INSERT OR IGNORE INTO embeddings (model_id, content_hash, row) SELECT model_id, ?, "
-                          "row FROM embeddings WHERE content_hash = ? AND model_id != ?",
-                          [(new, old, record.id) for old, new in sorted(moves)])
+                          "row FROM embeddings WHERE model_id = ? AND content_hash = ?",
+                          [(new, other, old) for old, new in sorted(moves) for other in others])
     return revised, known | held_before
 
 

@@ -19,6 +19,7 @@ model's file) makes the search exact, with a notice, until the next
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -49,6 +50,8 @@ TAIL_MAX_ROWS = 50_000
 # 0.1 s at 200k x 512); beyond, the rows a search returns are.
 VERIFY_MAX_ROWS = 200_000
 ANN_SUFFIX = ".ivf"
+REBUILD = ("run `clipdex index` on any of its folders, `clipdex import` again or `clipdex compact` to "
+           "bring it up to date")
 FORMAT = 1  # bump when what the engine records in an approximate index's meta changes
 SAMPLED_ROWS = 9  # rows whose vectors fingerprint the file an index was built from
 LOADED_MAX = 4  # approximate indexes kept loaded per process (shared by every Index object)
@@ -112,14 +115,13 @@ class ModelSearch:
             self.exact = ExactIndex(self.matrix, record.dim)
             self._verify()
             if problem is not None:
-                self.backend = SearchBackend("exact", f"exact search: {problem}; run `clipdex index` "
-                                             "on any of its folders (or `clipdex compact`) to rebuild it",
-                                             stale=True)
-                log.warning("the approximate search index %s %s; searching exactly (slower) until "
-                            "`clipdex index` rebuilds it", path, problem)
+                self.backend = SearchBackend("exact", f"exact search: the approximate index {problem}; "
+                                             f"{REBUILD}", stale=True)
+                log.warning("the approximate search index %s %s; searching exactly (slower) meanwhile: %s",
+                            path, problem, REBUILD)
             elif record.rows >= ANN_MIN_ROWS:
-                self.backend = SearchBackend("exact", "exact search: no approximate index yet (run "
-                                             "`clipdex index` on any of its folders to build it)", stale=True)
+                self.backend = SearchBackend("exact", f"exact search: no approximate index yet; {REBUILD}",
+                                             stale=True)
             return
         stats = ann.stats()
         covered = int(ann.meta.get("rows", stats.covered))  # rows of the file it was brought up to
@@ -127,7 +129,7 @@ class ModelSearch:
         if tail > TAIL_MAX_ROWS:
             self.exact = ExactIndex(self.matrix, record.dim)
             self.backend = SearchBackend("exact", f"exact search: the approximate index lacks the newest "
-                                         f"{tail:,} photos; run `clipdex index` to update it", stats, stale=True)
+                                         f"{tail:,} photos; {REBUILD}", stats, stale=True)
             return
         self.exact = None
         self.ann = ann
@@ -162,7 +164,23 @@ class ModelSearch:
         else:
             assert self.ann is not None
             in_ann = allowed if allowed is None else allowed[allowed < self.covered]
-            hits = self.ann.search(query, k, in_ann, text=text)
+            try:
+                hits = self.ann.search(query, k, in_ann, text=text)
+                if len(hits) and int(hits.rows.max()) >= self.record.rows:
+                    raise VectorIndexUnusable(ann_path(self.store, self.record), "it names rows the catalog "
+                                              "never committed")
+            except VectorIndexUnusable as e:  # damaged inside: exact from now on, never a wrong answer
+                log.warning("the approximate search index %s is damaged (%s); searching exactly until "
+                            "`clipdex index` (or `clipdex compact`) rebuilds it", e.path, e.reason)
+                path = ann_path(self.store, self.record)
+                forget(path)
+                with contextlib.suppress(OSError):  # disposable: the next index run builds it anew
+                    path.unlink()
+                self.ann, self.tail = None, None
+                self.exact = ExactIndex(self.matrix, self.record.dim)
+                self.backend = SearchBackend("exact", f"exact search: the approximate index is damaged "
+                                             f"({e.reason}); {REBUILD}", stale=True)
+                return self.exact.search(query, k, allowed, text=text)
             if self.tail is not None:
                 in_tail = None if allowed is None else allowed[allowed >= self.covered]
                 if in_tail is None or len(in_tail):
@@ -246,10 +264,13 @@ class _FileReader:
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         matrix = self.matrix
-        if len(rows) and int(rows.max()) >= len(matrix):
+        if len(rows) and (int(rows.max()) >= len(matrix) or int(rows.min()) < 0):
             with self._lock:
                 on_disk = self.vector_file.file_rows() or 0
-                self.matrix = matrix = self.vector_file.read(max(on_disk, int(rows.max()) + 1))
+                if int(rows.max()) >= on_disk or int(rows.min()) < 0:  # only a damaged index names them
+                    raise VectorIndexUnusable(self.vector_file.path, "it names rows the vector file does not "
+                                              f"have (row {int(rows.max())} of {on_disk})")
+                self.matrix = matrix = self.vector_file.read(on_disk)
         order = np.argsort(rows, kind="stable")
         out = np.empty((len(rows), self.vector_file.dim), np.float32)
         out[order] = matrix[rows[order]]

@@ -427,3 +427,14 @@ def test_rows_that_name_no_image_are_skipped(tmp_path: Path, model_kwargs: dict[
         report = import_embeddings(index, source)
     assert report.imported == 1 and report.skipped == 2
     assert {r.reason for r in report.skipped_rows} == {"no image_path, url or id names its image"}
+
+
+def test_indexing_an_import_folder_whose_images_are_elsewhere_says_so(tmp_path: Path) -> None:
+    from clipdex import Index, PhotoFolderError
+    from clipdex.store import Store
+
+    store = Store.open(tmp_path / "idx", create=True)
+    store.add_root("/data/elsewhere", kind="import")
+    store.close()
+    with Index.open(tmp_path / "idx") as index, pytest.raises(PhotoFolderError, match="nothing to index"):
+        index.add("/data/elsewhere")
