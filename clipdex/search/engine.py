@@ -350,6 +350,8 @@ def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = 
             if progress:
                 progress(start + len(rows), len(todo))
         action, why = "updated", f"{len(todo):,} rows added, {len(gone):,} removed"
+        if isinstance(ann, IvfIndex):
+            ann.built_at = time.time()  # what status shows as "updated"
     else:
         log.info("building the approximate search index of %s (%s rows; a few minutes per million)",
                  record.name, f"{record.rows:,}")
