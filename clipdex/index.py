@@ -27,6 +27,7 @@ from clipdex.classify import Classification, build_classifier, classify
 from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
+    FilterError,
     IndexDamaged,
     IndexStorageError,
     LabelSetError,
@@ -58,7 +59,14 @@ from clipdex.search.filters import SearchFilter, check_folder
 from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
 from clipdex.store.catalog import index_option
-from clipdex.store.rows import RowPhoto, allowed_rows, indexed_paths, photos_of_rows, row_of_file
+from clipdex.store.rows import (
+    RowPhoto,
+    allowed_rows,
+    holds_photos_under,
+    indexed_paths,
+    photos_of_rows,
+    row_of_file,
+)
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -608,7 +616,11 @@ class Index:
         inside or around one): anything else is a typo, not an empty result."""
         roots = self.store.roots()
         for folder in folders:
-            check_folder(display_path(folder), roots, "`clipdex status` lists them")
+            shown = check_folder(display_path(folder), roots, "`clipdex status` lists them")
+            if shown not in roots and not holds_photos_under(self.store, shown):
+                raise FilterError(f"folder {shown!r}", "holds no indexed photo (a typo, or a folder "
+                                  "not indexed yet)", f"Index it with `clipdex index {shown}`, or pick "
+                                  "another folder.")
 
     def _check_label(self, name: str, label: str) -> None:
         labels = self.classification_labels(name)  # raises LabelSetNotRun

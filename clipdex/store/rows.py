@@ -131,3 +131,10 @@ def indexed_paths(store: Store, hidden_roots: Sequence[str]) -> list[str]:
     cursor.row_factory = None
     return [r[0] for r in cursor.execute(f"SELECT f.path FROM files f WHERE f.status = 'ok'{where} "
                                          "ORDER BY f.path", args)]
+
+
+def holds_photos_under(store: Store, folder: str) -> bool:
+    """Whether any indexed photo lies under ``folder`` (one step of the path index)."""
+    condition, args = _folder_range(folder, "path")
+    return store.conn.execute(f"SELECT 1 FROM files WHERE status = 'ok' AND {condition} LIMIT 1",
+                              args).fetchone() is not None

@@ -76,3 +76,10 @@ def test_status_says_how_the_index_is_searched(cli_index: str) -> None:
     result = run_cli("status", "--index", cli_index)
     assert result.exit_code == 0, result.output
     assert "search   exact search (fewer than 100,000 photos)" in result.output
+
+
+def test_a_folder_inside_the_index_without_photos_is_an_error(cli_index: str, photos: Path,
+                                                              model_args: list[str]) -> None:
+    result = run_cli("search", "a photo", "--index", cli_index, *model_args, "--folder", str(photos / "tirp"),
+                     catch_exceptions=True)
+    assert result.exit_code == 1 and "holds no indexed photo" in result.output, result.output
