@@ -40,6 +40,7 @@ again (and gets its real hash).
 
 from __future__ import annotations
 
+import calendar
 import csv
 import hashlib
 import json
@@ -713,7 +714,12 @@ class _ShardReader:
                 parquet = pq.ParquetFile(shard.metadata)
             except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a bad file)
                 raise _unreadable(shard.metadata, e) from None
-            self._columns = self._wanted(parquet.schema_arrow.names)
+            names = parquet.schema_arrow.names
+            self._columns = self._wanted(names)
+            if not self._columns:
+                raise InterchangeError(shard.metadata, "has no image_path or url column: nothing names its "
+                                       f"images (its columns: {', '.join(names[:12]) or 'none'})",
+                                       "clip-retrieval writes image_path (or url and caption); add one.")
             rows = parquet.metadata.num_rows
         if rows != self.count:
             raise InterchangeError(shard.metadata, f"describes {rows} images, but {shard.vectors.name} holds "
@@ -867,7 +873,9 @@ def taken_at(value: object) -> str | None:
     if found is None:
         return None
     year, month, day, hour, minute, second = (int(g) if g else 0 for g in found.groups())
-    if not (1 <= month <= 12 and 1 <= day <= 31 and year > 0 and hour < 24 and minute < 60 and second < 61):
+    if not (1 <= month <= 12 and year > 0 and hour < 24 and minute < 60 and second < 61):
+        return None
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:  # 2021-02-31 is no date
         return None
     return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{min(second, 59):02d}"
 

@@ -438,3 +438,17 @@ def test_indexing_an_import_folder_whose_images_are_elsewhere_says_so(tmp_path: 
     store.close()
     with Index.open(tmp_path / "idx") as index, pytest.raises(PhotoFolderError, match="nothing to index"):
         index.add("/data/elsewhere")
+
+
+def test_metadata_that_names_no_image_is_refused_before_anything_is_written(tmp_path: Path,
+                                                                           model_args: list[str]) -> None:
+    source = tmp_path / "source"
+    _write_shards(source, _unit(np.random.default_rng(7), 3, TINY_DIM), {"caption": ["a", "b", "c"]}, shards=1)
+    result = run_cli("import", str(source), "--index", str(tmp_path / "idx"), *model_args)
+    assert result.exit_code == 1 and "has no image_path or url column" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_impossible_dates_are_no_dates() -> None:
+    assert interchange.taken_at("2021-02-31") is None and interchange.taken_at("2021:13:01 00:00:00") is None
+    assert interchange.taken_at("2024-02-29 10:00:00") == "2024-02-29T10:00:00"
