@@ -91,10 +91,7 @@ class Classification:
     def check_label(self, label: str, *, allow_uncertain: bool = True) -> None:
         """Raise :class:`~clipdex.errors.LabelSetError` unless ``label`` is one of the set's
         (or ``uncertain``, where a filter may ask for it; a correction may not)."""
-        allowed = self.labels + ([UNCERTAIN] if allow_uncertain else [])
-        if label not in allowed:
-            raise LabelSetError(f"label set {self.label_set.name!r}", f"has no label {label!r}",
-                                f"Pick one of: {', '.join(allowed)}.")
+        check_label(self.label_set.name, self.labels, label, allow_uncertain=allow_uncertain)
 
     def members(self, label: str) -> np.ndarray:
         """Row indices of the photos with ``label`` (a correction wins), in row order.
@@ -132,6 +129,15 @@ class Classification:
             if len(self.members(extra)):
                 ordered[extra or "(none)"] = len(self.members(extra))
         return ordered
+
+
+def check_label(set_name: str, labels: Sequence[str], label: str, *, allow_uncertain: bool = True) -> None:
+    """Raise :class:`~clipdex.errors.LabelSetError` unless ``label`` is one of ``labels`` of set
+    ``set_name`` (or ``uncertain``, when ``allow_uncertain``); the message lists the choices."""
+    allowed = [*labels, *([UNCERTAIN] if allow_uncertain else [])]
+    if label not in allowed:
+        raise LabelSetError(f"label set {set_name!r}", f"has no label {label!r}",
+                            f"Pick one of: {', '.join(allowed)}.")
 
 
 def classify(classifier: Classifier, vectors: np.ndarray, file_ids: Sequence[int],

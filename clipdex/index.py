@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from clipdex.classify import Classification, build_classifier, classify
+from clipdex.classify import Classification, build_classifier, check_label, classify
 from clipdex.discover import display_path
 from clipdex.errors import (
     EmptyIndex,
@@ -41,7 +41,7 @@ from clipdex.errors import (
 )
 from clipdex.evaluate import Evaluation, evaluate
 from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress
-from clipdex.labels import UNCERTAIN, LabelSet, label_set_from_json
+from clipdex.labels import LabelSet, label_set_from_json
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query
 from clipdex.search.base import BuildProgress, Hits, VectorIndex
@@ -623,10 +623,9 @@ class Index:
                                   "another folder.")
 
     def _check_label(self, name: str, label: str) -> None:
-        labels = self.classification_labels(name)  # raises LabelSetNotRun
-        if label not in labels and label != UNCERTAIN:
-            raise LabelSetError(f"label set {name!r}", f"has no label {label!r}",
-                                f"Pick one of: {', '.join([*labels, UNCERTAIN])}.")
+        """A label filter's label must be one of the stored set's (read from its definition,
+        not its predictions); an unknown set is :class:`LabelSetNotRun`."""
+        check_label(name, self.classification_labels(name), label)
 
     def _top(self, plan: "_Plan", query_vector: np.ndarray, k: int, offset: int,
              text: bool) -> list[SearchResult]:
