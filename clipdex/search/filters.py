@@ -82,13 +82,18 @@ class SearchFilter:
 
     @classmethod
     def make(cls, *, label: tuple[str, str] | None = None, folders: tuple[str, ...] | list[str] = (),
-             after: str | None = None, before: str | None = None) -> "SearchFilter":
-        """A filter from what a person typed: dates parsed, an empty period refused."""
-        start = parse_date(after, "--after") if after else None
-        end = parse_date(before, "--before") if before else None
+             after: str | None = None, before: str | None = None,
+             names: tuple[str, str] = ("--after", "--before")) -> "SearchFilter":
+        """A filter from what a person typed: dates parsed, an empty period refused. ``names``
+        are what the dates are called where they were typed, for messages (options, URL
+        parameters)."""
+        first, last = names
+        start = parse_date(after, first) if after else None
+        end = parse_date(before, last) if before else None
         if start and end and start >= end:
-            raise FilterError(f"--after {after} --before {before}", "no date is in that period",
-                              "--after is the first moment kept, --before the first one left out.")
+            raise FilterError(f"{first} {after!r}, {last} {before!r}", "no date is in that period",
+                              f"{first} is the first moment kept, {last} the first one left out: "
+                              f"{last} must be later.")
         return cls(label=label, folders=tuple(folders), after=start, before=end)
 
     def describe(self) -> str:

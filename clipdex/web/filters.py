@@ -72,15 +72,9 @@ class FilterForm:
             raise FilterError("folder", f"{len(self.folders)} folders were given, at most {MAX_FOLDERS} "
                               "are allowed", "Pick fewer folders, or a folder that holds them.")
         folders = tuple(check_folder(f, roots, where) for f in self.folders)
-        after = parse_date(self.after, "after") if self.after else None
-        before = parse_date(self.before, "before") if self.before else None
-        if after and before and after >= before:
-            raise FilterError(f"after {self.after!r}, before {self.before!r}", "no date is in that period",
-                              "'taken from' (after) is the first moment kept, 'taken before' (before) "
-                              "the first one left out: the second must be later.")
         label = (self.set, self.label) if self.set and self.label else None
         made = SearchFilter.make(label=label, folders=folders, after=self.after or None,
-                                 before=self.before or None)
+                                 before=self.before or None, names=("after", "before"))
         return made if made else None
 
 
