@@ -51,6 +51,7 @@ from clipdex.search.engine import (
     SearchBackend,
     ann_path,
     backend_of,
+    file_key,
     forget_under,
     refresh,
     trained_index,
@@ -567,8 +568,8 @@ class Index:
     def _model_search(self, record: ModelRecord, exact: bool) -> ModelSearch:
         """The model's search engine, kept while its vectors and approximate index are unchanged."""
         key = (record.id, record.rows, record.generation, record.vectors_file, exact,
-               _stat_key(ann_path(self.store, record)),
-               _stat_key(self.store.vector_file(record).path))
+               file_key(ann_path(self.store, record)),
+               file_key(self.store.vector_file(record).path))
         engine = self._engines.get(key)
         if engine is None:
             engine = ModelSearch(self.store, record, exact=exact)
@@ -999,11 +1000,3 @@ def _with_label(filters: SearchFilter | None, label: tuple[str, str] | None) -> 
         return filters or None
     base = filters or SearchFilter()
     return SearchFilter(label=label, folders=base.folders, after=base.after, before=base.before)
-
-
-def _stat_key(path: Path) -> tuple[int, ...]:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return ()
-    return (st.st_ino, st.st_size, st.st_mtime_ns)

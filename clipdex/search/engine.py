@@ -65,6 +65,15 @@ def ann_path(store: Store, record: ModelRecord) -> Path:
     return store.path / (record.vectors_file + ANN_SUFFIX)
 
 
+def file_key(path: Path) -> tuple[int, ...]:
+    """What tells one version of a file from another (inode, size, mtime); () when it is missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def fingerprint(matrix: np.ndarray, covered: int) -> str:
     """A digest of the vectors at a few rows spread over the first ``covered`` (and the last of them)."""
     if covered <= 0:
@@ -207,11 +216,10 @@ def _load_ann(path: Path, record: ModelRecord, vector_file: VectorFile, matrix: 
 
     ``shared``: the process's loaded copy, which searches use (never changed in place);
     otherwise a copy of its own that the caller may change (an update)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+    identity = file_key(path)
+    if not identity:
         return None, None
-    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (str(path), *identity)
     ann = None
     if shared:
         with _loaded_lock:
@@ -363,9 +371,9 @@ def refresh(store: Store, record: ModelRecord, progress: BuildProgress | None = 
                     fingerprint=fingerprint(matrix, record.rows))
     ann.save(path)
     forget(path)
-    st = os.stat(path)
     with _loaded_lock:  # this process searches with what it just saved, without reading it again
-        _loaded[(str(path), st.st_ino, st.st_size, st.st_mtime_ns)] = ann
+        key = (str(path), *file_key(path))
+        _loaded[key] = ann
     return RefreshReport(record.key, action, record.rows, time.perf_counter() - started, why)
 
 
