@@ -26,6 +26,7 @@ import click
 
 from clipdex.errors import ClipdexError, ModelError
 from clipdex.labels import DEFAULT_THRESHOLD
+from clipdex.models.precision import PRECISIONS
 from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
 
@@ -37,7 +38,6 @@ MAX_RESULTS = 10_000  # = clipdex.index.MAX_K (not imported: --help must stay li
 MAX_BATCH_SIZE = 4096
 MAX_WORKERS = 256
 MAX_MEGAPIXELS = 100_000.0
-PRECISIONS = ("fp32", "int8", "bf16", "fp16")
 # Commands that live in modules of their own, imported when named (those modules import this
 # one's options, so this one must not import them when it loads).
 LAZY_COMMANDS = {"export": "clipdex.cli_interchange", "import": "clipdex.cli_interchange",
@@ -102,7 +102,7 @@ def model_options(f: F) -> F:
         click.option("--model-config", type=click.Path(dir_okay=False),
                      help="open_clip model-config JSON of a custom architecture (needs --weights)."),
         click.option("--device", help="cuda, mps or cpu [default: best available]."),
-        click.option("--precision", type=click.Choice(["fp32", "int8", "bf16", "fp16"]),
+        click.option("--precision", type=click.Choice(PRECISIONS),
                      help="How vectors are computed: fp32 (exact; ONNX Runtime on CPU), int8 "
                           "(CPU, 1.5-1.9x faster, cosine to fp32 ~0.9997), bf16/fp16 (torch; fp16 on GPU). "
                           "[default: fp32, or the index's]"),

@@ -114,6 +114,8 @@ class IndexReport:
     dated: int = 0  # unchanged photos, indexed before EXIF dates were read, given their EXIF date
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    precision: str = ""  # what new vectors were computed in (fp32, bf16, int8, fp16)
+    precision_note: str = ""  # how it was chosen: --precision auto's reason, or "asked for"
 
     @property
     def images_per_second(self) -> float:
@@ -471,7 +473,8 @@ class Indexer:
         vectors = (self.encoder.encode_images(np.stack(batch_pixels)) if batch_pixels
                    else np.zeros((0, model.dim), np.float32))
         first_row = model.rows
-        model = self.store.commit_batch(model, vectors, batch_hashes, files)
+        model = self.store.commit_batch(model, vectors, batch_hashes, files,
+                                        precision=getattr(self.encoder, "precision", None))
         for i, h in enumerate(batch_hashes):
             embedded[h] = first_row + i
         report.encoded += len(batch_hashes)

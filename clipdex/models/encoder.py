@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipdex.errors import ModelError
+from clipdex.models.precision import CONCRETE, cpu_features
 from clipdex.models.preprocess import PreprocessConfig, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.models.weights import locate_weights, pretrained_config
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 TEXT_BATCH = 256  # prompts per forward pass of the text tower
-PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 
 
 class Encoder(Protocol):
@@ -84,14 +84,16 @@ class LazyEncoder:
 
 def make_encoder(spec: ModelSpec, *, device: str | None = None, precision: str | None = None,
                  for_queries: bool = False) -> Encoder:
-    """The encoder for a job: ONNX Runtime on the CPU (fp32, int8), torch elsewhere.
+    """The encoder for a job: ONNX Runtime on the CPU (fp32, int8), OpenVINO for bf16 on a
+    CPU that computes it natively, torch elsewhere. ``precision`` is a concrete one
+    (``auto`` is resolved first, by :mod:`clipdex.models.auto`).
 
     ``for_queries`` picks the CPU ONNX path without asking torch about GPUs
     (encoding one query is fast anywhere, and importing torch is not).
     """
     precision = precision or "fp32"
-    if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if precision not in CONCRETE:
+        raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(CONCRETE)}.")
     if for_queries and device in (None, "cpu"):
         from clipdex.models.onnx import OnnxEncoder
 
@@ -101,11 +103,32 @@ def make_encoder(spec: ModelSpec, *, device: str | None = None, precision: str |
         from clipdex.models.onnx import OnnxEncoder
 
         return OnnxEncoder(spec, precision)
+    if chosen == "cpu" and precision == "bf16":
+        return _cpu_bf16_encoder(spec)
     if precision == "int8":
         raise ModelError("int8 runs on the CPU through ONNX Runtime; use --device cpu, or fp16 on a GPU.")
     if precision == "fp16" and chosen == "cpu":
         raise ModelError("fp16 is for GPUs; on the CPU use fp32, int8 or bf16.")
     return TorchEncoder(spec, device=chosen, precision=precision)
+
+
+def _cpu_bf16_encoder(spec: ModelSpec) -> Encoder:
+    """bf16 on the CPU: OpenVINO where the processor computes bf16 natively; refused where
+    it would be emulated (slower than fp32), with what to use instead."""
+    cpu = cpu_features()
+    if not cpu.native_bf16:
+        raise ModelError(
+            f"this processor, {cpu.describe()}, has no native bf16 (AVX512_BF16 or AMX): bf16 "
+            "would be emulated and slower than fp32. Use --precision fp32 (exact) or --precision "
+            "int8 (faster, cosine to fp32 >= 0.99), or --precision auto to pick the fastest here.")
+    from clipdex.models.openvino import OpenVinoEncoder, openvino_missing
+
+    missing = openvino_missing()
+    if missing:
+        raise ModelError(f"bf16 on the CPU runs through OpenVINO, which is not installed ({missing}). "
+                         "Install it with `pip install 'clipdex[openvino]'` (a 60 MB download), or "
+                         "use --precision fp32 or int8.")
+    return OpenVinoEncoder(spec, "bf16")  # type: ignore[return-value]  # skeleton
 
 
 def pick_device(requested: str | None = None) -> str:

@@ -676,13 +676,14 @@ class Store:
         return sizes
 
     def commit_batch(self, model: ModelRecord, vectors: np.ndarray, hashes: Sequence[str],
-                     files: Sequence[NewFile]) -> ModelRecord:
+                     files: Sequence[NewFile], precision: str | None = None) -> ModelRecord:
         """Store a batch atomically: new vectors for ``hashes``, then the file rows.
 
         The vectors reach the disk first; the catalog's commit then makes them
         count. A kill between the two leaves unreferenced rows that the next
         append overwrites. A vector file shorter than its committed rows is
-        refused (:class:`IndexDamaged`), never grown with zeros.
+        refused (:class:`IndexDamaged`), never grown with zeros. ``precision`` is what
+        the vectors were computed in (None: the model's own).
         """
         self.require_writable()
         current = self.conn.execute("SELECT rows FROM models WHERE id = ?", (model.id,)).fetchone()[0]
@@ -700,8 +701,8 @@ class Store:
         now = time.time()
         with self.transaction() as c:
             c.executemany(
-                "INSERT INTO embeddings (model_id, content_hash, row) VALUES (?, ?, ?)",
-                [(model.id, h, current + i) for i, h in enumerate(hashes)])
+                "INSERT INTO embeddings (model_id, content_hash, row, precision) VALUES (?, ?, ?, ?)",
+                [(model.id, h, current + i, precision) for i, h in enumerate(hashes)])
             c.execute("UPDATE models SET rows = ? WHERE id = ?", (current + len(hashes), model.id))
             c.executemany(
                 "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, "

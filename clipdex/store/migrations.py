@@ -133,6 +133,22 @@ MIGRATIONS: list[tuple[str, Migration]] = [
             PRIMARY KEY (model_id, source, shard)
         );
     """),
+    ("007_precisions", """
+        ALTER TABLE embeddings ADD COLUMN precision TEXT;
+        CREATE TABLE precision_choices (
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            host TEXT NOT NULL,
+            precision TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            cosine REAL,
+            speedup REAL,
+            photos INTEGER NOT NULL,
+            min_cosine REAL NOT NULL,
+            chosen_at REAL NOT NULL,
+            PRIMARY KEY (model_id, host)
+        );
+    """),
 ]
 # 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
 # holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
@@ -149,6 +165,12 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # of its rows a full check found sound (an index run checks only the rows after them). roots.kind is 'folder'
 # (indexed from disk: hidden while it is missing) or 'import' (adopted embeddings, whose
 # images may live elsewhere: never hidden). imports records the shards an import finished.
+# 007: embeddings.precision is the precision a vector was computed in ('fp32', 'bf16', 'fp16',
+# 'int8'; NULL: the model's own models.precision, as every vector before 007). An index
+# continued on another machine may hold vectors of several full precisions under one model:
+# they agree to cosine >= 0.999 and are searched together. precision_choices records what
+# `--precision auto` chose for a model on one kind of host (device, CPU features, runtimes),
+# why, and the fidelity it measured: the check runs once per model and kind of host.
 LATEST_VERSION = len(MIGRATIONS)
 
 
