@@ -26,7 +26,7 @@ import click
 
 from clipdex.errors import ClipdexError, ModelError
 from clipdex.labels import DEFAULT_THRESHOLD
-from clipdex.models.precision import PRECISIONS
+from clipdex.models.precision import AUTO, DEFAULT_MIN_COSINE, INT8_MIN_COSINE, PRECISIONS
 from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
 
@@ -103,9 +103,11 @@ def model_options(f: F) -> F:
                      help="open_clip model-config JSON of a custom architecture (needs --weights)."),
         click.option("--device", help="cuda, mps or cpu [default: best available]."),
         click.option("--precision", type=click.Choice(PRECISIONS),
-                     help="How vectors are computed: fp32 (exact; ONNX Runtime on CPU), int8 "
-                          "(CPU, 1.5-1.9x faster, cosine to fp32 ~0.9997), bf16/fp16 (torch; fp16 on GPU). "
-                          "[default: fp32, or the index's]"),
+                     help="How photo vectors are computed: auto (the fastest that keeps cosine >= "
+                          "--min-cosine to fp32 on a few of your photos, checked once and recorded), fp32 "
+                          "(exact), bf16 (OpenVINO on CPUs with native bf16; GPUs), int8 (CPU, cosine to "
+                          "fp32 ~0.9997), fp16 (GPU). Searching: auto or none uses whichever vectors the "
+                          "index has. [default: auto when indexing]"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -275,17 +277,25 @@ class _Bar:
 @click.option("--storage", type=click.Choice(list(STORAGE_OPTIONS)), default=None,
               help="How a new index (or a model new to it) stores vectors: fp16 halves the vector file "
                    "[default: fp32; an existing model keeps its own].")
+@click.option("--min-cosine", type=FiniteFloat(0.0, 1.0, min_open=True), default=DEFAULT_MIN_COSINE,
+              show_default=True, help="--precision auto's bar: the cosine to fp32 a faster precision must "
+                                      f"keep on your photos; below {DEFAULT_MIN_COSINE:g} (e.g. "
+                                      f"{INT8_MIN_COSINE:g}) allows int8.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
               model_config: str | None, device: str | None, precision: str | None, batch_size: int | None,
               workers: int | None,
               max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool, storage: str | None,
-              as_json: bool) -> None:
+              min_cosine: float, as_json: bool) -> None:
     """Embed every photo under PHOTO_DIR (recursively) into the index.
 
     Runs are incremental: unchanged files are skipped, new and changed ones
     encoded, deleted ones dropped, renamed ones keep their vectors. A killed
     run keeps every finished batch; run the command again to resume.
+
+    New vectors are computed in the fastest precision that keeps their cosine to
+    fp32 >= --min-cosine on a few of your photos (--precision auto: checked once
+    per model and kind of machine, recorded in the index); --precision fp32 is exact.
     """
     from clipdex.index import Index
     from clipdex.indexer import IndexSettings
@@ -298,12 +308,12 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     bar = _Bar()
     search_bar = _Bar("search index", "rows")
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
-                    device=device, precision=precision, create=True) as index:
+                    device=device, precision=precision or AUTO, create=True) as index:
         try:
             report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
                                allow_new_model=add_model, wait=wait,
                                search_progress=None if as_json else search_bar,
-                               storage=stored_name(storage))
+                               storage=stored_name(storage), min_cosine=min_cosine)
         finally:
             bar.stop()
             search_bar.stop()
@@ -328,6 +338,8 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     out.print(f"  skipped   {len(report.failed):>7}")
     rate = f", {report.images_per_second:.1f} img/s" if report.encoded else ""
     out.print(f"  encoded {report.encoded} in {report.seconds:.1f} s{rate}")
+    if report.precision:
+        out.print(f"  precision {report.precision} — {report.precision_note}", markup=False)
     if report.failed:
         out.print("[bold yellow]skipped files:[/]")
         for failure in report.failed[:20]:
@@ -951,7 +963,10 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
                   "`clipdex index NEW_PLACE` reuses their vectors)")
     out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
     for m in status.models:
-        out.print(f"model    {m.name} ({m.key}), {m.dim}-d {m.precision}: {m.photos} photos", markup=False)
+        out.print(f"model    {m.name} ({m.key}), {m.dim}-d: {m.photos} photos", markup=False)
+        out.print(f"vectors  {_precision_counts(m.precisions)}", markup=False)
+        for choice in m.choices:
+            out.print(f"auto     {_choice_line(choice, status.host)}", markup=False)
         if m.search and not m.search_stale:  # a stale one is a problem, listed below with its fix
             out.print(f"search   {m.search}", markup=False)
         if m.reclaimable_bytes:
@@ -966,6 +981,26 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
             out.print(f"  {f.path}: {f.reason}", markup=False)
         if len(failures) > len(shown):
             out.print(f"  … and {len(failures) - len(shown)} more (--failures lists all)")
+
+
+def _precision_counts(counts: Mapping[str, int]) -> str:
+    """'1,000 vectors: 600 bf16, 400 fp32' (the precisions they were computed in)."""
+    total = sum(counts.values())
+    noun = "vector" if total == 1 else "vectors"
+    if len(counts) <= 1:
+        return f"{total:,} {next(iter(counts), '')} {noun}".replace("  ", " ")
+    return (f"{total:,} {noun}: " + ", ".join(f"{n:,} {p}" for p, n in counts.items())
+            + " (one vector set, searched together)")
+
+
+def _choice_line(choice: Any, host: str | None) -> str:
+    """One recorded --precision auto choice: which, for which host, when, why."""
+    import time
+
+    where = "this machine" if host is not None and choice.host == host else choice.host
+    when = time.strftime("%Y-%m-%d", time.localtime(choice.chosen_at)) if choice.chosen_at else "?"
+    bar = f", --min-cosine {choice.min_cosine:g}" if choice.min_cosine != DEFAULT_MIN_COSINE else ""
+    return f"{choice.describe()} on {where} (chosen {when}{bar}): {choice.reason}"
 
 
 # -- remove --------------------------------------------------------------------

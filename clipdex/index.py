@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,9 @@ from clipdex.errors import (
     TableError,
 )
 from clipdex.evaluate import Evaluation, evaluate
-from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress
+from clipdex.indexer import DRAFT_FACTOR, Indexer, IndexReport, IndexSettings, Progress
 from clipdex.labels import LabelSet, label_set_from_json
+from clipdex.models.precision import AUTO, DEFAULT_MIN_COSINE, vector_family
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query
 from clipdex.search.base import BuildProgress, Hits, VectorIndex
@@ -70,6 +72,8 @@ from clipdex.store.rows import (
 )
 
 if TYPE_CHECKING:
+    from clipdex.discover import Walk
+    from clipdex.models.auto import PrecisionChoice
     from clipdex.models.encoder import Encoder
     from clipdex.store.compact import CompactReport
 
@@ -99,8 +103,9 @@ def _locked(method: F) -> F:
 
 
 def vector_key(spec: ModelSpec, precision: str | None) -> str:
-    """The key vectors are stored under: int8 vectors are kept apart from exact ones."""
-    return spec.key + ("#int8" if precision == "int8" else "")
+    """The key vectors are stored under: int8 vectors are kept apart; fp32, bf16 and fp16
+    (which agree to cosine >= 0.999) share the model's key, one vector set."""
+    return spec.key + ("#int8" if precision and vector_family(precision) == "int8" else "")
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class ModelStatus:
     search: str = ""  # how it is searched: exact or approximate, and how fresh
     search_stale: bool = False  # an approximate index is missing or out of date
     reclaimable_bytes: int = 0  # what `clipdex compact` would free
+    # Vectors in use per precision they were computed in, most first ({"bf16": 600, "fp32": 400}):
+    # fp32, bf16 and fp16 vectors share one vector set and are searched together.
+    precisions: dict[str, int] = field(default_factory=dict)
+    choices: tuple["PrecisionChoice", ...] = ()  # what --precision auto chose, per kind of host
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,7 @@ class IndexStatus:
     missing_photos: int = 0
     problems: list[str] = field(default_factory=list)
     readonly: bool = False
+    host: str | None = None  # this machine as auto's choices name hosts (None: only torch could say)
 
 
 @dataclass(frozen=True)
@@ -233,9 +243,10 @@ class Index:
     def model_record(self) -> ModelRecord:
         """The index's record of the model in use (raises if it has no vectors of it)."""
         records = self.store.models()
-        if self.requested is not None or self.precision:
+        precision = None if self.precision == AUTO else self.precision  # auto: whichever set it has
+        if self.requested is not None or precision:
             spec = self.spec()
-            keys = ([vector_key(spec, self.precision)] if self.precision
+            keys = ([vector_key(spec, precision)] if precision
                     else [spec.key, vector_key(spec, "int8")])
             for key in keys:
                 record = self.store.get_model(key)
@@ -296,6 +307,7 @@ class Index:
         wait: bool = False,
         search_progress: BuildProgress | None = None,
         storage: str | None = None,
+        min_cosine: float = DEFAULT_MIN_COSINE,
     ) -> IndexReport:
         """Index ``folder`` recursively: new and changed photos are encoded, deleted ones dropped.
 
@@ -306,9 +318,16 @@ class Index:
         ``storage`` ("f32" or "f16") is how a model new to the index keeps its vectors:
         float16 halves the vector file for a recall measured in bench/search_scale.py;
         a model the index holds keeps its storage.
+
+        With precision ``auto`` the fastest precision whose vectors agree with fp32's to
+        ``min_cosine`` on a few photos of the folder is used (:mod:`clipdex.models.auto`),
+        chosen once per model and kind of host and recorded in the index; a folder with
+        nothing to encode chooses nothing. The report says which precision and why.
         """
         if storage not in (None, "f32", "f16"):
             raise ValueError(f"storage must be 'f32' or 'f16', not {storage!r}")
+        if not 0.0 < min_cosine <= 1.0:
+            raise ValueError(f"min_cosine must be above 0 and at most 1, not {min_cosine!r}")
         path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
         known_root = display_path(path) in self.store.roots()
         if known_root and not os.path.exists(path) and self.store.root_kinds().get(display_path(path)) == "import":
@@ -327,21 +346,23 @@ class Index:
         # indexed folder emptied since is a folder whose photos all leave the index.
         walk = Indexer.scan(path, allow_empty=known_root)
         spec = self.spec()
-        precision = self.precision or "fp32"
-        key = vector_key(spec, precision)
+        asked = self.precision or "fp32"
+        key = self._add_key(spec, asked)
         self._check_model(key, allow_new_model)
         self.store.acquire_lock(wait=wait)
         try:
-            from clipdex.models.encoder import LazyEncoder, make_encoder
+            from clipdex.models.encoder import LazyEncoder
 
-            encoder: Encoder = LazyEncoder(  # type: ignore[assignment]
-                lambda: make_encoder(spec, device=self.device, precision=precision))
             # Again under the lock: another process may have registered a model meanwhile.
-            record = self._check_model(key, allow_new_model)
+            record = self._check_model(self._add_key(spec, asked), allow_new_model)
+            plan = _PrecisionPlan(self, spec, asked, min_cosine, walk, settings or IndexSettings(), record)
+            encoder: Encoder = LazyEncoder(plan.encoder)  # type: ignore[assignment]
             if record is None:  # a new model: build it now to learn its dimension
                 encoder.load()
+                key = vector_key(spec, plan.precision)  # auto may have chosen int8
                 record = self.store.add_model(key, spec.name, spec.to_json(), encoder.dim,
-                                              encoder.logit_scale, precision, storage or "f32")
+                                              encoder.logit_scale, plan.precision or asked, storage or "f32")
+                plan.recorded(record)
             else:
                 forgotten = self.store.repair_vectors(record)
                 if forgotten:
@@ -352,6 +373,7 @@ class Index:
                 if spec.weights and record.spec_json != spec.to_json():
                     self.store.update_model_spec(record.id, spec.to_json())  # weights moved
             report = Indexer(encoder, self.store, settings).run(walk, record, progress)
+            report.precision, report.precision_note = plan.precision or "", plan.note
             self._refresh_search(search_progress)
         finally:
             self.store.release_lock()
@@ -386,6 +408,15 @@ class Index:
                 log.info("approximate search index of %s %s: %s rows in %.1f s (%s)", report.model,
                          report.action, f"{report.rows:,}", report.seconds, report.why)
         return reports
+
+    def _add_key(self, spec: ModelSpec, asked: str) -> str:
+        """The key new vectors go under: the precision's, or for auto the family the index
+        holds (int8 only when it holds only int8 vectors of the model; a model new to the
+        index gets its key once auto has chosen)."""
+        if asked != AUTO:
+            return vector_key(spec, asked)
+        int8 = self.store.get_model(vector_key(spec, "int8")) is not None
+        return vector_key(spec, "int8" if int8 and self.store.get_model(spec.key) is None else "fp32")
 
     def _check_model(self, key: str, allow_new_model: bool) -> ModelRecord | None:
         """The index's record of ``key``; :class:`ModelMismatch` if it holds only other models
@@ -905,6 +936,8 @@ class Index:
         ``verify`` reads and checks every vector too (O(rows x dim): zeroed or garbage
         rows in a file of the right length).
         """
+        from clipdex.models.auto import cheap_host_key
+
         stamp = (self._stamp(), self.store.vectors_stamp())
         if not verify and self._status is not None and self._status[0] == stamp:
             return self._status[1]
@@ -924,7 +957,9 @@ class Index:
                                           precision=record.precision,
                                           search=backend.note if backend else "",
                                           search_stale=bool(backend and backend.stale),
-                                          reclaimable_bytes=reclaimable))
+                                          reclaimable_bytes=reclaimable,
+                                          precisions=self.store.precision_counts(record),
+                                          choices=tuple(self.store.precision_choices(record.id))))
                 if damage is not None:
                     problems.append(f"{damage.describe()}. {damage.fix(self.path)}")
                 elif backend is not None and backend.stale:
@@ -938,7 +973,7 @@ class Index:
             status = IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
                                  failed=counts.get("failed", 0), models=models, missing_roots=missing,
                                  missing_photos=self.store.count_under(missing), problems=problems,
-                                 readonly=self.store.readonly)
+                                 readonly=self.store.readonly, host=cheap_host_key(self.device))
         self._status = (stamp, status)
         return status
 
@@ -946,6 +981,91 @@ class Index:
     def failures(self) -> list[FileRecord]:
         """Files that could not be indexed, with their reasons."""
         return self.store.failures()
+
+
+class _PrecisionPlan:
+    """How one :meth:`Index.add` computes new vectors: the precision asked for, or the one
+    ``auto`` chooses, when the first photo needs encoding (a folder with nothing to encode
+    builds no encoder and chooses nothing).
+
+    Auto reuses the choice the index recorded for the model on this kind of host with the
+    same ``min_cosine``; otherwise it checks the candidates on the first photos of the folder
+    that need encoding (:func:`clipdex.models.auto.choose`) and records what it chose.
+    """
+
+    def __init__(self, index: Index, spec: ModelSpec, asked: str, min_cosine: float, walk: "Walk",
+                 settings: IndexSettings, record: ModelRecord | None) -> None:
+        self.index = index
+        self.spec = spec
+        self.min_cosine = min_cosine
+        self.walk = walk
+        self.settings = settings
+        self.record = record
+        self.precision: str | None = None if asked == AUTO else asked
+        self.note = "" if asked == AUTO else f"asked for (--precision {asked})"
+        self.choice: PrecisionChoice | None = None  # a choice made now, recorded once the model is
+        self._built: dict[str, Encoder] = {}
+
+    def encoder(self) -> "Encoder":
+        """The encoder new vectors are computed with (auto decides first)."""
+        from clipdex.models.encoder import make_encoder
+
+        if self.precision is None:
+            self._decide()
+        assert self.precision is not None
+        built = self._built.get(self.precision)
+        return built or make_encoder(self.spec, device=self.index.device, precision=self.precision)
+
+    def recorded(self, record: ModelRecord) -> None:
+        """The model is registered now: record the choice made for it."""
+        self.record = record
+        if self.choice is not None:
+            self.index.store.set_precision_choice(record.id, self.choice)
+
+    def _decide(self) -> None:
+        from clipdex.models import auto
+
+        store = self.index.store
+        host = auto.host_key(self.index.device)
+        family = None if self.record is None else "int8" if self.record.key.endswith("#int8") else "full"
+        recorded = store.get_precision_choice(self.record.id, host) if self.record is not None else None
+        if (recorded is not None and recorded.min_cosine == self.min_cosine
+                and vector_family(recorded.precision) == family):
+            self.precision = recorded.precision
+            when = time.strftime("%Y-%m-%d", time.localtime(recorded.chosen_at or 0))
+            self.note = f"auto: {recorded.reason} (checked on {when}, recorded in the index)"
+            return
+        sample = self._sample()
+        choice = auto.choose(self.spec, self.index.device, sample, self.min_cosine, family,
+                             encoders=self._built, host=host)
+        log.info("--precision auto: %s", choice.reason)
+        self.precision, self.note, self.choice = choice.precision, f"auto: {choice.reason}", choice
+        if self.record is not None:
+            store.set_precision_choice(self.record.id, choice)
+
+    def _sample(self) -> list[np.ndarray]:
+        """The first photos of the folder that need encoding, preprocessed (up to
+        :data:`clipdex.models.auto.SAMPLE_PHOTOS`)."""
+        from clipdex.models import auto
+        from clipdex.models.encoder import make_encoder
+
+        store = self.index.store
+        known = store.files_under(self.walk.display_root)
+        embedded = store.embedded_hashes(self.record) if self.record is not None else {}
+        paths = []
+        for entry in self.walk.files:
+            found = known.get(entry.path)
+            if found is not None and (found.size, found.mtime_ns) == (entry.size, entry.mtime_ns) and (
+                    found.status == "failed" or found.content_hash in embedded):
+                continue  # unchanged: nothing to encode (or failed, and most likely fails again)
+            paths.append(entry.fs_path)
+        reference = self._built.get("fp32")
+        if reference is None:
+            reference = make_encoder(self.spec, device=self.index.device, precision="fp32")
+            self._built["fp32"] = reference
+        draft = reference.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None
+        return auto.sample_photos(paths, reference.preprocess, skip_hashes=embedded.__contains__,
+                                  max_megapixels=self.settings.max_megapixels, draft_size=draft)
 
 
 def _encode_terms(encoder: "Encoder", terms: list[QueryTerm], texts: list[str],

@@ -12,6 +12,7 @@ with ``\\xNN`` escapes (the file itself is still found by its exact bytes).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from clipdex.index import IndexStatus, PhotoLabel
     from clipdex.indexer import IndexReport
     from clipdex.interchange import ExportReport, ImportReport
+    from clipdex.models.auto import PrecisionChoice
     from clipdex.search import SearchResult
     from clipdex.search.filters import SearchFilter
     from clipdex.store import FileRecord
@@ -60,29 +62,56 @@ def failure(path: str, reason: str | None, kind: str | None = None) -> dict[str,
     return {"path": path, "reason": reason or "failed", "kind": kind or "permanent"}
 
 
+def precision_choice(choice: "PrecisionChoice", host: str | None = None) -> dict[str, Any]:
+    """What ``--precision auto`` chose for a model on one kind of host: ``{"host", "this_host",
+    "precision", "runtime", "reason", "cosine", "speedup", "photos", "min_cosine", "chosen_at"}``.
+
+    ``cosine`` is the lowest cosine to fp32 over the ``photos`` checked and ``speedup`` the
+    speed over fp32 (None when nothing was measured); ``chosen_at`` a local time
+    ``YYYY-MM-DDTHH:MM:SS``; ``this_host`` whether it is this machine's (None: unknown
+    without asking torch which GPU this is)."""
+    return {"host": choice.host, "this_host": None if host is None else choice.host == host,
+            "precision": choice.precision, "runtime": choice.runtime, "reason": choice.reason,
+            "cosine": None if choice.cosine is None else round(choice.cosine, 6),
+            "speedup": None if choice.speedup is None else round(choice.speedup, 3),
+            "photos": choice.photos, "min_cosine": choice.min_cosine,
+            "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(choice.chosen_at))
+            if choice.chosen_at else None}
+
+
 def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None = None) -> dict[str, Any]:
-    """What an index holds; ``failures`` (when given) lists the failed files."""
+    """What an index holds; ``failures`` (when given) lists the failed files.
+
+    Each model says how many of its vectors were computed in each precision
+    (``"precisions": {"bf16": 600, "fp32": 400}``: full precisions share one vector set)
+    and what ``--precision auto`` chose per kind of host (``"auto"``: [precision_choice…]);
+    ``host`` is this machine as those choices name hosts (None where only torch could say)."""
     data: dict[str, Any] = {
         "path": status.path, "roots": list(status.roots), "indexed": status.indexed,
         "failed": status.failed,
         "models": [{"key": m.key, "name": m.name, "dim": m.dim, "photos": m.photos,
-                    "precision": m.precision, "search": m.search, "search_stale": m.search_stale,
+                    "precision": m.precision, "precisions": dict(m.precisions),
+                    "auto": [precision_choice(c, status.host) for c in m.choices],
+                    "search": m.search, "search_stale": m.search_stale,
                     "reclaimable_bytes": m.reclaimable_bytes} for m in status.models],
         "missing_roots": list(status.missing_roots), "missing_photos": status.missing_photos,
-        "problems": list(status.problems), "readonly": status.readonly}
+        "problems": list(status.problems), "readonly": status.readonly, "host": status.host}
     if failures is not None:
         data["failures"] = [failure(f.path, f.reason, f.failure_kind) for f in failures]
     return data
 
 
 def index_report(report: "IndexReport") -> dict[str, Any]:
-    """What one ``index`` run did."""
+    """What one ``index`` run did. ``precision`` is what new vectors were computed in (None when
+    nothing was encoded under ``auto``: nothing was chosen); ``precision_note`` how it was chosen
+    ("auto: " and auto's reason, or "asked for (--precision fp32)")."""
     return {"root": report.root, "model": report.model, "new": report.new, "changed": report.changed,
             "reused": report.reused, "unchanged": report.unchanged, "removed": report.removed,
             "encoded": report.encoded, "retried": report.retried, "dated": report.dated,
             "indexed_total": report.indexed_total,
             "seconds": round(report.seconds, 3), "encode_seconds": round(report.encode_seconds, 3),
             "images_per_second": round(report.images_per_second, 3),
+            "precision": report.precision or None, "precision_note": report.precision_note,
             "failed": [failure(f.path, f.reason, f.kind) for f in report.failed]}
 
 

@@ -24,6 +24,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from clipdex.store.guard import (
 )
 from clipdex.store.migrations import LATEST_VERSION, migrate
 from clipdex.store.vectors import STORAGE_DTYPES, ShortVectorFile, VectorCheck, VectorFile, storage_dtype, unit_rows
+
+if TYPE_CHECKING:
+    from clipdex.models.auto import PrecisionChoice
 
 CATALOG_NAME = "catalog.sqlite"
 LOCK_NAME = "lock"
@@ -382,6 +386,40 @@ class Store:
     def update_model_spec(self, model_id: int, spec_json: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE models SET spec = ? WHERE id = ?", (spec_json, model_id))
+
+    # -- precisions (see clipdex.models.auto) -----------------------------------
+    def precision_counts(self, model: ModelRecord) -> dict[str, int]:
+        """How many of ``model``'s vectors some indexed photo uses, per precision they were
+        computed in (a vector from before precisions were recorded counts as the model's)."""
+        rows = self.conn.execute(
+            "SELECT coalesce(e.precision, m.precision), count(*) FROM embeddings e JOIN models m "
+            "ON m.id = e.model_id WHERE e.model_id = ? AND EXISTS (SELECT 1 FROM files f "
+            "WHERE f.content_hash = e.content_hash AND f.status = 'ok') GROUP BY 1 ORDER BY 2 DESC, 1",
+            (model.id,)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def get_precision_choice(self, model_id: int, host: str) -> "PrecisionChoice | None":
+        """What ``--precision auto`` chose for a model on ``host`` (None: never chosen there)."""
+        row = self.conn.execute("SELECT * FROM precision_choices WHERE model_id = ? AND host = ?",
+                                (model_id, host)).fetchone()
+        return _choice(row) if row else None
+
+    def precision_choices(self, model_id: int) -> list["PrecisionChoice"]:
+        """Every choice recorded for a model, one per kind of host, oldest first."""
+        rows = self.conn.execute("SELECT * FROM precision_choices WHERE model_id = ? ORDER BY chosen_at",
+                                 (model_id,)).fetchall()
+        return [_choice(r) for r in rows]
+
+    def set_precision_choice(self, model_id: int, choice: "PrecisionChoice") -> "PrecisionChoice":
+        """Record ``choice`` for the model on its host (replacing an earlier one there);
+        returns it with the time it was recorded."""
+        chosen_at = time.time()
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO precision_choices (model_id, host, precision, runtime, reason, "
+                      "cosine, speedup, photos, min_cosine, chosen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (model_id, choice.host, choice.precision, choice.runtime, choice.reason, choice.cosine,
+                       choice.speedup, choice.photos, choice.min_cosine, chosen_at))
+        return dataclasses.replace(choice, chosen_at=chosen_at)
 
     def vector_file(self, model: ModelRecord) -> VectorFile:
         return VectorFile(self.path / model.vectors_file, model.dim, model.storage)
@@ -1122,6 +1160,14 @@ def _model(row: sqlite3.Row) -> ModelRecord:
                        dim=row["dim"], logit_scale=row["logit_scale"], rows=row["rows"],
                        precision=row["precision"], vectors_file=row["vectors_file"],
                        generation=row["generation"], storage=row["storage"])
+
+
+def _choice(row: sqlite3.Row) -> "PrecisionChoice":
+    from clipdex.models.auto import PrecisionChoice
+
+    return PrecisionChoice(precision=row["precision"], runtime=row["runtime"], reason=row["reason"],
+                           cosine=row["cosine"], speedup=row["speedup"], photos=row["photos"],
+                           min_cosine=row["min_cosine"], host=row["host"], chosen_at=row["chosen_at"])
 
 
 def _file(row: sqlite3.Row) -> FileRecord:
