@@ -1,0 +1,308 @@
+"""--precision auto: what it chooses and why, what it records, and vectors of several precisions.
+
+Speed is never measured here: :func:`clipdex.models.auto.measure` is replaced by one that
+encodes for real (the cosines are real) and reports fixed times per precision, so a
+choice depends on the rules, not on the machine's load. Hosts are simulated by replacing
+the CPU's features; bf16 is the real OpenVINO encoder only in the test that says so (the
+others wrap fp32's, labelled bf16: what is tested is auto and the index, not OpenVINO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clipdex import Index
+from clipdex.models import auto
+from clipdex.models import encoder as encoder_module
+from clipdex.models.precision import CpuFeatures, cpu_features
+from tests.conftest import run_cli
+from tests.images import write_photos
+
+SECONDS = {"fp32": 1.0, "bf16": 0.5, "fp16": 0.5, "int8": 0.4}  # what the fake clock says
+NATIVE_BF16 = CpuFeatures("Test CPU", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}))
+AVX2_ONLY = CpuFeatures("Old CPU", frozenset({"avx2"}))
+
+
+class FakeBf16:
+    """fp32's ONNX encoder labelled bf16 through OpenVINO (same vectors: cosine 1)."""
+
+    backend = "openvino"
+    precision = "bf16"
+
+    def __init__(self, spec: Any) -> None:
+        from clipdex.models.onnx import OnnxEncoder
+
+        self._inner = OnnxEncoder(spec, "fp32")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def fake_measure(encoder: Any, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    return encoder.encode_images(batch), SECONDS[encoder.precision]
+
+
+def as_host(monkeypatch: pytest.MonkeyPatch, cpu: CpuFeatures, *, fake_bf16: bool = True) -> None:
+    """Make this process see ``cpu`` (and, with ``fake_bf16``, bf16 as :class:`FakeBf16`)."""
+    monkeypatch.setattr(auto, "cpu_features", lambda: cpu)
+    monkeypatch.setattr(encoder_module, "cpu_features", lambda: cpu)
+    if fake_bf16 and cpu.native_bf16:
+        monkeypatch.setattr(auto, "_openvino_missing", lambda: None)
+        monkeypatch.setattr(encoder_module, "_cpu_bf16_encoder", FakeBf16)
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auto, "measure", fake_measure)
+
+
+@pytest.fixture()
+def builds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The precisions of the encoders built for indexing, in order."""
+    made: list[str] = []
+    real = encoder_module.make_encoder
+
+    def counting(spec: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("for_queries"):
+            made.append(kwargs.get("precision") or "fp32")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(encoder_module, "make_encoder", counting)
+    yield made
+
+
+def index_json(photos: Path, index: Path, *args: str) -> dict[str, Any]:
+    result = run_cli("index", str(photos), "--index", str(index), "--json", *args)
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def status_json(index: Path) -> dict[str, Any]:
+    result = run_cli("status", "--index", str(index), "--json")
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.output)
+    return data
+
+
+def no_choice(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("auto checked the precisions again")
+
+
+def test_a_fresh_index_defaults_to_auto_which_takes_native_bf16(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_args: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    report = index_json(photos, tmp_path / "idx", *model_args)
+    assert report["precision"] == "bf16"
+    note = report["precision_note"]
+    assert note.startswith("auto: bf16 through OpenVINO: this CPU computes bf16 natively (avx512_bf16); "
+                           "cosine to fp32 >= 0.9999")
+    assert note.endswith(" on 8 of your photos; 2.0x fp32")
+
+    model = status_json(tmp_path / "idx")["models"][0]
+    assert model["precisions"] == {"bf16": 12}
+    [choice] = model["auto"]
+    assert choice["this_host"] is True and choice["host"] == auto.cpu_host_key()
+    assert (choice["precision"], choice["runtime"], choice["photos"], choice["min_cosine"]) == \
+        ("bf16", "OpenVINO", 8, 0.999)
+    assert choice["cosine"] >= 0.999 and choice["speedup"] == 2.0
+    assert choice["reason"] == report["precision_note"].removeprefix("auto: ")
+    assert choice["chosen_at"][:4].isdigit()
+
+    text = run_cli("status", "--index", str(tmp_path / "idx")).output
+    assert "12 bf16 vectors" in text
+    assert "auto     bf16 (OpenVINO) on this machine (chosen " in text
+
+
+def test_the_summary_says_which_precision_and_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  photos: Path, model_args: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    result = run_cli("index", str(photos), "--index", str(tmp_path / "idx"), *model_args)
+    assert result.exit_code == 0, result.output
+    assert "precision bf16 — auto: bf16 through OpenVINO: this CPU computes bf16 natively" in \
+        " ".join(result.output.split())
+
+
+def test_without_native_bf16_auto_stays_fp32_and_names_int8(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_args: list[str],
+        builds: list[str]) -> None:
+    as_host(monkeypatch, AVX2_ONLY)
+    report = index_json(photos, tmp_path / "idx", *model_args)
+    assert report["precision"] == "fp32"
+    note = report["precision_note"]
+    assert note.startswith("auto: fp32: this CPU has no native bf16 (AVX2 only); int8 is 2.5x fp32 at cosine >= ")
+    assert note.endswith(": allow it with --min-cosine 0.99")
+    assert "bf16" not in builds  # never the emulated path, not even to measure it
+    refused = run_cli("index", str(photos), "--index", str(tmp_path / "other"), "--precision", "bf16",
+                      *model_args, catch_exceptions=True)
+    assert refused.exit_code != 0
+    assert "no native bf16" in refused.output and "--precision int8" in refused.output
+
+
+def test_the_choice_is_recorded_and_reused_without_a_new_check(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_args: list[str],
+        builds: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    index_json(photos, tmp_path / "idx", *model_args)
+    assert builds == ["fp32", "bf16"]  # the check built both; indexing used bf16's
+    write_photos(photos / "later", 3, start=50)
+    monkeypatch.setattr(auto, "choose", no_choice)
+    builds.clear()
+    report = index_json(photos, tmp_path / "idx")
+    assert builds == ["bf16"]
+    assert (report["precision"], report["new"], report["encoded"]) == ("bf16", 3, 3)
+    assert report["precision_note"].startswith("auto: bf16 through OpenVINO: ")
+    assert report["precision_note"].endswith(", recorded in the index)")
+    assert status_json(tmp_path / "idx")["models"][0]["precisions"] == {"bf16": 15}
+
+
+def test_another_bar_checks_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path,
+                                  model_args: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    index_json(photos, tmp_path / "idx", *model_args)
+    write_photos(photos / "later", 2, start=50)
+    report = index_json(photos, tmp_path / "idx", "--min-cosine", "0.9999")
+    assert "recorded in the index" not in report["precision_note"]
+    [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
+    assert choice["min_cosine"] == 0.9999  # the new bar replaced the old choice on this host
+
+
+def test_a_lower_bar_takes_int8_on_a_fresh_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 photos: Path, model_args: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    report = index_json(photos, tmp_path / "idx", "--min-cosine", "0.99", *model_args)
+    assert report["precision"] == "int8", report["precision_note"]
+    assert report["precision_note"].startswith("auto: int8 through ONNX Runtime: this CPU has 8-bit dot "
+                                               "products (avx512_vnni); cosine to fp32 >= 0.99")
+    [model] = status_json(tmp_path / "idx")["models"]
+    assert model["key"].endswith("#int8") and model["precisions"] == {"int8": 12}
+    assert model["auto"][0]["precision"] == "int8"
+    for precision in ([], ["--precision", "auto"]):
+        found = run_cli("search", "a photo", "-n", "12", "--index", str(tmp_path / "idx"), "--json", *precision)
+        assert found.exit_code == 0, found.output
+        assert json.loads(found.output)["count"] == 12
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.2", "nan"])
+def test_min_cosine_is_checked(tmp_path: Path, photos: Path, model_args: list[str], bad: str) -> None:
+    result = run_cli("index", str(photos), "--index", str(tmp_path / "idx"), "--min-cosine", bad, *model_args)
+    assert result.exit_code == 2 and "--min-cosine" in result.output
+
+
+def test_an_explicit_fp32_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path,
+                                      model_args: list[str], builds: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    monkeypatch.setattr(auto, "choose", no_choice)
+    report = index_json(photos, tmp_path / "idx", "--precision", "fp32", *model_args)
+    assert (report["precision"], report["precision_note"]) == ("fp32", "asked for (--precision fp32)")
+    assert builds == ["fp32"]
+    model = status_json(tmp_path / "idx")["models"][0]
+    assert model["precisions"] == {"fp32": 12} and model["auto"] == []
+
+
+def test_full_precisions_share_one_vector_set_and_are_searched_together(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_kwargs: dict[str, str],
+        model_args: list[str]) -> None:
+    """An index made with fp32, continued on a machine with native bf16: one model, one
+    vector set holding both, every photo searched; auto there never starts int8 vectors."""
+    as_host(monkeypatch, NATIVE_BF16)
+    with Index.open(tmp_path / "idx", create=True, precision="fp32", **model_kwargs) as index:
+        index.add(photos)
+    more = tmp_path / "more"
+    write_photos(more, 3, start=60)
+    with Index.open(tmp_path / "idx", precision="bf16") as index:  # "another machine"
+        report = index.add(more)
+    assert (report.precision, report.encoded) == ("bf16", 3)
+    newest = tmp_path / "newest"
+    write_photos(newest, 2, start=70)
+    report = index_json(newest, tmp_path / "idx", "--min-cosine", "0.5")  # int8 would pass this bar
+    assert report["precision"] == "bf16"  # but the index holds full-precision vectors: no int8
+
+    [model] = status_json(tmp_path / "idx")["models"]
+    assert model["precisions"] == {"fp32": 12, "bf16": 5} and model["photos"] == 17
+    text = run_cli("status", "--index", str(tmp_path / "idx")).output
+    assert "17 vectors: 12 fp32, 5 bf16 (one vector set, searched together)" in " ".join(text.split())
+    for precision in ([], ["--precision", "auto"], ["--precision", "bf16"], ["--precision", "fp32"]):
+        found = run_cli("search", "a photo", "-n", "20", "--index", str(tmp_path / "idx"), "--json", *precision)
+        assert found.exit_code == 0, found.output
+        paths = {r["path"] for r in json.loads(found.output)["results"]}
+        assert len(paths) == 17
+        assert any(p.startswith(str(more)) for p in paths) and any(p.startswith(str(photos)) for p in paths)
+
+
+def test_another_host_keeps_its_own_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path,
+                                           model_args: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    index_json(photos, tmp_path / "idx", *model_args)
+    [first] = status_json(tmp_path / "idx")["models"][0]["auto"]
+    as_host(monkeypatch, AVX2_ONLY)  # the index, carried to an older machine
+    monkeypatch.setattr(auto, "cpu_host_key", lambda: "cpu avx2")
+    write_photos(photos / "later", 2, start=50)
+    report = index_json(photos, tmp_path / "idx")
+    assert report["precision"] == "fp32"
+    assert "no native bf16 (AVX2 only)" in report["precision_note"]
+    assert "int8" not in report["precision_note"]  # the index holds full-precision vectors
+    model = status_json(tmp_path / "idx")["models"][0]
+    assert model["precisions"] == {"bf16": 12, "fp32": 2}
+    assert [(c["host"], c["precision"], c["this_host"]) for c in model["auto"]] == [
+        (first["host"], "bf16", False), ("cpu avx2", "fp32", True)]
+
+
+def test_an_int8_index_stays_int8(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path,
+                                  model_args: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    index_json(photos, tmp_path / "idx", "--precision", "int8", *model_args)
+    write_photos(photos / "later", 2, start=50)
+    report = index_json(photos, tmp_path / "idx")
+    assert report["precision"] == "int8"
+    assert "never mixes them with full-precision ones" in report["precision_note"]
+    [model] = status_json(tmp_path / "idx")["models"]
+    assert model["key"].endswith("#int8") and model["precisions"] == {"int8": 14}
+
+
+def test_an_unchanged_folder_decides_nothing_and_builds_no_encoder(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_args: list[str],
+        builds: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    index_json(photos, tmp_path / "idx", *model_args)
+    builds.clear()
+    monkeypatch.setattr(auto, "choose", no_choice)
+    report = index_json(photos, tmp_path / "idx")
+    assert (report["unchanged"], report["encoded"], report["precision"]) == (12, 0, None)
+    assert builds == []
+
+
+def test_an_unchanged_folder_imports_neither_torch_nor_openvino(tmp_path: Path, photos: Path,
+                                                                model_args: list[str]) -> None:
+    index_json(photos, tmp_path / "idx", "--precision", "fp32", *model_args)
+    script = ("import json, sys\nfrom clipdex.cli import main\n"
+              "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              "print(json.dumps([m for m in ('torch', 'openvino', 'onnxruntime') if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", script, "index", str(photos), "--index", str(tmp_path / "idx"),
+                           "--json"], capture_output=True, text=True, env=dict(os.environ), timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_auto_with_openvino_on_this_cpu(tmp_path: Path, photos: Path, model_args: list[str]) -> None:
+    """The real bf16 encoder, where this CPU computes bf16 natively (timing still fixed)."""
+    if not cpu_features().native_bf16:
+        pytest.skip(f"this CPU ({cpu_features().describe()}) has no native bf16")
+    if auto._openvino_missing():
+        pytest.skip("OpenVINO is not installed")
+    report = index_json(photos, tmp_path / "idx", *model_args)
+    if report["precision"] != "bf16" and "bf16 could not be used" in report["precision_note"]:
+        pytest.skip(f"the OpenVINO encoder does not work here yet: {report['precision_note']}")
+    assert report["precision"] == "bf16", report["precision_note"]
+    [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
+    assert choice["runtime"] == "OpenVINO" and choice["cosine"] >= 0.999
