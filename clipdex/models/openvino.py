@@ -47,12 +47,13 @@ def openvino_missing() -> str | None:
     return None
 
 
-def openvino_bf16() -> bool:
+def openvino_bf16(core: Any = None) -> bool:
     """Whether OpenVINO itself says this CPU computes bf16 natively (its own
     OPTIMIZATION_CAPABILITIES, which decide what it really runs)."""
     import openvino
 
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    core = core or openvino.Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVinoEncoder:
@@ -95,7 +96,7 @@ class OpenVinoEncoder:
 
         self._onnx._ensure_meta()  # exports the model on its first use
         core = openvino.Core()
-        if self.precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if self.precision == "bf16" and not openvino_bf16(core):
             raise ModelError(
                 f"OpenVINO finds no native bf16 on this processor, {cpu_features().describe()}: bf16 would "
                 "be emulated and slower than fp32. Use --precision fp32 (exact) or --precision int8 "
