@@ -1,7 +1,10 @@
 """``clipdex bench``: how fast this machine encodes photos, per device, batch size and precision.
 
 Photos are decoded and preprocessed once (timed separately), then each
-configuration encodes the same batches; nothing touches an index.
+configuration encodes the same batches; nothing touches an index. ``auto``
+runs what :func:`clipdex.models.auto.choose` picks on the first few of those
+photos, with the reason; the result names the CPU features those choices
+depend on.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +21,9 @@ from clipdex.decode import open_image_file, supported_extensions
 from clipdex.discover import walk
 from clipdex.errors import ClipdexError, ImageDecodeError
 from clipdex.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from clipdex.models.encoder import Encoder
 
 MIN_SECONDS = 2.0  # each configuration runs at least this long (after a warm-up batch)
 
@@ -30,6 +37,8 @@ class BenchRow:
     images_per_second: float
     ms_per_image: float
     error: str = ""
+    chosen: str = ""  # for precision "auto": the precision it chose (and ran)
+    reason: str = ""  # for precision "auto": why
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class BenchResult:
     photos: int
     decode_images_per_second: float
     rows: list[BenchRow]
+    features: str = ""  # the CPU and the features the precisions depend on (CpuFeatures.describe())
 
 
 def sample_images(folder: str | None, count: int, size: int) -> list:
@@ -63,30 +73,56 @@ def run_bench(spec: ModelSpec, devices: Sequence[str], batch_sizes: Sequence[int
               folder: str | None = None, photos: int = 64,
               progress: Callable[[str], None] | None = None) -> BenchResult:
     """Time encoding for every device x precision x batch size that this machine supports."""
-    from clipdex.models.encoder import make_encoder
+    from clipdex.models.precision import cpu_features
 
     rows: list[BenchRow] = []
-    pixels: np.ndarray | None = None
-    decode_rate = 0.0
+    prepared: list[np.ndarray] = []  # the photos' pixels, made by the first encoder built
+    timing: list[float] = []  # their decode + preprocess rate
     for device in devices:
+        built: dict[str, Encoder] = {}  # precision -> encoder, shared with auto's check
         for precision in precisions:
             try:
-                encoder = make_encoder(spec, device=device, precision=precision).load()
+                encoder, chosen, reason = _bench_encoder(spec, device, precision, built, folder, photos,
+                                                         prepared, timing)
             except ClipdexError as e:
                 rows += [BenchRow(device, precision, "-", b, 0.0, 0.0, str(e).split(".")[0]) for b in batch_sizes]
                 continue
-            if pixels is None:
-                started = time.perf_counter()
-                images = sample_images(folder, photos, encoder.image_size)
-                pixels = np.stack([encoder.preprocess(im) for im in images])
-                decode_rate = len(images) / (time.perf_counter() - started)
             for batch in batch_sizes:
                 if progress:
                     progress(f"{device} {precision} batch {batch}")
-                rate = _time_batches(encoder.encode_images, pixels, batch)
-                rows.append(BenchRow(device, precision, encoder.backend, batch, rate, 1000.0 / rate))
-    return BenchResult(photos=0 if pixels is None else len(pixels), decode_images_per_second=decode_rate,
-                       rows=rows)
+                rate = _time_batches(encoder.encode_images, prepared[0], batch)
+                rows.append(BenchRow(device, precision, encoder.backend, batch, rate, 1000.0 / rate,
+                                     chosen=chosen, reason=reason))
+    return BenchResult(photos=len(prepared[0]) if prepared else 0,
+                       decode_images_per_second=timing[0] if timing else 0.0, rows=rows,
+                       features=cpu_features().describe())
+
+
+def _bench_encoder(spec: ModelSpec, device: str, precision: str, built: dict[str, "Encoder"],
+                   folder: str | None, photos: int, prepared: list[np.ndarray],
+                   timing: list[float]) -> tuple["Encoder", str, str]:
+    """The loaded encoder for one row, with (for ``auto``) the precision chosen and why.
+
+    The first encoder built decodes and preprocesses the photos into ``prepared``
+    (and their rate into ``timing``): auto's check needs them before it chooses."""
+    from clipdex.models.auto import SAMPLE_PHOTOS, choose
+    from clipdex.models.encoder import make_encoder
+    from clipdex.models.precision import AUTO
+
+    concrete = "fp32" if precision == AUTO else precision
+    if concrete not in built:
+        built[concrete] = make_encoder(spec, device=device, precision=concrete)
+        built[concrete].load()
+    if not prepared:
+        started = time.perf_counter()
+        encoder = built[concrete]
+        images = sample_images(folder, photos, encoder.image_size)
+        prepared.append(np.stack([encoder.preprocess(im) for im in images]))
+        timing.append(len(images) / (time.perf_counter() - started))
+    if precision != AUTO:
+        return built[concrete], "", ""
+    choice = choose(spec, device, list(prepared[0][:SAMPLE_PHOTOS]), encoders=built)
+    return built[choice.precision], choice.precision, choice.reason
 
 
 def _time_batches(encode: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, batch: int) -> float:

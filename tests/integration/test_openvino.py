@@ -89,3 +89,19 @@ def test_bf16_without_openvino_says_how_to_install_it(spec: ModelSpec, monkeypat
     monkeypatch.setattr("clipdex.models.openvino.openvino_missing", lambda: "No module named 'openvino'")
     with pytest.raises(ModelError, match=r"pip install 'clipdex\[openvino\]'"):
         make_encoder(spec, device="cpu", precision="bf16")
+
+
+def test_bench_rows_for_bf16_and_auto_name_the_runtime_and_the_cpu(spec: ModelSpec,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdex import benchmark
+
+    monkeypatch.setattr(benchmark, "MIN_SECONDS", 0.0)
+    result = benchmark.run_bench(spec, ["cpu"], [2], ["fp32", "bf16", "auto"], photos=4)
+    assert result.features == cpu_features().describe() and result.photos == 4
+    rows = {r.precision: r for r in result.rows}
+    assert rows["fp32"].backend == "onnx" and rows["fp32"].images_per_second > 0
+    assert rows["auto"].chosen in ("fp32", "bf16") and rows["auto"].reason.startswith(rows["auto"].chosen)
+    if _native_bf16() is None:
+        assert rows["bf16"].backend == "openvino" and rows["bf16"].images_per_second > 0
+    else:
+        assert rows["bf16"].error and rows["bf16"].images_per_second == 0
