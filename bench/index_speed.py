@@ -3,8 +3,11 @@
     python bench/index_speed.py --weights vit-b-32-random.pt [--photos 200] [--large 12] [--rounds 3]
     python bench/index_speed.py --weights vit-b-32-random.pt --device cuda --precisions fp16,fp32 --photos 1000
 
-Prints, for the shared Unsplash photos and for generated 24-megapixel JPEGs
-(real photos upscaled): images/s end to end, the ratio to the tutorial's loop,
+On the CPU the precisions are fp32, bf16 (only where the processor computes it
+natively; where it is not, the script says why) and int8; ``--precisions auto,...``
+adds what ``--precision auto`` chooses. Prints the CPU first, then, for the
+shared Unsplash photos and for generated 24-megapixel JPEGs (real photos
+upscaled): images/s end to end, the ratio to the tutorial's loop,
 and the cosine between clipdex's stored vectors and the tutorial's fp32 torch
 vectors (min, mean). Also forward-only throughput on the same batches (does the
 model wait for the decoder?), reduced-size JPEG decoding against full decoding,
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +27,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_line  # a sibling module, not a package
+
 from clipdex import Index
 from clipdex.decode import load_image
+from clipdex.errors import ModelError
 from clipdex.indexer import CPU_BATCH, DRAFT_FACTOR, GPU_BATCH
-from clipdex.models.encoder import make_encoder
+from clipdex.models.encoder import TorchEncoder, make_encoder
+from clipdex.models.precision import AUTO
 from clipdex.models.registry import resolve_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "images"
@@ -55,14 +65,15 @@ def tutorial_loop(paths: list[Path], model_name: str, weights: str,
 
 
 def clipdex_index(folder: Path, weights: str, precision: str,
-                  device: str = "cpu") -> tuple[float, dict[str, np.ndarray], float]:
-    """`clipdex index` through the library into a fresh index; returns img/s, vectors, encode seconds."""
+                  device: str = "cpu") -> tuple[float, dict[str, np.ndarray], str]:
+    """`clipdex index` through the library into a fresh index; returns img/s, vectors, and the
+    precision the vectors were computed in (what auto chose, for auto)."""
     with tempfile.TemporaryDirectory() as tmp, Index.open(Path(tmp) / "idx", weights=weights, device=device,
                                                           precision=precision, create=True) as index:
         report = index.add(folder)
         found = index.searchable()
         vectors = {os.path.realpath(p): v for p, v in zip(found.paths, found.vectors)}
-    return report.encoded / report.encode_seconds, vectors, report.encode_seconds
+    return report.encoded / report.encode_seconds, vectors, report.precision or precision
 
 
 def forward_only(encoder, pixels: np.ndarray) -> float:
@@ -112,8 +123,7 @@ def decode_rates(paths: list[Path], weights: str) -> tuple[float, float, float, 
 def text_query_ms(weights: str) -> tuple[float, float]:
     spec = resolve_model(None, weights)
     onnx = make_encoder(spec, for_queries=True)
-    torch_encoder = make_encoder(spec, device="cpu", precision="bf16")  # torch path, timed in fp32 below
-    torch_encoder.precision = "fp32"
+    torch_encoder = TorchEncoder(spec, device="cpu")
     times = {}
     for name, encoder in (("onnx", onnx), ("torch", torch_encoder)):
         encoder.encode_texts(["warm up"])
@@ -132,15 +142,23 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--large", type=int, default=12)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (the tutorial runs there too)")
-    parser.add_argument("--precisions", default=None, help="[default: fp32,int8 on the CPU, fp16,fp32 elsewhere]")
+    parser.add_argument("--precisions", default=None,
+                        help="[default: fp32,bf16,int8 on the CPU (bf16 where native), fp16,fp32 elsewhere]")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every timing, interleaved")
     args = parser.parse_args()
     weights = os.path.abspath(args.weights)
     device = args.device
-    precisions = (args.precisions or ("fp32,int8" if device == "cpu" else "fp16,fp32")).split(",")
+    precisions = (args.precisions or ("fp32,bf16,int8" if device == "cpu" else "fp16,fp32")).split(",")
     sources = sorted(SHARED.glob("*.jpg"))[:args.photos]
     spec = resolve_model(None, weights)
-    encoders = {p: make_encoder(spec, device=device, precision=p).load() for p in precisions}  # exports once
+    print(cpu_line())
+    encoders = {}
+    for precision in [p for p in precisions if p != AUTO]:  # exports the model once
+        try:
+            encoders[precision] = make_encoder(spec, device=device, precision=precision).load()
+        except ModelError as e:
+            print(f"--precision {precision} left out: {e}")
+            precisions.remove(precision)
     where = device
     if device.startswith("cuda"):
         import torch
@@ -159,12 +177,12 @@ def main() -> None:
         for label, folder, paths in ((f"unsplash {len(sources)}", small, sorted(small.iterdir())),
                                      (f"24 MP x {len(large)}", Path(tmp) / "large", large)):
             rates: dict[str, list[float]] = {p: [] for p in ["tutorial", *precisions]}
-            fidelity = {}
+            fidelity, ran = {}, {}
             for _ in range(args.rounds):
                 base_rate, reference = tutorial_loop(paths, "ViT-B-32", weights, device)
                 rates["tutorial"].append(base_rate)
                 for precision in precisions:
-                    rate, ours, _ = clipdex_index(folder, weights, precision, device)
+                    rate, ours, ran[precision] = clipdex_index(folder, weights, precision, device)
                     rates[precision].append(rate)
                     fidelity[precision] = cosines(ours, reference)
             base = statistics.median(rates["tutorial"])
@@ -173,7 +191,8 @@ def main() -> None:
             for precision in precisions:
                 rate = statistics.median(rates[precision])
                 lo, mean = fidelity[precision]
-                print(f"{label:<22} {'clipdex index --precision ' + precision:<34} {rate:>7.1f} "
+                name = precision if ran[precision] == precision else f"{precision} ({ran[precision]})"
+                print(f"{label:<22} {'clipdex index --precision ' + name:<34} {rate:>7.1f} "
                       f"{rate / base:>10.2f} {lo:>8.4f} {mean:>8.4f}")
 
         print()
