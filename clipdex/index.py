@@ -1036,9 +1036,10 @@ class _PrecisionPlan:
             self.note = f"auto: {recorded.reason} (checked on {when}, recorded in the index)"
             return
         sample = self._sample()
+        log.info("--precision auto: checking which precision keeps cosine >= %g to fp32 on %d of your "
+                 "photos (once per model and kind of machine)", self.min_cosine, len(sample))
         choice = auto.choose(self.spec, self.index.device, sample, self.min_cosine, family,
                              encoders=self._built, host=host)
-        log.info("--precision auto: %s", choice.reason)
         self.precision, self.note, self.choice = choice.precision, f"auto: {choice.reason}", choice
         if self.record is not None:
             store.set_precision_choice(self.record.id, choice)
