@@ -8,6 +8,8 @@ limit); :func:`open_image_file` opens one image file for a one-off read (a
 query image) without reading it whole. :func:`read_taken_at` reads when a photo
 was taken from its EXIF alone, without decoding it (a photo whose vector is
 reused); :func:`load_image` records the same in ``image.info[TAKEN_AT]``.
+:func:`read_jpeg_header` reads what decoding a JPEG elsewhere (on a GPU) needs from
+its header alone: size (checked against the limit), EXIF orientation and date.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import BinaryIO
@@ -36,6 +39,10 @@ EXIF_IFD = 0x8769  # the Exif sub-IFD, where cameras write when a photo was take
 # or an editor). A tag that holds garbage is skipped for the next.
 DATE_TAGS = ((EXIF_IFD, 0x9003), (EXIF_IFD, 0x9004), (None, 0x0132))
 DATE_YEARS = (1800, 2200)  # a year outside these is a camera's garbage, not a date
+ORIENTATION = 0x0112  # the EXIF tag: how the stored pixels are turned or mirrored for display
+TURNED = (5, 6, 7, 8)  # orientations that swap width and height
+GPU_JPEG_FORMATS = ("JPEG", "MPO")  # MPO (camera multi-picture JPEG): its first picture, as Pillow shows
+GPU_JPEG_MODES = ("RGB", "L")  # CMYK (and Adobe YCCK, which Pillow reads as CMYK) stays on the CPU
 EXIF_SEGMENTS = 32  # JPEG segments read before the image data to find the EXIF one
 _EXIF_DATE = re.compile(r"(\d{4})[:\-./](\d{2})[:\-./](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as viewers do
@@ -107,7 +114,7 @@ def load_image(
             image.draft("RGB", (draft_size, draft_size))
         image.load()
         exif = image.getexif()
-        turned = exif.get(0x0112, 1) in (5, 6, 7, 8)
+        turned = exif.get(ORIENTATION, 1) in TURNED
         upright: Image.Image = ImageOps.exif_transpose(image) or image
         rgb = to_rgb(upright)
         # The file's own upright size (a reduced-size decode is smaller).
@@ -128,6 +135,47 @@ def check_image(source: BinaryIO, name: str, *,
     with _decoding(name, source):
         image = _open_checked(source, name, max_megapixels)
         return str(image.format), image.size[0], image.size[1]
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What a JPEG's header says, for decoding it elsewhere (on a GPU) as :func:`load_image` would.
+
+    ``width`` and ``height`` are the stored pixels' (before ``orientation``, the EXIF
+    value 1-8 that :func:`load_image` applies); :attr:`upright_size` is the size shown.
+    """
+
+    width: int
+    height: int
+    orientation: int
+    taken_at: str | None
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        return (self.height, self.width) if self.orientation in TURNED else (self.width, self.height)
+
+
+def read_jpeg_header(source: BinaryIO, name: str, *,
+                     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> JpegHeader | None:
+    """The header of a JPEG that a plain JPEG decoder turns into the same RGB pixels as
+    :func:`load_image` (8-bit YCbCr or grayscale), or None for anything else (another
+    format; CMYK, which needs its ICC profile): those are decoded by :func:`load_image`.
+
+    Reads the header only, through the same checks as :func:`load_image` (the megapixel
+    limit before any pixel, :class:`ImageTooLarge`; a file that is not an image,
+    :class:`~clipdex.errors.ImageDecodeError`), and reads the orientation the way
+    :func:`load_image` does (EXIF, else XMP, as Pillow's ``getexif``).
+    """
+    with _decoding(name, source):
+        image = _open_checked(source, name, max_megapixels)
+        if image.format not in GPU_JPEG_FORMATS or image.mode not in GPU_JPEG_MODES:
+            return None
+        exif = image.getexif()
+        orientation = exif.get(ORIENTATION, 1)
+        if orientation not in range(1, 9):
+            orientation = 1  # as ImageOps.exif_transpose: an unknown value turns nothing
+        return JpegHeader(image.size[0], image.size[1], int(orientation), _taken_at_or_none(exif))
     raise AssertionError("unreachable")
 
 

@@ -5,6 +5,12 @@ preprocessing run in worker threads a few batches ahead of the forward pass,
 so the model does not wait for the disk. Every batch is committed as soon as
 it is encoded: a killed run keeps all finished batches and the next run
 resumes after them.
+
+With a CUDA encoder, JPEGs are decoded on the GPU instead
+(:mod:`clipdex.models.gpu_decode`): the workers only read, hash and check each
+JPEG's header, and each batch's JPEGs are decoded, turned upright, resized and
+cropped on the GPU in one call just before encoding. Other formats, CMYK JPEGs
+and files the GPU decoder rejects are decoded by Pillow as before.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 import numpy as np
 
@@ -31,15 +37,18 @@ from clipdex.decode import (
     ImageUnreadable,
     check_image,
     load_image,
+    read_jpeg_header,
     read_taken_at,
     supported_extensions,
 )
 from clipdex.errors import ImageDecodeError, PhotoFolderError
+from clipdex.models.preprocess import PreprocessConfig
 from clipdex.store import ModelRecord, NewFile, Store
 from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
+    from clipdex.models.gpu_decode import JpegDecoder, JpegJob
 
 LOOKAHEAD_BATCHES = 3  # batches decoded ahead of the one being encoded
 CPU_BATCH = 16  # ONNX Runtime on 2-16 cores: 8-16 is fastest, larger batches only add latency
@@ -49,6 +58,12 @@ WHOLE_READ_BYTES = 32 << 20  # files up to this size are read once (hash, then d
 HASH_CHUNK = 1 << 20  # larger ones are hashed in chunks and decoded from the file
 RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
 DATE_BATCH = 1_000  # EXIF dates of photos indexed before are committed this many at a time
+# JPEGs decoded on the device wait as their files' bytes (a 24-megapixel photo is 5-10 MB,
+# not 150 KB of pixels): a batch is encoded once it holds this many, and the workers read
+# at most this much further ahead.
+DEVICE_BATCH_BYTES = 512 << 20
+DEVICE_LOOKAHEAD_BYTES = 1 << 30
+GPU_DECODE_ENV = "CLIPDEX_GPU_DECODE"
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +86,18 @@ def default_workers() -> int:
     return max(1, min(32, cores))
 
 
+GpuDecode = bool | Literal["force"]
+
+
+def default_gpu_decode() -> GpuDecode:
+    """JPEGs on the GPU unless CLIPDEX_GPU_DECODE says 0 (or false, no, off); 'force'
+    decodes them through the same device stage even on the CPU (tests, benchmarks)."""
+    value = os.environ.get(GPU_DECODE_ENV, "").strip().lower()
+    if value == "force":
+        return "force"
+    return value not in ("0", "false", "no", "off")
+
+
 @dataclass
 class IndexSettings:
     """Tunables of one indexing run."""
@@ -80,6 +107,9 @@ class IndexSettings:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     retry_failed: bool = False
     reduced_decode: bool = True
+    # JPEGs decoded on the encoder's device when it is CUDA (True), never (False), or on
+    # whatever device it is, the CPU included ("force": the GPU stage, testable anywhere).
+    gpu_decode: GpuDecode = field(default_factory=default_gpu_decode)
 
 
 @dataclass(frozen=True)
@@ -116,6 +146,7 @@ class IndexReport:
     encode_seconds: float = 0.0
     precision: str = ""  # what new vectors were computed in (fp32, bf16, int8, fp16)
     precision_note: str = ""  # how it was chosen: --precision auto's reason, or "asked for"
+    device_decoded: int = 0  # JPEGs decoded on the encoder's device (the GPU), not by Pillow
 
     @property
     def images_per_second(self) -> float:
@@ -131,6 +162,7 @@ class _Prepared:
     mtime_ns: int
     content_hash: str | None = None
     pixels: Any = None  # the preprocessed tensor
+    jpeg: "JpegJob | None" = None  # a JPEG left for the device to decode (pixels come later)
     width: int | None = None
     height: int | None = None
     reason: str | None = None
@@ -163,6 +195,7 @@ class Indexer:
         self.store = store
         self.settings = settings or IndexSettings()
         self._stop = threading.Event()
+        self._device_decoder: JpegDecoder | None = None  # set per run, when JPEGs go to the device
 
     @staticmethod
     def scan(root: str | os.PathLike[str], allow_empty: bool = False,
@@ -336,28 +369,37 @@ class Indexer:
         batch_size = self.settings.batch_size or (GPU_BATCH if self.encoder.device != "cpu" else CPU_BATCH)
         window = batch_size * LOOKAHEAD_BATCHES
         draft = self.encoder.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None
+        self._device_decoder = self._make_device_decoder()
+        # JPEGs for the device wait as file bytes: bound those too, not only the count.
+        byte_budget = DEVICE_LOOKAHEAD_BYTES if self._device_decoder else None
         pending: list[_Prepared] = []
-        to_encode = 0
+        to_encode = pending_bytes = 0
         self._stop.clear()
         pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="clipdex-decode")
         try:
-            in_flight: deque[Future[_Prepared]] = deque()
+            in_flight: deque[tuple[Future[_Prepared], int]] = deque()
+            queued_bytes = 0
             entries = iter(todo)
-            for entry in entries:
-                in_flight.append(pool.submit(self._prepare, entry, embedded, draft))
-                if len(in_flight) >= window:
+            while True:
+                while len(in_flight) < window and (byte_budget is None or queued_bytes < byte_budget):
+                    entry = next(entries, None)
+                    if entry is None:
+                        break
+                    in_flight.append((pool.submit(self._prepare, entry, embedded, draft), entry.size))
+                    queued_bytes += entry.size
+                if not in_flight:
                     break
-            while in_flight:
-                item = in_flight.popleft().result()
-                nxt = next(entries, None)
-                if nxt is not None:
-                    in_flight.append(pool.submit(self._prepare, nxt, embedded, draft))
+                future, size = in_flight.popleft()
+                queued_bytes -= size
+                item = future.result()
                 pending.append(item)
-                if item.pixels is not None:
+                if item.pixels is not None or item.jpeg is not None:
                     to_encode += 1
-                if to_encode >= batch_size:
+                if item.jpeg is not None:
+                    pending_bytes += len(item.jpeg.data)
+                if to_encode >= batch_size or pending_bytes >= DEVICE_BATCH_BYTES:
                     model = self._flush(pending, model, embedded, report, progress)
-                    pending, to_encode = [], 0
+                    pending, to_encode, pending_bytes = [], 0, 0
             if pending:
                 model = self._flush(pending, model, embedded, report, progress)
         except BaseException:
@@ -369,6 +411,22 @@ class Indexer:
         pool.shutdown(wait=True)
         return model
 
+    def _make_device_decoder(self) -> "JpegDecoder | None":
+        """The decoder that takes JPEGs to the encoder's device, when the settings and the
+        encoder allow it: a CUDA device (any device with gpu_decode="force"), and a
+        preprocessing it reproduces (else Pillow does every file, as on the CPU)."""
+        mode = self.settings.gpu_decode
+        device = str(getattr(self.encoder, "device", "") or "")
+        if not mode or not device or (mode != "force" and not device.startswith("cuda")):
+            return None
+        cfg = getattr(self.encoder, "preprocess_config", None)
+        from clipdex.models.gpu_decode import JpegDecoder, supported
+
+        if not isinstance(cfg, PreprocessConfig) or not supported(cfg):
+            log.info("JPEGs are decoded on the CPU: the model's preprocessing (%s) has no device version", cfg)
+            return None
+        return JpegDecoder(cfg, device)
+
     def _prepare(self, entry: discover.FileEntry, embedded: dict[str, int],
                  draft: int | None) -> _Prepared:
         """Worker: hash, and (unless a vector exists) check the header, decode and preprocess.
@@ -376,7 +434,9 @@ class Indexer:
         A file of up to WHOLE_READ_BYTES is read once. A larger one is read only
         after its header says it is an image within the megapixel limit, then
         hashed in chunks and decoded from disk: memory per worker is bounded by
-        the image's own size, not the file's.
+        the image's own size, not the file's. With a device decoder, a JPEG it can
+        decode is only header-checked here (size, limit, orientation, date): its
+        bytes go to the device with the batch.
         """
         limit = self.settings.max_megapixels
         try:
@@ -403,29 +463,46 @@ class Indexer:
                         # No decoding: its date comes from the EXIF in the header alone.
                         item.taken_at = read_taken_at(source, entry.path)
                         return item
+                    if self._device_decoder is not None and isinstance(source, io.BytesIO):
+                        header = read_jpeg_header(source, entry.path, max_megapixels=limit)
+                        if header is not None:
+                            from clipdex.models.gpu_decode import JpegJob
+
+                            # A bytearray: the decoder wraps it as a tensor without a copy.
+                            item.jpeg = JpegJob(bytearray(data), header.width,
+                                                header.height, header.orientation)
+                            item.width, item.height = header.upright_size
+                            item.taken_at = header.taken_at
+                            return item
+                        source.seek(0)
                     image = load_image(source, entry.path, max_megapixels=limit, draft_size=draft)
                     item.pixels = self.encoder.preprocess(image)
                     item.width, item.height = image.info.get(ORIGINAL_SIZE, image.size)
                     item.taken_at = image.info.get(TAKEN_AT)
                     return item
-                except ImageTooLarge as e:
-                    item.reason, item.kind, item.limit = e.reason, "limit", limit
-                except ImageUnreadable as e:
-                    item.reason, item.kind = e.reason, "transient"
-                except ImageDecodeError as e:
-                    item.reason, item.kind = e.reason, "permanent"
-                except _Stopped:
-                    item.reason, item.kind = "indexing was interrupted", "transient"
-                except OSError as e:  # reading or hashing it
-                    item.reason, item.kind = f"cannot be read ({e.strerror or e})", "transient"
                 except Exception as e:  # noqa: BLE001  (a decoder bug must not take the batch down)
-                    item.reason = f"could not be decoded ({type(e).__name__}: {e})"
-                    item.kind = "permanent"
+                    self._record_failure(item, e)
                 item.pixels = None
                 return item
         except OSError as e:  # opening it: gone since the walk, permissions, a NAS hiccup
             return _Prepared(entry, size=entry.size, mtime_ns=entry.mtime_ns,
                              reason=f"cannot be read ({e.strerror or e})", kind="transient")
+
+    def _record_failure(self, item: _Prepared, error: Exception) -> None:
+        """Why ``item`` is skipped, and when it is tried again (see :class:`Failure`)."""
+        if isinstance(error, ImageTooLarge):
+            item.reason, item.kind, item.limit = error.reason, "limit", self.settings.max_megapixels
+        elif isinstance(error, ImageUnreadable):
+            item.reason, item.kind = error.reason, "transient"
+        elif isinstance(error, ImageDecodeError):
+            item.reason, item.kind = error.reason, "permanent"
+        elif isinstance(error, _Stopped):
+            item.reason, item.kind = "indexing was interrupted", "transient"
+        elif isinstance(error, OSError):  # reading or hashing it
+            item.reason, item.kind = f"cannot be read ({error.strerror or error})", "transient"
+        else:
+            item.reason = f"could not be decoded ({type(error).__name__}: {error})"
+            item.kind = "permanent"
 
     def _hash_file(self, f: io.BufferedReader) -> str:
         """SHA-256 of an open file, read in HASH_CHUNK pieces (and dropped on Ctrl-C)."""
@@ -440,6 +517,7 @@ class Indexer:
 
     def _flush(self, items: list[_Prepared], model: ModelRecord, embedded: dict[str, int],
                report: IndexReport, progress: Progress | None) -> ModelRecord:
+        report.device_decoded += self._decode_jpegs(items, embedded)
         batch_hashes: list[str] = []
         batch_set: set[str] = set()  # the same hashes, for membership tests
         batch_pixels = []
@@ -470,7 +548,7 @@ class Indexer:
             files.append(NewFile(e.path, item.size, item.mtime_ns, item.content_hash, item.width,
                                  item.height, raw_path=e.raw_path, taken_at=item.taken_at,
                                      taken_source=TAKEN_EXIF if item.taken_at else TAKEN_NO_EXIF))
-        vectors = (self.encoder.encode_images(np.stack(batch_pixels)) if batch_pixels
+        vectors = (self.encoder.encode_images(self._stack(batch_pixels)) if batch_pixels
                    else np.zeros((0, model.dim), np.float32))
         first_row = model.rows
         model = self.store.commit_batch(model, vectors, batch_hashes, files,
@@ -481,6 +559,79 @@ class Indexer:
         if progress:
             progress.advance(len(items))
         return model
+
+    def _decode_jpegs(self, items: list[_Prepared], embedded: dict[str, int]) -> int:
+        """Decode the batch's JPEGs left for the device, in one call, into their items'
+        pixels (rows of one device tensor); returns how many the device decoded.
+
+        A file the device rejects is decoded by Pillow here; one Pillow rejects too
+        becomes the item's failure. A copy of a file (same hash) shares its result.
+        A failure of the device stage as a whole (a driver error) is logged and the
+        run goes on with Pillow for every file."""
+        waiting = [i for i in items if i.jpeg is not None and not i.reason]
+        if not waiting:
+            return 0
+        first: dict[str | None, _Prepared] = {}
+        for item in waiting:
+            if item.content_hash not in embedded:
+                first.setdefault(item.content_hash, item)
+        unique = list(first.values())
+        rejected: dict[int, str] = {}
+        decoded = 0
+        decoder = self._device_decoder
+        if unique and decoder is not None:
+            try:
+                pixels, rejected = decoder.decode([i.jpeg for i in unique if i.jpeg is not None])
+            except Exception as e:  # noqa: BLE001  (the GPU stage failing costs speed, never the run)
+                log.warning("decoding JPEGs on %s failed (%s: %s); Pillow decodes them for the rest "
+                            "of this run", decoder.device, type(e).__name__, e)
+                self._device_decoder = None
+                rejected = {n: "device decoding failed" for n in range(len(unique))}
+            else:
+                for n, item in enumerate(unique):
+                    if n not in rejected:
+                        item.pixels = pixels[n]
+                        decoded += 1
+        elif unique:
+            rejected = {n: "device decoding is off" for n in range(len(unique))}
+        for n, reason in rejected.items():
+            self._decode_on_cpu(unique[n], reason)
+        for item in waiting:
+            source = first.get(item.content_hash)
+            if source is not None and source is not item:
+                item.pixels, item.reason = source.pixels, source.reason
+                item.kind, item.limit = source.kind, source.limit
+            item.jpeg = None
+        return decoded
+
+    def _decode_on_cpu(self, item: _Prepared, device_reason: str) -> None:
+        """A JPEG the device did not decode, decoded by Pillow as the workers would have."""
+        assert item.jpeg is not None
+        log.debug("%s: decoded by Pillow (the device decoder said: %s)", item.entry.path, device_reason)
+        draft = self.encoder.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None
+        try:
+            image = load_image(bytes(item.jpeg.data), item.entry.path,
+                               max_megapixels=self.settings.max_megapixels, draft_size=draft)
+            item.pixels = self.encoder.preprocess(image)
+        except Exception as e:  # noqa: BLE001  (one bad file is a failure row, never the batch's end)
+            self._record_failure(item, e)
+            item.pixels = None
+
+    def _stack(self, pixels: list[Any]) -> Any:
+        """One batch for the encoder from its items' pixels: numpy arrays (decoded by
+        Pillow) and rows of a device tensor (decoded on the device). A torch encoder
+        takes the device tensor as it is; another (ONNX on the CPU, gpu_decode="force")
+        gets numpy."""
+        if not any(type(p).__module__.startswith("torch") for p in pixels):
+            return np.stack(pixels)
+        import torch
+
+        device = next(p.device for p in pixels if isinstance(p, torch.Tensor))
+        batch = torch.stack([p if isinstance(p, torch.Tensor) else torch.tensor(p, device=device)
+                             for p in pixels])
+        if getattr(self.encoder, "backend", None) == "torch":
+            return batch
+        return batch.cpu().numpy()
 
 
 def _header_date(entry: discover.FileEntry) -> tuple[bool, str | None]:

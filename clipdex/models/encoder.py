@@ -291,18 +291,23 @@ class TorchEncoder:
         assert self._preprocess is not None
         return self._preprocess(image).numpy()
 
-    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+    def encode_images(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
         """Vectors for a stack of :meth:`preprocess` outputs, L2-normalised, float32.
 
         8-bit batches travel to the device as bytes (a quarter of float32's
-        traffic, pinned on CUDA) and are normalised there."""
+        traffic, pinned on CUDA) and are normalised there. A torch tensor (N, S, S, 3)
+        uint8 already on the device (JPEGs decoded there, :mod:`clipdex.models.gpu_decode`)
+        is used where it is."""
         import torch
 
-        pixels = torch.from_numpy(np.ascontiguousarray(batch))
-        if self.device.startswith("cuda"):
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        if isinstance(batch, torch.Tensor):
+            pixels = batch.to(self.device)
         else:
-            pixels = pixels.to(self.device)
+            pixels = torch.from_numpy(np.ascontiguousarray(batch))
+            if self.device.startswith("cuda"):
+                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            else:
+                pixels = pixels.to(self.device)
         if pixels.dtype == torch.uint8:
             if self._scale_shift is None:
                 self._scale_shift = tuple(torch.tensor(v, device=self.device).view(1, 3, 1, 1)
