@@ -984,12 +984,11 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
 
 
 def _precision_counts(counts: Mapping[str, int]) -> str:
-    """'1,000 vectors: 600 bf16, 400 fp32' (the precisions they were computed in)."""
+    """'1,000: 600 bf16, 400 fp32' (vectors in use per precision they were computed in)."""
     total = sum(counts.values())
-    noun = "vector" if total == 1 else "vectors"
     if len(counts) <= 1:
-        return f"{total:,} {next(iter(counts), '')} {noun}".replace("  ", " ")
-    return (f"{total:,} {noun}: " + ", ".join(f"{n:,} {p}" for p, n in counts.items())
+        return f"{total:,}" + (f", all {next(iter(counts))}" if counts else "")
+    return (f"{total:,}: " + ", ".join(f"{n:,} {p}" for p, n in counts.items())
             + " (one vector set, searched together)")
 
 

@@ -1041,6 +1041,8 @@ class _PrecisionPlan:
         choice = auto.choose(self.spec, self.index.device, sample, self.min_cosine, family,
                              encoders=self._built, host=host)
         self.precision, self.note, self.choice = choice.precision, f"auto: {choice.reason}", choice
+        # Keep only the chosen encoder: the others (a reference fp32 model among them) are memory.
+        self._built = {p: e for p, e in self._built.items() if p == choice.precision}
         if self.record is not None:
             store.set_precision_choice(self.record.id, choice)
 

@@ -119,7 +119,7 @@ def test_a_fresh_index_defaults_to_auto_which_takes_native_bf16(
     assert choice["chosen_at"][:4].isdigit()
 
     text = run_cli("status", "--index", str(tmp_path / "idx")).output
-    assert "12 bf16 vectors" in text
+    assert "vectors  12, all bf16" in text
     assert "auto     bf16 (OpenVINO) on this machine (chosen " in text
 
 
@@ -230,7 +230,7 @@ def test_full_precisions_share_one_vector_set_and_are_searched_together(
     [model] = status_json(tmp_path / "idx")["models"]
     assert model["precisions"] == {"fp32": 12, "bf16": 5} and model["photos"] == 17
     text = run_cli("status", "--index", str(tmp_path / "idx")).output
-    assert "17 vectors: 12 fp32, 5 bf16 (one vector set, searched together)" in " ".join(text.split())
+    assert "vectors 17: 12 fp32, 5 bf16 (one vector set, searched together)" in " ".join(text.split())
     for precision in ([], ["--precision", "auto"], ["--precision", "bf16"], ["--precision", "fp32"]):
         found = run_cli("search", "a photo", "-n", "20", "--index", str(tmp_path / "idx"), "--json", *precision)
         assert found.exit_code == 0, found.output
