@@ -334,16 +334,28 @@ class JpegDecoder:
 
         data = [_as_tensor(job.data) for job in jobs]
         try:
+            self._settle()
             return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
         except RuntimeError:
             pass  # which one? (a batched call fails as a whole)
         found: list["torch.Tensor | str"] = []
         for one in data:
             try:
+                self._settle()
                 found.append(decode_jpeg([one], mode=ImageReadMode.RGB, device=self.device)[0])
             except RuntimeError as e:
                 found.append(_first_line(e))
         return found
+
+    def _settle(self) -> None:
+        """Wait for the work queued on this device. torchvision's CUDA decoder writes its
+        output on a stream of its own without waiting for the caller's (pytorch/vision
+        PR #9606): memory freed a moment ago (the previous chunk's images, whose resize
+        is still queued) could be handed to it and overwritten before it is read."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _fit(self, ready: Sequence[tuple[int, "torch.Tensor"]], out: "torch.Tensor") -> None:
         """Resize and crop the decoded images into their rows of ``out``, on shared canvases
