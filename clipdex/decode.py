@@ -114,8 +114,12 @@ def load_image(
             image.draft("RGB", (draft_size, draft_size))
         image.load()
         exif = image.getexif()
-        turned = exif.get(ORIENTATION, 1) in TURNED
-        upright: Image.Image = ImageOps.exif_transpose(image) or image
+        orientation = exif.get(ORIENTATION, 1)
+        turned = orientation in TURNED
+        # exif_transpose copies the whole image when there is nothing to turn (0.5 ms for a
+        # 768 x 512 photo, a tenth of its decoding): only an image that turns goes through it.
+        upright: Image.Image = ((ImageOps.exif_transpose(image) or image)
+                                if orientation in range(2, 9) else image)
         rgb = to_rgb(upright)
         # The file's own upright size (a reduced-size decode is smaller).
         rgb.info[ORIGINAL_SIZE] = (height, width) if turned else (width, height)

@@ -43,6 +43,7 @@ from clipdex.decode import (
 )
 from clipdex.errors import ImageDecodeError, PhotoFolderError
 from clipdex.models.preprocess import PreprocessConfig
+from clipdex.settings import gpu_decode_setting
 from clipdex.store import ModelRecord, NewFile, Store
 from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF
 
@@ -63,7 +64,6 @@ DATE_BATCH = 1_000  # EXIF dates of photos indexed before are committed this man
 # at most this much further ahead.
 DEVICE_BATCH_BYTES = 512 << 20
 DEVICE_LOOKAHEAD_BYTES = 1 << 30
-GPU_DECODE_ENV = "CLIPDEX_GPU_DECODE"
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,6 @@ def default_workers() -> int:
 GpuDecode = bool | Literal["force"]
 
 
-def default_gpu_decode() -> GpuDecode:
-    """JPEGs on the GPU unless CLIPDEX_GPU_DECODE says 0 (or false, no, off); 'force'
-    decodes them through the same device stage even on the CPU (tests, benchmarks)."""
-    value = os.environ.get(GPU_DECODE_ENV, "").strip().lower()
-    if value == "force":
-        return "force"
-    return value not in ("0", "false", "no", "off")
-
-
 @dataclass
 class IndexSettings:
     """Tunables of one indexing run."""
@@ -109,7 +100,7 @@ class IndexSettings:
     reduced_decode: bool = True
     # JPEGs decoded on the encoder's device when it is CUDA (True), never (False), or on
     # whatever device it is, the CPU included ("force": the GPU stage, testable anywhere).
-    gpu_decode: GpuDecode = field(default_factory=default_gpu_decode)
+    gpu_decode: GpuDecode = field(default_factory=gpu_decode_setting)
 
 
 @dataclass(frozen=True)

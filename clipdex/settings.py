@@ -4,12 +4,15 @@
                     i.e. ~/.local/share/clipdex); the default index lives in it
     CLIPDEX_INDEX   the index used when --index is not given (default: $CLIPDEX_HOME/index)
     CLIPDEX_DEVICE  cuda, mps or cpu, when --device is not given (default: best available)
+    CLIPDEX_GPU_DECODE  0 (or false, no, off): JPEGs are decoded by Pillow even for a CUDA
+                    encoder; force: through the device stage on any device (tests, benchmarks)
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 
 def home_dir() -> Path:
@@ -37,3 +40,11 @@ def cache_dir() -> Path:
 def preferred_device() -> str | None:
     """Device named by CLIPDEX_DEVICE, or None to pick automatically."""
     return os.environ.get("CLIPDEX_DEVICE") or None
+
+
+def gpu_decode_setting() -> bool | Literal["force"]:
+    """Whether JPEGs are decoded on the GPU (CLIPDEX_GPU_DECODE; default yes, where one is used)."""
+    value = os.environ.get("CLIPDEX_GPU_DECODE", "").strip().lower()
+    if value == "force":
+        return "force"
+    return value not in ("0", "false", "no", "off")

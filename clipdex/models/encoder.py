@@ -61,7 +61,8 @@ class Encoder(Protocol):
         ...
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
-        """L2-normalised float32 vectors for a stack of :meth:`preprocess` outputs."""
+        """L2-normalised float32 vectors for a stack of :meth:`preprocess` outputs (a torch
+        encoder also takes them as a uint8 tensor already on its device: JPEGs decoded there)."""
         ...
 
     def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray: ...

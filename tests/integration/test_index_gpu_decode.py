@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from clipdex import Index, IndexSettings
-from clipdex.indexer import default_gpu_decode
+from clipdex.settings import gpu_decode_setting
 from tests.images import gradient, photo, write_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -89,13 +89,13 @@ def test_device_decoding_records_sizes_dates_and_limits(tmp_path: Path, mixed: P
 
 def test_the_environment_turns_it_off_or_forces_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLIPDEX_GPU_DECODE", raising=False)
-    assert default_gpu_decode() is True
+    assert gpu_decode_setting() is True
     for off in ("0", "false", "OFF", "no"):
         monkeypatch.setenv("CLIPDEX_GPU_DECODE", off)
-        assert default_gpu_decode() is False
+        assert gpu_decode_setting() is False
         assert IndexSettings().gpu_decode is False
     monkeypatch.setenv("CLIPDEX_GPU_DECODE", "force")
-    assert default_gpu_decode() == "force"
+    assert gpu_decode_setting() == "force"
 
 
 def test_on_the_cpu_the_default_leaves_decoding_to_pillow(tmp_path: Path, mixed: Path,
