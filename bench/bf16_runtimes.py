@@ -14,7 +14,8 @@ interleaved rounds, through:
 
 Prints img/s (median of rounds), the ratio to ONNX Runtime fp32 in the same
 round, the lowest cosine of each runtime's vectors to ONNX Runtime fp32's, and
-the CPU. Needs a CPU with native bf16 (AVX512_BF16 or AMX) to mean anything.
+the CPU and the load average before and after (other work inflates every
+time). Needs a CPU with native bf16 (AVX512_BF16 or AMX) to mean anything.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     weights = os.path.abspath(args.weights)
     print(cpu_line())
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
     native = cpu_features().native_bf16
     print(f"native bf16: /proc/cpuinfo {'yes' if native else 'no'}, OpenVINO {'yes' if openvino_bf16() else 'no'}")
     spec = resolve_model(None, weights)
@@ -154,6 +156,7 @@ def main() -> None:
             ratio = statistics.median(r / b for r, b in zip(rates[name], rates[base]))
             print(f"{name:<30} {batch:>5} {statistics.median(rates[name]):>7.1f} {ratio:>10.2f} "
                   f"{fidelity[name]:>8.5f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
