@@ -1035,16 +1035,19 @@ class _PrecisionPlan:
             when = time.strftime("%Y-%m-%d", time.localtime(recorded.chosen_at or 0))
             self.note = f"auto: {recorded.reason} (checked on {when}, recorded in the index)"
             return
-        sample = self._sample()
-        log.info("--precision auto: checking which precision keeps cosine >= %g to fp32 on %d of your "
-                 "photos (once per model and kind of machine)", self.min_cosine, len(sample))
+        sample = [] if family == "int8" else self._sample()  # an int8 set stays int8: nothing to check
+        if sample:
+            log.info("--precision auto: checking which precision keeps cosine >= %g to fp32 on %d of your "
+                     "photos (once per model and kind of machine)", self.min_cosine, len(sample))
         choice = auto.choose(self.spec, self.index.device, sample, self.min_cosine, family,
                              encoders=self._built, host=host)
-        self.precision, self.note, self.choice = choice.precision, f"auto: {choice.reason}", choice
+        self.precision, self.note = choice.precision, f"auto: {choice.reason}"
         # Keep only the chosen encoder: the others (a reference fp32 model among them) are memory.
         self._built = {p: e for p, e in self._built.items() if p == choice.precision}
-        if self.record is not None:
-            store.set_precision_choice(self.record.id, choice)
+        if choice.photos:  # a choice made on no photo (none decoded, or a rule) is made again next time
+            self.choice = choice
+            if self.record is not None:
+                store.set_precision_choice(self.record.id, choice)
 
     def _sample(self) -> list[np.ndarray]:
         """The first photos of the folder that need encoding, preprocessed (up to

@@ -267,6 +267,22 @@ def test_an_int8_index_stays_int8(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert "never mixes them with full-precision ones" in report["precision_note"]
     [model] = status_json(tmp_path / "idx")["models"]
     assert model["key"].endswith("#int8") and model["precisions"] == {"int8": 14}
+    assert model["auto"] == []  # a rule, not a measurement: nothing to record
+
+
+def test_no_decodable_photo_means_fp32_chosen_again_next_time(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_args: list[str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_text("not a photo")
+    report = index_json(broken, tmp_path / "idx", *model_args)
+    assert report["precision"] == "fp32" and "no photo could be decoded" in report["precision_note"]
+    assert status_json(tmp_path / "idx")["models"][0]["auto"] == []
+    write_photos(broken, 2, start=80)
+    report = index_json(broken, tmp_path / "idx")  # photos now: the check runs, and is recorded
+    assert report["precision"] == "bf16" and report["encoded"] == 2
+    assert [c["precision"] for c in status_json(tmp_path / "idx")["models"][0]["auto"]] == ["bf16"]
 
 
 def test_an_unchanged_folder_decides_nothing_and_builds_no_encoder(
