@@ -92,11 +92,11 @@ def cpu_host_key() -> str:
 def cheap_host_key(device: str | None = None) -> str | None:
     """:func:`host_key` where it costs no torch import (the CPU, or a host that can have no
     GPU); None where only torch could say which GPU this is."""
-    from clipdex.models.encoder import _accelerator_possible
+    from clipdex.models.encoder import accelerator_possible
     from clipdex.settings import preferred_device
 
     wanted = device or preferred_device()
-    if wanted == "cpu" or (not wanted and not _accelerator_possible()):
+    if wanted == "cpu" or (not wanted and not accelerator_possible()):
         return cpu_host_key()
     return None
 

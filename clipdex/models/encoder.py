@@ -139,7 +139,7 @@ def pick_device(requested: str | None = None) -> str:
     the answer is the CPU without asking.
     """
     wanted = requested or preferred_device()
-    if wanted == "cpu" or (not wanted and not _accelerator_possible()):
+    if wanted == "cpu" or (not wanted and not accelerator_possible()):
         return "cpu"
     import torch
 
@@ -158,7 +158,7 @@ def pick_device(requested: str | None = None) -> str:
     return "cpu"
 
 
-def _accelerator_possible() -> bool:
+def accelerator_possible() -> bool:
     """False only where no GPU can be: Linux with no NVIDIA, ROCm or WSL GPU
     device present (macOS may have MPS; elsewhere torch must be asked)."""
     import os

@@ -67,9 +67,9 @@ def _fresh_python(statement: str) -> list[str]:
 
 def test_cpu_indexing_does_not_import_torch_once_exported(tmp_path: Path, photos: Path,
                                                          model_kwargs) -> None:
-    from clipdex.models.encoder import _accelerator_possible
+    from clipdex.models.encoder import accelerator_possible
 
-    if _accelerator_possible():
+    if accelerator_possible():
         pytest.skip("a GPU may be present here: torch is rightly asked which device to use")
     with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
         index.add(photos)  # exports the model (torch, once)
