@@ -15,7 +15,7 @@ interleaved rounds, through:
 Prints img/s (median of rounds), the ratio to ONNX Runtime fp32 in the same
 round, the lowest cosine of each runtime's vectors to ONNX Runtime fp32's, and
 the CPU and the load average before and after (other work inflates every
-time). Needs a CPU with native bf16 (AVX512_BF16 or AMX) to mean anything.
+time; img per CPU-second is less swayed by it). Needs a CPU with native bf16 (AVX512_BF16 or AMX) to mean anything.
 """
 
 from __future__ import annotations
@@ -103,17 +103,19 @@ def torch_runtimes(weights: str, scale_shift: tuple[list[float], list[float]],
     return runtimes
 
 
-def rate(encode: Encode, pixels: np.ndarray, batch: int, seconds: float) -> float:
-    """img/s encoding ``pixels`` in batches of ``batch`` for about ``seconds`` (after one warm-up batch)."""
+def rate(encode: Encode, pixels: np.ndarray, batch: int, seconds: float) -> tuple[float, float]:
+    """Encoding ``pixels`` in batches of ``batch`` for about ``seconds`` (after one warm-up
+    batch): img/s, and img per second of this process's CPU time (less swayed by other work
+    on the machine, which takes cores away but not CPU time)."""
     encode(pixels[:batch])
-    done, i, started = 0, 0, time.perf_counter()
+    done, i, started, cpu = 0, 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds or done == 0:
         chunk = pixels[i:i + batch]
         if len(chunk) < batch:
             i, chunk = 0, pixels[:batch]
         done += len(encode(chunk))
         i += batch
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), done / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -146,16 +148,19 @@ def main() -> None:
 
     base = "ORT fp32 (clipdex fp32)"
     print(f"ViT-B-32 image tower, {len(pixels)} photos, {args.rounds} interleaved rounds of {args.seconds:.0f} s")
-    print(f"{'runtime':<30} {'batch':>5} {'img/s':>7} {'x ORT fp32':>10} {'cos min':>8}")
+    print(f"{'runtime':<30} {'batch':>5} {'img/s':>7} {'x ORT fp32':>10} {'img/cpu-s':>9} {'x ORT fp32':>10} "
+          f"{'cos min':>8}")
     for batch in BATCHES:
-        rates: dict[str, list[float]] = {name: [] for name in runtimes}
+        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in runtimes}
         for _ in range(args.rounds):
             for name, encode in runtimes.items():
                 rates[name].append(rate(encode, pixels, batch, args.seconds))
         for name in runtimes:
-            ratio = statistics.median(r / b for r, b in zip(rates[name], rates[base]))
-            print(f"{name:<30} {batch:>5} {statistics.median(rates[name]):>7.1f} {ratio:>10.2f} "
-                  f"{fidelity[name]:>8.5f}")
+            line = f"{name:<30} {batch:>5}"
+            for column, width in ((0, 7), (1, 9)):
+                ratio = statistics.median(r[column] / b[column] for r, b in zip(rates[name], rates[base]))
+                line += f" {statistics.median(r[column] for r in rates[name]):>{width}.1f} {ratio:>10.2f}"
+            print(f"{line} {fidelity[name]:>8.5f}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
