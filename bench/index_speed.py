@@ -17,12 +17,17 @@ and the time to encode one text query warm.
 from __future__ import annotations
 
 import argparse
+import gc
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -41,6 +46,7 @@ from clipdex.models.registry import resolve_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "images"
 TUTORIAL_BATCH = 100
+SETTLE_S = 2.0
 LARGE_SIZE = (6000, 4000)
 
 
@@ -74,6 +80,39 @@ def clipdex_index(folder: Path, weights: str, precision: str,
         found = index.searchable()
         vectors = {os.path.realpath(p): v for p, v in zip(found.paths, found.vectors)}
     return report.encoded / report.encode_seconds, vectors, report.precision or precision
+
+
+def isolated(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh process: a runtime's threads and memory do not slow the next one
+    measured (ONNX Runtime ran 15 % slower in a process where OpenVINO had run), as with one
+    `clipdex index` per process in real use."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def forward_in_process(weights: str, precision: str, device: str, paths: list[Path]) -> float:
+    """:func:`forward_only` with an encoder built here, on ``paths`` prepared as the indexer does."""
+    encoder = make_encoder(resolve_model(None, weights), device=device, precision=precision).load()
+    pixels = np.stack([encoder.preprocess(load_image(p.read_bytes(), str(p),
+                                                     draft_size=DRAFT_FACTOR * encoder.image_size))
+                       for p in paths])
+    return forward_only(encoder, pixels)
+
+
+def _backend_of(weights: str, precision: str, device: str) -> str:
+    """The runtime ``precision`` runs on here (building it exports the model, once), or '!' and
+    why it cannot run here."""
+    try:
+        return make_encoder(resolve_model(None, weights), device=device, precision=precision).load().backend
+    except ModelError as e:
+        return f"!{e}"
+
+
+def settle() -> None:
+    """A pause between timed runs: right after the tutorial's torch loop, the next run measured
+    10-40 % slower on 2 cores (torch's threads and freed memory still settling)."""
+    gc.collect()
+    time.sleep(SETTLE_S)
 
 
 def forward_only(encoder, pixels: np.ndarray) -> float:
@@ -150,15 +189,15 @@ def main() -> None:
     device = args.device
     precisions = (args.precisions or ("fp32,bf16,int8" if device == "cpu" else "fp16,fp32")).split(",")
     sources = sorted(SHARED.glob("*.jpg"))[:args.photos]
-    spec = resolve_model(None, weights)
     print(cpu_line())
-    encoders = {}
+    backends = {}
     for precision in [p for p in precisions if p != AUTO]:  # exports the model once
-        try:
-            encoders[precision] = make_encoder(spec, device=device, precision=precision).load()
-        except ModelError as e:
-            print(f"--precision {precision} left out: {e}")
+        backend = isolated(_backend_of, weights, precision, device)
+        if backend.startswith("!"):
+            print(f"--precision {precision} left out: {backend[1:]}")
             precisions.remove(precision)
+        else:
+            backends[precision] = backend
     where = device
     if device.startswith("cuda"):
         import torch
@@ -179,10 +218,11 @@ def main() -> None:
             rates: dict[str, list[float]] = {p: [] for p in ["tutorial", *precisions]}
             fidelity, ran = {}, {}
             for _ in range(args.rounds):
-                base_rate, reference = tutorial_loop(paths, "ViT-B-32", weights, device)
+                base_rate, reference = isolated(tutorial_loop, paths, "ViT-B-32", weights, device)
                 rates["tutorial"].append(base_rate)
                 for precision in precisions:
-                    rate, ours, ran[precision] = clipdex_index(folder, weights, precision, device)
+                    settle()
+                    rate, ours, ran[precision] = isolated(clipdex_index, folder, weights, precision, device)
                     rates[precision].append(rate)
                     fidelity[precision] = cosines(ours, reference)
             base = statistics.median(rates["tutorial"])
@@ -198,16 +238,15 @@ def main() -> None:
         print()
         print(f"does the model wait? same photos and batches, {args.rounds} interleaved rounds (medians)")
         print(f"{'path':<14} {'forward only':>13} {'end to end':>11} {'e2e/forward':>12} {'per round':>12}")
-        for precision, encoder in encoders.items():
-            pixels = np.stack([encoder.preprocess(load_image(p.read_bytes(), str(p),
-                                                             draft_size=DRAFT_FACTOR * encoder.image_size))
-                               for p in sources])
+        for precision, backend in backends.items():
             fwd, e2e = [], []
             for _ in range(args.rounds):
-                fwd.append(forward_only(encoder, pixels))
-                e2e.append(clipdex_index(small, weights, precision, device)[0])
+                settle()
+                fwd.append(isolated(forward_in_process, weights, precision, device, sources))
+                settle()
+                e2e.append(isolated(clipdex_index, small, weights, precision, device)[0])
             ratios = [e / f for e, f in zip(e2e, fwd)]
-            print(f"{encoder.backend + ' ' + precision:<14} {statistics.median(fwd):>13.1f} "
+            print(f"{backend + ' ' + precision:<14} {statistics.median(fwd):>13.1f} "
                   f"{statistics.median(e2e):>11.1f} {statistics.median(e2e) / statistics.median(fwd):>12.2f} "
                   f"{min(ratios):>5.2f}-{max(ratios):.2f}")
 
