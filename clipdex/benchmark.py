@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,6 +47,8 @@ class BenchResult:
     decode_images_per_second: float
     rows: list[BenchRow]
     features: str = ""  # the CPU and the features the precisions depend on (CpuFeatures.describe())
+    # JPEG decode + resize + crop on each CUDA device (nvJPEG, as `clipdex index` does there), img/s
+    device_decode_images_per_second: dict[str, float] = field(default_factory=dict)
 
 
 def sample_images(folder: str | None, count: int, size: int) -> list:
@@ -76,6 +78,7 @@ def run_bench(spec: ModelSpec, devices: Sequence[str], batch_sizes: Sequence[int
     from clipdex.models.precision import cpu_features
 
     rows: list[BenchRow] = []
+    result_decode: dict[str, float] = {}
     prepared: list[np.ndarray] = []  # the photos' pixels, made by the first encoder built
     timing: list[float] = []  # their decode + preprocess rate
     for device in devices:
@@ -93,9 +96,49 @@ def run_bench(spec: ModelSpec, devices: Sequence[str], batch_sizes: Sequence[int
                 rate = _time_batches(encoder.encode_images, prepared[0], batch)
                 rows.append(BenchRow(device, precision, encoder.backend, batch, rate, 1000.0 / rate,
                                      chosen=chosen, reason=reason))
+        if device.startswith("cuda") and folder and built:
+            decoded = _device_decode_rate(folder, photos, next(iter(built.values())), device)
+            if decoded:
+                result_decode[device] = decoded
     return BenchResult(photos=len(prepared[0]) if prepared else 0,
                        decode_images_per_second=timing[0] if timing else 0.0, rows=rows,
-                       features=cpu_features().describe())
+                       features=cpu_features().describe(), device_decode_images_per_second=result_decode)
+
+
+def _device_decode_rate(folder: str, count: int, encoder: "Encoder", device: str) -> float | None:
+    """JPEGs of ``folder`` decoded, turned and fitted on ``device`` (img/s, after a warm-up),
+    or None where none of its photos is such a JPEG or the device stage is not available."""
+    import io
+
+    from clipdex.decode import read_jpeg_header
+    from clipdex.models.gpu_decode import JpegDecoder, JpegJob, supported
+
+    cfg = getattr(encoder, "preprocess_config", None)
+    if cfg is None or not supported(cfg):
+        return None
+    jobs = []
+    for entry in walk(folder, supported_extensions()).files[:count]:
+        try:
+            with open(entry.fs_path, "rb") as f:
+                data = f.read()
+            header = read_jpeg_header(io.BytesIO(data), entry.path)
+        except (OSError, ImageDecodeError):
+            continue
+        if header is not None:
+            jobs.append(JpegJob(data, header.width, header.height, header.orientation))
+    if not jobs:
+        return None
+    import torch
+
+    decoder = JpegDecoder(cfg, device)
+    decoder.decode(jobs)  # warm-up: nvJPEG's handles, kernels
+    torch.cuda.synchronize(device)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < MIN_SECONDS or done == 0:
+        decoder.decode(jobs)
+        done += len(jobs)
+    torch.cuda.synchronize(device)
+    return done / (time.perf_counter() - started)
 
 
 def _bench_encoder(spec: ModelSpec, device: str, precision: str, built: dict[str, "Encoder"],

@@ -281,12 +281,15 @@ class _Bar:
               show_default=True, help="--precision auto's bar: the cosine to fp32 a faster precision must "
                                       f"keep on your photos; below {DEFAULT_MIN_COSINE:g} (e.g. "
                                       f"{INT8_MIN_COSINE:g}) allows int8.")
+@click.option("--gpu-decode/--no-gpu-decode", default=None,
+              help="On CUDA, decode JPEGs on the GPU (nvJPEG) so that Pillow does not starve it "
+                   "[default: on; CLIPDEX_GPU_DECODE=0 turns it off].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
               model_config: str | None, device: str | None, precision: str | None, batch_size: int | None,
               workers: int | None,
               max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool, storage: str | None,
-              min_cosine: float, as_json: bool) -> None:
+              min_cosine: float, gpu_decode: bool | None, as_json: bool) -> None:
     """Embed every photo under PHOTO_DIR (recursively) into the index.
 
     Runs are incremental: unchanged files are skipped, new and changed ones
@@ -305,6 +308,8 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
                              retry_failed=retry_failed)
     if workers:
         settings.workers = workers
+    if gpu_decode is not None:
+        settings.gpu_decode = gpu_decode
     bar = _Bar()
     search_bar = _Bar("search index", "rows")
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
@@ -338,6 +343,8 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     out.print(f"  skipped   {len(report.failed):>7}")
     rate = f", {report.images_per_second:.1f} img/s" if report.encoded else ""
     out.print(f"  encoded {report.encoded} in {report.seconds:.1f} s{rate}")
+    if report.device_decoded:
+        out.print(f"  decoded on the GPU {report.device_decoded} (JPEGs; the rest by Pillow)")
     if report.precision:
         out.print(f"  precision {report.precision} — {report.precision_note}", markup=False)
     if report.failed:
@@ -826,8 +833,9 @@ def labels_templates_cmd() -> None:
 @click.option("--devices", help="Comma-separated: cpu,cuda,mps [default: what this machine has].")
 @click.option("--batch-sizes", default="8,16,32,64", show_default=True, callback=lambda ctx, param, value:
               _batch_sizes(value), help=f"Comma-separated, each 1 to {MAX_BATCH_SIZE}.")
-@click.option("--precisions", default="fp32,int8", show_default=True, callback=lambda ctx, param, value:
-              _precisions(value), help="Comma-separated: fp32, int8, bf16, fp16.")
+@click.option("--precisions", default="fp32,bf16,int8,auto", show_default=True,
+              callback=lambda ctx, param, value: _precisions(value),
+              help="Comma-separated: auto, fp32, bf16, int8, fp16 (one this machine cannot run says why).")
 @click.option("--photos", type=click.IntRange(1, 10_000), default=64, show_default=True,
               help="How many photos to decode and encode.")
 @click.option("--model", "-m", help="Registry name or ARCH/PRETRAINED [default: ViT-B-32].")
@@ -850,22 +858,33 @@ def bench_cmd(photo_dir: str | None, devices: str | None, batch_sizes: list[int]
     result = run_bench(spec, device_list, batch_sizes, precisions, photo_dir, photos,
                        progress=None if as_json else lambda m: err.print(f"[dim]{_t(m)}…[/]"))
     if as_json:
-        click.echo(json.dumps({"model": spec.key, "machine": cpu_name(), "photos": result.photos,
+        click.echo(json.dumps({"model": spec.key, "machine": cpu_name(), "features": result.features,
+                               "photos": result.photos,
                                "decode_images_per_second": result.decode_images_per_second,
+                               "device_decode_images_per_second": result.device_decode_images_per_second,
                                "rows": [vars(r) for r in result.rows]}, indent=2))
         return
     out = _console()
     out.print(f"[bold]{_t(spec.name)}[/] ({_t(spec.key)}) on {_t(cpu_name())}; {result.photos} photos "
               f"from {_t(photo_dir or 'generated images')}")
-    out.print(f"decode + preprocess: {result.decode_images_per_second:.1f} img/s (one thread)")
-    out.print(f"{'device':<7} {'precision':<9} {'backend':<7} {'batch':>5} {'img/s':>8} {'ms/img':>7}")
+    out.print(f"CPU: {_t(result.features)}")
+    out.print(f"decode + preprocess: {result.decode_images_per_second:.1f} img/s (one thread, Pillow)")
+    for device, rate in result.device_decode_images_per_second.items():
+        out.print(f"decode + preprocess on {_t(device)} (nvJPEG, as `clipdex index` there): {rate:.1f} img/s")
+    out.print(f"{'device':<7} {'precision':<10} {'backend':<8} {'batch':>5} {'img/s':>8} {'ms/img':>7}")
+    reasons: dict[tuple[str, str], str] = {}
     for r in result.rows:
+        precision = f"auto>{r.chosen}" if r.chosen else r.precision
         if r.error:
-            out.print(f"{r.device:<7} {r.precision:<9} {'-':<7} {r.batch_size:>5} {'-':>8} {'-':>7}  {r.error}",
+            out.print(f"{r.device:<7} {precision:<10} {'-':<8} {r.batch_size:>5} {'-':>8} {'-':>7}  {r.error}",
                       markup=False)
         else:
-            out.print(f"{r.device:<7} {r.precision:<9} {r.backend:<7} {r.batch_size:>5} "
+            out.print(f"{r.device:<7} {precision:<10} {r.backend:<8} {r.batch_size:>5} "
                       f"{r.images_per_second:>8.1f} {r.ms_per_image:>7.1f}", markup=False)
+        if r.chosen:
+            reasons[(r.device, r.chosen)] = r.reason
+    for (device, chosen), reason in reasons.items():
+        out.print(f"auto on {device} chose {chosen}: {reason}", markup=False)
 
 
 def _batch_sizes(value: str) -> list[int]:

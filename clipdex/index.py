@@ -208,8 +208,9 @@ class Index:
         ``model``, ``weights`` and ``model_config`` name the model to use (see
         :func:`clipdex.models.resolve_model`); without them an existing index uses
         the model it was built with, and a new one the registry's default.
-        ``precision`` (fp32, int8, bf16, fp16) is how new vectors are computed;
-        int8 vectors are kept apart from full-precision ones. ``readonly`` None
+        ``precision`` (auto, fp32, int8, bf16, fp16) is how new vectors are computed
+        (default auto: see :meth:`add`); int8 vectors are kept apart from full-precision
+        ones, and reading uses whichever set the index has. ``readonly`` None
         opens for writing where the index can be written and read-only where it
         cannot (searching works on a read-only mount); True never writes.
         """
@@ -319,7 +320,7 @@ class Index:
         float16 halves the vector file for a recall measured in bench/search_scale.py;
         a model the index holds keeps its storage.
 
-        With precision ``auto`` the fastest precision whose vectors agree with fp32's to
+        With precision ``auto`` (the default) the fastest precision whose vectors agree with fp32's to
         ``min_cosine`` on a few photos of the folder is used (:mod:`clipdex.models.auto`),
         chosen once per model and kind of host and recorded in the index; a folder with
         nothing to encode chooses nothing. The report says which precision and why.
@@ -346,7 +347,7 @@ class Index:
         # indexed folder emptied since is a folder whose photos all leave the index.
         walk = Indexer.scan(path, allow_empty=known_root)
         spec = self.spec()
-        asked = self.precision or "fp32"
+        asked = self.precision or AUTO
         key = self._add_key(spec, asked)
         self._check_model(key, allow_new_model)
         self.store.acquire_lock(wait=wait)

@@ -112,6 +112,7 @@ def index_report(report: "IndexReport") -> dict[str, Any]:
             "seconds": round(report.seconds, 3), "encode_seconds": round(report.encode_seconds, 3),
             "images_per_second": round(report.images_per_second, 3),
             "precision": report.precision or None, "precision_note": report.precision_note,
+            "device_decoded": report.device_decoded,
             "failed": [failure(f.path, f.reason, f.kind) for f in report.failed]}
 
 

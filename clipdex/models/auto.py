@@ -118,7 +118,7 @@ def candidates(device: str, min_cosine: float = DEFAULT_MIN_COSINE, family: str 
     found = []
     if family is None and min_cosine < DEFAULT_MIN_COSINE:
         found.append("int8")
-    if cpu_features().native_bf16 and _openvino_missing() is None:
+    if cpu_features().maybe_bf16 and _openvino_missing() is None:
         found.append("bf16")
     return [*found, "fp32"]
 

@@ -110,14 +110,27 @@ def make_encoder(spec: ModelSpec, *, device: str | None = None, precision: str |
         raise ModelError("int8 runs on the CPU through ONNX Runtime; use --device cpu, or fp16 on a GPU.")
     if precision == "fp16" and chosen == "cpu":
         raise ModelError("fp16 is for GPUs; on the CPU use fp32, int8 or bf16.")
+    if precision == "bf16" and chosen.startswith("cuda"):
+        _check_cuda_bf16(chosen)
     return TorchEncoder(spec, device=chosen, precision=precision)
+
+
+def _check_cuda_bf16(device: str) -> None:
+    """bf16 on a GPU without it in hardware (before Ampere: V100, T4) is emulated and slow:
+    refused, with what to use instead."""
+    import torch
+
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ModelError(f"{torch.cuda.get_device_name(device)} has no native bf16 (it came with Ampere): "
+                         "bf16 would be emulated and slow. Use --precision fp16 (as fast, native here), "
+                         "fp32, or auto.")
 
 
 def _cpu_bf16_encoder(spec: ModelSpec) -> Encoder:
     """bf16 on the CPU: OpenVINO where the processor computes bf16 natively; refused where
     it would be emulated (slower than fp32), with what to use instead."""
     cpu = cpu_features()
-    if not cpu.native_bf16:
+    if not cpu.maybe_bf16:  # flags unknown (not Linux or macOS): OpenVINO's own report decides
         raise ModelError(
             f"this processor, {cpu.describe()}, has no native bf16 (AVX512_BF16 or AMX): bf16 "
             "would be emulated and slower than fp32. Use --precision fp32 (exact) or --precision "
@@ -129,7 +142,7 @@ def _cpu_bf16_encoder(spec: ModelSpec) -> Encoder:
         raise ModelError(f"bf16 on the CPU runs through OpenVINO, which is not installed ({missing}). "
                          "Install it with `pip install 'clipdex[openvino]'` (a 60 MB download), or "
                          "use --precision fp32 or int8.")
-    return OpenVinoEncoder(spec, "bf16")  # type: ignore[return-value]  # skeleton
+    return OpenVinoEncoder(spec, "bf16")
 
 
 def pick_device(requested: str | None = None) -> str:

@@ -54,6 +54,16 @@ class CpuFeatures:
     flags: frozenset[str]
 
     @property
+    def known(self) -> bool:
+        """Whether the operating system told the flags (elsewhere, e.g. Windows, a runtime must say)."""
+        return bool(self.flags)
+
+    @property
+    def maybe_bf16(self) -> bool:
+        """bf16 may be native: the flags say so, or nobody told them (OpenVINO then decides)."""
+        return self.native_bf16 or not self.known
+
+    @property
     def native_bf16(self) -> bool:
         """bf16 matrix multiplies in hardware (AVX512_BF16 or AMX); elsewhere bf16 is emulated
         and slower than fp32."""
