@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipdex.errors import ModelError
-from clipdex.models.precision import CONCRETE, cpu_features
+from clipdex.models.precision import CONCRETE, cpu_features, no_native_bf16
 from clipdex.models.preprocess import PreprocessConfig, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.models.weights import locate_weights, pretrained_config
@@ -131,17 +131,12 @@ def _cpu_bf16_encoder(spec: ModelSpec) -> Encoder:
     it would be emulated (slower than fp32), with what to use instead."""
     cpu = cpu_features()
     if not cpu.maybe_bf16:  # flags unknown (not Linux or macOS): OpenVINO's own report decides
-        raise ModelError(
-            f"this processor, {cpu.describe()}, has no native bf16 (AVX512_BF16 or AMX): bf16 "
-            "would be emulated and slower than fp32. Use --precision fp32 (exact) or --precision "
-            "int8 (faster, cosine to fp32 >= 0.99), or --precision auto to pick the fastest here.")
-    from clipdex.models.openvino import OpenVinoEncoder, openvino_missing
+        raise ModelError(no_native_bf16(f"this processor, {cpu.describe()},"))
+    from clipdex.models.openvino import OpenVinoEncoder, missing_message, openvino_missing
 
     missing = openvino_missing()
     if missing:
-        raise ModelError(f"bf16 on the CPU runs through OpenVINO, which is not installed ({missing}). "
-                         "Install it with `pip install 'clipdex[openvino]'` (a 60 MB download), or "
-                         "use --precision fp32 or int8.")
+        raise ModelError(missing_message("bf16", missing))
     return OpenVinoEncoder(spec, "bf16")
 
 

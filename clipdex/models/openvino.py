@@ -23,7 +23,7 @@ import numpy as np
 
 from clipdex.errors import ModelError
 from clipdex.models.onnx import VISUAL_FILES, OnnxEncoder, export_dir
-from clipdex.models.precision import cpu_features
+from clipdex.models.precision import cpu_features, no_native_bf16
 from clipdex.models.preprocess import PreprocessConfig
 from clipdex.models.registry import ModelSpec
 
@@ -40,12 +40,18 @@ INSTALL_HINT = "pip install 'clipdex[openvino]'"
 
 
 def openvino_missing() -> str | None:
-    """None when openvino imports, else why not."""
+    """None when openvino imports, else why not (a broken install raises more than ImportError)."""
     try:
         import openvino  # noqa: F401
-    except ImportError as e:
-        return str(e)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
+
+
+def missing_message(precision: str, missing: str) -> str:
+    """What to do when OpenVINO cannot be imported (``missing``: why)."""
+    return (f"{precision} on the CPU runs through OpenVINO, which is not installed ({missing}). "
+            f"Install it with `{INSTALL_HINT}` (a 60 MB download), or use --precision fp32 or int8.")
 
 
 def openvino_bf16(core: Any = None) -> bool:
@@ -91,21 +97,24 @@ class OpenVinoEncoder:
     def _compile(self) -> Any:
         missing = openvino_missing()
         if missing:
-            raise ModelError(f"{self.precision} on the CPU runs through OpenVINO, which is not installed "
-                             f"({missing}). Install it with `{INSTALL_HINT}`, or use --precision fp32 or int8.")
+            raise ModelError(missing_message(self.precision, missing))
         import openvino
 
         self._onnx._ensure_meta()  # exports the model on its first use
         core = openvino.Core()
         if self.precision == "bf16" and not openvino_bf16(core):
-            raise ModelError(
-                f"OpenVINO finds no native bf16 on this processor, {cpu_features().describe()}: bf16 would "
-                "be emulated and slower than fp32. Use --precision fp32 (exact) or --precision int8 "
-                "(faster, cosine to fp32 >= 0.99), or --precision auto to pick the fastest here.")
+            raise ModelError(no_native_bf16(f"OpenVINO finds that this processor, {cpu_features().describe()},"))
         config = {**COMPILE_CONFIG, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision]}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        compiled = core.compile_model(str(export_dir(self.spec) / VISUAL_FILES["fp32"]), "CPU", config)
+        path = export_dir(self.spec) / VISUAL_FILES["fp32"]
+        try:
+            compiled = core.compile_model(str(path), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError for anything: memory, a bad file
+            raise ModelError(f"OpenVINO could not compile {self.spec.name} ({path}) in {self.precision}: "
+                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}. "
+                             "Use --precision fp32 or int8; if the file is damaged, delete "
+                             f"{path.parent} and it is exported again.") from e
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
         ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         if ran != OPENVINO_PRECISIONS[self.precision]:  # OpenVINO falls back to f32 silently

@@ -41,6 +41,14 @@ SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx
 _MAC_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512BF16": "avx512_bf16", "AVX512VNNI": "avx512_vnni"}
 
 
+def no_native_bf16(who: str) -> str:
+    """The refusal of bf16 where it would be emulated, with what to use instead: ``who`` says
+    whose verdict it is ('this processor, AMD EPYC (avx2)', 'OpenVINO finds that this processor…')."""
+    return (f"{who} has no native bf16 (AVX512_BF16 or AMX): bf16 would be emulated and slower than "
+            "fp32. Use --precision fp32 (exact) or --precision int8 (faster, cosine to fp32 >= 0.99), or "
+            "--precision auto to pick the fastest here.")
+
+
 def vector_family(precision: str) -> str:
     """'int8' or 'full': vectors of one family can share a model's vector set."""
     return "int8" if precision == "int8" else "full"
