@@ -132,7 +132,8 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
 
     ``encoders`` (precision -> encoder) holds encoders already built, and receives the ones
     built here: the caller encodes with the chosen one without building it again. A
-    candidate that cannot be built (:class:`ModelError`) is skipped, and the reason says why.
+    candidate that cannot be built or run (any exception: OpenVINO's compile raises RuntimeError)
+    is skipped, and the reason says why; fp32, the reference, is never skipped.
     """
     from clipdex.models.encoder import pick_device
 
@@ -154,8 +155,8 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
         try:
             encoder = _encoder(spec, device, precision, encoders)
             vectors, seconds = measure(encoder, batch)
-        except ModelError as e:
-            rejected.append(f"{precision} could not be used ({_first_sentence(e)})")
+        except Exception as e:  # noqa: BLE001 - auto never fails where fp32 works (RuntimeError from OpenVINO, MPS)
+            rejected.append(_unusable(precision, e))
             continue
         cosine = _min_cosine(vectors, expected)
         speedup = fp32_seconds / seconds if seconds > 0 else float("inf")
@@ -278,8 +279,8 @@ def _int8_offer(spec: "ModelSpec", batch: np.ndarray, expected: np.ndarray, fp32
     allow = f"allow it with --min-cosine {INT8_MIN_COSINE:g}"
     try:
         vectors, seconds = measure(_encoder(spec, "cpu", "int8", encoders), batch)
-    except ModelError:
-        return f"int8 (cosine to fp32 ~0.9997) is below the {DEFAULT_MIN_COSINE:g} bar: {allow}"
+    except Exception as e:  # noqa: BLE001 - an offer never fails the run (_unusable logs it)
+        return f"{_unusable('int8', e)}; int8 (cosine to fp32 ~0.9997) is below the {DEFAULT_MIN_COSINE:g} bar"
     cosine = _min_cosine(vectors, expected)
     speedup = fp32_seconds / seconds if seconds > 0 else float("inf")
     if speedup <= 1.0:
@@ -297,6 +298,14 @@ def _simd(cpu: CpuFeatures) -> str:
     if "avx2" in cpu.flags:
         return "AVX2 only"
     return "no AVX2 or AVX-512"
+
+
+def _unusable(precision: str, error: Exception) -> str:
+    """'bf16 could not be used (RuntimeError: first line)'; the traceback goes to the debug log."""
+    log.debug("%s could not be used", precision, exc_info=error)
+    what = _first_sentence(error) if isinstance(error, ModelError) else \
+        f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+    return f"{precision} could not be used ({what})"
 
 
 def _first_sentence(error: Exception) -> str:

@@ -322,3 +322,18 @@ def test_auto_with_openvino_on_this_cpu(tmp_path: Path, photos: Path, model_args
     assert report["precision"] == "bf16", report["precision_note"]
     [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
     assert choice["runtime"] == "OpenVINO" and choice["cosine"] >= 0.999
+
+
+def test_a_candidate_that_raises_anything_is_skipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     photos: Path, model_args: list[str]) -> None:
+    """OpenVINO's compile raises RuntimeError, not ModelError: auto still indexes, in fp32."""
+    as_host(monkeypatch, NATIVE_BF16)
+
+    def broken(spec: Any) -> Any:
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:112:\ncompile failed")
+
+    monkeypatch.setattr(encoder_module, "_cpu_bf16_encoder", broken)
+    report = index_json(photos, tmp_path / "idx", *model_args)
+    assert report["precision"] == "fp32" and report["encoded"] == 12
+    assert "bf16 could not be used (RuntimeError: Exception from src/inference/src/cpp/core.cpp:112:)" in \
+        report["precision_note"]
