@@ -9,6 +9,7 @@ depend on.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from clipdex.models.registry import ModelSpec
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
 
+log = logging.getLogger(__name__)
 MIN_SECONDS = 2.0  # each configuration runs at least this long (after a warm-up batch)
 
 
@@ -87,8 +89,9 @@ def run_bench(spec: ModelSpec, devices: Sequence[str], batch_sizes: Sequence[int
             try:
                 encoder, chosen, reason = _bench_encoder(spec, device, precision, built, folder, photos,
                                                          prepared, timing)
-            except ClipdexError as e:
-                rows += [BenchRow(device, precision, "-", b, 0.0, 0.0, str(e).split(".")[0]) for b in batch_sizes]
+            except Exception as e:  # noqa: BLE001  (a runtime that fails is a row that says so, not a crash)
+                why = str(e).split(".")[0] if isinstance(e, ClipdexError) else f"{type(e).__name__}: {e}"
+                rows += [BenchRow(device, precision, "-", b, 0.0, 0.0, why) for b in batch_sizes]
                 continue
             for batch in batch_sizes:
                 if progress:
@@ -97,7 +100,12 @@ def run_bench(spec: ModelSpec, devices: Sequence[str], batch_sizes: Sequence[int
                 rows.append(BenchRow(device, precision, encoder.backend, batch, rate, 1000.0 / rate,
                                      chosen=chosen, reason=reason))
         if device.startswith("cuda") and folder and built:
-            decoded = _device_decode_rate(folder, photos, next(iter(built.values())), device)
+            try:
+                decoded = _device_decode_rate(folder, photos, next(iter(built.values())), device)
+            except Exception as e:  # noqa: BLE001  (the indexer falls back to Pillow too)
+                log.warning("decoding on %s could not be timed (%s: %s); `clipdex index` falls back to "
+                            "Pillow there too", device, type(e).__name__, e)
+                decoded = None
             if decoded:
                 result_decode[device] = decoded
     return BenchResult(photos=len(prepared[0]) if prepared else 0,
@@ -190,13 +198,7 @@ def available_devices() -> list[str]:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    import platform
+    """'AMD EPYC, 2 cores'."""
+    from clipdex.models.precision import cpu_features
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{cpu_features().model}, {os.cpu_count()} cores"

@@ -1044,8 +1044,8 @@ def _revise_changed(store: Store, record: ModelRecord, reader: "_ShardReader", s
         with store.transaction() as c:
             # One key lookup per other model (the key is (model_id, content_hash)), never a scan.
             others = [m.id for m in store.models() if m.id != record.id]
-            c.executemany("INSERT OR IGNORE INTO embeddings (model_id, content_hash, row) SELECT model_id, ?, "
-                          "row FROM embeddings WHERE model_id = ? AND content_hash = ?",
+            c.executemany("INSERT OR IGNORE INTO embeddings (model_id, content_hash, row, precision) SELECT "
+                          "model_id, ?, row, precision FROM embeddings WHERE model_id = ? AND content_hash = ?",
                           [(new, other, old) for old, new in sorted(moves) for other in others])
     return revised, known | held_before
 

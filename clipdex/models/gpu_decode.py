@@ -14,7 +14,10 @@ weights exactly as Pillow's ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` 
 rounding and clipping as Pillow does, one pass per axis through 8 bits in the order
 Pillow takes. From the same decoded pixels the result is bit-identical to
 :func:`clipdex.models.preprocess.fit`; torchvision's CPU decoder gives Pillow's
-pixels, so the CPU run of this module equals the CPU path exactly. nvJPEG's IDCT
+pixels, so the CPU run of this module equals the CPU path with full-size decoding
+exactly. (The indexer's CPU path decodes large JPEGs at reduced size, in the JPEG
+decoder: for those the two paths agree to cosine >= 0.999 in vectors, not in
+pixels.) nvJPEG's IDCT
 and chroma upsampling are its own: on a GPU the pixels differ from Pillow's where
 its decoder does (the parity test on a GPU measures it).
 

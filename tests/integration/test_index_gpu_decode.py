@@ -102,3 +102,28 @@ def test_on_the_cpu_the_default_leaves_decoding_to_pillow(tmp_path: Path, mixed:
                                                           model_kwargs: dict[str, str]) -> None:
     _, report = _index(tmp_path, "idx", mixed, model_kwargs, IndexSettings())
     assert report.device_decoded == 0
+
+
+def test_a_device_stage_that_fails_as_a_whole_hands_every_file_to_pillow(
+        tmp_path: Path, mixed: Path, model_kwargs: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A driver error in the device stage costs speed, never the run: every file is indexed
+    by Pillow, the failure is logged once, nothing counts as decoded on the device."""
+    from clipdex.models.gpu_decode import JpegDecoder
+
+    calls = []
+
+    def broken(self: JpegDecoder, jobs: object) -> None:
+        calls.append(jobs)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(JpegDecoder, "decode", broken)
+    with caplog.at_level("WARNING", logger="clipdex.indexer"):
+        vectors, report = _index(tmp_path, "broken", mixed, model_kwargs,
+                                 IndexSettings(gpu_decode="force", batch_size=4, workers=2))
+    usual, plain = _index(tmp_path, "usual", mixed, model_kwargs, IndexSettings(gpu_decode=False))
+    assert report.device_decoded == 0
+    assert len(calls) == 1  # turned off for the rest of the run after the first failure
+    assert set(vectors) == set(usual)
+    assert [f.path for f in report.failed] == [f.path for f in plain.failed]
+    assert sum("Pillow decodes them for the rest of this run" in r.getMessage() for r in caplog.records) == 1

@@ -78,7 +78,7 @@ def test_bf16_is_refused_when_openvino_finds_no_bf16(spec: ModelSpec, monkeypatc
     """/proc/cpuinfo says yes, OpenVINO says no: OpenVINO decides what it would really run."""
     monkeypatch.setattr("clipdex.models.openvino.openvino_bf16", lambda core=None: False)
     encoder = make_encoder(spec, device="cpu", precision="bf16")
-    with pytest.raises(ModelError, match="OpenVINO finds that this processor, .*, has no native bf16") as caught:
+    with pytest.raises(ModelError, match=r"OpenVINO finds that this processor, .*, has no native bf16") as caught:
         encoder.load()
     assert all(f"--precision {p}" in str(caught.value) for p in ("fp32", "int8", "auto"))
 
@@ -120,6 +120,6 @@ def test_a_compile_failure_is_a_model_error_that_says_what_to_do(spec: ModelSpec
     encoder = make_encoder(spec, device="cpu", precision="bf16")
     encoder._onnx._ensure_meta()  # type: ignore[attr-defined]  # the export exists first
     monkeypatch.setattr(openvino.Core, "compile_model", fail)
-    with pytest.raises(ModelError, match="OpenVINO could not compile .*RuntimeError: Exception from "
-                                         "src/inference: out of memory\\. Use --precision fp32 or int8"):
+    with pytest.raises(ModelError, match=r"OpenVINO could not compile .*RuntimeError: Exception from "
+                                         r"src/inference: out of memory\. Use --precision fp32 or int8"):
         encoder.load()
