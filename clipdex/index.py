@@ -27,6 +27,7 @@ import numpy as np
 from clipdex.classify import Classification, build_classifier, check_label, classify
 from clipdex.discover import display_path
 from clipdex.errors import (
+    ClipdexError,
     EmptyIndex,
     FilterError,
     IndexDamaged,
@@ -347,7 +348,7 @@ class Index:
         # indexed folder emptied since is a folder whose photos all leave the index.
         walk = Indexer.scan(path, allow_empty=known_root)
         spec = self.spec()
-        asked = self.precision or AUTO
+        asked = self.precision or _default_precision()
         key = self._add_key(spec, asked)
         self._check_model(key, allow_new_model)
         self.store.acquire_lock(wait=wait)
@@ -982,6 +983,18 @@ class Index:
     def failures(self) -> list[FileRecord]:
         """Files that could not be indexed, with their reasons."""
         return self.store.failures()
+
+
+def _default_precision() -> str:
+    """The precision used when none is given: CLIPDEX_PRECISION, else auto."""
+    from clipdex.models.precision import PRECISIONS
+    from clipdex.settings import default_precision
+
+    value = default_precision() or AUTO
+    if value not in PRECISIONS:
+        raise ClipdexError(f"CLIPDEX_PRECISION={value!r} is not a precision: set it to one of "
+                           f"{', '.join(PRECISIONS)}, or unset it for auto")
+    return value
 
 
 class _PrecisionPlan:

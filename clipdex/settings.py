@@ -6,6 +6,9 @@
     CLIPDEX_DEVICE  cuda, mps or cpu, when --device is not given (default: best available)
     CLIPDEX_GPU_DECODE  0 (or false, no, off): JPEGs are decoded by Pillow even for a CUDA
                     encoder; force: through the device stage on any device (tests, benchmarks)
+    CLIPDEX_PRECISION  auto, fp32, bf16, int8 or fp16: how new vectors are computed when
+                    --precision is not given (default: auto; the tests pin fp32 so that
+                    no test depends on which precision this machine's check would take)
 """
 
 from __future__ import annotations
@@ -48,3 +51,9 @@ def gpu_decode_setting() -> bool | Literal["force"]:
     if value == "force":
         return "force"
     return value not in ("0", "false", "no", "off")
+
+
+def default_precision() -> str | None:
+    """Precision named by CLIPDEX_PRECISION, or None for the default (auto)."""
+    value = os.environ.get("CLIPDEX_PRECISION", "").strip().lower()
+    return value or None

@@ -31,6 +31,9 @@ def clipdex_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("CLIPDEX_HOME", str(home))
     monkeypatch.delenv("CLIPDEX_INDEX", raising=False)
     monkeypatch.delenv("CLIPDEX_DEVICE", raising=False)
+    # Every test computes fp32 unless it asks otherwise: which precision --precision auto
+    # takes depends on this machine (native bf16, a GPU), and a test must not.
+    monkeypatch.setenv("CLIPDEX_PRECISION", "fp32")
     return home
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from clipdex import Index
+from clipdex.errors import ClipdexError
 from clipdex.models import auto
 from clipdex.models import encoder as encoder_module
 from clipdex.models.precision import CpuFeatures, cpu_features
@@ -62,7 +63,9 @@ def as_host(monkeypatch: pytest.MonkeyPatch, cpu: CpuFeatures, *, fake_bf16: boo
 
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed times, and the default precision back to auto (tests/conftest.py pins fp32)."""
     monkeypatch.setattr(auto, "measure", fake_measure)
+    monkeypatch.delenv("CLIPDEX_PRECISION", raising=False)
 
 
 @pytest.fixture()
@@ -121,6 +124,22 @@ def test_a_fresh_index_defaults_to_auto_which_takes_native_bf16(
     text = run_cli("status", "--index", str(tmp_path / "idx")).output
     assert "vectors  12, all bf16" in text
     assert "auto     bf16 (OpenVINO) on this machine (chosen " in text
+
+
+def test_the_library_defaults_to_auto_and_clipdex_precision_overrides_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_kwargs: dict[str, str]) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:  # CLIPDEX_PRECISION unset
+        report = index.add(photos)
+    assert report.precision == "bf16" and report.precision_note.startswith("auto: bf16 through OpenVINO")
+    monkeypatch.setenv("CLIPDEX_PRECISION", "fp32")
+    with Index.open(tmp_path / "pinned", create=True, **model_kwargs) as index:
+        report = index.add(photos)
+    assert (report.precision, report.precision_note) == ("fp32", "asked for (--precision fp32)")
+    monkeypatch.setenv("CLIPDEX_PRECISION", "fp64")
+    with Index.open(tmp_path / "bad", create=True, **model_kwargs) as index, \
+            pytest.raises(ClipdexError, match="CLIPDEX_PRECISION='fp64' is not a precision"):
+        index.add(photos)
 
 
 def test_the_summary_says_which_precision_and_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
