@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from clipdex.errors import ModelError
+from clipdex.models.precision import require
 from clipdex.models.preprocess import PreprocessConfig, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.settings import cache_dir
@@ -261,9 +262,7 @@ class OnnxEncoder:
     backend = "onnx"
 
     def __init__(self, spec: ModelSpec, precision: str = "fp32", threads: int | None = None) -> None:
-        if precision not in ONNX_PRECISIONS:
-            raise ModelError(f"precision {precision!r} is not available with ONNX Runtime; "
-                             f"use one of {', '.join(ONNX_PRECISIONS)} (fp16/bf16 run through torch).")
+        require(precision, ONNX_PRECISIONS, "ONNX Runtime")
         self.spec = spec
         self.precision = precision
         self.device = "cpu"

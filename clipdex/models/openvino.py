@@ -23,7 +23,7 @@ import numpy as np
 
 from clipdex.errors import ModelError
 from clipdex.models.onnx import VISUAL_FILES, OnnxEncoder, export_dir
-from clipdex.models.precision import cpu_features, no_native_bf16
+from clipdex.models.precision import cpu_features, no_native_bf16, require
 from clipdex.models.preprocess import PreprocessConfig
 from clipdex.models.registry import ModelSpec
 
@@ -69,9 +69,7 @@ class OpenVinoEncoder:
     backend = "openvino"
 
     def __init__(self, spec: ModelSpec, precision: str = "bf16", threads: int | None = None) -> None:
-        if precision not in OPENVINO_PRECISIONS:
-            raise ModelError(f"precision {precision!r} is not available with OpenVINO; "
-                             f"use one of {', '.join(OPENVINO_PRECISIONS)}.")
+        require(precision, OPENVINO_PRECISIONS, "OpenVINO")
         self.spec = spec
         self.precision = precision
         self.device = "cpu"

@@ -41,6 +41,16 @@ SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx
 _MAC_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512BF16": "avx512_bf16", "AVX512VNNI": "avx512_vnni"}
 
 
+def require(precision: str, allowed: tuple[str, ...] | dict[str, str], runtime: str) -> None:
+    """:class:`~clipdex.errors.ModelError` unless ``runtime`` computes ``precision``."""
+    if precision not in allowed:
+        from clipdex.errors import ModelError
+
+        raise ModelError(f"precision {precision!r} is not available with {runtime}; use one of "
+                         f"{', '.join(allowed)} (on the CPU fp32 and int8 run through ONNX Runtime, bf16 "
+                         "through OpenVINO; fp16 needs a GPU).")
+
+
 def no_native_bf16(who: str) -> str:
     """The refusal of bf16 where it would be emulated, with what to use instead: ``who`` says
     whose verdict it is ('this processor, AMD EPYC (avx2)', 'OpenVINO finds that this processor…')."""
