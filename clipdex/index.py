@@ -1049,7 +1049,9 @@ class _PrecisionPlan:
             when = time.strftime("%Y-%m-%d", time.localtime(recorded.chosen_at or 0))
             self.note = f"auto: {recorded.reason} (checked on {when}, recorded in the index)"
             return
-        sample = [] if family == "int8" else self._sample()  # an int8 set stays int8: nothing to check
+        # An int8 set stays int8, and where only fp32 is possible nothing is decoded to check it.
+        needed = auto.needs_sample(self.spec, self.index.device, self.min_cosine, family)
+        sample = self._sample() if needed else []
         if sample:
             log.info("--precision auto: checking which precision keeps cosine >= %g to fp32 on %d of your "
                      "photos (once per model and kind of machine)", self.min_cosine, len(sample))

@@ -5,8 +5,8 @@ through OpenVINO at about twice fp32; VNNI makes int8 fast (but int8 drifts
 further from fp32, so it is only considered when the user lowers the bar); a
 GPU runs fp16 and bf16. :func:`candidates` lists what this host offers, fastest
 first; :func:`choose` encodes a few of the user's own photos with fp32 and with
-each candidate, and takes the first one that agrees with fp32 to ``min_cosine``
-and measured faster. The index records the choice per model and kind of host
+each candidate (timed at the indexer's batch size), and takes the fastest one that
+agrees with fp32 to ``min_cosine`` and measured faster than it. The index records the choice per model and kind of host
 (:func:`host_key`), so the check runs once.
 
 Vectors of one family share a model's vector set: fp32, bf16 and fp16 agree to
@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.errors import ImageDecodeError, ModelError
-from clipdex.models.precision import DEFAULT_MIN_COSINE, INT8_MIN_COSINE, CpuFeatures, cpu_features
+from clipdex.models.precision import (
+    BF16_FLAGS,
+    DEFAULT_MIN_COSINE,
+    INT8_FLAGS,
+    INT8_MIN_COSINE,
+    CpuFeatures,
+    cpu_features,
+    vector_family,
+)
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -36,7 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SAMPLE_PHOTOS = 8  # photos the fidelity check encodes: enough to see a drift, seconds on a CPU
-TIMED_RUNS = 2  # each encoder runs the sample once to warm up, then this many times (best kept)
+TIMED_RUNS = 2  # each encoder runs the timed batch once to warm up, then this many times (best kept)
+GPU_TIMING_BATCH = 64  # off the CPU: enough photos to time throughput rather than launch latency
 RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
 
 
@@ -126,9 +135,14 @@ def candidates(device: str, min_cosine: float = DEFAULT_MIN_COSINE, family: str 
 def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
            min_cosine: float = DEFAULT_MIN_COSINE, family: str | None = None, *,
            encoders: dict[str, "Encoder"] | None = None, host: str | None = None) -> PrecisionChoice:
-    """The first of :func:`candidates` whose vectors of ``sample`` (:meth:`Encoder.preprocess`
-    outputs of the user's photos) agree with fp32's to ``min_cosine`` and that encodes them
-    faster than fp32; else fp32.
+    """The fastest of :func:`candidates` whose vectors of ``sample`` (:meth:`Encoder.preprocess`
+    outputs of the user's photos) agree with fp32's to ``min_cosine`` and that encodes faster
+    than fp32 (ties: a full-precision one); else fp32. Every candidate is measured, and the
+    reason names the runner-up.
+
+    Cosines are taken on the sample; times on the sample repeated up to the batch the indexer
+    encodes in (:func:`timing_batch`): a few photos on a GPU time its launch latency, not its
+    throughput. Where fp32 is the only candidate nothing is decoded or timed (:func:`needs_sample`).
 
     ``encoders`` (precision -> encoder) holds encoders already built, and receives the ones
     built here: the caller encodes with the chosen one without building it again. A
@@ -143,49 +157,107 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
     options = candidates(device, min_cosine, family)
     if options == ["int8"]:
         return PrecisionChoice("int8", RUNTIMES["onnx"], _KEEP_INT8, None, None, 0, min_cosine, host)
+    offer_int8 = device == "cpu" and family is None and "int8" not in options
+    if options == ["fp32"] and not (offer_int8 and sample and int8_exported(spec)):
+        parts = [p for p in (_no_bf16(device),) if p]
+        if offer_int8:
+            parts.append(_INT8_TYPICAL)
+        reason = "fp32: " + ("; ".join(parts) or "nothing faster is available here")
+        return PrecisionChoice("fp32", _runtime(device, "fp32"), reason, None, None, 0, min_cosine, host)
     if not sample:
         return PrecisionChoice("fp32", _runtime(device, "fp32"), "fp32: no photo could be decoded to check "
                                "a faster precision on", None, None, 0, min_cosine, host)
     batch = np.stack(sample)
+    size = timing_batch(device)
     reference = _encoder(spec, device, "fp32", encoders)
-    expected, fp32_seconds = measure(reference, batch)
+    expected, fp32_seconds = measure(reference, batch, size)
     photos = len(sample)
+    passed: list[_Measured] = []
     rejected: list[str] = []
     for precision in options[:-1]:
         try:
             encoder = _encoder(spec, device, precision, encoders)
-            vectors, seconds = measure(encoder, batch)
+            vectors, seconds = measure(encoder, batch, size)
         except Exception as e:  # noqa: BLE001 - auto never fails where fp32 works (RuntimeError from OpenVINO, MPS)
             rejected.append(_unusable(precision, e))
             continue
-        cosine = _min_cosine(vectors, expected)
-        speedup = fp32_seconds / seconds if seconds > 0 else float("inf")
-        runtime = RUNTIMES.get(encoder.backend, encoder.backend)
-        if cosine >= min_cosine and speedup > 1.0:
-            why = _why_fast(device, precision)
-            reason = (f"{precision} through {runtime}: {why + '; ' if why else ''}cosine to fp32 >= "
-                      f"{_floor(cosine)} on {photos} of your photos; {speedup:.1f}x fp32")
-            return PrecisionChoice(precision, runtime, reason, cosine, speedup, photos, min_cosine, host)
-        rejected.append(f"{precision} through {runtime} " + (
-            f"reached cosine {_floor(cosine)} to fp32, below the bar of {min_cosine:g}" if cosine < min_cosine
-            else f"was not faster ({speedup:.2f}x fp32) on {photos} of your photos"))
+        found = _Measured(precision, RUNTIMES.get(encoder.backend, encoder.backend),
+                          _min_cosine(vectors, expected), fp32_seconds / seconds if seconds > 0 else float("inf"))
+        if found.cosine >= min_cosine and found.speedup > 1.0:
+            passed.append(found)
+        else:
+            rejected.append(f"{precision} through {found.runtime} " + (
+                f"reached cosine {_floor(found.cosine)} to fp32, below the bar of {min_cosine:g}"
+                if found.cosine < min_cosine else f"was not faster ({found.speedup:.2f}x fp32) on {photos} "
+                "of your photos"))
+    if passed:
+        # The fastest; on a tie a full-precision one (it shares the model's vector set).
+        ranked = sorted(passed, key=lambda m: (-m.speedup, vector_family(m.precision) != "full"))
+        best = ranked[0]
+        why = _why_fast(device, best.precision)
+        reason = (f"{best.precision} through {best.runtime}: {why + '; ' if why else ''}cosine to fp32 >= "
+                  f"{_floor(best.cosine)} on {photos} of your photos; {best.speedup:.1f}x fp32")
+        if len(ranked) > 1:
+            second = ranked[1]
+            reason += f" (runner-up: {second.precision} through {second.runtime}, {second.speedup:.1f}x)"
+        return PrecisionChoice(best.precision, best.runtime, reason, best.cosine, best.speedup, photos,
+                               min_cosine, host)
     parts = [p for p in (_no_bf16(device),) if p] + rejected
-    if device == "cpu" and family is None and "int8" not in options:
-        parts.append(_int8_offer(spec, batch, expected, fp32_seconds, encoders))
+    if offer_int8:
+        parts.append(_int8_offer(spec, batch, size, expected, fp32_seconds, encoders))
     reason = "fp32: " + ("; ".join(parts) or "nothing faster is available here")
     return PrecisionChoice("fp32", _runtime(device, "fp32"), reason, None, None, photos, min_cosine, host)
 
 
-def measure(encoder: "Encoder", batch: np.ndarray) -> tuple[np.ndarray, float]:
-    """``encoder``'s vectors of ``batch`` and its best time over :data:`TIMED_RUNS` runs
-    (after one run to warm up: first runs allocate and compile)."""
-    vectors = encoder.encode_images(batch)
+def needs_sample(spec: "ModelSpec", device: str | None, min_cosine: float = DEFAULT_MIN_COSINE,
+                 family: str | None = None) -> bool:
+    """Whether :func:`choose` would look at photos: not where nothing can win (fp32 is the only
+    candidate, and no int8 export is on disk to time the int8 offer with), nor for an int8 set."""
+    from clipdex.models.encoder import pick_device
+
+    device = pick_device(device)
+    options = candidates(device, min_cosine, family)
+    if options == ["int8"]:
+        return False
+    if options == ["fp32"]:
+        return device == "cpu" and family is None and int8_exported(spec)
+    return True
+
+
+def int8_exported(spec: "ModelSpec") -> bool:
+    """Whether the int8 image tower is already on disk (timing it then costs no quantisation)."""
+    from clipdex.models.onnx import VISUAL_FILES, export_dir
+
+    return (export_dir(spec) / VISUAL_FILES["int8"]).exists()
+
+
+def timing_batch(device: str) -> int:
+    """The batch auto times encoders at: the indexer's on the CPU, :data:`GPU_TIMING_BATCH` off it."""
+    from clipdex.indexer import CPU_BATCH
+
+    return CPU_BATCH if device == "cpu" else GPU_TIMING_BATCH
+
+
+def measure(encoder: "Encoder", batch: np.ndarray, size: int | None = None) -> tuple[np.ndarray, float]:
+    """``encoder``'s vectors of ``batch`` and its best time over :data:`TIMED_RUNS` runs of
+    ``batch`` repeated up to ``size`` rows (after one run to warm up, which gives the
+    vectors: first runs allocate and compile)."""
+    timed = batch if size is None or len(batch) >= size else np.resize(batch, (size, *batch.shape[1:]))
+    vectors = encoder.encode_images(timed)[: len(batch)]
     best = float("inf")
     for _ in range(TIMED_RUNS):
         started = time.perf_counter()
-        encoder.encode_images(batch)
+        encoder.encode_images(timed)
         best = min(best, time.perf_counter() - started)
     return vectors, best
+
+
+@dataclass(frozen=True)
+class _Measured:
+    precision: str
+    runtime: str
+    cosine: float
+    speedup: float
 
 
 def sample_photos(paths: Iterable[str], preprocess: Callable[..., np.ndarray], *,
@@ -221,6 +293,10 @@ _KEEP_INT8 = ("int8 through ONNX Runtime: this index holds int8 vectors of the m
               "beside them)")
 
 
+_INT8_TYPICAL = f"int8 is typically 1.7-2.4x fp32 at cosine ~0.9997: allow it with --min-cosine {INT8_MIN_COSINE:g}"
+_UNREPORTED = "the OS did not report this CPU's features; OpenVINO decided"
+
+
 def _encoder(spec: "ModelSpec", device: str, precision: str, built: dict[str, "Encoder"]) -> "Encoder":
     if precision not in built:
         from clipdex.models.encoder import make_encoder
@@ -249,13 +325,13 @@ def _runtime(device: str, precision: str) -> str:
 
 def _why_fast(device: str, precision: str) -> str:
     """Why a precision can be fast here ('this CPU computes bf16 natively (avx512_bf16)')."""
-    cpu = cpu_features()
     if device != "cpu":
         return ""
+    cpu = cpu_features()
     if precision == "bf16":
-        return f"this CPU computes bf16 natively ({_flags(cpu, ('avx512_bf16', 'amx_bf16'))})"
+        return f"this CPU computes bf16 natively ({_flags(cpu, BF16_FLAGS)})" if cpu.known else _UNREPORTED
     if precision == "int8" and cpu.int8_dot:
-        return f"this CPU has 8-bit dot products ({_flags(cpu, ('avx512_vnni', 'avx_vnni', 'amx_int8'))})"
+        return f"this CPU has 8-bit dot products ({_flags(cpu, INT8_FLAGS)})"
     return ""
 
 
@@ -264,6 +340,11 @@ def _no_bf16(device: str) -> str:
     if device != "cpu":
         return ""
     cpu = cpu_features()
+    if not cpu.known:
+        if _openvino_missing() is not None:
+            return ("the OS did not report this CPU's features, and OpenVINO, which would decide whether bf16 "
+                    "is native, is not installed (`pip install 'clipdex[openvino]'`)")
+        return ""  # bf16 was a candidate: OpenVINO decided, and its line says how
     if not cpu.native_bf16:
         return f"this CPU has no native bf16 ({_simd(cpu)})"
     missing = _openvino_missing()
@@ -273,14 +354,17 @@ def _no_bf16(device: str) -> str:
     return ""
 
 
-def _int8_offer(spec: "ModelSpec", batch: np.ndarray, expected: np.ndarray, fp32_seconds: float,
+def _int8_offer(spec: "ModelSpec", batch: np.ndarray, size: int, expected: np.ndarray, fp32_seconds: float,
                 encoders: dict[str, "Encoder"]) -> str:
-    """int8 measured on the same photos, as the option a lower bar allows."""
+    """int8 as the option a lower bar allows: measured on the same photos where its export is
+    on disk already, else what it typically does (quantising costs more than the check)."""
+    if not int8_exported(spec):
+        return _INT8_TYPICAL
     allow = f"allow it with --min-cosine {INT8_MIN_COSINE:g}"
     try:
-        vectors, seconds = measure(_encoder(spec, "cpu", "int8", encoders), batch)
+        vectors, seconds = measure(_encoder(spec, "cpu", "int8", encoders), batch, size)
     except Exception as e:  # noqa: BLE001 - an offer never fails the run (_unusable logs it)
-        return f"{_unusable('int8', e)}; int8 (cosine to fp32 ~0.9997) is below the {DEFAULT_MIN_COSINE:g} bar"
+        return f"{_unusable('int8', e)}; {_INT8_TYPICAL}"
     cosine = _min_cosine(vectors, expected)
     speedup = fp32_seconds / seconds if seconds > 0 else float("inf")
     if speedup <= 1.0:
