@@ -1015,6 +1015,7 @@ class _PrecisionPlan:
         self.walk = walk
         self.settings = settings
         self.record = record
+        self.auto = asked == AUTO
         self.precision: str | None = None if asked == AUTO else asked
         self.note = "" if asked == AUTO else f"asked for (--precision {asked})"
         self.choice: PrecisionChoice | None = None  # a choice made now, recorded once the model is
@@ -1028,7 +1029,19 @@ class _PrecisionPlan:
             self._decide()
         assert self.precision is not None
         built = self._built.get(self.precision)
-        return built or make_encoder(self.spec, device=self.index.device, precision=self.precision)
+        return built or make_encoder(self.spec, device=self._device(), precision=self.precision)
+
+    def _device(self) -> str | None:
+        """The index's device; but int8 vectors, which only the CPU computes, on the CPU where
+        auto keeps an int8 set on a machine whose default device is a GPU."""
+        from clipdex.models.encoder import pick_device
+
+        if self.auto and self.precision is not None and vector_family(self.precision) == "int8" \
+                and pick_device(self.index.device) != "cpu":
+            self.note += ("; this index holds int8 vectors: encoded on the CPU; `--precision fp16 --add-model` "
+                          "starts a GPU set")
+            return "cpu"
+        return self.index.device
 
     def recorded(self, record: ModelRecord) -> None:
         """The model is registered now: record the choice made for it."""

@@ -419,3 +419,26 @@ def test_messages_where_the_os_does_not_report_cpu_flags(monkeypatch: pytest.Mon
     monkeypatch.setattr(auto, "_openvino_missing", lambda: "openvino is not installed")
     assert "did not report this CPU's features" in auto._no_bf16("cpu")
     assert "no native bf16" not in auto._no_bf16("cpu")
+
+
+def test_an_int8_index_on_a_gpu_machine_is_encoded_on_the_cpu(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_args: list[str]) -> None:
+    """No GPU needed: the int8 path never touches torch's device."""
+    as_host(monkeypatch, NATIVE_BF16)
+    index_json(photos, tmp_path / "idx", "--precision", "int8", *model_args)
+    devices: list[str | None] = []
+    real = encoder_module.make_encoder
+
+    def recording(spec: Any, **kwargs: Any) -> Any:
+        devices.append(kwargs.get("device"))
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(encoder_module, "make_encoder", recording)
+    monkeypatch.setattr(encoder_module, "pick_device", lambda requested=None: requested or "cuda")
+    monkeypatch.setattr(auto, "host_key", lambda device=None: "cuda Test GPU")
+    write_photos(photos / "later", 2, start=50)
+    report = index_json(photos, tmp_path / "idx")
+    assert (report["precision"], report["encoded"]) == ("int8", 2)
+    assert report["precision_note"].endswith("; this index holds int8 vectors: encoded on the CPU; "
+                                             "`--precision fp16 --add-model` starts a GPU set")
+    assert devices == ["cpu"]
