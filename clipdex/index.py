@@ -1031,6 +1031,14 @@ class _PrecisionPlan:
         built = self._built.get(self.precision)
         return built or make_encoder(self.spec, device=self._device(), precision=self.precision)
 
+    def _build(self, precision: str) -> "Encoder":
+        """The encoder for ``precision``, loaded (so that one that cannot run fails here)."""
+        from clipdex.models.encoder import make_encoder
+
+        built = make_encoder(self.spec, device=self._device(), precision=precision)
+        built.load()
+        return built
+
     def _device(self) -> str | None:
         """The index's device; but int8 vectors, which only the CPU computes, on the CPU where
         auto keeps an int8 set on a machine whose default device is a GPU."""
@@ -1061,7 +1069,15 @@ class _PrecisionPlan:
             self.precision = recorded.precision
             when = time.strftime("%Y-%m-%d", time.localtime(recorded.chosen_at or 0))
             self.note = f"auto: {recorded.reason} (checked on {when}, recorded in the index)"
-            return
+            try:
+                self._built[recorded.precision] = self._build(recorded.precision)
+                return
+            except Exception as e:  # e.g. OpenVINO uninstalled or broken since: choose again
+                log.warning("--precision auto: %s, recorded for this machine on %s, can no longer be used (%s: "
+                            "%s); checking again", recorded.describe(), when, type(e).__name__,
+                            (str(e).strip().splitlines() or [""])[0])
+                log.debug("the recorded precision's encoder failed", exc_info=True)
+                self.precision, self.note = None, ""
         # An int8 set stays int8, and where only fp32 is possible nothing is decoded to check it.
         needed = auto.needs_sample(self.spec, self.index.device, self.min_cosine, family)
         sample = self._sample() if needed else []

@@ -442,3 +442,22 @@ def test_an_int8_index_on_a_gpu_machine_is_encoded_on_the_cpu(
     assert report["precision_note"].endswith("; this index holds int8 vectors: encoded on the CPU; "
                                              "`--precision fp16 --add-model` starts a GPU set")
     assert devices == ["cpu"]
+
+
+def test_a_recorded_choice_that_no_longer_builds_is_made_again(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_args: list[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    as_host(monkeypatch, NATIVE_BF16)
+    index_json(photos, tmp_path / "idx", *model_args)
+
+    def broken(spec: Any) -> Any:
+        raise RuntimeError("openvino: compile failed")
+
+    monkeypatch.setattr(encoder_module, "_cpu_bf16_encoder", broken)  # OpenVINO broken since
+    write_photos(photos / "later", 2, start=50)
+    report = index_json(photos, tmp_path / "idx")
+    assert (report["precision"], report["encoded"]) == ("fp32", 2)
+    assert "bf16 could not be used (RuntimeError: openvino: compile failed)" in report["precision_note"]
+    assert "can no longer be used (RuntimeError: openvino: compile failed); checking again" in caplog.text
+    [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
+    assert choice["precision"] == "fp32"  # the new choice replaced the record
