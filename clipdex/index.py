@@ -349,6 +349,9 @@ class Index:
         walk = Indexer.scan(path, allow_empty=known_root)
         spec = self.spec()
         asked = self.precision or _default_precision()
+        if asked != AUTO and min_cosine != DEFAULT_MIN_COSINE:
+            log.warning("--min-cosine %g applies only to --precision auto: new vectors are computed in %s, "
+                        "as asked", min_cosine, asked)
         key = self._add_key(spec, asked)
         self._check_model(key, allow_new_model)
         self.store.acquire_lock(wait=wait)

@@ -339,8 +339,6 @@ def test_auto_with_openvino_on_this_cpu(tmp_path: Path, photos: Path, model_args
     if auto._openvino_missing():
         pytest.skip("OpenVINO is not installed")
     report = index_json(photos, tmp_path / "idx", *model_args)
-    if report["precision"] != "bf16" and "bf16 could not be used" in report["precision_note"]:
-        pytest.skip(f"the OpenVINO encoder does not work here yet: {report['precision_note']}")
     assert report["precision"] == "bf16", report["precision_note"]
     [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
     assert choice["runtime"] == "OpenVINO" and choice["cosine"] >= 0.999
@@ -461,3 +459,10 @@ def test_a_recorded_choice_that_no_longer_builds_is_made_again(
     assert "can no longer be used (RuntimeError: openvino: compile failed); checking again" in caplog.text
     [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
     assert choice["precision"] == "fp32"  # the new choice replaced the record
+
+
+def test_min_cosine_with_an_explicit_precision_warns(tmp_path: Path, photos: Path, model_args: list[str],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    report = index_json(photos, tmp_path / "idx", "--precision", "fp32", "--min-cosine", "0.99", *model_args)
+    assert report["precision"] == "fp32"
+    assert "--min-cosine 0.99 applies only to --precision auto" in caplog.text
