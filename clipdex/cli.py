@@ -26,7 +26,7 @@ import click
 
 from clipdex.errors import ClipdexError, ModelError
 from clipdex.labels import DEFAULT_THRESHOLD
-from clipdex.models.precision import AUTO, DEFAULT_MIN_COSINE, INT8_MIN_COSINE, PRECISIONS
+from clipdex.models.precision import DEFAULT_MIN_COSINE, INT8_MIN_COSINE, PRECISIONS
 from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
 
@@ -107,7 +107,7 @@ def model_options(f: F) -> F:
                           "--min-cosine to fp32 on a few of your photos, checked once and recorded), fp32 "
                           "(exact), bf16 (OpenVINO on CPUs with native bf16; GPUs), int8 (CPU, cosine to "
                           "fp32 ~0.9997), fp16 (GPU). Searching: auto or none uses whichever vectors the "
-                          "index has. [default: auto when indexing]"),
+                          "index has. [default: auto when indexing, or CLIPDEX_PRECISION]"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -313,7 +313,7 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     bar = _Bar()
     search_bar = _Bar("search index", "rows")
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
-                    device=device, precision=precision or AUTO, create=True) as index:
+                    device=device, precision=precision, create=True) as index:
         try:
             report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
                                allow_new_model=add_model, wait=wait,
