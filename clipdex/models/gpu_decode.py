@@ -313,8 +313,8 @@ class JpegDecoder:
         rejected (index -> its reason; their rows are zeros): decode those on the CPU.
 
         The batch is decoded in one call where it fits DECODE_PIXELS; when the call
-        fails (one bad file fails a batched call), each of its files is decoded alone
-        to find which.
+        fails (one bad file fails a batched call), it is split in halves until the bad
+        files are alone.
         """
         import torch
 
@@ -335,20 +335,19 @@ class JpegDecoder:
     def _decode_chunk(self, jobs: Sequence[JpegJob]) -> list["torch.Tensor | str"]:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        data = [_as_tensor(job.data) for job in jobs]
-        try:
-            self._settle()
-            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
-        except RuntimeError:
-            pass  # which one? (a batched call fails as a whole)
-        found: list["torch.Tensor | str"] = []
-        for one in data:
+        def decode(data: list["torch.Tensor"]) -> list["torch.Tensor | str"]:
+            """A batched call fails as a whole: the failing half is split again, so that one bad
+            file among hundreds costs a few calls (log2 of the chunk), not one call per file."""
             try:
                 self._settle()
-                found.append(decode_jpeg([one], mode=ImageReadMode.RGB, device=self.device)[0])
+                return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
             except RuntimeError as e:
-                found.append(_first_line(e))
-        return found
+                if len(data) == 1:
+                    return [_first_line(e)]
+            half = len(data) // 2
+            return decode(data[:half]) + decode(data[half:])
+
+        return decode([_as_tensor(job.data) for job in jobs])
 
     def _settle(self) -> None:
         """Wait for the work queued on this device. torchvision's CUDA decoder writes its

@@ -169,3 +169,28 @@ def test_unsupported_preprocessing_is_refused() -> None:
     assert not supported(cfg)
     with pytest.raises(ValueError, match="CPU path"):
         JpegDecoder(cfg, "cpu")
+
+
+def test_a_bad_file_in_a_batch_is_found_by_halving_not_file_by_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One file the decoder rejects fails the whole batched call: the batch is split in halves
+    until it is alone, so it costs a few calls, and every other file is decoded."""
+    import torchvision.io
+
+    good = [_jpeg(_photo(seed, 160, 120)) for seed in range(15)]
+    whole = _jpeg(_photo(99, 160, 120))
+    bad = whole[: len(whole) // 2]  # the header is intact, the scan is cut
+    jobs = [_job(d) for d in good[:11]] + [JpegJob(bad, 160, 120)] + [_job(d) for d in good[11:]]
+    calls = []
+    real = torchvision.io.decode_jpeg
+
+    def counted(data: list, **kw: object) -> object:
+        calls.append(len(data))
+        if any(t.numel() == len(bad) for t in data):
+            raise RuntimeError("Invalid JPEG data or crop window")  # as nvJPEG fails a batch
+        return real(data, **kw)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", counted)
+    pixels, failed = JpegDecoder(_config(64, "bicubic", "shortest"), "cpu").decode(jobs)
+    assert list(failed) == [11] and "Invalid JPEG data" in failed[11]
+    assert calls[0] == 16 and len(calls) <= 2 * 4 + 1  # 16 files: at most two calls per halving
+    assert all(pixels[i].any() for i in range(16) if i != 11)
