@@ -103,10 +103,18 @@ def _locked(method: F) -> F:
     return cast(F, wrapper)
 
 
+INT8_KEY_SUFFIX = "#int8"
+
+
 def vector_key(spec: ModelSpec, precision: str | None) -> str:
     """The key vectors are stored under: int8 vectors are kept apart; fp32, bf16 and fp16
     (which agree to cosine >= 0.999) share the model's key, one vector set."""
-    return spec.key + ("#int8" if precision and vector_family(precision) == "int8" else "")
+    return spec.key + (INT8_KEY_SUFFIX if precision and vector_family(precision) == "int8" else "")
+
+
+def key_family(key: str) -> str:
+    """The vector family ('int8' or 'full') of the vectors stored under ``key``."""
+    return "int8" if key.endswith(INT8_KEY_SUFFIX) else "full"
 
 
 @dataclass(frozen=True)
@@ -1049,8 +1057,10 @@ class _PrecisionPlan:
 
         if self.auto and self.precision is not None and vector_family(self.precision) == "int8" \
                 and pick_device(self.index.device) != "cpu":
-            self.note += ("; this index holds int8 vectors: encoded on the CPU; `--precision fp16 --add-model` "
-                          "starts a GPU set")
+            on_cpu = ("; this index holds int8 vectors: encoded on the CPU; `--precision fp16 --add-model` "
+                      "starts a GPU set")
+            if on_cpu not in self.note:  # asked for each encoder built
+                self.note += on_cpu
             return "cpu"
         return self.index.device
 
@@ -1065,7 +1075,7 @@ class _PrecisionPlan:
 
         store = self.index.store
         host = auto.host_key(self.index.device)
-        family = None if self.record is None else "int8" if self.record.key.endswith("#int8") else "full"
+        family = None if self.record is None else key_family(self.record.key)
         recorded = store.get_precision_choice(self.record.id, host) if self.record is not None else None
         if (recorded is not None and recorded.min_cosine == self.min_cosine
                 and vector_family(recorded.precision) == family):

@@ -236,8 +236,10 @@ def _export_model(index: "Index", model: str | None) -> ModelRecord:
         key = resolve_model(model).key
     except ModelError:
         key = model
+    from clipdex.index import INT8_KEY_SUFFIX
+
     for record in records:
-        if record.key in (key, f"{key}#int8"):
+        if record.key in (key, key + INT8_KEY_SUFFIX):
             return record
     raise ModelMismatch(key, [r.key for r in records], index.store.path,
                         "Export one of its models: --model " + " or --model ".join(r.name for r in records) + ".")
