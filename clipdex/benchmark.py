@@ -20,7 +20,7 @@ import numpy as np
 
 from clipdex.decode import open_image_file, supported_extensions
 from clipdex.discover import walk
-from clipdex.errors import ClipdexError, ImageDecodeError
+from clipdex.errors import ClipdexError, ImageDecodeError, PhotoFolderError
 from clipdex.models.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ def sample_images(folder: str | None, count: int, size: int) -> list:
                 continue
         if images:
             return images
+        raise PhotoFolderError(folder, f"holds no photo that decodes ({len(files)} image file(s) tried)",
+                               "Pass a folder of photos, or none to time generated images.")
     rng = np.random.default_rng(0)
     base = np.linspace(0, 255, 640, dtype=np.float32)
     return [Image.fromarray(np.clip(np.add.outer(base[:480], base) / 2 + rng.normal(0, 20, (480, 640)), 0, 255)

@@ -344,7 +344,7 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     rate = f", {report.images_per_second:.1f} img/s" if report.encoded else ""
     out.print(f"  encoded {report.encoded} in {report.seconds:.1f} s{rate}")
     if report.device_decoded:
-        out.print(f"  decoded on the GPU {report.device_decoded} (JPEGs; the rest by Pillow)")
+        out.print(f"  decoded on the model's device {report.device_decoded} (JPEGs, batched; the rest by Pillow)")
     if report.precision:
         out.print(f"  precision {report.precision} — {report.precision_note}", markup=False)
     if report.failed:

@@ -1008,6 +1008,11 @@ def _default_precision() -> str:
     return value
 
 
+def _precision_source(given: str | None, asked: str) -> str:
+    """Where a precision asked for came from, as the summary names it."""
+    return f"--precision {asked}" if given else f"CLIPDEX_PRECISION={asked}"
+
+
 class _PrecisionPlan:
     """How one :meth:`Index.add` computes new vectors: the precision asked for, or the one
     ``auto`` chooses, when the first photo needs encoding (a folder with nothing to encode
@@ -1028,7 +1033,7 @@ class _PrecisionPlan:
         self.record = record
         self.auto = asked == AUTO
         self.precision: str | None = None if asked == AUTO else asked
-        self.note = "" if asked == AUTO else f"asked for (--precision {asked})"
+        self.note = "" if asked == AUTO else f"asked for ({_precision_source(index.precision, asked)})"
         self.choice: PrecisionChoice | None = None  # a choice made now, recorded once the model is
         self._built: dict[str, Encoder] = {}
 
@@ -1102,7 +1107,9 @@ class _PrecisionPlan:
         self.precision, self.note = choice.precision, f"auto: {choice.reason}"
         # Keep only the chosen encoder: the others (a reference fp32 model among them) are memory.
         self._built = {p: e for p, e in self._built.items() if p == choice.precision}
-        if choice.photos:  # a choice made on no photo (none decoded, or a rule) is made again next time
+        # A choice made on no photo (none decoded, or a rule), on a tiny folder's few photos, or with a
+        # candidate that failed to run (a broken runtime) is this run's only: the next run checks again.
+        if choice.worth_recording:
             self.choice = choice
             if self.record is not None:
                 store.set_precision_choice(self.record.id, choice)

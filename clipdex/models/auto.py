@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from clipdex.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
+MIN_RECORDED_PHOTOS = 4  # a choice checked on fewer photos (a tiny folder) is made again next run
 SAMPLE_PHOTOS = 8  # photos the fidelity check encodes: enough to see a drift, seconds on a CPU
 TIMED_RUNS = 2  # each encoder runs the timed batch once to warm up, then this many times (best kept)
 GPU_TIMING_BATCH = 64  # off the CPU: enough photos to time throughput rather than launch latency
@@ -68,6 +69,14 @@ class PrecisionChoice:
     min_cosine: float
     host: str
     chosen_at: float | None = None
+    # False when a candidate could not be built or run (a broken runtime): such a choice is
+    # used for this run only, and the next run checks again.
+    complete: bool = True
+
+    @property
+    def worth_recording(self) -> bool:
+        """Made on enough photos, with every candidate measured: kept for later runs."""
+        return self.complete and self.photos >= MIN_RECORDED_PHOTOS
 
     def describe(self) -> str:
         """'bf16 (OpenVINO)'."""
@@ -174,12 +183,14 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
     photos = len(sample)
     passed: list[_Measured] = []
     rejected: list[str] = []
+    complete = True  # every candidate measured (a broken runtime makes the choice this run's only)
     for precision in options[:-1]:
         try:
             encoder = _encoder(spec, device, precision, encoders)
             vectors, seconds = measure(encoder, batch, size)
         except Exception as e:  # noqa: BLE001 - auto never fails where fp32 works (RuntimeError from OpenVINO, MPS)
             rejected.append(_unusable(precision, e))
+            complete = False
             continue
         found = _Measured(precision, RUNTIMES.get(encoder.backend, encoder.backend),
                           _min_cosine(vectors, expected), fp32_seconds / seconds if seconds > 0 else float("inf"))
@@ -201,12 +212,13 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
             second = ranked[1]
             reason += f" (runner-up: {second.precision} through {second.runtime}, {second.speedup:.1f}x)"
         return PrecisionChoice(best.precision, best.runtime, reason, best.cosine, best.speedup, photos,
-                               min_cosine, host)
+                               min_cosine, host, complete=complete)
     parts = [p for p in (_no_bf16(device),) if p] + rejected
     if offer_int8:
         parts.append(_int8_offer(spec, batch, size, expected, fp32_seconds, encoders))
     reason = "fp32: " + ("; ".join(parts) or "nothing faster is available here")
-    return PrecisionChoice("fp32", _runtime(device, "fp32"), reason, None, None, photos, min_cosine, host)
+    return PrecisionChoice("fp32", _runtime(device, "fp32"), reason, None, None, photos, min_cosine, host,
+                           complete=complete)
 
 
 def needs_sample(spec: "ModelSpec", device: str | None, min_cosine: float = DEFAULT_MIN_COSINE,

@@ -136,7 +136,7 @@ def test_the_library_defaults_to_auto_and_clipdex_precision_overrides_it(
     monkeypatch.setenv("CLIPDEX_PRECISION", "fp32")
     with Index.open(tmp_path / "pinned", create=True, **model_kwargs) as index:
         report = index.add(photos)
-    assert (report.precision, report.precision_note) == ("fp32", "asked for (--precision fp32)")
+    assert (report.precision, report.precision_note) == ("fp32", "asked for (CLIPDEX_PRECISION=fp32)")
     monkeypatch.setenv("CLIPDEX_PRECISION", "fp64")
     with Index.open(tmp_path / "bad", create=True, **model_kwargs) as index, \
             pytest.raises(ClipdexError, match="CLIPDEX_PRECISION='fp64' is not a precision"):
@@ -190,7 +190,7 @@ def test_another_bar_checks_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
                                   model_args: list[str]) -> None:
     as_host(monkeypatch, NATIVE_BF16)
     index_json(photos, tmp_path / "idx", *model_args)
-    write_photos(photos / "later", 2, start=50)
+    write_photos(photos / "later", auto.MIN_RECORDED_PHOTOS, start=50)  # enough to keep a check
     report = index_json(photos, tmp_path / "idx", "--min-cosine", "0.9999")
     assert "recorded in the index" not in report["precision_note"]
     [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
@@ -301,9 +301,9 @@ def test_no_decodable_photo_means_fp32_chosen_again_next_time(
     report = index_json(broken, tmp_path / "idx", *model_args)
     assert report["precision"] == "fp32" and "no photo could be decoded" in report["precision_note"]
     assert status_json(tmp_path / "idx")["models"][0]["auto"] == []
-    write_photos(broken, 2, start=80)
+    write_photos(broken, auto.MIN_RECORDED_PHOTOS, start=80)
     report = index_json(broken, tmp_path / "idx")  # photos now: the check runs, and is recorded
-    assert report["precision"] == "bf16" and report["encoded"] == 2
+    assert report["precision"] == "bf16" and report["encoded"] == auto.MIN_RECORDED_PHOTOS
     assert [c["precision"] for c in status_json(tmp_path / "idx")["models"][0]["auto"]] == ["bf16"]
 
 
@@ -458,7 +458,8 @@ def test_a_recorded_choice_that_no_longer_builds_is_made_again(
     assert "bf16 could not be used (RuntimeError: openvino: compile failed)" in report["precision_note"]
     assert "can no longer be used (RuntimeError: openvino: compile failed); checking again" in caplog.text
     [choice] = status_json(tmp_path / "idx")["models"][0]["auto"]
-    assert choice["precision"] == "fp32"  # the new choice replaced the record
+    # fp32, forced by a runtime that failed, is this run's only: the record stays for when it works again
+    assert choice["precision"] == "bf16"
 
 
 def test_min_cosine_with_an_explicit_precision_warns(tmp_path: Path, photos: Path, model_args: list[str],
@@ -466,3 +467,31 @@ def test_min_cosine_with_an_explicit_precision_warns(tmp_path: Path, photos: Pat
     report = index_json(photos, tmp_path / "idx", "--precision", "fp32", "--min-cosine", "0.99", *model_args)
     assert report["precision"] == "fp32"
     assert "--min-cosine 0.99 applies only to --precision auto" in caplog.text
+
+
+def test_a_choice_made_on_a_broken_runtime_or_a_few_photos_is_not_kept(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path, model_kwargs: dict[str, str]) -> None:
+    """A candidate that fails to run (OpenVINO broken for a while) makes fp32 this run's choice
+    only; a folder of 2 photos is too few to keep a timing: the next run checks again."""
+    def bad_install(self: FakeBf16) -> None:
+        raise RuntimeError("bad install")
+
+    as_host(monkeypatch, NATIVE_BF16)
+    with monkeypatch.context() as broken:
+        broken.setattr(FakeBf16, "load", bad_install, raising=False)
+        with Index.open(tmp_path / "idx", create=True, precision="auto", **model_kwargs) as index:
+            report = index.add(photos)
+            assert report.precision == "fp32" and "bf16 could not be used (RuntimeError: bad install)" in \
+                report.precision_note
+            assert index.status().models[0].choices == ()
+    with Index.open(tmp_path / "idx", precision="auto", **model_kwargs) as index:  # repaired: checked again
+        write_photos(photos / "more", 6, start=40)
+        report = index.add(photos)
+        assert report.precision == "bf16" and "recorded in the index" not in report.precision_note
+        assert [c.precision for c in index.status().models[0].choices] == ["bf16"]
+
+    few = tmp_path / "few"
+    write_photos(few, auto.MIN_RECORDED_PHOTOS - 1)
+    with Index.open(tmp_path / "small", create=True, precision="auto", **model_kwargs) as index:
+        assert index.add(few).precision == "bf16"
+        assert index.status().models[0].choices == ()
