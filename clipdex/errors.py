@@ -44,6 +44,13 @@ def shorten(text: str, most: int) -> str:
     return text if len(text) <= most else text[:most] + "…"
 
 
+def first_line(error: BaseException) -> str:
+    """'RuntimeError: the first line of its message', for quoting a library's exception in
+    one of clipdex's own (libraries such as OpenVINO raise pages of detail)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 class ClipdexError(Exception):
     """Base of every error clipdex raises on purpose."""
 

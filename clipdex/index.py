@@ -40,6 +40,7 @@ from clipdex.errors import (
     PhotoNotFound,
     QueryError,
     TableError,
+    first_line,
 )
 from clipdex.evaluate import Evaluation, evaluate
 from clipdex.indexer import DRAFT_FACTOR, Indexer, IndexReport, IndexSettings, Progress
@@ -1091,9 +1092,8 @@ class _PrecisionPlan:
                 self._built[recorded.precision] = self._build(recorded.precision)
                 return
             except Exception as e:  # e.g. OpenVINO uninstalled or broken since: choose again
-                log.warning("--precision auto: %s, recorded for this machine on %s, can no longer be used (%s: "
-                            "%s); checking again", recorded.describe(), when, type(e).__name__,
-                            (str(e).strip().splitlines() or [""])[0])
+                log.warning("--precision auto: %s, recorded for this machine on %s, can no longer be used "
+                            "(%s); checking again", recorded.describe(), when, first_line(e))
                 log.debug("the recorded precision's encoder failed", exc_info=True)
                 self.precision, self.note = None, ""
         # An int8 set stays int8, and where only fp32 is possible nothing is decoded to check it.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.errors import ImageDecodeError, ModelError
+from clipdex.errors import ImageDecodeError, ModelError, first_line
 from clipdex.models.precision import (
     BF16_FLAGS,
     DEFAULT_MIN_COSINE,
@@ -399,8 +399,7 @@ def _simd(cpu: CpuFeatures) -> str:
 def _unusable(precision: str, error: Exception) -> str:
     """'bf16 could not be used (RuntimeError: first line)'; the traceback goes to the debug log."""
     log.debug("%s could not be used", precision, exc_info=error)
-    what = _first_sentence(error) if isinstance(error, ModelError) else \
-        f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+    what = _first_sentence(error) if isinstance(error, ModelError) else first_line(error)
     return f"{precision} could not be used ({what})"
 
 

@@ -416,5 +416,6 @@ def _as_tensor(data: bytes | bytearray) -> "torch.Tensor":
 
 def _first_line(error: BaseException) -> str:
     """torchvision's message without its source location: 'decode_jpeg, file.cpp:171, Not a JPEG'."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
     return text.rsplit(", ", 1)[-1] if text.startswith("decode_jpeg") else text

@@ -28,7 +28,7 @@ from PIL import Image
 
 from clipdex.errors import ModelError
 from clipdex.models.precision import require
-from clipdex.models.preprocess import PreprocessConfig, fit
+from clipdex.models.preprocess import PreprocessConfig, check_pixels, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.settings import cache_dir
 
@@ -338,9 +338,7 @@ class OnnxEncoder:
         return fit(image, cfg)
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
-        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"expected a stack of preprocess() outputs, (N, H, W, 3) uint8; "
-                             f"got {batch.dtype} {batch.shape}")
+        check_pixels(batch)
         session = self._visual_session()
         (vectors,) = session.run(None, {"pixels": np.ascontiguousarray(batch)})
         return np.asarray(vectors, dtype=np.float32)

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.errors import ModelError
+from clipdex.errors import ModelError, first_line
 from clipdex.models.onnx import VISUAL_FILES, OnnxEncoder, export_dir
 from clipdex.models.precision import cpu_features, no_native_bf16, require
-from clipdex.models.preprocess import PreprocessConfig
+from clipdex.models.preprocess import PreprocessConfig, check_pixels
 from clipdex.models.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def openvino_missing() -> str | None:
     try:
         import openvino  # noqa: F401
     except Exception as e:  # noqa: BLE001
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return first_line(e)
     return None
 
 
@@ -110,7 +110,7 @@ class OpenVinoEncoder:
             compiled = core.compile_model(str(path), "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError for anything: memory, a bad file
             raise ModelError(f"OpenVINO could not compile {self.spec.name} ({path}) in {self.precision}: "
-                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}. "
+                             f"{first_line(e)}. "
                              "Use --precision fp32 or int8; if the file is damaged, delete "
                              f"{path.parent} and it is exported again.") from e
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
@@ -147,9 +147,7 @@ class OpenVinoEncoder:
 
         Normalised again here, in float32: where OpenVINO runs the graph's own
         normalisation in bf16, norms come out off by up to about 1e-3."""
-        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"expected a stack of preprocess() outputs, (N, H, W, 3) uint8; "
-                             f"got {batch.dtype} {batch.shape}")
+        check_pixels(batch)
         compiled = self._visual()
         # A request per call: encode_images may be called from several threads.
         vectors = np.array(compiled.create_infer_request().infer([np.ascontiguousarray(batch)])[0],

@@ -43,6 +43,14 @@ class PreprocessConfig:
         return ([1.0 / (255.0 * s) for s in self.std], [m / s for m, s in zip(self.mean, self.std)])
 
 
+def check_pixels(batch: np.ndarray) -> None:
+    """ValueError unless ``batch`` is a stack of :func:`fit` outputs, (N, H, W, 3) uint8: what the
+    exported image towers take."""
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected a stack of preprocess() outputs, (N, H, W, 3) uint8; "
+                         f"got {batch.dtype} {batch.shape}")
+
+
 def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """RGB PIL image -> (size, size, 3) uint8: open_clip's resize and centre crop.
 
