@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_line  # a sibling module, not a package
 
 from clipdex.decode import load_image
-from clipdex.models.onnx import OnnxEncoder
-from clipdex.models.openvino import OpenVinoEncoder, openvino_bf16
 from clipdex.models.precision import cpu_features
 from clipdex.models.registry import resolve_model
+from clipdex.models.runtimes.onnx import OnnxEncoder
+from clipdex.models.runtimes.openvino import OpenVinoEncoder, openvino_bf16
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "images"
 BATCHES = (16, 1)

@@ -42,7 +42,7 @@ from index_speed import make_large
 from clipdex import Index, IndexSettings
 from clipdex.decode import load_image, read_jpeg_header
 from clipdex.indexer import CPU_BATCH, GPU_BATCH, GpuDecode
-from clipdex.models.encoder import make_encoder
+from clipdex.models.factory import make_encoder
 from clipdex.models.gpu_decode import JpegDecoder, JpegJob
 from clipdex.models.preprocess import PreprocessConfig, fit
 from clipdex.models.registry import resolve_model

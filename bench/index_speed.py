@@ -40,9 +40,10 @@ from clipdex import Index
 from clipdex.decode import load_image
 from clipdex.errors import ModelError
 from clipdex.indexer import CPU_BATCH, DRAFT_FACTOR, GPU_BATCH
-from clipdex.models.encoder import TorchEncoder, make_encoder
+from clipdex.models.factory import make_encoder
 from clipdex.models.precision import AUTO
 from clipdex.models.registry import resolve_model
+from clipdex.models.runtimes.openclip_torch import TorchEncoder
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "unsplash-1k" / "images"
 TUTORIAL_BATCH = 100

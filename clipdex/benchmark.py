@@ -159,7 +159,7 @@ def _bench_encoder(spec: ModelSpec, device: str, precision: str, built: dict[str
     The first encoder built decodes and preprocesses the photos into ``prepared``
     (and their rate into ``timing``): auto's check needs them before it chooses."""
     from clipdex.models.auto import SAMPLE_PHOTOS, choose
-    from clipdex.models.encoder import make_encoder
+    from clipdex.models.factory import make_encoder
     from clipdex.models.precision import AUTO
 
     concrete = "fp32" if precision == AUTO else precision
@@ -190,7 +190,7 @@ def _time_batches(encode: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray
 
 
 def available_devices() -> list[str]:
-    from clipdex.models.encoder import pick_device
+    from clipdex.models.devices import pick_device
 
     devices = ["cpu"]
     best = pick_device(None)

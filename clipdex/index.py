@@ -298,7 +298,7 @@ class Index:
         if self._encoder is None:
             if self._encoder_error is not None:
                 raise self._encoder_error
-            from clipdex.models.encoder import make_encoder
+            from clipdex.models.factory import make_encoder
 
             try:
                 self._encoder = make_encoder(self.spec(), device=self.device, for_queries=True)
@@ -1040,7 +1040,7 @@ class _PrecisionPlan:
 
     def encoder(self) -> "Encoder":
         """The encoder new vectors are computed with (auto decides first)."""
-        from clipdex.models.encoder import make_encoder
+        from clipdex.models.factory import make_encoder
 
         if self.precision is None:
             self._decide()
@@ -1050,7 +1050,7 @@ class _PrecisionPlan:
 
     def _build(self, precision: str) -> "Encoder":
         """The encoder for ``precision``, loaded (so that one that cannot run fails here)."""
-        from clipdex.models.encoder import make_encoder
+        from clipdex.models.factory import make_encoder
 
         built = make_encoder(self.spec, device=self._device(), precision=precision)
         built.load()
@@ -1059,7 +1059,7 @@ class _PrecisionPlan:
     def _device(self) -> str | None:
         """The index's device; but int8 vectors, which only the CPU computes, on the CPU where
         auto keeps an int8 set on a machine whose default device is a GPU."""
-        from clipdex.models.encoder import pick_device
+        from clipdex.models.devices import pick_device
 
         if self.auto and self.precision is not None and vector_family(self.precision) == "int8" \
                 and pick_device(self.index.device) != "cpu":
@@ -1118,7 +1118,7 @@ class _PrecisionPlan:
         """The first photos of the folder that need encoding, preprocessed (up to
         :data:`clipdex.models.auto.SAMPLE_PHOTOS`)."""
         from clipdex.models import auto
-        from clipdex.models.encoder import make_encoder
+        from clipdex.models.factory import make_encoder
 
         store = self.index.store
         known = store.files_under(self.walk.display_root)

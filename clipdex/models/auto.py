@@ -47,7 +47,6 @@ MIN_RECORDED_PHOTOS = 4  # a choice checked on fewer photos (a tiny folder) is m
 SAMPLE_PHOTOS = 8  # photos the fidelity check encodes: enough to see a drift, seconds on a CPU
 TIMED_RUNS = 2  # each encoder runs the timed batch once to warm up, then this many times (best kept)
 GPU_TIMING_BATCH = 64  # off the CPU: enough photos to time throughput rather than launch latency
-RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def host_key(device: str | None = None) -> str:
     'cpu avx2 avx512f avx512_bf16 avx512_vnni +openvino', 'cuda NVIDIA H100 80GB HBM3',
     'mps'. On the CPU, whether OpenVINO is installed decides whether bf16 is possible.
     """
-    from clipdex.models.encoder import pick_device
+    from clipdex.models.devices import pick_device
 
     chosen = pick_device(device)
     if chosen == "cpu":
@@ -110,7 +109,7 @@ def cpu_host_key() -> str:
 def cheap_host_key(device: str | None = None) -> str | None:
     """:func:`host_key` where it costs no torch import (the CPU, or a host that can have no
     GPU); None where only torch could say which GPU this is."""
-    from clipdex.models.encoder import accelerator_possible
+    from clipdex.models.devices import accelerator_possible
     from clipdex.settings import preferred_device
 
     wanted = device or preferred_device()
@@ -158,23 +157,23 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
     candidate that cannot be built or run (any exception: OpenVINO's compile raises RuntimeError)
     is skipped, and the reason says why; fp32, the reference, is never skipped.
     """
-    from clipdex.models.encoder import pick_device
+    from clipdex.models.devices import pick_device
 
     device = pick_device(device)
     host = host or host_key(device)
     encoders = {} if encoders is None else encoders
     options = candidates(device, min_cosine, family)
     if options == ["int8"]:
-        return PrecisionChoice("int8", RUNTIMES["onnx"], _KEEP_INT8, None, None, 0, min_cosine, host)
+        return PrecisionChoice("int8", _runtime(spec, "cpu", "int8"), _KEEP_INT8, None, None, 0, min_cosine, host)
     offer_int8 = device == "cpu" and family is None and "int8" not in options
     if options == ["fp32"] and not (offer_int8 and sample and int8_exported(spec)):
         parts = [p for p in (_no_bf16(device),) if p]
         if offer_int8:
             parts.append(_INT8_TYPICAL)
         reason = "fp32: " + ("; ".join(parts) or "nothing faster is available here")
-        return PrecisionChoice("fp32", _runtime(device, "fp32"), reason, None, None, 0, min_cosine, host)
+        return PrecisionChoice("fp32", _runtime(spec, device, "fp32"), reason, None, None, 0, min_cosine, host)
     if not sample:
-        return PrecisionChoice("fp32", _runtime(device, "fp32"), "fp32: no photo could be decoded to check "
+        return PrecisionChoice("fp32", _runtime(spec, device, "fp32"), "fp32: no photo could be decoded to check "
                                "a faster precision on", None, None, 0, min_cosine, host)
     batch = np.stack(sample)
     size = timing_batch(device)
@@ -192,7 +191,7 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
             rejected.append(_unusable(precision, e))
             complete = False
             continue
-        found = _Measured(precision, RUNTIMES.get(encoder.backend, encoder.backend),
+        found = _Measured(precision, _runtime(spec, device, precision),
                           _min_cosine(vectors, expected), fp32_seconds / seconds if seconds > 0 else float("inf"))
         if found.cosine >= min_cosine and found.speedup > 1.0:
             passed.append(found)
@@ -217,7 +216,7 @@ def choose(spec: "ModelSpec", device: str | None, sample: list[np.ndarray],
     if offer_int8:
         parts.append(_int8_offer(spec, batch, size, expected, fp32_seconds, encoders))
     reason = "fp32: " + ("; ".join(parts) or "nothing faster is available here")
-    return PrecisionChoice("fp32", _runtime(device, "fp32"), reason, None, None, photos, min_cosine, host,
+    return PrecisionChoice("fp32", _runtime(spec, device, "fp32"), reason, None, None, photos, min_cosine, host,
                            complete=complete)
 
 
@@ -225,7 +224,7 @@ def needs_sample(spec: "ModelSpec", device: str | None, min_cosine: float = DEFA
                  family: str | None = None) -> bool:
     """Whether :func:`choose` would look at photos: not where nothing can win (fp32 is the only
     candidate, and no int8 export is on disk to time the int8 offer with), nor for an int8 set."""
-    from clipdex.models.encoder import pick_device
+    from clipdex.models.devices import pick_device
 
     device = pick_device(device)
     options = candidates(device, min_cosine, family)
@@ -238,7 +237,7 @@ def needs_sample(spec: "ModelSpec", device: str | None, min_cosine: float = DEFA
 
 def int8_exported(spec: "ModelSpec") -> bool:
     """Whether the int8 image tower is already on disk (timing it then costs no quantisation)."""
-    from clipdex.models.onnx import VISUAL_FILES, export_dir
+    from clipdex.models.onnx_export import VISUAL_FILES, export_dir
 
     return (export_dir(spec) / VISUAL_FILES["int8"]).exists()
 
@@ -311,7 +310,7 @@ _UNREPORTED = "the OS did not report this CPU's features; OpenVINO decided"
 
 def _encoder(spec: "ModelSpec", device: str, precision: str, built: dict[str, "Encoder"]) -> "Encoder":
     if precision not in built:
-        from clipdex.models.encoder import make_encoder
+        from clipdex.models.factory import make_encoder
 
         encoder = make_encoder(spec, device=device, precision=precision)
         encoder.load()
@@ -329,10 +328,11 @@ def _floor(cosine: float) -> str:
     return f"{np.floor(min(cosine, 1.0) * 1e5) / 1e5:.5f}"
 
 
-def _runtime(device: str, precision: str) -> str:
-    if device != "cpu":
-        return RUNTIMES["torch"]
-    return RUNTIMES["openvino" if precision == "bf16" else "onnx"]
+def _runtime(spec: "ModelSpec", device: str, precision: str) -> str:
+    """How messages name the runtime that computes ``precision`` for ``spec`` on ``device``."""
+    from clipdex.models.factory import pick_runtime
+
+    return pick_runtime(spec, device, precision).label
 
 
 def _why_fast(device: str, precision: str) -> str:

@@ -152,8 +152,8 @@ def plan_fit(width: int, height: int, cfg: PreprocessConfig) -> Plan:
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-    left = round((new_w - size) / 2.0)
-    top = round((new_h - size) / 2.0)
+    left = cfg.crop_start(new_w - size)
+    top = cfg.crop_start(new_h - size)
     if new_w != width:  # fit's resize of the crop's columns, with its float box
         scale = width / new_w
         horizontal = pillow_coefficients(width, left * scale, (left + size) * scale, size, interp)

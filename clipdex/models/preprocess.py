@@ -13,7 +13,8 @@ inside the exported model's graph or on the GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,21 +22,45 @@ from PIL import Image
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 SUPPORTED_RESIZE_MODES = ("shortest", "squash")
+# Where a centre crop starts when the margin is odd: torchvision's CenterCrop rounds
+# (open_clip), Transformers' image processors take the floor.
+CROP_ROUNDINGS = ("round", "floor")
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """What the transform needs: size, normalisation, interpolation, resize mode."""
+    """What the transform needs: size, normalisation, interpolation, resize mode, crop rounding.
+
+    ``resize_mode`` 'shortest' resizes the shorter side to ``image_size`` and crops the
+    centre square; 'squash' resizes to a square, whatever the aspect ratio.
+    """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    crop_rounding: str = "round"
 
     @property
     def supported(self) -> bool:
-        return self.resize_mode in SUPPORTED_RESIZE_MODES and self.interpolation in RESAMPLING
+        return (self.resize_mode in SUPPORTED_RESIZE_MODES and self.interpolation in RESAMPLING
+                and self.crop_rounding in CROP_ROUNDINGS)
+
+    def to_meta(self) -> dict[str, Any]:
+        """The facts an export's meta.json keeps (:meth:`from_meta` reads them back)."""
+        facts = asdict(self)
+        facts["mean"], facts["std"] = list(self.mean), list(self.std)
+        return facts
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "PreprocessConfig":
+        return cls(int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]),  # type: ignore[arg-type]
+                   meta["interpolation"], meta["resize_mode"], meta.get("crop_rounding", "round"))
+
+    def crop_start(self, margin: int) -> int:
+        """Offset of a centre crop that leaves ``margin`` pixels out."""
+        return margin // 2 if self.crop_rounding == "floor" else round(margin / 2.0)
 
     def scale_shift(self) -> tuple[list[float], list[float]]:
         """Per channel, ``x * scale - shift`` turns 8-bit pixels into the model's
@@ -68,8 +93,8 @@ def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)  # torchvision's Resize(size) on the shorter side
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-    left = round((new_w - size) / 2.0)  # torchvision's CenterCrop
-    top = round((new_h - size) / 2.0)
+    left = cfg.crop_start(new_w - size)
+    top = cfg.crop_start(new_h - size)
     if new_w != width:
         scale = width / new_w
         image = image.resize((size, height), resample, box=(left * scale, 0, (left + size) * scale, height))

@@ -1,9 +1,10 @@
-"""The model registry: short names for open_clip models, kept as data.
+"""The model registry: short names for open_clip and Hugging Face Transformers models, kept as data.
 
 ``registry.toml`` beside this file maps names and aliases to an open_clip
-architecture and pretrained tag. :func:`resolve_model` turns what a user typed
-(a registry name, ``ARCH/TAG``, a local weights file, a custom architecture
-JSON) into a :class:`ModelSpec`; nothing here imports torch.
+architecture and pretrained tag, or to a Transformers checkpoint on the hub.
+:func:`resolve_model` turns what a user typed (a registry name, ``ARCH/TAG``,
+``hf:REPO`` or ``hf:/local/folder``, a local weights file, a custom
+architecture JSON) into a :class:`ModelSpec`; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ else:  # pragma: no cover
 
 REGISTRY_FILE = Path(__file__).with_name("registry.toml")
 FINGERPRINT_BYTES = 16  # hex digits of the weights' sha256 kept in a model key
+HF_PREFIX = "hf:"  # --model hf:REPO or hf:/path/to/save_pretrained/folder
+FAMILIES = ("open_clip", "hf")
 
 
 @dataclass(frozen=True)
@@ -35,19 +38,30 @@ class RegistryEntry:
     """One named model of the registry."""
 
     name: str
-    arch: str
-    pretrained: str
+    arch: str = ""
+    pretrained: str = ""
     aliases: tuple[str, ...] = ()
     description: str = ""
+    hf: str | None = None  # a Transformers checkpoint on the hub, in place of arch/pretrained
+
+    @property
+    def source(self) -> str:
+        """'ViT-B-32/openai' or 'hf:google/siglip-base-patch16-224'."""
+        return f"{HF_PREFIX}{self.hf}" if self.hf else f"{self.arch}/{self.pretrained}"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to build a model and to tell its vectors apart.
 
-    ``arch`` is an open_clip architecture; ``pretrained`` a tag whose preprocessing
-    (mean, std, QuickGELU) applies; ``weights`` a local checkpoint that replaces the
-    download; ``config`` a custom architecture (an open_clip model-config dict).
+    For an open_clip model (``family`` 'open_clip'): ``arch`` is an open_clip
+    architecture; ``pretrained`` a tag whose preprocessing (mean, std, QuickGELU)
+    applies; ``weights`` a local checkpoint that replaces the download; ``config`` a
+    custom architecture (an open_clip model-config dict).
+
+    For a Transformers checkpoint (``family`` 'hf', :mod:`clipdex.models.hf`): ``arch``
+    is 'hf'; ``pretrained`` the hub repository, or ``weights`` a local
+    ``save_pretrained`` folder with ``weights_sha256`` the fingerprint of its files.
     """
 
     name: str
@@ -56,12 +70,15 @@ class ModelSpec:
     weights: str | None = None
     weights_sha256: str | None = None
     config: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    family: str = "open_clip"
 
     @property
     def key(self) -> str:
         """Identity of the vectors this model makes: architecture plus weights."""
         if self.weights_sha256:
             return f"{self.arch}@sha256:{self.weights_sha256[:FINGERPRINT_BYTES]}"
+        if self.family == "hf":
+            return f"{HF_PREFIX}{self.pretrained}"
         return f"{self.arch}/{self.pretrained}"
 
     def to_json(self) -> str:
@@ -78,10 +95,11 @@ def _load_registry() -> tuple[str, dict[str, RegistryEntry]]:
     entries = {
         name: RegistryEntry(
             name=name,
-            arch=table["arch"],
-            pretrained=table["pretrained"],
+            arch=table.get("arch", ""),
+            pretrained=table.get("pretrained", ""),
             aliases=tuple(table.get("aliases", ())),
             description=table.get("description", ""),
+            hf=table.get("hf"),
         )
         for name, table in data["models"].items()
     }
@@ -118,6 +136,8 @@ def resolve_model(
 
     - ``model`` alone: a registry name or alias, or ``ARCH/TAG`` for any open_clip
       pretrained model; weights come from open_clip's download.
+    - ``hf:REPO`` (a Transformers checkpoint on the hub, through the Hugging Face
+      cache) or ``hf:/path/to/folder`` (a local ``save_pretrained`` folder).
     - ``weights``: a checkpoint file for that architecture (fine-tuned, offline).
     - ``model_config``: an open_clip model-config JSON for a custom architecture;
       needs ``weights``. Its name is ``model`` if given, else the file's stem.
@@ -139,6 +159,10 @@ def resolve_model(
 
     name = model or default_model_name()
     entry = get_registry_entry(name)
+    if entry is not None and entry.hf:
+        return _hf_spec(f"{HF_PREFIX}{entry.hf}", entry.name, weights_path, model_config)
+    if name.startswith(HF_PREFIX):
+        return _hf_spec(name, None, weights_path, model_config)
     if entry is not None:
         return ModelSpec(name=entry.name, arch=entry.arch, pretrained=entry.pretrained,
                          weights=weights_path, weights_sha256=sha)
@@ -152,6 +176,17 @@ def resolve_model(
         # A bare open_clip architecture with a local checkpoint; checked when built.
         return ModelSpec(name=name, arch=name, weights=weights_path, weights_sha256=sha)
     raise UnknownModel(name, [e.name for e in list_models()])
+
+
+def _hf_spec(reference: str, name: str | None, weights: str | None,
+             model_config: str | os.PathLike[str] | None) -> ModelSpec:
+    if weights is not None or model_config is not None:
+        raise ModelError(f"{reference} is a Transformers checkpoint: its weights and configuration are "
+                         "its folder's. Drop --weights/--model-config; for local files use "
+                         "--model hf:/path/to/folder (a save_pretrained folder).")
+    from clipdex.models.hf import resolve
+
+    return resolve(reference[len(HF_PREFIX):], name)
 
 
 def _check_weights(weights: str | os.PathLike[str]) -> str:

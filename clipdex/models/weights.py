@@ -51,7 +51,12 @@ def _hf_candidates(hf_hub: str) -> tuple[str, list[str]]:
 
 
 def locate_weights(spec: ModelSpec, *, download: bool = True) -> str:
-    """Path of the checkpoint for ``spec``: its local file, the HF cache, or a download."""
+    """Path of the checkpoint for ``spec``: its local file, the HF cache, or a download
+    (a Transformers checkpoint: its folder, :func:`clipdex.models.hf.locate`)."""
+    if spec.family == "hf":
+        from clipdex.models.hf import locate
+
+        return str(locate(spec, download=download))
     if spec.weights:
         return spec.weights
     cfg = pretrained_config(spec)

@@ -9,6 +9,7 @@ others wrap fp32's, labelled bf16: what is tested is auto and the index, not Ope
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,9 +23,10 @@ import pytest
 
 from clipdex import Index
 from clipdex.errors import ClipdexError
-from clipdex.models import auto
-from clipdex.models import encoder as encoder_module
+from clipdex.models import auto, factory
+from clipdex.models import devices as device_module
 from clipdex.models.precision import CpuFeatures, cpu_features
+from clipdex.models.runtimes import openvino
 from tests.conftest import run_cli
 from tests.images import write_photos
 
@@ -41,7 +43,7 @@ class FakeBf16:
     precision = "bf16"
 
     def __init__(self, spec: Any) -> None:
-        from clipdex.models.onnx import OnnxEncoder
+        from clipdex.models.runtimes.onnx import OnnxEncoder
 
         self._inner = OnnxEncoder(spec, "fp32")
 
@@ -56,10 +58,17 @@ def fake_measure(encoder: Any, batch: np.ndarray, size: int | None = None) -> tu
 def as_host(monkeypatch: pytest.MonkeyPatch, cpu: CpuFeatures, *, fake_bf16: bool = True) -> None:
     """Make this process see ``cpu`` (and, with ``fake_bf16``, bf16 as :class:`FakeBf16`)."""
     monkeypatch.setattr(auto, "cpu_features", lambda: cpu)
-    monkeypatch.setattr(encoder_module, "cpu_features", lambda: cpu)
+    monkeypatch.setattr(openvino, "cpu_features", lambda: cpu)
     if fake_bf16 and cpu.native_bf16:
         monkeypatch.setattr(auto, "_openvino_missing", lambda: None)
-        monkeypatch.setattr(encoder_module, "_cpu_bf16_encoder", FakeBf16)
+        bf16_builder(monkeypatch, FakeBf16)
+
+
+def bf16_builder(monkeypatch: pytest.MonkeyPatch, build: Any) -> None:
+    """Make the factory build bf16 encoders on the CPU with ``build(spec)``."""
+    fake = dataclasses.replace(openvino.RUNTIME, build=lambda spec, precision, device: build(spec))
+    runtimes = tuple(fake if r.name == "openvino" else r for r in factory.runtimes())
+    monkeypatch.setattr(factory, "runtimes", lambda: runtimes)
 
 
 @pytest.fixture(autouse=True)
@@ -73,14 +82,14 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 def builds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The precisions of the encoders built for indexing, in order."""
     made: list[str] = []
-    real = encoder_module.make_encoder
+    real = factory.make_encoder
 
     def counting(spec: Any, **kwargs: Any) -> Any:
         if not kwargs.get("for_queries"):
             made.append(kwargs.get("precision") or "fp32")
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(encoder_module, "make_encoder", counting)
+    monkeypatch.setattr(factory, "make_encoder", counting)
     yield made
 
 
@@ -352,7 +361,7 @@ def test_a_candidate_that_raises_anything_is_skipped(monkeypatch: pytest.MonkeyP
     def broken(spec: Any) -> Any:
         raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:112:\ncompile failed")
 
-    monkeypatch.setattr(encoder_module, "_cpu_bf16_encoder", broken)
+    bf16_builder(monkeypatch, broken)
     report = index_json(photos, tmp_path / "idx", *model_args)
     assert report["precision"] == "fp32" and report["encoded"] == 12
     assert "bf16 could not be used (RuntimeError: Exception from src/inference/src/cpp/core.cpp:112:)" in \
@@ -425,14 +434,15 @@ def test_an_int8_index_on_a_gpu_machine_is_encoded_on_the_cpu(
     as_host(monkeypatch, NATIVE_BF16)
     index_json(photos, tmp_path / "idx", "--precision", "int8", *model_args)
     devices: list[str | None] = []
-    real = encoder_module.make_encoder
+    real = factory.make_encoder
 
     def recording(spec: Any, **kwargs: Any) -> Any:
         devices.append(kwargs.get("device"))
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(encoder_module, "make_encoder", recording)
-    monkeypatch.setattr(encoder_module, "pick_device", lambda requested=None: requested or "cuda")
+    monkeypatch.setattr(factory, "make_encoder", recording)
+    for module in (factory, device_module):
+        monkeypatch.setattr(module, "pick_device", lambda requested=None: requested or "cuda")
     monkeypatch.setattr(auto, "host_key", lambda device=None: "cuda Test GPU")
     write_photos(photos / "later", 2, start=50)
     report = index_json(photos, tmp_path / "idx")
@@ -451,7 +461,7 @@ def test_a_recorded_choice_that_no_longer_builds_is_made_again(
     def broken(spec: Any) -> Any:
         raise RuntimeError("openvino: compile failed")
 
-    monkeypatch.setattr(encoder_module, "_cpu_bf16_encoder", broken)  # OpenVINO broken since
+    bf16_builder(monkeypatch, broken)  # OpenVINO broken since
     write_photos(photos / "later", 2, start=50)
     report = index_json(photos, tmp_path / "idx")
     assert (report["precision"], report["encoded"]) == ("fp32", 2)

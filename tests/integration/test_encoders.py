@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from clipdex import Index
-from clipdex.models.encoder import TorchEncoder, make_encoder
+from clipdex.models.factory import make_encoder
 from clipdex.models.registry import resolve_model
+from clipdex.models.runtimes.openclip_torch import TorchEncoder
 from tests.images import photo, write_photos
 
 TEXTS = ["dog", "dog in the snow", "listen to music", "A photo taken at DUSK!!", "café & crème brûlée",
@@ -67,7 +68,7 @@ def _fresh_python(statement: str) -> list[str]:
 
 def test_cpu_indexing_does_not_import_torch_once_exported(tmp_path: Path, photos: Path,
                                                          model_kwargs) -> None:
-    from clipdex.models.encoder import accelerator_possible
+    from clipdex.models.devices import accelerator_possible
 
     if accelerator_possible():
         pytest.skip("a GPU may be present here: torch is rightly asked which device to use")
@@ -88,7 +89,7 @@ def test_search_path_does_not_import_torch(tmp_path: Path, photos: Path, model_k
 
 
 def test_export_replaces_older_export_formats_only(model_kwargs) -> None:
-    from clipdex.models import onnx
+    from clipdex.models import onnx_export as onnx
 
     spec = resolve_model(None, model_kwargs["weights"], model_kwargs["model_config"])
     folder = onnx.export_dir(spec)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from clipdex.errors import ModelError
-from clipdex.models.encoder import make_encoder
-from clipdex.models.onnx import OnnxEncoder
-from clipdex.models.openvino import openvino_missing
+from clipdex.models.factory import make_encoder
 from clipdex.models.precision import CpuFeatures, cpu_features
 from clipdex.models.registry import ModelSpec, resolve_model
+from clipdex.models.runtimes.onnx import OnnxEncoder
+from clipdex.models.runtimes.openvino import openvino_missing
 from tests.images import photo
 
 TEXTS = ["dog", "dog in the snow", "a photo taken at dusk"]
@@ -22,7 +22,7 @@ def _native_bf16() -> str | None:
     """Why bf16 cannot run natively here (None when it can): OpenVINO's word is final."""
     if openvino_missing():
         return f"openvino is not installed: {openvino_missing()}"
-    from clipdex.models.openvino import openvino_bf16
+    from clipdex.models.runtimes.openvino import openvino_bf16
 
     if not cpu_features().native_bf16 or not openvino_bf16():
         return f"this CPU, {cpu_features().describe()}, has no native bf16 (AVX512_BF16 or AMX)"
@@ -65,7 +65,7 @@ def test_openvino_runs_in_bf16_not_a_silent_f32(spec: ModelSpec) -> None:
 
 
 def test_bf16_is_refused_on_a_cpu_without_native_bf16(spec: ModelSpec, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("clipdex.models.encoder.cpu_features", lambda: NO_BF16)
+    monkeypatch.setattr("clipdex.models.runtimes.openvino.cpu_features", lambda: NO_BF16)
     with pytest.raises(ModelError) as caught:
         make_encoder(spec, device="cpu", precision="bf16")
     message = str(caught.value)
@@ -76,7 +76,7 @@ def test_bf16_is_refused_on_a_cpu_without_native_bf16(spec: ModelSpec, monkeypat
 @needs_bf16
 def test_bf16_is_refused_when_openvino_finds_no_bf16(spec: ModelSpec, monkeypatch: pytest.MonkeyPatch) -> None:
     """/proc/cpuinfo says yes, OpenVINO says no: OpenVINO decides what it would really run."""
-    monkeypatch.setattr("clipdex.models.openvino.openvino_bf16", lambda core=None: False)
+    monkeypatch.setattr("clipdex.models.runtimes.openvino.openvino_bf16", lambda core=None: False)
     encoder = make_encoder(spec, device="cpu", precision="bf16")
     with pytest.raises(ModelError, match=r"OpenVINO finds that this processor, .*, has no native bf16") as caught:
         encoder.load()
@@ -84,9 +84,9 @@ def test_bf16_is_refused_when_openvino_finds_no_bf16(spec: ModelSpec, monkeypatc
 
 
 def test_bf16_without_openvino_says_how_to_install_it(spec: ModelSpec, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("clipdex.models.encoder.cpu_features",
+    monkeypatch.setattr("clipdex.models.runtimes.openvino.cpu_features",
                         lambda: CpuFeatures("Test CPU 9000", frozenset({"avx512_bf16"})))
-    monkeypatch.setattr("clipdex.models.openvino.openvino_missing", lambda: "No module named 'openvino'")
+    monkeypatch.setattr("clipdex.models.runtimes.openvino.openvino_missing", lambda: "No module named 'openvino'")
     with pytest.raises(ModelError, match=r"pip install 'clipdex\[openvino\]'"):
         make_encoder(spec, device="cpu", precision="bf16")
 

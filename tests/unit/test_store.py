@@ -211,7 +211,7 @@ def test_many_processes_creating_one_index_at_once(tmp_path: Path) -> None:
 
 
 def test_stale_onnx_exports_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    from clipdex.models.onnx import remove_stale_exports
+    from clipdex.models.onnx_export import remove_stale_exports
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)

@@ -1,6 +1,6 @@
 """The OpenVINO encoder: the image tower in bf16 on CPUs that compute bf16 natively.
 
-It runs the same exported image tower as :class:`~clipdex.models.onnx.OnnxEncoder`
+It runs the same exported image tower as :class:`~clipdex.models.runtimes.onnx.OnnxEncoder`
 (``visual-fp32.onnx``: 8-bit NHWC pixels in, normalised inside the graph),
 compiled by OpenVINO with ``INFERENCE_PRECISION_HINT=bf16``: matrix multiplies
 in bfloat16 on AVX512_BF16 or AMX, about twice the speed of fp32, cosine to
@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.errors import ModelError, first_line
-from clipdex.models.onnx import VISUAL_FILES, OnnxEncoder, export_dir
+from clipdex.models.encoder import Encoder, Runtime, encode_pil
+from clipdex.models.onnx_export import VISUAL_FILES, export_dir
 from clipdex.models.precision import cpu_features, no_native_bf16, require
 from clipdex.models.preprocess import PreprocessConfig, check_pixels
 from clipdex.models.registry import ModelSpec
+from clipdex.models.runtimes.onnx import OnnxEncoder
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,6 +39,22 @@ OPENVINO_PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
 # CPU pinning (OpenVINO's default) on or off makes no difference to `clipdex index`.
 COMPILE_CONFIG: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
 INSTALL_HINT = "pip install 'clipdex[openvino]'"
+
+
+def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
+    """bf16 on the CPU where the processor computes it natively; refused where it would be
+    emulated (slower than fp32), or where OpenVINO is not installed, with what to use instead."""
+    cpu = cpu_features()
+    if not cpu.maybe_bf16:  # flags unknown (not Linux or macOS): OpenVINO's own report decides
+        raise ModelError(no_native_bf16(f"this processor, {cpu.describe()},"))
+    missing = openvino_missing()
+    if missing:
+        raise ModelError(missing_message(precision, missing))
+    return OpenVinoEncoder(spec, precision)
+
+
+RUNTIME = Runtime("openvino", "OpenVINO", families=("open_clip", "hf"), devices=("cpu",),
+                  precisions=("bf16",), build=_build)
 
 
 def openvino_missing() -> str | None:
@@ -64,7 +82,7 @@ def openvino_bf16(core: Any = None) -> bool:
 
 
 class OpenVinoEncoder:
-    """Same interface as :class:`~clipdex.models.onnx.OnnxEncoder`; images through OpenVINO."""
+    """:class:`~clipdex.models.encoder.Encoder` with images through OpenVINO, texts through ONNX Runtime."""
 
     backend = "openvino"
 
@@ -134,6 +152,10 @@ class OpenVinoEncoder:
         return self._onnx.logit_scale
 
     @property
+    def logit_bias(self) -> float | None:
+        return self._onnx.logit_bias
+
+    @property
     def preprocess_config(self) -> PreprocessConfig:
         return self._onnx.preprocess_config
 
@@ -156,7 +178,7 @@ class OpenVinoEncoder:
         return vectors
 
     def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray:
-        return self.encode_images(np.stack([self.preprocess(im) for im in images]))
+        return encode_pil(self, images)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts in fp32 through ONNX Runtime: the same query vectors as the fp32 path."""

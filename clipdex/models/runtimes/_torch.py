@@ -1,0 +1,73 @@
+"""What the torch runtimes (open_clip, Transformers) share: pixels onto the device,
+normalised there, and the precision context."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdex.models.devices import check_cuda_bf16, kind
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipdex.models.preprocess import PreprocessConfig
+
+TORCH_DEVICES = ("cuda", "mps", "cpu")
+# On the CPU the factory prefers ONNX Runtime (fp32) and OpenVINO (bf16): torch there
+# is fp32 only, for an explicit runtime choice and the reference tests.
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision(device: str, precision: str) -> None:
+    """Refuse what a device cannot compute well, with what to use instead."""
+    from clipdex.errors import ModelError
+
+    if kind(device) == "cpu" and precision != "fp32":
+        raise ModelError(f"{precision} through torch is for GPUs; on the CPU use fp32 or int8 (ONNX Runtime) "
+                         "or bf16 (OpenVINO).")
+    if precision == "bf16" and kind(device) == "cuda":
+        check_cuda_bf16(device)
+
+
+class DevicePixels:
+    """8-bit batches onto a device and normalised there: a quarter of float32's traffic
+    (pinned on CUDA). A torch tensor (N, S, S, 3) uint8 already on the device (JPEGs
+    decoded there, :mod:`clipdex.models.gpu_decode`) is used where it is; float batches
+    (already normalised) only move."""
+
+    def __init__(self, device: str, cfg: "PreprocessConfig", precision: str) -> None:
+        self.device = device
+        self.cfg = cfg
+        self.precision = precision
+        self._scale_shift: Any = None
+
+    def __call__(self, batch: "np.ndarray | torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        if isinstance(batch, torch.Tensor):
+            pixels = batch.to(self.device)
+        else:
+            pixels = torch.from_numpy(np.ascontiguousarray(batch))
+            if self.device.startswith("cuda"):
+                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            else:
+                pixels = pixels.to(self.device)
+        if pixels.dtype == torch.uint8:
+            if self._scale_shift is None:
+                self._scale_shift = tuple(torch.tensor(v, device=self.device).view(1, 3, 1, 1)
+                                          for v in self.cfg.scale_shift())
+            scale, shift = self._scale_shift
+            pixels = pixels.permute(0, 3, 1, 2).float() * scale - shift
+        return pixels.half() if self.precision == "fp16" else pixels
+
+
+def autocast(device: str, precision: str) -> Any:
+    """bf16 autocast for a bf16 encoder; nothing for the others (fp16 runs a half model)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=kind(device), dtype=torch.bfloat16)
