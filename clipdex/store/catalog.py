@@ -68,6 +68,7 @@ class ModelRecord:
     vectors_file: str
     generation: int = 0  # bumped when row numbers change meaning (compaction, a shrinking repair)
     storage: str = "f32"  # how the vector file stores rows: "f32" or "f16"
+    logit_bias: float | None = None  # a sigmoid model's (SigLIP) bias; None: a softmax model (CLIP)
 
 
 @dataclass(frozen=True)
@@ -363,18 +364,21 @@ class Store:
         return _model(row) if row else model
 
     def add_model(self, key: str, name: str, spec_json: str, dim: int, logit_scale: float,
-                  precision: str, storage: str = "f32") -> ModelRecord:
+                  precision: str, storage: str = "f32", logit_bias: float | None = None) -> ModelRecord:
         """Register a model (or get it, if another process registered it first).
 
         ``storage`` is how its vector file keeps rows: "f32", or "f16" (half the disk and
-        memory, scores within ~1e-3). A model registered before keeps its own storage."""
+        memory, scores within ~1e-3). A model registered before keeps its own storage.
+        ``logit_bias`` is the bias of a model trained with a sigmoid loss (SigLIP), whose
+        labels are scored each on its own; None for a softmax model (CLIP)."""
         storage_dtype(storage)  # ValueError for an unknown storage
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO models (key, name, spec, dim, logit_scale, rows, precision, "
-                "vectors_file, created_at, storage) VALUES (?, ?, ?, ?, ?, 0, ?, '', ?, ?) "
+                "vectors_file, created_at, storage, logit_bias) VALUES (?, ?, ?, ?, ?, 0, ?, '', ?, ?, ?) "
                 "ON CONFLICT(key) DO NOTHING",
-                (key, name, spec_json, dim, logit_scale, precision, time.time(), storage))
+                (key, name, spec_json, dim, logit_scale, precision, time.time(), storage,
+                 None if logit_bias is None else float(logit_bias)))
             if cur.rowcount:
                 model_id = cur.lastrowid
                 c.execute("UPDATE models SET vectors_file = ? WHERE id = ?",
@@ -1159,7 +1163,7 @@ def _model(row: sqlite3.Row) -> ModelRecord:
     return ModelRecord(id=row["id"], key=row["key"], name=row["name"], spec_json=row["spec"],
                        dim=row["dim"], logit_scale=row["logit_scale"], rows=row["rows"],
                        precision=row["precision"], vectors_file=row["vectors_file"],
-                       generation=row["generation"], storage=row["storage"])
+                       generation=row["generation"], storage=row["storage"], logit_bias=row["logit_bias"])
 
 
 def _choice(row: sqlite3.Row) -> "PrecisionChoice":

@@ -149,6 +149,9 @@ MIGRATIONS: list[tuple[str, Migration]] = [
             PRIMARY KEY (model_id, host)
         );
     """),
+    ("008_logit_bias", """
+        ALTER TABLE models ADD COLUMN logit_bias REAL;
+    """),
 ]
 # 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
 # holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
@@ -171,6 +174,9 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # they agree to cosine >= 0.999 and are searched together. precision_choices records what
 # `--precision auto` chose for a model on one kind of host (device, CPU features, runtimes),
 # why, and the fidelity it measured: the check runs once per model and kind of host.
+# 008: models.logit_bias is the bias of a model trained with a sigmoid loss (SigLIP): its
+# classification scores each label on its own, sigmoid(logit_scale * cosine + logit_bias).
+# NULL for a softmax model (CLIP), as every model registered before 008 (softmax over labels).
 LATEST_VERSION = len(MIGRATIONS)
 
 
