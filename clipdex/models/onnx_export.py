@@ -1,8 +1,8 @@
 """A model's towers exported once to ONNX, for the runtimes that read ONNX files.
 
 On the first use of a model on the CPU, its image and text towers are exported
-from the model's torch runtime (each family's module under
-:mod:`clipdex.models.runtimes` knows how: :func:`export` there) into
+by the model family's torch runtime (its ``export``, which
+:mod:`clipdex.models.runtimes.onnx` passes in; this module imports no runtime) into
 ``$CLIPDEX_HOME/cache/onnx/<model>/``, with ``meta.json`` (dimension,
 preprocessing, scoring, tokenizer). ``int8`` is ONNX Runtime's dynamic
 quantisation of the image tower. Every later process loads the exported files
@@ -14,7 +14,6 @@ normalises them inside the graph; both towers return L2-normalised vectors.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,8 @@ STALE_TEMP_S = 3600  # a temporary export older than this is abandoned, whoever 
 TEMP_EXPORT = re.compile(r".+\.tmp-(\d+)-[A-Za-z0-9_]+")
 TEMP_QUANTISED = re.compile(r".+\.(\d+)\.tmp")
 LEGACY_TEMP_EXPORT = re.compile(r".+-v\d+\.[a-z0-9_]{8}")  # mkdtemp's names before the pid was in them
-# The torch runtime that exports each model family (it has the model and knows its layers).
-EXPORTERS = {"open_clip": "clipdex.models.runtimes.openclip_torch", "hf": "clipdex.models.runtimes.hf_torch"}
+# A family's exporter: writes the towers into a folder, returns the facts for meta.json.
+Exporter = Callable[[ModelSpec, Path], dict[str, Any]]
 
 
 def export_dir(spec: ModelSpec) -> Path:
@@ -60,25 +60,16 @@ def read_meta(spec: ModelSpec) -> dict[str, Any] | None:
         return None
 
 
-def family_module(spec: ModelSpec) -> Any:
-    """The torch runtime module of the spec's family: it exports the model, and encodes
-    texts where the export has no tokenizer that runs without torch."""
-    try:
-        return importlib.import_module(EXPORTERS[spec.family])
-    except KeyError:
-        raise ModelError(f"model family {spec.family!r} of {spec.name} has no ONNX exporter; "
-                         f"known: {', '.join(EXPORTERS)}") from None
-
-
-def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
-    """The export of ``spec`` (its meta.json), exporting and quantising what is missing."""
+def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter) -> dict[str, Any]:
+    """The export of ``spec`` (its meta.json), exporting (with ``exporter``) and quantising what
+    is missing."""
     folder = export_dir(spec)
     meta = read_meta(spec)
     if meta is None or not (folder / VISUAL_FILES["fp32"]).exists():
         remove_stale_exports(folder.parent)
         log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for ViT-B-32) "
                  "into %s", spec.name, folder)
-        _export(spec, folder)
+        _export(spec, folder, exporter)
         meta = read_meta(spec)
         if meta is None:
             raise ModelError(f"exporting {spec.name} left no readable {folder / 'meta.json'}; "
@@ -157,10 +148,10 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _export(spec: ModelSpec, folder: Path) -> None:
+def _export(spec: ModelSpec, folder: Path, exporter: Exporter) -> None:
     """Export both towers through the family's torch runtime (needs torch, once per model).
 
-    The family's ``export(spec, work)`` writes :data:`VISUAL_FILES` ['fp32'] (and
+    ``exporter(spec, work)`` writes :data:`VISUAL_FILES` ['fp32'] (and
     :data:`TEXT_FILE` where its texts can run without torch) into ``work`` and returns
     the facts for meta.json: key, dim, logit_scale, logit_bias, image_size, mean, std,
     interpolation, resize_mode, crop_rounding, and ``tokenizer`` (None: texts through
@@ -171,7 +162,7 @@ def _export(spec: ModelSpec, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     try:
-        meta = family_module(spec).export(spec, work)
+        meta = exporter(spec, work)
         meta = {"key": spec.key, "family": spec.family, **meta}
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():

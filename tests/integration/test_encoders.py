@@ -90,6 +90,7 @@ def test_search_path_does_not_import_torch(tmp_path: Path, photos: Path, model_k
 
 def test_export_replaces_older_export_formats_only(model_kwargs) -> None:
     from clipdex.models import onnx_export as onnx
+    from clipdex.models.runtimes.onnx import ensure_exported
 
     spec = resolve_model(None, model_kwargs["weights"], model_kwargs["model_config"])
     folder = onnx.export_dir(spec)
@@ -99,7 +100,7 @@ def test_export_replaces_older_export_formats_only(model_kwargs) -> None:
     for d in (older, newer):
         d.mkdir(parents=True)
         (d / "visual-fp32.onnx").write_bytes(b"old")
-    onnx.ensure_exported(spec, "int8")
+    ensure_exported(spec, "int8")
     assert not older.exists() and newer.exists()  # a newer clipdex sharing the cache keeps its own
     assert {p.name for p in folder.iterdir()} >= {"meta.json", "visual-fp32.onnx", "visual-int8-r2.onnx",
                                                   "text-fp32.onnx"}

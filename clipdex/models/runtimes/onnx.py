@@ -10,6 +10,7 @@ through its torch runtime.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from PIL import Image
 
 from clipdex.errors import ModelError
 from clipdex.models.encoder import Encoder, Runtime, encode_pil
-from clipdex.models.onnx_export import TEXT_FILE, VISUAL_FILES, ensure_exported, export_dir, family_module
+from clipdex.models.onnx_export import TEXT_FILE, VISUAL_FILES, export_dir
+from clipdex.models.onnx_export import ensure_exported as ensure_export
 from clipdex.models.precision import require
 from clipdex.models.preprocess import PreprocessConfig, check_pixels, fit
 from clipdex.models.registry import ModelSpec
@@ -28,6 +30,10 @@ from clipdex.models.registry import ModelSpec
 TEXT_BATCH = 64
 ONNX_PRECISIONS = ("fp32", "int8")
 TextFeeds = Callable[[Sequence[str]], dict[str, np.ndarray]]
+# The torch runtime of each model family: it exports the model (its ``export``), and encodes
+# texts where the export has no tokenizer that runs without torch (its ``torch_encoder``).
+FAMILY_RUNTIMES = {"open_clip": "clipdex.models.runtimes.openclip_torch",
+                   "hf": "clipdex.models.runtimes.hf_torch"}
 
 
 def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
@@ -36,6 +42,20 @@ def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
 
 RUNTIME = Runtime("onnx", "ONNX Runtime", families=("open_clip", "hf"), devices=("cpu",),
                   precisions=ONNX_PRECISIONS, build=_build)
+
+
+def family_module(spec: ModelSpec) -> Any:
+    """The torch runtime module of the spec's family (imported on first use)."""
+    try:
+        return importlib.import_module(FAMILY_RUNTIMES[spec.family])
+    except KeyError:
+        raise ModelError(f"model family {spec.family!r} of {spec.name} has no ONNX exporter; "
+                         f"known: {', '.join(FAMILY_RUNTIMES)}") from None
+
+
+def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
+    """The export of ``spec`` (its meta.json), made by its family's torch runtime where missing."""
+    return ensure_export(spec, precision, family_module(spec).export)
 
 
 def text_feeds(folder: Path, meta: dict[str, Any]) -> TextFeeds | None:
