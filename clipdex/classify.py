@@ -2,10 +2,22 @@
 
 For each label, its prompts are encoded, normalised, averaged and normalised
 again (the ensemble of CLIP's paper and open_clip's zero-shot classifier).
-Probabilities are the softmax of ``logit_scale * cosine`` over the set's labels,
-as the tutorial's ``logits_per_image.softmax``. In multi-label mode each label
-is judged on its own: a two-way softmax between the label and the set's
-background prompts, i.e. ``sigmoid(logit_scale * (cos_label - cos_background))``.
+Scores are the model's own, as it was trained:
+
+- **softmax models** (CLIP, ``logit_bias`` None): probabilities are the softmax of
+  ``logit_scale * cosine`` over the set's labels (the tutorial's
+  ``logits_per_image.softmax``): they share 1.0 and say *which of these* labels
+  fits best. In multi-label mode each label is judged on its own: a two-way
+  softmax between the label and the set's background prompts, i.e.
+  ``sigmoid(logit_scale * (cos_label - cos_background))``.
+- **sigmoid models** (SigLIP, trained with a sigmoid loss, with a ``logit_bias``):
+  every label gets its own ``sigmoid(logit_scale * cosine + logit_bias)``, an
+  absolute *is this a photo of ...*; several labels or none can be likely. The
+  prediction of a single-label set is the most likely label (``uncertain`` below
+  ``min_prob``); a multi-label set turns on every label at its threshold. A
+  set's background prompts are not used (not even encoded): the model's bias
+  already calibrates each label against "not this label", and subtracting a
+  background cosine would undo that calibration.
 """
 
 from __future__ import annotations
@@ -23,21 +35,56 @@ from clipdex.labels import MULTI_SEPARATOR, UNCERTAIN, LabelSet, check_min_prob
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
+SOFTMAX = "softmax"  # CLIP: a softmax of logit_scale * cosine over a set's labels
+SIGMOID = "sigmoid"  # SigLIP: sigmoid(logit_scale * cosine + logit_bias), each label on its own
+SCORINGS = (SOFTMAX, SIGMOID)
+
+
+def scoring_of(logit_bias: float | None) -> str:
+    """How a model scores labels: :data:`SIGMOID` where it has a bias (SigLIP), else :data:`SOFTMAX`."""
+    return SOFTMAX if logit_bias is None else SIGMOID
+
+
+def describe_scores(scoring: str, multi_label: bool = False) -> str:
+    """How to read a set's probabilities, for the line a user reads them under.
+
+    Only a single-label set of a softmax model has probabilities that sum to 1.
+    """
+    if scoring == SIGMOID:
+        return "scores: per-label sigmoid (SigLIP), each label on its own"
+    if scoring != SOFTMAX:
+        raise ValueError(f"unknown scoring {scoring!r}: one of {', '.join(SCORINGS)}")
+    if multi_label:
+        return "scores: each label against the set's background (softmax model)"
+    return "scores: softmax over labels (they sum to 1)"
+
 
 @dataclass
 class Classifier:
-    """A label set turned into class vectors (and a background vector for multi-label)."""
+    """A label set turned into class vectors (and, for a softmax model's multi-label set,
+    a background vector); ``logit_bias`` is the model's (None: a softmax model)."""
 
     label_set: LabelSet
     class_vectors: np.ndarray  # (labels, dim), unit rows
     background: np.ndarray | None  # (dim,), unit
     logit_scale: float
+    logit_bias: float | None = None
+
+    @property
+    def scoring(self) -> str:
+        """:data:`SOFTMAX` or :data:`SIGMOID`."""
+        return scoring_of(self.logit_bias)
 
 
-def build_classifier(label_set: LabelSet, encode_texts: TextEncoder, logit_scale: float) -> Classifier:
-    """Encode every prompt of the set once, in one batch, and average per label."""
+def build_classifier(label_set: LabelSet, encode_texts: TextEncoder, logit_scale: float,
+                     logit_bias: float | None = None) -> Classifier:
+    """Encode every prompt of the set once, in one batch, and average per label.
+
+    ``logit_bias`` is the model's bias (a sigmoid model, SigLIP) or None (a softmax
+    model, CLIP). A sigmoid model needs no background prompts: they are not encoded.
+    """
     prompts = [p for label in label_set.labels for p in label.prompts]
-    background = list(label_set.background) if label_set.multi_label else []
+    background = list(label_set.background) if label_set.multi_label and logit_bias is None else []
     vectors = encode_texts(prompts + background)
     class_vectors = []
     start = 0
@@ -45,7 +92,8 @@ def build_classifier(label_set: LabelSet, encode_texts: TextEncoder, logit_scale
         class_vectors.append(mean_direction(vectors[start:start + len(label.prompts)]))
         start += len(label.prompts)
     back = mean_direction(vectors[start:]) if background else None
-    return Classifier(label_set, np.stack(class_vectors), back, logit_scale)
+    bias = None if logit_bias is None else float(logit_bias)
+    return Classifier(label_set, np.stack(class_vectors), back, float(logit_scale), bias)
 
 
 def mean_direction(vectors: np.ndarray) -> np.ndarray:
@@ -56,9 +104,17 @@ def mean_direction(vectors: np.ndarray) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over each row (shifted by its maximum: no overflow)."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function, elementwise, for any logits: exp is only taken of -|x|
+    (never overflows), and tiny probabilities keep their relative precision."""
+    z = np.exp(-np.abs(logits))
+    return np.where(logits >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
 @dataclass
@@ -78,6 +134,7 @@ class Classification:
     confidence: np.ndarray  # probability of the predicted label (max over labels)
     truth: list[str] | None = None  # a person's corrections ("" where none), when any exist
     fs_paths: list[str] | None = None  # the real paths to open, when some differ from ``paths``
+    scoring: str | None = None  # SOFTMAX or SIGMOID: how ``probs`` read (None: not known here)
     _members: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     def fs_path(self, i: int) -> str:
@@ -87,6 +144,11 @@ class Classification:
     @property
     def labels(self) -> list[str]:
         return self.label_set.label_names
+
+    @property
+    def scores_text(self) -> str | None:
+        """How to read ``probs`` (:func:`describe_scores`); None when the scoring is not known."""
+        return None if self.scoring is None else describe_scores(self.scoring, self.label_set.multi_label)
 
     def check_label(self, label: str, *, allow_uncertain: bool = True) -> None:
         """Raise :class:`~clipdex.errors.LabelSetError` unless ``label`` is one of the set's
@@ -143,9 +205,10 @@ def check_label(set_name: str, labels: Sequence[str], label: str, *, allow_uncer
 def classify(classifier: Classifier, vectors: np.ndarray, file_ids: Sequence[int],
              paths: Sequence[str], *, min_prob: float | None = None,
              fs_paths: Sequence[str] | None = None) -> Classification:
-    """Probabilities and predictions for stored image vectors (N, dim).
+    """Probabilities and predictions for stored image vectors (N, dim), as the model scores
+    (see the module docstring: softmax or per-label sigmoid).
 
-    ``min_prob`` (in [0, 1]) overrides the set's own for a softmax set; below it
+    ``min_prob`` (in [0, 1]) overrides the set's own for a single-label set; below it
     a photo's prediction is ``uncertain``. ``fs_paths``: see :class:`Classification`.
     """
     min_prob = check_min_prob(min_prob, "min_prob")
@@ -154,15 +217,12 @@ def classify(classifier: Classifier, vectors: np.ndarray, file_ids: Sequence[int
     label_set = classifier.label_set
     cosines = vectors.astype(np.float32, copy=False) @ classifier.class_vectors.T
     names = np.array(label_set.label_names, dtype=object)
+    probs = _probabilities(classifier, vectors, cosines)
     if label_set.multi_label:
-        assert classifier.background is not None
-        margin = cosines - (vectors @ classifier.background)[:, None]
-        probs = 0.5 * (1.0 + np.tanh(0.5 * classifier.logit_scale * margin))  # sigmoid, no overflow
         on = probs >= label_set.threshold
         predicted = [MULTI_SEPARATOR.join(names[row]) for row in on]
         confidence = probs.max(axis=1) if len(probs) else np.zeros(0, np.float32)
     else:
-        probs = softmax(classifier.logit_scale * cosines)
         best = probs.argmax(axis=1)
         confidence = probs[np.arange(len(probs)), best]
         predicted = list(names[best])
@@ -172,4 +232,19 @@ def classify(classifier: Classifier, vectors: np.ndarray, file_ids: Sequence[int
     return Classification(label_set=label_set, file_ids=list(file_ids), paths=list(paths),
                           probs=probs.astype(np.float32), predicted=[str(p) for p in predicted],
                           confidence=np.asarray(confidence, dtype=np.float32),
-                          fs_paths=list(fs_paths) if fs_paths is not None else None)
+                          fs_paths=list(fs_paths) if fs_paths is not None else None,
+                          scoring=classifier.scoring)
+
+
+def _probabilities(classifier: Classifier, vectors: np.ndarray, cosines: np.ndarray) -> np.ndarray:
+    """(photos, labels) probabilities, computed in float64 (a large logit_scale times a
+    float32 cosine would otherwise lose digits of the logit)."""
+    scale = classifier.logit_scale
+    cos = cosines.astype(np.float64)
+    if classifier.logit_bias is not None:  # sigmoid model: every label on its own
+        return sigmoid(scale * cos + classifier.logit_bias)
+    if classifier.label_set.multi_label:  # softmax model: each label against the background
+        assert classifier.background is not None
+        margin = cos - (vectors @ classifier.background).astype(np.float64)[:, None]
+        return sigmoid(scale * margin)
+    return softmax(scale * cos)

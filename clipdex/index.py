@@ -375,7 +375,8 @@ class Index:
                 encoder.load()
                 key = vector_key(spec, plan.precision)  # auto may have chosen int8
                 record = self.store.add_model(key, spec.name, spec.to_json(), encoder.dim,
-                                              encoder.logit_scale, plan.precision or asked, storage or "f32")
+                                              encoder.logit_scale, plan.precision or asked, storage or "f32",
+                                              logit_bias=encoder.logit_bias)
                 plan.recorded(record)
             else:
                 forgotten = self.store.repair_vectors(record)
@@ -816,7 +817,8 @@ class Index:
         record = self.model_record()
         results = []
         for label_set in label_sets:
-            classifier = build_classifier(label_set, self.encoder.encode_texts, record.logit_scale)
+            classifier = build_classifier(label_set, self.encoder.encode_texts, record.logit_scale,
+                                          record.logit_bias)
             result = classify(classifier, found.vectors, found.ids.tolist(), found.paths, min_prob=min_prob,
                               fs_paths=found.fs_paths)
             if save and self.store.readonly:
