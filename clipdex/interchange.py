@@ -499,8 +499,9 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         readers = [_ShardReader(s, layout, folder, images_dir, stems) for s in todo]
         report.roots = _roots(readers, layout, folder, images_dir)  # (refuses relative paths first)
         if record is None:
+            scale, bias = scoring_params(spec)
             record = store.add_model(spec.key, spec.name, spec.to_json(), _vector_shape(shards[0].vectors)[1],
-                                     logit_scale(spec), "fp32", storage or "f32")
+                                     scale, "fp32", storage or "f32", logit_bias=bias)
         for root in report.roots:
             store.add_root(root, kind="import")
         if progress:
@@ -643,20 +644,34 @@ def _open_clip_config(arch: str) -> dict[str, Any] | None:
 def logit_scale(spec: "ModelSpec") -> float:
     """exp(logit_scale) of ``spec`` for zero-shot classification: read from a local weights
     file where it holds one, else trained CLIP's 100."""
+    return scoring_params(spec)[0]
+
+
+def logit_bias(spec: "ModelSpec") -> float | None:
+    """The logit_bias of ``spec`` (a model trained with a sigmoid loss, SigLIP) where its local
+    weights file holds one; None otherwise (scored as a softmax model, CLIP)."""
+    return scoring_params(spec)[1]
+
+
+def scoring_params(spec: "ModelSpec") -> tuple[float, float | None]:
+    """(exp(logit_scale), logit_bias) of ``spec``, read once from a local weights file: trained
+    CLIP's 100 where it holds no scale, None where it holds no bias (a softmax model)."""
     if not spec.weights:
-        return CLIP_LOGIT_SCALE
+        return CLIP_LOGIT_SCALE, None
     try:
         import torch
 
         state = torch.load(spec.weights, map_location="cpu", mmap=True, weights_only=True)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
-        value = next((v for k, v in state.items() if k.removeprefix("module.") == "logit_scale"), None)
-        if value is not None:
-            return float(value.float().exp().item())
-    except Exception:  # noqa: BLE001  (safetensors, an odd checkpoint: the trained default serves)
+        found = {k.removeprefix("module."): v for k, v in state.items()
+                 if k.removeprefix("module.") in ("logit_scale", "logit_bias")}
+        scale, bias = found.get("logit_scale"), found.get("logit_bias")
+        return (CLIP_LOGIT_SCALE if scale is None else float(scale.float().exp().item()),
+                None if bias is None else float(bias.float().item()))
+    except Exception:  # noqa: BLE001  (safetensors, an odd checkpoint: the trained defaults serve)
         pass
-    return CLIP_LOGIT_SCALE
+    return CLIP_LOGIT_SCALE, None
 
 
 def _finished_shards(store: Store, record: ModelRecord, folder: Path) -> dict[str, str]:

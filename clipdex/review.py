@@ -3,7 +3,8 @@
 ``random`` draws N photos per predicted label with a seeded generator (the
 tutorial's "random verify" figure, reproducible); ``least-confident`` shows the
 N photos with the lowest probability among those given the label, where
-mistakes hide.
+mistakes hide. A sigmoid model's (SigLIP) probabilities are each label's own, not
+shares of 1: its rows' titles say so.
 
 A grid is sized by the photos it shows: asking for 100,000 per label of a
 30-photo index draws at most 30 columns. ``per_label`` is at most
@@ -17,7 +18,7 @@ import os
 
 import numpy as np
 
-from clipdex.classify import MULTI_SEPARATOR, UNCERTAIN, Classification
+from clipdex.classify import MULTI_SEPARATOR, SIGMOID, UNCERTAIN, Classification
 from clipdex.errors import ReviewOptionError
 from clipdex.grid import Row, Tile, draw_rows
 
@@ -56,6 +57,8 @@ def review_rows(result: Classification, *, per_label: int = 8, seed: int = 0,
         for name in predicted.split(MULTI_SEPARATOR):
             if name in members_of:
                 members_of[name].append(i)
+    # Say so where the probabilities are a sigmoid model's (each label on its own, not shares of 1).
+    scored = ", per-label sigmoid scores" if result.scoring == SIGMOID else ""
     rows = []
     for name in labels + [UNCERTAIN]:
         members = np.array(members_of[name], dtype=np.int64)
@@ -73,7 +76,7 @@ def review_rows(result: Classification, *, per_label: int = 8, seed: int = 0,
             i = int(members[c])
             tiles.append(Tile(result.paths[i], f"{name} {probs[c]:.2f}\n{os.path.basename(result.paths[i])}",
                               fs_path=result.fs_path(i)))
-        title = f"{result.label_set.name} = {name}   ({len(members)} photos, {mode})"
+        title = f"{result.label_set.name} = {name}   ({len(members)} photos, {mode}{scored})"
         rows.append(Row(title, tiles))
     return rows
 

@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
 from clipdex import serialize
-from clipdex.classify import UNCERTAIN, Classification
+from clipdex.classify import SIGMOID, UNCERTAIN, Classification, describe_scores, scoring_of
 from clipdex.errors import (
     ClipdexError,
     EmptyIndex,
@@ -235,10 +235,11 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         with access.reader() as reader:
             record = reader.photo(file_id)
             labels = reader.photo_labels(file_id)
+            sigmoid = scoring_of(reader.model_record().logit_bias) == SIGMOID if labels else False
         row = {k: v for k, v in metadata.get(record.path, {}).items() if v not in ("", None)}
         view = serialize.photo(record, labels, exists=os.path.isfile(record.fs_path), metadata=row)
         return render("photo.html", photo=view, like_params=[("like", str(record.id)), *form.params()],
-                      filtered=form.any)
+                      filtered=form.any, sigmoid=sigmoid)
 
     @app.get("/api", response_class=HTMLResponse)
     async def api_index() -> Response:
@@ -265,9 +266,11 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         with access.locked() as idx:
             result = idx.classification(name)
             labels = idx.classification_labels(name)
+            scoring = scoring_of(idx.model_record().logit_bias)
         sections = _label_sections(result, sort, per, seed, label)
         return render("label_set.html", name=name, sections=sections, labels=labels, sort=sort,
-                      per=per, seed=seed, only=label)
+                      per=per, seed=seed, only=label,
+                      scores=describe_scores(scoring, result.label_set.multi_label))
 
     @app.post("/upload")
     async def upload(file: UploadFile = File(...), q: str = Form("", max_length=MAX_QUERY)) -> Response:
@@ -361,13 +364,16 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     async def api_label_set(name: str, sort: str = Query("random", pattern="^(random|least|most)$"),
                             per: int = Query(12, ge=1, le=MAX_PAGE), seed: int = Query(0, ge=0, le=2**31),
                             label: str = Query("", max_length=MAX_NAME)) -> dict[str, Any]:
-        """Examples per label of a set, with probabilities and corrections."""
+        """Examples per label of a set, with probabilities and corrections; ``scoring`` says how
+        to read them: "softmax" (a softmax model's labels share 1.0) or "sigmoid" (SigLIP: each
+        label scored on its own)."""
         return await off_loop(None, api_label_set_view, name, sort, per, seed, label)
 
     def api_label_set_view(name: str, sort: str, per: int, seed: int, label: str) -> dict[str, Any]:
         with access.locked() as idx:
             result = idx.classification(name)
-        return {"set": name, "sections": _label_sections(result, sort, per, seed, label)}
+            scoring = scoring_of(idx.model_record().logit_bias)
+        return {"set": name, "scoring": scoring, "sections": _label_sections(result, sort, per, seed, label)}
 
     @app.post("/api/labels/{name}/corrections")
     async def api_correct(name: str, correction: Correction) -> dict[str, Any]:
