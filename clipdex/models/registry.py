@@ -9,18 +9,19 @@ architecture JSON) into a :class:`ModelSpec`; nothing here imports torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError, UnknownModel
-from clipdex.fileio import write_atomically
-from clipdex.settings import cache_dir
+from clipdex.models.spec import HF_PREFIX, ModelSpec, fingerprint_weights
+
+__all__ = ["ModelSpec", "RegistryEntry", "default_model_name", "fingerprint_weights", "get_registry_entry",
+           "list_models", "resolve_model"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,9 +29,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 REGISTRY_FILE = Path(__file__).with_name("registry.toml")
-FINGERPRINT_BYTES = 16  # hex digits of the weights' sha256 kept in a model key
-HF_PREFIX = "hf:"  # --model hf:REPO or hf:/path/to/save_pretrained/folder
-FAMILIES = ("open_clip", "hf")
 
 
 @dataclass(frozen=True)
@@ -48,45 +46,6 @@ class RegistryEntry:
     def source(self) -> str:
         """'ViT-B-32/openai' or 'hf:google/siglip-base-patch16-224'."""
         return f"{HF_PREFIX}{self.hf}" if self.hf else f"{self.arch}/{self.pretrained}"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build a model and to tell its vectors apart.
-
-    For an open_clip model (``family`` 'open_clip'): ``arch`` is an open_clip
-    architecture; ``pretrained`` a tag whose preprocessing (mean, std, QuickGELU)
-    applies; ``weights`` a local checkpoint that replaces the download; ``config`` a
-    custom architecture (an open_clip model-config dict).
-
-    For a Transformers checkpoint (``family`` 'hf', :mod:`clipdex.models.hf`): ``arch``
-    is 'hf'; ``pretrained`` the hub repository, or ``weights`` a local
-    ``save_pretrained`` folder with ``weights_sha256`` the fingerprint of its files.
-    """
-
-    name: str
-    arch: str
-    pretrained: str | None = None
-    weights: str | None = None
-    weights_sha256: str | None = None
-    config: dict[str, Any] | None = field(default=None, compare=False, hash=False)
-    family: str = "open_clip"
-
-    @property
-    def key(self) -> str:
-        """Identity of the vectors this model makes: architecture plus weights."""
-        if self.weights_sha256:
-            return f"{self.arch}@sha256:{self.weights_sha256[:FINGERPRINT_BYTES]}"
-        if self.family == "hf":
-            return f"{HF_PREFIX}{self.pretrained}"
-        return f"{self.arch}/{self.pretrained}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
-        return cls(**json.loads(text))
 
 
 @lru_cache(maxsize=1)
@@ -212,27 +171,3 @@ def _read_model_config(path: Path) -> dict[str, Any]:
         raise ModelError(f"model config {path} is not an open_clip model config: it needs "
                          "embed_dim, vision_cfg and text_cfg (see open_clip's model_configs/).")
     return config
-
-
-def fingerprint_weights(path: str) -> str:
-    """sha256 of a weights file, remembered by (path, size, mtime) to hash it once."""
-    stat = os.stat(path)
-    memo_file = cache_dir() / "weights-sha256.json"
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-    known = memo.get(path)
-    if known and known.get("stamp") == stamp:
-        return str(known["sha256"])
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    memo[path] = {"stamp": stamp, "sha256": digest.hexdigest()}
-    try:
-        write_atomically(memo_file, json.dumps(memo).encode())
-    except OSError:
-        pass  # a cache; failing to write it only costs a re-hash next time
-    return digest.hexdigest()

@@ -9,14 +9,12 @@ cache and makes one short connection attempt, so an offline machine gets a clear
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
-from urllib.parse import urlparse
 
 from clipdex.errors import ModelUnavailable, UnknownModel
+from clipdex.models.network import unreachable
 from clipdex.models.registry import ModelSpec, list_models
 
-CONNECT_TIMEOUT_S = 3.0
 HF_DEFAULT_FILE = "open_clip_pytorch_model.bin"
 HF_SAFE_FILE = "open_clip_model.safetensors"
 
@@ -84,7 +82,7 @@ def locate_weights(spec: ModelSpec, *, download: bool = True) -> str:
         raise ModelUnavailable(spec.name, looked, "not downloaded yet", fix)
     if constants.HF_HUB_OFFLINE:
         raise ModelUnavailable(spec.name, looked, "not in the cache and HF_HUB_OFFLINE is set", fix)
-    reason = _unreachable(constants.ENDPOINT)
+    reason = unreachable(constants.ENDPOINT)
     if reason:
         raise ModelUnavailable(spec.name, looked, f"not in the cache and the hub is unreachable ({reason})", fix)
 
@@ -106,19 +104,7 @@ def _locate_url_weights(spec: ModelSpec, cfg: dict[str, Any], *, download: bool)
     if os.path.isfile(target):
         return target
     fix = f"Download {url} on a machine with internet into {cache}, or pass it with --weights FILE."
-    reason = _unreachable(url) if download else "not downloaded yet"
+    reason = unreachable(url) if download else "not downloaded yet"
     if reason:
         raise ModelUnavailable(spec.name, cache, f"not in the cache ({reason})", fix)
     return str(open_clip.download_pretrained(cfg, prefer_hf_hub=False))
-
-
-def _unreachable(url: str) -> str | None:
-    """Why ``url``'s host cannot be reached, or None if one connection succeeds."""
-    parsed = urlparse(url)
-    host = parsed.hostname or ""
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            return None
-    except OSError as e:
-        return f"{host}: {e.strerror or e}"
