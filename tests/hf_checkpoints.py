@@ -1,0 +1,103 @@
+"""Tiny random Transformers checkpoints (CLIPModel, SiglipModel), saved with ``save_pretrained``.
+
+Each folder holds what a hub checkpoint holds: config.json, model.safetensors,
+preprocessor_config.json and the tokenizer files (tokenizer.json,
+tokenizer_config.json). The CLIP one has CLIP's real BPE vocabulary (written from
+open_clip's bundled ``bpe_simple_vocab_16e6.txt.gz``, as a CLIPTokenizer takes it);
+the SigLIP one a small Unigram model trained here and saved as tokenizer.json
+(SiglipTokenizer itself needs sentencepiece, which clipdex does not install).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from clipdex.models.tokenizer import MERGE_COUNT, _byte_alphabet, _vocab_path
+
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+CLIP_IMAGE = 32  # pixels: CLIPImageProcessor's shortest_edge and crop
+SIGLIP_IMAGE = 48
+SIGLIP_CONTEXT = 24  # text_config.max_position_embeddings: SigLIP pads every text to it
+SIGLIP_CORPUS = [
+    "a photo of a dog", "a photo of a cat in the snow", "listen to music at dusk", "a red car on a street",
+    "people on a beach", "mountains and a lake", "a plate of food", "café crème brûlée", "one two three",
+    "the quick brown fox jumps over the lazy dog", "a painting of flowers", "city lights at night",
+]
+
+
+def clip_tokenizer() -> object:
+    """A CLIPTokenizer with CLIP's own BPE vocabulary (49408 tokens)."""
+    from transformers import CLIPTokenizer
+
+    with gzip.open(_vocab_path()) as f:
+        lines = f.read().decode("utf-8").split("\n")[1:MERGE_COUNT + 1]
+    merges = [tuple(line.split()) for line in lines]
+    alphabet = list(_byte_alphabet().values())
+    tokens = (alphabet + [a + "</w>" for a in alphabet] + ["".join(m) for m in merges]
+              + ["<|startoftext|>", "<|endoftext|>"])
+    vocab = {token: i for i, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def siglip_tokenizer() -> object:
+    """A fast tokenizer like SigLIP's: lower case, sentencepiece-style Unigram pieces, ``</s>``
+    appended and used as padding."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Strip()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(SIGLIP_CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
+                                   model_max_length=SIGLIP_CONTEXT, model_input_names=["input_ids"])
+
+
+def write_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny random CLIPModel with its processor and tokenizer, saved into ``folder``."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    config = CLIPConfig(
+        text_config=dict(TINY_TEXT, vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407),
+        vision_config=dict(TINY_VISION, image_size=CLIP_IMAGE, patch_size=8), projection_dim=16)
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": CLIP_IMAGE}, crop_size={"height": CLIP_IMAGE, "width": CLIP_IMAGE},
+                       resample=3).save_pretrained(folder)
+    clip_tokenizer().save_pretrained(folder)  # type: ignore[attr-defined]
+    return folder
+
+
+def write_siglip(folder: Path, seed: int = 0) -> Path:
+    """A tiny random SiglipModel (bilinear resampling, squash resize), saved into ``folder``; its
+    scale and bias set so that sigmoid scores are not all ~0."""
+    import math
+
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    tokenizer = siglip_tokenizer()
+    config = SiglipConfig(
+        text_config=dict(TINY_TEXT, vocab_size=len(tokenizer), max_position_embeddings=SIGLIP_CONTEXT,  # type: ignore[arg-type]
+                         pad_token_id=1, eos_token_id=1, bos_token_id=None),
+        vision_config=dict(TINY_VISION, image_size=SIGLIP_IMAGE, patch_size=16))
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-1.0)
+    model.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": SIGLIP_IMAGE, "width": SIGLIP_IMAGE}, resample=2,
+                         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    return folder
