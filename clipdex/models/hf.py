@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError, ModelUnavailable, first_line
+from clipdex.models.network import unreachable
 from clipdex.models.preprocess import RESAMPLING, PreprocessConfig
-from clipdex.models.registry import HF_PREFIX, ModelSpec, fingerprint_weights
+from clipdex.models.spec import HF_PREFIX, ModelSpec, fingerprint_weights
 
 # model_type in config.json -> the Transformers class clipdex loads it with.
 MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
@@ -153,8 +154,6 @@ def locate(spec: ModelSpec, download: bool = True) -> Path:
 
     from huggingface_hub import constants
 
-    from clipdex.models.weights import _unreachable
-
     looked = f"the Hugging Face cache {constants.HF_HUB_CACHE} (repo {repo})"
     fix = (f"On a machine with internet, run `hf download {repo}` (or any clipdex command with this model) "
            "and copy its Hugging Face cache here (set HF_HOME to it), or save the model there with "
@@ -163,7 +162,7 @@ def locate(spec: ModelSpec, download: bool = True) -> Path:
         raise ModelUnavailable(spec.name, looked, "not downloaded yet", fix)
     if constants.HF_HUB_OFFLINE:
         raise ModelUnavailable(spec.name, looked, "not in the cache and HF_HUB_OFFLINE is set", fix)
-    reason = _unreachable(constants.ENDPOINT)
+    reason = unreachable(constants.ENDPOINT)
     if reason:
         raise ModelUnavailable(spec.name, looked, f"not in the cache and the hub is unreachable ({reason})", fix)
     from huggingface_hub import list_repo_files, snapshot_download
