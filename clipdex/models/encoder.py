@@ -10,7 +10,7 @@ or a runtime library.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -89,22 +89,26 @@ class Encoder(Protocol):
 class Runtime:
     """One way of running models, as the factory sees it.
 
-    ``families`` are the model families it loads ('open_clip', 'hf'); ``devices``
-    the device kinds ('cpu', 'cuda', 'mps'); ``precisions`` what it computes.
-    ``build(spec, precision, device)`` returns an :class:`Encoder` (checks that need
-    the hardware or an optional package raise :class:`~clipdex.errors.ModelError`
-    with what to use instead). ``label`` is how messages name it.
+    ``families`` are the model families it loads ('open_clip', 'hf'); ``precisions``
+    what it computes on each device kind ('cpu', 'cuda', 'mps'): ``{"cpu": ("fp32",
+    "int8")}``. ``build(spec, precision, device)`` returns an :class:`Encoder` (checks
+    that need the hardware or an optional package raise
+    :class:`~clipdex.errors.ModelError` with what to use instead). ``label`` is how
+    messages name it.
     """
 
     name: str
     label: str
     families: tuple[str, ...]
-    devices: tuple[str, ...]
-    precisions: tuple[str, ...]
+    precisions: Mapping[str, tuple[str, ...]]
     build: Callable[["ModelSpec", str, str], Encoder]
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self.precisions)
+
     def fits(self, family: str, device_kind: str, precision: str) -> bool:
-        return family in self.families and device_kind in self.devices and precision in self.precisions
+        return family in self.families and precision in self.precisions.get(device_kind, ())
 
 
 class LazyEncoder:

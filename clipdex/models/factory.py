@@ -47,9 +47,9 @@ def pick_runtime(spec: ModelSpec, device: str, precision: str, runtime: str | No
     if runtime is not None:
         chosen = runtime_named(runtime)
         if not chosen.fits(spec.family, kind(device), precision):
+            offers = "; ".join(f"{', '.join(p)} on {d}" for d, p in chosen.precisions.items())
             raise ModelError(f"{chosen.label} does not run {spec.name} on {device} in {precision}: it runs "
-                             f"{'/'.join(chosen.families)} models on {'/'.join(chosen.devices)} in "
-                             f"{', '.join(chosen.precisions)}.")
+                             f"{'/'.join(chosen.families)} models, {offers}.")
         return chosen
     for candidate in runtimes():
         if candidate.fits(spec.family, kind(device), precision):
@@ -58,7 +58,7 @@ def pick_runtime(spec: ModelSpec, device: str, precision: str, runtime: str | No
 
 
 def _nothing_fits(spec: ModelSpec, device: str, precision: str) -> str:
-    offered = [f"{p} ({r.label})" for r in runtimes() for p in r.precisions
+    offered = [f"{p} ({r.label})" for r in runtimes() for p in r.precisions.get(kind(device), ())
                if r.fits(spec.family, kind(device), p)]
     where = "the CPU" if kind(device) == "cpu" else device
     hint = " fp16 needs a GPU." if precision == "fp16" else ""

@@ -1,27 +1,303 @@
-"""Hugging Face Transformers checkpoints (CLIPModel, SiglipModel) on torch.  [skeleton: being written]"""
+"""Hugging Face Transformers checkpoints (CLIPModel, SiglipModel) on torch, and their ONNX export.
+
+The model is loaded with ``from_pretrained`` from its folder
+(:func:`clipdex.models.hf.locate`) on first use, and run through its own
+``get_image_features`` / ``get_text_features``; photos are prepared as the
+checkpoint's image processor prepares them (:func:`clipdex.models.hf.checkpoint_facts`,
+reproduced by :func:`~clipdex.models.preprocess.fit` in the decode workers) and
+texts by its own tokenizer. Importing this module imports neither torch nor
+transformers.
+"""
 
 from __future__ import annotations
 
+import threading
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clipdex.errors import ModelError
-from clipdex.models.encoder import Encoder, Runtime
-from clipdex.models.registry import ModelSpec
-from clipdex.models.runtimes._torch import TORCH_DEVICES, TORCH_PRECISIONS
+import numpy as np
+
+from clipdex.errors import ModelError, first_line
+from clipdex.models.devices import pick_device
+from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime, encode_pil
+from clipdex.models.hf import HfFacts, checkpoint_facts, locate
+from clipdex.models.hf_tokenizer import TEXT_INPUTS, TOKENIZER_FILE
+from clipdex.models.preprocess import PreprocessConfig, fit
+from clipdex.models.runtimes._torch import TORCH_PRECISIONS, DevicePixels, autocast, check_precision
+from clipdex.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+INSTALL_HINT = "pip install 'clipdex[hf]'"
 
 
 def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
-    raise ModelError("Transformers checkpoints are not supported yet")
+    return HfTorchEncoder(spec, device=device, precision=precision)
 
 
-RUNTIME = Runtime("transformers", "torch (Transformers)", families=("hf",), devices=TORCH_DEVICES,
-                  precisions=TORCH_PRECISIONS, build=_build)
+RUNTIME = Runtime("transformers", "torch (Transformers)", families=("hf",), precisions=TORCH_PRECISIONS,
+                  build=_build)
 
 
-def torch_encoder(spec: ModelSpec, device: str = "cpu") -> Encoder:
-    return _build(spec, "fp32", device)
+def torch_encoder(spec: ModelSpec, device: str = "cpu") -> "HfTorchEncoder":
+    """An fp32 encoder of ``spec`` on ``device`` (texts for the ONNX runtime, where the
+    checkpoint's tokenizer has no tokenizer.json that runs without transformers)."""
+    return HfTorchEncoder(spec, device=device)
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError(f"Transformers checkpoints need the transformers package: {INSTALL_HINT}") from None
+    return transformers
+
+
+def _features(output: Any) -> "torch.Tensor":
+    """Transformers 5 returns a model output whose ``pooler_output`` holds the projected
+    features; Transformers 4 the tensor itself."""
+    import torch
+
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def load_model(folder: Path, facts: HfFacts, spec: ModelSpec, **kwargs: Any) -> Any:
+    """The checkpoint's CLIPModel or SiglipModel, in eval mode, on the CPU."""
+    cls = getattr(_transformers(), facts.model_class)
+    try:
+        return cls.from_pretrained(folder, **kwargs).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ModelError(f"cannot load the {facts.model_class} of {spec.name} from {folder}: {first_line(e)}. "
+                         "Check that the folder was written by save_pretrained of that model.") from e
+
+
+def load_tokenizer(folder: Path, spec: ModelSpec) -> Any:
+    """The checkpoint's own tokenizer (``AutoTokenizer``)."""
+    transformers = _transformers()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(folder)
+    except (ImportError, OSError, ValueError, TypeError) as e:
+        hint = (" Its tokenizer is a sentencepiece one (SigLIP's spiece.model): pip install sentencepiece."
+                if (folder / "spiece.model").is_file() else "")
+        raise ModelError(f"cannot load the tokenizer of {spec.name} from {folder}: {first_line(e)}.{hint} "
+                         "Or save the checkpoint's fast tokenizer (tokenizer.json) into the folder.") from e
+
+
+class HfTorchEncoder:
+    """A lazily built Transformers CLIP or SigLIP model with its own preprocessing and tokenizer."""
+
+    backend = "transformers"
+
+    def __init__(self, spec: ModelSpec, device: str | None = None, precision: str = "fp32") -> None:
+        self.spec = spec
+        self.precision = precision
+        self._requested_device = device
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._pixels: DevicePixels | None = None
+        self._folder: Path | None = None
+        self.facts: HfFacts | None = None
+        self.device = ""
+
+    # -- building -------------------------------------------------------------
+    def load(self) -> "HfTorchEncoder":
+        """Build the model now (it is otherwise built on first use)."""
+        with self._lock:
+            if self._model is None:
+                self._build()
+        return self
+
+    def _build(self) -> None:
+        _transformers()
+        folder = locate(self.spec)
+        facts = checkpoint_facts(folder)
+        device = pick_device(self._requested_device)
+        check_precision(device, self.precision)
+        model = load_model(folder, facts, self.spec).to(device)
+        if self.precision == "fp16":
+            model = model.half()
+        self._folder = folder
+        self.facts = facts
+        self._pixels = DevicePixels(device, facts.preprocess, self.precision)
+        self.device = device
+        self._model = model  # last: its being set means the rest is
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self.load()
+        return self._model
+
+    def _facts(self) -> HfFacts:
+        if self.facts is None:
+            self.load()
+        assert self.facts is not None
+        return self.facts
+
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer, loaded on the first texts (indexing photos needs none)."""
+        if self._tokenizer is None:
+            self.load()
+            assert self._folder is not None
+            with self._lock:
+                if self._tokenizer is None:
+                    self._tokenizer = load_tokenizer(self._folder, self.spec)
+        return self._tokenizer
+
+    # -- facts about the model ------------------------------------------------
+    @property
+    def dim(self) -> int:
+        config = self.model.config
+        size = getattr(config, "projection_dim", None) if self._facts().model_type == "clip" else None
+        return int(size or config.vision_config.hidden_size)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess_config.image_size
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self._facts().preprocess
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.float().exp().item())
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's bias of its sigmoid loss; None for CLIP (softmax)."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.float().item())
+
+    # -- encoding -------------------------------------------------------------
+    def preprocess(self, image: "Image.Image") -> np.ndarray:
+        """The checkpoint's image processor's resize and crop, as 8-bit pixels (normalised on the device)."""
+        return fit(image, self.preprocess_config)
+
+    def encode_images(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
+        """Vectors for a stack of :meth:`preprocess` outputs, L2-normalised, float32."""
+        import torch
+
+        model = self.model
+        assert self._pixels is not None
+        pixels = self._pixels(batch)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            features = _features(model.get_image_features(pixel_values=pixels))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+    def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray:
+        return encode_pil(self, images)
+
+    def tokens(self, texts: Sequence[str]) -> dict[str, "torch.Tensor"]:
+        """The text tower's inputs for ``texts``, as the checkpoint's processor makes them:
+        truncated to its length, padded to it (SigLIP) or to the longest text (CLIP)."""
+        facts = self._facts()
+        encoded = self.tokenizer(list(texts), padding=facts.padding, truncation=True,
+                                 max_length=facts.context_length, return_tensors="pt")
+        return {name: encoded[name] for name in TEXT_INPUTS if name in encoded}
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for texts, L2-normalised, float32."""
+        import torch
+
+        model = self.model
+        out = []
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for start in range(0, len(texts), TEXT_BATCH):
+                feeds = {k: v.to(self.device) for k, v in self.tokens(texts[start:start + TEXT_BATCH]).items()}
+                features = _features(model.get_text_features(**feeds))
+                out.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy())
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(out)
+
+
+# -- ONNX export ----------------------------------------------------------------
+
+def _save_tokenizer(tokenizer: Any, work: Path) -> bool:
+    """Write the tokenizer Transformers runs for this checkpoint as ``work/tokenizer.json``
+    (its fast tokenizer's backend, converted where the checkpoint shipped none); False where it
+    has no such form (a sentencepiece-only tokenizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or tokenizer.pad_token_id is None:
+        return False
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_padding()
+    plain.no_truncation()
+    plain.save(str(work / TOKENIZER_FILE))
+    return True
 
 
 def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
-    raise ModelError("Transformers checkpoints are not supported yet")
+    """Export both towers of the checkpoint into ``work`` (see
+    :func:`clipdex.models.onnx_export._export` for what is written and returned): the image
+    tower takes 8-bit (N, S, S, 3) pixels and normalises them in the graph; the text tower takes
+    ``input_ids`` (and ``attention_mask`` where the tokenizer gives one) of any batch and length."""
+    import torch
+
+    from clipdex.models.onnx_export import OPSET, TEXT_FILE, VISUAL_FILES
+
+    folder = locate(spec)
+    facts = checkpoint_facts(folder)
+    # Eager attention: the traced graph then keeps the text length symbolic.
+    model = load_model(folder, facts, spec, attn_implementation="eager")
+    pre = facts.preprocess
+    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in pre.scale_shift())
+
+    class Visual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = pixels.permute(0, 3, 1, 2).float() * scale - shift
+            features = _features(self.model.get_image_features(pixel_values=x))
+            return torch.nn.functional.normalize(features, dim=-1)
+
+    tokenizer = load_tokenizer(folder, spec)
+    inputs = [name for name in TEXT_INPUTS if name in tokenizer.model_input_names]
+
+    class Text(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *feeds: torch.Tensor) -> torch.Tensor:
+            features = _features(self.model.get_text_features(**dict(zip(inputs, feeds))))
+            return torch.nn.functional.normalize(features, dim=-1)
+
+    size = pre.image_size
+    sample = tokenizer(["a photo", "a photo of a dog in the snow"], padding=facts.padding, truncation=True,
+                       max_length=facts.context_length, return_tensors="pt")
+    # Grad mode on: with it off, nn.MultiheadAttention (SigLIP's pooling head) takes a fused
+    # fast path that the ONNX exporter cannot translate.
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but works
+        torch.onnx.export(Visual().eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
+                          str(work / VISUAL_FILES["fp32"]),
+                          input_names=["pixels"], output_names=["vectors"], opset_version=OPSET,
+                          dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(Text().eval(), tuple(sample[name] for name in inputs), str(work / TEXT_FILE),
+                          input_names=inputs, output_names=["vectors"], opset_version=OPSET,
+                          dynamic_axes={**{name: {0: "batch", 1: "length"} for name in inputs},
+                                        "vectors": {0: "batch"}}, dynamo=False)
+    with torch.inference_mode():
+        dim = int(_features(model.get_image_features(pixel_values=torch.zeros(1, 3, size, size))).shape[-1])
+    bias = getattr(model, "logit_bias", None)
+    return {
+        "dim": dim, "logit_scale": float(model.logit_scale.exp().item()),
+        "logit_bias": None if bias is None else float(bias.item()), **pre.to_meta(),
+        "model_type": facts.model_type,
+        "tokenizer": "tokenizers" if _save_tokenizer(tokenizer, work) else None,
+        "context_length": facts.context_length, "text_padding": facts.padding, "text_inputs": inputs,
+        "pad_id": tokenizer.pad_token_id, "pad_token": str(tokenizer.pad_token),
+        "padding_side": tokenizer.padding_side, "truncation_side": tokenizer.truncation_side,
+    }

@@ -40,8 +40,8 @@ def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
     return OnnxEncoder(spec, precision)
 
 
-RUNTIME = Runtime("onnx", "ONNX Runtime", families=("open_clip", "hf"), devices=("cpu",),
-                  precisions=ONNX_PRECISIONS, build=_build)
+RUNTIME = Runtime("onnx", "ONNX Runtime", families=("open_clip", "hf"), precisions={"cpu": ONNX_PRECISIONS},
+                  build=_build)
 
 
 def family_module(spec: ModelSpec) -> Any:

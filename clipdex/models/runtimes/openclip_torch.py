@@ -21,7 +21,7 @@ from clipdex.models.devices import pick_device
 from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime
 from clipdex.models.preprocess import PreprocessConfig, fit
 from clipdex.models.registry import ModelSpec
-from clipdex.models.runtimes._torch import TORCH_DEVICES, TORCH_PRECISIONS, DevicePixels, autocast, check_precision
+from clipdex.models.runtimes._torch import TORCH_PRECISIONS, DevicePixels, autocast, check_precision
 from clipdex.models.weights import locate_weights, pretrained_config
 from clipdex.settings import cache_dir
 
@@ -37,8 +37,8 @@ def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
     return TorchEncoder(spec, device=device, precision=precision)
 
 
-RUNTIME = Runtime("torch", "torch (open_clip)", families=("open_clip",), devices=TORCH_DEVICES,
-                  precisions=TORCH_PRECISIONS, build=_build)
+RUNTIME = Runtime("torch", "torch (open_clip)", families=("open_clip",), precisions=TORCH_PRECISIONS,
+                  build=_build)
 
 
 def torch_encoder(spec: ModelSpec, device: str = "cpu") -> "TorchEncoder":

@@ -53,8 +53,8 @@ def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
     return OpenVinoEncoder(spec, precision)
 
 
-RUNTIME = Runtime("openvino", "OpenVINO", families=("open_clip", "hf"), devices=("cpu",),
-                  precisions=("bf16",), build=_build)
+RUNTIME = Runtime("openvino", "OpenVINO", families=("open_clip", "hf"), precisions={"cpu": ("bf16",)},
+                  build=_build)
 
 
 def openvino_missing() -> str | None:
