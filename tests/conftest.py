@@ -127,3 +127,21 @@ def web_index(tmp_path: Path, photos: Path, model_kwargs: dict[str, str]) -> Ite
         idx.add(photos)
         idx.classify([make_label_set("taken_space", ["indoor", "outdoor"], ["a photo taken {}"])])
         yield idx
+
+
+# -- Transformers checkpoints (tests/hf_checkpoints.py): tiny random save_pretrained folders --
+
+@pytest.fixture(scope="session")
+def hf_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIPModel saved with save_pretrained, with its processor and tokenizer."""
+    from tests.hf_checkpoints import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("hf-clip"))
+
+
+@pytest.fixture(scope="session")
+def hf_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SiglipModel saved with save_pretrained, with its processor and tokenizer."""
+    from tests.hf_checkpoints import write_siglip
+
+    return write_siglip(tmp_path_factory.mktemp("hf-siglip"))
