@@ -1077,34 +1077,36 @@ def models_group() -> None:
 def models_list_cmd(as_json: bool) -> None:
     """Show registry models and whether their weights are on this machine."""
     from clipdex.errors import ModelError
-    from clipdex.models.registry import ModelSpec, default_model_name, list_models
+    from clipdex.models.registry import default_model_name, list_models, resolve_model
     from clipdex.models.weights import locate_weights
 
     rows = []
     for entry in list_models():
-        spec = ModelSpec(name=entry.name, arch=entry.arch, pretrained=entry.pretrained)
+        spec = resolve_model(entry.name)
         try:
             where = locate_weights(spec, download=False)
         except ModelError:
             where = ""
-        rows.append({"name": entry.name, "arch": entry.arch, "pretrained": entry.pretrained,
-                     "aliases": list(entry.aliases), "description": entry.description,
-                     "default": entry.name == default_model_name(), "local": where})
+        rows.append({"name": entry.name, "family": spec.family, "source": entry.source, "arch": entry.arch,
+                     "pretrained": entry.pretrained, "hf": entry.hf, "aliases": list(entry.aliases),
+                     "description": entry.description, "default": entry.name == default_model_name(),
+                     "local": where})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
     table = Table(box=None)
-    for col in ("name", "open_clip model", "weights", "description"):
-        table.add_column(col)
+    for col in ("name", "model", "weights"):  # names are typed back: never cut
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
     for r in rows:
         name = str(r["name"]) + (" (default)" if r["default"] else "")
-        table.add_row(_t(name), _t(f"{r['arch']}/{r['pretrained']}"), "local" if r["local"] else "download",
-                      _t(r["description"]))
+        table.add_row(_t(name), _t(str(r["source"])), "local" if r["local"] else "download", _t(r["description"]))
     _console().print(table)
-    _console().print("Any open_clip ARCH/PRETRAINED pair also works, and --weights FILE "
-                     "(--model-config FILE.json) for local or custom models.")
+    _console().print("Any open_clip ARCH/PRETRAINED pair also works, --weights FILE (--model-config FILE.json) "
+                     "for local or custom open_clip models, and any Transformers CLIP or SigLIP checkpoint as "
+                     "--model hf:OWNER/NAME (the hub) or --model hf:/path/to/folder (save_pretrained).")
 
 
 if __name__ == "__main__":  # pragma: no cover
