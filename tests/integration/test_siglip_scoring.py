@@ -116,6 +116,18 @@ def test_the_default_cpu_path_stores_the_bias_and_scores_each_label_by_its_sigmo
         assert_close(tags.probs, expected)  # each label's own sigmoid, the background unused
         assert tags.predicted == [""] * 12  # none on at the threshold
 
+        # Where people read the probabilities, they are called what they are.
+        from fastapi.testclient import TestClient
+
+        from clipdex.web import create_app
+
+        client = TestClient(create_app(index), base_url="http://127.0.0.1:8000")
+        page = client.get("/labels/taken_time").text
+        assert "per-label sigmoid (SigLIP)" in page and "sum to 1" not in page
+        assert client.get("/api/labels/taken_time").json()["scoring"] == SIGMOID
+        photo = client.get(f"/photo/{result.file_ids[0]}").text
+        assert "per-label sigmoid (SigLIP)" in photo and "sum to 1" not in photo
+
 
 def test_the_torch_runtime_gives_the_same_bias_and_probabilities(
         tmp_path: Path, photos: Path, sigmoid_model: dict[str, Any]) -> None:
