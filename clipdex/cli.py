@@ -605,8 +605,8 @@ def _name(path: str) -> str:
 @index_option
 @model_options
 @click.option("--json", "as_json", is_flag=True,
-              help='Print per-photo results as JSON: [{"set", "labels", "photos": [{"id", "path", "label", '
-                   '"prob", "probs"}]}].')
+              help='Print per-photo results as JSON: [{"set", "labels", "scoring" ("softmax" over labels, or '
+                   '"sigmoid" per label: SigLIP), "photos": [{"id", "path", "label", "prob", "probs"}]}].')
 def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str, ...],
                  labels_file: str | None, set_names: tuple[str, ...], multi_label: bool,
                  threshold: float, min_prob: float | None, top_k: int | None, out: str | None,
@@ -687,9 +687,11 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
     console = _console()
     for r in results:
         prompts = sum(len(label.prompts) for label in r.label_set.labels)
-        mode = "multi-label" if r.label_set.multi_label else "softmax"
+        mode = "multi-label" if r.label_set.multi_label else "single-label"
         console.print(f"[bold]{_t(r.label_set.name)}[/]: {len(r.labels)} labels, {prompts} prompts "
                       f"({len(r.label_set.templates)} templates), {mode}, {len(r.paths)} photos")
+        if r.scores_text:
+            console.print(f"  {r.scores_text}", markup=False)
         total = max(1, len(r.paths))
         for label, count in r.counts().items():
             bar = "█" * round(30 * count / total)
@@ -810,7 +812,7 @@ def labels_show_cmd(file: str) -> None:
 
     out = _console()
     for label_set in load_label_sets(file):
-        mode = f"multi-label, threshold {label_set.threshold}" if label_set.multi_label else "softmax"
+        mode = f"multi-label, threshold {label_set.threshold}" if label_set.multi_label else "single-label"
         out.print(f"[bold]{_t(label_set.name)}[/] ({mode}, {len(label_set.templates)} templates)")
         for label in label_set.labels:
             sample = "; ".join(label.prompts[:3]) + (" …" if len(label.prompts) > 3 else "")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from clipdex.classify import Classification, build_classifier, check_label, classify
+from clipdex.classify import Classification, build_classifier, check_label, classify, scoring_of
 from clipdex.discover import display_path
 from clipdex.errors import (
     ClipdexError,
@@ -860,7 +860,7 @@ class Index:
         return Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
                               paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
                               confidence=stored.confidence, truth=truth,
-                              fs_paths=stored.fs_paths)
+                              fs_paths=stored.fs_paths, scoring=scoring_of(self.model_record().logit_bias))
 
     @_locked
     def photo(self, file_id: int) -> FileRecord:

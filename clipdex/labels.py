@@ -17,9 +17,9 @@ several sets::
     labels = ["indoor", "outdoor"]
     prompts = { indoor = ["a photo taken inside a building"] }
 
-Optional per set: ``min_prob = 0.4`` (softmax sets: below it a photo is
+Optional per set: ``min_prob = 0.4`` (single-label sets: below it a photo is
 ``uncertain``), ``multi_label = true`` with ``threshold = 0.5`` and
-``background = [...]`` (prompts for "none of the labels").
+``background = [...]`` (prompts for "none of the labels", for softmax models).
 
 Everything is checked when the file is loaded, before any model is: unknown
 keys (with the nearest known one), wrong types, probabilities outside [0, 1],
@@ -52,7 +52,7 @@ TEMPLATES_FILE = Path(__file__).with_name("templates.toml")
 DEFAULT_TEMPLATES = ("a photo of {}.",)
 DEFAULT_BACKGROUND_WORD = "something"
 DEFAULT_THRESHOLD = 0.5
-UNCERTAIN = "uncertain"  # the prediction of a softmax set below its min_prob
+UNCERTAIN = "uncertain"  # the prediction of a single-label set below its min_prob
 MULTI_SEPARATOR = ";"  # joins the labels of a multi-label prediction in one cell
 RESERVED_SET_NAMES = ("path", "photo_id")  # columns of every predictions table
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -360,10 +360,10 @@ def _set_from_table(path: Path, locate: _Locator, name: str, table: Any) -> Labe
         for key in MULTI_LABEL_KEYS:
             if key in table:
                 raise LabelSetError(at(key), f"{key} applies only to multi-label sets",
-                                    "Add multi_label = true, or remove it (a softmax set picks its best "
+                                    "Add multi_label = true, or remove it (a single-label set picks its best "
                                     "label; use min_prob to call low-probability photos uncertain).")
     elif "min_prob" in table:
-        raise LabelSetError(at("min_prob"), "min_prob applies only to softmax sets",
+        raise LabelSetError(at("min_prob"), "min_prob applies only to single-label sets",
                             "A multi-label set turns a label on at its threshold; use threshold instead.")
     labels = table.get("labels")
     if labels is None:

@@ -137,7 +137,7 @@ def photo(record: "FileRecord", labels: Sequence["PhotoLabel"], *, exists: bool,
 def classification(result: "Classification", top_k: int | None = None) -> dict[str, Any]:
     """One label set's predictions for every photo (``top`` with ``top_k``)."""
     tops = result.top_k(top_k) if top_k else None  # once per set, not once per photo
-    return {"set": result.label_set.name, "labels": list(result.labels),
+    return {"set": result.label_set.name, "labels": list(result.labels), "scoring": result.scoring,
             "photos": [{"id": int(result.file_ids[i]), "path": p, "label": result.predicted[i],
                         "prob": round(float(result.confidence[i]), 6),
                         "probs": {k: round(float(v), 6) for k, v in zip(result.labels, result.probs[i])},
