@@ -309,3 +309,23 @@ def test_without_transformers_the_error_says_what_to_install(monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ModelError, match=r"pip install 'clipdex\[hf\]'"):
         HfTorchEncoder(resolve_model(f"hf:{hf_clip_dir}"), device="cpu").load()
+
+
+def test_a_sentencepiece_only_tokenizer_still_indexes_photos(tmp_path: Path, hf_siglip_dir: Path) -> None:
+    """A hub SigLIP ships spiece.model for SiglipTokenizer (which needs sentencepiece) and no
+    tokenizer.json: its photos index on the CPU path all the same, and texts say what to install."""
+    import json
+
+    folder = tmp_path / "siglip-spm"
+    shutil.copytree(hf_siglip_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "spiece.model").write_bytes(b"not read here")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "SiglipTokenizer"}))
+    spec = resolve_model(f"hf:{folder}")
+    encoder = make_encoder(spec, device="cpu", precision="fp32")
+    images = _images()[:2]
+    assert _cosines(encoder.encode_pil(images), reference_images(hf_siglip_dir, images)).min() >= 0.999
+    assert ensure_exported(spec)["tokenizer"] is None
+    with pytest.raises(ModelError, match="pip install sentencepiece"):
+        encoder.encode_texts(["a dog"])

@@ -11,6 +11,7 @@ transformers.
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'clipdex[hf]'"
 
 
@@ -67,12 +69,18 @@ def _features(output: Any) -> "torch.Tensor":
 
 def load_model(folder: Path, facts: HfFacts, spec: ModelSpec, **kwargs: Any) -> Any:
     """The checkpoint's CLIPModel or SiglipModel, in eval mode, on the CPU."""
-    cls = getattr(_transformers(), facts.model_class)
+    transformers = _transformers()
+    cls = getattr(transformers, facts.model_class)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # a bar per load of a local file is noise
     try:
         return cls.from_pretrained(folder, **kwargs).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"cannot load the {facts.model_class} of {spec.name} from {folder}: {first_line(e)}. "
                          "Check that the folder was written by save_pretrained of that model.") from e
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def load_tokenizer(folder: Path, spec: ModelSpec) -> Any:
@@ -262,8 +270,12 @@ def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
             features = _features(self.model.get_image_features(pixel_values=x))
             return torch.nn.functional.normalize(features, dim=-1)
 
-    tokenizer = load_tokenizer(folder, spec)
-    inputs = [name for name in TEXT_INPUTS if name in tokenizer.model_input_names]
+    try:
+        tokenizer = load_tokenizer(folder, spec)
+    except ModelError as e:  # photos can still be indexed; texts will say what is missing
+        log.warning("%s: exporting the image tower only: %s", spec.name, e)
+        tokenizer = None
+    inputs = [name for name in TEXT_INPUTS if name in getattr(tokenizer, "model_input_names", ())]
 
     class Text(torch.nn.Module):
         def __init__(self) -> None:
@@ -275,8 +287,8 @@ def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
             return torch.nn.functional.normalize(features, dim=-1)
 
     size = pre.image_size
-    sample = tokenizer(["a photo", "a photo of a dog in the snow"], padding=facts.padding, truncation=True,
-                       max_length=facts.context_length, return_tensors="pt")
+    # Texts run without torch only through a tokenizer.json; else through this runtime.
+    torch_free = tokenizer is not None and _save_tokenizer(tokenizer, work)
     # Grad mode on: with it off, nn.MultiheadAttention (SigLIP's pooling head) takes a fused
     # fast path that the ONNX exporter cannot translate.
     with torch.enable_grad(), warnings.catch_warnings():
@@ -285,19 +297,24 @@ def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
                           str(work / VISUAL_FILES["fp32"]),
                           input_names=["pixels"], output_names=["vectors"], opset_version=OPSET,
                           dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}}, dynamo=False)
-        torch.onnx.export(Text().eval(), tuple(sample[name] for name in inputs), str(work / TEXT_FILE),
-                          input_names=inputs, output_names=["vectors"], opset_version=OPSET,
-                          dynamic_axes={**{name: {0: "batch", 1: "length"} for name in inputs},
-                                        "vectors": {0: "batch"}}, dynamo=False)
+        if torch_free:
+            sample = tokenizer(["a photo", "a photo of a dog in the snow"], padding=facts.padding,
+                               truncation=True, max_length=facts.context_length, return_tensors="pt")
+            torch.onnx.export(Text().eval(), tuple(sample[name] for name in inputs), str(work / TEXT_FILE),
+                              input_names=inputs, output_names=["vectors"], opset_version=OPSET,
+                              dynamic_axes={**{name: {0: "batch", 1: "length"} for name in inputs},
+                                            "vectors": {0: "batch"}}, dynamo=False)
     with torch.inference_mode():
         dim = int(_features(model.get_image_features(pixel_values=torch.zeros(1, 3, size, size))).shape[-1])
     bias = getattr(model, "logit_bias", None)
-    return {
+    meta = {
         "dim": dim, "logit_scale": float(model.logit_scale.exp().item()),
         "logit_bias": None if bias is None else float(bias.item()), **pre.to_meta(),
-        "model_type": facts.model_type,
-        "tokenizer": "tokenizers" if _save_tokenizer(tokenizer, work) else None,
-        "context_length": facts.context_length, "text_padding": facts.padding, "text_inputs": inputs,
-        "pad_id": tokenizer.pad_token_id, "pad_token": str(tokenizer.pad_token),
-        "padding_side": tokenizer.padding_side, "truncation_side": tokenizer.truncation_side,
+        "model_type": facts.model_type, "tokenizer": None,
+        "context_length": facts.context_length, "text_padding": facts.padding,
     }
+    if torch_free:
+        meta.update(tokenizer="tokenizers", text_inputs=inputs, pad_id=tokenizer.pad_token_id,
+                    pad_token=str(tokenizer.pad_token), padding_side=tokenizer.padding_side,
+                    truncation_side=tokenizer.truncation_side)
+    return meta
