@@ -57,13 +57,15 @@ def test_int8_vectors_are_kept_apart_and_close(tmp_path: Path, photos: Path, mod
 
 def _fresh_python(statement: str) -> list[str]:
     """What a new interpreter prints for ``statement`` (with Index imported), then
-    whether torch and open_clip were imported."""
+    whether torch, and open_clip or transformers, were imported."""
     import subprocess
     import sys
 
     code = (f"import sys; from clipdex import Index; {statement}; "
-            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            "print('torch' in sys.modules, 'open_clip' in sys.modules or 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
 
 
 def test_cpu_indexing_does_not_import_torch_once_exported(tmp_path: Path, photos: Path,
@@ -86,6 +88,17 @@ def test_search_path_does_not_import_torch(tmp_path: Path, photos: Path, model_k
         index.search("warm the export", k=1)
     out = _fresh_python(f"print(len(Index.open({str(tmp_path / 'idx')!r}).search('dog in the snow', k=3)))")
     assert out == ["3", "False", "False"]
+
+
+def test_a_transformers_checkpoint_is_searched_without_torch_or_transformers(tmp_path: Path, photos: Path,
+                                                                             hf_clip_dir: Path) -> None:
+    """Its own tokenizer.json runs through the tokenizers library; the towers on ONNX Runtime."""
+    with Index.open(tmp_path / "idx", create=True, model=f"hf:{hf_clip_dir}") as index:
+        index.add(photos)
+        expected = index.search("dog in the snow", k=3)
+    out = _fresh_python(f"print([r.path for r in Index.open({str(tmp_path / 'idx')!r}).search('dog in the snow', "
+                        "k=3)] == " + repr([r.path for r in expected]) + ")")
+    assert out == ["True", "False", "False"]
 
 
 def test_export_replaces_older_export_formats_only(model_kwargs) -> None:
