@@ -145,3 +145,12 @@ def hf_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.hf_checkpoints import write_siglip
 
     return write_siglip(tmp_path_factory.mktemp("hf-siglip"))
+
+
+@pytest.fixture(scope="session")
+def hf_siglip_spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SiglipModel saved as the hub's SigLIP checkpoints are: its tokenizer a
+    sentencepiece spiece.model for SiglipTokenizer (input_ids only), no tokenizer.json."""
+    from tests.hf_checkpoints import write_siglip_spm
+
+    return write_siglip_spm(tmp_path_factory.mktemp("hf-siglip-spm"))

@@ -4,8 +4,9 @@ Each folder holds what a hub checkpoint holds: config.json, model.safetensors,
 preprocessor_config.json and the tokenizer files (tokenizer.json,
 tokenizer_config.json). The CLIP one has CLIP's real BPE vocabulary (written from
 open_clip's bundled ``bpe_simple_vocab_16e6.txt.gz``, as a CLIPTokenizer takes it);
-the SigLIP one a small Unigram model trained here and saved as tokenizer.json
-(SiglipTokenizer itself needs sentencepiece, which clipdex does not install).
+the SigLIP one a small Unigram model trained here and saved as tokenizer.json. A
+third folder is SigLIP as the hub ships it: a sentencepiece spiece.model, trained
+here, for Transformers' own SiglipTokenizer, and no tokenizer.json.
 """
 
 from __future__ import annotations
@@ -100,4 +101,95 @@ def write_siglip(folder: Path, seed: int = 0) -> Path:
     SiglipImageProcessor(size={"height": SIGLIP_IMAGE, "width": SIGLIP_IMAGE}, resample=2,
                          image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(folder)
     tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    return folder
+
+
+# -- SigLIP as the hub ships it: a sentencepiece spiece.model for SiglipTokenizer, no tokenizer.json --
+
+SPM_VOCAB = 320  # pieces asked of the trainer (it may stop short on a small corpus)
+SPM_TEXT = (
+    "a an the photo picture image of in on at with and or to from by for over under near dog dogs cat cats puppy "
+    "kitten bird horse cow sheep snow rain sun beach sea lake river mountain mountains forest tree trees flower "
+    "flowers garden city street road car cars bus train bicycle house building bridge night day dusk dawn light "
+    "lights red green blue yellow black white brown orange quick lazy fox jumps running sitting playing music "
+    "listen people person man woman child children plate food pizza cake coffee tea table chair painting drawing "
+    "one two three four five 1 2 3 10 42 123 2024 café crème brûlée naïve résumé straße über ελλάδα οδός "
+    "日本 東京 写真 猫 犬 москва кошка"
+)
+SPM_WORDS = tuple(SPM_TEXT.split())
+
+
+def siglip_spm_corpus(lines: int = 1200, seed: int = 0) -> list[str]:
+    """Sentences to train a small sentencepiece model on: SPM_WORDS in random orders, some capitalised
+    or punctuated as captions are (the trainer sees them raw, as SigLIP's was trained)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(lines):
+        words = [rng.choice(SPM_WORDS) for _ in range(rng.randint(2, 10))]
+        text = " ".join(words)
+        out.append(text.capitalize() + rng.choice(["", ".", "!", ","]) if rng.random() < 0.3 else text)
+    return out
+
+
+def write_spiece_model(path: Path, seed: int = 0) -> Path:
+    """A Unigram sentencepiece model laid out as SigLIP's (T5's): <pad> 0, </s> 1, <unk> 2, no <s>,
+    the nmt_nfkc normaliser with a dummy prefix, trained here on :func:`siglip_spm_corpus`."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(siglip_spm_corpus(seed=seed)), model_writer=model, model_type="unigram",
+        vocab_size=SPM_VOCAB, hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2,
+        bos_id=-1, num_threads=1, shuffle_input_sentence=False, minloglevel=2)
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def siglip_spm_tokenizer(folder: Path, seed: int = 0, input_names: tuple[str, ...] = ("input_ids",)) -> object:
+    """Transformers' own SiglipTokenizer over a fresh spiece.model, saved into ``folder`` as the hub
+    has it: spiece.model, tokenizer_config.json and special_tokens_map.json, no tokenizer.json. The
+    hub's SigLIP checkpoints give input_ids only (their model_input_names); pass
+    ``input_names=("input_ids", "attention_mask")`` for the class's default."""
+    import json
+    import tempfile
+
+    from transformers import SiglipTokenizer
+
+    with tempfile.TemporaryDirectory() as work:
+        tokenizer = SiglipTokenizer(str(write_spiece_model(Path(work) / "spiece.model", seed)),
+                                    model_max_length=SIGLIP_CONTEXT, model_input_names=list(input_names))
+        tokenizer.save_pretrained(folder)
+    special = {"content": "", "lstrip": True, "normalized": False, "rstrip": True, "single_word": False}
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"eos_token": {**special, "content": "</s>"}, "pad_token": {**special, "content": "</s>"},
+         "unk_token": {**special, "content": "<unk>"}}, indent=2))
+    assert not (folder / "tokenizer.json").exists()
+    return tokenizer
+
+
+def write_siglip_spm(folder: Path, seed: int = 0, input_names: tuple[str, ...] = ("input_ids",)) -> Path:
+    """A tiny random SiglipModel with SigLIP's sentencepiece tokenizer (:func:`siglip_spm_tokenizer`)
+    and SiglipImageProcessor, saved into ``folder`` as a hub SigLIP checkpoint is."""
+    import math
+
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    tokenizer = siglip_spm_tokenizer(folder, seed, input_names)
+    config = SiglipConfig(
+        text_config=dict(TINY_TEXT, vocab_size=len(tokenizer), max_position_embeddings=SIGLIP_CONTEXT,  # type: ignore[arg-type]
+                         pad_token_id=1, eos_token_id=1, bos_token_id=None),
+        vision_config=dict(TINY_VISION, image_size=SIGLIP_IMAGE, patch_size=16))
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-1.0)
+    model.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": SIGLIP_IMAGE, "width": SIGLIP_IMAGE}, resample=3,
+                         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(folder)
     return folder

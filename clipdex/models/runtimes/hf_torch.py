@@ -229,15 +229,27 @@ class HfTorchEncoder:
 # -- ONNX export ----------------------------------------------------------------
 
 def _save_tokenizer(tokenizer: Any, work: Path) -> bool:
-    """Write the tokenizer Transformers runs for this checkpoint as ``work/tokenizer.json``
-    (its fast tokenizer's backend, converted where the checkpoint shipped none); False where it
-    has no such form (a sentencepiece-only tokenizer)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or tokenizer.pad_token_id is None:
-        return False
+    """Write the tokenizer Transformers runs for this checkpoint as ``work/tokenizer.json``: its fast
+    tokenizer's backend (converted where the checkpoint shipped none), or for SigLIP's sentencepiece
+    ``SiglipTokenizer`` (spiece.model, no fast form in Transformers) its conversion by
+    :mod:`clipdex.models.spm`, which gives the same ids. False where it has no such form."""
     from tokenizers import Tokenizer
 
-    plain = Tokenizer.from_str(backend.to_str())
+    if tokenizer.pad_token_id is None:
+        return False
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        plain = Tokenizer.from_str(backend.to_str())
+    else:
+        from clipdex.models import spm
+
+        if not spm.is_siglip_spm(tokenizer):
+            return False
+        try:
+            plain = spm.from_transformers(tokenizer)
+        except ModelError as e:  # texts then go through this runtime
+            log.warning("%s: texts will need torch: %s", type(tokenizer).__name__, e)
+            return False
     plain.no_padding()
     plain.no_truncation()
     plain.save(str(work / TOKENIZER_FILE))
