@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -47,6 +47,7 @@ from clipdex.indexer import DRAFT_FACTOR, Indexer, IndexReport, IndexSettings, P
 from clipdex.labels import LabelSet, label_set_from_json
 from clipdex.models.precision import AUTO, DEFAULT_MIN_COSINE, vector_family
 from clipdex.models.registry import ModelSpec, resolve_model
+from clipdex.models.spec import FINGERPRINT_BYTES
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query
 from clipdex.search.base import BuildProgress, Hits, VectorIndex
 from clipdex.search.engine import (
@@ -265,7 +266,7 @@ class Index:
                     return record
             if records:
                 raise ModelMismatch(
-                    keys[0], [r.key for r in records], self.path,
+                    _named(spec.name, keys[0]), [_named(r.name, r.key) for r in records], self.path,
                     f"Search with the index's model (--model {records[0].name}, or no --model), "
                     f"or first run `clipdex index PHOTO_DIR --add-model` with this model.")
             raise EmptyIndex(self.path, keys[0])
@@ -290,6 +291,7 @@ class Index:
                         f"index {self.path} was built with weights {self._spec.weights}, which no "
                         f"longer exist. Pass them again with --weights FILE"
                         + (" --model-config FILE.json" if self._spec.config else "") + ".")
+                _check_unchanged(self._spec, self.path)
         return self._spec
 
     @property
@@ -366,13 +368,13 @@ class Index:
             log.warning("--min-cosine %g applies only to --precision auto: new vectors are computed in %s, "
                         "as asked", min_cosine, asked)
         key = self._add_key(spec, asked)
-        self._check_model(key, allow_new_model)
+        self._check_model(key, allow_new_model, spec.name)
         self.store.acquire_lock(wait=wait)
         try:
             from clipdex.models.encoder import LazyEncoder
 
             # Again under the lock: another process may have registered a model meanwhile.
-            record = self._check_model(self._add_key(spec, asked), allow_new_model)
+            record = self._check_model(self._add_key(spec, asked), allow_new_model, spec.name)
             plan = _PrecisionPlan(self, spec, asked, min_cosine, walk, settings or IndexSettings(), record)
             encoder: Encoder = LazyEncoder(plan.encoder)  # type: ignore[assignment]
             if record is None:  # a new model: build it now to learn its dimension
@@ -390,7 +392,7 @@ class Index:
                                 "(in other folders: run `clipdex status`)", forgotten, spec.name,
                                 self.path / record.vectors_file)
                 if spec.weights and record.spec_json != spec.to_json():
-                    self.store.update_model_spec(record.id, spec.to_json())  # weights moved
+                    self.store.update_model_spec(record.id, spec.to_json(), spec.name)  # weights moved
             report = Indexer(encoder, self.store, settings).run(walk, record, progress)
             report.precision, report.precision_note = plan.precision or "", plan.note
             self._refresh_search(search_progress)
@@ -437,15 +439,15 @@ class Index:
         int8 = self.store.get_model(vector_key(spec, "int8")) is not None
         return vector_key(spec, "int8" if int8 and self.store.get_model(spec.key) is None else "fp32")
 
-    def _check_model(self, key: str, allow_new_model: bool) -> ModelRecord | None:
-        """The index's record of ``key``; :class:`ModelMismatch` if it holds only other models
-        and adding one was not asked for."""
+    def _check_model(self, key: str, allow_new_model: bool, name: str) -> ModelRecord | None:
+        """The index's record of ``key`` (model ``name``); :class:`ModelMismatch` if it holds only
+        other models and adding one was not asked for."""
         record = self.store.get_model(key)
         if record is None and not allow_new_model:
             records = self.store.models()
             if records:
                 raise ModelMismatch(
-                    key, [r.key for r in records], self.path,
+                    _named(name, key), [_named(r.name, r.key) for r in records], self.path,
                     "Pass --add-model to add this model's vectors beside them (nothing is "
                     "removed), use that model instead, or choose another index with --index DIR.")
         return record
@@ -818,7 +820,7 @@ class Index:
         found = self.searchable()
         if not found.paths:
             raise EmptyIndex(self.path, self.model_record().key, self.store.missing_roots())
-        record = self.model_record()
+        record = self._scored(self.model_record())
         results = []
         for label_set in label_sets:
             classifier = build_classifier(label_set, self.encoder.encode_texts, record.logit_scale,
@@ -850,6 +852,18 @@ class Index:
         result = self._load_classification(name)
         self._classifications[name] = (stamp, result)
         return result
+
+    def _scored(self, record: ModelRecord) -> ModelRecord:
+        """``record`` with the scoring its model's weights carry: a sigmoid model (SigLIP) recorded
+        without its bias (indexed before biases were kept, or imported without the weights at hand)
+        gets it now, once, so it is no longer scored as a softmax model."""
+        bias = self.encoder.logit_bias
+        if record.logit_bias is not None or bias is None:
+            return record
+        log.info("%s scores with a sigmoid (logit_bias %.4g): recorded in %s", record.name, bias, self.path)
+        if not self.store.readonly:
+            self.store.set_scoring(record.id, self.encoder.logit_scale, bias)
+        return replace(record, logit_scale=self.encoder.logit_scale, logit_bias=bias)
 
     def _load_classification(self, name: str) -> Classification:
         stored = self.store.load_predictions(self.model_record(), name, self.store.missing_roots())
@@ -1001,6 +1015,35 @@ class Index:
     def failures(self) -> list[FileRecord]:
         """Files that could not be indexed, with their reasons."""
         return self.store.failures()
+
+
+def _check_unchanged(spec: ModelSpec, index: Path) -> None:
+    """:class:`ModelError` if the local weights the index was built with changed since (a Trainer
+    that wrote new weights into the same folder): vectors of the new weights under the old key
+    would not be comparable with the old. Each file is hashed again only when its size or time
+    changed."""
+    if not spec.weights_sha256:
+        return
+    if spec.family == "hf":
+        from clipdex.models.hf import fingerprint_folder
+
+        now = fingerprint_folder(Path(spec.weights or ""))
+    else:
+        from clipdex.models.registry import fingerprint_weights
+
+        now = fingerprint_weights(spec.weights or "")
+    if now[:FINGERPRINT_BYTES] != spec.weights_sha256[:FINGERPRINT_BYTES]:
+        again = f"--model {spec.name}" if spec.family == "hf" else f"--weights {spec.weights}"
+        raise ModelError(f"the weights at {spec.weights} changed since index {index} was built with them "
+                         f"(fingerprint {spec.weights_sha256[:FINGERPRINT_BYTES]}, now {now[:FINGERPRINT_BYTES]}): "
+                         f"new vectors would not be comparable with the index's. Index with the new weights "
+                         f"beside the old ones with `clipdex index PHOTO_DIR {again} --add-model`, or put the "
+                         "old weights back.")
+
+
+def _named(name: str, key: str) -> str:
+    """How messages name a model: 'ViT-B-32/openai', or 'hf:/data/clip (hf@sha256:…)'."""
+    return key if name == key or key.startswith(f"{name}#") else f"{name} ({key})"
 
 
 def _default_precision() -> str:

@@ -610,9 +610,9 @@ class Indexer:
 
     def _stack(self, pixels: list[Any]) -> Any:
         """One batch for the encoder from its items' pixels: numpy arrays (decoded by
-        Pillow) and rows of a device tensor (decoded on the device). A torch encoder
-        takes the device tensor as it is; another (ONNX on the CPU, gpu_decode="force")
-        gets numpy."""
+        Pillow) and rows of a device tensor (decoded on the device). An encoder that takes
+        device tensors (``device_tensors``: the torch runtimes) gets it as it is; another
+        (ONNX on the CPU, gpu_decode="force") gets numpy."""
         if not any(type(p).__module__.startswith("torch") for p in pixels):
             return np.stack(pixels)
         import torch
@@ -620,7 +620,7 @@ class Indexer:
         device = next(p.device for p in pixels if isinstance(p, torch.Tensor))
         batch = torch.stack([p if isinstance(p, torch.Tensor) else torch.tensor(p, device=device)
                              for p in pixels])
-        if getattr(self.encoder, "backend", None) == "torch":
+        if getattr(self.encoder, "device_tensors", False):
             return batch
         return batch.cpu().numpy()
 

@@ -30,13 +30,16 @@ class Encoder(Protocol):
 
     ``backend`` is the runtime's name (:attr:`Runtime.name`); ``device`` where it
     runs ('cpu', 'cuda', 'cuda:1', 'mps'); ``precision`` one of
-    :data:`clipdex.models.precision.CONCRETE`.
+    :data:`clipdex.models.precision.CONCRETE`; ``device_tensors`` whether
+    :meth:`encode_images` also takes a uint8 torch tensor already on its device (JPEGs
+    decoded there, :mod:`clipdex.models.gpu_decode`), so the indexer hands it over as it is.
     """
 
     spec: "ModelSpec"
     precision: str
     device: str
     backend: str
+    device_tensors: bool
 
     def load(self) -> Any:
         """Build the model now (it is otherwise built on first use); returns the encoder."""

@@ -387,9 +387,17 @@ class Store:
         assert record is not None
         return record
 
-    def update_model_spec(self, model_id: int, spec_json: str) -> None:
+    def update_model_spec(self, model_id: int, spec_json: str, name: str) -> None:
+        """A model's weights found in a new place: its spec, and its name (which may hold the path)."""
         with self.transaction() as c:
-            c.execute("UPDATE models SET spec = ? WHERE id = ?", (spec_json, model_id))
+            c.execute("UPDATE models SET spec = ?, name = ? WHERE id = ?", (spec_json, name, model_id))
+
+    def set_scoring(self, model_id: int, logit_scale: float, logit_bias: float | None) -> None:
+        """A model's scoring as its weights say, for a record made without them (an index from
+        before biases were kept, or vectors imported where the weights were not on disk)."""
+        with self.transaction() as c:
+            c.execute("UPDATE models SET logit_scale = ?, logit_bias = ? WHERE id = ?",
+                      (float(logit_scale), None if logit_bias is None else float(logit_bias), model_id))
 
     # -- precisions (see clipdex.models.auto) -----------------------------------
     def precision_counts(self, model: ModelRecord) -> dict[str, int]:

@@ -100,6 +100,9 @@ def test_every_runtime_keeps_the_encoder_contract(built: tuple[Encoder, Encoder,
     assert encoder.load() is encoder
     assert encoder.spec == spec and encoder.device == "cpu"
     assert runtime.fits(spec.family, "cpu", encoder.precision) or encoder.backend == "openvino"
+    # Device tensors are for runtimes that run on an accelerator (the indexer hands GPU-decoded JPEGs
+    # to them as they are); a CPU-only runtime takes numpy.
+    assert encoder.device_tensors is (set(runtime.devices) != {"cpu"})
 
     # The model's facts, as its reference reports them.
     assert encoder.dim == reference.dim > 0

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.models.devices import check_cuda_bf16, kind
+from clipdex.models.precision import GPU_PRECISIONS
 
 if TYPE_CHECKING:
     import torch
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 # What torch computes where. On the CPU the factory prefers ONNX Runtime (fp32) and
 # OpenVINO (bf16): torch there is fp32 only, for an explicit runtime choice and the
 # reference tests (its bf16 would be emulated on most CPUs, and fp16 is slow).
-TORCH_PRECISIONS = {"cuda": ("fp32", "bf16", "fp16"), "mps": ("fp32", "bf16", "fp16"), "cpu": ("fp32",)}
+TORCH_PRECISIONS = {"cuda": GPU_PRECISIONS, "mps": GPU_PRECISIONS, "cpu": ("fp32",)}
 
 
 def check_precision(device: str, precision: str) -> None:

@@ -99,6 +99,7 @@ class HfTorchEncoder:
     """A lazily built Transformers CLIP or SigLIP model with its own preprocessing and tokenizer."""
 
     backend = "transformers"
+    device_tensors = True
 
     def __init__(self, spec: ModelSpec, device: str | None = None, precision: str = "fp32") -> None:
         self.spec = spec

@@ -26,14 +26,11 @@ from clipdex.models.onnx_export import ensure_exported as ensure_export
 from clipdex.models.precision import require
 from clipdex.models.preprocess import PreprocessConfig, check_pixels, fit
 from clipdex.models.registry import ModelSpec
+from clipdex.models.spec import FAMILIES
 
 TEXT_BATCH = 64
 ONNX_PRECISIONS = ("fp32", "int8")
 TextFeeds = Callable[[Sequence[str]], dict[str, np.ndarray]]
-# The torch runtime of each model family: it exports the model (its ``export``), and encodes
-# texts where the export has no tokenizer that runs without torch (its ``torch_encoder``).
-FAMILY_RUNTIMES = {"open_clip": "clipdex.models.runtimes.openclip_torch",
-                   "hf": "clipdex.models.runtimes.hf_torch"}
 
 
 def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
@@ -45,12 +42,14 @@ RUNTIME = Runtime("onnx", "ONNX Runtime", families=("open_clip", "hf"), precisio
 
 
 def family_module(spec: ModelSpec) -> Any:
-    """The torch runtime module of the spec's family (imported on first use)."""
+    """The torch runtime module of the spec's family (:data:`~clipdex.models.spec.FAMILIES`,
+    imported on first use): it exports the model (its ``export``), and encodes texts where the
+    export has no tokenizer that runs without torch (its ``torch_encoder``)."""
     try:
-        return importlib.import_module(FAMILY_RUNTIMES[spec.family])
+        return importlib.import_module(FAMILIES[spec.family])
     except KeyError:
         raise ModelError(f"model family {spec.family!r} of {spec.name} has no ONNX exporter; "
-                         f"known: {', '.join(FAMILY_RUNTIMES)}") from None
+                         f"known: {', '.join(FAMILIES)}") from None
 
 
 def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
@@ -86,6 +85,7 @@ class OnnxEncoder:
     """:class:`~clipdex.models.encoder.Encoder` on ONNX Runtime (CPU)."""
 
     backend = "onnx"
+    device_tensors = False
 
     def __init__(self, spec: ModelSpec, precision: str = "fp32", threads: int | None = None) -> None:
         require(precision, ONNX_PRECISIONS, "ONNX Runtime")

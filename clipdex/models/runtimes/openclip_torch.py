@@ -64,6 +64,7 @@ class TorchEncoder:
     """A lazily built open_clip model with its preprocessing and tokenizer."""
 
     backend = "torch"
+    device_tensors = True
 
     def __init__(self, spec: ModelSpec, device: str | None = None, precision: str = "fp32") -> None:
         self.spec = spec

@@ -85,6 +85,7 @@ class OpenVinoEncoder:
     """:class:`~clipdex.models.encoder.Encoder` with images through OpenVINO, texts through ONNX Runtime."""
 
     backend = "openvino"
+    device_tensors = False
 
     def __init__(self, spec: ModelSpec, precision: str = "bf16", threads: int | None = None) -> None:
         require(precision, OPENVINO_PRECISIONS, "OpenVINO")
