@@ -12,6 +12,7 @@ here, for Transformers' own SiglipTokenizer, and no tokenizer.json.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
 
 from clipdex.models.tokenizer import MERGE_COUNT, _byte_alphabet, _vocab_path
@@ -133,34 +134,36 @@ def siglip_spm_corpus(lines: int = 1200, seed: int = 0) -> list[str]:
     return out
 
 
-def write_spiece_model(path: Path, seed: int = 0) -> Path:
+def write_spiece_model(path: Path, seed: int = 0, extra: Sequence[str] = ()) -> Path:
     """A Unigram sentencepiece model laid out as SigLIP's (T5's): <pad> 0, </s> 1, <unk> 2, no <s>,
-    the nmt_nfkc normaliser with a dummy prefix, trained here on :func:`siglip_spm_corpus`."""
+    the nmt_nfkc normaliser with a dummy prefix, trained here on :func:`siglip_spm_corpus` (and
+    ``extra`` lines)."""
     import io
 
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(siglip_spm_corpus(seed=seed)), model_writer=model, model_type="unigram",
+        sentence_iterator=iter(siglip_spm_corpus(seed=seed) + list(extra)), model_writer=model, model_type="unigram",
         vocab_size=SPM_VOCAB, hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2,
         bos_id=-1, num_threads=1, shuffle_input_sentence=False, minloglevel=2)
     path.write_bytes(model.getvalue())
     return path
 
 
-def siglip_spm_tokenizer(folder: Path, seed: int = 0, input_names: tuple[str, ...] = ("input_ids",)) -> object:
-    """Transformers' own SiglipTokenizer over a fresh spiece.model, saved into ``folder`` as the hub
-    has it: spiece.model, tokenizer_config.json and special_tokens_map.json, no tokenizer.json. The
-    hub's SigLIP checkpoints give input_ids only (their model_input_names); pass
-    ``input_names=("input_ids", "attention_mask")`` for the class's default."""
+def siglip_spm_tokenizer(folder: Path, seed: int = 0, input_names: tuple[str, ...] = ("input_ids",),
+                         extra: Sequence[str] = ()) -> object:
+    """Transformers' own SiglipTokenizer over a fresh spiece.model (:func:`write_spiece_model`), saved
+    into ``folder`` as the hub has it: spiece.model, tokenizer_config.json and special_tokens_map.json,
+    no tokenizer.json. The hub's SigLIP checkpoints give input_ids only (their model_input_names);
+    pass ``input_names=("input_ids", "attention_mask")`` for the class's default."""
     import json
     import tempfile
 
     from transformers import SiglipTokenizer
 
     with tempfile.TemporaryDirectory() as work:
-        tokenizer = SiglipTokenizer(str(write_spiece_model(Path(work) / "spiece.model", seed)),
+        tokenizer = SiglipTokenizer(str(write_spiece_model(Path(work) / "spiece.model", seed, extra)),
                                     model_max_length=SIGLIP_CONTEXT, model_input_names=list(input_names))
         tokenizer.save_pretrained(folder)
     special = {"content": "", "lstrip": True, "normalized": False, "rstrip": True, "single_word": False}
