@@ -95,8 +95,9 @@ def index_option(f: F) -> F:
 
 def model_options(f: F) -> F:
     options = [
-        click.option("--model", "-m", help="Registry name (see `clipdex models list`) or "
-                     "ARCH/PRETRAINED of any open_clip model. Default: the index's model, else ViT-B-32."),
+        click.option("--model", "-m", help="Registry name (see `clipdex models list`), ARCH/PRETRAINED of any "
+                     "open_clip model, or hf:OWNER/NAME or hf:/path/to/folder for a Transformers CLIP or SigLIP "
+                     "checkpoint. Default: the index's model, else ViT-B-32."),
         click.option("--weights", type=click.Path(dir_okay=False),
                      help="Local checkpoint file (offline or fine-tuned weights)."),
         click.option("--model-config", type=click.Path(dir_okay=False),
@@ -840,7 +841,8 @@ def labels_templates_cmd() -> None:
               help="Comma-separated: auto, fp32, bf16, int8, fp16 (one this machine cannot run says why).")
 @click.option("--photos", type=click.IntRange(1, 10_000), default=64, show_default=True,
               help="How many photos to decode and encode.")
-@click.option("--model", "-m", help="Registry name or ARCH/PRETRAINED [default: ViT-B-32].")
+@click.option("--model", "-m",
+              help="Registry name, ARCH/PRETRAINED, or hf:OWNER/NAME or hf:/folder [default: ViT-B-32].")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint file.")
 @click.option("--model-config", type=click.Path(dir_okay=False), help="Custom architecture JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
@@ -1089,8 +1091,9 @@ def models_list_cmd(as_json: bool) -> None:
             where = locate_weights(spec, download=False)
         except ModelError:
             where = ""
-        rows.append({"name": entry.name, "family": spec.family, "source": entry.source, "arch": entry.arch,
-                     "pretrained": entry.pretrained, "hf": entry.hf, "aliases": list(entry.aliases),
+        rows.append({"name": entry.name, "family": spec.family, "source": entry.source,
+                     "arch": entry.arch or None, "pretrained": entry.pretrained or None, "hf": entry.hf,
+                     "aliases": list(entry.aliases),
                      "description": entry.description, "default": entry.name == default_model_name(),
                      "local": where})
     if as_json:

@@ -62,13 +62,17 @@ class ModelError(ClipdexError):
 class UnknownModel(ModelError):
     """The model name is not in the registry and is not an open_clip architecture."""
 
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(self, name: str, known: list[str], *, maybe_hf: bool = False) -> None:
+        """``maybe_hf``: the name could be a Transformers checkpoint given without its ``hf:``."""
         self.model = name
         shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
+        hint = (f" If {name} is a Transformers checkpoint (a hub repository or a save_pretrained folder), "
+                f"say so: --model hf:{name}." if maybe_hf else "")
         super().__init__(
-            f"unknown model {name!r}. Known names: {shown}. "
+            f"unknown model {name!r}.{hint} Known names: {shown}. "
             "Run `clipdex models list` for the registry, use ARCH/PRETRAINED for any "
-            "open_clip model (e.g. ViT-B-16/laion2b_s34b_b88k), or give a custom "
+            "open_clip model (e.g. ViT-B-16/laion2b_s34b_b88k), hf:OWNER/NAME or hf:/path/to/folder "
+            "for a Transformers CLIP or SigLIP checkpoint, or give a custom open_clip "
             "architecture with --model-config FILE.json --weights FILE."
         )
 

@@ -1,4 +1,6 @@
-"""Models: the registry (data) and the lazily built open_clip encoder."""
+"""Models: the registry (data), model specs, and encoders built on first use by
+:func:`clipdex.models.factory.make_encoder` from one runtime module each
+(:mod:`clipdex.models.runtimes`)."""
 
 from clipdex.models.registry import (
     ModelSpec,

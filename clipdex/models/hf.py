@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError, ModelUnavailable, first_line
-from clipdex.models.network import unreachable
-from clipdex.models.preprocess import RESAMPLING, PreprocessConfig
+from clipdex.models.network import require_hub
+from clipdex.models.preprocess import OPENAI_MEAN, OPENAI_STD, RESAMPLING, PreprocessConfig
 from clipdex.models.spec import HF_PREFIX, ModelSpec, fingerprint_weights
 
 # model_type in config.json -> the Transformers class clipdex loads it with.
@@ -38,13 +38,11 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 # PIL's resampling filters as preprocessor_config.json numbers them.
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # What each processor class does where preprocessor_config.json says nothing (its class defaults).
 PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "clip": {"do_resize": True, "size": {"shortest_edge": 224}, "resample": 3, "do_center_crop": True,
              "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
-             "do_normalize": True, "image_mean": OPENAI_CLIP_MEAN, "image_std": OPENAI_CLIP_STD},
+             "do_normalize": True, "image_mean": OPENAI_MEAN, "image_std": OPENAI_STD},
     "siglip": {"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 3, "do_center_crop": False,
                "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
                "image_mean": (0.5, 0.5, 0.5), "image_std": (0.5, 0.5, 0.5)},
@@ -158,13 +156,7 @@ def locate(spec: ModelSpec, download: bool = True) -> Path:
     fix = (f"On a machine with internet, run `hf download {repo}` (or any clipdex command with this model) "
            "and copy its Hugging Face cache here (set HF_HOME to it), or save the model there with "
            "save_pretrained and pass --model hf:/path/to/folder.")
-    if not download:
-        raise ModelUnavailable(spec.name, looked, "not downloaded yet", fix)
-    if constants.HF_HUB_OFFLINE:
-        raise ModelUnavailable(spec.name, looked, "not in the cache and HF_HUB_OFFLINE is set", fix)
-    reason = unreachable(constants.ENDPOINT)
-    if reason:
-        raise ModelUnavailable(spec.name, looked, f"not in the cache and the hub is unreachable ({reason})", fix)
+    require_hub(spec.name, looked, fix, download=download)
     from huggingface_hub import list_repo_files, snapshot_download
 
     try:

@@ -67,7 +67,7 @@ def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter) -> dict
     meta = read_meta(spec)
     if meta is None or not (folder / VISUAL_FILES["fp32"]).exists():
         remove_stale_exports(folder.parent)
-        log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for ViT-B-32) "
+        log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for a ViT-B model) "
                  "into %s", spec.name, folder)
         _export(spec, folder, exporter)
         meta = read_meta(spec)

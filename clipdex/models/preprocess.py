@@ -1,9 +1,11 @@
-"""open_clip's evaluation transform in Pillow and numpy (no torch).
+"""A model's evaluation transform in Pillow and numpy (no torch): open_clip's, or a
+Transformers checkpoint's image processor.
 
-For a PIL image, torchvision's ``Resize`` calls Pillow's own resize, so doing
-the same resize, centre crop and normalisation here gives the same pixels
-(up to one level of rounding): workers can preprocess without torch, and the
-ONNX path never imports it.
+For a PIL image, torchvision's ``Resize`` (open_clip) and Transformers' PIL
+image processors call Pillow's own resize, so doing the same resize, centre
+crop (each library's rounding of its offset) and normalisation here gives the
+same pixels (up to one level of rounding): workers can preprocess without
+torch, and the ONNX path never imports it.
 
 The work is split where it is cheapest: :func:`fit` (resize + crop, in the
 decode workers) gives the model's input as 8-bit pixels, and the normalisation
@@ -22,6 +24,9 @@ from PIL import Image
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 SUPPORTED_RESIZE_MODES = ("shortest", "squash")
+# CLIP's normalisation (OpenAI's, kept by open_clip and Transformers as their default).
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # Where a centre crop starts when the margin is odd: torchvision's CenterCrop rounds
 # (open_clip), Transformers' image processors take the floor.
 CROP_ROUNDINGS = ("round", "floor")
@@ -77,7 +82,7 @@ def check_pixels(batch: np.ndarray) -> None:
 
 
 def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB PIL image -> (size, size, 3) uint8: open_clip's resize and centre crop.
+    """RGB PIL image -> (size, size, 3) uint8: the model's resize and centre crop (or squash).
 
     Pillow resizes in two passes (horizontal, then vertical, through an 8-bit
     image); doing the same two passes restricted to the crop skips the pixels

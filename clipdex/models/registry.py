@@ -128,13 +128,14 @@ def resolve_model(
     if "/" in name:
         arch, _, tag = name.partition("/")
         if not arch or not tag:
-            raise UnknownModel(name, [e.name for e in list_models()])
+            raise UnknownModel(name, [e.name for e in list_models()],
+                               maybe_hf=os.path.isdir(os.path.expanduser(name)))
         return ModelSpec(name=name, arch=arch, pretrained=tag, weights=weights_path,
                          weights_sha256=sha)
     if weights_path is not None:
         # A bare open_clip architecture with a local checkpoint; checked when built.
         return ModelSpec(name=name, arch=name, weights=weights_path, weights_sha256=sha)
-    raise UnknownModel(name, [e.name for e in list_models()])
+    raise UnknownModel(name, [e.name for e in list_models()], maybe_hf=os.path.isdir(os.path.expanduser(name)))
 
 
 def _hf_spec(reference: str, name: str | None, weights: str | None,

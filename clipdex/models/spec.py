@@ -17,9 +17,6 @@ from clipdex.settings import cache_dir
 
 FINGERPRINT_BYTES = 16  # hex digits of the weights' sha256 kept in a model key
 HF_PREFIX = "hf:"  # --model hf:REPO or hf:/path/to/save_pretrained/folder
-# Each model family and its torch runtime, which builds it from its weights and exports it to
-# ONNX for the other runtimes (adding a family: its resolution in the registry and a line here).
-FAMILIES = {"open_clip": "clipdex.models.runtimes.openclip_torch", "hf": "clipdex.models.runtimes.hf_torch"}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from clipdex.errors import ModelUnavailable, UnknownModel
-from clipdex.models.network import unreachable
+from clipdex.models.network import require_hub, unreachable
 from clipdex.models.registry import ModelSpec, list_models
 
 HF_DEFAULT_FILE = "open_clip_pytorch_model.bin"
@@ -28,8 +28,8 @@ def pretrained_config(spec: ModelSpec) -> dict[str, Any]:
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
     if not cfg:
         known_arch = spec.arch in open_clip.list_models()
-        if not known_arch:
-            raise UnknownModel(spec.name, [e.name for e in list_models()])
+        if not known_arch:  # 'openai/clip-vit-base-patch32': a hub repository without its hf:
+            raise UnknownModel(spec.name, [e.name for e in list_models()], maybe_hf=True)
         tags = open_clip.list_pretrained_tags_by_model(spec.arch)
         raise UnknownModel(
             f"{spec.arch}/{spec.pretrained} (known tags for {spec.arch}: {', '.join(tags) or 'none'})",
@@ -78,13 +78,7 @@ def locate_weights(spec: ModelSpec, *, download: bool = True) -> str:
         "command with this model) and copy its Hugging Face cache here (set HF_HOME to it), "
         f"or pass the checkpoint file directly with --weights FILE --model {spec.name}."
     )
-    if not download:
-        raise ModelUnavailable(spec.name, looked, "not downloaded yet", fix)
-    if constants.HF_HUB_OFFLINE:
-        raise ModelUnavailable(spec.name, looked, "not in the cache and HF_HUB_OFFLINE is set", fix)
-    reason = unreachable(constants.ENDPOINT)
-    if reason:
-        raise ModelUnavailable(spec.name, looked, f"not in the cache and the hub is unreachable ({reason})", fix)
+    require_hub(spec.name, looked, fix, download=download)
 
     import open_clip
 

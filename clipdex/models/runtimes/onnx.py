@@ -26,7 +26,7 @@ from clipdex.models.onnx_export import ensure_exported as ensure_export
 from clipdex.models.precision import require
 from clipdex.models.preprocess import PreprocessConfig, check_pixels, fit
 from clipdex.models.registry import ModelSpec
-from clipdex.models.spec import FAMILIES
+from clipdex.models.runtimes import FAMILY_RUNTIMES
 
 TEXT_BATCH = 64
 ONNX_PRECISIONS = ("fp32", "int8")
@@ -42,14 +42,14 @@ RUNTIME = Runtime("onnx", "ONNX Runtime", families=("open_clip", "hf"), precisio
 
 
 def family_module(spec: ModelSpec) -> Any:
-    """The torch runtime module of the spec's family (:data:`~clipdex.models.spec.FAMILIES`,
+    """The torch runtime module of the spec's family (:data:`~clipdex.models.runtimes.FAMILY_RUNTIMES`,
     imported on first use): it exports the model (its ``export``), and encodes texts where the
     export has no tokenizer that runs without torch (its ``torch_encoder``)."""
     try:
-        return importlib.import_module(FAMILIES[spec.family])
+        return importlib.import_module(FAMILY_RUNTIMES[spec.family])
     except KeyError:
         raise ModelError(f"model family {spec.family!r} of {spec.name} has no ONNX exporter; "
-                         f"known: {', '.join(FAMILIES)}") from None
+                         f"known: {', '.join(FAMILY_RUNTIMES)}") from None
 
 
 def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 from clipdex.errors import ModelError
 from clipdex.models.devices import pick_device
 from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime
-from clipdex.models.preprocess import PreprocessConfig, fit
+from clipdex.models.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.models.runtimes._torch import TORCH_PRECISIONS, DevicePixels, autocast, check_precision
 from clipdex.models.weights import locate_weights, pretrained_config
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
