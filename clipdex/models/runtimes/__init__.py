@@ -6,7 +6,7 @@ The torch runtimes of each model family also export it to ONNX (``export``) and
 give a torch encoder for texts (``torch_encoder``).
 """
 
-# Each model family (:data:`clipdex.models.spec.FAMILIES`) and its torch runtime, which builds it
+# Each model family (ModelSpec.family) and its torch runtime, which builds it
 # from its weights and exports it to ONNX for the other runtimes. Named, not imported: importing
 # the package imports no runtime.
 FAMILY_RUNTIMES = {"open_clip": "clipdex.models.runtimes.openclip_torch", "hf": "clipdex.models.runtimes.hf_torch"}
