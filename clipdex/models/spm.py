@@ -23,6 +23,13 @@ each step lands here (all but the last two in the normalizer):
 Reading spiece.model needs the ``sentencepiece`` package (with ``protobuf``), at
 export time only; the tokenizer.json needs neither. Importing this module imports
 neither torch nor transformers.
+
+Known differences (ids, unless said): a text that still ends in a ``</s>`` of its own
+after truncation gets an attention mask one longer (same ids; the hub's SigLIP
+tokenizers give no mask); stacks of combining marks on compatibility characters
+(``'ﬁ'`` + an accent) and a combining mark right after a special token, where
+sentencepiece's charsmap and NFKC part; characters newer than the exporting Python's
+Unicode; texts holding the private-use characters used as sentinels here.
 """
 
 from __future__ import annotations
