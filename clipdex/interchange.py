@@ -44,6 +44,7 @@ import calendar
 import csv
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -63,6 +64,8 @@ from clipdex.errors import (
     InterchangeError,
     ModelError,
     ModelMismatch,
+    ModelUnavailable,
+    first_line,
 )
 from clipdex.fileio import replacing
 from clipdex.indexer import Progress
@@ -76,6 +79,8 @@ if TYPE_CHECKING:
 
     from clipdex.index import Index
     from clipdex.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
 
 EMBEDDINGS_DIR = "img_emb"
 METADATA_DIR = "metadata"
@@ -92,6 +97,10 @@ HASH_PREFIX = "import:"
 FOLDER_DIGITS = 10  # a synthetic hash: hex digits of its folder's sha256, then
 NAME_DIGITS = 30  # hex digits of its own (160 bits in all, as git's)
 CLIP_LOGIT_SCALE = 100.0  # exp(logit_scale) of trained CLIP models (it saturates at its clamp, 100)
+SCORING_KEYS = ("logit_scale", "logit_bias")  # their names in open_clip's and Transformers' state dicts
+# The width of a Transformers checkpoint's image vectors where its config.json leaves it out
+# (CLIPConfig().projection_dim, SiglipConfig().vision_config.hidden_size).
+HF_DEFAULT_DIMS = {"clip": 512, "siglip": 768}
 SKIPPED_SHOWN = 20  # skipped rows named in a report (the rest are counted)
 VECTOR_CHANGED = 1e-4  # 1 - cosine above which an imported row's vector is not the one held (float16: ~1e-7)
 REVISION_MARK = "#vector="  # a changed row's synthetic hash: of its identity, this, and ...
@@ -532,13 +541,30 @@ def check_source(source: str | os.PathLike[str], spec: "ModelSpec",
     model's, learnt from its config). Reads headers only; raises what an import would."""
     folder = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
     layout, shards = _find_shards(folder)
-    _check_manifest(folder, spec)
-    expected = dim if dim is not None else embedding_dim(spec)
+    manifest_dim = _check_manifest(folder, spec)
+    expected = dim if dim is not None else _expected_dim(spec, manifest_dim)
     for shard in shards:
         found = _vector_shape(shard.vectors)[1]
         if found != expected:
             raise DimensionMismatch(str(shard.vectors), found, spec.name, spec.key, expected)
     return layout, shards
+
+
+def _expected_dim(spec: "ModelSpec", manifest_dim: int | None) -> int:
+    """The dimension ``spec``'s vectors have: from its config; for a hub Transformers checkpoint
+    that is not on this machine, what a clipdex export of it says (else the error that says
+    how to bring the checkpoint)."""
+    try:
+        return embedding_dim(spec)
+    except ModelUnavailable as e:
+        if manifest_dim is None:
+            raise ModelUnavailable(spec.name, e.looked, "not downloaded yet, and the dimension of a Transformers "
+                                   "checkpoint's vectors is read from its config.json",
+                                   f"Bring the checkpoint first (`hf download {spec.pretrained}` on a machine with "
+                                   "internet, then copy its Hugging Face cache here and set HF_HOME to it), or "
+                                   "import a `clipdex export` of the vectors (its clipdex.json says their "
+                                   "dimension).") from None
+        return manifest_dim
 
 
 def _find_shards(folder: Path) -> tuple[str, list[_Shard]]:
@@ -586,16 +612,19 @@ def _by_number(paths: Iterator[Path]) -> dict[tuple[int, str], Path]:
     return keyed
 
 
-def _check_manifest(folder: Path, spec: "ModelSpec") -> None:
-    """Refuse a clipdex export of another model (same dimension or not: its vectors mean other things)."""
+def _check_manifest(folder: Path, spec: "ModelSpec") -> int | None:
+    """Refuse a clipdex export of another model (same dimension or not: its vectors mean other
+    things); the dimension a clipdex export of ``spec`` says its vectors have (else None)."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
         key, name = manifest["model"]["key"], manifest["model"]["name"]
     except (OSError, ValueError, KeyError, TypeError):
-        return  # not clipdex's export, or a manifest it cannot read: the dimension check remains
+        return None  # not clipdex's export, or a manifest it cannot read: the dimension check remains
     if key != spec.key:
         raise ModelError(f"{folder} holds vectors of {name} ({key}), not of {spec.name} ({spec.key}). Import "
                          f"it with the model that made them (--model {name}, or the same --weights file).")
+    dim = manifest["model"].get("dim")
+    return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def _vector_shape(path: Path) -> tuple[int, int]:
@@ -612,7 +641,13 @@ def _vector_shape(path: Path) -> tuple[int, int]:
 
 def embedding_dim(spec: "ModelSpec") -> int:
     """The dimension of ``spec``'s vectors, learnt without building the model or its weights:
-    a custom architecture's config, else open_clip's config of the architecture."""
+    a Transformers checkpoint's config.json (:class:`ModelUnavailable` for a hub checkpoint
+    not on this machine), a custom architecture's config, else open_clip's config of the
+    architecture."""
+    if spec.family == "hf":
+        from clipdex.models.hf import locate
+
+        return hf_embedding_dim(locate(spec, download=False))
     if spec.config is not None:
         return int(spec.config["embed_dim"])
     config = _open_clip_config(spec.arch)
@@ -621,6 +656,22 @@ def embedding_dim(spec: "ModelSpec") -> int:
                          "open_clip has no config for that architecture. Pass --model-config FILE.json "
                          "(with --weights FILE) for a custom architecture.")
     return int(config["embed_dim"])
+
+
+def hf_embedding_dim(folder: Path) -> int:
+    """The width of a Transformers checkpoint's image vectors (``get_image_features``), from its
+    config.json: CLIP projects both towers to ``projection_dim``; SigLIP's image vector is its
+    vision tower's pooled output, ``vision_config.hidden_size``. A value config.json leaves out
+    is the config class's default (save_pretrained writes only what differs from it)."""
+    from clipdex.models.hf import model_type
+
+    kind = model_type(folder)  # (refuses a missing or broken config.json, and other models)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if kind == "clip":
+        value = config.get("projection_dim")
+    else:
+        value = (config.get("vision_config") or {}).get("hidden_size")
+    return int(value or HF_DEFAULT_DIMS[kind])
 
 
 def _open_clip_config(arch: str) -> dict[str, Any] | None:
@@ -641,37 +692,97 @@ def _open_clip_config(arch: str) -> dict[str, Any] | None:
     return dict(config) if config else None
 
 
-def logit_scale(spec: "ModelSpec") -> float:
-    """exp(logit_scale) of ``spec`` for zero-shot classification: read from a local weights
-    file where it holds one, else trained CLIP's 100."""
-    return scoring_params(spec)[0]
-
-
-def logit_bias(spec: "ModelSpec") -> float | None:
-    """The logit_bias of ``spec`` (a model trained with a sigmoid loss, SigLIP) where its local
-    weights file holds one; None otherwise (scored as a softmax model, CLIP)."""
-    return scoring_params(spec)[1]
-
-
 def scoring_params(spec: "ModelSpec") -> tuple[float, float | None]:
-    """(exp(logit_scale), logit_bias) of ``spec``, read once from a local weights file: trained
-    CLIP's 100 where it holds no scale, None where it holds no bias (a softmax model)."""
-    if not spec.weights:
-        return CLIP_LOGIT_SCALE, None
-    try:
-        import torch
+    """(exp(logit_scale), logit_bias) of ``spec`` for zero-shot classification, read from its
+    weights where they are on this machine (nothing is downloaded, no model is built): a local
+    ``--weights`` file, a Transformers checkpoint's folder, or the Hugging Face cache's file of
+    a hub model. A bias makes it a sigmoid model (SigLIP); None a softmax model (CLIP).
 
-        state = torch.load(spec.weights, map_location="cpu", mmap=True, weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        found = {k.removeprefix("module."): v for k, v in state.items()
-                 if k.removeprefix("module.") in ("logit_scale", "logit_bias")}
-        scale, bias = found.get("logit_scale"), found.get("logit_bias")
-        return (CLIP_LOGIT_SCALE if scale is None else float(scale.float().exp().item()),
-                None if bias is None else float(bias.float().item()))
-    except Exception:  # noqa: BLE001  (safetensors, an odd checkpoint: the trained defaults serve)
-        pass
+    Where the weights are not here (vectors imported on a machine without the model) or hold no
+    scale, trained CLIP's (100, None), with a warning: until the model is at hand, its labels are
+    scored as a softmax at scale 100, which is wrong for a SigLIP model."""
+    try:
+        files = _scoring_files(spec)
+    except ModelUnavailable as e:
+        return _default_scoring(spec, f"its weights are not on this machine ({e.looked})")
+    try:
+        found = {key: _read_scalar(path, key) for key, path in files.items()}
+    except Exception as e:  # noqa: BLE001  (a damaged or odd checkpoint: pickles and safetensors raise many kinds)
+        return _default_scoring(spec, f"its weights could not be read ({first_line(e)})")
+    scale, bias = found.get("logit_scale"), found.get("logit_bias")
+    if scale is None:
+        return _default_scoring(spec, "its weights hold no logit_scale")
+    return math.exp(scale), bias
+
+
+def _default_scoring(spec: "ModelSpec", why: str) -> tuple[float, None]:
+    log.warning("%s: %s, so classification is scored as a softmax at scale %g (as for CLIP) until the model "
+                "is on this machine; for a SigLIP model that is not its own scoring (a sigmoid with its bias).",
+                spec.name, why, CLIP_LOGIT_SCALE)
     return CLIP_LOGIT_SCALE, None
+
+
+def _scoring_files(spec: "ModelSpec") -> dict[str, Path]:
+    """Which file of ``spec``'s weights holds each of :data:`SCORING_KEYS` (a key may be
+    missing: CLIP has no bias); :class:`ModelUnavailable` where they are not on disk."""
+    if spec.family == "hf":
+        from clipdex.models.hf import locate, weight_files
+
+        weights = weight_files(locate(spec, download=False))
+        if not weights:
+            raise ModelUnavailable(spec.name, str(spec.weights or spec.pretrained), "the checkpoint has no weights",
+                                   "Save the model there again with save_pretrained.")
+        if not weights[0].name.endswith(".index.json"):
+            return dict.fromkeys(SCORING_KEYS, weights[0])
+        # A sharded checkpoint: its index says which shard holds each tensor.
+        weight_map = json.loads(weights[0].read_text(encoding="utf-8"))["weight_map"]
+        return {key: weights[0].parent / weight_map[key] for key in SCORING_KEYS if key in weight_map}
+    from clipdex.models.weights import locate_weights
+
+    path = Path(spec.weights) if spec.weights else Path(locate_weights(spec, download=False))
+    if not path.is_file():
+        raise ModelUnavailable(spec.name, str(path), "no such file", "Pass the checkpoint with --weights FILE.")
+    return dict.fromkeys(SCORING_KEYS, path)
+
+
+def _read_scalar(path: Path, key: str) -> float | None:
+    """The one-number tensor ``key`` of a weights file (None if it has none): a safetensors
+    file is read through its header without torch, a pickle (.pt, .bin) through torch."""
+    if path.suffix == ".safetensors":
+        return _safetensors_scalar(path, key)
+    import torch
+
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    for name in (key, f"module.{key}"):
+        if name in state:
+            return float(state[name].float().item())
+    return None
+
+
+def _safetensors_scalar(path: Path, key: str) -> float | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        names = set(f.keys())
+        name = next((n for n in (key, f"module.{key}") if n in names), None)
+        if name is None:
+            return None
+        if f.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16: widen its bits by hand
+            return _bf16_scalar(path, name)
+        return float(np.asarray(f.get_tensor(name), dtype=np.float64).reshape(-1)[0])
+
+
+def _bf16_scalar(path: Path, name: str) -> float:
+    """A bfloat16 tensor's first value, from the safetensors layout (an 8-byte header length,
+    the JSON header, then the data): its two bytes are a float32's upper half."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        start = json.loads(f.read(length))[name]["data_offsets"][0]
+        f.seek(8 + length + start)
+        bits = np.frombuffer(f.read(2), dtype="<u2").astype("<u4") << 16
+    return float(bits.view("<f4")[0])
 
 
 def _finished_shards(store: Store, record: ModelRecord, folder: Path) -> dict[str, str]:
