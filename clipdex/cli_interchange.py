@@ -22,7 +22,7 @@ MAX_SHARD_ROWS = 100_000_000
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False))
 @index_option
 @click.option("--model", "-m", help="Export this model's vectors: its name as `clipdex status` shows it, or a "
-              "registry name or ARCH/PRETRAINED [default: the index's model].")
+              "registry name, ARCH/PRETRAINED, hf:OWNER/NAME or hf:/folder [default: the index's model].")
 @click.option("--shard-rows", type=click.IntRange(1, MAX_SHARD_ROWS), default=100_000, show_default=True,
               help="Photos per shard (one .npy and one .parquet each).")
 @click.option("--overwrite", is_flag=True, help="Replace an export already in DIR.")
@@ -65,8 +65,9 @@ def export_cmd(out_dir: str, index_dir: str | None, model: str | None, shard_row
 @click.command("import")
 @click.argument("source", metavar="DIR", type=click.Path(exists=True, file_okay=False))
 @index_option
-@click.option("--model", "-m", help="The model that made the vectors: registry name or ARCH/PRETRAINED "
-              "(its weights are not needed).")
+@click.option("--model", "-m", help="The model that made the vectors: registry name, ARCH/PRETRAINED of any open_clip "
+              "model, or a Transformers checkpoint, hf:OWNER/NAME or hf:/folder. Its weights are not needed; "
+              "where they are on this machine, its scoring (SigLIP's bias) is read from them.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint of that model.")
 @click.option("--model-config", type=click.Path(dir_okay=False),
               help="open_clip model-config JSON of a custom architecture (needs --weights).")
