@@ -20,7 +20,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -29,6 +29,9 @@ from clipdex.labels import DEFAULT_THRESHOLD
 from clipdex.models.precision import DEFAULT_MIN_COSINE, INT8_MIN_COSINE, PRECISIONS
 from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
+
+if TYPE_CHECKING:
+    from clipdex.models.spec import ModelSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1
@@ -382,7 +385,23 @@ def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | N
 
     if not (Path(index_dir) if index_dir else default_index_dir()).joinpath(CATALOG_NAME).exists():
         check_folder(photo_dir)
-        locate_weights(resolve_model(model, weights, model_config))
+        spec = resolve_model(model, weights, model_config)
+        locate_weights(spec)
+        if spec.family == "hf":
+            _check_transformers(spec)
+
+
+def _check_transformers(spec: "ModelSpec") -> None:
+    """A Transformers checkpoint not exported yet needs the transformers package (once: later
+    runs on the CPU use the export)."""
+    import importlib.util
+
+    from clipdex.models.onnx_export import read_meta
+    from clipdex.models.runtimes.hf_torch import INSTALL_HINT
+
+    if read_meta(spec) is None and importlib.util.find_spec("transformers") is None:
+        raise ModelError(f"{spec.name} is a Transformers checkpoint: reading it needs the transformers package, "
+                         f"which is not installed. Install it with `{INSTALL_HINT}`.")
 
 
 # -- search ------------------------------------------------------------------

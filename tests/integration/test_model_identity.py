@@ -82,3 +82,20 @@ def _build_config(name: str) -> None:
     from clipdex.models.weights import pretrained_config
 
     pretrained_config(resolve_model(name))
+
+
+def test_without_transformers_nothing_is_created(tmp_path: Path, photos: Path, hf_clip_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from tests.conftest import run_cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    result = run_cli("index", str(photos), "--index", str(tmp_path / "idx"), "--model", f"hf:{hf_clip_dir}",
+                     catch_exceptions=True)
+    assert result.exit_code == 1
+    assert "needs the transformers package, which is not installed" in result.output
+    assert "pip install 'clipdex[hf]'" in result.output
+    assert not (tmp_path / "idx").exists()
