@@ -700,7 +700,9 @@ def scoring_params(spec: "ModelSpec") -> tuple[float, float | None]:
 
     Where the weights are not here (vectors imported on a machine without the model) or hold no
     scale, trained CLIP's (100, None), with a warning: until the model is at hand, its labels are
-    scored as a softmax at scale 100, which is wrong for a SigLIP model."""
+    scored as a softmax at scale 100, which is wrong for a SigLIP model. (Read when the vectors
+    come in rather than later, so that an import with the model here is right at once; a
+    classification that loads the model corrects a bias recorded missing: ``Index.classify``.)"""
     try:
         files = _scoring_files(spec)
     except ModelUnavailable as e:
@@ -716,9 +718,9 @@ def scoring_params(spec: "ModelSpec") -> tuple[float, float | None]:
 
 
 def _default_scoring(spec: "ModelSpec", why: str) -> tuple[float, None]:
-    log.warning("%s: %s, so classification is scored as a softmax at scale %g (as for CLIP) until the model "
-                "is on this machine; for a SigLIP model that is not its own scoring (a sigmoid with its bias).",
-                spec.name, why, CLIP_LOGIT_SCALE)
+    log.warning("%s: %s, so its labels are scored as a softmax at scale %g (as CLIP's) until the model is on "
+                "this machine, which for a SigLIP model is not its own scoring (a sigmoid with its bias); the "
+                "first classification with the model here records its own.", spec.name, why, CLIP_LOGIT_SCALE)
     return CLIP_LOGIT_SCALE, None
 
 

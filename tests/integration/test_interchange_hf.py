@@ -206,6 +206,12 @@ def test_a_hub_checkpoint_imports_with_its_scoring_from_the_cache_or_says_what_i
     assert "config.json" in result.output and f"hf download {repo}" in result.output
     assert not (tmp_path / "third" / "catalog.sqlite").exists()
 
+    _cache_repo(hub_cache, repo, hf_siglip_dir)  # the model arrives: its first classification scores as its own
+    assert _classify(tmp_path / "elsewhere", model=model).scoring == SIGMOID
+    record = _imported_record(tmp_path / "elsewhere", model=model)
+    assert record.logit_bias == pytest.approx(reference["bias"], abs=1e-6)
+    assert record.logit_scale == pytest.approx(reference["scale"], rel=1e-6)
+
 
 # -- open_clip models with SigLIP's bias, as safetensors ---------------------------
 
