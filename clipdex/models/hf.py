@@ -133,6 +133,18 @@ def fingerprint_folder(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def export_stamp(folder: Path, hub: bool) -> str:
+    """What an export of the checkpoint in ``folder`` depends on beyond its model key: its
+    tokenizer files (a tokenizer.json added later, a tokenizer changed) and, for a hub snapshot
+    (key 'hf:REPO', no fingerprint), the revision it is (the snapshot folder's name)."""
+    digest = hashlib.sha256(f"revision:{folder.name if hub else ''}\n".encode())
+    for name in sorted(set(CHECKPOINT_FILES) - {"config.json", "preprocessor_config.json"}):
+        path = folder / name
+        if path.is_file():
+            digest.update(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 # -- where the folder is -------------------------------------------------------
 
 def locate(spec: ModelSpec, download: bool = True) -> Path:

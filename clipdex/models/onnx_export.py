@@ -31,7 +31,7 @@ from clipdex.settings import cache_dir
 
 log = logging.getLogger(__name__)
 OPSET = 17
-EXPORT_VERSION = 4  # bump to re-export every cached model (4: scoring and tokenizer facts in meta.json)
+EXPORT_VERSION = 5  # bump to re-export every cached model (4: scoring and tokenizer facts; 5: fp32 always)
 # The file each precision's image tower lives in. int8 recipe 2: every MatMul,
 # per-channel 7-bit weights (recipe 1's 8-bit weights saturated AVX2's
 # multiply-add without VNNI: cosine to fp32 fell to 0.989; now 0.9997).
@@ -60,16 +60,21 @@ def read_meta(spec: ModelSpec) -> dict[str, Any] | None:
         return None
 
 
-def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter) -> dict[str, Any]:
+def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter, stamp: str | None = None) -> dict[str, Any]:
     """The export of ``spec`` (its meta.json), exporting (with ``exporter``) and quantising what
-    is missing."""
+    is missing. ``stamp`` says what else the export depends on (None: nothing to check): an
+    export made with another is made again."""
     folder = export_dir(spec)
     meta = read_meta(spec)
+    if meta is not None and stamp is not None and meta.get("stamp") != stamp:
+        log.info("%s's files changed since it was exported (its tokenizer, or the hub revision): "
+                 "exporting it again", spec.name)
+        meta = None
     if meta is None or not (folder / VISUAL_FILES["fp32"]).exists():
         remove_stale_exports(folder.parent)
         log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for a ViT-B model) "
                  "into %s", spec.name, folder)
-        _export(spec, folder, exporter)
+        _export(spec, folder, exporter, stamp)
         meta = read_meta(spec)
         if meta is None:
             raise ModelError(f"exporting {spec.name} left no readable {folder / 'meta.json'}; "
@@ -148,7 +153,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _export(spec: ModelSpec, folder: Path, exporter: Exporter) -> None:
+def _export(spec: ModelSpec, folder: Path, exporter: Exporter, stamp: str | None = None) -> None:
     """Export both towers through the family's torch runtime (needs torch, once per model).
 
     ``exporter(spec, work)`` writes :data:`VISUAL_FILES` ['fp32'] (and
@@ -163,7 +168,7 @@ def _export(spec: ModelSpec, folder: Path, exporter: Exporter) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     try:
         meta = exporter(spec, work)
-        meta = {"key": spec.key, "family": spec.family, **meta}
+        meta = {"key": spec.key, "family": spec.family, "stamp": stamp, **meta}
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():
             shutil.rmtree(folder)

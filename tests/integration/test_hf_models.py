@@ -311,9 +311,9 @@ def test_without_transformers_the_error_says_what_to_install(monkeypatch: pytest
         HfTorchEncoder(resolve_model(f"hf:{hf_clip_dir}"), device="cpu").load()
 
 
-def test_a_sentencepiece_only_tokenizer_still_indexes_photos(tmp_path: Path, hf_siglip_dir: Path) -> None:
-    """A hub SigLIP ships spiece.model for SiglipTokenizer (which needs sentencepiece) and no
-    tokenizer.json: its photos index on the CPU path all the same, and texts say what to install."""
+def test_a_damaged_sentencepiece_tokenizer_still_indexes_photos(tmp_path: Path, hf_siglip_dir: Path) -> None:
+    """A SigLIP whose spiece.model cannot be read (and no tokenizer.json): its photos index on the
+    CPU path all the same, and texts say what is wrong."""
     import json
 
     folder = tmp_path / "siglip-spm"
@@ -327,5 +327,42 @@ def test_a_sentencepiece_only_tokenizer_still_indexes_photos(tmp_path: Path, hf_
     images = _images()[:2]
     assert _cosines(encoder.encode_pil(images), reference_images(hf_siglip_dir, images)).min() >= 0.999
     assert ensure_exported(spec)["tokenizer"] is None
-    with pytest.raises(ModelError, match="pip install sentencepiece"):
+    with pytest.raises(ModelError, match=r"cannot load the tokenizer .* Its spiece\.model cannot be read: download "
+                                         r"the checkpoint again"):
         encoder.encode_texts(["a dog"])
+
+
+def test_a_tokenizer_added_later_is_exported_then(tmp_path: Path, hf_clip_dir: Path) -> None:
+    """An export made while the folder had no usable tokenizer is made again once it has one, and
+    texts then run without torch."""
+    folder = tmp_path / "clip"
+    shutil.copytree(hf_clip_dir, folder)
+    tokenizer = (folder / "tokenizer.json").read_bytes()
+    (folder / "tokenizer.json").unlink()
+    spec = resolve_model(f"hf:{folder}")
+    assert ensure_exported(spec)["tokenizer"] is None
+    with pytest.raises(ModelError, match=r"has no vocabulary: .* holds none of tokenizer\.json"):
+        make_encoder(spec, device="cpu").encode_texts(["a dog"])
+    (folder / "tokenizer.json").write_bytes(tokenizer)
+    meta = ensure_exported(spec)
+    assert meta["tokenizer"] == "tokenizers"
+    texts = ["a dog in the snow", "dusk"]
+    assert _cosines(make_encoder(spec, device="cpu").encode_texts(texts),
+                    make_encoder(spec, device="cpu", runtime="transformers").encode_texts(texts)).min() >= 0.999
+
+
+def test_a_checkpoint_saved_in_half_precision_runs_in_float32(tmp_path: Path, hf_clip_dir: Path) -> None:
+    """Fine-tunes are often saved in bf16 or fp16: 'fp32' means fp32 all the same, on ONNX Runtime too."""
+    import torch
+    from transformers import CLIPModel
+
+    images = _images()[:3]
+    expected = reference_images(hf_clip_dir, images)
+    for dtype in (torch.bfloat16, torch.float16):
+        folder = tmp_path / str(dtype)
+        shutil.copytree(hf_clip_dir, folder)
+        CLIPModel.from_pretrained(hf_clip_dir).to(dtype).save_pretrained(folder)
+        spec = resolve_model(f"hf:{folder}")
+        for runtime in ("onnx", "transformers"):
+            vectors = make_encoder(spec, device="cpu", runtime=runtime).encode_pil(images)
+            assert _cosines(vectors, expected).min() >= 0.99, (dtype, runtime)

@@ -4,6 +4,9 @@ normalised there, and the precision context."""
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,3 +75,39 @@ def autocast(device: str, precision: str) -> Any:
     import torch
 
     return torch.autocast(device_type=kind(device), dtype=torch.bfloat16)
+
+
+def image_tower(model: Any, encode: Callable[["torch.Tensor"], "torch.Tensor"], cfg: "PreprocessConfig") -> Any:
+    """A module for export: 8-bit (N, H, W, 3) pixels in (normalising in the graph runs batched on
+    ONNX Runtime's threads instead of costing the decode workers ~1 ms an image), L2-normalised
+    vectors out. ``encode`` is ``model``'s image tower on normalised (N, 3, H, W) float pixels."""
+    import torch
+
+    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in cfg.scale_shift())
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # its weights are the graph's
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = pixels.permute(0, 3, 1, 2).float() * scale - shift
+            return torch.nn.functional.normalize(encode(x), dim=-1)
+
+    return ImageTower().eval()
+
+
+def to_onnx(module: Any, args: tuple[Any, ...], path: Path, inputs: Sequence[str],
+            dynamic: Mapping[str, Mapping[int, str]]) -> None:
+    """Export ``module`` called with ``args`` to ``path``: ``inputs`` named, a ``vectors`` output,
+    ``dynamic`` axes (the batch of ``vectors`` always)."""
+    import torch
+
+    from clipdex.models.onnx_export import OPSET
+
+    # Grad mode on: with it off, nn.MultiheadAttention (open_clip's blocks, SigLIP's pooling head)
+    # takes a fused fast path that the ONNX exporter cannot translate.
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but works
+        torch.onnx.export(module, args, str(path), input_names=list(inputs), output_names=["vectors"],
+                          opset_version=OPSET, dynamic_axes={**dynamic, "vectors": {0: "batch"}}, dynamo=False)

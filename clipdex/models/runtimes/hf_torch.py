@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +23,17 @@ from clipdex.errors import ModelError, first_line
 from clipdex.models.devices import pick_device
 from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime, encode_pil
 from clipdex.models.hf import HfFacts, checkpoint_facts, locate
+from clipdex.models.hf import export_stamp as hf_export_stamp
 from clipdex.models.hf_tokenizer import TEXT_INPUTS, TOKENIZER_FILE
 from clipdex.models.preprocess import PreprocessConfig, fit
-from clipdex.models.runtimes._torch import TORCH_PRECISIONS, DevicePixels, autocast, check_precision
+from clipdex.models.runtimes._torch import (
+    TORCH_PRECISIONS,
+    DevicePixels,
+    autocast,
+    check_precision,
+    image_tower,
+    to_onnx,
+)
 from clipdex.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -51,6 +58,16 @@ def torch_encoder(spec: ModelSpec, device: str = "cpu") -> "HfTorchEncoder":
     return HfTorchEncoder(spec, device=device)
 
 
+def export_stamp(spec: ModelSpec) -> str | None:
+    """What the checkpoint's ONNX export depends on beyond ``spec.key`` (:func:`clipdex.models.hf.export_stamp`);
+    None where the checkpoint is not on disk (the export, if any, is then used as it is)."""
+    try:
+        folder = locate(spec, download=False)
+    except ModelError:
+        return None
+    return hf_export_stamp(folder, hub=not spec.weights)
+
+
 def _transformers() -> Any:
     try:
         import transformers
@@ -68,13 +85,19 @@ def _features(output: Any) -> "torch.Tensor":
 
 
 def load_model(folder: Path, facts: HfFacts, spec: ModelSpec, **kwargs: Any) -> Any:
-    """The checkpoint's CLIPModel or SiglipModel, in eval mode, on the CPU."""
+    """The checkpoint's CLIPModel or SiglipModel, in eval mode, on the CPU, in float32 whatever
+    dtype it was saved in (Transformers 5 would keep a fine-tune's bf16 or fp16: an "fp32" export
+    with half weights, or one ONNX Runtime cannot run); fp16 and bf16 are made from it."""
+    import torch
+
     transformers = _transformers()
     cls = getattr(transformers, facts.model_class)
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # a bar per load of a local file is noise
+    dtype = {"dtype": torch.float32} if int(transformers.__version__.split(".")[0]) >= 5 else \
+        {"torch_dtype": torch.float32}
     try:
-        return cls.from_pretrained(folder, **kwargs).eval()
+        return cls.from_pretrained(folder, **dtype, **kwargs).float().eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"cannot load the {facts.model_class} of {spec.name} from {folder}: {first_line(e)}. "
                          "Check that the folder was written by save_pretrained of that model.") from e
@@ -85,14 +108,26 @@ def load_model(folder: Path, facts: HfFacts, spec: ModelSpec, **kwargs: Any) -> 
 
 def load_tokenizer(folder: Path, spec: ModelSpec) -> Any:
     """The checkpoint's own tokenizer (``AutoTokenizer``)."""
+    import importlib.util
+
     transformers = _transformers()
     try:
-        return transformers.AutoTokenizer.from_pretrained(folder)
-    except (ImportError, OSError, ValueError, TypeError) as e:
-        hint = (" Its tokenizer is a sentencepiece one (SigLIP's spiece.model): pip install sentencepiece."
-                if (folder / "spiece.model").is_file() else "")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # sentencepiece and protobuf raise their own (RuntimeError, DecodeError)
+        hint = ""
+        if (folder / "spiece.model").is_file():
+            hint = (" Its spiece.model cannot be read: download the checkpoint again."
+                    if importlib.util.find_spec("sentencepiece") else
+                    f" Its tokenizer is a sentencepiece one (SigLIP's spiece.model): {INSTALL_HINT}.")
         raise ModelError(f"cannot load the tokenizer of {spec.name} from {folder}: {first_line(e)}.{hint} "
                          "Or save the checkpoint's fast tokenizer (tokenizer.json) into the folder.") from e
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)) + 1:
+        # Transformers 5 builds a CLIPTokenizer of its special tokens alone from a folder without
+        # tokenizer files: every word would be <unk>.
+        raise ModelError(f"the tokenizer of {spec.name} has no vocabulary: {folder} holds none of tokenizer.json, "
+                         "vocab.json with merges.txt, or spiece.model. Save the checkpoint's tokenizer into it "
+                         "(tokenizer.save_pretrained(folder)).")
+    return tokenizer
 
 
 class HfTorchEncoder:
@@ -264,24 +299,13 @@ def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
     ``input_ids`` (and ``attention_mask`` where the tokenizer gives one) of any batch and length."""
     import torch
 
-    from clipdex.models.onnx_export import OPSET, TEXT_FILE, VISUAL_FILES
+    from clipdex.models.onnx_export import TEXT_FILE, VISUAL_FILES
 
     folder = locate(spec)
     facts = checkpoint_facts(folder)
     # Eager attention: the traced graph then keeps the text length symbolic.
     model = load_model(folder, facts, spec, attn_implementation="eager")
     pre = facts.preprocess
-    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in pre.scale_shift())
-
-    class Visual(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            x = pixels.permute(0, 3, 1, 2).float() * scale - shift
-            features = _features(self.model.get_image_features(pixel_values=x))
-            return torch.nn.functional.normalize(features, dim=-1)
 
     try:
         tokenizer = load_tokenizer(folder, spec)
@@ -302,21 +326,14 @@ def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
     size = pre.image_size
     # Texts run without torch only through a tokenizer.json; else through this runtime.
     torch_free = tokenizer is not None and _save_tokenizer(tokenizer, work)
-    # Grad mode on: with it off, nn.MultiheadAttention (SigLIP's pooling head) takes a fused
-    # fast path that the ONNX exporter cannot translate.
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but works
-        torch.onnx.export(Visual().eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
-                          str(work / VISUAL_FILES["fp32"]),
-                          input_names=["pixels"], output_names=["vectors"], opset_version=OPSET,
-                          dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}}, dynamo=False)
-        if torch_free:
-            sample = tokenizer(["a photo", "a photo of a dog in the snow"], padding=facts.padding,
-                               truncation=True, max_length=facts.context_length, return_tensors="pt")
-            torch.onnx.export(Text().eval(), tuple(sample[name] for name in inputs), str(work / TEXT_FILE),
-                              input_names=inputs, output_names=["vectors"], opset_version=OPSET,
-                              dynamic_axes={**{name: {0: "batch", 1: "length"} for name in inputs},
-                                            "vectors": {0: "batch"}}, dynamo=False)
+    to_onnx(image_tower(model, lambda x: _features(model.get_image_features(pixel_values=x)), pre),
+            (torch.zeros(2, size, size, 3, dtype=torch.uint8),), work / VISUAL_FILES["fp32"], ["pixels"],
+            {"pixels": {0: "batch"}})
+    if torch_free:
+        sample = tokenizer(["a photo", "a photo of a dog in the snow"], padding=facts.padding,
+                           truncation=True, max_length=facts.context_length, return_tensors="pt")
+        to_onnx(Text().eval(), tuple(sample[name] for name in inputs), work / TEXT_FILE, inputs,
+                {name: {0: "batch", 1: "length"} for name in inputs})
     with torch.inference_mode():
         dim = int(_features(model.get_image_features(pixel_values=torch.zeros(1, 3, size, size))).shape[-1])
     bias = getattr(model, "logit_bias", None)

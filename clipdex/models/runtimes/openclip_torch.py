@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,14 @@ from clipdex.models.devices import pick_device
 from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime
 from clipdex.models.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, fit
 from clipdex.models.registry import ModelSpec
-from clipdex.models.runtimes._torch import TORCH_PRECISIONS, DevicePixels, autocast, check_precision
+from clipdex.models.runtimes._torch import (
+    TORCH_PRECISIONS,
+    DevicePixels,
+    autocast,
+    check_precision,
+    image_tower,
+    to_onnx,
+)
 from clipdex.models.weights import locate_weights, pretrained_config
 from clipdex.settings import cache_dir
 
@@ -43,6 +49,12 @@ def torch_encoder(spec: ModelSpec, device: str = "cpu") -> "TorchEncoder":
     """An fp32 encoder of ``spec`` on ``device`` (texts for the ONNX runtime, where the
     model's tokenizer is one only open_clip has)."""
     return TorchEncoder(spec, device=device)
+
+
+def export_stamp(spec: ModelSpec) -> str | None:
+    """Nothing beyond ``spec.key`` (architecture, and the tag or the weights' fingerprint) decides
+    an open_clip model's export."""
+    return None
 
 
 def register_model_config(name: str, config: dict[str, Any]) -> None:
@@ -230,24 +242,11 @@ def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
     from open_clip.tokenizer import SimpleTokenizer
     from open_clip.transformer import text_global_pool
 
-    from clipdex.models.onnx_export import OPSET, TEXT_FILE, VISUAL_FILES
+    from clipdex.models.onnx_export import TEXT_FILE, VISUAL_FILES
 
     torch_encoder = TorchEncoder(spec, device="cpu").load()
     model = torch_encoder.model
     pre = torch_encoder.preprocess_config
-    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in pre.scale_shift())
-
-    class Visual(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.clip = model
-
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            # 8-bit (N, H, W, 3) in: normalising here runs batched on ONNX Runtime's
-            # threads instead of costing the decode workers ~1 ms an image.
-            x = pixels.permute(0, 3, 1, 2).float() * scale - shift
-            return self.clip.encode_image(x, normalize=True)
-
     # With a causal mask and argmax (end-of-text) pooling, tokens after the end of
     # the text change nothing: the exported text tower takes only as many
     # positions as the longest text needs (a 3-token query costs 3, not 77).
@@ -280,21 +279,11 @@ def export(spec: ModelSpec, work: Path) -> dict[str, Any]:
     clip_bpe = (type(tokenizer) is SimpleTokenizer and getattr(tokenizer, "reduction_fn", None) is None
                 and tokenizer.clean_fn.__name__ == "_clean_lower")
     size = torch_encoder.image_size
-    # Grad mode on: with it off, nn.MultiheadAttention takes a fused fast path
-    # that the ONNX exporter cannot translate.
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but works
-        torch.onnx.export(Visual().eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
-                          str(work / VISUAL_FILES["fp32"]),
-                          input_names=["pixels"], output_names=["vectors"], opset_version=OPSET,
-                          dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}},
-                          dynamo=False)
-        if clip_bpe:
-            tokens = tokenizer(["a photo", "a photo of a dog in the snow"])
-            torch.onnx.export(Text().eval(), (tokens,), str(work / TEXT_FILE),
-                              input_names=["tokens"], output_names=["vectors"], opset_version=OPSET,
-                              dynamic_axes={"tokens": {0: "batch", 1: "length"}, "vectors": {0: "batch"}},
-                              dynamo=False)
+    to_onnx(image_tower(model, model.encode_image, pre), (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
+            work / VISUAL_FILES["fp32"], ["pixels"], {"pixels": {0: "batch"}})
+    if clip_bpe:
+        tokens = tokenizer(["a photo", "a photo of a dog in the snow"])
+        to_onnx(Text().eval(), (tokens,), work / TEXT_FILE, ["tokens"], {"tokens": {0: "batch", 1: "length"}})
     return {
         "dim": torch_encoder.dim, "logit_scale": torch_encoder.logit_scale,
         "logit_bias": torch_encoder.logit_bias, **pre.to_meta(),
