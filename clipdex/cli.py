@@ -1121,9 +1121,10 @@ def models_list_cmd(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None)
-    for col in ("name", "model", "weights"):  # names are typed back: never cut
-        table.add_column(col, no_wrap=True)
-    table.add_column("description")
+    table.add_column("name", no_wrap=True)  # typed back: never cut
+    table.add_column("model", overflow="fold")  # folded, not cut, where the terminal is narrow
+    table.add_column("weights", no_wrap=True)
+    table.add_column("description", min_width=24)
     for r in rows:
         name = str(r["name"]) + (" (default)" if r["default"] else "")
         table.add_row(_t(name), _t(str(r["source"])), "local" if r["local"] else "download", _t(r["description"]))

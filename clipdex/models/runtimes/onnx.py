@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from clipdex.errors import ModelError
-from clipdex.models.encoder import Encoder, Runtime, encode_pil
+from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime, encode_pil
 from clipdex.models.onnx_export import TEXT_FILE, VISUAL_FILES, export_dir
 from clipdex.models.onnx_export import ensure_exported as ensure_export
 from clipdex.models.precision import require
@@ -28,7 +28,6 @@ from clipdex.models.preprocess import PreprocessConfig, check_pixels, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.models.runtimes import FAMILY_RUNTIMES
 
-TEXT_BATCH = 64
 ONNX_PRECISIONS = ("fp32", "int8")
 TextFeeds = Callable[[Sequence[str]], dict[str, np.ndarray]]
 
