@@ -12,24 +12,19 @@ transformers.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from clipdex.errors import ModelError, first_line
 from clipdex.models.devices import pick_device
-from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime, encode_pil
+from clipdex.models.encoder import Encoder, Runtime
 from clipdex.models.hf import HfFacts, checkpoint_facts, locate
 from clipdex.models.hf import export_stamp as hf_export_stamp
 from clipdex.models.hf_tokenizer import TEXT_INPUTS, TOKENIZER_FILE
-from clipdex.models.preprocess import PreprocessConfig, fit
 from clipdex.models.runtimes._torch import (
     TORCH_PRECISIONS,
-    DevicePixels,
-    autocast,
+    TorchModelEncoder,
     check_precision,
     image_tower,
     to_onnx,
@@ -38,7 +33,6 @@ from clipdex.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'clipdex[hf]'"
@@ -130,31 +124,16 @@ def load_tokenizer(folder: Path, spec: ModelSpec) -> Any:
     return tokenizer
 
 
-class HfTorchEncoder:
+class HfTorchEncoder(TorchModelEncoder):
     """A lazily built Transformers CLIP or SigLIP model with its own preprocessing and tokenizer."""
 
     backend = "transformers"
-    device_tensors = True
 
     def __init__(self, spec: ModelSpec, device: str | None = None, precision: str = "fp32") -> None:
-        self.spec = spec
-        self.precision = precision
-        self._requested_device = device
-        self._lock = threading.Lock()
-        self._model: Any = None
+        super().__init__(spec, device, precision)
         self._tokenizer: Any = None
-        self._pixels: DevicePixels | None = None
         self._folder: Path | None = None
         self.facts: HfFacts | None = None
-        self.device = ""
-
-    # -- building -------------------------------------------------------------
-    def load(self) -> "HfTorchEncoder":
-        """Build the model now (it is otherwise built on first use)."""
-        with self._lock:
-            if self._model is None:
-                self._build()
-        return self
 
     def _build(self) -> None:
         _transformers()
@@ -163,19 +142,9 @@ class HfTorchEncoder:
         device = pick_device(self._requested_device)
         check_precision(device, self.precision)
         model = load_model(folder, facts, self.spec).to(device)
-        if self.precision == "fp16":
-            model = model.half()
         self._folder = folder
         self.facts = facts
-        self._pixels = DevicePixels(device, facts.preprocess, self.precision)
-        self.device = device
-        self._model = model  # last: its being set means the rest is
-
-    @property
-    def model(self) -> Any:
-        if self._model is None:
-            self.load()
-        return self._model
+        self._ready(model, facts.preprocess, device)
 
     def _facts(self) -> HfFacts:
         if self.facts is None:
@@ -194,49 +163,11 @@ class HfTorchEncoder:
                     self._tokenizer = load_tokenizer(self._folder, self.spec)
         return self._tokenizer
 
-    # -- facts about the model ------------------------------------------------
     @property
     def dim(self) -> int:
         config = self.model.config
         size = getattr(config, "projection_dim", None) if self._facts().model_type == "clip" else None
         return int(size or config.vision_config.hidden_size)
-
-    @property
-    def image_size(self) -> int:
-        return self.preprocess_config.image_size
-
-    @property
-    def preprocess_config(self) -> PreprocessConfig:
-        return self._facts().preprocess
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.float().exp().item())
-
-    @property
-    def logit_bias(self) -> float | None:
-        """SigLIP's bias of its sigmoid loss; None for CLIP (softmax)."""
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else float(bias.float().item())
-
-    # -- encoding -------------------------------------------------------------
-    def preprocess(self, image: "Image.Image") -> np.ndarray:
-        """The checkpoint's image processor's resize and crop, as 8-bit pixels (normalised on the device)."""
-        return fit(image, self.preprocess_config)
-
-    def encode_images(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
-        """Vectors for a stack of :meth:`preprocess` outputs, L2-normalised, float32."""
-        import torch
-
-        model = self.model
-        assert self._pixels is not None
-        pixels = self._pixels(batch)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            features = _features(model.get_image_features(pixel_values=pixels))
-        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
-
-    def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray:
-        return encode_pil(self, images)
 
     def tokens(self, texts: Sequence[str]) -> dict[str, "torch.Tensor"]:
         """The text tower's inputs for ``texts``, as the checkpoint's processor makes them:
@@ -246,20 +177,12 @@ class HfTorchEncoder:
                                  max_length=facts.context_length, return_tensors="pt")
         return {name: encoded[name] for name in TEXT_INPUTS if name in encoded}
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for texts, L2-normalised, float32."""
-        import torch
+    def _image_features(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        return _features(self.model.get_image_features(pixel_values=pixels))
 
-        model = self.model
-        out = []
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            for start in range(0, len(texts), TEXT_BATCH):
-                feeds = {k: v.to(self.device) for k, v in self.tokens(texts[start:start + TEXT_BATCH]).items()}
-                features = _features(model.get_text_features(**feeds))
-                out.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy())
-        if not out:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(out)
+    def _text_features(self, texts: list[str]) -> "torch.Tensor":
+        feeds = {k: v.to(self.device) for k, v in self.tokens(texts).items()}
+        return _features(self.model.get_text_features(**feeds))
 
 
 # -- ONNX export ----------------------------------------------------------------

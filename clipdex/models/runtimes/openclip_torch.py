@@ -8,8 +8,7 @@ does not import torch.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +16,12 @@ import numpy as np
 
 from clipdex.errors import ModelError
 from clipdex.models.devices import pick_device
-from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime
+from clipdex.models.encoder import Encoder, Runtime
 from clipdex.models.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.models.runtimes._torch import (
     TORCH_PRECISIONS,
-    DevicePixels,
-    autocast,
+    TorchModelEncoder,
     check_precision,
     image_tower,
     to_onnx,
@@ -70,30 +68,15 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
     open_clip.add_model_config(path)
 
 
-class TorchEncoder:
+class TorchEncoder(TorchModelEncoder):
     """A lazily built open_clip model with its preprocessing and tokenizer."""
 
     backend = "torch"
-    device_tensors = True
 
     def __init__(self, spec: ModelSpec, device: str | None = None, precision: str = "fp32") -> None:
-        self.spec = spec
-        self.precision = precision
-        self._requested_device = device
-        self._lock = threading.Lock()
-        self._model: Any = None
+        super().__init__(spec, device, precision)
         self._preprocess: Callable[["Image.Image"], "torch.Tensor"] | None = None
         self._tokenizer: Any = None
-        self._pixels: DevicePixels | None = None
-        self.device = ""
-
-    # -- building -------------------------------------------------------------
-    def load(self) -> "TorchEncoder":
-        """Build the model now (it is otherwise built on first use)."""
-        with self._lock:
-            if self._model is None:
-                self._build()
-        return self
 
     def _build(self) -> None:
         import open_clip
@@ -127,29 +110,17 @@ class TorchEncoder:
                 f"{str(e).splitlines()[0]}. Check that the file was saved from this "
                 "architecture (or pass the matching --model / --model-config)."
             ) from e
-        model.eval()
-        if self.precision == "fp16":
-            model = model.half()
         merged = getattr(model.visual, "preprocess_cfg", {}) or {}
         size = model.visual.image_size
-        self._cfg = PreprocessConfig(
+        pre = PreprocessConfig(
             int(size[0] if isinstance(size, (tuple, list)) else size),
             tuple(merged.get("mean") or OPENAI_MEAN),  # type: ignore[arg-type]
             tuple(merged.get("std") or OPENAI_STD),  # type: ignore[arg-type]
             merged.get("interpolation") or "bicubic", merged.get("resize_mode") or "shortest")
         self._tokenizer = open_clip.get_tokenizer(spec.arch)
         self._preprocess = preprocess
-        self._pixels = DevicePixels(device, self._cfg, self.precision)
-        self.device = device
-        self._model = model  # last: its being set means the rest is
+        self._ready(model, pre, device)
 
-    @property
-    def model(self) -> Any:
-        if self._model is None:
-            self.load()
-        return self._model
-
-    # -- facts about the model ------------------------------------------------
     @property
     def dim(self) -> int:
         model = self.model
@@ -158,28 +129,6 @@ class TorchEncoder:
             return int(proj)
         return int(self.encode_texts(["a photo"]).shape[1])
 
-    @property
-    def image_size(self) -> int:
-        return self.preprocess_config.image_size
-
-    @property
-    def preprocess_config(self) -> PreprocessConfig:
-        if self._model is None:  # load() takes a lock; the decode workers ask for every photo
-            self.load()
-        return self._cfg
-
-    @property
-    def logit_scale(self) -> float:
-        """exp(logit_scale): the temperature CLIP's softmax over classes uses."""
-        return float(self.model.logit_scale.exp().item())
-
-    @property
-    def logit_bias(self) -> float | None:
-        """open_clip's SigLIP models carry the bias of their sigmoid loss; CLIP models none."""
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else float(bias.item())
-
-    # -- encoding -------------------------------------------------------------
     def preprocess(self, image: "Image.Image") -> np.ndarray:
         """open_clip's evaluation transform for this model: 8-bit resize and crop
         (same pixels, without torch in the workers), else its own transform."""
@@ -189,35 +138,11 @@ class TorchEncoder:
         assert self._preprocess is not None
         return self._preprocess(image).numpy()
 
-    def encode_images(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
-        """Vectors for a stack of :meth:`preprocess` outputs, L2-normalised, float32."""
-        import torch
+    def _image_features(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        return self.model.encode_image(pixels)
 
-        model = self.model
-        assert self._pixels is not None
-        pixels = self._pixels(batch)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            features = model.encode_image(pixels, normalize=True)
-        return features.float().cpu().numpy()
-
-    def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_images(np.stack([self.preprocess(im) for im in images]))
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for texts, L2-normalised, float32."""
-        import torch
-
-        model = self.model
-        out = []
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            for start in range(0, len(texts), TEXT_BATCH):
-                tokens = self._tokenizer(list(texts[start:start + TEXT_BATCH])).to(self.device)
-                out.append(model.encode_text(tokens, normalize=True).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(out)
+    def _text_features(self, texts: list[str]) -> "torch.Tensor":
+        return self.model.encode_text(self._tokenizer(texts).to(self.device))
 
 
 # -- ONNX export ----------------------------------------------------------------
