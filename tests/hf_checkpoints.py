@@ -83,14 +83,22 @@ def write_clip(folder: Path, seed: int = 0) -> Path:
 def write_siglip(folder: Path, seed: int = 0) -> Path:
     """A tiny random SiglipModel (bilinear resampling, squash resize), saved into ``folder``; its
     scale and bias set so that sigmoid scores are not all ~0."""
+    tokenizer = siglip_tokenizer()
+    _write_siglip_model(folder, seed, len(tokenizer), resample=2)  # type: ignore[arg-type]
+    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    return folder
+
+
+def _write_siglip_model(folder: Path, seed: int, vocab_size: int, resample: int) -> None:
+    """A tiny random SiglipModel for a tokenizer of ``vocab_size`` (pad and end of text: id 1) and
+    its SiglipImageProcessor with ``resample`` (PIL's number), saved into ``folder``."""
     import math
 
     import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    tokenizer = siglip_tokenizer()
     config = SiglipConfig(
-        text_config=dict(TINY_TEXT, vocab_size=len(tokenizer), max_position_embeddings=SIGLIP_CONTEXT,  # type: ignore[arg-type]
+        text_config=dict(TINY_TEXT, vocab_size=vocab_size, max_position_embeddings=SIGLIP_CONTEXT,  # type: ignore[arg-type]
                          pad_token_id=1, eos_token_id=1, bos_token_id=None),
         vision_config=dict(TINY_VISION, image_size=SIGLIP_IMAGE, patch_size=16))
     torch.manual_seed(seed)
@@ -99,10 +107,8 @@ def write_siglip(folder: Path, seed: int = 0) -> Path:
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-1.0)
     model.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": SIGLIP_IMAGE, "width": SIGLIP_IMAGE}, resample=2,
+    SiglipImageProcessor(size={"height": SIGLIP_IMAGE, "width": SIGLIP_IMAGE}, resample=resample,
                          image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
-    return folder
 
 
 # -- SigLIP as the hub ships it: a sentencepiece spiece.model for SiglipTokenizer, no tokenizer.json --
@@ -177,22 +183,6 @@ def siglip_spm_tokenizer(folder: Path, seed: int = 0, input_names: tuple[str, ..
 def write_siglip_spm(folder: Path, seed: int = 0, input_names: tuple[str, ...] = ("input_ids",)) -> Path:
     """A tiny random SiglipModel with SigLIP's sentencepiece tokenizer (:func:`siglip_spm_tokenizer`)
     and SiglipImageProcessor, saved into ``folder`` as a hub SigLIP checkpoint is."""
-    import math
-
-    import torch
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
-
     tokenizer = siglip_spm_tokenizer(folder, seed, input_names)
-    config = SiglipConfig(
-        text_config=dict(TINY_TEXT, vocab_size=len(tokenizer), max_position_embeddings=SIGLIP_CONTEXT,  # type: ignore[arg-type]
-                         pad_token_id=1, eos_token_id=1, bos_token_id=None),
-        vision_config=dict(TINY_VISION, image_size=SIGLIP_IMAGE, patch_size=16))
-    torch.manual_seed(seed)
-    model = SiglipModel(config).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(10.0))
-        model.logit_bias.fill_(-1.0)
-    model.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": SIGLIP_IMAGE, "width": SIGLIP_IMAGE}, resample=3,
-                         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(folder)
+    _write_siglip_model(folder, seed, len(tokenizer), resample=3)  # type: ignore[arg-type]
     return folder
