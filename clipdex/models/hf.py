@@ -13,6 +13,7 @@ here imports torch or transformers; the model runs in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -133,16 +134,35 @@ def fingerprint_folder(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def export_stamp(folder: Path, hub: bool) -> str:
-    """What an export of the checkpoint in ``folder`` depends on beyond its model key: its
-    tokenizer files (a tokenizer.json added later, a tokenizer changed) and, for a hub snapshot
-    (key 'hf:REPO', no fingerprint), the revision it is (the snapshot folder's name)."""
+def export_stamp(spec: ModelSpec) -> str | None:
+    """What an export of the checkpoint depends on beyond its model key: its tokenizer files (a
+    tokenizer.json added later, a tokenizer changed; two folders with the same weights and other
+    tokenizers) and, for a hub name (key 'hf:REPO', no fingerprint), the cached revision (the
+    snapshot folder's name). None where the checkpoint is not on disk."""
+    try:
+        folder = locate(spec, download=False)
+    except ModelError:
+        return None
+    hub = not spec.weights
+    files = [folder / name for name in sorted(set(CHECKPOINT_FILES) - {"config.json", "preprocessor_config.json"})]
+    stats = tuple((f.name, s.st_size, s.st_mtime_ns) for f in files if (s := _stat(f)) is not None)
+    return _stamp(folder, hub, stats)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _stamp(folder: Path, hub: bool, stats: tuple[tuple[str, int, int], ...]) -> str:
+    """:func:`export_stamp` of files as ``stats`` describe them (hashed again only when they change)."""
     digest = hashlib.sha256(f"revision:{folder.name if hub else ''}\n".encode())
-    for name in sorted(set(CHECKPOINT_FILES) - {"config.json", "preprocessor_config.json"}):
-        path = folder / name
-        if path.is_file():
-            digest.update(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
-    return digest.hexdigest()[:16]
+    for name, _, _ in stats:
+        digest.update(f"{name}:{hashlib.sha256((folder / name).read_bytes()).hexdigest()}\n".encode())
+    return digest.hexdigest()[:12]
 
 
 # -- where the folder is -------------------------------------------------------

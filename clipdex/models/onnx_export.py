@@ -49,7 +49,15 @@ Exporter = Callable[[ModelSpec, Path], dict[str, Any]]
 
 
 def export_dir(spec: ModelSpec) -> Path:
+    """Where the export of ``spec`` lives: named by its key and, for a Transformers checkpoint,
+    by what else its export depends on (:func:`clipdex.models.hf.export_stamp`: its tokenizer files
+    and hub revision), so that checkpoints sharing weights never share or fight over one export."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.key)
+    if spec.family == "hf":
+        from clipdex.models.hf import export_stamp
+
+        stamp = export_stamp(spec)
+        slug += f"~{stamp}" if stamp else ""
     return cache_dir() / "onnx" / f"{slug}-v{EXPORT_VERSION}"
 
 
@@ -60,21 +68,16 @@ def read_meta(spec: ModelSpec) -> dict[str, Any] | None:
         return None
 
 
-def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter, stamp: str | None = None) -> dict[str, Any]:
+def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter) -> dict[str, Any]:
     """The export of ``spec`` (its meta.json), exporting (with ``exporter``) and quantising what
-    is missing. ``stamp`` says what else the export depends on (None: nothing to check): an
-    export made with another is made again."""
+    is missing."""
     folder = export_dir(spec)
     meta = read_meta(spec)
-    if meta is not None and stamp is not None and meta.get("stamp") != stamp:
-        log.info("%s's files changed since it was exported (its tokenizer, or the hub revision): "
-                 "exporting it again", spec.name)
-        meta = None
     if meta is None or not (folder / VISUAL_FILES["fp32"]).exists():
         remove_stale_exports(folder.parent)
         log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for a ViT-B model) "
                  "into %s", spec.name, folder)
-        _export(spec, folder, exporter, stamp)
+        _export(spec, folder, exporter)
         meta = read_meta(spec)
         if meta is None:
             raise ModelError(f"exporting {spec.name} left no readable {folder / 'meta.json'}; "
@@ -153,7 +156,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _export(spec: ModelSpec, folder: Path, exporter: Exporter, stamp: str | None = None) -> None:
+def _export(spec: ModelSpec, folder: Path, exporter: Exporter) -> None:
     """Export both towers through the family's torch runtime (needs torch, once per model).
 
     ``exporter(spec, work)`` writes :data:`VISUAL_FILES` ['fp32'] (and
@@ -168,12 +171,12 @@ def _export(spec: ModelSpec, folder: Path, exporter: Exporter, stamp: str | None
     work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     try:
         meta = exporter(spec, work)
-        meta = {"key": spec.key, "family": spec.family, "stamp": stamp, **meta}
+        meta = {"key": spec.key, "family": spec.family, **meta}
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(work, folder)
-        stem = folder.name[:-len(f"-v{EXPORT_VERSION}")]
+        stem = folder.name[:-len(f"-v{EXPORT_VERSION}")]  # older formats of this export (same key and stamp)
         for old in folder.parent.iterdir():  # older export formats of this model
             match = re.fullmatch(re.escape(stem) + r"-v(\d+)", old.name)
             if match and int(match.group(1)) < EXPORT_VERSION:

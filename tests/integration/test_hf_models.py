@@ -366,3 +366,46 @@ def test_a_checkpoint_saved_in_half_precision_runs_in_float32(tmp_path: Path, hf
         for runtime in ("onnx", "transformers"):
             vectors = make_encoder(spec, device="cpu", runtime=runtime).encode_pil(images)
             assert _cosines(vectors, expected).min() >= 0.99, (dtype, runtime)
+
+
+def test_weights_that_do_not_fit_the_model_are_refused(tmp_path: Path, hf_clip_dir: Path) -> None:
+    """Saved from a wrapper (every name prefixed), or a tower left out: Transformers would fill
+    the gaps with random weights; clipdex refuses instead of indexing noise."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(hf_clip_dir / "model.safetensors")
+    for name, state in (("prefixed", {f"model.{k}": v for k, v in weights.items()}),
+                        ("partial", {k: v for k, v in weights.items() if ".layers.1." not in k})):
+        folder = tmp_path / name
+        shutil.copytree(hf_clip_dir, folder)
+        save_file(state, folder / "model.safetensors")
+        encoder = make_encoder(resolve_model(f"hf:{folder}"), device="cpu", runtime="transformers")
+        with pytest.raises(ModelError, match=r"do not fit its CLIPModel: \d+ missing") as caught:
+            encoder.load()
+        assert ("saved from a wrapper" in str(caught.value)) == (name == "prefixed")
+
+
+def test_a_damaged_weights_file_says_so(tmp_path: Path, hf_clip_dir: Path) -> None:
+    folder = tmp_path / "partly-copied"
+    shutil.copytree(hf_clip_dir, folder)
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.truncate(10_000)
+    with pytest.raises(ModelError, match="a damaged or partly copied weights file"):
+        make_encoder(resolve_model(f"hf:{folder}"), device="cpu").load()
+
+
+def test_checkpoints_sharing_weights_keep_their_own_exports(tmp_path: Path, hf_clip_dir: Path) -> None:
+    """Same weights, one without a tokenizer: each has its export, and neither is made again."""
+    from clipdex.models.onnx_export import export_dir
+
+    whole, bare = tmp_path / "whole", tmp_path / "bare"
+    shutil.copytree(hf_clip_dir, whole)
+    shutil.copytree(hf_clip_dir, bare)
+    (bare / "tokenizer.json").unlink()
+    specs = [resolve_model(f"hf:{f}") for f in (whole, bare)]
+    assert specs[0].key == specs[1].key and export_dir(specs[0]) != export_dir(specs[1])
+    metas = [ensure_exported(s) for s in specs]
+    assert [m["tokenizer"] for m in metas] == ["tokenizers", None]
+    made = {s.key: (export_dir(s) / "meta.json").stat().st_mtime_ns for s in specs[:1]}
+    assert ensure_exported(specs[0])["tokenizer"] == "tokenizers"
+    assert (export_dir(specs[0]) / "meta.json").stat().st_mtime_ns == made[specs[0].key]

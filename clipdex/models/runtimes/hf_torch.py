@@ -20,7 +20,6 @@ from clipdex.errors import ModelError, first_line
 from clipdex.models.devices import pick_device
 from clipdex.models.encoder import Encoder, Runtime
 from clipdex.models.hf import HfFacts, checkpoint_facts, locate
-from clipdex.models.hf import export_stamp as hf_export_stamp
 from clipdex.models.hf_tokenizer import TEXT_INPUTS, TOKENIZER_FILE
 from clipdex.models.runtimes._torch import (
     TORCH_PRECISIONS,
@@ -52,16 +51,6 @@ def torch_encoder(spec: ModelSpec, device: str = "cpu") -> "HfTorchEncoder":
     return HfTorchEncoder(spec, device=device)
 
 
-def export_stamp(spec: ModelSpec) -> str | None:
-    """What the checkpoint's ONNX export depends on beyond ``spec.key`` (:func:`clipdex.models.hf.export_stamp`);
-    None where the checkpoint is not on disk (the export, if any, is then used as it is)."""
-    try:
-        folder = locate(spec, download=False)
-    except ModelError:
-        return None
-    return hf_export_stamp(folder, hub=not spec.weights)
-
-
 def _transformers() -> Any:
     try:
         import transformers
@@ -86,18 +75,41 @@ def load_model(folder: Path, facts: HfFacts, spec: ModelSpec, **kwargs: Any) -> 
 
     transformers = _transformers()
     cls = getattr(transformers, facts.model_class)
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()  # a bar per load of a local file is noise
+    logging_ = transformers.utils.logging
+    bars, verbosity = logging_.is_progress_bar_enabled(), logging_.get_verbosity()
+    logging_.disable_progress_bar()  # a bar per load of a local file is noise
+    logging_.set_verbosity_error()  # its load report and config advice: what matters is checked below
     dtype = {"dtype": torch.float32} if int(transformers.__version__.split(".")[0]) >= 5 else \
         {"torch_dtype": torch.float32}
     try:
-        return cls.from_pretrained(folder, **dtype, **kwargs).float().eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        model, info = cls.from_pretrained(folder, output_loading_info=True, **dtype, **kwargs)
+    except Exception as e:  # safetensors, torch and Transformers raise their own for a damaged file
         raise ModelError(f"cannot load the {facts.model_class} of {spec.name} from {folder}: {first_line(e)}. "
-                         "Check that the folder was written by save_pretrained of that model.") from e
+                         "Check that the folder was written by save_pretrained of that model, completely "
+                         "(a damaged or partly copied weights file: copy or download it again).") from e
     finally:
+        logging_.set_verbosity(verbosity)
         if bars:
-            transformers.utils.logging.enable_progress_bar()
+            logging_.enable_progress_bar()
+    _check_loaded(info, facts, spec, folder)
+    return model.float().eval()
+
+
+def _check_loaded(info: dict[str, Any], facts: HfFacts, spec: ModelSpec, folder: Path) -> None:
+    """Refuse a checkpoint whose weights do not all fit the model: Transformers would fill the
+    missing ones with random values (a Lightning or wrapper fine-tune saved with a prefix, a
+    tower left out), and every vector would be meaningless without a word said."""
+    missing, mismatched = sorted(info.get("missing_keys") or ()), list(info.get("mismatched_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if missing or mismatched:
+        shown = ", ".join(missing[:3] or [str(m[0] if isinstance(m, tuple) else m) for m in mismatched[:3]])
+        hint = (f" Its file names them differently ({', '.join(unexpected[:2])}, …): was it saved from a wrapper "
+                "of the model? Save the model itself with model.save_pretrained(folder)." if unexpected else "")
+        raise ModelError(f"the weights in {folder} do not fit its {facts.model_class}: {len(missing)} missing "
+                         f"and {len(mismatched)} of another shape ({shown}, …), which would be random.{hint}")
+    if unexpected:
+        log.warning("%s: %d weights in %s are not the %s's and are ignored (%s, …)", spec.name, len(unexpected),
+                    folder, facts.model_class, ", ".join(unexpected[:3]))
 
 
 def load_tokenizer(folder: Path, spec: ModelSpec) -> Any:

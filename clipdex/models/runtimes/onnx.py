@@ -52,11 +52,8 @@ def family_module(spec: ModelSpec) -> Any:
 
 
 def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
-    """The export of ``spec`` (its meta.json), made by its family's torch runtime where missing or
-    made from other files than the model's now (its ``export_stamp``: a Transformers checkpoint's
-    tokenizer or hub revision)."""
-    family = family_module(spec)
-    return ensure_export(spec, precision, family.export, family.export_stamp(spec))
+    """The export of ``spec`` (its meta.json), made by its family's torch runtime where missing."""
+    return ensure_export(spec, precision, family_module(spec).export)
 
 
 def text_feeds(folder: Path, meta: dict[str, Any]) -> TextFeeds | None:

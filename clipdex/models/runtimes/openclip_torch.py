@@ -49,12 +49,6 @@ def torch_encoder(spec: ModelSpec, device: str = "cpu") -> "TorchEncoder":
     return TorchEncoder(spec, device=device)
 
 
-def export_stamp(spec: ModelSpec) -> str | None:
-    """Nothing beyond ``spec.key`` (architecture, and the tag or the weights' fingerprint) decides
-    an open_clip model's export."""
-    return None
-
-
 def register_model_config(name: str, config: dict[str, Any]) -> None:
     """Make a custom architecture known to open_clip under ``name``."""
     import open_clip
