@@ -31,6 +31,8 @@ from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from clipdex.models.spec import ModelSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -316,16 +318,23 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
         settings.gpu_decode = gpu_decode
     bar = _Bar()
     search_bar = _Bar("search index", "rows")
-    with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
-                    device=device, precision=precision, create=True) as index:
-        try:
-            report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
-                               allow_new_model=add_model, wait=wait,
-                               search_progress=None if as_json else search_bar,
-                               storage=stored_name(storage), min_cosine=min_cosine)
-        finally:
-            bar.stop()
-            search_bar.stop()
+    folder = _index_folder(index_dir)
+    new = not folder.exists()
+    try:
+        with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
+                        device=device, precision=precision, create=True) as index:
+            try:
+                report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
+                                   allow_new_model=add_model, wait=wait,
+                                   search_progress=None if as_json else search_bar,
+                                   storage=stored_name(storage), min_cosine=min_cosine)
+            finally:
+                bar.stop()
+                search_bar.stop()
+    except ModelError:
+        if new:
+            _remove_if_empty(folder)
+        raise
     if as_json:
         from clipdex import serialize
 
@@ -368,6 +377,34 @@ def _removed_note(report: Any) -> str:
     if report.failed:
         return f"  (no photo of the folder can be read now, so all left the index; {keep})"
     return f"  (the folder is empty now, so all its photos left the index; {keep})"
+
+
+def _index_folder(index_dir: str | None) -> "Path":
+    from pathlib import Path
+
+    from clipdex.settings import default_index_dir
+
+    return Path(index_dir).expanduser() if index_dir else default_index_dir()
+
+
+def _remove_if_empty(folder: "Path") -> None:
+    """Take back an index this run created when its model could not be built (weights that do
+    not load, a runtime refused): it holds no model, and leaving it would make the next run's
+    pre-checks (made only for a new index) pass it by."""
+    import shutil
+
+    from clipdex.store import Store
+
+    try:
+        store = Store.open(folder, readonly=True)
+    except ClipdexError:
+        return
+    try:
+        if store.models():
+            return
+    finally:
+        store.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,

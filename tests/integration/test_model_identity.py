@@ -99,3 +99,36 @@ def test_without_transformers_nothing_is_created(tmp_path: Path, photos: Path, h
     assert "needs the transformers package, which is not installed" in result.output
     assert "pip install 'clipdex[hf]'" in result.output
     assert not (tmp_path / "idx").exists()
+
+
+def test_a_model_that_cannot_be_built_leaves_no_index_behind(tmp_path: Path, photos: Path,
+                                                            hf_clip_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import run_cli
+
+    folder = tmp_path / "wrapped"
+    shutil.copytree(hf_clip_dir, folder)
+    save_file({f"model.{k}": v for k, v in load_file(folder / "model.safetensors").items()},
+              folder / "model.safetensors")
+    result = run_cli("index", str(photos), "--index", str(tmp_path / "idx"), "--model", f"hf:{folder}",
+                     catch_exceptions=True)
+    assert result.exit_code == 1 and "do not fit its CLIPModel" in result.output
+    assert not (tmp_path / "idx").exists()
+    existing = run_cli("index", str(photos), "--index", str(tmp_path / "kept"), "--model", f"hf:{hf_clip_dir}")
+    assert existing.exit_code == 0
+    again = run_cli("index", str(photos), "--index", str(tmp_path / "kept"), "--model", f"hf:{folder}",
+                    "--add-model", catch_exceptions=True)
+    assert again.exit_code == 1 and (tmp_path / "kept" / CATALOG_NAME).exists()  # an index it did not create
+
+
+def test_a_damaged_export_says_what_to_delete(tmp_path: Path, hf_clip_dir: Path) -> None:
+    from clipdex.models.factory import make_encoder
+    from clipdex.models.onnx_export import export_dir
+
+    spec = resolve_model(f"hf:{hf_clip_dir}")
+    make_encoder(spec, device="cpu").load()
+    (export_dir(spec) / "visual-fp32.onnx").write_bytes(b"cut short")
+    with pytest.raises(ModelError, match=r"is damaged: .*visual-fp32\.onnx cannot be read .* Delete .* and it is "
+                                         r"exported again"):
+        make_encoder(spec, device="cpu").load()

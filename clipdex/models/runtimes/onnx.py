@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipdex.errors import ModelError
+from clipdex.errors import ModelError, first_line
 from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime, encode_pil
 from clipdex.models.onnx_export import TEXT_FILE, VISUAL_FILES, export_dir
 from clipdex.models.onnx_export import ensure_exported as ensure_export
@@ -54,6 +54,12 @@ def family_module(spec: ModelSpec) -> Any:
 def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
     """The export of ``spec`` (its meta.json), made by its family's torch runtime where missing."""
     return ensure_export(spec, precision, family_module(spec).export)
+
+
+def damaged_export(spec: ModelSpec, path: Path, error: Exception) -> ModelError:
+    """The error for an export file that cannot be read (a disk that filled, a copy cut short)."""
+    return ModelError(f"the ONNX export of {spec.name} is damaged: {path} cannot be read ({first_line(error)}). "
+                      f"Delete {path.parent} and it is exported again on the next run.")
 
 
 def text_feeds(folder: Path, meta: dict[str, Any]) -> TextFeeds | None:
@@ -121,8 +127,11 @@ class OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
-        return ort.InferenceSession(str(export_dir(self.spec) / name), options,
-                                    providers=["CPUExecutionProvider"])
+        path = export_dir(self.spec) / name
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime's own errors (InvalidProtobuf, NoSuchFile, …)
+            raise damaged_export(self.spec, path, e) from e
 
     def _visual_session(self) -> Any:
         self._ensure_meta()
@@ -179,7 +188,10 @@ class OnnxEncoder:
         if self._text is None and self._torch_text is None:
             with self._lock:
                 if self._text is None and self._torch_text is None:
-                    feeds = text_feeds(export_dir(self.spec), meta)
+                    try:
+                        feeds = text_feeds(export_dir(self.spec), meta)
+                    except Exception as e:  # the tokenizers library raises plain Exception for a bad file
+                        raise damaged_export(self.spec, export_dir(self.spec) / "tokenizer.json", e) from e
                     if feeds is None:  # a tokenizer only the model's own library has
                         self._torch_text = family_module(self.spec).torch_encoder(self.spec, "cpu")
                     else:
