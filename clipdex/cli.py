@@ -98,15 +98,27 @@ def index_option(f: F) -> F:
                         help="Index folder [default: $CLIPDEX_INDEX or ~/.local/share/clipdex/index].")(f)
 
 
+_IDENTITY_OPTIONS = [
+    click.option("--model", "-m", help="Registry name (see `clipdex models list`), ARCH/PRETRAINED of any "
+                 "open_clip model, or hf:OWNER/NAME or hf:/path/to/folder for a Transformers CLIP or SigLIP "
+                 "checkpoint. Default: the index's model, else ViT-B-32."),
+    click.option("--weights", type=click.Path(dir_okay=False),
+                 help="Local checkpoint file (offline or fine-tuned weights)."),
+    click.option("--model-config", type=click.Path(dir_okay=False),
+                 help="open_clip model-config JSON of a custom architecture (needs --weights)."),
+]
+
+
+def model_choice(f: F) -> F:
+    """Which of an index's models a command reads (--model, --weights, --model-config)."""
+    for option in reversed(_IDENTITY_OPTIONS):
+        f = option(f)
+    return f
+
+
 def model_options(f: F) -> F:
     options = [
-        click.option("--model", "-m", help="Registry name (see `clipdex models list`), ARCH/PRETRAINED of any "
-                     "open_clip model, or hf:OWNER/NAME or hf:/path/to/folder for a Transformers CLIP or SigLIP "
-                     "checkpoint. Default: the index's model, else ViT-B-32."),
-        click.option("--weights", type=click.Path(dir_okay=False),
-                     help="Local checkpoint file (offline or fine-tuned weights)."),
-        click.option("--model-config", type=click.Path(dir_okay=False),
-                     help="open_clip model-config JSON of a custom architecture (needs --weights)."),
+        *_IDENTITY_OPTIONS,
         click.option("--device", help="cuda, mps or cpu [default: best available]."),
         click.option("--precision", type=click.Choice(PRECISIONS),
                      help="How photo vectors are computed: auto (the fastest that keeps cosine >= "
@@ -788,17 +800,20 @@ def _numbered(path: str, i: int, count: int) -> str:
 @click.option("--mode", type=click.Choice(["random", "least-confident", "most-confident"]),
               default="random", show_default=True, help="Which photos of each label to show.")
 @index_option
+@model_choice
 def review_cmd(name: str, grid: str, per_label: int, seed: int, mode: str,
-               index_dir: str | None) -> None:
+               index_dir: str | None, model: str | None, weights: str | None, model_config: str | None) -> None:
     """Draw a grid of example photos per label of label set NAME (from the index)."""
     from clipdex.index import Index
     from clipdex.review import draw_review
 
     _check_output(grid, "--grid", image=True)
-    with Index.open(index_dir) as index:
+    with Index.open(index_dir, model=model, weights=weights, model_config=model_config) as index:
         result = index.classification(name)
+        model_name = index.model_record().name
     draw_review(result, grid, per_label=per_label, seed=seed, mode=mode)
-    _console().print(f"{name}: {len(result.paths)} photos, {per_label} per label ({mode}) -> {grid}", markup=False)
+    _console().print(f"{name} ({model_name}): {len(result.paths)} photos, {per_label} per label ({mode}) -> {grid}",
+                     markup=False)
 
 
 @main.command("evaluate")
@@ -810,10 +825,11 @@ def review_cmd(name: str, grid: str, per_label: int, seed: int, mode: str,
 @click.option("--heatmap", type=click.Path(dir_okay=False),
               help="Draw the confusion matrix to this image file (.png, .jpg, .webp).")
 @index_option
+@model_choice
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate_cmd(name: str, metadata: str | None, key: str | None, truth_column: str | None,
-                 heatmap: str | None,
-                 index_dir: str | None, as_json: bool) -> None:
+                 heatmap: str | None, index_dir: str | None, model: str | None, weights: str | None,
+                 model_config: str | None, as_json: bool) -> None:
     """Compare label set NAME's predictions with a ground-truth column of your table
     (or, without --metadata, with the corrections people made in the web app)."""
     from clipdex.evaluate import draw_confusion
@@ -822,19 +838,21 @@ def evaluate_cmd(name: str, metadata: str | None, key: str | None, truth_column:
     if metadata and not key:
         raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
     _check_output(heatmap, "--heatmap", image=True)
-    with Index.open(index_dir) as index:
+    with Index.open(index_dir, model=model, weights=weights, model_config=model_config) as index:
         evaluation, matched = index.evaluate(name, metadata, key, truth_column or name)
+        model_name = index.model_record().name
     if heatmap:
         draw_confusion(evaluation, heatmap, title=f"{name} vs {truth_column or name}")
     # Truth labels that are not labels of the set: those rows are left out of the metrics.
     excluded: dict[str, int] = dict(getattr(evaluation, "excluded", None) or {})
     if as_json:
-        click.echo(json.dumps(dict(evaluation.to_dict(), set=name, rows_matched=matched, excluded=excluded),
+        click.echo(json.dumps(dict(evaluation.to_dict(), set=name, model=model_name, rows_matched=matched,
+                                   excluded=excluded),
                               indent=2))
         return
     out = _console()
     source = f"column {truth_column or name!r} of {metadata}" if metadata else "the corrections"
-    out.print(f"[bold]{_t(name)}[/] vs {_t(source)}: {evaluation.count} photos with both")
+    out.print(f"[bold]{_t(name)}[/] ({_t(model_name)}) vs {_t(source)}: {evaluation.count} photos with both")
     if excluded:
         shown = ", ".join(f"{label} ({count})"
                           for label, count in sorted(excluded.items(), key=lambda item: (-item[1], item[0])))
@@ -977,8 +995,10 @@ def _precisions(value: str) -> list[str]:
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
               help="Another host name the app answers to (repeatable), e.g. the machine's name on your "
                    "network; requests naming any other host are refused (DNS-rebinding guard).")
+@model_choice
 def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None, key: str | None,
-              allow_hosts: tuple[str, ...]) -> None:
+              allow_hosts: tuple[str, ...], model: str | None, weights: str | None,
+              model_config: str | None) -> None:
     """Open the web app: search, photo pages, label review and corrections.
 
     The app answers to localhost, the --host address and each --allow-host NAME.
@@ -991,7 +1011,7 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
 
     if metadata and not key:
         raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
-    index = Index.open(index_dir)
+    index = Index.open(index_dir, model=model, weights=weights, model_config=model_config)
     table = load_metadata(index, metadata, key) if metadata and key else None
     err = _console(stderr=True)
     err.print(f"loading the model of {index.path} …", markup=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -908,9 +909,15 @@ class Index:
         raise self._not_run(name)
 
     def _not_run(self, name: str) -> LabelSetNotRun:
+        record = self.model_record()
         known = ", ".join(self.label_sets()) or "none yet"
-        return LabelSetNotRun(f"label set {name!r}", f"has not been run on index {self.path} "
-                             f"(sets run: {known})", "Run `clipdex classify` with it first.")
+        others = [r.name for r in self.store.models()
+                  if r.id != record.id and any(n == name for n, _, _ in self.store.label_sets(r))]
+        fix = (f"It was run with {', '.join(others)}: pass --model {shlex.quote(others[0])} (each model keeps its "
+               "own results), or run `clipdex classify` with it on this model." if others else
+               "Run `clipdex classify` with it first.")
+        return LabelSetNotRun(f"label set {name!r}", f"has not been run with {record.name} on index {self.path} "
+                             f"(sets run with it: {known})", fix)
 
     def evaluate(self, name: str, table: str | os.PathLike[str] | None = None, key: str | None = None,
                  truth_column: str | None = None) -> tuple[Evaluation, int]:
@@ -1033,12 +1040,13 @@ def _check_unchanged(spec: ModelSpec, index: Path) -> None:
 
         now = fingerprint_weights(spec.weights or "")
     if now[:FINGERPRINT_BYTES] != spec.weights_sha256[:FINGERPRINT_BYTES]:
-        again = f"--model {spec.name}" if spec.family == "hf" else f"--weights {spec.weights}"
+        again = (f"--model {shlex.quote(spec.name)}" if spec.family == "hf"
+                 else f"--weights {shlex.quote(spec.weights or '')}")
         raise ModelError(f"the weights at {spec.weights} changed since index {index} was built with them "
                          f"(fingerprint {spec.weights_sha256[:FINGERPRINT_BYTES]}, now {now[:FINGERPRINT_BYTES]}): "
                          f"new vectors would not be comparable with the index's. Index with the new weights "
-                         f"beside the old ones with `clipdex index PHOTO_DIR {again} --add-model`, or put the "
-                         "old weights back.")
+                         f"beside the old ones with `clipdex index PHOTO_DIR {again} --add-model` and pass {again} "
+                         "to search or classify with them, or put the old weights back.")
 
 
 def _named(name: str, key: str) -> str:

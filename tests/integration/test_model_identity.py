@@ -3,6 +3,7 @@ sigmoid model recorded without its bias, and how messages name models."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -132,3 +133,28 @@ def test_a_damaged_export_says_what_to_delete(tmp_path: Path, hf_clip_dir: Path)
     with pytest.raises(ModelError, match=r"is damaged: .*visual-fp32\.onnx cannot be read .* Delete .* and it is "
                                          r"exported again"):
         make_encoder(spec, device="cpu").load()
+
+
+def test_review_evaluate_and_their_messages_follow_the_model_asked_for(tmp_path: Path, photos: Path,
+                                                                       hf_clip_dir: Path, hf_siglip_dir: Path) -> None:
+    """Each model of an index keeps its own results: review and evaluate read the one --model names."""
+    from tests.conftest import run_cli
+
+    index = str(tmp_path / "idx")
+    clip, siglip = f"hf:{hf_clip_dir}", f"hf:{hf_siglip_dir}"
+    assert run_cli("index", str(photos), "--index", index, "-m", clip).exit_code == 0
+    assert run_cli("index", str(photos), "--index", index, "-m", siglip, "--add-model").exit_code == 0
+    ran = run_cli("classify", "--index", index, "-m", siglip, "--name", "tod", "--labels", "dawn,dusk",
+                  "--template", "a photo at {}")
+    assert ran.exit_code == 0 and "per-label sigmoid" in ran.output
+    missing = run_cli("review", "tod", "--grid", str(tmp_path / "g.png"), "--index", index, catch_exceptions=True)
+    assert missing.exit_code == 1
+    assert f"has not been run with {clip}" in missing.output and f"--model {siglip}" in missing.output
+    review = run_cli("review", "tod", "--grid", str(tmp_path / "g.png"), "--index", index, "-m", siglip)
+    assert review.exit_code == 0 and f"tod ({siglip})" in review.output
+    table = tmp_path / "truth.csv"
+    names = sorted(p.name for p in photos.rglob("*") if p.suffix in (".jpg", ".png"))
+    table.write_text("photo,tod\n" + "".join(f"{n},{('dawn', 'dusk')[i % 2]}\n" for i, n in enumerate(names)))
+    evaluated = run_cli("evaluate", "tod", "--index", index, "-m", siglip, "--metadata", str(table),
+                        "--key", "photo", "--json")
+    assert evaluated.exit_code == 0 and json.loads(evaluated.output)["model"] == siglip
