@@ -200,7 +200,7 @@ class ClipdexGroup(click.Group):
 @click.group(cls=ClipdexGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipdex")
 def main() -> None:
-    """clipdex: search and label photo collections with CLIP (open_clip).
+    """clipdex: search and label photo collections with CLIP models (open_clip, Transformers CLIP and SigLIP).
 
     \b
     clipdex index ~/Pictures            embed every photo once (incremental)

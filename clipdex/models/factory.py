@@ -58,13 +58,17 @@ def pick_runtime(spec: ModelSpec, device: str, precision: str, runtime: str | No
 
 
 def _nothing_fits(spec: ModelSpec, device: str, precision: str) -> str:
-    offered = [f"{p} ({r.label})" for r in runtimes() for p in r.precisions.get(kind(device), ())
-               if r.fits(spec.family, kind(device), p)]
+    by_precision: dict[str, list[str]] = {}
+    for r in runtimes():
+        for p in r.precisions.get(kind(device), ()):
+            if r.fits(spec.family, kind(device), p):
+                by_precision.setdefault(p, []).append(r.label)
+    offered = [f"{p} ({' or '.join(labels)})" for p, labels in by_precision.items()]
     where = "the CPU" if kind(device) == "cpu" else device
     hint = " fp16 needs a GPU." if precision == "fp16" else ""
     hint += " int8 runs on the CPU: use --device cpu." if precision == "int8" and kind(device) != "cpu" else ""
     return (f"{precision} is not available for {spec.name} on {where}; use "
-            f"{', '.join(dict.fromkeys(offered)) or 'another device'}, or --precision auto.{hint}")
+            f"{', '.join(offered) or 'another device'}, or --precision auto.{hint}")
 
 
 def make_encoder(spec: ModelSpec, *, device: str | None = None, precision: str | None = None,

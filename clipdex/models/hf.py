@@ -76,7 +76,7 @@ class HfFacts:
 def is_local(reference: str) -> bool:
     """Whether ``reference`` names a folder (a path, or an existing directory) rather than a hub repo."""
     return (reference.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(reference)
-            or os.path.isdir(reference))
+            or os.path.exists(reference))
 
 
 def resolve(reference: str, name: str | None = None) -> ModelSpec:
@@ -88,6 +88,9 @@ def resolve(reference: str, name: str | None = None) -> ModelSpec:
                          "or --model hf:/path/to/folder (a save_pretrained folder).")
     if is_local(reference):
         folder = Path(reference).expanduser().resolve()
+        if folder.is_file():
+            raise ModelError(f"{HF_PREFIX}{reference} is a file; a Transformers checkpoint is the folder that holds "
+                             f"it with its config.json: pass --model {HF_PREFIX}{folder.parent}.")
         if not folder.is_dir():
             raise ModelError(f"{HF_PREFIX}{reference}: no folder {folder}. Pass the folder written by "
                              "save_pretrained (with config.json and the weights), or hf:owner/name for the hub.")

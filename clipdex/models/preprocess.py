@@ -100,6 +100,8 @@ def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
     left = cfg.crop_start(new_w - size)
     top = cfg.crop_start(new_h - size)
+    if resample == Image.Resampling.NEAREST:  # a box shifts nearest's sampling grid: resize whole, then crop
+        return np.asarray(image.resize((new_w, new_h), resample).crop((left, top, left + size, top + size)))
     if new_w != width:
         scale = width / new_w
         image = image.resize((size, height), resample, box=(left * scale, 0, (left + size) * scale, height))

@@ -22,6 +22,7 @@ PROCESSORS = [  # (model family, processor keyword arguments)
     ("clip", {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 3}),
     ("clip", {"size": {"shortest_edge": 33}, "crop_size": {"height": 33, "width": 33}, "resample": 2}),
     ("clip", {"size": 64, "crop_size": 64, "resample": 1}),  # the old int sizes of openai's checkpoints
+    ("clip", {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 0}),
     ("siglip", {"size": {"height": 224, "width": 224}, "resample": 3}),
     ("siglip", {"size": {"height": 47, "width": 47}, "resample": 0}),
 ]
@@ -138,6 +139,7 @@ def test_a_hub_reference_is_a_repository(tmp_path: Path, monkeypatch: pytest.Mon
     ("empty", "{tmp}/empty", ["has no config.json", "save_pretrained"]),
     ("bert", "{tmp}/bert", ["bert", "CLIPModel", "SiglipModel"]),
     ("noweights", "{tmp}/noweights", ["no weights", "model.safetensors"]),
+    ("bert", "{tmp}/bert/config.json", ["is a file", "the folder that holds it", "--model hf:"]),
 ])
 def test_bad_references_say_what_to_pass(tmp_path: Path, make: str | None, reference: str,
                                          words: list[str]) -> None:
