@@ -1062,7 +1062,8 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
                   "`clipdex index NEW_PLACE` reuses their vectors)")
     out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
     for m in status.models:
-        out.print(f"model    {m.name} ({m.key}), {m.dim}-d: {m.photos} photos", markup=False)
+        scores = ", per-label sigmoid scores" if m.scoring == "sigmoid" else ""
+        out.print(f"model    {m.name} ({m.key}), {m.dim}-d{scores}: {m.photos} photos", markup=False)
         out.print(f"vectors  {_precision_counts(m.precisions)}", markup=False)
         for choice in m.choices:
             out.print(f"auto     {_choice_line(choice, status.host)}", markup=False)

@@ -134,6 +134,7 @@ class ModelStatus:
     # fp32, bf16 and fp16 vectors share one vector set and are searched together.
     precisions: dict[str, int] = field(default_factory=dict)
     choices: tuple["PrecisionChoice", ...] = ()  # what --precision auto chose, per kind of host
+    scoring: str = "softmax"  # how its labels are scored: "softmax" (CLIP) or "sigmoid" (SigLIP, with a bias)
 
 
 @dataclass(frozen=True)
@@ -995,7 +996,7 @@ class Index:
                 reclaimable = self.store.reclaimable(record)[1]
                 models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
                                           photos=self.store.count_for_model(record, missing) - lost,
-                                          precision=record.precision,
+                                          precision=record.precision, scoring=scoring_of(record.logit_bias),
                                           search=backend.note if backend else "",
                                           search_stale=bool(backend and backend.stale),
                                           reclaimable_bytes=reclaimable,

@@ -90,7 +90,7 @@ def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None 
         "path": status.path, "roots": list(status.roots), "indexed": status.indexed,
         "failed": status.failed,
         "models": [{"key": m.key, "name": m.name, "dim": m.dim, "photos": m.photos,
-                    "precision": m.precision, "precisions": dict(m.precisions),
+                    "precision": m.precision, "precisions": dict(m.precisions), "scoring": m.scoring,
                     "auto": [precision_choice(c, status.host) for c in m.choices],
                     "search": m.search, "search_stale": m.search_stale,
                     "reclaimable_bytes": m.reclaimable_bytes} for m in status.models],
