@@ -148,8 +148,9 @@ def test_the_factory_prefers_the_fast_cpu_runtimes_and_torch_on_gpus(tiny_model:
 
 def test_the_factory_says_what_runs_where_nothing_fits(tiny_model: tuple[Any, Any]) -> None:
     spec = resolve_model(None, tiny_model[1], tiny_model[0])
-    with pytest.raises(ModelError, match=r"fp16 is not available for .* on the CPU; use fp32 \(ONNX Runtime or torch "
-                                         r"\(open_clip\)\), int8 \(ONNX Runtime\), bf16 \(OpenVINO\).* fp16 needs a GPU"):
+    refusal = (r"fp16 is not available for .* on the CPU; use fp32 \(ONNX Runtime or torch \(open_clip\)\), "
+               r"int8 \(ONNX Runtime\), bf16 \(OpenVINO\).* fp16 needs a GPU")
+    with pytest.raises(ModelError, match=refusal):
         factory.pick_runtime(spec, "cpu", "fp16")
     with pytest.raises(ModelError, match=r"int8 is not available .* on cuda.*int8 runs on the CPU"):
         factory.pick_runtime(spec, "cuda", "int8")
