@@ -149,9 +149,10 @@ def plan_fit(width: int, height: int, cfg: PreprocessConfig) -> Plan:
         vertical = (pillow_coefficients(height, 0, height, size, interp) if height != size
                     else _identity(0, size))
         return Plan(width, height, horizontal, vertical, _pillow_vertical_first(width, height, size, size))
+    side = cfg.shorter_side
     short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    new_long = int(side * long / short)
+    new_w, new_h = (side, new_long) if width <= height else (new_long, side)
     left = cfg.crop_start(new_w - size)
     top = cfg.crop_start(new_h - size)
     if new_w != width:  # fit's resize of the crop's columns, with its float box

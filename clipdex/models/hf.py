@@ -319,13 +319,15 @@ def processor_config(processor: dict[str, Any], kind: str, folder: Path | str = 
         side = int(size["shortest_edge"])
         if crop is None:
             raise refuse(f"size {size} with no centre crop gives images of their own aspect ratio")
-        if crop["height"] != side:
-            raise refuse(f"the shorter side is resized to {side} and then cropped to {crop['height']}")
-        image_size, mode = side, "shortest"
+        if crop["height"] > side:
+            raise refuse(f"the shorter side is resized to {side}, less than the crop of {crop['height']} "
+                         "(the processor would pad)")
+        image_size, mode = int(crop["height"]), "shortest"
+        resize_size = side if side != image_size else None
     elif set(size) == {"height", "width"}:
         if size["height"] != size["width"]:
             raise refuse(f"size {size} is not square")
-        image_size, mode = int(size["height"]), "squash"
+        image_size, mode, resize_size = int(size["height"]), "squash", None
         if crop is not None and crop["height"] != image_size:
             raise refuse(f"a {image_size}-pixel square is cropped to {crop['height']}")
     else:
@@ -343,4 +345,5 @@ def processor_config(processor: dict[str, Any], kind: str, folder: Path | str = 
     if abs(ratio - 1.0) > 1e-9:
         mean = (mean[0] / ratio, mean[1] / ratio, mean[2] / ratio)
         std = (std[0] / ratio, std[1] / ratio, std[2] / ratio)
-    return PreprocessConfig(image_size, mean, std, interpolation, mode, crop_rounding="floor")
+    return PreprocessConfig(image_size, mean, std, interpolation, mode, crop_rounding="floor",
+                            resize_size=resize_size)

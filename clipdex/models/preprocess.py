@@ -36,8 +36,9 @@ CROP_ROUNDINGS = ("round", "floor")
 class PreprocessConfig:
     """What the transform needs: size, normalisation, interpolation, resize mode, crop rounding.
 
-    ``resize_mode`` 'shortest' resizes the shorter side to ``image_size`` and crops the
-    centre square; 'squash' resizes to a square, whatever the aspect ratio.
+    ``resize_mode`` 'shortest' resizes the shorter side to ``resize_size`` (``image_size``
+    where None) and crops the centre square of ``image_size``; 'squash' resizes to a
+    square, whatever the aspect ratio.
     """
 
     image_size: int
@@ -46,6 +47,12 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     crop_rounding: str = "round"
+    resize_size: int | None = None  # the shorter side before the crop (Transformers' shortest_edge), if larger
+
+    @property
+    def shorter_side(self) -> int:
+        """What 'shortest' resizes the shorter side to, before the centre crop."""
+        return self.resize_size or self.image_size
 
     @property
     def supported(self) -> bool:
@@ -61,7 +68,8 @@ class PreprocessConfig:
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> "PreprocessConfig":
         return cls(int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]),  # type: ignore[arg-type]
-                   meta["interpolation"], meta["resize_mode"], meta.get("crop_rounding", "round"))
+                   meta["interpolation"], meta["resize_mode"], meta.get("crop_rounding", "round"),
+                   meta.get("resize_size"))
 
     def crop_start(self, margin: int) -> int:
         """Offset of a centre crop that leaves ``margin`` pixels out."""
@@ -95,9 +103,10 @@ def fit(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     if cfg.resize_mode == "squash":
         return np.asarray(image.resize((size, size), resample))
     width, height = image.size
+    side = cfg.shorter_side
     short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)  # torchvision's Resize(size) on the shorter side
-    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    new_long = int(side * long / short)  # torchvision's Resize(side) on the shorter side
+    new_w, new_h = (side, new_long) if width <= height else (new_long, side)
     left = cfg.crop_start(new_w - size)
     top = cfg.crop_start(new_h - size)
     if resample == Image.Resampling.NEAREST:  # a box shifts nearest's sampling grid: resize whole, then crop

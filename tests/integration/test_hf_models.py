@@ -409,3 +409,20 @@ def test_checkpoints_sharing_weights_keep_their_own_exports(tmp_path: Path, hf_c
     made = {s.key: (export_dir(s) / "meta.json").stat().st_mtime_ns for s in specs[:1]}
     assert ensure_exported(specs[0])["tokenizer"] == "tokenizers"
     assert (export_dir(specs[0]) / "meta.json").stat().st_mtime_ns == made[specs[0].key]
+
+
+def test_a_processor_that_resizes_beyond_its_crop(tmp_path: Path, hf_clip_dir: Path) -> None:
+    """shortest_edge larger than the crop (256 then 224, as many fine-tunes save it)."""
+    import json
+
+    folder = tmp_path / "resize-then-crop"
+    shutil.copytree(hf_clip_dir, folder)
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    side = config["crop_size"]["height"]
+    config["size"] = {"shortest_edge": side + 9}
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    images = _images()
+    expected = reference_images(folder, images)
+    for runtime in ("onnx", "transformers"):
+        vectors = make_encoder(resolve_model(f"hf:{folder}"), device="cpu", runtime=runtime).encode_pil(images)
+        assert _cosines(vectors, expected).min() >= 0.999, runtime

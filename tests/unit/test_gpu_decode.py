@@ -32,10 +32,10 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MAX_DIFFERENCE = {"cpu": 0, "cuda": 1}
 
 
-def _config(size: int, interpolation: str, mode: str):
+def _config(size: int, interpolation: str, mode: str, **more: object):
     from clipdex.models.preprocess import PreprocessConfig
 
-    return PreprocessConfig(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), interpolation, mode)
+    return PreprocessConfig(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), interpolation, mode, **more)  # type: ignore[arg-type]
 
 
 def _photo(seed: int, width: int, height: int) -> Image.Image:
@@ -77,6 +77,15 @@ def _assert_parity(datas: list[bytes], cfg, device: str) -> None:
 def test_device_pixels_are_the_cpu_paths(device: str, size: int, interpolation: str, mode: str) -> None:
     datas = [_jpeg(_photo(seed, w, h)) for seed, (w, h) in enumerate(SIZES)]
     _assert_parity(datas, _config(size, interpolation, mode), device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("resize, crop", [(256, 224), (73, 64)])
+def test_a_resize_larger_than_the_crop_and_floor_offsets(device: str, resize: int, crop: int) -> None:
+    """Transformers' processors: the shorter side to ``resize``, a centre crop of ``crop`` placed
+    with the floor of the margin."""
+    datas = [_jpeg(_photo(seed, w, h)) for seed, (w, h) in enumerate(SIZES)]
+    _assert_parity(datas, _config(crop, "bicubic", "shortest", crop_rounding="floor", resize_size=resize), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)

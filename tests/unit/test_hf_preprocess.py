@@ -23,6 +23,8 @@ PROCESSORS = [  # (model family, processor keyword arguments)
     ("clip", {"size": {"shortest_edge": 33}, "crop_size": {"height": 33, "width": 33}, "resample": 2}),
     ("clip", {"size": 64, "crop_size": 64, "resample": 1}),  # the old int sizes of openai's checkpoints
     ("clip", {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 0}),
+    ("clip", {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "resample": 3}),
+    ("clip", {"size": {"shortest_edge": 41}, "crop_size": {"height": 32, "width": 32}, "resample": 2}),
     ("siglip", {"size": {"height": 224, "width": 224}, "resample": 3}),
     ("siglip", {"size": {"height": 47, "width": 47}, "resample": 0}),
 ]
@@ -87,8 +89,8 @@ def test_missing_keys_take_the_processor_class_defaults() -> None:
 
 
 @pytest.mark.parametrize("processor, words", [
-    ({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}},
-     ["resized to 256", "cropped to 224"]),
+    ({"size": {"shortest_edge": 200}, "crop_size": {"height": 224, "width": 224}},
+     ["resized to 200, less than the crop of 224"]),
     ({"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 200}}, ["not square"]),
     ({"size": {"shortest_edge": 224}, "do_center_crop": False}, ["no centre crop"]),
     ({"size": {"height": 224, "width": 256}, "do_center_crop": False}, ["not square"]),
