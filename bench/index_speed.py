@@ -39,7 +39,7 @@ from _machine import cpu_line  # a sibling module, not a package
 from clipdex import Index
 from clipdex.decode import load_image
 from clipdex.errors import ModelError
-from clipdex.indexer import CPU_BATCH, DRAFT_FACTOR, GPU_BATCH
+from clipdex.indexer import CPU_BATCH, GPU_BATCH, draft_size
 from clipdex.models.factory import make_encoder
 from clipdex.models.precision import AUTO
 from clipdex.models.registry import resolve_model
@@ -95,7 +95,7 @@ def forward_in_process(weights: str, precision: str, device: str, paths: list[Pa
     """:func:`forward_only` with an encoder built here, on ``paths`` prepared as the indexer does."""
     encoder = make_encoder(resolve_model(None, weights), device=device, precision=precision).load()
     pixels = np.stack([encoder.preprocess(load_image(p.read_bytes(), str(p),
-                                                     draft_size=DRAFT_FACTOR * encoder.image_size))
+                                                     draft_size=draft_size(encoder)))
                        for p in paths])
     return forward_only(encoder, pixels)
 
@@ -151,7 +151,7 @@ def decode_rates(paths: list[Path], weights: str) -> tuple[float, float, float, 
     encoder = make_encoder(resolve_model(None, weights), precision="fp32").load()
     data = [p.read_bytes() for p in paths]
     rates, pixels = [], []
-    for draft in (None, DRAFT_FACTOR * encoder.image_size):
+    for draft in (None, draft_size(encoder)):
         started = time.perf_counter()
         pixels.append(np.stack([encoder.preprocess(load_image(d, "x", draft_size=draft)) for d in data]))
         rates.append(len(data) / (time.perf_counter() - started))

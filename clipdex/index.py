@@ -44,7 +44,7 @@ from clipdex.errors import (
     first_line,
 )
 from clipdex.evaluate import Evaluation, evaluate
-from clipdex.indexer import DRAFT_FACTOR, Indexer, IndexReport, IndexSettings, Progress
+from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress, draft_size
 from clipdex.labels import LabelSet, label_set_from_json
 from clipdex.models.precision import AUTO, DEFAULT_MIN_COSINE, vector_family
 from clipdex.models.registry import ModelSpec, resolve_model
@@ -1192,7 +1192,7 @@ class _PrecisionPlan:
         if reference is None:
             reference = make_encoder(self.spec, device=self.index.device, precision="fp32")
             self._built["fp32"] = reference
-        draft = reference.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None
+        draft = draft_size(reference) if self.settings.reduced_decode else None
         return auto.sample_photos(paths, reference.preprocess, skip_hashes=embedded.__contains__,
                                   max_megapixels=self.settings.max_megapixels, draft_size=draft)
 

@@ -58,6 +58,12 @@ DRAFT_FACTOR = 2  # JPEGs decode reduced while both sides stay >= 2x the model's
 WHOLE_READ_BYTES = 32 << 20  # files up to this size are read once (hash, then decode from memory)
 HASH_CHUNK = 1 << 20  # larger ones are hashed in chunks and decoded from the file
 RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
+
+
+def draft_size(encoder: "Encoder") -> int:
+    """The least size JPEGs may be decoded reduced to for ``encoder``: both sides stay at least
+    :data:`DRAFT_FACTOR` times the side the model's transform resizes to (before its crop)."""
+    return DRAFT_FACTOR * encoder.preprocess_config.shorter_side
 DATE_BATCH = 1_000  # EXIF dates of photos indexed before are committed this many at a time
 # JPEGs decoded on the device wait as their files' bytes (a 24-megapixel photo is 5-10 MB,
 # not 150 KB of pixels): a batch is encoded once it holds this many, and the workers read
@@ -359,7 +365,7 @@ class Indexer:
             return model
         batch_size = self.settings.batch_size or (GPU_BATCH if self.encoder.device != "cpu" else CPU_BATCH)
         window = batch_size * LOOKAHEAD_BATCHES
-        draft = self.encoder.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None
+        draft = draft_size(self.encoder) if self.settings.reduced_decode else None
         self._device_decoder = self._make_device_decoder()
         # JPEGs for the device wait as file bytes: bound those too, not only the count.
         byte_budget = DEVICE_LOOKAHEAD_BYTES if self._device_decoder else None
@@ -599,7 +605,7 @@ class Indexer:
         """A JPEG the device did not decode, decoded by Pillow as the workers would have."""
         assert item.jpeg is not None
         log.debug("%s: decoded by Pillow (the device decoder said: %s)", item.entry.path, device_reason)
-        draft = self.encoder.image_size * DRAFT_FACTOR if self.settings.reduced_decode else None
+        draft = draft_size(self.encoder) if self.settings.reduced_decode else None
         try:
             image = load_image(bytes(item.jpeg.data), item.entry.path,
                                max_megapixels=self.settings.max_megapixels, draft_size=draft)
