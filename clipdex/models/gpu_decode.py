@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.models.preprocess import PreprocessConfig
+from clipdex.models.preprocess import PreprocessConfig, rows_first
 
 if TYPE_CHECKING:
     import torch
@@ -148,7 +148,7 @@ def plan_fit(width: int, height: int, cfg: PreprocessConfig) -> Plan:
                       else _identity(0, size))
         vertical = (pillow_coefficients(height, 0, height, size, interp) if height != size
                     else _identity(0, size))
-        return Plan(width, height, horizontal, vertical, _pillow_vertical_first(width, height, size, size))
+        return Plan(width, height, horizontal, vertical, rows_first(width, height, size, size))
     side = cfg.shorter_side
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(side * long / short)
@@ -165,27 +165,7 @@ def plan_fit(width: int, height: int, cfg: PreprocessConfig) -> Plan:
         vertical = pillow_coefficients(height, top * scale, (top + size) * scale, size, interp)
     else:
         vertical = _identity(top, size)
-    return Plan(width, height, horizontal, vertical, vertical_first=False)  # fit: columns first
-
-
-def _pillow_vertical_first(width: int, height: int, out_w: int, out_h: int) -> bool:
-    """Whether Pillow resizes rows before columns here. Pillow 13 does when the height
-    shrinks by more than twice what the width does (Resample.c); earlier versions always
-    do columns first. Which one is installed is found once, by trying."""
-    rule = height - out_h > 0 and height - out_h > (width - out_w) * 2
-    return rule and _pillow_has_vertical_first()
-
-
-@lru_cache(maxsize=1)
-def _pillow_has_vertical_first() -> bool:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    probe = Image.fromarray(rng.integers(0, 256, (96, 40, 3), dtype=np.uint8))
-    bicubic = Image.Resampling.BICUBIC
-    one = np.asarray(probe.resize((30, 20), bicubic))
-    rows_first = np.asarray(probe.resize((40, 20), bicubic).resize((30, 20), bicubic))
-    return bool(np.array_equal(one, rows_first))
+    return Plan(width, height, horizontal, vertical, vertical_first=rows_first(width, height, new_w, new_h))
 
 
 # -- on the device -----------------------------------------------------------------

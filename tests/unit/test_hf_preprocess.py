@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from clipdex.errors import ModelError
 from clipdex.models.hf import download_patterns, processor_config, resolve
@@ -17,7 +18,8 @@ from tests.images import photo
 
 # (width, height) of the test images: landscape, portrait, square, odd margins on both
 # sides, smaller than the model's input, and very long.
-SIZES = [(640, 480), (481, 640), (100, 100), (33, 47), (301, 199), (20, 31), (37, 1000), (1001, 64)]
+SIZES = [(640, 480), (481, 640), (100, 100), (33, 47), (301, 199), (20, 31), (37, 1000), (1001, 64),
+         (300, 1000)]  # a phone-like portrait: Pillow resizes its rows first
 PROCESSORS = [  # (model family, processor keyword arguments)
     ("clip", {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 3}),
     ("clip", {"size": {"shortest_edge": 33}, "crop_size": {"height": 33, "width": 33}, "resample": 2}),
@@ -31,7 +33,10 @@ PROCESSORS = [  # (model family, processor keyword arguments)
 
 
 def _image(width: int, height: int) -> Any:
-    return photo(width * 31 + height, max(width, 64), max(height, 64)).crop((0, 0, width, height))
+    image = photo(width * 31 + height, max(width, 64), max(height, 64)).crop((0, 0, width, height))
+    # Sensor-like noise on top: a smooth picture hides a resampling order that differs.
+    noise = np.random.default_rng(width + height).integers(-40, 41, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
 
 
 def _pil_processor(family: str, kwargs: dict[str, Any]) -> Any:
