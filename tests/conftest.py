@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import threading
@@ -154,3 +155,33 @@ def hf_siglip_spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.hf_checkpoints import write_siglip_spm
 
     return write_siglip_spm(tmp_path_factory.mktemp("hf-siglip-spm"))
+
+
+@pytest.fixture()
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache, offline (fill it with tests.hf_checkpoints.cache_repo)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def sigmoid_open_clip(folder: Path, name: str, bias: float, seed: int) -> tuple[Path, Any]:
+    """A tiny open_clip CLIP with SigLIP's logit_bias and random weights: its model-config file (registered
+    with open_clip) and the model. ``name`` must not contain "siglip" (open_clip would then ask the hub for
+    SigLIP's tokenizer)."""
+    import open_clip
+    import torch
+
+    config = json.loads(TINY_CONFIG.read_text())
+    config["init_logit_bias"] = bias
+    config_path = folder / f"{name}.json"
+    config_path.write_text(json.dumps(config))
+    open_clip.add_model_config(config_path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None).eval()
+    assert model.logit_bias is not None
+    return config_path, model

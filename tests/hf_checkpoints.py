@@ -186,3 +186,17 @@ def write_siglip_spm(folder: Path, seed: int = 0, input_names: tuple[str, ...] =
     tokenizer = siglip_spm_tokenizer(folder, seed, input_names)
     _write_siglip_model(folder, seed, len(tokenizer), resample=3)  # type: ignore[arg-type]
     return folder
+
+
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cache_repo(cache: Path, repo: str, folder: Path) -> Path:
+    """``folder``'s files laid out as the hub client would have downloaded ``repo`` into ``cache``."""
+    import shutil
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / HUB_REVISION)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(HUB_REVISION)
+    return root

@@ -26,6 +26,7 @@ from clipdex.models.registry import resolve_model
 from clipdex.models.runtimes.hf_torch import HfTorchEncoder
 from clipdex.models.runtimes.onnx import ensure_exported
 from tests.conftest import free_port, run_cli
+from tests.hf_checkpoints import cache_repo
 from tests.images import photo, write_photos
 
 CHECKPOINTS = ["hf_clip_dir", "hf_siglip_dir"]
@@ -247,28 +248,9 @@ def test_cli_index_search_and_classify(tmp_path: Path, hf_siglip_dir: Path) -> N
 
 # -- hub names, offline ---------------------------------------------------------
 
-def _hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    return cache
-
-
-def test_a_hub_name_in_the_hf_cache_runs_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 hf_clip_dir: Path) -> None:
+def test_a_hub_name_in_the_hf_cache_runs_offline(hub_cache: Path, hf_clip_dir: Path) -> None:
     """A repo the Hugging Face cache holds (laid out as the hub client writes it) is used as is."""
-    cache = _hub_cache(tmp_path, monkeypatch)
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / "models--clipdex--tiny-clip"
-    shutil.copytree(hf_clip_dir, repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    cache_repo(hub_cache, "clipdex/tiny-clip", hf_clip_dir)
     spec = resolve_model("hf:clipdex/tiny-clip")
     assert (spec.key, spec.pretrained) == ("hf:clipdex/tiny-clip", "clipdex/tiny-clip")
     images = _images()[:3]
@@ -277,11 +259,10 @@ def test_a_hub_name_in_the_hf_cache_runs_offline(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "unreachable"])
-def test_a_hub_name_not_cached_fails_fast_saying_how_to_bring_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_a_hub_name_not_cached_fails_fast_saying_how_to_bring_it(hub_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  offline: bool) -> None:
     from huggingface_hub import constants
 
-    _hub_cache(tmp_path, monkeypatch)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
     spec = resolve_model("siglip-base")

@@ -27,7 +27,9 @@ from clipdex.interchange import HF_DEFAULT_DIMS, MANIFEST_NAME, embedding_dim, s
 from clipdex.labels import make_label_set
 from clipdex.models.registry import resolve_model
 from clipdex.models.spec import ModelSpec
-from tests.conftest import TINY_CONFIG, run_cli
+from tests.conftest import run_cli
+from tests.conftest import sigmoid_open_clip as make_sigmoid_open_clip
+from tests.hf_checkpoints import cache_repo
 
 LABELS = ["dawn", "day", "dusk", "night"]
 TEMPLATE = "a photo taken at {}"
@@ -36,7 +38,6 @@ TEMPLATE = "a photo taken at {}"
 MAX_PROB_CHANGE = 1e-3
 OPEN_CLIP_NAME = "clipdex-tiny-sigmoid-st"  # a tiny open_clip CLIP with SigLIP's logit_bias
 OPEN_CLIP_BIAS = -10.0
-REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _label_set() -> Any:
@@ -137,27 +138,6 @@ def test_the_dimension_is_the_width_of_get_image_features(tmp_path: Path, hf_cli
 
 # -- a hub name: through the Hugging Face cache, or not on this machine -------------
 
-@pytest.fixture()
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hugging Face cache, offline (as the hub client lays one out)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
-def _cache_repo(cache: Path, repo: str, folder: Path) -> Path:
-    """``folder``'s files as the hub client would have downloaded ``repo`` into ``cache``."""
-    root = cache / f"models--{repo.replace('/', '--')}"
-    shutil.copytree(folder, root / "snapshots" / REVISION)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(REVISION)
-    return root
-
-
 @contextlib.contextmanager
 def _warnings(logger: str) -> Iterator[list[str]]:
     """The warnings ``logger`` logs meanwhile (caught on the logger itself: the CLI keeps
@@ -177,7 +157,7 @@ def test_a_hub_checkpoint_imports_with_its_scoring_from_the_cache_or_says_what_i
     repo = "clipdex/tiny-siglip"
     model = f"hf:{repo}"
     reference = _hf_reference(hf_siglip_dir)
-    cached = _cache_repo(hub_cache, repo, hf_siglip_dir)
+    cached = cache_repo(hub_cache, repo, hf_siglip_dir)
     with Index.open(tmp_path / "idx", model=model, create=True) as index:
         index.add(photos)
     _export_and_import(tmp_path / "idx", tmp_path / "export", tmp_path / "imported", "--model", model)
@@ -206,7 +186,7 @@ def test_a_hub_checkpoint_imports_with_its_scoring_from_the_cache_or_says_what_i
     assert "config.json" in result.output and f"hf download {repo}" in result.output
     assert not (tmp_path / "third" / "catalog.sqlite").exists()
 
-    _cache_repo(hub_cache, repo, hf_siglip_dir)  # the model arrives: its first classification scores as its own
+    cache_repo(hub_cache, repo, hf_siglip_dir)  # the model arrives: its first classification scores as its own
     assert _classify(tmp_path / "elsewhere", model=model).scoring == SIGMOID
     record = _imported_record(tmp_path / "elsewhere", model=model)
     assert record.logit_bias == pytest.approx(reference["bias"], abs=1e-6)
@@ -219,18 +199,11 @@ def test_a_hub_checkpoint_imports_with_its_scoring_from_the_cache_or_says_what_i
 def sigmoid_open_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny open_clip CLIP with a logit_bias (random weights): its config, and its weights
     as safetensors and as a torch pickle."""
-    import open_clip
     import torch
     from safetensors.torch import save_file
 
     folder = tmp_path_factory.mktemp("sigmoid-open-clip")
-    config = json.loads(TINY_CONFIG.read_text())
-    config["init_logit_bias"] = OPEN_CLIP_BIAS
-    config_path = folder / f"{OPEN_CLIP_NAME}.json"
-    config_path.write_text(json.dumps(config))
-    open_clip.add_model_config(config_path)
-    torch.manual_seed(1)
-    model = open_clip.create_model(OPEN_CLIP_NAME, pretrained=None).eval()
+    config_path, model = make_sigmoid_open_clip(folder, OPEN_CLIP_NAME, OPEN_CLIP_BIAS, seed=1)
     with torch.no_grad():
         model.logit_scale.fill_(float(np.log(20.0)))  # not 100: a scale read is told from the default
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -305,7 +278,7 @@ def test_an_open_clip_hub_model_is_scored_from_the_file_in_the_hf_cache(
     weights = tmp_path / "weights"
     weights.mkdir()
     shutil.copy(sigmoid_open_clip["safetensors"], weights)
-    _cache_repo(hub_cache, repo, weights)
+    cache_repo(hub_cache, repo, weights)
     spec = resolve_model(f"{OPEN_CLIP_NAME}/test")
     assert (spec.weights, spec.pretrained) == (None, "test")
     assert scoring_params(spec) == (pytest.approx(sigmoid_open_clip["scale"], rel=1e-6),

@@ -8,7 +8,6 @@ An index made before the bias was stored opens and classifies as before.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from clipdex.classify import SIGMOID, SOFTMAX, UNCERTAIN, build_classifier, clas
 from clipdex.labels import make_label_set
 from clipdex.store import Store
 from clipdex.store.migrations import LATEST_VERSION, MIGRATIONS
-from tests.conftest import TINY_CONFIG
+from tests.conftest import sigmoid_open_clip
 
 LOGIT_BIAS = -10.0  # SigLIP's init_logit_bias
 NAME = "clipdex-tiny-sigmoid"  # not "siglip": open_clip would then ask the hub for SigLIP's tokenizer
@@ -38,18 +37,10 @@ MAX_REL_DECODED = 2e-2
 @pytest.fixture(scope="module")
 def sigmoid_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny open_clip CLIP with a logit_bias (random weights), its config and weights files."""
-    import open_clip
     import torch
 
     folder = tmp_path_factory.mktemp("sigmoid-model")
-    config = json.loads(TINY_CONFIG.read_text())
-    config["init_logit_bias"] = LOGIT_BIAS
-    config_path = folder / f"{NAME}.json"
-    config_path.write_text(json.dumps(config))
-    open_clip.add_model_config(config_path)
-    torch.manual_seed(0)
-    model = open_clip.create_model(NAME, pretrained=None).eval()
-    assert model.logit_bias is not None
+    config_path, model = sigmoid_open_clip(folder, NAME, LOGIT_BIAS, seed=0)
     weights = folder / f"{NAME}.pt"
     torch.save(model.state_dict(), weights)
     return {"model": model, "model_config": str(config_path), "weights": str(weights)}
