@@ -17,6 +17,7 @@ from clipdex.settings import cache_dir
 
 FINGERPRINT_BYTES = 16  # hex digits of the weights' sha256 kept in a model key
 HF_PREFIX = "hf:"  # --model hf:REPO or hf:/path/to/save_pretrained/folder
+ONNX_PREFIX = "onnx:"  # --model onnx:REPO or onnx:/path/to/export (the hub layout, clipdex.models.bundle)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,14 @@ class ModelSpec:
     For a Transformers checkpoint (``family`` 'hf', :mod:`clipdex.models.hf`): ``arch``
     is 'hf'; ``pretrained`` the hub repository, or ``weights`` a local
     ``save_pretrained`` folder with ``weights_sha256`` the fingerprint of its files.
+
+    For a ready ONNX export (``family`` 'onnx', ``--model onnx:…``): ``arch`` is 'onnx';
+    ``pretrained`` the hub repository, or ``weights`` the local folder; ``identity`` the key
+    of the model it was exported from (its clipdex.json, or Immich's ``ARCH__TAG`` name), so
+    its vectors share an index with that model's from any other source.
+
+    ``onnx`` (any family): a hub repository or folder holding a ready ONNX export of this
+    same model (the registry's Immich sources), fetched where exporting would need torch.
     """
 
     name: str
@@ -40,10 +49,14 @@ class ModelSpec:
     weights_sha256: str | None = None
     config: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     family: str = "open_clip"
+    identity: str | None = None
+    onnx: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
         """Identity of the vectors this model makes: architecture plus weights."""
+        if self.identity:
+            return self.identity
         if self.weights_sha256:
             return f"{self.arch}@sha256:{self.weights_sha256[:FINGERPRINT_BYTES]}"
         if self.family == "hf":
