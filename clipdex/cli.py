@@ -1150,29 +1150,52 @@ def remove_cmd(folder: str | None, missing: bool, index_dir: str | None, as_json
 # -- models ------------------------------------------------------------------
 @main.group("models")
 def models_group() -> None:
-    """The model registry."""
+    """The model registry, and ONNX exports of models for installs without torch."""
+
+
+def _cached_here(spec: "ModelSpec", onnx: str | None) -> dict[str, Any]:
+    """What of ``spec`` is on this machine: clipdex's own export, the registry's ready export
+    (in the Hugging Face cache, or its folder), the weights (where finding them needs no torch)."""
+    from pathlib import Path
+
+    from clipdex.errors import ModelError
+    from clipdex.models import optional, sources
+    from clipdex.models.onnx_export import cached
+
+    ready = False
+    if onnx:
+        if sources.is_folder_reference(onnx):
+            ready = sources.export_complete(Path(onnx).expanduser())
+        else:
+            ready = sources.cached_snapshot(onnx) is not None
+    weights = ""
+    if spec.family == "hf" or optional.has_open_clip():  # open_clip's tags are known to open_clip only
+        from clipdex.models.weights import locate_weights
+
+        try:
+            weights = locate_weights(spec, download=False)
+        except ModelError:
+            weights = ""
+    return {"export": cached(spec), "onnx": ready, "weights": weights}
 
 
 @models_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models_list_cmd(as_json: bool) -> None:
-    """Show registry models and whether their weights are on this machine."""
-    from clipdex.errors import ModelError
+    """Show registry models, where each comes from (a ready ONNX export, torch's weights), and
+    what of it is on this machine."""
     from clipdex.models.registry import default_model_name, list_models, resolve_model
-    from clipdex.models.weights import locate_weights
 
     rows = []
     for entry in list_models():
         spec = resolve_model(entry.name)
-        try:
-            where = locate_weights(spec, download=False)
-        except ModelError:
-            where = ""
+        here = _cached_here(spec, entry.onnx)
         rows.append({"name": entry.name, "family": spec.family, "source": entry.source,
                      "arch": entry.arch or None, "pretrained": entry.pretrained or None, "hf": entry.hf,
+                     "onnx": entry.onnx, "sources": entry.sources,
                      "aliases": list(entry.aliases),
                      "description": entry.description, "default": entry.name == default_model_name(),
-                     "local": where})
+                     "local": here["weights"], "cached": here})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -1180,16 +1203,68 @@ def models_list_cmd(as_json: bool) -> None:
 
     table = Table(box=None)
     table.add_column("name", no_wrap=True)  # typed back: never cut
-    table.add_column("model", overflow="fold")  # folded, not cut, where the terminal is narrow
-    table.add_column("weights", no_wrap=True)
+    table.add_column("sources", overflow="fold")  # folded, not cut, where the terminal is narrow
+    table.add_column("here", no_wrap=True)
     table.add_column("description", min_width=24)
     for r in rows:
         name = str(r["name"]) + (" (default)" if r["default"] else "")
-        table.add_row(_t(name), _t(str(r["source"])), "local" if r["local"] else "download", _t(r["description"]))
+        here = r["cached"]
+        found = [w for w, yes in (("export", here["export"]), ("ONNX", here["onnx"]), ("weights", here["weights"]))
+                 if yes]
+        sources = str(r["sources"]).replace(" · ", "\n")  # one source a line
+        table.add_row(_t(name), _t(sources), ", ".join(found) or "download", _t(r["description"]))
     _console().print(table)
+    _console().print("here: export = clipdex's own ONNX export; ONNX = the ready export, in the Hugging Face cache; "
+                     "weights = torch's weights. Without torch, models with an ONNX source run from it.")
     _console().print("Any open_clip ARCH/PRETRAINED pair also works, --weights FILE (--model-config FILE.json) "
-                     "for local or custom open_clip models, and any Transformers CLIP or SigLIP checkpoint as "
-                     "--model hf:OWNER/NAME (the hub) or --model hf:/path/to/folder (save_pretrained).")
+                     "for local or custom open_clip models, any Transformers CLIP or SigLIP checkpoint as "
+                     "--model hf:OWNER/NAME (the hub) or --model hf:/path/to/folder (save_pretrained), and a ready "
+                     "ONNX export as --model onnx:OWNER/NAME or --model onnx:/path/to/folder "
+                     "(`clipdex models export`, or Immich's).")
+
+
+@models_group.command("export")
+@click.argument("name")
+@click.argument("dest", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Local checkpoint file (offline or fine-tuned weights).")
+@click.option("--model-config", type=click.Path(dir_okay=False),
+              help="open_clip model-config JSON of a custom architecture (needs --weights).")
+def models_export_cmd(name: str, dest: str, weights: str | None, model_config: str | None) -> None:
+    """Write model NAME (as --model takes it) as a ready ONNX export into the new folder DIR.
+
+    The folder has the hub layout (Immich's, plus clipdex.json: the model's identity, scoring and
+    preprocessing), so an install without torch runs it as --model onnx:DIR, or from the hub
+    after `hf upload OWNER/REPO DIR` as --model onnx:OWNER/REPO; its vectors share an index with
+    the model's own. Exporting needs torch once (or clipdex's earlier export of the model here).
+    """
+    from pathlib import Path
+
+    from clipdex.models.bundle import write_export
+    from clipdex.models.onnx_export import cache_export
+    from clipdex.models.registry import resolve_model
+    from clipdex.models.runtimes.onnx import exporter_of
+
+    folder = Path(dest).expanduser()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ModelError(f"{folder} is not an empty folder; `clipdex models export` writes a new one. Pass a new "
+                         "folder's path, or empty this one first.")
+    spec = resolve_model(name, weights, model_config)
+    if spec.family == "onnx":
+        raise ModelError(f"{spec.name} is already a ready ONNX export; copy its folder (or `hf download` it) instead "
+                         "of exporting it again.")
+    export = cache_export(spec, "fp32", exporter_of(spec))
+    written = write_export(export, folder)
+    files = sorted(p for p in written.rglob("*") if p.is_file())
+    out = _console()
+    out.print(f"exported {spec.name} (model key {spec.key}) into {written}:", markup=False)
+    for path in files:
+        out.print(f"  {path.relative_to(written)}  {_size(path.stat().st_size)}", markup=False)
+    out.print(f"  {_count(len(files), 'file')}, {_size(sum(p.stat().st_size for p in files))} in all", markup=False)
+    quoted = shlex.quote(str(written))
+    out.print(f"Use it here or copy it anywhere: clipdex index PHOTOS --model onnx:{quoted}", markup=False)
+    out.print(f"Publish it on the Hugging Face hub: hf upload OWNER/REPO {quoted}; then anyone runs it, without "
+              "torch, as --model onnx:OWNER/REPO", markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,9 @@
 architecture and pretrained tag, or to a Transformers checkpoint on the hub.
 :func:`resolve_model` turns what a user typed (a registry name, ``ARCH/TAG``,
 ``hf:REPO`` or ``hf:/local/folder``, a local weights file, a custom
-architecture JSON) into a :class:`ModelSpec`; nothing here imports torch.
+architecture JSON, ``onnx:REPO`` or ``onnx:/export/folder``) into a
+:class:`ModelSpec`; nothing here imports torch. An entry's ``onnx`` names a hub
+repository with a ready ONNX export of its weights (:mod:`clipdex.models.sources`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError, UnknownModel
-from clipdex.models.spec import HF_PREFIX, ModelSpec, fingerprint_weights
+from clipdex.models.spec import HF_PREFIX, ONNX_PREFIX, ModelSpec, fingerprint_weights
 
 __all__ = ["ModelSpec", "RegistryEntry", "default_model_name", "fingerprint_weights", "get_registry_entry",
            "list_models", "resolve_model"]
@@ -41,11 +43,19 @@ class RegistryEntry:
     aliases: tuple[str, ...] = ()
     description: str = ""
     hf: str | None = None  # a Transformers checkpoint on the hub, in place of arch/pretrained
+    onnx: str | None = None  # a hub repository with a ready ONNX export of the same weights (Immich's)
 
     @property
     def source(self) -> str:
         """'ViT-B-32/openai' or 'hf:google/siglip-base-patch16-224'."""
         return f"{HF_PREFIX}{self.hf}" if self.hf else f"{self.arch}/{self.pretrained}"
+
+    @property
+    def sources(self) -> str:
+        """Where the model comes from, in words: 'ONNX: immich-app/ViT-B-32__openai · torch: open_clip
+        ViT-B-32/openai' (the ready export first: what an install without torch uses)."""
+        torch = f"Transformers {self.hf}" if self.hf else f"open_clip {self.arch}/{self.pretrained}"
+        return f"ONNX: {self.onnx} · torch: {torch}" if self.onnx else f"torch: {torch}"
 
 
 @lru_cache(maxsize=1)
@@ -59,6 +69,7 @@ def _load_registry() -> tuple[str, dict[str, RegistryEntry]]:
             aliases=tuple(table.get("aliases", ())),
             description=table.get("description", ""),
             hf=table.get("hf"),
+            onnx=table.get("onnx"),
         )
         for name, table in data["models"].items()
     }
@@ -97,6 +108,9 @@ def resolve_model(
       pretrained model; weights come from open_clip's download.
     - ``hf:REPO`` (a Transformers checkpoint on the hub, through the Hugging Face
       cache) or ``hf:/path/to/folder`` (a local ``save_pretrained`` folder).
+    - ``onnx:REPO`` or ``onnx:/path/to/folder``: a ready ONNX export in the hub layout
+      (Immich's, or one written by ``clipdex models export``), known by the model it was
+      exported from (:func:`clipdex.models.bundle.identity_of`).
     - ``weights``: a checkpoint file for that architecture (fine-tuned, offline).
     - ``model_config``: an open_clip model-config JSON for a custom architecture;
       needs ``weights``. Its name is ``model`` if given, else the file's stem.
@@ -122,9 +136,12 @@ def resolve_model(
         return _hf_spec(f"{HF_PREFIX}{entry.hf}", entry.name, weights_path, model_config)
     if name.startswith(HF_PREFIX):
         return _hf_spec(name, None, weights_path, model_config)
+    if name.startswith(ONNX_PREFIX):
+        return _onnx_spec(name[len(ONNX_PREFIX):], weights_path, model_config)
     if entry is not None:
+        # A local checkpoint replaces the weights the ready export was made from: not the same model.
         return ModelSpec(name=entry.name, arch=entry.arch, pretrained=entry.pretrained,
-                         weights=weights_path, weights_sha256=sha)
+                         weights=weights_path, weights_sha256=sha, onnx=None if weights_path else entry.onnx)
     if "/" in name:
         arch, _, tag = name.partition("/")
         if not arch or not tag:
@@ -147,6 +164,37 @@ def _hf_spec(reference: str, name: str | None, weights: str | None,
     from clipdex.models.hf import resolve
 
     return resolve(reference[len(HF_PREFIX):], name)
+
+
+def _onnx_spec(reference: str, weights: str | None, model_config: str | os.PathLike[str] | None) -> ModelSpec:
+    """The spec of ``onnx:REFERENCE``: an export folder (``onnx:/path``, ``onnx:./x``, or ``a/b`` that
+    exists here) or a hub repository ``owner/name[@revision]``, known by the model it was exported
+    from (its clipdex.json, or Immich's ``ARCH__TAG`` name), read from the folder or the hub
+    snapshot (only its small files are fetched when the repository is not cached)."""
+    from clipdex.models import sources
+    from clipdex.models.bundle import identity_of
+
+    reference = reference.strip()
+    if weights is not None or model_config is not None:
+        raise ModelError(f"{ONNX_PREFIX}{reference} is a ready ONNX export: its weights and configuration are in "
+                         "its files. Drop --weights/--model-config.")
+    if not reference:
+        raise ModelError(f"an empty ONNX reference: use --model {ONNX_PREFIX}owner/name (an export on the hub) or "
+                         f"--model {ONNX_PREFIX}/path/to/folder (a folder written by `clipdex models export`).")
+    if sources.is_folder_reference(reference):
+        folder = Path(reference).expanduser().resolve()
+        if not folder.is_dir():
+            what = "is a file; an export is the folder that holds it" if folder.is_file() else "does not exist"
+            raise ModelError(f"{ONNX_PREFIX}{reference}: the folder {folder} {what}. Pass a folder written by "
+                             f"`clipdex models export` (or an Immich export: visual/, textual/, config.json), or "
+                             f"{ONNX_PREFIX}owner/name for one on the hub.")
+        return ModelSpec(name=f"{ONNX_PREFIX}{folder}", arch="onnx", weights=str(folder), family="onnx",
+                         identity=identity_of(folder, folder.name), onnx=str(folder))
+    repo, _ = sources.split_repo(reference)
+    name = f"{ONNX_PREFIX}{reference}"
+    snapshot = sources.small_files(reference, name)
+    return ModelSpec(name=name, arch="onnx", pretrained=reference, family="onnx",
+                     identity=identity_of(snapshot, repo.rsplit("/", 1)[-1]), onnx=reference)
 
 
 def _check_weights(weights: str | os.PathLike[str]) -> str:
