@@ -23,11 +23,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipdex.errors import ModelError
 from clipdex.models.registry import ModelSpec
 from clipdex.settings import cache_dir
+
+if TYPE_CHECKING:
+    from clipdex.models.bundle import Export
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -44,6 +47,7 @@ STALE_TEMP_S = 3600  # a temporary export older than this is abandoned, whoever 
 TEMP_EXPORT = re.compile(r".+\.tmp-(\d+)-[A-Za-z0-9_]+")
 TEMP_QUANTISED = re.compile(r".+\.(\d+)\.tmp")
 LEGACY_TEMP_EXPORT = re.compile(r".+-v\d+\.[a-z0-9_]{8}")  # mkdtemp's names before the pid was in them
+TOKENIZER_FILE = "tokenizer.json"
 # A family's exporter: writes the towers into a folder, returns the facts for meta.json.
 Exporter = Callable[[ModelSpec, Path], dict[str, Any]]
 
@@ -68,12 +72,64 @@ def read_meta(spec: ModelSpec) -> dict[str, Any] | None:
         return None
 
 
-def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter) -> dict[str, Any]:
+def no_exporter(spec: ModelSpec, what: str) -> str:
+    """What to install (or use) where ``what`` needs the family's torch runtime and it is missing."""
+    from clipdex.models import optional
+
+    needs = optional.hf_message(what) if spec.family == "hf" else optional.torch_message(what)
+    return (f"{needs}; or run a ready export: --model onnx:DIR (a folder written by `clipdex models export` "
+            "on a machine with torch) or onnx:OWNER/REPO on the Hugging Face hub.")
+
+
+def cached(spec: ModelSpec) -> bool:
+    """Whether clipdex's cache holds an export of ``spec`` (its meta.json and fp32 image tower)."""
+    return read_meta(spec) is not None and (export_dir(spec) / VISUAL_FILES["fp32"]).exists()
+
+
+def cache_export(spec: ModelSpec, precision: str, exporter: Exporter | None) -> Export:
+    """The cache's export of ``spec`` as an :class:`~clipdex.models.bundle.Export`, exported (with
+    ``exporter``: the family's torch exporter, None where torch is not installed) and quantised
+    where missing."""
+    from clipdex.models.bundle import PIXELS_UINT8_NHWC, Export
+
+    meta = ensure_exported(spec, precision, exporter)
+    folder = export_dir(spec)
+    if meta.get("tokenizer") == "clip-bpe":
+        _write_clip_bpe_tokenizer(folder, meta)
+    visual = {p: folder / name for p, name in VISUAL_FILES.items() if (folder / name).exists()}
+    text = folder / TEXT_FILE
+    tokenizer = folder / TOKENIZER_FILE
+    return Export(root=folder, meta={**meta, "pixel_input": PIXELS_UINT8_NHWC}, origin="cache",
+                  source=f"exported here ({folder})", visual=visual, text=text if text.exists() else None,
+                  tokenizer=tokenizer if tokenizer.exists() else None, work=folder)
+
+
+def _write_clip_bpe_tokenizer(folder: Path, meta: dict[str, Any]) -> None:
+    """CLIP's BPE as a tokenizer.json beside an export made with open_clip, where open_clip's
+    vocabulary is at hand: a torch-free install sharing this cache then tokenises its texts
+    with the ``tokenizers`` library."""
+    target = folder / TOKENIZER_FILE
+    if target.exists():
+        return
+    from clipdex.models import clip_bpe
+
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        clip_bpe.write(tmp, int(meta.get("context_length", 77)))
+        os.replace(tmp, target)
+    except (OSError, RuntimeError) as e:  # a read-only cache, or no open_clip here (its vocabulary)
+        tmp.unlink(missing_ok=True)
+        log.debug("could not write %s: %s", target, e)
+
+
+def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter | None) -> dict[str, Any]:
     """The export of ``spec`` (its meta.json), exporting (with ``exporter``) and quantising what
     is missing."""
     folder = export_dir(spec)
     meta = read_meta(spec)
     if meta is None or not (folder / VISUAL_FILES["fp32"]).exists():
+        if exporter is None:
+            raise ModelError(no_exporter(spec, f"exporting {spec.name} to ONNX (there is no ready export of it here)"))
         remove_stale_exports(folder.parent)
         log.info("preparing %s for ONNX Runtime: exporting it once (about 20 s for a ViT-B model) "
                  "into %s", spec.name, folder)
@@ -84,14 +140,18 @@ def ensure_exported(spec: ModelSpec, precision: str, exporter: Exporter) -> dict
                              f"delete {folder} and run again.")
     target = folder / VISUAL_FILES[precision]
     if precision == "int8" and not target.exists():
-        _quantise(spec, folder, target)
+        quantise(spec.name, folder / VISUAL_FILES["fp32"], target)
     return meta
 
 
-def _quantise(spec: ModelSpec, folder: Path, target: Path) -> None:
+def quantise(name: str, source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantisation of the image tower ``source`` into ``target``
+    (written atomically; the model is ``name`` in messages)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    log.info("quantising %s to int8 (once per model)", spec.name)
+    log.info("quantising %s to int8 (once per model)", name)
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
     remove_stale_exports(folder)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     root = logging.getLogger()
@@ -100,7 +160,7 @@ def _quantise(spec: ModelSpec, folder: Path, target: Path) -> None:
     try:
         # reduce_range: 7-bit weights, so that u8 x s8 products summed in pairs
         # cannot overflow int16 on CPUs without VNNI (AVX2's vpmaddubsw).
-        quantize_dynamic(str(folder / VISUAL_FILES["fp32"]), str(tmp), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True)
         os.replace(tmp, target)
     except BaseException:

@@ -1,11 +1,15 @@
 """The ONNX Runtime encoder: a model's towers exported once, then run without torch.
 
-The export (:mod:`clipdex.models.onnx_export`) is made on a model's first use
-on the CPU; fp32 is exact, int8 is the image tower quantised dynamically.
-Texts run through the exported text tower with a tokenizer that needs no torch
-(CLIP's BPE, or the checkpoint's own tokenizer.json through the ``tokenizers``
-library); a model whose tokenizer only its own library has encodes texts
-through its torch runtime.
+The export comes from :func:`clipdex.models.sources.find_export`: clipdex's cache (made on a
+model's first use by its family's torch runtime, :mod:`clipdex.models.onnx_export`), a ready
+export on the hub (Immich's repositories) or a folder written by ``clipdex models export``.
+fp32 is exact; int8 is the image tower quantised dynamically, once. Texts run through the
+exported text tower with a tokenizer that needs no torch (the export's tokenizer.json through
+the ``tokenizers`` library, or CLIP's BPE over open_clip's vocabulary); a model whose tokenizer
+only its own library has encodes texts through its torch runtime.
+
+Towers are fed by what their graphs declare: input names, integer widths, and a batch axis
+fixed at one (Immich's current exports) is met one item at a time.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from clipdex.errors import ModelError, first_line
+from clipdex.models.bundle import Export
 from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime, encode_pil
-from clipdex.models.onnx_export import TEXT_FILE, VISUAL_FILES, export_dir
-from clipdex.models.onnx_export import ensure_exported as ensure_export
+from clipdex.models.onnx_export import no_exporter
 from clipdex.models.precision import require
 from clipdex.models.preprocess import PreprocessConfig, check_pixels, fit
 from clipdex.models.registry import ModelSpec
@@ -30,13 +34,14 @@ from clipdex.models.runtimes import FAMILY_RUNTIMES
 
 ONNX_PRECISIONS = ("fp32", "int8")
 TextFeeds = Callable[[Sequence[str]], dict[str, np.ndarray]]
+ONNX_INTS = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
 def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
     return OnnxEncoder(spec, precision)
 
 
-RUNTIME = Runtime("onnx", "ONNX Runtime", families=("open_clip", "hf"), precisions={"cpu": ONNX_PRECISIONS},
+RUNTIME = Runtime("onnx", "ONNX Runtime", families=("open_clip", "hf", "onnx"), precisions={"cpu": ONNX_PRECISIONS},
                   build=_build)
 
 
@@ -51,9 +56,27 @@ def family_module(spec: ModelSpec) -> Any:
                          f"known: {', '.join(FAMILY_RUNTIMES)}") from None
 
 
+def exporter_of(spec: ModelSpec) -> Any:
+    """The family's torch exporter, or None where it cannot run here (torch or the family's
+    library not installed: a light install, which runs ready exports only)."""
+    from clipdex.models import optional
+
+    runs = {"open_clip": optional.has_open_clip, "hf": optional.has_transformers}.get(spec.family)
+    if runs is None or not runs():
+        return None
+    return family_module(spec).export
+
+
+def find(spec: ModelSpec, precision: str = "fp32") -> Export:
+    """The export to run ``spec`` from (:func:`clipdex.models.sources.find_export`)."""
+    from clipdex.models.sources import find_export
+
+    return find_export(spec, precision, exporter_of(spec))
+
+
 def ensure_exported(spec: ModelSpec, precision: str = "fp32") -> dict[str, Any]:
-    """The export of ``spec`` (its meta.json), made by its family's torch runtime where missing."""
-    return ensure_export(spec, precision, family_module(spec).export)
+    """The facts of the export of ``spec`` (its meta.json's), made where missing."""
+    return find(spec, precision).meta
 
 
 def damaged_export(spec: ModelSpec, path: Path, error: Exception) -> ModelError:
@@ -62,11 +85,19 @@ def damaged_export(spec: ModelSpec, path: Path, error: Exception) -> ModelError:
                       f"Delete {path.parent} and it is exported again on the next run.")
 
 
-def text_feeds(folder: Path, meta: dict[str, Any]) -> TextFeeds | None:
+def _clip_bpe_runs_here() -> bool:
+    """Whether CLIP's BPE over open_clip's vocabulary can run (open_clip, ftfy and regex installed)."""
+    from clipdex.models.optional import installed
+
+    return all(installed(name) for name in ("open_clip", "ftfy", "regex"))
+
+
+def text_feeds(export: Export) -> TextFeeds | None:
     """Texts -> the exported text tower's inputs, without torch; None where the export
     has no such tokenizer (texts then go through the family's torch runtime)."""
+    meta = export.meta
     kind = meta.get("tokenizer")
-    if kind == "clip-bpe":
+    if kind == "clip-bpe" and (_clip_bpe_runs_here() or export.tokenizer is None):
         from clipdex.models.tokenizer import ClipTokenizer
 
         bpe = ClipTokenizer(meta["context_length"])
@@ -79,11 +110,59 @@ def text_feeds(folder: Path, meta: dict[str, Any]) -> TextFeeds | None:
             return {"tokens": tokens}
 
         return feeds
+    if kind == "clip-bpe":  # no open_clip here: the same BPE, as the tokenizer.json written beside the export
+        from clipdex.models.hf_tokenizer import HfTokenizer
+
+        assert export.tokenizer is not None
+        padding = "longest" if meta.get("trim_tokens") else "max_length"
+        return HfTokenizer(export.tokenizer, meta["context_length"], padding, 0, "!", ("input_ids",))
     if kind == "tokenizers":
         from clipdex.models.hf_tokenizer import HfTokenizer
 
-        return HfTokenizer.from_export(folder, meta)
+        return HfTokenizer.from_export(export.tokenizer.parent if export.tokenizer else export.root, meta)
     return None
+
+
+class _Tower:
+    """One ONNX Runtime session and how its graph wants to be fed."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.inputs = session.get_inputs()
+        first = self.inputs[0].shape
+        self.one_at_a_time = bool(first) and first[0] == 1  # a batch axis fixed at one
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = self._named(feeds)
+        if not self.one_at_a_time:
+            return np.asarray(self.session.run(None, feeds)[0], np.float32)
+        rows = next(iter(feeds.values())).shape[0]
+        out = [self.session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(rows)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def _named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feeds`` under the graph's input names and integer widths: a tower with one input takes
+        the first feed ('pixels', 'input_ids', 'tokens') whatever the exporter named it."""
+        names = [i.name for i in self.inputs]
+        if set(names) <= set(feeds):
+            chosen = {name: feeds[name] for name in names}
+        elif len(names) == 1:
+            chosen = {names[0]: next(iter(feeds.values()))}
+        else:
+            raise ModelError(f"an exported tower takes {', '.join(names)}; clipdex has {', '.join(feeds)} for it")
+        for spec in self.inputs:
+            width = ONNX_INTS.get(spec.type)
+            if width is not None and chosen[spec.name].dtype != width:
+                chosen[spec.name] = chosen[spec.name].astype(width)
+        return chosen
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalised rows in float32 (exports normalise already; one that does not is made to)."""
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None]
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 class OnnxEncoder:
@@ -99,46 +178,73 @@ class OnnxEncoder:
         self.device = "cpu"
         self.threads = threads
         self._lock = threading.Lock()
-        self._meta: dict[str, Any] | None = None
+        self._export: Export | None = None
         self._cfg: PreprocessConfig | None = None
-        self._visual: Any = None
-        self._text: Any = None
+        self._visual: _Tower | None = None
+        self._text: _Tower | None = None
         self._feeds: TextFeeds | None = None
         self._torch_text: Any = None
 
     # -- building -------------------------------------------------------------
     def load(self) -> "OnnxEncoder":
-        self._ensure_meta()
-        self._visual_session()
+        self._visual_tower()
         return self
 
-    def _ensure_meta(self) -> dict[str, Any]:
-        if self._meta is None:
+    @property
+    def export(self) -> Export:
+        """The export this encoder runs (found, fetched or made on first use)."""
+        if self._export is None:
             with self._lock:
-                if self._meta is None:
-                    self._meta = ensure_exported(self.spec, self.precision)
-        assert self._meta is not None
-        return self._meta
+                if self._export is None:
+                    self._export = find(self.spec, self.precision)
+        return self._export
 
-    def _session(self, name: str) -> Any:
+    def _ensure_meta(self) -> dict[str, Any]:
+        return self.export.meta
+
+    @property
+    def source(self) -> str:
+        """Where the model came from, in words (the index records the sources it has checked)."""
+        return self.export.source
+
+    def visual_path(self) -> Path:
+        """The image tower of this encoder's precision (int8 quantised once where missing)."""
+        export = self.export
+        path = export.visual.get(self.precision)
+        if path is None and self.precision == "int8":
+            from clipdex.models.sources import int8_tower
+
+            path = int8_tower(export)
+        if path is None:
+            raise ModelError(f"the export of {self.spec.name} ({export.source}) has no {self.precision} image tower.")
+        return path
+
+    def _session(self, path: Path) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
-        path = export_dir(self.spec) / name
         try:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ONNX Runtime's own errors (InvalidProtobuf, NoSuchFile, …)
-            raise damaged_export(self.spec, path, e) from e
+            raise self._damaged(path, e) from e
 
-    def _visual_session(self) -> Any:
-        self._ensure_meta()
+    def _damaged(self, path: Path, error: Exception) -> ModelError:
+        if self.export.origin == "cache":
+            return damaged_export(self.spec, path, error)
+        return ModelError(f"the ONNX export of {self.spec.name} ({self.export.source}) is damaged: {path} cannot "
+                          f"be read ({first_line(error)}). Download it again (for a hub repository: delete it "
+                          "from the Hugging Face cache, `hf cache delete`, and run again) or write the folder "
+                          "again with `clipdex models export`.")
+
+    def _visual_tower(self) -> _Tower:
         if self._visual is None:
+            path = self.visual_path()
             with self._lock:
                 if self._visual is None:
-                    self._visual = self._session(VISUAL_FILES[self.precision])
+                    self._visual = _Tower(self._session(path))
         return self._visual
 
     # -- facts ----------------------------------------------------------------
@@ -176,32 +282,39 @@ class OnnxEncoder:
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         check_pixels(batch)
-        session = self._visual_session()
-        (vectors,) = session.run(None, {"pixels": np.ascontiguousarray(batch)})
-        return np.asarray(vectors, dtype=np.float32)
+        tower = self._visual_tower()
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return _normalised(tower.run({"pixels": self.export.pixel_feed(batch)}))
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
         return encode_pil(self, images)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        meta = self._ensure_meta()
+        export = self.export
         if self._text is None and self._torch_text is None:
             with self._lock:
                 if self._text is None and self._torch_text is None:
                     try:
-                        feeds = text_feeds(export_dir(self.spec), meta)
+                        feeds = text_feeds(export)
                     except Exception as e:  # the tokenizers library raises plain Exception for a bad file
-                        raise damaged_export(self.spec, export_dir(self.spec) / "tokenizer.json", e) from e
-                    if feeds is None:  # a tokenizer only the model's own library has
-                        self._torch_text = family_module(self.spec).torch_encoder(self.spec, "cpu")
+                        raise self._damaged(export.tokenizer or export.root, e) from e
+                    if feeds is None or export.text is None:  # a tokenizer only the model's own library has
+                        self._torch_text = self._torch_texts()
                     else:
                         self._feeds = feeds
-                        self._text = self._session(TEXT_FILE)
+                        self._text = _Tower(self._session(export.text))
         if self._torch_text is not None:
             return np.asarray(self._torch_text.encode_texts(texts), np.float32)
-        assert self._feeds is not None
-        out = [self._text.run(None, self._feeds(texts[i:i + TEXT_BATCH]))[0]
+        assert self._feeds is not None and self._text is not None
+        out = [_normalised(self._text.run(self._feeds(texts[i:i + TEXT_BATCH])))
                for i in range(0, len(texts), TEXT_BATCH)]
         if not out:
             return np.zeros((0, self.dim), np.float32)
-        return np.concatenate(out).astype(np.float32)
+        return np.concatenate(out)
+
+    def _torch_texts(self) -> Any:
+        if exporter_of(self.spec) is None:
+            raise ModelError(no_exporter(self.spec, f"encoding texts with {self.spec.name} (its export has no "
+                                                    "text tower that runs without torch)"))
+        return family_module(self.spec).torch_encoder(self.spec, "cpu")

@@ -1,7 +1,8 @@
 """The OpenVINO encoder: the image tower in bf16 on CPUs that compute bf16 natively.
 
 It runs the same exported image tower as :class:`~clipdex.models.runtimes.onnx.OnnxEncoder`
-(``visual-fp32.onnx``: 8-bit NHWC pixels in, normalised inside the graph),
+(clipdex's ``visual-fp32.onnx``: 8-bit NHWC pixels in, normalised inside the graph; or a
+ready export's, fed as its graph declares),
 compiled by OpenVINO with ``INFERENCE_PRECISION_HINT=bf16``: matrix multiplies
 in bfloat16 on AVX512_BF16 or AMX, about twice the speed of fp32, cosine to
 fp32 vectors >= 0.9999 on ViT-B-32. Texts (one query at a time, where speed does
@@ -23,7 +24,6 @@ import numpy as np
 
 from clipdex.errors import ModelError, first_line
 from clipdex.models.encoder import Encoder, Runtime, encode_pil
-from clipdex.models.onnx_export import VISUAL_FILES, export_dir
 from clipdex.models.precision import cpu_features, no_native_bf16, require
 from clipdex.models.preprocess import PreprocessConfig, check_pixels
 from clipdex.models.registry import ModelSpec
@@ -53,7 +53,7 @@ def _build(spec: ModelSpec, precision: str, device: str) -> Encoder:
     return OpenVinoEncoder(spec, precision)
 
 
-RUNTIME = Runtime("openvino", "OpenVINO", families=("open_clip", "hf"), precisions={"cpu": ("bf16",)},
+RUNTIME = Runtime("openvino", "OpenVINO", families=("open_clip", "hf", "onnx"), precisions={"cpu": ("bf16",)},
                   build=_build)
 
 
@@ -117,21 +117,20 @@ class OpenVinoEncoder:
             raise ModelError(missing_message(self.precision, missing))
         import openvino
 
-        self._onnx._ensure_meta()  # exports the model on its first use
+        path = self._onnx.visual_path()  # finds (or exports) the model on its first use
         core = openvino.Core()
         if self.precision == "bf16" and not openvino_bf16(core):
             raise ModelError(no_native_bf16(f"OpenVINO finds that this processor, {cpu_features().describe()},"))
         config = {**COMPILE_CONFIG, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision]}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        path = export_dir(self.spec) / VISUAL_FILES["fp32"]
         try:
             compiled = core.compile_model(str(path), "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError for anything: memory, a bad file
             raise ModelError(f"OpenVINO could not compile {self.spec.name} ({path}) in {self.precision}: "
                              f"{first_line(e)}. "
                              "Use --precision fp32 or int8; if the file is damaged, delete "
-                             f"{path.parent} and it is exported again.") from e
+                             f"{path.parent} and it is exported (or downloaded) again.") from e
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
         ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         if ran != OPENVINO_PRECISIONS[self.precision]:  # OpenVINO falls back to f32 silently
@@ -140,6 +139,10 @@ class OpenVinoEncoder:
         return compiled
 
     # -- facts ----------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return self._onnx.source
+
     @property
     def dim(self) -> int:
         return self._onnx.dim
@@ -172,9 +175,17 @@ class OpenVinoEncoder:
         normalisation in bf16, norms come out off by up to about 1e-3."""
         check_pixels(batch)
         compiled = self._visual()
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        pixels = self._onnx.export.pixel_feed(batch)
         # A request per call: encode_images may be called from several threads.
-        vectors = np.array(compiled.create_infer_request().infer([np.ascontiguousarray(batch)])[0],
-                           dtype=np.float32)
+        request = compiled.create_infer_request()
+        shape = compiled.inputs[0].get_partial_shape()
+        if shape.rank.is_static and shape[0].is_static and shape[0].get_length() == 1:  # a batch of one only
+            rows = [np.array(request.infer([pixels[i:i + 1]])[0], np.float32) for i in range(len(pixels))]
+            vectors = np.concatenate(rows)
+        else:
+            vectors = np.array(request.infer([pixels])[0], dtype=np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
