@@ -142,6 +142,12 @@ class TorchModelEncoder:
         self.device = ""
 
     # -- building -------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """Where the model came from, in words: this runtime and its weights (a file, a folder or the tag
+        its library downloads)."""
+        return f"{self.backend} ({self.spec.weights or self.spec.pretrained or self.spec.arch})"
+
     def load(self) -> Any:
         """Build the model now (it is otherwise built on first use)."""
         with self._lock:
