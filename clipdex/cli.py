@@ -1238,23 +1238,24 @@ def models_export_cmd(name: str, dest: str, weights: str | None, model_config: s
     after `hf upload OWNER/REPO DIR` as --model onnx:OWNER/REPO; its vectors share an index with
     the model's own. Exporting needs torch once (or clipdex's earlier export of the model here).
     """
+    import dataclasses
     from pathlib import Path
 
-    from clipdex.models.bundle import write_export
+    from clipdex.models.bundle import MANIFEST, write_export
     from clipdex.models.onnx_export import cache_export
     from clipdex.models.registry import resolve_model
     from clipdex.models.runtimes.onnx import exporter_of
 
     folder = Path(dest).expanduser()
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ModelError(f"{folder} is not an empty folder; `clipdex models export` writes a new one. Pass a new "
-                         "folder's path, or empty this one first.")
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).is_file())):
+        raise ModelError(f"{folder} is not an empty folder nor an earlier export by clipdex; `clipdex models export` "
+                         "writes a new one. Pass a new folder's path, or empty this one first.")
     spec = resolve_model(name, weights, model_config)
     if spec.family == "onnx":
         raise ModelError(f"{spec.name} is already a ready ONNX export; copy its folder (or `hf download` it) instead "
                          "of exporting it again.")
     export = cache_export(spec, "fp32", exporter_of(spec))
-    written = write_export(export, folder)
+    written = write_export(dataclasses.replace(export, extra={**export.extra, "name": spec.name}), folder)
     files = sorted(p for p in written.rglob("*") if p.is_file())
     out = _console()
     out.print(f"exported {spec.name} (model key {spec.key}) into {written}:", markup=False)

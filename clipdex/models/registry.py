@@ -193,8 +193,13 @@ def _onnx_spec(reference: str, weights: str | None, model_config: str | os.PathL
     repo, _ = sources.split_repo(reference)
     name = f"{ONNX_PREFIX}{reference}"
     snapshot = sources.small_files(reference, name)
-    return ModelSpec(name=name, arch="onnx", pretrained=reference, family="onnx",
-                     identity=identity_of(snapshot, repo.rsplit("/", 1)[-1]), onnx=reference)
+    identity = identity_of(snapshot, repo.rsplit("/", 1)[-1])
+    if identity.startswith("onnx@") and not sources.export_complete(snapshot):
+        # Known by its towers' fingerprint (no clipdex.json, no ARCH__TAG name): those are needed first.
+        snapshot = sources.cached_snapshot(reference) or sources.download_export(reference, name)
+        identity = identity_of(snapshot, repo.rsplit("/", 1)[-1])
+    return ModelSpec(name=name, arch="onnx", pretrained=reference, family="onnx", identity=identity,
+                     onnx=reference)
 
 
 def _check_weights(weights: str | os.PathLike[str]) -> str:
