@@ -185,3 +185,25 @@ def sigmoid_open_clip(folder: Path, name: str, bias: float, seed: int) -> tuple[
     model = open_clip.create_model(name, pretrained=None).eval()
     assert model.logit_bias is not None
     return config_path, model
+
+
+# -- ONNX exports in the hub layout (tests/onnx_layouts.py): the tiny model as Immich and clipdex write it --
+
+@pytest.fixture(scope="session")
+def immich_export_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, Path]) -> Path:
+    """The tiny model exported as Immich's exporter writes ``immich-app/<ARCH>__<TAG>`` (batch fixed at
+    1, float32 NCHW pixels, int32 texts, Transformers' CLIP tokenizer); the folder is ``ViT-T__tiny``.
+    Read-only for tests: copy it to change it."""
+    from tests.onnx_layouts import write_immich_export
+
+    return write_immich_export(tiny_model, tmp_path_factory.mktemp("immich-export") / "ViT-T__tiny")
+
+
+@pytest.fixture(scope="session")
+def clipdex_export_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, Path]) -> Path:
+    """The tiny model written by clipdex's own export and ``bundle.write_export`` (the layout of
+    ``clipdex models export``). Read-only for tests: copy it to change it."""
+    from tests.onnx_layouts import write_clipdex_export
+
+    return write_clipdex_export(tiny_model, tmp_path_factory.mktemp("clipdex-export") / "tiny",
+                                tmp_path_factory.mktemp("clipdex-export-home"))
