@@ -231,6 +231,48 @@ def find_export(spec: ModelSpec, precision: str, exporter: Any, *, download: boo
     raise ModelUnavailable(spec.name, looked, reason if download else "not downloaded yet", fix)
 
 
+def check_available(spec: ModelSpec, exporter: Any, *, download: bool = True) -> None:
+    """Raise what :func:`find_export` would raise for a model it cannot get, before a command
+    creates anything (a first ``clipdex index``), without downloading an export or exporting:
+    fine where an export is on this machine, where the hub can be reached for a ready one, or
+    where torch can export weights that are here or that open_clip then downloads (as before)."""
+    from clipdex.models import onnx_export
+    from clipdex.models.network import require_hub
+
+    if onnx_export.cached(spec):
+        return
+    if spec.family == "onnx":
+        if spec.weights:
+            if not Path(spec.weights).is_dir():
+                raise ModelError(f"the ONNX export of {spec.name} is gone: no folder {spec.weights}. If it moved, "
+                                 f"pass --model {ONNX_PREFIX}/new/path.")
+            return
+        reference = spec.pretrained or ""
+        if cached_snapshot(reference) is None:
+            from huggingface_hub import constants
+
+            require_hub(spec.name, f"the Hugging Face cache {constants.HF_HUB_CACHE} (repo {reference})",
+                        f"On a machine with internet, run `{download_command(reference)}` and copy its Hugging "
+                        "Face cache here (set HF_HOME to it).", download=download)
+        return
+    if spec.onnx:
+        folder = is_folder_reference(spec.onnx)
+        if (export_complete(Path(spec.onnx).expanduser()) if folder else cached_snapshot(spec.onnx) is not None):
+            return
+    if exporter is not None and _weights_here(spec):
+        return
+    looked, reason, fix = _unavailable(spec, exporter)
+    if spec.onnx and not is_folder_reference(spec.onnx):
+        require_hub(spec.name, looked, fix, download=download)
+        return
+    if exporter is not None:
+        from clipdex.models.weights import locate_weights
+
+        locate_weights(spec, download=download)
+        return
+    raise ModelUnavailable(spec.name, looked, reason if download else "not downloaded yet", fix)
+
+
 def int8_tower(export: Export) -> Path:
     """The int8 image tower of ``export``: its own, or its fp32 tower quantised once (onnx_export's
     recipe) into :attr:`Export.work`, clipdex's cache, never the export's folder."""

@@ -248,3 +248,17 @@ def test_int8_of_a_folder_export_goes_to_clipdexs_cache_never_the_folder(tmp_pat
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     assert sources.int8_tower(export) == tower  # once
     assert sources.work_dir(spec.key, folder) != sources.work_dir(spec.key, tmp_path / "another")
+
+
+def test_check_available_answers_as_find_export_would_without_fetching(calls: list[str], hub_cache: Path,
+                                                                      tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="clipdex\\[torch\\]"):
+        sources.check_available(spec_with_source(None), None)
+    with pytest.raises(ModelUnavailable, match=f"hf download {REPO}"):
+        sources.check_available(spec_with_source(), None)  # offline, nothing cached: at once
+    cache_repo(hub_cache, REPO, hub_layout(tmp_path / "immich"))
+    sources.check_available(spec_with_source(), None)
+    folder = ModelSpec(name="onnx:x", arch="onnx", weights=str(tmp_path / "gone"), family="onnx", identity="k")
+    with pytest.raises(ModelError, match="is gone"):
+        sources.check_available(folder, None)
+    assert calls == []  # nothing read, exported or downloaded
