@@ -101,7 +101,8 @@ def cache_export(spec: ModelSpec, precision: str, exporter: Exporter | None) -> 
     tokenizer = folder / TOKENIZER_FILE
     return Export(root=folder, meta={**meta, "pixel_input": PIXELS_UINT8_NHWC}, origin="cache",
                   source=f"exported here ({folder})", visual=visual, text=text if text.exists() else None,
-                  tokenizer=tokenizer if tokenizer.exists() else None, work=folder)
+                  tokenizer=tokenizer if tokenizer.exists() else None, work=folder,
+                  extra={"name": spec.name, **({"model_config": spec.config} if spec.config else {})})
 
 
 def _write_clip_bpe_tokenizer(folder: Path, meta: dict[str, Any]) -> None:
@@ -117,7 +118,7 @@ def _write_clip_bpe_tokenizer(folder: Path, meta: dict[str, Any]) -> None:
     try:
         clip_bpe.write(tmp, int(meta.get("context_length", 77)))
         os.replace(tmp, target)
-    except (OSError, RuntimeError) as e:  # a read-only cache, or no open_clip here (its vocabulary)
+    except (OSError, RuntimeError, ModelError) as e:  # a read-only cache, or no open_clip here (its vocabulary)
         tmp.unlink(missing_ok=True)
         log.debug("could not write %s: %s", target, e)
 
