@@ -100,8 +100,9 @@ def index_option(f: F) -> F:
 
 _IDENTITY_OPTIONS = [
     click.option("--model", "-m", help="Registry name (see `clipdex models list`), ARCH/PRETRAINED of any "
-                 "open_clip model, or hf:OWNER/NAME or hf:/path/to/folder for a Transformers CLIP or SigLIP "
-                 "checkpoint. Default: the index's model, else ViT-B-32."),
+                 "open_clip model, hf:OWNER/NAME or hf:/path/to/folder for a Transformers CLIP or SigLIP "
+                 "checkpoint, or onnx:OWNER/NAME or onnx:/path/to/folder for a ready ONNX export (Immich's, or "
+                 "one written by `clipdex models export`). Default: the index's model, else ViT-B-32."),
     click.option("--weights", type=click.Path(dir_okay=False),
                  help="Local checkpoint file (offline or fine-tuned weights)."),
     click.option("--model-config", type=click.Path(dir_okay=False),
@@ -428,14 +429,15 @@ def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | N
 
     from clipdex.indexer import check_folder
     from clipdex.models.registry import resolve_model
-    from clipdex.models.weights import locate_weights
+    from clipdex.models.runtimes.onnx import exporter_of
+    from clipdex.models.sources import check_available
     from clipdex.settings import default_index_dir
     from clipdex.store.catalog import CATALOG_NAME
 
     if not (Path(index_dir) if index_dir else default_index_dir()).joinpath(CATALOG_NAME).exists():
         check_folder(photo_dir)
         spec = resolve_model(model, weights, model_config)
-        locate_weights(spec)
+        check_available(spec, exporter_of(spec))
         if spec.family == "hf":
             _check_transformers(spec)
 
