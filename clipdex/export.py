@@ -132,11 +132,11 @@ def check_table_path(out: str | os.PathLike[str], option: str = "--out") -> None
                                             f"not {suffix or 'a name without an extension'}; end the name "
                                             "in .csv (Excel opens it) or .parquet")
     if suffix == ".parquet":
-        import importlib.util
+        from clipdex.models.optional import PARQUET_INSTALL, installed
 
-        if importlib.util.find_spec("pyarrow") is None:
-            raise TableError(str(out), "writing Parquet needs pyarrow",
-                             "pip install 'clipdex[parquet]', or write a .csv file.")
+        if not installed("pyarrow"):
+            raise TableError(str(out), "writing Parquet needs pyarrow, which is not installed",
+                             f"{PARQUET_INSTALL}, or write a .csv file.")
 
 
 def write_table(out: str | os.PathLike[str], header: list[str], rows: list[list[str]],
@@ -153,7 +153,7 @@ def write_table(out: str | os.PathLike[str], header: list[str], rows: list[list[
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise TableError(str(path), "writing Parquet needs pyarrow",
+            raise TableError(str(path), "writing Parquet needs pyarrow, which is not installed",
                              "pip install 'clipdex[parquet]', or write a .csv file.") from None
         columns = {}
         for j, name in enumerate(header):

@@ -82,6 +82,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def _require_pyarrow(path: str | Path, what: str) -> None:
+    """Parquet is read and written by pyarrow, an extra (``clipdex[parquet]``): without it,
+    an :class:`InterchangeError` that says so before anything is touched."""
+    from clipdex.models.optional import PARQUET_INSTALL, installed
+
+    if not installed("pyarrow"):
+        raise InterchangeError(path, f"{what} needs pyarrow, which is not installed", f"{PARQUET_INSTALL}")
+
+
 EMBEDDINGS_DIR = "img_emb"
 METADATA_DIR = "metadata"
 MANIFEST_NAME = "clipdex.json"
@@ -162,6 +172,7 @@ def export_embeddings(index: "Index", folder: str | os.PathLike[str], *, model: 
         raise ValueError(f"shard_rows must be at least 1, not {shard_rows}")
     started = time.perf_counter()
     out = Path(os.path.abspath(os.path.expanduser(os.fspath(folder))))
+    _require_pyarrow(out, "writing an export (its metadata is Parquet)")
     store = index.store
     record = _export_model(index, model)
     hidden = store.missing_roots()
@@ -838,6 +849,7 @@ class _ShardReader:
             self._ids = _read_ids(shard.metadata)
             rows = len(self._ids)
         else:
+            _require_pyarrow(shard.metadata, "reading a shard's metadata (Parquet)")
             import pyarrow.parquet as pq
 
             try:

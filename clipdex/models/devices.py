@@ -2,7 +2,9 @@
 
 A device is ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"mps"``. Asking torch
 costs its import (~2 s), so a machine that can have no GPU (Linux with no
-NVIDIA, ROCm or WSL device) is answered without it.
+NVIDIA, ROCm or WSL device) is answered without it, and so is a light install
+(no torch: only ONNX Runtime on the CPU), where a GPU asked for by name is an
+error saying which extra brings it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import sys
 
 from clipdex.errors import ModelError
+from clipdex.models.optional import has_torch, torch_message
 from clipdex.settings import preferred_device
 
 CPU = "cpu"
@@ -23,10 +26,20 @@ def kind(device: str) -> str:
 
 
 def pick_device(requested: str | None = None) -> str:
-    """``requested`` if given, else CLIPDEX_DEVICE, else CUDA, then Apple MPS, then CPU."""
+    """``requested`` if given, else CLIPDEX_DEVICE, else CUDA, then Apple MPS, then CPU.
+
+    Without torch only the CPU can be had: chosen by default, and a GPU asked for
+    (``--device cuda``, CLIPDEX_DEVICE=mps) is a :class:`ModelError` naming the extra."""
     wanted = requested or preferred_device()
     if wanted == CPU or (not wanted and not accelerator_possible()):
         return CPU
+    if not has_torch():
+        if not wanted:
+            return CPU
+        if kind(wanted) not in ACCELERATORS:
+            raise ModelError(f"unknown device {wanted!r}; use cpu, cuda, cuda:N or mps.")
+        raise ModelError(f"{torch_message(f'device {wanted!r}')} (this install runs models on the CPU "
+                         "with ONNX Runtime only). Or use --device cpu.")
     import torch
 
     if wanted:

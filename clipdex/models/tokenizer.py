@@ -4,6 +4,11 @@ The same algorithm and vocabulary as open_clip's ``SimpleTokenizer`` (the
 vocabulary file is read from the installed open_clip package, which is not
 imported), returning a numpy array, so the query path of a search needs
 neither torch nor open_clip. A test checks it token for token against open_clip.
+
+Its vocabulary and its text cleaning (ftfy, regex) come with open_clip, so it
+serves exports made where open_clip is installed (clipdex's cache); exports
+from the hub carry a ``tokenizer.json`` that the ``tokenizers`` library reads,
+and a light install (no open_clip) is told which extra this one needs.
 """
 
 from __future__ import annotations
@@ -17,17 +22,38 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdex.errors import ModelError
+from clipdex.models.optional import TORCH_INSTALL, missing, torch_message
+
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MERGE_COUNT = 49152 - 256 - 2
 START, END = "<start_of_text>", "<end_of_text>"
 WORD_PATTERN = r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
+# What this tokenizer reads or imports: the vocabulary file (in open_clip) and the text cleaning.
+NEEDS = ("open_clip", "ftfy", "regex")
+
+
+def _check_installed(needs: tuple[str, ...] = NEEDS) -> None:
+    """A light install has none of :data:`NEEDS`: say which extra brings them, not a bare import error."""
+    absent = missing(needs)
+    if absent:
+        what = "CLIP's BPE tokenizer (for an export without a tokenizer.json)"
+        raise ModelError(f"{torch_message(what)} (not installed here: {', '.join(absent)}). Or use an export "
+                         "that carries its tokenizer.json: an Immich repository, or one written by "
+                         "`clipdex models export`.")
+
+
 def _vocab_path() -> Path:
+    """open_clip's vocabulary file (read, never imported: :mod:`clipdex.models.clip_bpe` reads it too)."""
+    _check_installed(("open_clip",))
     spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("open_clip is not installed; it holds CLIP's BPE vocabulary")
-    return Path(next(iter(spec.submodule_search_locations))) / VOCAB_FILE
+    path = Path(next(iter(spec.submodule_search_locations or []), "")) / VOCAB_FILE if spec else Path(VOCAB_FILE)
+    if not path.is_file():
+        raise ModelError(f"CLIP's BPE vocabulary is missing from open_clip's package (looked for {path}). "
+                         f"Reinstall open_clip: {TORCH_INSTALL}")
+    return path
 
 
 @lru_cache(maxsize=1)
@@ -48,6 +74,7 @@ class ClipTokenizer:
     """Texts -> (N, context_length) int64 token ids, as open_clip's default tokenizer."""
 
     def __init__(self, context_length: int = 77) -> None:
+        _check_installed()
         import regex
 
         self.context_length = context_length
