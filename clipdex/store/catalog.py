@@ -72,6 +72,30 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class ProbeSource:
+    """A source of a model whose probe vectors were checked against the index's (see
+    :mod:`clipdex.models.probe`): ``towers`` it was checked on ('image', 'text'), ``cosine`` the
+    least probe cosine measured (None: the source that recorded the probe)."""
+
+    source: str
+    towers: tuple[str, ...]
+    cosine: float | None = None
+    checked_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    """A model's probe as the index recorded it: its vectors (the probe image's row, then the
+    probe texts'), float32 (rows, dim), and the sources found to give them, first first."""
+
+    vectors: np.ndarray
+    sources: tuple[ProbeSource, ...]
+
+    def source(self, name: str) -> ProbeSource | None:
+        return next((s for s in self.sources if s.source == name), None)
+
+
+@dataclass(frozen=True)
 class FileRecord:
     """One file the index knows, indexed or failed."""
 
@@ -398,6 +422,43 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE models SET logit_scale = ?, logit_bias = ? WHERE id = ?",
                       (float(logit_scale), None if logit_bias is None else float(logit_bias), model_id))
+
+    # -- probes (see clipdex.models.probe) ---------------------------------------
+    def model_probe(self, model_id: int) -> ModelProbe | None:
+        """The model's recorded probe (None: none recorded yet, e.g. an index from before 009)."""
+        row = self.conn.execute("SELECT dim, probe, probe_sources FROM models WHERE id = ?",
+                                (model_id,)).fetchone()
+        if row is None or row["probe"] is None:
+            return None
+        return _probe(row["probe"], row["dim"], row["probe_sources"], self.path)
+
+    def record_probe(self, model_id: int, vectors: np.ndarray, source: str,
+                     towers: Sequence[str]) -> ModelProbe:
+        """Record ``vectors`` as the model's probe, given by ``source``, where it has none; returns
+        the probe the model has then (another process's, when it recorded one first)."""
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        sources = json.dumps([_probe_source_json(ProbeSource(source, tuple(towers), None, time.time()))])
+        with self.transaction() as c:
+            c.execute("UPDATE models SET probe = ?, probe_sources = ? WHERE id = ? AND probe IS NULL",
+                      (vectors.tobytes(), sources, model_id))
+        probe = self.model_probe(model_id)
+        assert probe is not None
+        return probe
+
+    def add_probe_source(self, model_id: int, source: str, towers: Sequence[str], cosine: float) -> None:
+        """Record that ``source`` gave the model's probe on ``towers`` (with least cosine
+        ``cosine``), beside the towers it was checked on before."""
+        with self.transaction() as c:
+            row = c.execute("SELECT probe_sources FROM models WHERE id = ?", (model_id,)).fetchone()
+            known = _probe_sources(row["probe_sources"] if row else None, self.path)
+            old = next((s for s in known if s.source == source), None)
+            merged = tuple(sorted(set(towers) | set(old.towers if old else ())))
+            worst = cosine if old is None or old.cosine is None else min(cosine, old.cosine)
+            entry = ProbeSource(source, merged, None if old is not None and old.cosine is None else worst,
+                                time.time())
+            updated = [entry if s.source == source else s for s in known] + ([] if old else [entry])
+            c.execute("UPDATE models SET probe_sources = ? WHERE id = ?",
+                      (json.dumps([_probe_source_json(s) for s in updated]), model_id))
 
     # -- precisions (see clipdex.models.auto) -----------------------------------
     def precision_counts(self, model: ModelRecord) -> dict[str, int]:
@@ -1172,6 +1233,30 @@ def _model(row: sqlite3.Row) -> ModelRecord:
                        dim=row["dim"], logit_scale=row["logit_scale"], rows=row["rows"],
                        precision=row["precision"], vectors_file=row["vectors_file"],
                        generation=row["generation"], storage=row["storage"], logit_bias=row["logit_bias"])
+
+
+def _probe(blob: bytes, dim: int, sources: str | None, index: Path) -> ModelProbe:
+    if len(blob) % (4 * dim):
+        raise IndexDamaged(index, f"a model's probe holds {len(blob)} bytes, not whole rows of {dim} floats",
+                           "Set models.probe and models.probe_sources to NULL in catalog.sqlite: the next "
+                           "`clipdex index` records the probe again.")
+    vectors = np.frombuffer(blob, dtype="<f4").reshape(-1, dim).astype(np.float32)
+    return ModelProbe(vectors, _probe_sources(sources, index))
+
+
+def _probe_sources(text: str | None, index: Path) -> tuple[ProbeSource, ...]:
+    try:
+        return tuple(ProbeSource(str(s["source"]), tuple(s["towers"]), s.get("cosine"), float(s.get("at", 0.0)))
+                     for s in json.loads(text or "[]"))
+    except (ValueError, TypeError, KeyError) as e:
+        raise IndexDamaged(index, f"a model's probe_sources cannot be read ({e})",
+                           "Set models.probe_sources to '[]' in catalog.sqlite: each source is checked "
+                           "again on its next use.") from None
+
+
+def _probe_source_json(source: ProbeSource) -> dict[str, object]:
+    return {"source": source.source, "towers": list(source.towers), "cosine": source.cosine,
+            "at": source.checked_at}
 
 
 def _choice(row: sqlite3.Row) -> "PrecisionChoice":

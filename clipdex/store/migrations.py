@@ -35,6 +35,15 @@ def _classify_old_failures(conn: sqlite3.Connection) -> None:
                      [(*classify_old_failure(reason or ""), file_id) for file_id, reason in rows])
 
 
+def _add_probe_columns(conn: sqlite3.Connection) -> None:
+    """models.probe and models.probe_sources, each added where the table lacks it: a catalog whose
+    version was set back by hand (to run an older migration again) keeps the columns it has."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(models)")}
+    for column, kind in (("probe", "BLOB"), ("probe_sources", "TEXT")):
+        if column not in present:
+            conn.execute(f"ALTER TABLE models ADD COLUMN {column} {kind}")
+
+
 Migration = str | Callable[[sqlite3.Connection], None]  # SQL statements, or a function run in the transaction
 
 MIGRATIONS: list[tuple[str, Migration]] = [
@@ -152,6 +161,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("008_logit_bias", """
         ALTER TABLE models ADD COLUMN logit_bias REAL;
     """),
+    ("009_model_probe", _add_probe_columns),
 ]
 # 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
 # holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
@@ -177,6 +187,13 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # 008: models.logit_bias is the bias of a model trained with a sigmoid loss (SigLIP): its
 # classification scores each label on its own, sigmoid(logit_scale * cosine + logit_bias).
 # NULL for a softmax model (CLIP), as every model registered before 008 (softmax over labels).
+# 009: models.probe is the model's vectors for clipdex.models.probe's fixed probe (little-endian
+# float32 rows of dim: the probe image's, then the three probe texts'), recorded by the first
+# encoder that adds vectors; models.probe_sources a JSON list of the sources (runtime, export,
+# folder, hub repository) found to give the same probe, each {"source", "towers" (checked on:
+# "image", "text"), "cosine" (least probe cosine; null for the source that recorded it), "at"}.
+# A source new to the model is checked before its vectors join the index's. NULL for both:
+# no probe yet (every model before 009); the next encoder that adds vectors records one.
 LATEST_VERSION = len(MIGRATIONS)
 
 
