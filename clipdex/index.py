@@ -46,6 +46,7 @@ from clipdex.errors import (
 from clipdex.evaluate import Evaluation, evaluate
 from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress, draft_size
 from clipdex.labels import LabelSet, label_set_from_json
+from clipdex.models import probe as probes
 from clipdex.models.precision import AUTO, DEFAULT_MIN_COSINE, vector_family
 from clipdex.models.registry import ModelSpec, resolve_model
 from clipdex.models.spec import FINGERPRINT_BYTES
@@ -76,6 +77,8 @@ from clipdex.store.rows import (
 )
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from clipdex.discover import Walk
     from clipdex.models.auto import PrecisionChoice
     from clipdex.models.encoder import Encoder
@@ -309,11 +312,93 @@ class Index:
             from clipdex.models.factory import make_encoder
 
             try:
-                self._encoder = make_encoder(self.spec(), device=self.device, for_queries=True)
+                built = make_encoder(self.spec(), device=self.device, for_queries=True)
             except ModelError as e:
                 self._encoder_error = e
                 raise
+            self._encoder = cast("Encoder", _ProbedEncoder(built, self))
         return self._encoder
+
+    def _probe_record(self) -> ModelRecord | None:
+        """The record a query encoder's vectors are compared with (None: nothing to compare
+        with yet: an empty index, or one without this model)."""
+        try:
+            return self.model_record()
+        except (EmptyIndex, ModelMismatch):
+            return None
+
+    def _check_source(self, record: ModelRecord, encoder: "Encoder", towers: Sequence[str]) -> None:
+        """:class:`ModelMismatch` unless ``encoder`` gives the probe vectors the index recorded for
+        ``record`` on ``towers`` (:mod:`clipdex.models.probe`); checked only for a source (runtime,
+        export, folder, hub repository) not yet found to give them, and recorded once it passes where
+        the index can be written (a read-only index checks on every opening). A model recorded
+        without a probe (an index from before probes) has nothing to compare with: it passes, and
+        :meth:`add` records the probe of its next encoder."""
+        source = probes.source_of(encoder)
+        with self.lock:
+            probe = self.store.model_probe(record.id)
+        if probe is None:
+            return
+        known = probe.source(source)
+        needed = [t for t in towers if known is None or t not in known.towers]
+        if not needed:
+            return
+        fresh = probes.probe_vectors(encoder, needed)
+        cosine = probes.min_cosine(probe.vectors[probes.rows_of(needed)], fresh)
+        if cosine < probes.MIN_PROBE_COSINE:
+            raise self._probe_mismatch(record, encoder.spec, source, needed, cosine,
+                                       [s.source for s in probe.sources])
+        log.info("%s gives the probe vectors of %s (%s, cosine %.5f)", source, record.name,
+                 probes.towers_named(needed), cosine)
+        if self.store.readonly:
+            return
+        try:
+            with self.lock:
+                self.store.add_probe_source(record.id, source, needed, cosine)
+        except IndexStorageError as e:  # the check passed; recording it only saves the next one
+            log.warning("could not record in %s that %s was checked (%s); it is checked again next time",
+                        self.path, source, e.problem)
+
+    def _probe_mismatch(self, record: ModelRecord, spec: ModelSpec, source: str, towers: Sequence[str],
+                        cosine: float, sources: Sequence[str]) -> ModelMismatch:
+        recorded = "; ".join(sources) or "none recorded"
+        return ModelMismatch(
+            f"{spec.name} from {source}", [_named(record.name, record.key)], self.path,
+            f"It claims to be {record.key}, but its vectors for clipdex's probe ({probes.towers_named(towers)}) "
+            f"agree with those the index recorded only to cosine {cosine:.4f}, below the "
+            f"{probes.MIN_PROBE_COSINE:g} that every runtime, export and precision of one model reaches: it "
+            "holds other weights (a mislabelled or re-exported model), and its vectors cannot be compared with "
+            "the index's. Nothing was written. Index with it into a new index (--index NEW_DIR), or use a source "
+            "that made or matched this index "
+            f"({recorded}).")
+
+    def _probed(self, record: ModelRecord, encoder: "Encoder") -> "Encoder":
+        """``encoder``, about to add vectors to ``record``: checked against the model's probe on both
+        towers, or recording its probe where the model has none yet (an index from before probes)."""
+        with self.lock:
+            recorded = self.store.model_probe(record.id)
+        if recorded is None:
+            log.info("recording the probe vectors of %s in %s", record.name, self.path)
+            self.store.record_probe(record.id, probes.probe_vectors(encoder), probes.source_of(encoder),
+                                    probes.TOWERS)
+        else:
+            self._check_source(record, encoder, probes.TOWERS)
+        return encoder
+
+    def _first_probe(self, spec: ModelSpec, key: str, encoder: "Encoder") -> tuple[np.ndarray, str]:
+        """The probe of the first encoder of a model new to the index, checked against the other
+        vector set of the same model where the index holds one (int8 beside full precision: both
+        are one model's, whichever source made them)."""
+        vectors, source = probes.probe_vectors(encoder), probes.source_of(encoder)
+        for other in (spec.key, vector_key(spec, "int8")):
+            sibling = self.store.get_model(other) if other != key else None
+            probe = self.store.model_probe(sibling.id) if sibling is not None else None
+            if sibling is not None and probe is not None and probe.source(source) is None:
+                cosine = probes.min_cosine(probe.vectors, vectors)
+                if cosine < probes.MIN_PROBE_COSINE:
+                    raise self._probe_mismatch(sibling, spec, source, probes.TOWERS, cosine,
+                                               [s.source for s in probe.sources])
+        return vectors, source
 
     # -- writing --------------------------------------------------------------
     def add(
@@ -378,13 +463,16 @@ class Index:
             # Again under the lock: another process may have registered a model meanwhile.
             record = self._check_model(self._add_key(spec, asked), allow_new_model, spec.name)
             plan = _PrecisionPlan(self, spec, asked, min_cosine, walk, settings or IndexSettings(), record)
-            encoder: Encoder = LazyEncoder(plan.encoder)  # type: ignore[assignment]
+            moved = False
             if record is None:  # a new model: build it now to learn its dimension
+                encoder: Encoder = LazyEncoder(plan.encoder)  # type: ignore[assignment]
                 encoder.load()
                 key = vector_key(spec, plan.precision)  # auto may have chosen int8
+                probe, source = self._first_probe(spec, key, encoder)
                 record = self.store.add_model(key, spec.name, spec.to_json(), encoder.dim,
                                               encoder.logit_scale, plan.precision or asked, storage or "f32",
                                               logit_bias=encoder.logit_bias)
+                self.store.record_probe(record.id, probe, source, probes.TOWERS)
                 plan.recorded(record)
             else:
                 forgotten = self.store.repair_vectors(record)
@@ -393,9 +481,19 @@ class Index:
                     log.warning("%d vectors of %s were lost from %s; their photos are encoded again "
                                 "(in other folders: run `clipdex status`)", forgotten, spec.name,
                                 self.path / record.vectors_file)
-                if spec.weights and record.spec_json != spec.to_json():
-                    self.store.update_model_spec(record.id, spec.to_json(), spec.name)  # weights moved
-            report = Indexer(encoder, self.store, settings).run(walk, record, progress)
+                moved = bool(spec.weights) and record.spec_json != spec.to_json()  # weights moved
+                # Built when the first photo needs encoding (an unchanged folder builds none), and
+                # checked then against the model's probe where its source is new to the index.
+                adding = record
+                encoder = LazyEncoder(lambda: self._probed(adding, plan.encoder()))  # type: ignore[assignment]
+            try:
+                report = Indexer(encoder, self.store, settings).run(walk, record, progress)
+            except ModelMismatch:  # another model under this one's name: the folder it added goes again
+                if not known_root:
+                    self.store.remove_root(walk.display_root)
+                raise
+            if moved:  # recorded once it is known the new place holds the same model
+                self.store.update_model_spec(record.id, spec.to_json(), spec.name)
             report.precision, report.precision_note = plan.precision or "", plan.note
             self._refresh_search(search_progress)
         finally:
@@ -1195,6 +1293,51 @@ class _PrecisionPlan:
         draft = draft_size(reference) if self.settings.reduced_decode else None
         return auto.sample_photos(paths, reference.preprocess, skip_hashes=embedded.__contains__,
                                   max_megapixels=self.settings.max_megapixels, draft_size=draft)
+
+
+class _ProbedEncoder:
+    """A query encoder whose towers are checked against the index's probe (:meth:`Index._check_source`)
+    before their first use: a text search checks the text tower only (the image tower is never loaded
+    for it), a search by an example image the image tower. Everything else is the encoder's.
+
+    No lock is held while checking (two threads may both check once: it is idempotent); a failed
+    check is remembered and raised again without encoding anything."""
+
+    def __init__(self, encoder: "Encoder", index: Index) -> None:
+        self._encoder = encoder
+        self._index = index
+        self._checked: set[str] = set()
+        self._refused: dict[str, ModelError] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def _check(self, tower: str) -> None:
+        if tower in self._checked:
+            return
+        if tower in self._refused:
+            raise self._refused[tower]
+        record = self._index._probe_record()
+        if record is None:
+            return  # nothing to compare with yet; asked again on the next use
+        try:
+            self._index._check_source(record, self._encoder, (tower,))
+        except ModelMismatch as e:
+            self._refused[tower] = e
+            raise
+        self._checked.add(tower)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self._check(probes.TEXT)
+        return self._encoder.encode_texts(texts)
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        self._check(probes.IMAGE)
+        return self._encoder.encode_images(batch)
+
+    def encode_pil(self, images: Sequence["Image.Image"]) -> np.ndarray:
+        self._check(probes.IMAGE)
+        return self._encoder.encode_pil(images)
 
 
 def _encode_terms(encoder: "Encoder", terms: list[QueryTerm], texts: list[str],
