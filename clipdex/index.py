@@ -291,7 +291,12 @@ class Index:
                     raise ModelError(
                         f"index {self.path} was built with the Transformers checkpoint {self._spec.weights}, "
                         "which no longer exists. If it moved, pass --model hf:/its/new/folder.")
-                if self._spec.family != "hf" and self._spec.weights and not os.path.isfile(self._spec.weights):
+                if self._spec.family == "onnx" and self._spec.weights and not os.path.isdir(self._spec.weights):
+                    raise ModelError(
+                        f"index {self.path} was built with the ONNX export in {self._spec.weights}, which no "
+                        "longer exists. If it moved, pass --model onnx:/its/new/folder.")
+                if (self._spec.family not in ("hf", "onnx") and self._spec.weights
+                        and not os.path.isfile(self._spec.weights)):
                     raise ModelError(
                         f"index {self.path} was built with weights {self._spec.weights}, which no "
                         f"longer exist. Pass them again with --weights FILE"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipdex.errors import ModelError
-from clipdex.models.registry import ModelSpec
+from clipdex.models.spec import ModelSpec
 from clipdex.settings import cache_dir
 
 if TYPE_CHECKING:

@@ -137,7 +137,9 @@ def resolve_model(
     if name.startswith(HF_PREFIX):
         return _hf_spec(name, None, weights_path, model_config)
     if name.startswith(ONNX_PREFIX):
-        return _onnx_spec(name[len(ONNX_PREFIX):], weights_path, model_config)
+        from clipdex.models.hub_exports import resolve
+
+        return resolve(name[len(ONNX_PREFIX):], weights_path, model_config)
     if entry is not None:
         # A local checkpoint replaces the weights the ready export was made from: not the same model.
         return ModelSpec(name=entry.name, arch=entry.arch, pretrained=entry.pretrained,
@@ -164,42 +166,6 @@ def _hf_spec(reference: str, name: str | None, weights: str | None,
     from clipdex.models.hf import resolve
 
     return resolve(reference[len(HF_PREFIX):], name)
-
-
-def _onnx_spec(reference: str, weights: str | None, model_config: str | os.PathLike[str] | None) -> ModelSpec:
-    """The spec of ``onnx:REFERENCE``: an export folder (``onnx:/path``, ``onnx:./x``, or ``a/b`` that
-    exists here) or a hub repository ``owner/name[@revision]``, known by the model it was exported
-    from (its clipdex.json, or Immich's ``ARCH__TAG`` name), read from the folder or the hub
-    snapshot (only its small files are fetched when the repository is not cached)."""
-    from clipdex.models import sources
-    from clipdex.models.bundle import identity_of
-
-    reference = reference.strip()
-    if weights is not None or model_config is not None:
-        raise ModelError(f"{ONNX_PREFIX}{reference} is a ready ONNX export: its weights and configuration are in "
-                         "its files. Drop --weights/--model-config.")
-    if not reference:
-        raise ModelError(f"an empty ONNX reference: use --model {ONNX_PREFIX}owner/name (an export on the hub) or "
-                         f"--model {ONNX_PREFIX}/path/to/folder (a folder written by `clipdex models export`).")
-    if sources.is_folder_reference(reference):
-        folder = Path(reference).expanduser().resolve()
-        if not folder.is_dir():
-            what = "is a file; an export is the folder that holds it" if folder.is_file() else "does not exist"
-            raise ModelError(f"{ONNX_PREFIX}{reference}: the folder {folder} {what}. Pass a folder written by "
-                             f"`clipdex models export` (or an Immich export: visual/, textual/, config.json), or "
-                             f"{ONNX_PREFIX}owner/name for one on the hub.")
-        return ModelSpec(name=f"{ONNX_PREFIX}{folder}", arch="onnx", weights=str(folder), family="onnx",
-                         identity=identity_of(folder, folder.name), onnx=str(folder))
-    repo, _ = sources.split_repo(reference)
-    name = f"{ONNX_PREFIX}{reference}"
-    snapshot = sources.small_files(reference, name)
-    identity = identity_of(snapshot, repo.rsplit("/", 1)[-1])
-    if identity.startswith("onnx@") and not sources.export_complete(snapshot):
-        # Known by its towers' fingerprint (no clipdex.json, no ARCH__TAG name): those are needed first.
-        snapshot = sources.cached_snapshot(reference) or sources.download_export(reference, name)
-        identity = identity_of(snapshot, repo.rsplit("/", 1)[-1])
-    return ModelSpec(name=name, arch="onnx", pretrained=reference, family="onnx", identity=identity,
-                     onnx=reference)
 
 
 def _check_weights(weights: str | os.PathLike[str]) -> str:

@@ -13,65 +13,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError, ModelUnavailable, first_line
-from clipdex.models.bundle import HUB_IGNORE, HUB_PATTERNS, TEXTUAL, VISUAL, Export, read_export
+from clipdex.models.bundle import Export, read_export
+from clipdex.models.hub_exports import (
+    cached_snapshot,
+    describe,
+    download_command,
+    download_export,
+    export_complete,
+    is_folder_reference,
+    missing_external_data,
+    small_files,
+    split_repo,
+)
 from clipdex.models.spec import ONNX_PREFIX, ModelSpec
 
+__all__ = ["cached_snapshot", "check_available", "describe", "download_command", "download_export",
+           "export_complete", "find_export", "int8_tower", "is_folder_reference", "missing_external_data",
+           "small_files", "split_repo", "work_dir"]
+
 log = logging.getLogger(__name__)
-# A hub repository, optionally pinned to a revision: owner/name or owner/name@revision.
-REPO_REF = re.compile(r"([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?")
-# A graph whose weights lie in files beside it is small; one bigger than this holds its own weights.
-EMBEDDED_WEIGHTS_BYTES = 64 << 20
 INT8_FILE = "visual-int8-r2.onnx"  # = onnx_export.VISUAL_FILES['int8'] (same recipe, same name)
-
-
-# -- references ---------------------------------------------------------------
-
-def is_folder_reference(reference: str) -> bool:
-    """Whether ``onnx:REFERENCE`` names a folder rather than a hub repository: a path that is
-    absolute, relative (./, ../, ~), Windows-style (C:\\, a backslash), or an existing folder;
-    ``owner/name`` that does not exist here is a repository."""
-    return (reference.startswith(("/", "./", "../", "~", ".\\", "..\\", "."))
-            or os.path.isabs(reference) or "\\" in reference
-            or re.match(r"[A-Za-z]:[\\/]", reference) is not None
-            or os.path.isdir(os.path.expanduser(reference)))
-
-
-def split_repo(reference: str) -> tuple[str, str | None]:
-    """('owner/name', revision or None) of a hub reference ``owner/name[@revision]``; a
-    :class:`ModelError` for what is neither a repository nor a folder."""
-    match = REPO_REF.fullmatch(reference.strip())
-    if match is None:
-        raise ModelError(f"{ONNX_PREFIX}{reference} is neither a hub repository (owner/name, e.g. "
-                         f"{ONNX_PREFIX}immich-app/ViT-B-32__openai) nor an existing folder. Check the spelling, "
-                         f"or give a folder as {ONNX_PREFIX}/path/to/export or {ONNX_PREFIX}./export.")
-    return match.group(1), match.group(2)
-
-
-def describe(reference: str) -> str:
-    """A source in words, for listings and errors: 'hub repository X' or 'folder X'."""
-    if is_folder_reference(reference):
-        return f"folder {Path(reference).expanduser()}"
-    return f"hub repository {reference}"
-
-
-def download_command(reference: str) -> str:
-    """The ``hf download`` command that fetches an export's ONNX files (not Immich's other formats)."""
-    repo, revision = split_repo(reference)
-    words = ["hf", "download", repo]
-    if revision:
-        words += ["--revision", revision]
-    for pattern in HUB_PATTERNS:
-        words += ["--include", pattern]
-    for pattern in HUB_IGNORE:
-        words += ["--exclude", pattern]
-    return shlex.join(words)
 
 
 def work_dir(key: str, root: Path) -> Path:
@@ -87,107 +53,6 @@ def work_dir(key: str, root: Path) -> Path:
 
 # -- the hub cache --------------------------------------------------------------
 
-def cached_snapshot(reference: str, *, complete: bool = True) -> Path | None:
-    """The Hugging Face cache's snapshot of the hub export ``reference`` (owner/name[@revision]),
-    or None. ``complete``: only one holding both towers, the config and the tokenizer, and every
-    weights file its towers' graphs name (a big model's lie beside its model.onnx); otherwise
-    one holding at least its clipdex.json or config.json (enough to name the model)."""
-    from huggingface_hub import snapshot_download
-
-    repo, revision = split_repo(reference)
-    try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=list(HUB_PATTERNS),
-                                        ignore_patterns=list(HUB_IGNORE), local_files_only=True))
-    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError is both), or a damaged cache
-        return None
-    if complete:
-        return folder if export_complete(folder) else None
-    from clipdex.models.bundle import CONFIG, MANIFEST
-
-    return folder if (folder / MANIFEST).is_file() or (folder / CONFIG).is_file() else None
-
-
-def export_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds a whole export in the hub layout: both towers, config.json,
-    preprocess_cfg.json, tokenizer.json, and every external weights file the towers' graphs
-    name (looked for only where a graph is small enough to keep its weights outside)."""
-    from clipdex.models.bundle import CONFIG, PREPROCESS, TOKENIZER
-
-    if not all((folder / name).is_file() for name in (CONFIG, VISUAL, TEXTUAL, PREPROCESS, TOKENIZER)):
-        return False
-    return all(not missing_external_data(folder / tower) for tower in (VISUAL, TEXTUAL))
-
-
-def missing_external_data(graph: Path) -> list[str]:
-    """The files holding ``graph``'s external weights that are not beside it ([] for a graph that
-    holds its own weights). A download cut short leaves some of a big model's many files out."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        if graph.stat().st_size > EMBEDDED_WEIGHTS_BYTES:
-            return []
-        model = onnx.load(str(graph), load_external_data=False)
-    except (OSError, ValueError, DecodeError):  # unreadable: the runtime says which file is damaged, what to do
-        return []
-    names: set[str] = set()
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            names.update(entry.value for entry in tensor.external_data if entry.key == "location")
-    return sorted(n for n in names if not (graph.parent / n).is_file())
-
-
-def download_export(reference: str, model: str, *, download: bool = True) -> Path:
-    """The hub export ``reference``'s snapshot, downloaded into the Hugging Face cache (its ONNX
-    files only, with the hub's progress bar); offline, a :class:`ModelUnavailable` within seconds
-    that names the repository and the command to fetch it."""
-    from huggingface_hub import constants, snapshot_download
-
-    from clipdex.models.network import require_hub
-
-    repo, revision = split_repo(reference)
-    looked = f"the Hugging Face cache {constants.HF_HUB_CACHE} (repo {reference})"
-    fix = (f"On a machine with internet, run `{download_command(reference)}` and copy its Hugging Face cache "
-           "here (set HF_HOME to it).")
-    require_hub(model, looked, fix, download=download)
-    log.info("downloading the ONNX export of %s from %s", model, reference)
-    try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=list(HUB_PATTERNS),
-                                        ignore_patterns=list(HUB_IGNORE)))
-    except Exception as e:  # the hub's errors are many (not found, gated, network): all mean the same here
-        raise ModelUnavailable(model, looked, f"download failed: {first_line(e)}", fix) from e
-    if not export_complete(folder):
-        raise ModelUnavailable(model, looked, "the repository holds no complete ONNX export (both towers' "
-                               "model.onnx, config.json, visual/preprocess_cfg.json, textual/tokenizer.json)", fix)
-    return folder
-
-
-def small_files(reference: str, model: str) -> Path:
-    """A snapshot of the hub export ``reference`` holding at least its clipdex.json or config.json
-    (what names its model): the cached one, else those small files downloaded."""
-    folder = cached_snapshot(reference, complete=False)
-    if folder is not None:
-        return folder
-    from huggingface_hub import constants, snapshot_download
-
-    from clipdex.models.bundle import CONFIG, MANIFEST
-    from clipdex.models.network import require_hub
-
-    repo, revision = split_repo(reference)
-    looked = f"the Hugging Face cache {constants.HF_HUB_CACHE} (repo {reference})"
-    fix = (f"On a machine with internet, run `{download_command(reference)}` and copy its Hugging Face cache "
-           "here (set HF_HOME to it), or pass a folder holding the export as --model onnx:/path/to/export.")
-    require_hub(model, looked, fix)
-    try:
-        found = Path(snapshot_download(repo, revision=revision, allow_patterns=[MANIFEST, CONFIG]))
-    except Exception as e:  # the hub's errors are many (not found, gated, network): all mean the same here
-        raise ModelUnavailable(model, looked, f"cannot read the repository: {first_line(e)}", fix) from e
-    if not ((found / MANIFEST).is_file() or (found / CONFIG).is_file()):
-        raise ModelUnavailable(model, looked, "the repository has neither clipdex.json nor config.json, so it "
-                               "is not an ONNX export in the hub layout", fix)
-    return found
-
-
 # -- finding an export ------------------------------------------------------------
 
 def find_export(spec: ModelSpec, precision: str, exporter: Any, *, download: bool = True) -> Export:
@@ -195,8 +60,8 @@ def find_export(spec: ModelSpec, precision: str, exporter: Any, *, download: boo
     missing). ``exporter`` is the family's torch exporter, asked only where clipdex exports the
     model itself (``None`` where torch is not installed).
 
-    In order: (a) clipdex's own cache export; (b) for ``--model onnx:…`` its folder or hub
-    repository; (c) the model's ready export (``spec.onnx``) already in the Hugging Face cache
+    In order: (a) for ``--model onnx:…`` its folder or hub repository, always (the export the
+    user named is the one that runs); (b) clipdex's own cache export; (c) the model's ready export (``spec.onnx``) already in the Hugging Face cache
     or on disk; (d) an export made here from weights already on disk (needs torch); (e) the ready
     export downloaded; (f) the weights downloaded and exported here (needs torch); else an error
     saying what to download or install.
@@ -204,10 +69,10 @@ def find_export(spec: ModelSpec, precision: str, exporter: Any, *, download: boo
     from clipdex.models import onnx_export
     from clipdex.models.network import require_hub
 
-    if onnx_export.cached(spec):  # (a)
-        return onnx_export.cache_export(spec, precision, exporter)
-    if spec.family == "onnx":  # (b)
+    if spec.family == "onnx":  # (a)
         return _in_precision(_onnx_family_export(spec, download=download), precision, spec)
+    if onnx_export.cached(spec):  # (b)
+        return onnx_export.cache_export(spec, precision, exporter)
     if spec.onnx:  # (c)
         ready = _ready_here(spec, spec.onnx)
         if ready is not None:
@@ -239,8 +104,6 @@ def check_available(spec: ModelSpec, exporter: Any, *, download: bool = True) ->
     from clipdex.models import onnx_export
     from clipdex.models.network import require_hub
 
-    if onnx_export.cached(spec):
-        return
     if spec.family == "onnx":
         if spec.weights:
             if not Path(spec.weights).is_dir():
@@ -254,6 +117,8 @@ def check_available(spec: ModelSpec, exporter: Any, *, download: bool = True) ->
             require_hub(spec.name, f"the Hugging Face cache {constants.HF_HUB_CACHE} (repo {reference})",
                         f"On a machine with internet, run `{download_command(reference)}` and copy its Hugging "
                         "Face cache here (set HF_HOME to it).", download=download)
+        return
+    if onnx_export.cached(spec):
         return
     if spec.onnx:
         folder = is_folder_reference(spec.onnx)
