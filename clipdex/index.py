@@ -962,6 +962,13 @@ class Index:
         """``record`` with the scoring its model's weights carry: a sigmoid model (SigLIP) recorded
         without its bias (indexed before biases were kept, or imported without the weights at hand)
         gets it now, once, so it is no longer scored as a softmax model."""
+        if record.logit_bias is None and getattr(self.encoder, "scoring_unknown", False):
+            raise ModelError(
+                f"{record.name} is a sigmoid model (SigLIP) whose export keeps no logit_scale and logit_bias "
+                f"(an Immich export: {getattr(self.encoder, 'source', 'its files')}), so its per-label "
+                "probabilities cannot be computed. Search works; to classify, index with an export that keeps "
+                "them: `clipdex models export ARCH/TAG DIR` of the open_clip model (needs clipdex[torch]), "
+                "then --model onnx:DIR, or the open_clip model itself.")
         bias = self.encoder.logit_bias
         if record.logit_bias is not None or bias is None:
             return record

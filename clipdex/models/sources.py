@@ -61,10 +61,11 @@ def find_export(spec: ModelSpec, precision: str, exporter: Any, *, download: boo
     model itself (``None`` where torch is not installed).
 
     In order: (a) for ``--model onnx:…`` its folder or hub repository, always (the export the
-    user named is the one that runs); (b) clipdex's own cache export; (c) the model's ready export (``spec.onnx``) already in the Hugging Face cache
-    or on disk; (d) an export made here from weights already on disk (needs torch); (e) the ready
-    export downloaded; (f) the weights downloaded and exported here (needs torch); else an error
-    saying what to download or install.
+    user named is the one that runs); (b) clipdex's own cache export; (c) the model's ready
+    export (``spec.onnx``) already in the Hugging Face cache or on disk; (d) an export made
+    here from weights already on disk (needs torch); (e) the ready export downloaded; (f) the
+    weights downloaded and exported here (needs torch); else an error saying what to download
+    or install.
     """
     from clipdex.models import onnx_export
     from clipdex.models.network import require_hub

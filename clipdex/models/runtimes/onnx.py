@@ -266,6 +266,12 @@ class OnnxEncoder:
         return None if bias is None else float(bias)
 
     @property
+    def scoring_unknown(self) -> bool:
+        """Whether the export keeps no scale and bias for a sigmoid model (Immich's SigLIP exports):
+        its per-label probabilities cannot be computed (searching works)."""
+        return bool(self._ensure_meta().get("scoring_unknown"))
+
+    @property
     def preprocess_config(self) -> PreprocessConfig:
         if self._cfg is None:  # read once: preprocess() asks for it for every photo
             self._cfg = PreprocessConfig.from_meta(self._ensure_meta())

@@ -144,6 +144,10 @@ class OpenVinoEncoder:
         return self._onnx.source
 
     @property
+    def scoring_unknown(self) -> bool:
+        return self._onnx.scoring_unknown
+
+    @property
     def dim(self) -> int:
         return self._onnx.dim
 
