@@ -437,9 +437,9 @@ def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | N
     if not (Path(index_dir) if index_dir else default_index_dir()).joinpath(CATALOG_NAME).exists():
         check_folder(photo_dir)
         spec = resolve_model(model, weights, model_config)
-        check_available(spec, exporter_of(spec))
         if spec.family == "hf":
             _check_transformers(spec)
+        check_available(spec, exporter_of(spec))
 
 
 def _check_transformers(spec: "ModelSpec") -> None:

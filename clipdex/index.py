@@ -48,7 +48,7 @@ from clipdex.indexer import Indexer, IndexReport, IndexSettings, Progress, draft
 from clipdex.labels import LabelSet, label_set_from_json
 from clipdex.models import probe as probes
 from clipdex.models.precision import AUTO, DEFAULT_MIN_COSINE, vector_family
-from clipdex.models.registry import ModelSpec, resolve_model
+from clipdex.models.registry import ModelSpec, resolve_model, with_ready_export
 from clipdex.models.spec import FINGERPRINT_BYTES
 from clipdex.search import QueryTerm, SearchResult, combine, parse_query
 from clipdex.search.base import BuildProgress, Hits, VectorIndex
@@ -286,7 +286,8 @@ class Index:
                 self._spec = self.requested
             else:
                 records = self.store.models()
-                self._spec = ModelSpec.from_json(records[0].spec_json) if records else resolve_model()
+                self._spec = (with_ready_export(ModelSpec.from_json(records[0].spec_json)) if records
+                              else resolve_model())
                 if self._spec.family == "hf" and self._spec.weights and not os.path.isdir(self._spec.weights):
                     raise ModelError(
                         f"index {self.path} was built with the Transformers checkpoint {self._spec.weights}, "

@@ -11,6 +11,7 @@ repository with a ready ONNX export of its weights (:mod:`clipdex.models.sources
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -74,6 +75,24 @@ def _load_registry() -> tuple[str, dict[str, RegistryEntry]]:
         for name, table in data["models"].items()
     }
     return data["default"], entries
+
+
+def ready_export(arch: str, pretrained: str | None) -> str | None:
+    """The ready ONNX export the registry names for open_clip's ``arch``/``pretrained`` (whatever
+    name it was asked by: 'ViT-B-32', 'ViT-B-32/openai', or an index's stored spec), or None."""
+    for entry in list_models():
+        if entry.onnx and not entry.hf and entry.arch == arch and entry.pretrained == pretrained:
+            return entry.onnx
+    return None
+
+
+def with_ready_export(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with the registry's ready export filled in where it has none: a spec stored by an index
+    made before exports came from the hub, or named ``ARCH/TAG``. A local checkpoint has none."""
+    if spec.onnx or spec.family != "open_clip" or spec.weights or spec.config:
+        return spec
+    found = ready_export(spec.arch, spec.pretrained)
+    return spec if found is None else dataclasses.replace(spec, onnx=found)
 
 
 def list_models() -> list[RegistryEntry]:
@@ -150,7 +169,7 @@ def resolve_model(
             raise UnknownModel(name, [e.name for e in list_models()],
                                maybe_hf=os.path.isdir(os.path.expanduser(name)))
         return ModelSpec(name=name, arch=arch, pretrained=tag, weights=weights_path,
-                         weights_sha256=sha)
+                         weights_sha256=sha, onnx=None if weights_path else ready_export(arch, tag))
     if weights_path is not None:
         # A bare open_clip architecture with a local checkpoint; checked when built.
         return ModelSpec(name=name, arch=name, weights=weights_path, weights_sha256=sha)

@@ -173,11 +173,30 @@ def _read(spec: ModelSpec, root: Path, source: str) -> Export:
     key = spec.key
     export = read_export(root, source=source, work=work_dir(key, root))
     found = export.meta.get("key") or identity_of(root, _source_name(spec, root))
-    if spec.family != "onnx" and found != key:
+    if found != key and spec.family == "onnx":
+        raise ModelError(f"the ONNX export in {source} is now of model {found}, but {spec.name} was {key} when "
+                         "this index took it: the export was replaced since. Its vectors would not match the "
+                         f"index's. Index it as a model of its own (--model {spec.name} --add-model, or a new "
+                         "--index), or put the export the index was built with back.")
+    if found != key:
         raise ModelError(f"the ONNX export of {spec.name} in {source} is of another model ({found}, not {key}); "
                          f"its vectors would not match this model's. Fix the model's onnx source, or use "
                          f"--model {ONNX_PREFIX}{spec.onnx} to index with that export as a model of its own.")
     return export
+
+
+def folder_stamp(folder: Path) -> str:
+    """A short digest of an export folder's files (names, sizes, modification times): its source
+    string changes when the folder is rewritten, so the index checks the new files' vectors again."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
 
 
 def _source_name(spec: ModelSpec, root: Path) -> str:
@@ -196,7 +215,7 @@ def _onnx_family_export(spec: ModelSpec, *, download: bool) -> Export:
         if not folder.is_dir():
             raise ModelError(f"the ONNX export of {spec.name} is gone: no folder {folder}. If it moved, pass "
                              f"--model {ONNX_PREFIX}/new/path (a folder written by `clipdex models export`).")
-        return _read(spec, folder, f"folder {folder}")
+        return _read(spec, folder, f"folder {folder} ({folder_stamp(folder)})")
     reference = spec.pretrained or ""
     snapshot = cached_snapshot(reference) or download_export(reference, spec.name, download=download)
     return _read(spec, snapshot, f"hub {reference}@{snapshot.name}")
@@ -207,7 +226,7 @@ def _ready_here(spec: ModelSpec, reference: str) -> Export | None:
     hub repository complete in the Hugging Face cache."""
     if is_folder_reference(reference):
         folder = Path(reference).expanduser()
-        return _read(spec, folder, f"folder {folder}") if export_complete(folder) else None
+        return _read(spec, folder, f"folder {folder} ({folder_stamp(folder)})") if export_complete(folder) else None
     snapshot = cached_snapshot(reference)
     return None if snapshot is None else _read(spec, snapshot, f"hub {reference}@{snapshot.name}")
 
@@ -247,6 +266,10 @@ def _unavailable(spec: ModelSpec, exporter: Any) -> tuple[str, str, str]:
     else:
         fixes.append("run any clipdex command with this model on a machine with internet (its weights are "
                      "downloaded and exported once)")
+        if spec.family == "open_clip":
+            fixes.append(f"bring its open_clip weights: copy a Hugging Face cache that holds them (`hf download` "
+                         f"of its weights repository on a machine with internet), or pass the checkpoint with "
+                         f"--weights FILE --model {spec.name}")
         reason = "neither its ONNX export nor its weights are here"
     fixes.append(f"or pass a folder written by `clipdex models export` as --model {ONNX_PREFIX}/path/to/export")
     fix = "; ".join(fixes)

@@ -28,7 +28,7 @@ from clipdex.models.bundle import Export
 from clipdex.models.encoder import TEXT_BATCH, Encoder, Runtime, encode_pil
 from clipdex.models.onnx_export import no_exporter
 from clipdex.models.precision import require
-from clipdex.models.preprocess import PreprocessConfig, check_pixels, fit
+from clipdex.models.preprocess import RESAMPLING, PreprocessConfig, check_pixels, fit
 from clipdex.models.registry import ModelSpec
 from clipdex.models.runtimes import FAMILY_RUNTIMES
 
@@ -234,10 +234,9 @@ class OnnxEncoder:
     def _damaged(self, path: Path, error: Exception) -> ModelError:
         if self.export.origin == "cache":
             return damaged_export(self.spec, path, error)
-        return ModelError(f"the ONNX export of {self.spec.name} ({self.export.source}) is damaged: {path} cannot "
-                          f"be read ({first_line(error)}). Download it again (for a hub repository: delete it "
-                          "from the Hugging Face cache, `hf cache delete`, and run again) or write the folder "
-                          "again with `clipdex models export`.")
+        from clipdex.models.bundle import damaged
+
+        return damaged(self.export, path, error)
 
     def _visual_tower(self) -> _Tower:
         if self._visual is None:
@@ -282,8 +281,11 @@ class OnnxEncoder:
         """(H, W, 3) uint8, resized and cropped; the exported model normalises."""
         cfg = self.preprocess_config
         if not cfg.supported:
-            raise ModelError(f"resize mode {cfg.resize_mode!r} of {self.spec.name} is not supported "
-                             "by the ONNX path; use --precision with --device cpu through torch.")
+            raise ModelError(f"{self.spec.name} preprocesses its photos with resize mode {cfg.resize_mode!r}, "
+                             f"{cfg.interpolation!r} resampling and {cfg.crop_rounding!r} crop rounding, which "
+                             "clipdex's decode workers do not reproduce (they do the shortest side or squash, "
+                             f"with {', '.join(sorted(RESAMPLING))}). Run it through torch, which applies the model's "
+                             "own transform: on a GPU (clipdex[torch], --device cuda), or pick another model.")
         return fit(image, cfg)
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
