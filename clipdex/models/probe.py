@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from clipdex.models.encoder import Encoder
 
-PROBE_SIDE = 256  # pixels: larger than every model's crop, so each resizes it down as it would a photo
+PROBE_SIDE = 256  # pixels: the size of most models' resize or larger (models at 336-384 px scale it up)
 PROBE_TEXTS = (
     "a photo of a dog playing in the snow",
     "a red car parked on a city street at night",
