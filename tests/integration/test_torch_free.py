@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -64,6 +65,38 @@ def clipdex(env: dict[str, str], *args: str, timeout: float = 120, python_flags:
     """``python -m clipdex ARGS`` in a subprocess with ``env``; its exit code and output."""
     return subprocess.run([sys.executable, *python_flags, "-m", "clipdex", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def index_counts(stdout: str) -> dict[str, int]:
+    """The counts ``clipdex index`` states, one a line (``  indexed        12  photos in this folder``,
+    ``  new            12``…), by what each counts."""
+    found = re.findall(r"^ +(indexed|new|changed|reused|unchanged|removed|skipped) +(\d+)\b", stdout, re.MULTILINE)
+    return {what: int(count) for what, count in found}
+
+
+def status_lines(stdout: str) -> dict[str, str]:
+    """``clipdex status``'s lines by their first word (``photos   12 indexed, 0 failed`` → ``photos``)."""
+    return dict(line.split(None, 1) for line in stdout.splitlines() if len(line.split(None, 1)) == 2)
+
+
+def models_here(stdout: str) -> dict[str, str]:
+    """The "here" column of ``clipdex models list``'s table by model name (without " (default)"):
+    each row is name, sources, here, description, apart by two spaces or more; a source's second
+    line (its name cell empty) is no row."""
+    here = {}
+    for line in stdout.splitlines():
+        cells = re.split(r" {2,}", line.strip())
+        if len(cells) == 4 and cells[0] != "name":
+            here[cells[0].removesuffix(" (default)")] = cells[2]
+    return here
+
+
+def files_under(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its size: what a download would add to or change."""
+    return {str(f.relative_to(folder)): f.stat().st_size for f in folder.rglob("*") if f.is_file()}
+
+
+INDEXED_12 = {"indexed": 12, "new": 12, "changed": 0, "reused": 0, "unchanged": 0, "removed": 0, "skipped": 0}
 
 
 def test_the_blocker_refuses_what_a_light_install_lacks(torch_free_env: dict[str, str]) -> None:
@@ -122,7 +155,7 @@ def test_index_search_classify_status_without_torch(layout: str, request: pytest
 
     indexed = clipdex(torch_free_env, "index", str(photos), "--index", idx, "--model", model)
     assert indexed.returncode == 0, indexed.stdout + indexed.stderr
-    assert "new" in indexed.stdout and "12" in indexed.stdout
+    assert index_counts(indexed.stdout) == INDEXED_12, indexed.stdout
 
     found = clipdex(torch_free_env, "search", "a dog in the snow", "--index", idx, "-n", "3", "--json")
     assert found.returncode == 0, found.stdout + found.stderr
@@ -138,10 +171,93 @@ def test_index_search_classify_status_without_torch(layout: str, request: pytest
 
     status = clipdex(torch_free_env, "status", "--index", idx)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "12 indexed, 0 failed" in status.stdout and "32-d: 12 photos" in status.stdout
+    lines = status_lines(status.stdout)
+    assert lines["photos"] == "12 indexed, 0 failed", status.stdout
+    assert lines["model"].endswith(", 32-d: 12 photos"), status.stdout
 
     for done in (indexed, found, classified, status):
         assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_onnx_hub_repo_from_the_offline_cache_without_torch(torch_free_env: dict[str, str], tmp_path: Path,
+                                                               photos: Path, immich_export_dir: Path) -> None:
+    """``--model onnx:OWNER/REPO``: the tiny model's export laid into the Hugging Face cache as the hub
+    client leaves a download, used offline for the whole round; the cache is only read."""
+    from tests.hf_checkpoints import cache_repo
+
+    hf_home = Path(torch_free_env["HF_HOME"])
+    cache_repo(hf_home / "hub", "someone/ViT-T__tiny", immich_export_dir)
+    before = files_under(hf_home)
+    idx = str(tmp_path / "idx")
+
+    indexed = clipdex(torch_free_env, "index", str(photos), "--index", idx, "--model", "onnx:someone/ViT-T__tiny")
+    assert indexed.returncode == 0, indexed.stdout + indexed.stderr
+    assert index_counts(indexed.stdout) == INDEXED_12, indexed.stdout
+
+    found = clipdex(torch_free_env, "search", "a dog in the snow", "--index", idx, "-n", "3", "--json")
+    assert found.returncode == 0, found.stdout + found.stderr
+    results = json.loads(found.stdout)["results"]
+    assert len(results) == 3 and all(Path(r["path"]).is_relative_to(photos) for r in results)
+
+    classified = clipdex(torch_free_env, "classify", "--index", idx, "--name", "place", "--labels",
+                         "indoor,outdoor", "--out", str(tmp_path / "place.csv"))
+    assert classified.returncode == 0, classified.stdout + classified.stderr
+    rows = (tmp_path / "place.csv").read_text().splitlines()
+    assert len(rows) == 13 and all(r.split(",")[2] in ("indoor", "outdoor") for r in rows[1:]), rows
+
+    status = clipdex(torch_free_env, "status", "--index", idx)
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = status_lines(status.stdout)
+    assert lines["photos"] == "12 indexed, 0 failed", status.stdout
+    assert lines["model"].startswith("onnx:someone/ViT-T__tiny ("), status.stdout
+    assert lines["model"].endswith(", 32-d: 12 photos"), status.stdout
+
+    for done in (indexed, found, classified, status):
+        assert "Traceback" not in done.stderr, done.stderr
+    assert files_under(hf_home) == before  # nothing downloaded, nothing added beside it
+
+
+def test_the_default_model_runs_from_its_cached_ready_export_without_torch(
+        torch_free_env: dict[str, str], photos: Path, immich_export_dir: Path) -> None:
+    """The registry's path: with no --model (nor --index) at all, ViT-B-32 is taken from the ready export
+    the registry names for it (``immich-app/ViT-B-32__openai``), found in the offline cache. The tiny
+    model stands in for it there (its vectors are 32-d): what is checked is the way to it."""
+    from tests.hf_checkpoints import cache_repo
+
+    assert "CLIPDEX_HOME" in torch_free_env  # the default index lands in this test's home, not the user's
+    hf_home = Path(torch_free_env["HF_HOME"])
+    listed = clipdex(torch_free_env, "models", "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert models_here(listed.stdout)["ViT-B-32"] == "download", listed.stdout
+
+    cache_repo(hf_home / "hub", "immich-app/ViT-B-32__openai", immich_export_dir)
+    before = files_under(hf_home)
+
+    indexed = clipdex(torch_free_env, "index", str(photos))
+    assert indexed.returncode == 0, indexed.stdout + indexed.stderr
+    assert index_counts(indexed.stdout) == INDEXED_12, indexed.stdout
+    assert " with ViT-B-32/openai -> " in indexed.stdout.splitlines()[0], indexed.stdout
+
+    found = clipdex(torch_free_env, "search", "dog", "-n", "3", "--json")
+    assert found.returncode == 0, found.stdout + found.stderr
+    results = json.loads(found.stdout)["results"]
+    assert len(results) == 3 and all(Path(r["path"]).is_relative_to(photos) for r in results)
+
+    status = clipdex(torch_free_env, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = status_lines(status.stdout)
+    assert lines["photos"] == "12 indexed, 0 failed", status.stdout
+    assert lines["model"] == "ViT-B-32 (ViT-B-32/openai), 32-d: 12 photos", status.stdout
+
+    listed = clipdex(torch_free_env, "models", "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    here = models_here(listed.stdout)
+    assert here["ViT-B-32"] == "ONNX", listed.stdout  # the ready export, in the cache; no export of clipdex's
+    assert here["ViT-B-16"] == "download", listed.stdout
+
+    for done in (indexed, found, status, listed):
+        assert "Traceback" not in done.stderr, done.stderr
+    assert files_under(hf_home) == before
 
 
 def test_a_registry_model_offline_with_nothing_cached_fails_fast_and_says_what_to_download(
