@@ -13,13 +13,17 @@ The hub layout, as Immich publishes some 50 open_clip models (``immich-app/<ARCH
 ``clipdex models export NAME DIR`` writes the same layout (so what reads Immich's in clipdex
 reads clipdex's; Immich's server cannot run clipdex's towers, whose inputs differ) plus
 ``clipdex.json``: the model's identity (its key), scoring (logit_scale, logit_bias), its full
-preprocessing and tokenizer facts, and the format of its towers' inputs. An export read from
+preprocessing and tokenizer facts, and the format of its towers' inputs. Its config.json is the
+full open_clip config where the writer has it (open_clip installed, or ``--model-config``), else
+only the facts a reader of Immich's layout takes from it (embed_dim, image size, context length):
+clipdex reads clipdex.json, never config.json, for its own layout. An export read from
 either layout is an :class:`Export`: the facts in the vocabulary of clipdex's meta.json, and
 the paths of its files. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -176,7 +180,7 @@ def _read_immich(root: Path, source: str, work: Path) -> Export:
     meta: dict[str, Any] = {
         "family": "open_clip", "dim": int(config["embed_dim"]),
         # Immich keeps no scoring: trained OpenAI and LAION CLIP models sit at open_clip's clamp of 100.
-        "logit_scale": ASSUMED_LOGIT_SCALE, "logit_scale_assumed": True, "logit_bias": None,
+        "logit_scale": ASSUMED_LOGIT_SCALE, "logit_bias": None,
         "image_size": int(size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
         "interpolation": str(pre.get("interpolation") or "bicubic"),
         "resize_mode": str(pre.get("resize_mode") or "shortest"), "crop_rounding": "round", "resize_size": None,
@@ -185,7 +189,7 @@ def _read_immich(root: Path, source: str, work: Path) -> Export:
         "trim_tokens": False, "text_clean": "canonicalize" if clean == "canonicalize" else "whitespace",
         "pixel_input": PIXELS_FLOAT_NCHW,
     }
-    if _sigmoid(config, root, source):
+    if _sigmoid(config, _export_name(root, source)):
         meta["scoring_unknown"] = True  # SigLIP: its learned scale and bias are in no file of the export
     return Export(root, meta, "immich", source, {"fp32": visual}, text, tokenizer, work)
 
@@ -218,13 +222,16 @@ def identity_of(root: Path, name: str) -> str:
 def write_export(export: Export, dest: Path) -> Path:
     """Write ``export`` (clipdex's cache export of a model) into ``dest`` in the hub layout, with
     clipdex.json, tokenizer.json (for a 'clip-bpe' model, made from open_clip's vocabulary for the
-    ``tokenizers`` library and tested token for token against open_clip), preprocess_cfg.json and
-    config.json as Immich writes them. Returns ``dest``.
+    ``tokenizers`` library and tested token for token against open_clip), preprocess_cfg.json as
+    Immich writes it, and config.json: the open_clip model config given as
+    ``export.extra['model_config']`` (as Immich writes it), else the few facts a reader of
+    Immich's layout takes from it. Returns ``dest``.
 
     The towers are clipdex's as they are (the image tower takes 8-bit (N, H, W, 3) pixels, which
     clipdex.json's ``pixel_input`` says), so Immich's server cannot run them; clipdex reads either
     layout. The folder is written beside ``dest`` and renamed into place: a reader never sees half
-    an export. ``dest`` must be missing, empty, or an earlier export by clipdex (replaced).
+    an export. ``dest`` must be missing, empty, or an earlier export by clipdex holding nothing
+    else (replaced; :func:`check_dest`).
     """
     meta = export.meta
     name = str(export.extra.get("name") or meta.get("name") or meta.get("key") or export.root.name)
@@ -237,7 +244,7 @@ def write_export(export: Export, dest: Path) -> Path:
         raise ModelError(f"{name} cannot be written as an ONNX export: its tokenizer {kind!r} has no "
                          f"tokenizer.json in {export.root}. Delete {export.root} and run again to export it anew.")
     dest = Path(dest).expanduser().absolute()
-    _check_dest(dest)
+    check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     try:
@@ -250,7 +257,11 @@ def write_export(export: Export, dest: Path) -> Path:
         if kind == "clip-bpe":
             from clipdex.models import clip_bpe
 
-            clip_bpe.write(work / TOKENIZER, length)
+            if export.tokenizer is not None and export.tokenizer.is_file():
+                # The cache's own, written by clip_bpe.write at the same length: no open_clip needed to copy it.
+                shutil.copyfile(export.tokenizer, work / TOKENIZER)
+            else:
+                clip_bpe.write(work / TOKENIZER, length)
             tokenizer_config: dict[str, Any] = clip_bpe.config(length)
             # The cache trims positions after the longest text (causal mask): padding to the longest is enough.
             facts.update(tokenizer="tokenizers", pad_id=clip_bpe.PAD_ID, pad_token=tokenizer_config["pad_token"],
@@ -306,9 +317,15 @@ IMMICH_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9._+-]*)__([A-Za-z0-9][A-Za-z0-9
 # What clipdex.json must hold to run the export (the rest has defaults).
 MANIFEST_FACTS = ("key", "dim", "image_size", "mean", "std", "interpolation", "resize_mode", "logit_scale",
                   "tokenizer", "context_length", "text_padding", "pad_id", "pad_token")
-# Files of the layout that are not a tower's graph or weights.
-_NOT_WEIGHTS = {"preprocess_cfg.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "vocab.json", "merges.txt", "spiece.model", "README.md", ".gitattributes"}
+# What a folder written by write_export may hold besides (README.md: a model card added for the hub).
+_LAYOUT_FILES = {MANIFEST, CONFIG, "README.md"}
+_LAYOUT_FOLDERS = {"visual", "textual"}
+# A graph bigger than this keeps its weights inside; one that keeps them in files beside it is small.
+EMBEDDED_WEIGHTS_BYTES = 64 << 20
+# How protobuf encodes an external-data entry's key (field 1, 8 bytes, "location"): a graph
+# without these bytes has no external data, known without importing onnx.
+_LOCATION_ENTRY = b"\x0a\x08location"
+_EXTERNAL_DATA: dict[tuple[str, int, int], tuple[str, ...]] = {}
 
 
 def _advice(root: Path, source: str, manifest: dict[str, Any] | None) -> str:
@@ -382,10 +399,26 @@ def _triple(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
 
 
-def _sigmoid(config: dict[str, Any], root: Path, source: str) -> bool:
-    """Whether the model was trained with a sigmoid loss (SigLIP): open_clip's config gives such
-    models an ``init_logit_bias``; their names say SigLIP."""
-    return "init_logit_bias" in config or "siglip" in f"{source} {root.name}".lower()
+def _export_name(root: Path, source: str) -> str:
+    """The name an export goes by: its hub repository's (``hub owner/NAME@revision``: the snapshot
+    folder is a hash) or its folder's. Only the last part: the folders above it say nothing of
+    the model (a CLIP export kept under ``siglip-tests/`` is still CLIP)."""
+    if source.startswith("hub "):
+        words = source.split()
+        if len(words) > 1:
+            return words[1].split("@", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return root.name
+
+
+def _sigmoid(config: dict[str, Any], name: str) -> bool:
+    """Whether the model was trained with a sigmoid loss (SigLIP): open_clip's config gives every
+    such model an ``init_logit_bias`` and a SigLIP tokenizer (``hf_tokenizer_name``
+    'timm/ViT-B-16-SigLIP…'); the repository or folder ``name`` may say SigLIP too. Not the text
+    tower's shape (last-token pooling without a causal mask): CLIPA has it, and is a softmax CLIP."""
+    text_cfg = config.get("text_cfg")
+    tokenizer = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
+    return ("init_logit_bias" in config or (isinstance(tokenizer, str) and "siglip" in tokenizer.lower())
+            or "siglip" in name.lower())
 
 
 def _is_open_clip_config(path: Path) -> bool:
@@ -410,31 +443,64 @@ def _fingerprint(root: Path) -> str:
 
 def tower_files(model: Path) -> list[Path]:
     """``model`` (an .onnx file) and the external-data files its tensors live in, which ONNX
-    Runtime reads relative to it. A folder holding nothing but the layout's own files needs no
-    look inside the graph."""
-    folder = model.parent
-    others = [p for p in folder.iterdir() if p.is_file() and p != model and p.name not in _NOT_WEIGHTS
-              and not p.name.endswith((".armnn", ".rknn"))]
-    if not others:
-        return [model]
-    return [model, *(folder / location for location in _external_locations(model))]
+    Runtime reads relative to it (:func:`external_data`)."""
+    return [model, *(model.parent / location for location in external_data(model))]
 
 
-def _external_locations(model: Path) -> list[str]:
-    """The relative paths of the external-data files of ``model``'s tensors (graph initialisers,
-    constants, subgraphs), read without loading the data."""
+def external_data(model: Path) -> tuple[str, ...]:
+    """The paths, relative to ``model`` (an .onnx file), of the files its tensors keep their data
+    in (ONNX external data: graph initialisers, Constant nodes' tensors, subgraphs'), sorted;
+    () for a graph that keeps its own, or one that cannot be read (the runtime that loads it
+    then says which file is damaged).
+
+    Asked on every cold process (is a cached hub snapshot complete?), so it costs as little as
+    it can: a graph over :data:`EMBEDDED_WEIGHTS_BYTES` keeps its own weights (an exporter puts
+    weights outside only to get under protobuf's 2 GB, leaving a graph of a few MB), and is not
+    read; a smaller one is read as bytes, and only one that holds an external-data entry
+    (``location``, as protobuf encodes it) is parsed, with onnx. The answer is remembered per
+    (path, size, mtime) for the process."""
+    try:
+        stat = model.stat()
+    except OSError:
+        return ()
+    key = (str(model), stat.st_size, stat.st_mtime_ns)
+    known = _EXTERNAL_DATA.get(key)
+    if known is None:
+        known = _EXTERNAL_DATA[key] = _read_external_data(model, stat.st_size)
+    return known
+
+
+def _read_external_data(model: Path, size: int) -> tuple[str, ...]:
+    if size > EMBEDDED_WEIGHTS_BYTES:
+        return ()
+    try:
+        data = model.read_bytes()
+    except OSError:
+        return ()
+    if _LOCATION_ENTRY not in data:
+        return ()
     import onnx
+    from google.protobuf.message import DecodeError
 
-    proto = onnx.load_model(str(model), load_external_data=False)
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError):
+        return ()
     locations: set[str] = set()
 
     def tensors(graph: Any) -> Iterator[Any]:
         yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
         for node in graph.node:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
                     yield attribute.t
                 yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield attribute.sparse_tensor.values
+                    yield attribute.sparse_tensor.indices
                 if attribute.HasField("g"):
                     yield from tensors(attribute.g)
                 for sub in attribute.graphs:
@@ -445,7 +511,7 @@ def _external_locations(model: Path) -> list[str]:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     locations.add(entry.value)
-    return sorted(locations)
+    return tuple(sorted(locations))
 
 
 def _copy_tower(src: Path, dst: Path) -> None:
@@ -463,7 +529,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _model_config(export: Export, size: int, length: int, clean: Any) -> dict[str, Any]:
     """config.json as Immich writes it (open_clip's model config) where the export carries it
-    (``extra['model_config']``), else the facts a reader takes from it."""
+    (``extra['model_config']``), else only the facts a reader of Immich's layout takes from it
+    (embed_dim, image size, context length, text cleaning): enough for clipdex, not Immich's."""
     given = export.extra.get("model_config")
     if isinstance(given, dict):
         return given
@@ -482,23 +549,93 @@ def _clipdex_version() -> str:
         return "unknown"
 
 
-def _check_dest(dest: Path) -> None:
-    if dest.is_file():
-        raise ModelError(f"{dest} is a file; pass a folder to write the export into (missing or empty).")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
-        raise ModelError(f"{dest} is not empty and holds no earlier clipdex export ({MANIFEST}); "
-                         "pass a new or empty folder (nothing in it is replaced).")
+def check_dest(dest: Path) -> None:
+    """Refuse, before anything is written, a ``dest`` that :func:`write_export` must not replace.
+
+    A folder is replaced only when it is an earlier ONNX export by clipdex: its clipdex.json an
+    export manifest (a format number and the facts :func:`write_export` writes; ``clipdex
+    export``'s embeddings have a clipdex.json too, of another shape) and nothing in it but the
+    layout's own files. Anything else is the user's, and stays as it is."""
+    dest = Path(dest)
+    if dest.is_file() or (dest.exists() and not dest.is_dir()):
+        raise ModelError(f"{dest} is a file; pass a folder to write the export into (a new or empty one). "
+                         "Nothing was written.")
+    if not dest.is_dir():
+        return
+    entries = sorted(dest.iterdir())
+    if not entries:
+        return
+    why = _not_an_export(dest, entries)
+    if why:
+        raise ModelError(f"{dest} is not empty and is not an earlier ONNX export by clipdex: {why}. "
+                         "Nothing in it was touched. Pass a new or empty folder to write the export into.")
+
+
+def _not_an_export(dest: Path, entries: list[Path]) -> str:
+    """Why the non-empty folder ``dest`` is not an earlier export by clipdex ('' where it is one)."""
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        manifest = None
+        what = f"it has no {MANIFEST}"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        manifest = None
+        what = f"its {MANIFEST} cannot be read ({e})"
+    else:
+        what = ""
+    if manifest is not None:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        if fmt == "clipdex-export":  # clipdex.interchange.EXPORT_FORMAT (not imported: it pulls in the index)
+            what = f"its {MANIFEST} is that of embeddings written by `clipdex export`"
+        elif not isinstance(fmt, int) or isinstance(fmt, bool) or not all(
+                name in manifest for name in (*MANIFEST_FACTS, "pixel_input")):
+            what = f"its {MANIFEST} is not an ONNX export's (a format number, key, dim, pixel_input…)"
+    others = [p for p in entries if not ((p.name in _LAYOUT_FILES and p.is_file())
+                                         or (p.name in _LAYOUT_FOLDERS and p.is_dir()))]
+    if others:
+        shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        held = f"it holds {shown}{more}, which an export does not"
+        what = f"{what}; {held}" if what else held
+    return what
+
+
+def _lost_race(dest: Path) -> ModelError:
+    return ModelError(f"another export into {dest} finished while this one was being written; its export "
+                      "stands, and nothing of this run was kept. Run the command again to replace it.")
 
 
 def _swap_into_place(work: Path, dest: Path) -> None:
-    """Rename the finished ``work`` folder to ``dest``, replacing an earlier export there."""
+    """Rename the finished ``work`` folder to ``dest``, replacing an earlier export there (its
+    README.md, a model card, is kept). Another export into the same folder that finishes first
+    wins: this one then says so (:func:`_lost_race`)."""
     if not dest.exists():
-        os.replace(work, dest)
+        try:
+            os.replace(work, dest)
+        except OSError as e:
+            if dest.is_dir() and not isinstance(e, FileNotFoundError):  # ENOTEMPTY, EEXIST, or Windows' EACCES
+                raise _lost_race(dest) from None
+            raise
         return
+    check_dest(dest)  # again: what is there may have changed while the export was written
+    card = dest / "README.md"
+    if card.is_file() and not (work / card.name).exists():
+        shutil.copyfile(card, work / card.name)  # a model card written for the hub: the user's, kept
     old = dest.parent / f".{dest.name}.old-{os.getpid()}-{work.name.rsplit('-', 1)[-1]}"
-    os.replace(dest, old)
+    try:
+        os.replace(dest, old)
+    except FileNotFoundError:  # another export took it away meanwhile: start over
+        _swap_into_place(work, dest)
+        return
     try:
         os.replace(work, dest)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and dest.is_dir():
+            # Another export landed between the two renames: it stands; the replaced one goes.
+            shutil.rmtree(old, ignore_errors=True)
+            raise _lost_race(dest) from None
+        os.replace(old, dest)
+        raise
     except BaseException:
         os.replace(old, dest)
         raise

@@ -14,14 +14,12 @@ import shlex
 from pathlib import Path
 
 from clipdex.errors import ModelError, ModelUnavailable, first_line
-from clipdex.models.bundle import HUB_IGNORE, HUB_PATTERNS, TEXTUAL, VISUAL, identity_of
+from clipdex.models.bundle import HUB_IGNORE, HUB_PATTERNS, TEXTUAL, VISUAL, external_data, identity_of
 from clipdex.models.spec import ONNX_PREFIX, ModelSpec
 
 log = logging.getLogger(__name__)
 # A hub repository, optionally pinned to a revision: owner/name or owner/name@revision.
 REPO_REF = re.compile(r"([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?")
-# A graph whose weights lie in files beside it is small; one bigger than this holds its own weights.
-EMBEDDED_WEIGHTS_BYTES = 64 << 20
 
 
 # -- references ---------------------------------------------------------------
@@ -100,21 +98,10 @@ def export_complete(folder: Path) -> bool:
 
 def missing_external_data(graph: Path) -> list[str]:
     """The files holding ``graph``'s external weights that are not beside it ([] for a graph that
-    holds its own weights). A download cut short leaves some of a big model's many files out."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        if graph.stat().st_size > EMBEDDED_WEIGHTS_BYTES:
-            return []
-        model = onnx.load(str(graph), load_external_data=False)
-    except (OSError, ValueError, DecodeError):  # unreadable: the runtime says which file is damaged, what to do
-        return []
-    names: set[str] = set()
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            names.update(entry.value for entry in tensor.external_data if entry.key == "location")
-    return sorted(n for n in names if not (graph.parent / n).is_file())
+    holds its own weights). A download cut short leaves some of a big model's many files out.
+    Cheap enough for every cold process (:func:`~clipdex.models.bundle.external_data`: no onnx
+    import for a graph without external data, each graph read once a process)."""
+    return [name for name in external_data(graph) if not (graph.parent / name).is_file()]
 
 
 def download_export(reference: str, model: str, *, download: bool = True) -> Path:

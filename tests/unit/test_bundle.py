@@ -78,7 +78,7 @@ def test_immich_layout_facts(tmp_path: Path) -> None:
         "dim": 8, "image_size": 64, "mean": PRE["mean"], "std": PRE["std"], "interpolation": "bicubic",
         "resize_mode": "shortest"}
     assert meta["crop_rounding"] == "round" and meta["resize_size"] is None
-    assert meta["logit_scale"] == 100.0 and meta["logit_scale_assumed"] is True and meta["logit_bias"] is None
+    assert meta["logit_scale"] == 100.0 and meta["logit_bias"] is None and "logit_scale_assumed" not in meta
     assert "scoring_unknown" not in meta
     assert (meta["tokenizer"], meta["context_length"], meta["text_padding"]) == ("tokenizers", 7, "max_length")
     assert (meta["pad_token"], meta["pad_id"], meta["text_inputs"]) == ("<|endoftext|>", 1, ["input_ids"])
@@ -116,6 +116,23 @@ def test_siglip_export_says_its_scoring_is_unknown(tmp_path: Path) -> None:
     plain = immich_folder(tmp_path / "x", config=CONFIG)
     assert read_export(plain, source="hub immich-app/ViT-B-16-SigLIP2__webli@abc", work=tmp_path).meta[
         "scoring_unknown"] is True
+
+
+def test_only_the_config_and_the_exports_own_name_say_siglip(tmp_path: Path) -> None:
+    """A CLIP export kept under a folder (or cache) whose path says siglip is CLIP; a SigLIP config
+    says so by its tokenizer even without init_logit_bias; CLIPA's text tower (last-token pooling,
+    no causal mask) is a softmax CLIP's."""
+    def marked(root: Path, source: str) -> bool:
+        return bool(read_export(root, source=source, work=tmp_path).meta.get("scoring_unknown"))
+
+    clip = immich_folder(tmp_path / "siglip-tests" / "ViT-B-32__openai")
+    assert not marked(clip, f"folder {clip} (stamp)")
+    assert not marked(clip, "hub someone/ViT-B-32__openai@refs-siglip")
+    tokenizer = {**CONFIG, "text_cfg": {"context_length": 7, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP2"}}
+    assert marked(immich_folder(tmp_path / "a", config=tokenizer), "folder a")
+    clipa = {**CONFIG, "text_cfg": {"context_length": 7, "pool_type": "last", "no_causal_mask": True}}
+    assert not marked(immich_folder(tmp_path / "ViT-L-14-CLIPA__datacomp1b", config=clipa), "folder x")
+    assert marked(immich_folder(tmp_path / "ViT-B-16-SigLIP__webli"), "folder y")
 
 
 @pytest.mark.parametrize(("damage", "file", "what"), [
@@ -260,7 +277,8 @@ def test_write_export_refusals(tmp_path: Path) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "photo.jpg").write_bytes(b"x")
-    with pytest.raises(ModelError, match="not empty and holds no earlier clipdex export"):
+    with pytest.raises(ModelError, match=r"not empty and is not an earlier ONNX export by clipdex: it has no "
+                                         r"clipdex\.json; it holds photo\.jpg.*Nothing in it was touched"):
         write_export(cache, busy)
     with pytest.raises(ModelError, match="is a file"):
         write_export(cache, busy / "photo.jpg")
@@ -272,6 +290,146 @@ def test_write_export_refusals(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_export(cache, tmp_path / "half")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "cache", "torch-texts"]
+
+
+def _embeddings_folder(root: Path) -> Path:
+    """A folder as ``clipdex export`` writes it (clip-retrieval's layout; its own clipdex.json)."""
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    (root / "img_emb/img_emb_0.npy").write_bytes(b"vectors")
+    (root / "metadata/metadata_0.parquet").write_bytes(b"rows")
+    (root / "clipdex.json").write_text(json.dumps({
+        "format": "clipdex-export", "version": 1, "rows": 12, "shards": 1,
+        "model": {"key": "ViT-B-32/openai", "name": "ViT-B-32", "dim": 512, "spec": {}},
+        "columns": ["image_path"], "label_sets": [], "roots": [], "exported_at": "2024-01-01T00:00:00"}))
+    return root
+
+
+def _tree(root: Path) -> list[tuple[str, bytes]]:
+    return sorted((str(p.relative_to(root)), p.read_bytes()) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_folder_that_is_not_an_export_is_never_replaced(tmp_path: Path) -> None:
+    """``clipdex export``'s embeddings have a clipdex.json too: refused, untouched, and told why; so
+    is an export beside the user's own files, or one whose clipdex.json is not an export's."""
+    cache = _cache_export(tmp_path / "cache")
+    embeddings = _embeddings_folder(tmp_path / "embeddings")
+    before = _tree(embeddings)
+    with pytest.raises(ModelError) as error:
+        write_export(cache, embeddings)
+    message = str(error.value)
+    assert "embeddings written by `clipdex export`" in message and "img_emb/, metadata/" in message
+    assert "Nothing in it was touched" in message and "new or empty folder" in message
+    assert _tree(embeddings) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "embeddings"]  # no temporary folder left
+    bundle.check_dest(tmp_path / "new")  # a new folder, or an empty one: fine
+    (tmp_path / "empty").mkdir()
+    bundle.check_dest(tmp_path / "empty")
+
+    mine = write_export(cache, tmp_path / "mine")
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ModelError, match=r"it holds notes\.txt, which an export does not"):
+        write_export(cache, mine)
+    (mine / "notes.txt").unlink()
+    manifest = json.loads((mine / "clipdex.json").read_text())
+    (mine / "clipdex.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "dim"}))
+    with pytest.raises(ModelError, match=r"its clipdex\.json is not an ONNX export's"):
+        write_export(cache, mine)
+    (mine / "clipdex.json").write_text(json.dumps({**manifest, "format": "1"}))
+    with pytest.raises(ModelError, match=r"its clipdex\.json is not an ONNX export's"):
+        write_export(cache, mine)
+    # An export and its model card (README.md, for the hub): replaced, the card kept.
+    (mine / "clipdex.json").write_text(json.dumps(manifest))
+    (mine / "README.md").write_text("# my model")
+    write_export(cache, mine)
+    assert (mine / "README.md").read_text() == "# my model"
+    assert json.loads((mine / "clipdex.json").read_text()) == manifest
+
+
+def test_a_second_export_into_a_new_folder_says_the_first_one_won(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two exports into the same new DIR: the one that renames second finds DIR taken (the OS says
+    ENOTEMPTY), and says so instead of a bare OSError; the first one's export stands."""
+    import os
+
+    cache = _cache_export(tmp_path / "cache")
+    dest = tmp_path / "out"
+    rename = os.replace
+    first: list[Path] = []
+
+    def other_export_finishes_first(src: Any, dst: Any) -> None:
+        if Path(dst) == dest and not first:  # just before this run's rename, another run's lands
+            first.append(write_export(cache, tmp_path / "other"))
+            rename(first[0], dest)
+        rename(src, dst)
+
+    monkeypatch.setattr(bundle.os, "replace", other_export_finishes_first)
+    with pytest.raises(ModelError, match=r"another export into .*out finished while this one was being written; "
+                                         r"its export stands.*Run the command again to replace it"):
+        write_export(cache, dest)
+    assert read_export(dest, source="folder", work=tmp_path).origin == "clipdex"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]  # this run's folder taken back
+
+
+def test_external_data_of_constants_is_found_and_read_without_onnx_where_there_is_none(tmp_path: Path) -> None:
+    """Immich's large exports keep Constant nodes' tensors in files too: one of those missing makes
+    the export incomplete. A graph with no external data (or too big to have any) is answered
+    without importing onnx (it costs every cold process 0.1 s), and each graph is read once."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from clipdex.models import hub_exports
+
+    root = immich_folder(tmp_path / "ViT-B-32__openai")
+    visual = root / bundle.VISUAL
+    weight = helper.make_tensor("c", TensorProto.FLOAT, [8], np.arange(8, dtype=np.float32).tobytes(), raw=True)
+    constant = helper.make_node("Constant", [], ["c"], value=weight)
+    graph = helper.make_graph([constant, helper.make_node("Mul", ["image", "c"], ["embedding"])], "tower",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None)])
+    onnx.save_model(helper.make_model(graph), str(visual), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0, convert_attribute=True)
+    data = sorted(p.name for p in visual.parent.iterdir() if p.name not in ("model.onnx", "preprocess_cfg.json"))
+    assert data and bundle.external_data(visual) == tuple(data)
+    assert hub_exports.export_complete(root)
+    for name in data:
+        (visual.parent / name).unlink()
+    assert hub_exports.missing_external_data(visual) == data
+    assert not hub_exports.export_complete(root)
+
+    big = tmp_path / "big.onnx"
+    with big.open("wb") as f:  # sparse: a graph over the limit keeps its own weights, and is not read
+        f.truncate(bundle.EMBEDDED_WEIGHTS_BYTES + 1)
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from clipdex.models import bundle, hub_exports\n"
+            f"assert bundle.external_data(Path({str(big)!r})) == ()\n"
+            f"assert hub_exports.export_complete(Path({str(tmp_path / 'plain')!r}))\n"
+            "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
+            "print('ok')\n")
+    immich_folder(tmp_path / "plain")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_external_data_is_read_once_per_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = immich_folder(tmp_path / "x")
+    visual = root / bundle.VISUAL
+    reads: list[Path] = []
+    read = bundle._read_external_data
+    monkeypatch.setattr(bundle, "_read_external_data", lambda model, size: reads.append(model) or read(model, size))
+    assert bundle.external_data(visual) == () and bundle.external_data(visual) == ()
+    assert reads == [visual]
+    _graph(visual, "image", 1, [1, 3, 64, 64], "embedding2")  # rewritten: read again
+    import os
+
+    os.utime(visual, ns=(1, 1))
+    bundle.external_data(visual)
+    assert reads == [visual, visual]
 
 
 # -- CLIP's BPE as a tokenizer.json, against open_clip ----------------------------------------------
