@@ -1239,25 +1239,32 @@ def models_export_cmd(name: str, dest: str, weights: str | None, model_config: s
     preprocessing), so an install without torch runs it as --model onnx:DIR, or from the hub
     after `hf upload OWNER/REPO DIR` as --model onnx:OWNER/REPO; its vectors share an index with
     the model's own. Exporting needs torch once (or clipdex's earlier export of the model here).
+    DIR must be new, empty, or an earlier export written by this command (replaced).
     """
     import dataclasses
     from pathlib import Path
 
-    from clipdex.models.bundle import MANIFEST, write_export
-    from clipdex.models.onnx_export import cache_export
+    from clipdex.models.bundle import check_dest, write_export
+    from clipdex.models.onnx_export import cache_export, cached
     from clipdex.models.registry import resolve_model
     from clipdex.models.runtimes.onnx import exporter_of
 
-    folder = Path(dest).expanduser()
-    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).is_file())):
-        raise ModelError(f"{folder} is not an empty folder nor an earlier export by clipdex; `clipdex models export` "
-                         "writes a new one. Pass a new folder's path, or empty this one first.")
+    folder = Path(dest).expanduser().absolute()
+    check_dest(folder)  # before the model is exported (seconds to minutes), and again before it is written
     spec = resolve_model(name, weights, model_config)
     if spec.family == "onnx":
         raise ModelError(f"{spec.name} is already a ready ONNX export; copy its folder (or `hf download` it) instead "
                          "of exporting it again.")
-    export = cache_export(spec, "fp32", exporter_of(spec))
-    written = write_export(dataclasses.replace(export, extra={**export.extra, "name": spec.name}), folder)
+    exporter = exporter_of(spec)
+    if exporter is None and not cached(spec):
+        raise ModelError(_export_needs_torch(spec, folder))
+    export = cache_export(spec, "fp32", exporter)
+    extra = {**export.extra, "name": spec.name}
+    if "model_config" not in extra:
+        config = _open_clip_config(spec)
+        if config is not None:
+            extra["model_config"] = config
+    written = write_export(dataclasses.replace(export, extra=extra), folder)
     files = sorted(p for p in written.rglob("*") if p.is_file())
     out = _console()
     out.print(f"exported {spec.name} (model key {spec.key}) into {written}:", markup=False)
@@ -1268,6 +1275,41 @@ def models_export_cmd(name: str, dest: str, weights: str | None, model_config: s
     out.print(f"Use it here or copy it anywhere: clipdex index PHOTOS --model onnx:{quoted}", markup=False)
     out.print(f"Publish it on the Hugging Face hub: hf upload OWNER/REPO {quoted}; then anyone runs it, without "
               "torch, as --model onnx:OWNER/REPO", markup=False)
+
+
+def _export_needs_torch(spec: "ModelSpec", folder: "Path") -> str:
+    """Why `clipdex models export` cannot run here (no torch, no earlier export of the model in
+    clipdex's cache to copy), what to install, and what runs without exporting."""
+    from clipdex.models import optional
+    from clipdex.models.hub_exports import describe, download_command, is_folder_reference
+
+    if spec.family == "hf":
+        needs = f"clipdex models export needs torch and Transformers to export {spec.name} ({optional.HF_INSTALL})"
+    else:
+        needs = f"clipdex models export needs torch and open_clip to export {spec.name} ({optional.TORCH_INSTALL})"
+    if spec.onnx:
+        ready = (f"{spec.name} already has a ready export, {describe(spec.onnx)}: this install runs it as "
+                 f"--model {spec.name}, no export needed")
+        if not is_folder_reference(spec.onnx):
+            copy = f"{download_command(spec.onnx)} --local-dir {shlex.quote(str(folder))}"
+            ready += f" (a copy of it in {folder}: {copy})"
+    else:
+        ready = ("a model that already has a ready export (the registry's ONNX sources: `clipdex models list`, or "
+                 "one on the hub) runs here without it, as --model NAME or --model onnx:OWNER/REPO")
+    return f"{needs}. {ready}."
+
+
+def _open_clip_config(spec: "ModelSpec") -> dict[str, Any] | None:
+    """open_clip's model config of ``spec``'s architecture, for the export's config.json (as Immich
+    writes it), where open_clip is installed and knows the architecture; else None."""
+    from clipdex.models import optional
+
+    if spec.family != "open_clip" or not optional.has_open_clip():
+        return None
+    import open_clip
+
+    config = open_clip.get_model_config(spec.arch)
+    return dict(config) if isinstance(config, dict) and config else None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from clipdex.models.registry import resolve_model
 from clipdex.models.spec import ModelSpec
 from tests.conftest import run_cli
 from tests.hf_checkpoints import cache_repo
-from tests.onnx_layouts import TINY_NAME, write_immich_export
+from tests.onnx_layouts import TINY_CONFIG, TINY_NAME, write_immich_export
 
 TAG = "tinytag"
 REPO = f"immich-app/{TINY_NAME}__{TAG}"  # Immich's ARCH__TAG naming: the tiny model as ARCH/TAG
@@ -115,7 +117,7 @@ def test_models_export_writes_a_folder_that_indexes_and_searches(tmp_path: Path,
     assert np.allclose([r["score"] for r in by_weights], [r["score"] for r in by_export["results"]], atol=1e-4)
 
     refused = run_cli("models", "export", TINY_NAME, str(photos), *model_args)
-    assert refused.exit_code == 1 and "not an empty folder" in refused.output
+    assert refused.exit_code == 1 and "is not an earlier ONNX export by clipdex" in refused.output
 
 
 def test_models_list_says_where_each_model_comes_from_and_what_is_here(hub_cache: Path, immich_tiny: Path,
@@ -131,3 +133,93 @@ def test_models_list_says_where_each_model_comes_from_and_what_is_here(hub_cache
     b32_line = next(line for line in shown.splitlines() if "ViT-B-32 (default)" in line)
     assert "ONNX: immich-app/ViT-B-32__openai" in b32_line and "ONNX" in b32_line.split("__openai")[1]
     assert np.all([isinstance(r["cached"]["export"], bool) for r in rows.values()])
+
+
+def test_a_cold_search_from_a_cached_hub_export_does_not_import_onnx(cached_repo: Path, hub_cache: Path,
+                                                                    tmp_path: Path, photos: Path) -> None:
+    """Each cold process asks whether the cached snapshot is complete (its towers' external data):
+    answered without onnx, whose import alone costs a search 0.1 s."""
+    index = str(tmp_path / "idx")
+    indexed = run_cli("index", str(photos), "--index", index, "--model", f"onnx:{REPO}")
+    assert indexed.exit_code == 0, indexed.output
+    env = dict(os.environ, HF_HUB_CACHE=str(hub_cache), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "clipdex", "search", "a dog", "--index", index,
+                           "-n", "3", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(json.loads(done.stdout)["results"]) == 3
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "onnxruntime" in imported and "huggingface_hub" in imported  # the listing is read right
+    assert not sorted(name for name in imported if name.partition(".")[0] == "onnx")
+
+
+def _embeddings(index: str, folder: Path) -> list[tuple[str, bytes]]:
+    exported = run_cli("export", str(folder), "--index", index)
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((folder / "clipdex.json").read_text())["format"] == "clipdex-export"
+    return sorted((str(p.relative_to(folder)), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+
+
+def test_models_export_never_replaces_a_clipdex_export_of_embeddings(tmp_path: Path, cli_index: str,
+                                                                     model_args: list[str]) -> None:
+    """`clipdex export DIR` writes a clipdex.json too: `clipdex models export NAME DIR` refuses that
+    folder before exporting anything, says what is there, and leaves it as it was."""
+    folder = tmp_path / "embeddings"
+    before = _embeddings(cli_index, folder)
+    refused = run_cli("models", "export", TINY_NAME, str(folder), *model_args)
+    assert refused.exit_code == 1
+    message = " ".join(refused.output.split())
+    assert "is not an earlier ONNX export by clipdex" in message, message
+    assert "embeddings written by `clipdex export`" in message and "img_emb/, metadata/" in message
+    assert "Nothing in it was touched" in message and "new or empty folder" in message
+    assert sorted((str(p.relative_to(folder)), p.read_bytes()) for p in folder.rglob("*") if p.is_file()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_models_export_writes_open_clips_full_config(tmp_path: Path, tiny_model: tuple[Path, Path]) -> None:
+    """config.json is open_clip's model config, as Immich writes it, for a model named by its
+    architecture (not only for one given by --model-config)."""
+    import open_clip
+
+    _, weights = tiny_model
+    dest = tmp_path / "out"
+    done = run_cli("models", "export", TINY_NAME, str(dest), "--weights", str(weights))
+    assert done.exit_code == 0, done.output
+    written = json.loads((dest / "config.json").read_text())
+    assert written == open_clip.get_model_config(TINY_NAME) == json.loads(TINY_CONFIG.read_text())
+
+
+def test_models_export_without_torch_says_what_to_install_unless_the_export_is_here(
+        tmp_path: Path, tiny_model: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torch and open_clip (as a light install: clipdex.models.optional says they are not
+    installed), `clipdex models export` says to install them, and what runs without; where
+    clipdex's own export of the model is already in its cache, it is written out without them."""
+    from clipdex.models import optional
+
+    _, weights = tiny_model
+    installed = optional.installed
+    blocked = {"on": True}
+    monkeypatch.setattr(optional, "installed", lambda name: installed(name) and not (
+        blocked["on"] and name.partition(".")[0] in ("torch", "open_clip")))
+    dest = tmp_path / "out"
+    refused = run_cli("models", "export", TINY_NAME, str(dest), "--weights", str(weights))
+    assert refused.exit_code == 1
+    message = " ".join(refused.output.split())
+    assert (f"clipdex models export needs torch and open_clip to export {TINY_NAME} "
+            "(pip install 'clipdex[torch]')") in message, message
+    assert "runs here without it" in message and "onnx:DIR" not in message
+    assert not dest.exists()
+    registry = " ".join(run_cli("models", "export", "ViT-B-32", str(dest)).output.split())
+    assert ("ViT-B-32 already has a ready export, hub repository immich-app/ViT-B-32__openai: this install runs "
+            "it as --model ViT-B-32") in registry, registry
+
+    blocked["on"] = False  # exported once where torch is installed ...
+    first = run_cli("models", "export", TINY_NAME, str(tmp_path / "first"), "--weights", str(weights))
+    assert first.exit_code == 0, first.output
+    blocked["on"] = True  # ... the cache's export is written out without it
+    again = run_cli("models", "export", TINY_NAME, str(dest), "--weights", str(weights))
+    assert again.exit_code == 0, again.output
+    for name in ("visual/model.onnx", "textual/model.onnx", "textual/tokenizer.json", "clipdex.json"):
+        assert (dest / name).read_bytes() == (tmp_path / "first" / name).read_bytes(), name
+    config = json.loads((dest / "config.json").read_text())  # no open_clip here: the facts a reader takes
+    assert config == {"embed_dim": 32, "vision_cfg": {"image_size": 64}, "text_cfg": {"context_length": 77}}
