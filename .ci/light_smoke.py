@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,21 +28,6 @@ PHOTOS = 8
 LAYOUTS = ("immich", "clipdex")
 
 
-def tiny_model(folder: Path) -> tuple[Path, Path]:
-    """(config, weights) of the test suite's tiny CLIP (tests/conftest.py ``tiny_model``)."""
-    import open_clip
-    import torch
-
-    config = REPO / "tests" / "data" / "clipdex-tiny.json"
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model("clipdex-tiny", pretrained=None)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / "clipdex-tiny.pt"
-    torch.save(model.state_dict(), weights)
-    return config, weights
-
-
 def prepare(work: Path) -> None:
     """Photos and the tiny model in both export layouts, made with the main venv's torch."""
     sys.path.insert(0, str(REPO))
@@ -49,7 +35,7 @@ def prepare(work: Path) -> None:
     from tests.images import write_photos
 
     write_photos(work / "photos", PHOTOS)
-    model = tiny_model(work / "weights")
+    model = onnx_layouts.make_tiny_model(work / "weights")
     onnx_layouts.write_immich_export(model, work / "model-immich")
     onnx_layouts.write_clipdex_export(model, work / "model-clipdex", home=work / "export-home")
     print(f"prepared {PHOTOS} photos and the tiny model in {', '.join(LAYOUTS)} layouts under {work}")
@@ -91,7 +77,10 @@ def run(work: Path) -> None:
         idx = str(work / f"index-{layout}")
         model = f"onnx:{work / f'model-{layout}'}"
         out = clipdex(work, "index", str(photos), "--index", idx, "--model", model)
-        check(f"{PHOTOS}" in out, f"index did not report {PHOTOS} photos:\n{out}")
+        # The summary's lines: "  indexed         8  photos in this folder", "  new             8".
+        check(re.search(rf"^\s*indexed\s+{PHOTOS}\s+photos in this folder\s*$", out, re.M) is not None
+              and re.search(rf"^\s*new\s+{PHOTOS}\s*$", out, re.M) is not None,
+              f"index did not report {PHOTOS} photos indexed, all new:\n{out}")
         results = json.loads(clipdex(work, "search", "a dog in the snow", "--index", idx, "-n", "3",
                                      "--json"))["results"]
         check(len(results) == 3 and all(Path(r["path"]).is_relative_to(photos) for r in results),

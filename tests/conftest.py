@@ -40,17 +40,11 @@ def clipdex_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(config JSON, weights file) of a tiny CLIP built by open_clip with random weights."""
-    import open_clip
-    import torch
+    """(config JSON, weights file) of a tiny CLIP built by open_clip with random weights
+    (tests/onnx_layouts.py ``make_tiny_model``)."""
+    from tests.onnx_layouts import make_tiny_model
 
-    folder = tmp_path_factory.mktemp("tiny-model")
-    open_clip.add_model_config(TINY_CONFIG)
-    torch.manual_seed(0)
-    model = open_clip.create_model("clipdex-tiny", pretrained=None)
-    weights = folder / "clipdex-tiny.pt"
-    torch.save(model.state_dict(), weights)
-    return TINY_CONFIG, weights
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture()

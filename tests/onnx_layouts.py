@@ -24,8 +24,25 @@ from typing import Any
 import numpy as np
 
 TINY_NAME = "clipdex-tiny"
+TINY_CONFIG = Path(__file__).parent / "data" / f"{TINY_NAME}.json"
 IMMICH_OPSET = 19  # the current exporter's default; torch's TorchScript exporter writes it
 OLD_IMMICH_OPSET = 17
+
+
+def make_tiny_model(folder: Path) -> tuple[Path, Path]:
+    """(config JSON, weights file) of the test suite's tiny CLIP: built by open_clip from
+    tests/data/clipdex-tiny.json with random weights (seed 0), saved into ``folder``. The
+    ``tiny_model`` fixture and CI's light smoke (.ci/light_smoke.py) both make it here."""
+    import open_clip
+    import torch
+
+    open_clip.add_model_config(TINY_CONFIG)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_NAME, pretrained=None)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{TINY_NAME}.pt"
+    torch.save(model.state_dict(), weights)
+    return TINY_CONFIG, weights
 
 
 def tiny_open_clip(tiny_model: tuple[Path, Path]) -> Any:
@@ -111,20 +128,10 @@ def to_external_data(model_file: Path) -> list[Path]:
 def clipdex_cache_export(spec: Any) -> Any:
     """clipdex's own export of ``spec`` into its cache (exported with torch where missing), as the
     :class:`~clipdex.models.bundle.Export` that :func:`~clipdex.models.bundle.write_export` takes."""
-    from clipdex.models import onnx_export
-    from clipdex.models.bundle import Export
+    from clipdex.models.onnx_export import cache_export
     from clipdex.models.runtimes import openclip_torch
 
-    cache_export = getattr(onnx_export, "cache_export", None)
-    if cache_export is not None:
-        return cache_export(spec, "fp32", openclip_torch.export)
-    meta = onnx_export.ensure_exported(spec, "fp32", openclip_torch.export)
-    root = onnx_export.export_dir(spec)
-    text = root / onnx_export.TEXT_FILE
-    tokenizer = root / "tokenizer.json"
-    return Export(root, meta, "cache", "exported here", {"fp32": root / onnx_export.VISUAL_FILES["fp32"]},
-                  text if text.exists() else None, tokenizer if meta.get("tokenizer") == "tokenizers" else None,
-                  root, {"name": spec.name})
+    return cache_export(spec, "fp32", openclip_torch.export)
 
 
 def write_clipdex_export(tiny_model: tuple[Path, Path], dest: Path, home: Path) -> Path:
