@@ -4,6 +4,7 @@ through clipdex's whole pipeline (decode workers, preprocessing, the runtime, th
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,11 @@ import pytest
 from PIL import Image
 
 from clipdex import Index
-from clipdex.errors import ModelMismatch
+from clipdex.errors import ModelError, ModelMismatch
 from clipdex.models.factory import make_encoder
 from clipdex.models.registry import resolve_model
-from tests.onnx_layouts import reference_vectors
+from tests.images import write_photos
+from tests.onnx_layouts import reference_vectors, write_clipdex_export, write_immich_export
 
 TEXTS = ["a photo of a dog in the snow", "listen to music", "a red car", "two people on a beach at dusk"]
 BAR = 0.999
@@ -68,3 +70,50 @@ def test_another_model_needs_add_model(tmp_path: Path, photos: Path, model_kwarg
         index.add(photos)
     with Index.open(tmp_path / "idx", model=f"onnx:{immich_export_dir}") as index, pytest.raises(ModelMismatch):
         index.add(photos)
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny architecture with other weights (seed 1): another model, of the same dimension."""
+    import open_clip
+    import torch
+
+    from tests.conftest import TINY_CONFIG
+
+    open_clip.add_model_config(TINY_CONFIG)
+    torch.manual_seed(1)
+    model = open_clip.create_model("clipdex-tiny", pretrained=None)
+    weights = tmp_path_factory.mktemp("other-model") / "clipdex-tiny-seed1.pt"
+    torch.save(model.state_dict(), weights)
+    return TINY_CONFIG, weights
+
+
+def test_an_export_folder_replaced_by_another_model_is_refused(tmp_path: Path, photos: Path, clipdex_export_dir: Path,
+                                                               other_model: tuple[Path, Path]) -> None:
+    """`clipdex models export` replaces an earlier export in place: an index built from that folder
+    must not file the new model's vectors under the old model's key."""
+    folder = tmp_path / "export"
+    shutil.copytree(clipdex_export_dir, folder)
+    with Index.open(tmp_path / "idx", create=True, model=f"onnx:{folder}") as index:
+        index.add(photos)
+    write_clipdex_export(other_model, folder, tmp_path / "home-other")
+    with Index.open(tmp_path / "idx") as index, pytest.raises(ModelError, match="was replaced since"):
+        index.search("a dog", k=1)
+
+
+def test_same_name_other_weights_is_caught_by_the_probe(tmp_path: Path, photos: Path, immich_export_dir: Path,
+                                                        other_model: tuple[Path, Path]) -> None:
+    """An Immich folder is known by its name (ARCH__TAG): towers swapped for another model's keep the
+    name, so the index checks the vectors of the rewritten folder and refuses them."""
+    folder = tmp_path / "ViT-T__tiny"
+    shutil.copytree(immich_export_dir, folder)
+    with Index.open(tmp_path / "idx", create=True, model=f"onnx:{folder}") as index:
+        index.add(photos)
+    shutil.rmtree(folder)
+    write_immich_export(other_model, folder)
+    more = tmp_path / "more"
+    write_photos(more, 2, start=40)
+    with Index.open(tmp_path / "idx") as index, pytest.raises(ModelMismatch, match=r"0\.99"):
+        index.add(more)
+    with Index.open(tmp_path / "idx") as index, pytest.raises(ModelMismatch):
+        index.search("a dog", k=1)
