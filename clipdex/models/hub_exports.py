@@ -143,7 +143,9 @@ def small_files(reference: str, model: str) -> Path:
     repo, revision = split_repo(reference)
     looked = f"the Hugging Face cache {constants.HF_HUB_CACHE} (repo {reference})"
     fix = (f"On a machine with internet, run `{download_command(reference)}` and copy its Hugging Face cache "
-           "here (set HF_HOME to it), or pass a folder holding the export as --model onnx:/path/to/export.")
+           "here (set HF_HOME to it), or pass a folder holding the export as --model onnx:/path/to/export."
+           f" ({reference} was read as a hub repository because no folder {Path(reference).resolve()} exists; "
+           f"if you meant a folder, check the path, or write it as {ONNX_PREFIX}./{reference}.)")
     require_hub(model, looked, fix)
     try:
         found = Path(snapshot_download(repo, revision=revision, allow_patterns=[MANIFEST, CONFIG]))
