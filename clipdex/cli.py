@@ -985,6 +985,25 @@ def _precisions(value: str) -> list[str]:
     return chosen
 
 
+def _check_port(host: str, port: int) -> None:
+    """Say so at once when ``host``:``port`` cannot be listened on (another server holds it, or the
+    address is not this machine's), before the model loads and the app claims to be serving."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ClipdexError(f"{host}:{port} is in use (another clipdex serve, or another server): "
+                               "pick another with --port N.") from None
+        raise ClipdexError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port N or "
+                           "--host ADDRESS (an address of this machine).") from None
+
+
 # -- serve -------------------------------------------------------------------
 @main.command("serve")
 @index_option
@@ -1013,6 +1032,7 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
 
     if metadata and not key:
         raise click.UsageError("--metadata needs --key COLUMN (the column naming each photo)")
+    _check_port(host, port)
     index = Index.open(index_dir, model=model, weights=weights, model_config=model_config)
     table = load_metadata(index, metadata, key) if metadata and key else None
     err = _console(stderr=True)
@@ -1291,8 +1311,10 @@ def _export_needs_torch(spec: "ModelSpec", folder: "Path") -> str:
         ready = (f"{spec.name} already has a ready export, {describe(spec.onnx)}: this install runs it as "
                  f"--model {spec.name}, no export needed")
         if not is_folder_reference(spec.onnx):
-            copy = f"{download_command(spec.onnx)} --local-dir {shlex.quote(str(folder))}"
-            ready += f" (a copy of it in {folder}: {copy})"
+            fresh = not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+            target = folder if fresh else "NEW_FOLDER"  # never into a folder that holds something
+            copy = f"{download_command(spec.onnx)} --local-dir {shlex.quote(str(target))}"
+            ready += f" (a copy of it in {'that folder' if fresh else 'a new folder'}: {copy})"
     else:
         ready = ("a model that already has a ready export (the registry's ONNX sources: `clipdex models list`, or "
                  "one on the hub) runs here without it, as --model NAME or --model onnx:OWNER/REPO")

@@ -354,8 +354,8 @@ class Index:
         if cosine < probes.MIN_PROBE_COSINE:
             raise self._probe_mismatch(record, encoder.spec, source, needed, cosine,
                                        [s.source for s in probe.sources])
-        log.info("%s gives the probe vectors of %s (%s, cosine %.5f)", source, record.name,
-                 probes.towers_named(needed), cosine)
+        log.info("checked a new source of %s: %s gives the vectors this index holds for it (%s, cosine %.5f)",
+                 record.name, source, probes.towers_named(needed), cosine)
         if self.store.readonly:
             return
         try:
@@ -1117,6 +1117,9 @@ class Index:
                     problems.append(f"{damage.describe()}. {damage.fix(self.path)}")
                 elif backend is not None and backend.stale:
                     problems.append(f"{record.name}: {backend.note}.")
+                gone = _model_files_gone(record)
+                if gone:
+                    problems.append(gone)
                 unencoded = self.store.unencoded_by_root(record, missing)
                 if unencoded:
                     problems.append(
@@ -1134,6 +1137,21 @@ class Index:
     def failures(self) -> list[FileRecord]:
         """Files that could not be indexed, with their reasons."""
         return self.store.failures()
+
+
+def _model_files_gone(record: ModelRecord) -> str | None:
+    """What ``clipdex status`` says when the local files a model was built from (an ONNX export folder,
+    a Transformers checkpoint folder, a weights file) are no longer where the index recorded them."""
+    try:
+        spec = ModelSpec.from_json(record.spec_json)
+    except (TypeError, ValueError):
+        return None
+    if not spec.weights or os.path.exists(spec.weights):
+        return None
+    how = {"onnx": "--model onnx:/its/new/folder", "hf": "--model hf:/its/new/folder"}.get(
+        spec.family, "--weights FILE" + (" --model-config FILE.json" if spec.config else ""))
+    return (f"{record.name}: {spec.weights} is gone (moved or deleted); text searches, uploads and indexing need "
+            f"it. If it moved, pass {how} once and the index records the new place.")
 
 
 def _check_unchanged(spec: ModelSpec, index: Path) -> None:

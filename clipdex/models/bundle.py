@@ -106,6 +106,12 @@ class Export:
         return np.ascontiguousarray(pixels)
 
 
+def looks_like_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an ONNX export in the hub layout (a model for ``--model onnx:…``), so
+    a message about another kind of model can point there."""
+    return (folder / VISUAL).is_file() or (folder / TEXTUAL).is_file()
+
+
 def read_export(root: Path, *, source: str, work: Path) -> Export:
     """The export in folder ``root`` (the hub layout: clipdex's, with its clipdex.json, or
     Immich's, read as it is). Raises :class:`~clipdex.errors.ModelError` naming the folder and
@@ -126,6 +132,7 @@ def read_export(root: Path, *, source: str, work: Path) -> Export:
 
 def _read_clipdex(root: Path, manifest: dict[str, Any], source: str, work: Path) -> Export:
     """An export written by :func:`write_export`: its facts are its clipdex.json's."""
+    _refuse_embeddings(root, manifest)
     version = manifest.get("format")
     if not isinstance(version, int) or version < 1:
         raise _damaged(root, MANIFEST, "it has no format number", source, manifest)
@@ -194,6 +201,19 @@ def _read_immich(root: Path, source: str, work: Path) -> Export:
     return Export(root, meta, "immich", source, {"fp32": visual}, text, tokenizer, work)
 
 
+def _refuse_embeddings(root: Path, manifest: dict[str, Any]) -> None:
+    """A ModelError where ``root``'s clipdex.json is the manifest of `clipdex export` (embeddings, which
+    share the file's name), saying what the folder is and what to do with it."""
+    if manifest.get("format") != "clipdex-export":
+        return
+    found = manifest.get("model")
+    model: dict[str, Any] = found if isinstance(found, dict) else {}
+    raise ModelError(f"{root} holds embeddings written by `clipdex export` ({manifest.get('rows', '?')} photos "
+                     f"of {model.get('name') or model.get('key') or 'a model'}), not a model export: load them "
+                     f"with `clipdex import {root}`, and name the model that made them with --model "
+                     f"{model.get('name') or 'NAME'}. A model export is written by `clipdex models export`.")
+
+
 def identity_of(root: Path, name: str) -> str:
     """The key of the model whose export is in ``root``: its clipdex.json's ``key``; for Immich's
     layout the open_clip ``ARCH/TAG`` its name ``ARCH__TAG`` (repository or folder) spells, where
@@ -208,6 +228,7 @@ def identity_of(root: Path, name: str) -> str:
     root = Path(root)
     if (root / MANIFEST).exists():
         manifest = _read_json(root, MANIFEST, f"folder {root}", required=False)
+        _refuse_embeddings(root, manifest or {})
         key = (manifest or {}).get("key")
         if isinstance(key, str) and key:
             return key
@@ -247,6 +268,9 @@ def write_export(export: Export, dest: Path) -> Path:
     check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # a folder to share, as a plain mkdir would make it (mkdtemp's is 0700)
     try:
         (work / "visual").mkdir()
         (work / "textual").mkdir()
@@ -328,19 +352,38 @@ _LOCATION_ENTRY = b"\x0a\x08location"
 _EXTERNAL_DATA: dict[tuple[str, int, int], tuple[str, ...]] = {}
 
 
+def hub_download_command(repo: str, revision: str | None = None, local_dir: Path | str | None = None) -> str:
+    """The ``hf download`` command that fetches an export's ONNX files from ``repo`` (not Immich's
+    other formats), into ``local_dir`` where given (else the Hugging Face cache)."""
+    import shlex
+
+    words = ["hf", "download", repo]
+    if revision:
+        words += ["--revision", revision]
+    for pattern in HUB_PATTERNS:
+        words += ["--include", pattern]
+    for pattern in HUB_IGNORE:
+        words += ["--exclude", pattern]
+    if local_dir is not None:
+        words += ["--local-dir", str(local_dir)]
+    return shlex.join(words)
+
+
 def _advice(root: Path, source: str, manifest: dict[str, Any] | None) -> str:
     """What to do about a missing or damaged file: fetch the export again, or write it again."""
     if source.startswith("hub "):
         repo = source.split()[1].split("@", 1)[0]
-        return f"Download it again: hf download {repo} (or delete it from the Hugging Face cache and run again)."
+        return (f"Download it again: {hub_download_command(repo)} (or delete it from the Hugging Face cache and "
+                "run again).")
     if manifest is not None or (root / MANIFEST).exists():
         name = (manifest or {}).get("name") or "MODEL"
         return (f"Write it again: clipdex models export {name} {root} (needs clipdex[torch]), "
                 "or copy it again from where it came.")
     if IMMICH_NAME.fullmatch(root.name):
-        return f"Download it again: hf download immich-app/{root.name} --local-dir {root}."
-    return ("Copy it again from where it came (an Immich model: hf download immich-app/ARCH__TAG --local-dir "
-            f"{root}), or write one with: clipdex models export MODEL {root}.")
+        return f"Download it again: {hub_download_command(f'immich-app/{root.name}', local_dir=root)}."
+    return (f"Copy it again from where it came (an Immich model: "
+            f"{hub_download_command('immich-app/ARCH__TAG', local_dir=root)}), or write one with: clipdex models "
+            f"export MODEL {root}.")
 
 
 def _damaged(root: Path, rel: str, what: str, source: str, manifest: dict[str, Any] | None) -> ModelError:

@@ -255,6 +255,11 @@ def model_type(folder: Path) -> str:
     config = _read_json(folder / "config.json")
     kind = config.get("model_type")
     if kind not in MODEL_CLASSES:
+        from clipdex.models.bundle import looks_like_export
+
+        if looks_like_export(folder):
+            raise ModelError(f"{folder} is a ready ONNX export (visual/, textual/), not a Transformers checkpoint: "
+                             f"use --model onnx:{folder}.")
         classes = ", ".join(config.get("architectures") or []) or "unknown"
         raise ModelError(f"{folder} holds a {kind or 'model without a model_type'} checkpoint ({classes}); "
                          f"clipdex runs {SUPPORTED}. Save a CLIPModel or SiglipModel (both towers).")

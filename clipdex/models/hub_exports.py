@@ -10,11 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 from pathlib import Path
 
 from clipdex.errors import ModelError, ModelUnavailable, first_line
-from clipdex.models.bundle import HUB_IGNORE, HUB_PATTERNS, TEXTUAL, VISUAL, external_data, identity_of
+from clipdex.models.bundle import (
+    HUB_IGNORE,
+    HUB_PATTERNS,
+    TEXTUAL,
+    VISUAL,
+    external_data,
+    hub_download_command,
+    identity_of,
+)
 from clipdex.models.spec import ONNX_PREFIX, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -55,14 +62,7 @@ def describe(reference: str) -> str:
 def download_command(reference: str) -> str:
     """The ``hf download`` command that fetches an export's ONNX files (not Immich's other formats)."""
     repo, revision = split_repo(reference)
-    words = ["hf", "download", repo]
-    if revision:
-        words += ["--revision", revision]
-    for pattern in HUB_PATTERNS:
-        words += ["--include", pattern]
-    for pattern in HUB_IGNORE:
-        words += ["--exclude", pattern]
-    return shlex.join(words)
+    return hub_download_command(repo, revision)
 
 
 def cached_snapshot(reference: str, *, complete: bool = True) -> Path | None:

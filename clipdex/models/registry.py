@@ -159,6 +159,9 @@ def resolve_model(
         from clipdex.models.hub_exports import resolve
 
         return resolve(name[len(ONNX_PREFIX):], weights_path, model_config)
+    if entry is None and not weights_path and _export_folder(name):
+        raise ModelError(f"{name} is a folder holding a ready ONNX export: write --model {ONNX_PREFIX}{name} "
+                         "(a bare path names a model only after onnx: or hf:).")
     if entry is not None:
         # A local checkpoint replaces the weights the ready export was made from: not the same model.
         return ModelSpec(name=entry.name, arch=entry.arch, pretrained=entry.pretrained,
@@ -185,6 +188,14 @@ def _hf_spec(reference: str, name: str | None, weights: str | None,
     from clipdex.models.hf import resolve
 
     return resolve(reference[len(HF_PREFIX):], name)
+
+
+def _export_folder(name: str) -> bool:
+    """Whether ``name`` is a folder holding an ONNX export (visual/ or textual/ model.onnx)."""
+    from clipdex.models.bundle import looks_like_export
+
+    folder = Path(name).expanduser()
+    return folder.is_dir() and looks_like_export(folder)
 
 
 def _check_weights(weights: str | os.PathLike[str]) -> str:

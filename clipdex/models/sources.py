@@ -250,6 +250,13 @@ def _unavailable(spec: ModelSpec, exporter: Any) -> tuple[str, str, str]:
     from clipdex.models.onnx_export import export_dir
 
     looked = [f"clipdex's cache {export_dir(spec)}"]
+    if exporter is None and spec.family == "open_clip" and spec.weights:
+        from clipdex.models import optional
+
+        return (looked[0], f"{spec.weights} is a torch checkpoint, and torch is not installed here to run or "
+                f"export it", f"Install it: `{optional.TORCH_INSTALL}`; or, on a machine with torch, run `clipdex "
+                f"models export {spec.name} DIR --weights {spec.weights}` and index here with --model "
+                f"{ONNX_PREFIX}DIR.")
     fixes = []
     if spec.onnx and not is_folder_reference(spec.onnx):
         looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE} (repo {spec.onnx})")
