@@ -156,7 +156,8 @@ def test_missing_or_damaged_files_say_which_and_what_to_do(tmp_path: Path, damag
         read_export(root, source=f"folder {root}", work=tmp_path)
     message = str(error.value)
     assert str(root) in message and file in message and what in message
-    assert f"hf download immich-app/ViT-B-32__openai --local-dir {root}" in message
+    assert "hf download immich-app/ViT-B-32__openai --include" in message  # the ONNX files only
+    assert "--exclude '*.rknn'" in message and message.endswith(f"--local-dir {root}.")
     with pytest.raises(ModelError, match="hf download immich-app/ViT-B-32__openai "):
         read_export(root, source="hub immich-app/ViT-B-32__openai@0123abc", work=tmp_path)
 
