@@ -885,15 +885,21 @@ def labels_group() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def labels_show_cmd(file: str) -> None:
     """Check a label file and show its sets, labels and prompts."""
-    from clipdex.labels import load_label_sets
+    from clipdex.labels import UNCERTAIN, load_label_sets
 
     out = _console()
     for label_set in load_label_sets(file):
         mode = f"multi-label, threshold {label_set.threshold}" if label_set.multi_label else "single-label"
+        if label_set.min_prob is not None:
+            mode += f", below {label_set.min_prob:g} a photo is {UNCERTAIN!r}"
         out.print(f"[bold]{_t(label_set.name)}[/] ({mode}, {len(label_set.templates)} templates)")
         for label in label_set.labels:
             sample = "; ".join(label.prompts[:3]) + (" …" if len(label.prompts) > 3 else "")
             out.print(f"  {label.name:<14} {len(label.prompts):>4} prompts: {sample}", markup=False)
+        if label_set.multi_label and label_set.background:  # single-label sets compare the labels alone
+            sample = "; ".join(label_set.background[:3]) + (" …" if len(label_set.background) > 3 else "")
+            out.print(f"  {'(background)':<14} {len(label_set.background):>4} prompts: {sample}  (each label is "
+                      "scored against these by a softmax model; a sigmoid model uses its bias)", markup=False)
 
 
 @labels_group.command("templates")
