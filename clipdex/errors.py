@@ -3,7 +3,7 @@
     ClipdexError                  base: what went wrong, where, and what to do
     ├── ModelError
     │   ├── UnknownModel          a name that is neither in the registry nor open_clip's
-    │   ├── ModelUnavailable      weights missing and not downloadable
+    │   ├── ModelUnavailable      weights or export missing, not downloadable
     │   ├── ModelMismatch         index holds vectors of another model
     │   └── DimensionMismatch     imported vectors of another dimension than the model's
     ├── IndexError_
@@ -78,13 +78,13 @@ class UnknownModel(ModelError):
 
 
 class ModelUnavailable(ModelError):
-    """The weights are not on disk and cannot be downloaded."""
+    """Neither the weights nor a ready export of a model are on disk, and they cannot be downloaded."""
 
     def __init__(self, model: str, looked: str, reason: str, fix: str) -> None:
         self.model = model
         self.looked = looked
         super().__init__(
-            f"weights for model {model!r} are not available: {reason}. "
+            f"model {model!r} is not on this machine (its weights or a ready ONNX export): {reason}. "
             f"Looked in: {looked}. {fix}"
         )
 
