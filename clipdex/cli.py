@@ -1309,10 +1309,8 @@ def _export_needs_torch(spec: "ModelSpec", folder: "Path") -> str:
     from clipdex.models import optional
     from clipdex.models.hub_exports import describe, download_command, is_folder_reference
 
-    if spec.family == "hf":
-        needs = f"clipdex models export needs torch and Transformers to export {spec.name} ({optional.HF_INSTALL})"
-    else:
-        needs = f"clipdex models export needs torch and open_clip to export {spec.name} ({optional.TORCH_INSTALL})"
+    words, install = optional.family_needs(spec.family)
+    needs = f"clipdex models export needs {words} to export {spec.name} ({install})"
     if spec.onnx:
         ready = (f"{spec.name} already has a ready export, {describe(spec.onnx)}: this install runs it as "
                  f"--model {spec.name}, no export needed")

@@ -24,6 +24,7 @@ the paths of its files. Nothing here imports torch.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -97,13 +98,21 @@ class Export:
         ((N, H, W, 3) uint8): as it is, or normalised into float32 (N, 3, H, W)."""
         if self.pixel_input == PIXELS_UINT8_NHWC:
             return np.ascontiguousarray(batch)
+        scale, shift = self._normalisation
+        pixels = batch.astype(np.float32).transpose(0, 3, 1, 2)
+        pixels *= scale
+        pixels -= shift
+        return np.ascontiguousarray(pixels)
+
+    @functools.cached_property
+    def _normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel, the scale and shift that turn 8-bit pixels into the model's input (read once, not
+        per batch), shaped to broadcast over (N, 3, H, W)."""
         from clipdex.models.preprocess import PreprocessConfig
 
         scale, shift = PreprocessConfig.from_meta(self.meta).scale_shift()
-        pixels = batch.astype(np.float32).transpose(0, 3, 1, 2)
-        pixels *= np.asarray(scale, np.float32).reshape(1, 3, 1, 1)
-        pixels -= np.asarray(shift, np.float32).reshape(1, 3, 1, 1)
-        return np.ascontiguousarray(pixels)
+        return (np.asarray(scale, np.float32).reshape(1, 3, 1, 1),
+                np.asarray(shift, np.float32).reshape(1, 3, 1, 1))
 
 
 def looks_like_export(folder: Path) -> bool:

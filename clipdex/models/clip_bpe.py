@@ -35,6 +35,7 @@ SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\
 # open_clip pads with id 0 (the token "!"); with argmax pooling any padding after the end token
 # gives the same vectors, and for other pooling only open_clip's own padding does.
 PAD_ID = 0
+PAD_TOKEN = "!"
 
 
 def vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -81,5 +82,5 @@ def write(path: Path, context_length: int = 77) -> Path:
 def config(context_length: int = 77) -> dict[str, object]:
     """The tokenizer_config.json that goes beside it (what Immich's reader takes: the pad token)."""
     return {"tokenizer_class": "CLIPTokenizer", "model_max_length": int(context_length),
-            "bos_token": START, "eos_token": END, "unk_token": END, "pad_token": "!",
+            "bos_token": START, "eos_token": END, "unk_token": END, "pad_token": PAD_TOKEN,
             "do_lower_case": True, "clean_up_tokenization_spaces": False}

@@ -52,11 +52,16 @@ TOKENIZER_FILE = "tokenizer.json"
 Exporter = Callable[[ModelSpec, Path], dict[str, Any]]
 
 
+def cache_slug(key: str) -> str:
+    """A model key as a folder name in clipdex's ONNX cache."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+
+
 def export_dir(spec: ModelSpec) -> Path:
     """Where the export of ``spec`` lives: named by its key and, for a Transformers checkpoint,
     by what else its export depends on (:func:`clipdex.models.hf.export_stamp`: its tokenizer files
     and hub revision), so that checkpoints sharing weights never share or fight over one export."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.key)
+    slug = cache_slug(spec.key)
     if spec.family == "hf":
         from clipdex.models.hf import export_stamp
 
@@ -76,9 +81,8 @@ def no_exporter(spec: ModelSpec, what: str) -> str:
     """What to install (or use) where ``what`` needs the family's torch runtime and it is missing."""
     from clipdex.models import optional
 
-    needs = optional.hf_message(what) if spec.family == "hf" else optional.torch_message(what)
-    return (f"{needs}; or run a ready export: --model onnx:DIR (a folder written by `clipdex models export` "
-            "on a machine with torch) or onnx:OWNER/REPO on the Hugging Face hub.")
+    return (f"{optional.family_message(spec.family, what)}; or run a ready export: --model onnx:DIR (a folder "
+            "written by `clipdex models export` on a machine with torch) or onnx:OWNER/REPO on the Hugging Face hub.")
 
 
 def cached(spec: ModelSpec) -> bool:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 
-from clipdex.errors import ModelError
-
 TORCH_INSTALL = "pip install 'clipdex[torch]'"
 HF_INSTALL = "pip install 'clipdex[hf]'"
 PARQUET_INSTALL = "pip install 'clipdex[parquet]'"
@@ -55,24 +53,36 @@ def missing(packages: tuple[str, ...]) -> list[str]:
     return [name for name in packages if not installed(name)]
 
 
+# Each model family's torch runtime: the packages it needs, in words, and the extra that brings them.
+FAMILY_NEEDS = {"open_clip": (TORCH_PACKAGES, "torch and open_clip", TORCH_INSTALL),
+                "hf": (HF_PACKAGES, "torch and Transformers", HF_INSTALL)}
+
+
+def family_runs(family: str) -> bool:
+    """Whether the torch runtime of model ``family`` can run here (False for a family that has none)."""
+    needs = FAMILY_NEEDS.get(family)
+    return needs is not None and all(installed(name) for name in needs[0])
+
+
+def family_needs(family: str) -> tuple[str, str]:
+    """What model ``family``'s torch runtime needs, in words, and the pip command that brings it
+    (open_clip's for a family without one of its own)."""
+    _, words, install = FAMILY_NEEDS.get(family, FAMILY_NEEDS["open_clip"])
+    return words, install
+
+
+def family_install(family: str) -> str:
+    """The pip command that brings model ``family``'s torch runtime."""
+    return family_needs(family)[1]
+
+
+def family_message(family: str, what: str) -> str:
+    """'<what> needs torch and open_clip: pip install 'clipdex[torch]'' (Transformers and
+    'clipdex[hf]' for family 'hf'), the one wording."""
+    words, install = family_needs(family)
+    return f"{what} needs {words}: {install}"
+
+
 def torch_message(what: str) -> str:
-    """'<what> needs torch and open_clip: pip install 'clipdex[torch]'', the one wording."""
-    return f"{what} needs torch and open_clip: {TORCH_INSTALL}"
-
-
-def hf_message(what: str) -> str:
-    """The same for Transformers checkpoints."""
-    return f"{what} needs torch and Transformers: {HF_INSTALL}"
-
-
-def require_open_clip(what: str) -> None:
-    """Raise :class:`~clipdex.errors.ModelError` saying what to install when torch or
-    open_clip is missing; ``what`` is the thing asked for ('--device cuda', 'exporting ViT-B-32')."""
-    if not has_open_clip():
-        raise ModelError(f"{torch_message(what)} (not installed here: {', '.join(missing(TORCH_PACKAGES))})")
-
-
-def require_transformers(what: str) -> None:
-    """Raise :class:`~clipdex.errors.ModelError` saying what to install when torch or Transformers is missing."""
-    if not has_transformers():
-        raise ModelError(f"{hf_message(what)} (not installed here: {', '.join(missing(HF_PACKAGES))})")
+    """:func:`family_message` for open_clip models (torch and open_clip)."""
+    return family_message("open_clip", what)

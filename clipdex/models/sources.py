@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,17 @@ __all__ = ["cached_snapshot", "check_available", "describe", "download_command",
            "small_files", "split_repo", "work_dir"]
 
 log = logging.getLogger(__name__)
-INT8_FILE = "visual-int8-r2.onnx"  # = onnx_export.VISUAL_FILES['int8'] (same recipe, same name)
 
 
 def work_dir(key: str, root: Path) -> Path:
     """Where clipdex keeps what it derives from the export in ``root`` (its int8 image tower):
     clipdex's cache, named by the model's key and the folder (a hub snapshot's folder names its
     revision), never the user's folder or the Hugging Face cache."""
+    from clipdex.models.onnx_export import cache_slug
     from clipdex.settings import cache_dir
 
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return cache_dir() / "onnx" / f"{slug}~{digest}"
+    return cache_dir() / "onnx" / f"{cache_slug(key)}~{digest}"
 
 
 # -- the hub cache --------------------------------------------------------------
@@ -267,8 +265,7 @@ def _unavailable(spec: ModelSpec, exporter: Any) -> tuple[str, str, str]:
     if exporter is None:
         from clipdex.models import optional
 
-        install = optional.HF_INSTALL if spec.family == "hf" else optional.TORCH_INSTALL
-        fixes.append(f"install torch to export it here: `{install}`")
+        fixes.append(f"install torch to export it here: `{optional.family_install(spec.family)}`")
         reason = "it has no ready ONNX export here" + (" and torch is not installed" if not spec.onnx else "")
     else:
         fixes.append("run any clipdex command with this model on a machine with internet (its weights are "

@@ -61,8 +61,7 @@ def exporter_of(spec: ModelSpec) -> Any:
     library not installed: a light install, which runs ready exports only)."""
     from clipdex.models import optional
 
-    runs = {"open_clip": optional.has_open_clip, "hf": optional.has_transformers}.get(spec.family)
-    if runs is None or not runs():
+    if not optional.family_runs(spec.family):
         return None
     return family_module(spec).export
 
@@ -111,11 +110,12 @@ def text_feeds(export: Export) -> TextFeeds | None:
 
         return feeds
     if kind == "clip-bpe":  # no open_clip here: the same BPE, as the tokenizer.json written beside the export
+        from clipdex.models.clip_bpe import PAD_ID, PAD_TOKEN
         from clipdex.models.hf_tokenizer import HfTokenizer
 
         assert export.tokenizer is not None
         padding = "longest" if meta.get("trim_tokens") else "max_length"
-        return HfTokenizer(export.tokenizer, meta["context_length"], padding, 0, "!", ("input_ids",))
+        return HfTokenizer(export.tokenizer, meta["context_length"], padding, PAD_ID, PAD_TOKEN, ("input_ids",))
     if kind == "tokenizers":
         from clipdex.models.hf_tokenizer import HfTokenizer
 
