@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Container, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
@@ -44,7 +45,7 @@ from clipdex.decode import (
 from clipdex.errors import ImageDecodeError, PhotoFolderError
 from clipdex.models.preprocess import PreprocessConfig
 from clipdex.settings import gpu_decode_setting
-from clipdex.store import ModelRecord, NewFile, Store
+from clipdex.store import FileRecord, ModelRecord, NewFile, Store
 from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF
 
 if TYPE_CHECKING:
@@ -172,6 +173,34 @@ class _Stopped(Exception):
     """The run is being interrupted: a worker drops the file it is reading."""
 
 
+
+def failure_of(error: Exception, max_megapixels: float) -> tuple[str, str, float | None]:
+    """(reason, kind, limit) of a file that could not be prepared: why it is skipped, and
+    when it is tried again (see :class:`Failure`); ``limit`` is the --max-megapixels a
+    'limit' failure was judged by (None for the other kinds)."""
+    if isinstance(error, ImageTooLarge):
+        return error.reason, "limit", max_megapixels
+    if isinstance(error, ImageUnreadable):
+        return error.reason, "transient", None
+    if isinstance(error, ImageDecodeError):
+        return error.reason, "permanent", None
+    if isinstance(error, _Stopped):
+        return "indexing was interrupted", "transient", None
+    if isinstance(error, OSError):  # reading or hashing it
+        return f"cannot be read ({error.strerror or error})", "transient", None
+    return f"could not be decoded ({type(error).__name__}: {error})", "permanent", None
+
+
+def decode_for_model(source: BinaryIO | bytes, name: str, preprocess: Callable[[Any], Any], *,
+                     max_megapixels: float, draft: int | None) -> tuple[Any, int, int, str | None]:
+    """(pixels, width, height, taken_at) of one image file: decoded by Pillow (upright, within
+    the megapixel limit, reduced while both sides stay >= ``draft``), then ``preprocess``ed
+    (the model's resize and crop); width and height are the file's upright size. Raises what
+    :func:`clipdex.decode.load_image` raises (:func:`failure_of` says what it means)."""
+    image = load_image(source, name, max_megapixels=max_megapixels, draft_size=draft)
+    width, height = image.info.get(ORIGINAL_SIZE, image.size)
+    return preprocess(image), int(width), int(height), image.info.get(TAKEN_AT)
+
 def check_folder(root: str | os.PathLike[str]) -> str:
     """The folder's absolute path, or :class:`PhotoFolderError` if it is not one."""
     path = os.path.abspath(os.path.expanduser(os.fspath(root)))
@@ -182,6 +211,60 @@ def check_folder(root: str | os.PathLike[str]) -> str:
         raise PhotoFolderError(discover.display_path(path), "is a file, not a folder",
                                "Pass the folder that holds your photos.")
     return path
+
+
+
+def _retry(kind: str | None, judged_by: float | None, limit: float) -> bool:
+    """Whether a file that failed (and has not changed since) is worth another try."""
+    if kind == "transient":
+        return True
+    if kind == "limit":
+        return judged_by is None or limit > judged_by
+    return False  # permanent: only with --retry-failed
+
+
+def plan_files(files: Iterable[discover.FileEntry], known: Mapping[str, FileRecord],
+               embedded: Container[str], settings: IndexSettings,
+               report: IndexReport) -> tuple[list[discover.FileEntry], list[discover.FileEntry]]:
+    """The diff of a run: (files to encode, unchanged files whose EXIF date was never read).
+
+    A file is unchanged when its size and mtime are the ones recorded and its vector
+    exists (or it failed before, and trying again cannot help: see :func:`_retry`);
+    ``report`` counts new, changed, retried and unchanged files, and the failures kept.
+    The local pipeline and the Ray engine (:mod:`clipdex.cluster`) both start here.
+    """
+    limit = settings.max_megapixels
+    todo: list[discover.FileEntry] = []
+    undated: list[discover.FileEntry] = []  # unchanged, but their EXIF was never read
+    for entry in files:
+        record = known.get(entry.path)
+        same_stat = record is not None and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
+        if same_stat and record is not None:
+            if record.status == "ok" and record.content_hash in embedded:
+                report.unchanged += 1
+                if record.taken_source == TAKEN_MTIME:
+                    undated.append(entry)
+                continue
+            if record.status == "failed" and not (
+                    settings.retry_failed
+                    or _retry(record.failure_kind, record.failure_limit, limit)):
+                report.unchanged += 1
+                kind = record.failure_kind or "permanent"
+                reason = record.reason or "failed"
+                if kind == "permanent":
+                    reason = f"{reason} ({RETRY_HINT})"
+                report.failed.append(Failure(entry.path, reason, kind))
+                continue
+        if record is None:
+            report.new += 1
+        elif not same_stat:
+            report.changed += 1
+        elif record.status == "failed":
+            report.retried += 1
+        else:
+            report.new += 1  # known, but new to this model
+        todo.append(entry)
+    return todo, undated
 
 
 class Indexer:
@@ -235,39 +318,8 @@ class Indexer:
         report = IndexReport(root=folder, model=model.key)
         known = self.store.files_under(folder)
         embedded = self.store.embedded_hashes(model)
-        limit = self.settings.max_megapixels
 
-        todo: list[discover.FileEntry] = []
-        undated: list[discover.FileEntry] = []  # unchanged, but their EXIF was never read
-        for entry in walk.files:
-            record = known.get(entry.path)
-            same_stat = record is not None and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
-            if same_stat and record is not None:
-                if record.status == "ok" and record.content_hash in embedded:
-                    report.unchanged += 1
-                    if record.taken_source == TAKEN_MTIME:
-                        undated.append(entry)
-                    continue
-                if record.status == "failed" and not (
-                        self.settings.retry_failed
-                        or self._retry(record.failure_kind, record.failure_limit, limit)):
-                    report.unchanged += 1
-                    kind = record.failure_kind or "permanent"
-                    reason = record.reason or "failed"
-                    if kind == "permanent":
-                        reason = f"{reason} ({RETRY_HINT})"
-                    report.failed.append(Failure(entry.path, reason, kind))
-                    continue
-            if record is None:
-                report.new += 1
-            elif not same_stat:
-                report.changed += 1
-            elif record.status == "failed":
-                report.retried += 1
-            else:
-                report.new += 1  # known, but new to this model
-            todo.append(entry)
-
+        todo, undated = plan_files(walk.files, known, embedded, self.settings, report)
         if todo:
             self.encoder.load()  # before the clock starts: the rate is the pipeline's, not start-up's
         if progress:  # the photos to encode, then those whose EXIF date is read (fast: headers only)
@@ -295,15 +347,6 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         report.failed.sort(key=lambda f: f.path)
         return report
-
-    @staticmethod
-    def _retry(kind: str | None, judged_by: float | None, limit: float) -> bool:
-        """Whether a file that failed (and has not changed since) is worth another try."""
-        if kind == "transient":
-            return True
-        if kind == "limit":
-            return judged_by is None or limit > judged_by
-        return False  # permanent: only with --retry-failed
 
     def _without_own_index(self, walk: discover.Walk) -> discover.Walk:
         """``walk`` less anything inside this index's own folder (an index kept inside the
@@ -472,10 +515,8 @@ class Indexer:
                             item.taken_at = header.taken_at
                             return item
                         source.seek(0)
-                    image = load_image(source, entry.path, max_megapixels=limit, draft_size=draft)
-                    item.pixels = self.encoder.preprocess(image)
-                    item.width, item.height = image.info.get(ORIGINAL_SIZE, image.size)
-                    item.taken_at = image.info.get(TAKEN_AT)
+                    item.pixels, item.width, item.height, item.taken_at = decode_for_model(
+                        source, entry.path, self.encoder.preprocess, max_megapixels=limit, draft=draft)
                     return item
                 except Exception as e:  # noqa: BLE001  (a decoder bug must not take the batch down)
                     self._record_failure(item, e)
@@ -487,19 +528,7 @@ class Indexer:
 
     def _record_failure(self, item: _Prepared, error: Exception) -> None:
         """Why ``item`` is skipped, and when it is tried again (see :class:`Failure`)."""
-        if isinstance(error, ImageTooLarge):
-            item.reason, item.kind, item.limit = error.reason, "limit", self.settings.max_megapixels
-        elif isinstance(error, ImageUnreadable):
-            item.reason, item.kind = error.reason, "transient"
-        elif isinstance(error, ImageDecodeError):
-            item.reason, item.kind = error.reason, "permanent"
-        elif isinstance(error, _Stopped):
-            item.reason, item.kind = "indexing was interrupted", "transient"
-        elif isinstance(error, OSError):  # reading or hashing it
-            item.reason, item.kind = f"cannot be read ({error.strerror or error})", "transient"
-        else:
-            item.reason = f"could not be decoded ({type(error).__name__}: {error})"
-            item.kind = "permanent"
+        item.reason, item.kind, item.limit = failure_of(error, self.settings.max_megapixels)
 
     def _hash_file(self, f: io.BufferedReader) -> str:
         """SHA-256 of an open file, read in HASH_CHUNK pieces (and dropped on Ctrl-C)."""
