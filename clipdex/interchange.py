@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipdex.cluster.shards import STATUS_FAILED
 from clipdex.errors import (
     DimensionMismatch,
     EmptyIndex,
@@ -71,7 +72,7 @@ from clipdex.fileio import replacing
 from clipdex.indexer import Progress
 from clipdex.search.base import BuildProgress
 from clipdex.store import ModelRecord, NewFile, Store
-from clipdex.store.catalog import SQL_CHUNK, _outside
+from clipdex.store.catalog import SQL_CHUNK, TAKEN_EXIF, TAKEN_IMPORT, TAKEN_NO_EXIF, _outside
 from clipdex.store.vectors import ShortVectorFile, check_storage, unit_rows
 
 if TYPE_CHECKING:
@@ -127,6 +128,9 @@ TAKEN_COLUMNS = ("taken_at", "datetimeoriginal", "datetime_original", "exif_date
                  "exif_datetimeoriginal", "exif_date_time_original", "date_taken", "datetaken")
 EXIF_KEYS = ("EXIF DateTimeOriginal", "DateTimeOriginal", "Image DateTime", "DateTime")
 BASE_COLUMNS = ("image_path", "id", "path", "width", "height", "size", "mtime", "taken_at", "sha256")
+# Columns of a Ray run's shards (clipdex.cluster.shards.COLUMNS) beyond clip-retrieval's: a local
+# path's exact bytes, whether the EXIF was read, and a row's failure (status 'failed').
+RAY_COLUMNS = ("raw_path", "taken_source", "status", "error_message", "failure_kind", "failure_limit")
 
 
 # -- export ---------------------------------------------------------------------
@@ -432,9 +436,12 @@ class ImportReport:
     replaced: int = 0  # photos whose held vector differs from the shard's: its vector is added for them
     skipped: int = 0  # rows not imported (zeros, NaN, no path)
     skipped_rows: list[SkippedRow] = field(default_factory=list)  # the first SKIPPED_SHOWN
+    failed: int = 0  # rows whose ``status`` says the file could not be prepared: recorded as failed files
+    failures: list[tuple[str, str]] = field(default_factory=list)  # the first SKIPPED_SHOWN: (path, reason)
     shards: int = 0
     shards_imported: int = 0
     shards_done_before: int = 0  # finished by an earlier run, unchanged since: not read again
+    partial_shards: int = 0  # vector files without their metadata yet (``partial``): left for a later run
     roots: list[str] = field(default_factory=list)
     seconds: float = 0.0  # the import itself
     search_seconds: float = 0.0  # bringing the approximate search index up to date afterwards
@@ -443,6 +450,11 @@ class ImportReport:
         self.skipped += 1
         if len(self.skipped_rows) < SKIPPED_SHOWN:
             self.skipped_rows.append(SkippedRow(shard, row, reason))
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failed += 1
+        if len(self.failures) < SKIPPED_SHOWN:
+            self.failures.append((path, reason))
 
 
 @dataclass(frozen=True)
@@ -470,13 +482,28 @@ class _Rows:
     heights: list[int | None]
     sizes: list[int | None]
     mtimes: list[int | None]
+    # Columns of a Ray run's shards (clipdex.cluster.shards); None: the shard has no such column.
+    raws: list[bytes | None] | None = None  # a local path's exact bytes where they are not UTF-8
+    sources: list[str | None] | None = None  # taken_source: whether the file's EXIF was read
+    failures: list["_RowFailure | None"] | None = None  # per row: why it failed (status 'failed'), else None
+
+
+@dataclass(frozen=True)
+class _RowFailure:
+    """Why a row's file could not be prepared, as the catalog records a failed file."""
+
+    reason: str
+    kind: str  # one of clipdex.store.catalog.FAILURE_KINDS
+    limit: float | None  # the --max-megapixels a 'limit' failure was judged by
 
 
 def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
                       images: str | os.PathLike[str] | None = None, allow_new_model: bool = False,
                       wait: bool = False, progress: Progress | None = None,
                       search_progress: BuildProgress | None = None, storage: str | None = None,
-                      chunk_rows: int = IMPORT_CHUNK_ROWS) -> ImportReport:
+                      chunk_rows: int = IMPORT_CHUNK_ROWS, partial: bool = False,
+                      roots: Sequence[str] | None = None, refresh: bool = True,
+                      lock: bool = True) -> ImportReport:
     """Adopt the embeddings in ``source`` into the index under its model, encoding nothing.
 
     ``index`` must be opened with the model that made the vectors (its
@@ -490,6 +517,16 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
     vectors are float16 already); a model the index holds keeps its storage.
     Afterwards the approximate search index is brought up to date
     (``search_progress(done, total)`` follows it).
+
+    For a driver that adopts a folder while it is still being written (the Ray
+    engine, :mod:`clipdex.cluster`), called again and again during a run:
+    ``partial`` ignores (and counts) a vector file whose metadata is not there yet,
+    where it would otherwise be refused as half a shard; ``roots`` are the folders
+    to record as the photos' (default: their deepest common folder, and the hosts
+    of URLs); ``refresh`` False leaves the search index to the caller; ``lock``
+    False is for a caller that holds the index's writer lock already (it is not
+    re-entrant: taking it again would fail, and letting it go would end the
+    caller's).
     """
     check_storage(storage)
     started = time.perf_counter()
@@ -505,9 +542,12 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         raise ModelMismatch(spec.key, [r.key for r in store.models()], store.path,
                             "Pass --add-model to import this model's vectors beside them (nothing is "
                             "removed), or choose another index with --index DIR.")
-    layout, shards = check_source(folder, spec, record.dim if record is not None else None)
-    report = ImportReport(source=str(folder), model=spec.key, layout=layout, shards=len(shards))
-    store.acquire_lock(wait=wait)
+    layout, shards, lone = _check_source(folder, spec, record.dim if record is not None else None, partial)
+    precision = _manifest_precision(folder)
+    report = ImportReport(source=str(folder), model=spec.key, layout=layout, shards=len(shards),
+                          partial_shards=lone)
+    if lock:
+        store.acquire_lock(wait=wait)
     previous_cache = store.conn.execute("PRAGMA cache_size").fetchone()[0]
     store.conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
     try:
@@ -517,32 +557,62 @@ def import_embeddings(index: "Index", source: str | os.PathLike[str], *,
         report.shards_done_before = len(shards) - len(todo)
         stems = _image_stems(images_dir) if layout == "features" and images_dir else {}
         readers = [_ShardReader(s, layout, folder, images_dir, stems) for s in todo]
-        report.roots = _roots(readers, layout, folder, images_dir)  # (refuses relative paths first)
-        if record is None:
+        # (The pre-pass over the paths refuses relative ones first; with roots given, a shard that
+        # holds one is refused when it is read.)
+        report.roots = list(roots) if roots is not None else _roots(readers, layout, folder, images_dir)
+        if record is None and shards:
             scale, bias = scoring_params(spec)
             record = store.add_model(spec.key, spec.name, spec.to_json(), _vector_shape(shards[0].vectors)[1],
-                                     scale, "fp32", storage or "f32", logit_bias=bias)
+                                     scale, precision or "fp32", storage or "f32", logit_bias=bias)
         for root in report.roots:
             store.add_root(root, kind="import")
         if progress:
             progress.start(sum(r.count for r in readers))
         seen: set[str] = set()  # content hashes given a vector in this run
-        check_known = record.rows > 0
+        check_known = record is not None and record.rows > 0
         for reader in readers:
-            record = _import_shard(store, record, reader, report, seen, check_known, chunk_rows, progress)
+            assert record is not None  # (registered above: there are shards)
+            record = _import_shard(store, record, reader, report, seen, check_known, chunk_rows, precision,
+                                   progress)
             reader.close()
             _record_shard(store, record, folder, reader.shard, reader.count)
             report.shards_imported += 1
     finally:
         store.conn.execute(f"PRAGMA cache_size = {previous_cache}")
-        store.release_lock()
+        if lock:
+            store.release_lock()
     report.seconds = time.perf_counter() - started
+    if not refresh:
+        return report
     # Builds or updates the approximate search index; run again, an import whose shards are all
     # done still brings it up to date (an earlier run killed while building it).
     started = time.perf_counter()
-    index.refresh_search(search_progress, wait=wait)
+    if lock:
+        index.refresh_search(search_progress, wait=wait)
+    else:
+        index._refresh_search(search_progress)  # (under the caller's lock)
     report.search_seconds = time.perf_counter() - started
     return report
+
+
+def _manifest_precision(folder: Path) -> str | None:
+    """The precision a ``clipdex.json`` says the vectors were computed in (a Ray run's shards
+    say it; an export does not): None where it says none."""
+    from clipdex.models.precision import CONCRETE
+
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        precision = manifest["model"]["precision"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if precision is None:
+        return None
+    if precision not in CONCRETE:
+        raise InterchangeError(folder / MANIFEST_NAME, f"says its vectors were computed in precision {precision!r}, "
+                               f"which clipdex does not know (one of {', '.join(CONCRETE)})",
+                               "Write the shards again with this version of clipdex, or correct the model's "
+                               '"precision" there.')
+    return str(precision)
 
 
 def check_source(source: str | os.PathLike[str], spec: "ModelSpec",
@@ -551,14 +621,22 @@ def check_source(source: str | os.PathLike[str], spec: "ModelSpec",
     export must be of that model, and every shard's vectors of ``dim`` dimensions (None: the
     model's, learnt from its config). Reads headers only; raises what an import would."""
     folder = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
-    layout, shards = _find_shards(folder)
+    layout, shards, _ = _check_source(folder, spec, dim, partial=False)
+    return layout, shards
+
+
+def _check_source(folder: Path, spec: "ModelSpec", dim: int | None,
+                  partial: bool) -> tuple[str, list[_Shard], int]:
+    """:func:`check_source`, and with ``partial`` the vector files whose metadata is not
+    written yet left out: (layout, shards, how many were left out)."""
+    layout, shards, lone = _find_shards(folder, partial)
     manifest_dim = _check_manifest(folder, spec)
     expected = dim if dim is not None else _expected_dim(spec, manifest_dim)
     for shard in shards:
         found = _vector_shape(shard.vectors)[1]
         if found != expected:
             raise DimensionMismatch(str(shard.vectors), found, spec.name, spec.key, expected)
-    return layout, shards
+    return layout, shards, lone
 
 
 def _expected_dim(spec: "ModelSpec", manifest_dim: int | None) -> int:
@@ -578,8 +656,11 @@ def _expected_dim(spec: "ModelSpec", manifest_dim: int | None) -> int:
         return manifest_dim
 
 
-def _find_shards(folder: Path) -> tuple[str, list[_Shard]]:
-    """The layout of ``folder`` and its shards, in shard order; paired by shard number."""
+def _find_shards(folder: Path, partial: bool = False) -> tuple[str, list[_Shard], int]:
+    """The layout of ``folder``, its shards in shard order (paired by shard number), and how
+    many vector files were left out for lack of their metadata: with ``partial``, those of a
+    writer that puts the vectors in place first (a shard is whole once its metadata is there:
+    clipdex.cluster.shards); without, they are refused."""
     if not folder.is_dir():
         raise InterchangeError(folder, "is not a folder", "Pass the folder that holds img_emb/ and metadata/ "
                                f"(clip-retrieval, clipdex export), or {FEATURES_FILE} + {FEATURE_IDS_FILE}.")
@@ -589,10 +670,13 @@ def _find_shards(folder: Path) -> tuple[str, list[_Shard]]:
         if not vectors:
             raise InterchangeError(emb, "holds no .npy files", "Pass a folder written by `clip-retrieval "
                                    "inference` or `clipdex export`.")
-        if not meta.is_dir():
+        if not meta.is_dir() and not partial:
             raise InterchangeError(folder, f"has {EMBEDDINGS_DIR}/ but no {METADATA_DIR}/ beside it (the "
                                    "paths of the vectors' photos)", "Copy the metadata folder too.")
-        metadata = _by_number(meta.glob("*.parquet"))
+        metadata = _by_number(meta.glob("*.parquet")) if meta.is_dir() else {}
+        lone = [k for k in vectors if k not in metadata] if partial else []
+        for k in lone:
+            del vectors[k]
         unpaired = sorted(set(vectors) ^ set(metadata))
         if unpaired:
             lonely = [str((vectors.get(k) or metadata[k]).relative_to(folder)) for k in unpaired[:3]]
@@ -601,13 +685,13 @@ def _find_shards(folder: Path) -> tuple[str, list[_Shard]]:
                                    "metadata_N.parquet", "Copy the missing files, or remove the lone ones.")
         layout = "clipdex" if (folder / MANIFEST_NAME).is_file() else "clip-retrieval"
         return layout, [_Shard(str(vectors[k].relative_to(folder)), vectors[k], metadata[k])
-                        for k in sorted(vectors)]
+                        for k in sorted(vectors)], len(lone)
     if (folder / FEATURES_FILE).is_file():
         ids = folder / FEATURE_IDS_FILE
         if not ids.is_file():
             raise InterchangeError(folder, f"has {FEATURES_FILE} but no {FEATURE_IDS_FILE} (the ids of its rows)",
                                    "Copy the ids file beside it.")
-        return "features", [_Shard(FEATURES_FILE, folder / FEATURES_FILE, ids)]
+        return "features", [_Shard(FEATURES_FILE, folder / FEATURES_FILE, ids)], 0
     raise InterchangeError(folder, f"holds neither {EMBEDDINGS_DIR}/ + {METADATA_DIR}/ nor {FEATURES_FILE} + "
                            f"{FEATURE_IDS_FILE}", "Pass a folder written by `clip-retrieval inference` or "
                            "`clipdex export`, or the CLIP tutorial's features folder.")
@@ -872,7 +956,7 @@ class _ShardReader:
     def _wanted(names: list[str]) -> list[str]:
         lowered = {n.lower() for n in names}
         wanted = {"image_path", "url", "sha256", "width", "height", "original_width", "original_height",
-                  "size", "mtime", "exif", *TAKEN_COLUMNS}
+                  "size", "mtime", "exif", *TAKEN_COLUMNS, *RAY_COLUMNS}
         if not lowered & {"image_path", "url"}:
             return names[:0]  # nothing names the images: reported per row
         return [n for n in names if n.lower() in wanted]
@@ -925,10 +1009,17 @@ class _ShardReader:
         if "url" in table.column_names:
             paths = [p or u or None for p, u in zip(paths, column("url"))]
         hashes = [h if isinstance(h, str) and _SHA256.match(h) else None for h in column("sha256")]
+        names = table.column_names
         return _Rows(paths=paths, local=local, hashes=hashes, taken=self._taken(table, n),
                      widths=_ints(table, n, "original_width", "width"),
                      heights=_ints(table, n, "original_height", "height"), sizes=_ints(table, n, "size"),
-                     mtimes=_mtimes(table, n))
+                     mtimes=_mtimes(table, n),
+                     raws=[r if isinstance(r, bytes) else None for r in column("raw_path")]
+                     if "raw_path" in names else None,
+                     sources=[v if isinstance(v, str) else None for v in column("taken_source")]
+                     if "taken_source" in names else None,
+                     failures=_row_failures(column("status"), column("error_message"), column("failure_kind"),
+                                            column("failure_limit")) if "status" in names else None)
 
     def _paths(self, named: "pa.ChunkedArray") -> tuple[list[str | None], list[bool]]:
         """The paths of an image_path column (absolute, normalised; URLs as they are), and
@@ -947,7 +1038,9 @@ class _ShardReader:
             return os.path.normpath(value)
         if _URL.match(value):
             return value
-        assert self.images is not None  # checked by the pre-pass
+        if self.images is None:  # (refused by the pre-pass over the paths, unless the roots were given)
+            raise InterchangeError(self.shard.metadata, f"names its images by relative paths (e.g. {value!r})",
+                                   "Pass --images FOLDER: the folder those paths start from.")
         return os.path.normpath(os.path.join(self.images, value))
 
     def _id_rows(self, ids: list[str]) -> _Rows:
@@ -968,6 +1061,24 @@ class _ShardReader:
         if "exif" in by_lower:
             taken = [t or _exif_taken(v) for t, v in zip(taken, table.column(by_lower["exif"]).to_pylist())]
         return taken
+
+
+def _row_failures(statuses: list[Any], messages: list[Any], kinds: list[Any],
+                  limits: list[Any]) -> list[_RowFailure | None]:
+    """Per row, why its file could not be prepared where its ``status`` is 'failed' (a Ray run
+    writes such rows, vectors of zeros: clipdex.cluster.shards), else None. A kind clipdex does
+    not know is taken as 'permanent' (tried again only with --retry-failed)."""
+    from clipdex.store.catalog import FAILURE_KINDS
+
+    out: list[_RowFailure | None] = []
+    for status, message, kind, limit in zip(statuses, messages, kinds, limits):
+        if status != STATUS_FAILED:
+            out.append(None)
+            continue
+        judged_by = float(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
+        out.append(_RowFailure(reason=str(message) if message else STATUS_FAILED,
+                               kind=kind if kind in FAILURE_KINDS else "permanent", limit=judged_by))
+    return out
 
 
 def _unreadable(path: Path, error: Exception) -> InterchangeError:
@@ -1075,9 +1186,12 @@ def _roots(readers: Sequence[_ShardReader], layout: str, source: Path, images: s
 
 
 def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, report: ImportReport,
-                  seen: set[str], check_known: bool, chunk_rows: int,
+                  seen: set[str], check_known: bool, chunk_rows: int, precision: str | None,
                   progress: Progress | None) -> ModelRecord:
-    """Import one shard, ``chunk_rows`` rows per atomic commit; returns the model as updated."""
+    """Import one shard, ``chunk_rows`` rows per atomic commit; returns the model as updated.
+    ``precision``: what the vectors were computed in, where the source says (None: the model's).
+    Rows whose file failed (``status`` 'failed') are recorded as failed files, as local indexing
+    records its own, so that `clipdex index` of their folder tries them again when it would its own."""
     shard = reader.shard.name
     for start in range(0, reader.count, chunk_rows):
         stop = min(start + chunk_rows, reader.count)
@@ -1089,9 +1203,15 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
         meta = reader.rows(start, stop)
         hashes: dict[int, str] = {}  # row in the chunk -> content hash, for the rows to import
         folders: dict[str, str] = {}
-        for i in np.flatnonzero(~usable).tolist():
+        files: list[NewFile] = []  # the catalog's rows: the failed files first
+        vector_rows = np.ones(len(block), dtype=bool)  # rows meant to hold a vector (not a failure's zeros)
+        if meta.failures is not None:
+            files = _failed_files(meta, shard, start, report)
+            vector_rows = np.array([f is None for f in meta.failures], dtype=bool)
+        failed = len(files)
+        for i in np.flatnonzero(vector_rows & ~usable).tolist():
             report.skip(shard, start + i, "a row of zeros" if norms[i] == 0 else "not a finite vector (NaN or inf)")
-        for i in np.flatnonzero(usable).tolist():
+        for i in np.flatnonzero(vector_rows & usable).tolist():
             path = meta.paths[i]
             if path is None:
                 report.skip(shard, start + i, "no image_path, url or id names its image")
@@ -1103,7 +1223,6 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
                                             report)
         new_rows: list[int] = []
         new_hashes: list[str] = []
-        files: list[NewFile] = []
         for i, content_hash in hashes.items():
             if content_hash in seen or content_hash in known:
                 report.reused += 1
@@ -1113,9 +1232,9 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
                 new_hashes.append(content_hash)
             files.append(_new_file(meta, i, content_hash))
         vectors = block if len(new_rows) == len(block) else block[new_rows]  # (in order: no copy)
-        record = store.commit_batch(record, vectors, new_hashes, files)
+        record = store.commit_batch(record, vectors, new_hashes, files, precision=precision)
         report.rows += stop - start
-        report.imported += len(files)
+        report.imported += len(files) - failed
         report.vectors_added += len(new_hashes)
         if progress:
             progress.advance(stop - start)
@@ -1192,22 +1311,58 @@ def _revise_changed(store: Store, record: ModelRecord, reader: "_ShardReader", s
     return revised, known | held_before
 
 
-def _new_file(meta: _Rows, i: int, content_hash: str) -> NewFile:
-    """The catalog row of an imported photo: its real size and mtime where the file is here
-    (so `clipdex index` finds it unchanged), else what the metadata says."""
+def _failed_files(meta: _Rows, shard: str, start: int, report: ImportReport) -> list[NewFile]:
+    """The catalog rows of the chunk's failed files (each counted in ``report``); a failed row
+    that names no image is skipped."""
+    assert meta.failures is not None
+    files = []
+    for i, failure in enumerate(meta.failures):
+        if failure is None:
+            continue
+        path = meta.paths[i]
+        if path is None:
+            report.skip(shard, start + i, f"failed ({failure.reason}), and no image_path names its image")
+            continue
+        size, mtime_ns = _stat(meta, i)
+        raw = meta.raws[i] if meta.raws is not None else None
+        files.append(NewFile(path=path, size=size, mtime_ns=mtime_ns, content_hash=meta.hashes[i],
+                             width=meta.widths[i], height=meta.heights[i], reason=failure.reason, raw_path=raw,
+                             failure_kind=failure.kind, failure_limit=failure.limit))
+        report.fail(path, failure.reason)
+    return files
+
+
+def _stat(meta: _Rows, i: int) -> tuple[int, int]:
+    """(size, mtime_ns) of row ``i``'s file: its real ones where it is here (so `clipdex index`
+    finds it unchanged), else what the metadata says."""
     path = meta.paths[i]
     assert path is not None
+    raw = meta.raws[i] if meta.raws is not None else None
     size, mtime_ns = meta.sizes[i], meta.mtimes[i]
     if meta.local[i]:
         try:
-            st = os.stat(path)
+            st = os.stat(os.fsdecode(raw) if raw is not None else path)
             size, mtime_ns = st.st_size, st.st_mtime_ns
         except (OSError, ValueError):
             pass  # not on this machine (or not a name the OS takes): the metadata's values
+    return int(size or 0), int(mtime_ns or 0)
+
+
+def _new_file(meta: _Rows, i: int, content_hash: str) -> NewFile:
+    """The catalog row of an imported photo: its real size and mtime where the file is here
+    (so `clipdex index` finds it unchanged), else what the metadata says. Where a ``taken_source``
+    says its EXIF was read (a Ray run's shards), it is recorded as local indexing records it, so
+    `clipdex index` does not read it again; otherwise a date from the metadata is the import's."""
+    path = meta.paths[i]
+    assert path is not None
+    size, mtime_ns = _stat(meta, i)
     taken = meta.taken[i]
-    return NewFile(path=path, size=int(size or 0), mtime_ns=int(mtime_ns or 0), content_hash=content_hash,
-                   width=meta.widths[i], height=meta.heights[i], taken_at=taken,
-                   taken_source="import" if taken else None)
+    source: str | None = TAKEN_IMPORT if taken else None
+    if meta.sources is not None and meta.sources[i] in (TAKEN_EXIF, TAKEN_NO_EXIF):
+        source = TAKEN_EXIF if taken else TAKEN_NO_EXIF  # (what local indexing records after reading it)
+    return NewFile(path=path, size=size, mtime_ns=mtime_ns, content_hash=content_hash,
+                   width=meta.widths[i], height=meta.heights[i], taken_at=taken, taken_source=source,
+                   raw_path=meta.raws[i] if meta.raws is not None else None)
 
 
 def _ints(table: "pa.Table", n: int, *names: str) -> list[int | None]:
