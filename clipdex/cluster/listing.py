@@ -366,6 +366,10 @@ def _stat_local(paths: list[str]) -> tuple[list[discover.FileEntry], list[discov
         shown = discover.display_path(path)
         try:
             st = os.stat(path)  # follows symlinks, as the walk does
+        except FileNotFoundError as e:
+            reason = "does not exist" if not os.path.islink(path) else discover._stat_reason(path, e)
+            problems.append(discover.Problem(shown, reason, "transient", path))
+            continue
         except OSError as e:
             problems.append(discover.Problem(shown, discover._stat_reason(path, e), "transient", path))
             continue
