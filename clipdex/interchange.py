@@ -24,6 +24,16 @@ resumes after the last finished shard and a shard whose file changed is read
 again: a photo whose vector in it differs from the one the index holds gets the
 new one (the old row is left for ``clipdex compact`` to give back).
 
+The shards of ``clipdex index --engine ray`` (:mod:`clipdex.cluster.shards`) carry
+what local indexing records, and it is recorded the same way, so that a later
+``clipdex index`` of their folder takes them as its own: a row whose ``status``
+is 'failed' (its vector row is zeros) is a failed file with the row's
+``error_message``, ``failure_kind`` and ``failure_limit``, tried again exactly
+when a failure of local indexing would be; ``taken_source`` says the file's EXIF
+was read (it is not read again); ``raw_path`` holds the exact bytes of a name
+that is not UTF-8; and the manifest's ``precision`` is recorded as what the
+vectors were computed in.
+
 Content hashes: hashing a million image files would cost more than the import
 itself, so an imported photo gets a stable synthetic hash: ``import:`` + 40 hex
 digits of sha256s of its identity, its absolute path or its URL (see
@@ -1341,7 +1351,7 @@ def _stat(meta: _Rows, i: int) -> tuple[int, int]:
     size, mtime_ns = meta.sizes[i], meta.mtimes[i]
     if meta.local[i]:
         try:
-            st = os.stat(os.fsdecode(raw) if raw is not None else path)
+            st = os.stat(raw if raw is not None else path)
             size, mtime_ns = st.st_size, st.st_mtime_ns
         except (OSError, ValueError):
             pass  # not on this machine (or not a name the OS takes): the metadata's values
