@@ -248,7 +248,8 @@ def _entries(data: bytes, where: str, parquet: bool, comma_separated: bool) -> l
             raise PhotoFolderError(where, "is not a text file (it holds NUL bytes)",
                                    "A list is text, one path or URI a line (or a Parquet file named .parquet).")
         text = data.decode("utf-8-sig", errors="surrogateescape")  # a name that is not UTF-8 keeps its bytes
-        entries = _csv_entries(text, where) if comma_separated else _text_entries(text.splitlines())
+        # lines end at "\n" only (splitlines would also cut at U+2028 and the like, which a name may hold)
+        entries = _csv_entries(text, where) if comma_separated else _text_entries(text.split("\n"))
     if not entries:
         raise PhotoFolderError(where, "lists no files", "Write one path or URI a line (lines starting with # "
                                                         "are comments), or pass the folder itself.")
@@ -345,8 +346,8 @@ def _list_entries(source: str, entries: list[str], skip: Sequence[str]) -> Listi
                                          f.fs_path) for f, image in zip(files, images) if not image)
         files = [f for f, image in zip(files, images) if image]
     files.sort(key=lambda f: f.path)
-    problems.sort(key=lambda p: p.path)
     _separate_lookalikes(files, problems)
+    problems.sort(key=lambda p: p.path)
     roots = _list_roots(files) or _list_roots(problems)
     if not roots:
         raise PhotoFolderError(source, "lists no files clipdex can index", "List image files, one a line.")
@@ -401,24 +402,24 @@ def _stat_remote(source: str, uris: list[str], pool: ThreadPoolExecutor,
             jobs.append(pool.submit(_stat_uris, fs, prefix, chunk))
     files: list[discover.FileEntry] = []
     problems: list[discover.Problem] = []
-    first_error: tuple[str, OSError] | None = None
+    errors: list[tuple[str, OSError]] = []
     for job in jobs:
-        found, failed, error = job.result()
+        found, failed, refused = job.result()
         files.extend(found)
         problems.extend(failed)
-        first_error = first_error or error
-    if first_error is not None and not files and len(problems) == len(uris):
-        raise _access_error(first_error[0], first_error[1])
+        errors.extend(refused)
+    if errors and len(errors) == len(uris):  # not one file: the file system refuses, not the files
+        raise _access_error(*errors[0])
     return files, problems
 
 
 def _stat_uris(fs: "pafs.FileSystem", prefix: str, uris: list[str],
-               ) -> tuple[list[discover.FileEntry], list[discover.Problem], tuple[str, OSError] | None]:
+               ) -> tuple[list[discover.FileEntry], list[discover.Problem], list[tuple[str, OSError]]]:
     """Stat URIs of one file system (in a worker thread); a chunk the file system refuses is
     tried a file at a time, and a file it refuses is a transient problem."""
     inner = [_inner_path(prefix, unquote(urlsplit(u, allow_fragments=False).path, errors="surrogateescape"))
              for u in uris]
-    error: tuple[str, OSError] | None = None
+    errors: list[tuple[str, OSError]] = []
     infos: list[Any]
     try:
         infos = fs.get_file_info(inner)
@@ -428,7 +429,7 @@ def _stat_uris(fs: "pafs.FileSystem", prefix: str, uris: list[str],
             try:
                 infos.append(fs.get_file_info(path))
             except OSError as e:
-                error = error or (uri, e)
+                errors.append((uri, e))
                 infos.append(e)
     files, problems = [], []
     for uri, info in zip(uris, infos):
@@ -440,7 +441,7 @@ def _stat_uris(fs: "pafs.FileSystem", prefix: str, uris: list[str],
                 files.append(entry)
             if problem is not None:
                 problems.append(problem)
-    return files, problems, error
+    return files, problems, errors
 
 
 def _remote_entry(uri: str, info: "pafs.FileInfo") -> tuple[discover.FileEntry | None, discover.Problem | None]:
@@ -545,13 +546,12 @@ def _prefix_files(uri: str, inner: str, infos: Sequence["pafs.FileInfo"], skip: 
     parts = urlsplit(uri, allow_fragments=False)
     query = f"?{parts.query}" if parts.query else ""
     folder = _clean_path(unquote(parts.path, errors="surrogateescape")).rstrip("/")  # the prefix's URI path
-    start = len(inner.rstrip("/")) + 1  # where a file's path below the prefix starts
     local_skip, uri_skip = _skip_prefixes(skip)
     candidates: list[tuple[str, Any]] = []
     catalogs: list[str] = []  # folders (relative) holding a clipdex catalog ...
     vectors: set[str] = set()  # ... and those holding a vectors/ folder: together, an index
     for info in infos:
-        relative = info.path[start:]
+        relative = info.path[len(inner):].lstrip("/")  # the selector lists only paths below ``inner``
         names = relative.split("/")
         if any(n.startswith(".") or n in discover.SKIPPED_DIR_NAMES for n in names):
             continue

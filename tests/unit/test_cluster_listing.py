@@ -362,3 +362,30 @@ def test_a_file_a_worker_cannot_read_is_an_os_error(tmp_path: Path) -> None:
     for name in (str(tmp_path / "gone.jpg"), _uri(tmp_path / "gone.jpg"), "foo://bar/a.jpg"):
         with pytest.raises(OSError):
             open_bytes(name)
+
+
+def test_a_prefix_at_a_bucket_root_and_an_index_kept_in_the_bucket() -> None:
+    fs, _ = listing.resolve("mock://root-bucket/")
+    for name in ("a.jpg", "trip/b.jpg", "idx/catalog-stand-in", f"idx/{CATALOG_NAME}", "idx/vectors/v.jpg"):
+        inner = listing.resolve(f"mock://root-bucket/{name}")[1]
+        if "/" in inner:
+            fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as out:
+            out.write(b"x")
+
+    found = list_source("mock://root-bucket/")
+
+    assert found.root == "mock://root-bucket"
+    assert [f.path for f in found.files] == ["mock://root-bucket/a.jpg", "mock://root-bucket/trip/b.jpg"]
+
+
+def test_a_list_whose_file_system_refuses_every_file_is_an_error(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    class Refusing:  # stands in for a bucket that turns every request away
+        def get_file_info(self, paths: object) -> list[object]:
+            raise PermissionError("AWS Error ACCESS_DENIED during HeadObject operation")
+
+    monkeypatch.setitem(listing._filesystems, ("mock", "deny", ""), (Refusing(), ""))
+    (tmp_path / "list.txt").write_text("mock://deny/a.jpg\nmock://deny/b.jpg\n")
+    with pytest.raises(PhotoFolderError, match=r"mock://deny/a.jpg: cannot be listed or read .*ACCESS_DENIED"):
+        list_source(str(tmp_path / "list.txt"))
