@@ -294,7 +294,7 @@ def _parquet_entries(data: bytes, where: str) -> list[str]:
     names = {name.lower(): name for name in schema.names}
     column = next((names[c] for c in LIST_COLUMNS if c in names), None)
     if column is None:
-        strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        strings = [f.name for f in schema if _is_text(pa, f.type)]
         if len(strings) != 1:
             shown = ", ".join(f"{f.name} ({f.type})" for f in schema) or "none"
             raise PhotoFolderError(where, f"has no column of files: none is named {', '.join(LIST_COLUMNS)}, and "
@@ -303,11 +303,22 @@ def _parquet_entries(data: bytes, where: str) -> list[str]:
                                    "Name the column of paths or URIs image_path.")
         column = strings[0]
     field = schema.field(column)
-    if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+    if not _is_text(pa, field.type):
         raise PhotoFolderError(where, f"column {column!r} holds {field.type}, not paths or URIs",
                                "Store the paths or URIs as text (strings).")
-    values = parquet.read(columns=[column]).column(column).to_pylist()
+    try:
+        values = parquet.read(columns=[column]).column(column).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise PhotoFolderError(where, f"column {column!r} cannot be read ({first_line(e)})",
+                               "Write the list again, or pass a text list (.txt: one path or URI a line).") from e
     return _text_entries(v for v in values if v)
+
+
+def _is_text(pa: Any, kind: Any) -> bool:
+    """Whether a Parquet column holds text (pandas' categorical strings too)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _resolve_entry(entry: str, folder: str) -> str:

@@ -194,11 +194,12 @@ def test_a_csv_list_with_or_without_a_header(photos: Path, tmp_path: Path) -> No
     ({"url": "u", "PATH": "p", "caption": "c"}, "p"),
     ({"url": "u", "caption": "c"}, "u"),
     ({"files": "f", "n": 1}, "f"),  # the only string column
+    ({"files": pa.array(["pics/c.jpg", None]).dictionary_encode(), "n": 1}, "c"),  # pandas' categorical
 ])
 def test_a_parquet_list_takes_its_column_of_files(tmp_path: Path, columns: dict[str, object], used: str) -> None:
     for name in "ipucf":
         _write(tmp_path / "pics" / f"{name}.jpg")
-    table = pa.table({name: [f"pics/{v}.jpg" if isinstance(v, str) else v, None]
+    table = pa.table({name: v if isinstance(v, pa.Array) else [f"pics/{v}.jpg" if isinstance(v, str) else v, None]
                       for name, v in columns.items()})
     pq.write_table(table, tmp_path / "list.parquet")
 
