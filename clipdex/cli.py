@@ -279,13 +279,14 @@ class _Bar:
 
 
 @main.command("index")
-@click.argument("photo_dir", type=click.Path())
+@click.argument("photo_dir", metavar="SOURCE", type=click.Path())
 @index_option
 @model_options
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE),
               help="Images per forward pass [default: 16 on CPU, 256 on GPU].")
 @click.option("--workers", type=click.IntRange(1, MAX_WORKERS),
-              help="Decoding threads [default: CPU cores, at most 32].")
+              help="Decoding threads [default: CPU cores, at most 32]; with --engine ray, encoder actors "
+                   "[default: one per GPU, else one].")
 @click.option("--max-megapixels", type=FiniteFloat(0.0, MAX_MEGAPIXELS, min_open=True), default=178.0,
               show_default=True, help="Refuse larger images (decompression-bomb guard).")
 @click.option("--retry-failed", is_flag=True,
@@ -303,13 +304,28 @@ class _Bar:
 @click.option("--gpu-decode/--no-gpu-decode", default=None,
               help="On CUDA, decode JPEGs on the GPU (nvJPEG) so that Pillow does not starve it "
                    "[default: on; CLIPDEX_GPU_DECODE=0 turns it off].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where photos are encoded: this machine, or a Ray cluster (pip install 'clipdex[ray]').")
+@click.option("--address", metavar="auto|ray://HOST:PORT",
+              help="--engine ray: the cluster to join [default: start Ray on this machine].")
+@click.option("--gpus-per-worker", type=click.FloatRange(0, 64), default=0.0,
+              help="--engine ray: GPUs per encoder actor (0: ONNX Runtime on CPU workers; 0.5: two per GPU).")
+@click.option("--cpus-per-worker", type=click.FloatRange(0.1, 1024),
+              help="--engine ray: CPUs an encoder actor holds (its ONNX Runtime threads) [default: 1].")
+@click.option("--out", "out_uri", metavar="URI",
+              help="--engine ray: where workers write their shards (a shared folder, s3://…, gs://…) "
+                   "[default: a folder in the index, local Ray only].")
+@click.option("--shard-rows", type=click.IntRange(1, 10_000_000),
+              help="--engine ray: files per shard [default: by the run's size, 64 to 10,000].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
               model_config: str | None, device: str | None, precision: str | None, batch_size: int | None,
               workers: int | None,
               max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool, storage: str | None,
-              min_cosine: float, gpu_decode: bool | None, as_json: bool) -> None:
-    """Embed every photo under PHOTO_DIR (recursively) into the index.
+              min_cosine: float, gpu_decode: bool | None, engine: str, address: str | None,
+              gpus_per_worker: float, cpus_per_worker: float | None, out_uri: str | None, shard_rows: int | None,
+              as_json: bool) -> None:
+    """Embed every photo under SOURCE (a folder, recursively) into the index.
 
     Runs are incremental: unchanged files are skipped, new and changed ones
     encoded, deleted ones dropped, renamed ones keep their vectors. A killed
@@ -318,10 +334,26 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     New vectors are computed in the fastest precision that keeps their cosine to
     fp32 >= --min-cosine on a few of your photos (--precision auto: checked once
     per model and kind of machine, recorded in the index); --precision fp32 is exact.
+
+    With --engine ray, SOURCE may also be a list of paths or URIs (.txt, .parquet)
+    or an object-store prefix (s3://bucket/photos/): a Ray Data pipeline decodes
+    and encodes the files to encode on the cluster, writes clip-retrieval shards
+    to --out, and the index adopts them as `clipdex import` does.
     """
     from clipdex.index import Index
     from clipdex.indexer import IndexSettings
 
+    ray_only = {"--address": address, "--gpus-per-worker": gpus_per_worker or None,
+                "--cpus-per-worker": cpus_per_worker, "--out": out_uri, "--shard-rows": shard_rows}
+    if engine == "ray":
+        _index_on_ray(photo_dir, index_dir, model, weights, model_config, precision, batch_size, workers,
+                      max_megapixels, retry_failed, add_model, wait, storage, address, gpus_per_worker,
+                      cpus_per_worker, out_uri, shard_rows, as_json)
+        return
+    given = [name for name, value in ray_only.items() if value is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --engine ray "
+                               "only; add --engine ray, or leave them out to index on this machine.")
     _check_before_creating(photo_dir, index_dir, model, weights, model_config)
     settings = IndexSettings(batch_size=batch_size, max_megapixels=max_megapixels,
                              retry_failed=retry_failed)
@@ -348,6 +380,53 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
         if new:
             _remove_if_empty(folder)
         raise
+    _print_index_report(report, index_dir, as_json)
+
+
+def _index_on_ray(source: str, index_dir: str | None, model: str | None, weights: str | None,
+                  model_config: str | None, precision: str | None, batch_size: int | None, workers: int | None,
+                  max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool, storage: str | None,
+                  address: str | None, gpus_per_worker: float, cpus_per_worker: float | None, out_uri: str | None,
+                  shard_rows: int | None, as_json: bool) -> None:
+    """``clipdex index SOURCE --engine ray``: see :mod:`clipdex.cluster.engine`."""
+    from clipdex.cluster.engine import RayOptions, index_on_ray, require_ray
+    from clipdex.index import Index
+    from clipdex.indexer import IndexSettings
+    from clipdex.models.registry import resolve_model
+    from clipdex.models.runtimes.onnx import exporter_of
+    from clipdex.models.sources import check_available
+
+    require_ray()
+    folder = _index_folder(index_dir)
+    new = not folder.exists()
+    if new:
+        spec = resolve_model(model, weights, model_config)
+        check_available(spec, exporter_of(spec))
+    settings = IndexSettings(batch_size=batch_size, max_megapixels=max_megapixels, retry_failed=retry_failed)
+    options = RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                         cpus_per_worker=cpus_per_worker, out=out_uri, shard_rows=shard_rows)
+    bar = _Bar()
+    search_bar = _Bar("search index", "rows")
+    try:
+        with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
+                        precision=precision, create=True) as index:
+            try:
+                report = index_on_ray(index, source, options=options, settings=settings,
+                                      progress=None if as_json else bar,
+                                      search_progress=None if as_json else search_bar,
+                                      allow_new_model=add_model, wait=wait, storage=stored_name(storage))
+            finally:
+                bar.stop()
+                search_bar.stop()
+    except ClipdexError:
+        if new:
+            _remove_if_empty(folder)
+        raise
+    _print_index_report(report, index_dir, as_json)
+
+
+def _print_index_report(report: Any, index_dir: str | None, as_json: bool) -> None:
+    """The summary of an index run (local or Ray), as text or JSON."""
     if as_json:
         from clipdex import serialize
 
@@ -373,6 +452,10 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
         out.print(f"  decoded on the model's device {report.device_decoded} (JPEGs, batched; the rest by Pillow)")
     if report.precision:
         out.print(f"  precision {report.precision} — {report.precision_note}", markup=False)
+    if getattr(report, "engine", "") == "ray":
+        resumed = f"; {report.resumed} files adopted from an earlier run's shards" if report.resumed else ""
+        out.print(f"  on Ray: {report.workers} encoder actor(s), {report.shards_written} shards written to "
+                  f"{report.out}; first shard after {report.startup_seconds:.1f} s{resumed}", markup=False)
     if report.failed:
         out.print("[bold yellow]skipped files:[/]")
         for failure in report.failed[:20]:

@@ -151,6 +151,10 @@ def _print_import(report: "ImportReport") -> None:
               f"{report.reused} already held"
               + (f", {report.replaced} changed since an earlier import" if report.replaced else "") + ")")
     out.print(f"  skipped   {report.skipped:>9}  rows")
+    if report.failed:
+        out.print(f"  failed    {report.failed:>9}  files that could not be encoded (clipdex status --failures)")
+    if report.partial_shards:
+        out.print(f"  partial   {report.partial_shards:>9}  shards (vectors without metadata yet: left out)")
     out.print(f"  shards    {report.shards_imported:>9}  imported, {report.shards_done_before} done before "
               f"(of {report.shards})")
     out.print(f"  folders   {_t(', '.join(report.roots) or '-')}")
@@ -162,6 +166,12 @@ def _print_import(report: "ImportReport") -> None:
             out.print(f"  {row.shard} row {row.row}: {row.reason}", markup=False)
         if report.skipped > len(report.skipped_rows):
             out.print(f"  … and {report.skipped - len(report.skipped_rows)} more")
+    if report.failures:
+        out.print("[bold yellow]failed files:[/]")
+        for path, reason in report.failures:
+            out.print(f"  {path}: {reason}", markup=False)
+        if report.failed > len(report.failures):
+            out.print(f"  … and {report.failed - len(report.failures)} more (clipdex status --failures)")
 
 
 COMMANDS: list[click.Command] = [export_cmd, import_cmd]

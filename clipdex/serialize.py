@@ -113,7 +113,18 @@ def index_report(report: "IndexReport") -> dict[str, Any]:
             "images_per_second": round(report.images_per_second, 3),
             "precision": report.precision or None, "precision_note": report.precision_note,
             "device_decoded": report.device_decoded,
-            "failed": [failure(f.path, f.reason, f.kind) for f in report.failed]}
+            "failed": [failure(f.path, f.reason, f.kind) for f in report.failed],
+            **_engine_facts(report)}
+
+
+def _engine_facts(report: "IndexReport") -> dict[str, Any]:
+    """A Ray run's own facts (:class:`clipdex.cluster.engine.RayIndexReport`); none for a local run."""
+    if getattr(report, "engine", "local") != "ray":
+        return {"engine": "local"}
+    names = ("engine", "source_kind", "out", "shards_written", "resumed", "workers")
+    return {**{name: getattr(report, name) for name in names},
+            "startup_seconds": round(getattr(report, "startup_seconds", 0.0), 3),
+            "steady_images_per_second": round(getattr(report, "steady_images_per_second", 0.0), 3)}
 
 
 def photo_label(label: "PhotoLabel") -> dict[str, Any]:
@@ -154,12 +165,16 @@ def export_report(report: "ExportReport") -> dict[str, Any]:
 
 def import_report(report: "ImportReport") -> dict[str, Any]:
     """What one ``import`` did. ``skipped_rows`` names the first skipped rows (``{"shard", "row",
-    "reason"}``; ``skipped`` counts them all); ``seconds`` is the import itself, ``search_seconds``
+    "reason"}``; ``skipped`` counts them all); ``failed`` counts the rows of files that could not be
+    encoded where they were made (a Ray run's failure rows: failed files now), ``failures`` names
+    the first; ``seconds`` is the import itself, ``search_seconds``
     bringing the approximate search index up to date afterwards."""
     return {"source": report.source, "model": report.model, "layout": report.layout, "rows": report.rows,
             "imported": report.imported, "vectors_added": report.vectors_added, "reused": report.reused,
             "replaced": report.replaced, "skipped": report.skipped,
             "skipped_rows": [{"shard": r.shard, "row": r.row, "reason": r.reason} for r in report.skipped_rows],
             "shards": report.shards, "shards_imported": report.shards_imported,
-            "shards_done_before": report.shards_done_before, "roots": list(report.roots),
+            "shards_done_before": report.shards_done_before, "partial_shards": report.partial_shards,
+            "failed": report.failed, "failures": [{"path": p, "reason": r} for p, r in report.failures],
+            "roots": list(report.roots),
             "seconds": round(report.seconds, 3), "search_seconds": round(report.search_seconds, 3)}

@@ -1,0 +1,500 @@
+"""The driver of ``clipdex index SOURCE --engine ray``.
+
+1. List SOURCE (:mod:`clipdex.cluster.listing`) and diff it against the index
+   as local indexing does (:func:`clipdex.indexer.plan_files`): only new,
+   changed and retryable files are sent.
+2. Adopt the shards an earlier run left in the output folder (a driver killed
+   mid-run), so those files are not sent again.
+3. Run a Ray Data pipeline over the rest: prepare in CPU tasks, encode in an
+   actor pool, write shards (:mod:`clipdex.cluster.stages`). Ray retries the
+   batches of a task or actor that dies; shards arrive as the run streams.
+4. Adopt the new shards as they come (every :data:`ADOPT_EVERY_S` seconds and
+   at the end) through :func:`clipdex.interchange.import_embeddings`, the code
+   of ``clipdex import``; record the listing's problems, drop files gone from a
+   folder or prefix, and bring the approximate search index up to date.
+
+The index's writer lock is held from the diff to the end, as local indexing
+holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdex.cluster import shards
+from clipdex.errors import ClipdexError, ModelError
+from clipdex.indexer import DRAFT_FACTOR, Failure, IndexReport, IndexSettings, Progress, plan_files
+from clipdex.store import NewFile
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from clipdex.cluster.listing import Listing
+    from clipdex.index import Index
+    from clipdex.interchange import ImportReport
+    from clipdex.models.encoder import Encoder
+    from clipdex.search.base import BuildProgress
+
+log = logging.getLogger(__name__)
+_WORKER_ERROR = re.compile(r"clipdex\.errors\.\w+: (.+)")  # a clipdex error raised on a worker, in Ray's text
+
+RAY_INSTALL = "pip install 'clipdex[ray]'"
+ADOPT_EVERY_S = 30.0  # new shards are adopted into the index this often while a run streams
+PREPARE_BATCH = 16  # files per call of the prepare stage (a CPU task decodes them one by one)
+CPU_ENCODE_BATCH = 16  # images per forward pass on a CPU worker (ONNX Runtime's best, as locally)
+GPU_ENCODE_BATCH = 256
+MIN_SHARD_ROWS = 64  # a shard holds at least this many files (the last one of a run may hold fewer) ...
+MAX_SHARD_ROWS = 10_000  # ... and at most this many (10 MB of float16 vectors at 512-d)
+SHARDS_PER_RUN = 50  # ... aiming at this many shards in a small run: progress and resumption in steps of 2 %
+DEFAULT_OUT = "ray-shards"  # the output folder inside the index when a local run is given none
+PREPARE_MEMORY = 256 << 20  # bytes a decode task reserves (a 24-megapixel photo decodes to 72 MB, reduced less)
+WRITE_CPUS = 0.25  # a shard writer mostly waits on the disk or the network
+ENV_PASSED = ("CLIPDEX_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE")
+
+
+@dataclass
+class RayOptions:
+    """How a Ray run uses the cluster.
+
+    ``address`` None starts Ray on this machine (local mode); 'auto' joins the cluster this
+    machine belongs to; 'ray://host:10001' connects to a remote one through Ray Client.
+    ``workers`` is the number of encoder actors (default: one per GPU of the cluster with
+    ``gpus_per_worker``, else one); ``cpus_per_worker`` the CPUs an encoder actor holds on
+    a CPU-only worker (its ONNX Runtime threads; default 1 for Ray's accounting, with as
+    many threads as the machine has). ``out`` is where shards are written (a folder every
+    worker can write and this machine can read, or an object-store URI); default a folder
+    inside the index, for local mode only.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | None = None
+    out: str | None = None
+    shard_rows: int | None = None  # files per shard (default: by the run's size, 64 to 10,000)
+
+
+@dataclass
+class RayIndexReport(IndexReport):
+    """What a Ray run did: :class:`IndexReport`'s counts, and the engine's own."""
+
+    engine: str = "ray"
+    source_kind: str = ""  # folder, list or prefix
+    out: str = ""
+    shards_written: int = 0
+    resumed: int = 0  # files whose shards an earlier (killed) run wrote, adopted now
+    workers: int = 0
+    startup_seconds: float = 0.0  # from the pipeline's start to its first shard (Ray, actors, model loads)
+    steady_images_per_second: float = 0.0  # files/s after the first shard (0: one shard only)
+
+
+def require_ray() -> None:
+    """:class:`ClipdexError` naming the extra unless Ray (with Ray Data) and pyarrow are installed."""
+    from clipdex.models.optional import installed
+
+    missing = [name for name in ("ray", "pyarrow") if not installed(name)]
+    if missing:
+        raise ClipdexError(f"--engine ray needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                           f"not installed. Install them with `{RAY_INSTALL}`, or index on this machine "
+                           "without --engine.")
+
+
+def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = None,
+                 settings: IndexSettings | None = None, progress: Progress | None = None,
+                 search_progress: "BuildProgress | None" = None, allow_new_model: bool = False,
+                 wait: bool = False, storage: str | None = None) -> RayIndexReport:
+    """Index ``source`` (a folder, a list of paths or URIs, or an object-store prefix) on Ray.
+
+    The same files are sent and the same vectors result as with :meth:`Index.add` on the
+    same model and precision; see the module's docstring for the steps.
+    """
+    require_ray()
+    from clipdex.cluster.listing import list_source
+
+    options = options or RayOptions()
+    settings = settings or IndexSettings()
+    started = time.perf_counter()
+    index.store.require_writable()
+    listing = list_source(source, skip=(str(index.path),))
+    spec = index.spec()
+    device = "cuda" if options.gpus_per_worker > 0 else "cpu"
+    precision = _precision(index, device)
+    from clipdex.index import vector_key
+
+    key = vector_key(spec, precision)
+    index._check_model(key, allow_new_model, spec.name)
+    out = _output(index, options, key)
+    query_encoder = _driver_encoder(index)
+    cfg = query_encoder.preprocess_config
+    if not cfg.supported:
+        raise ModelError(f"{spec.name} preprocesses its photos in a way clipdex's decode tasks do not reproduce "
+                         f"({cfg.resize_mode}, {cfg.interpolation}); index it without --engine ray.")
+    _claim_output(out, spec.key, spec.name, query_encoder.dim, precision, listing.source)
+    store = index.store
+    report = RayIndexReport(root=listing.root, model=key, source_kind=listing.kind, out=out)
+    store.acquire_lock(wait=wait)
+    try:
+        for root in listing.roots:
+            store.add_root(root, kind="folder" if listing.kind == "folder" else "import")
+        adopt = _Adopter(index, out, listing.roots, allow_new_model, storage)
+        _drop_half_shards(out)
+        before = adopt()  # an earlier run's shards: those files are not sent again
+        report.resumed = before.imported + before.failed if before is not None else 0
+        resumed_vectors = adopt.vectors_added
+        record = store.get_model(key)
+        if record is not None:
+            index._probed(record, query_encoder)
+        known = _known_files(index, listing.roots)
+        embedded = store.embedded_hashes(record) if record is not None else {}
+        todo, _undated = plan_files(listing.files, known, embedded, settings, report)
+        if progress:
+            progress.start(len(todo))
+        if todo:
+            ran = _run_pipeline(todo, spec.to_json(), cfg.to_meta(), device, precision, options, settings, out,
+                                adopt, progress, report)
+            report.shards_written, report.encode_seconds = ran
+        adopt(final=True)
+        record = store.get_model(key)
+        if record is not None:
+            index._probed(record, query_encoder)  # a model new to the index: its probe, as local indexing records
+        _record_problems(index, listing, key, report)
+        if listing.complete:
+            report.removed = _remove_gone(index, listing, known)
+        for root in listing.roots:
+            store.mark_root_indexed(root)
+        _collect_failures(index, todo, report)
+        report.reused = adopt.reused
+        report.encoded = adopt.vectors_added - resumed_vectors
+        report.indexed_total = store.count_under(listing.roots)
+        report.precision, report.precision_note = precision, _precision_note(index, device)
+        index._refresh_search(search_progress)
+    finally:
+        store.release_lock()
+        index._searchable = None
+    if options.out is None:
+        shutil.rmtree(out, ignore_errors=True)  # its shards are in the index now
+    report.seconds = time.perf_counter() - started
+    report.failed.sort(key=lambda f: f.path)
+    return report
+
+
+def _precision(index: "Index", device: str) -> str:
+    """The precision the workers compute in: the one asked for, else (auto) fp32 on CPU
+    workers and fp16 on GPU workers. Auto does not measure here: the workers' processors
+    are not this machine's."""
+    from clipdex.index import _default_precision
+    from clipdex.models.precision import AUTO
+
+    asked = index.precision or _default_precision()
+    if asked == AUTO:
+        return "fp16" if device == "cuda" else "fp32"
+    if asked == "int8":
+        raise ClipdexError("--engine ray computes fp32, fp16 or bf16 vectors; int8 vectors (a set of their own) "
+                           "are computed by local indexing: run without --engine ray, or pass --precision fp32.")
+    return asked
+
+
+def _precision_note(index: "Index", device: str) -> str:
+    if index.precision not in (None, "auto"):
+        return f"asked for (--precision {index.precision})"
+    return f"auto on Ray: {'fp16 on GPU workers' if device == 'cuda' else 'fp32 on CPU workers'}"
+
+
+def _output(index: "Index", options: RayOptions, key: str) -> str:
+    """Where the shards go: ``--out``, else (local mode only) a folder inside the index."""
+    if options.out:
+        return options.out if "://" in options.out else os.path.abspath(os.path.expanduser(options.out))
+    if options.address:
+        raise ClipdexError(f"--address {options.address}: pass --out, a folder every worker can write and this "
+                           "machine can read (a shared file system) or a bucket (s3://…, gs://…): the workers "
+                           "write their shards there.")
+    from clipdex.models.onnx_export import cache_slug
+
+    return str(index.path / DEFAULT_OUT / cache_slug(key))
+
+
+def _driver_encoder(index: "Index") -> "Encoder":
+    """The model on this machine: its preprocessing tells the decode tasks what to do, and
+    its probe checks (or records) the model's identity in the index."""
+    from clipdex.models.factory import make_encoder
+
+    encoder = make_encoder(index.spec(), device="cpu", precision="fp32", for_queries=True)
+    encoder.load()
+    return encoder
+
+
+def _claim_output(out: str, key: str, name: str, dim: int, precision: str, source: str) -> None:
+    """Write the output folder's manifest, or refuse a folder that holds another model's shards."""
+    found = shards.read_manifest(out)
+    if found is not None:
+        model: dict[str, Any] = found["model"] if isinstance(found.get("model"), dict) else {}
+        if model.get("key") != key:
+            raise ClipdexError(f"{out} holds shards of {model.get('name')} ({model.get('key')}), not of {name} "
+                               f"({key}). Pass another --out, or the model that wrote them.")
+        return
+    shards.write_manifest(out, shards.manifest(key, name, dim, precision, source))
+
+
+def _known_files(index: "Index", roots: Sequence[str]) -> dict[str, Any]:
+    known: dict[str, Any] = {}
+    for root in roots:
+        known.update(index.store.files_under(root))
+    return known
+
+
+def _shard_rows(files: int, options: RayOptions) -> int:
+    if options.shard_rows:
+        return options.shard_rows
+    return max(MIN_SHARD_ROWS, min(MAX_SHARD_ROWS, math.ceil(files / SHARDS_PER_RUN)))
+
+
+def _todo_table(todo: Sequence[Any]) -> "pa.Table":
+    import pyarrow as pa
+
+    return pa.table({
+        "path": pa.array([e.path for e in todo], pa.string()),
+        "fs_path": pa.array([e.path if e.raw_path is not None else e.fs_path for e in todo], pa.string()),
+        "raw_path": pa.array([e.raw_path or b"" for e in todo], pa.binary()),
+        "size": pa.array([e.size for e in todo], pa.int64()),
+        "mtime_ns": pa.array([e.mtime_ns for e in todo], pa.int64()),
+    })
+
+
+def _run_pipeline(todo: Sequence[Any], spec_json: str, preprocess: dict[str, Any], device: str, precision: str,
+                  options: RayOptions, settings: IndexSettings, out: str, adopt: "_Adopter",
+                  progress: Progress | None, report: RayIndexReport) -> tuple[int, float]:
+    """Stream ``todo`` through Ray: prepare, encode, write. Returns (shards written, seconds)."""
+    import ray
+    import ray.data
+
+    from clipdex.cluster.stages import EncodeActor, prepare_batch, write_batch
+
+    _start_ray(options)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and stats: the driver's bar says enough
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver draws its own bar, of files
+    context.verbose_stats_logs = False
+    workers = options.workers or _default_workers(options)
+    report.workers = workers
+    shard_rows = _shard_rows(len(todo), options)
+    table = _todo_table(todo)
+    blocks = max(1, math.ceil(len(todo) / PREPARE_BATCH))
+    draft = DRAFT_FACTOR * int(preprocess.get("resize_size") or preprocess["image_size"]) \
+        if settings.reduced_decode else None
+    encode_batch = settings.batch_size or (GPU_ENCODE_BATCH if device == "cuda" else CPU_ENCODE_BATCH)
+    threads = int(options.cpus_per_worker) if options.cpus_per_worker else None
+    env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ} if not options.address else {}
+    ds: Any = ray.data.from_arrow([table.slice(i * PREPARE_BATCH, PREPARE_BATCH) for i in range(blocks)])
+    # The memory a decode task holds keeps Ray from fusing it into the encoder actors (which
+    # would then decode too, one file at a time, while the model waits).
+    ds = ds.map_batches(prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy", num_cpus=1,
+                        memory=PREPARE_MEMORY,
+                        fn_kwargs={"preprocess": preprocess, "max_megapixels": settings.max_megapixels,
+                                   "draft": draft})
+    ds = ds.map_batches(EncodeActor, batch_size=encode_batch, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=workers),
+                        num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker or 1,
+                        fn_constructor_kwargs={"spec_json": spec_json, "device": device, "precision": precision,
+                                               "threads": threads, "env": env})
+    ds = ds.map_batches(write_batch, batch_size=shard_rows, batch_format="numpy", num_cpus=WRITE_CPUS,
+                        fn_kwargs={"out": out})
+    started = time.perf_counter()
+    written = first_files = files = 0
+    last_adopt = time.monotonic()
+    try:
+        for summary in _summaries(ds):
+            files += int(summary["files"])
+            if not written:
+                report.startup_seconds = time.perf_counter() - started
+                first_files = files
+            written += 1
+            if progress:
+                progress.advance(int(summary["files"]))
+            if time.monotonic() - last_adopt >= ADOPT_EVERY_S:
+                adopt()
+                last_adopt = time.monotonic()
+    except Exception as e:  # Ray wraps what failed on a worker in its own exceptions
+        adopt()  # what was written is kept: the next run sends only the rest
+        raise _pipeline_error(e, out) from e
+    seconds = time.perf_counter() - started
+    if written > 1 and seconds > report.startup_seconds:
+        report.steady_images_per_second = (files - first_files) / (seconds - report.startup_seconds)
+    return written, seconds
+
+
+def _pipeline_error(error: Exception, out: str) -> ClipdexError:
+    """What a failed pipeline says: the worker's own error where Ray wrapped one (a model
+    that cannot be built there, an output folder it cannot write), and that nothing is lost."""
+    texts = []
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:  # Ray keeps the worker's error as text and causes
+        seen.add(id(cause))
+        texts.append(str(cause))
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    found = [m.group(1) for text in texts for m in _WORKER_ERROR.finditer(text)]
+    reason = found[-1] if found else next(
+        (line.strip() for text in texts for line in text.splitlines() if line.strip()), type(error).__name__)
+    return ClipdexError(f"the Ray pipeline stopped: {reason} The shards written to {out} before it stopped are in "
+                        "the index; run the same command again to encode the rest.")
+
+
+def _summaries(ds: Any) -> Iterator[dict[str, Any]]:
+    """The writer's rows (one per shard), as they arrive."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for i in range(len(batch["shard"])):
+            yield {k: v[i] for k, v in batch.items()}
+
+
+def _start_ray(options: RayOptions) -> None:
+    """Join the cluster ``options.address`` names, or start Ray on this machine (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, configure_logging=True)
+    except ConnectionError as e:
+        raise ClipdexError(f"cannot reach the Ray cluster at {options.address} ({e}). Start it first (`ray start "
+                           "--head` on its head node, `ray up cluster.yaml`, or KubeRay), or leave --address out "
+                           "to run Ray on this machine.") from None
+
+
+def _default_workers(options: RayOptions) -> int:
+    """One encoder actor per GPU of the cluster (as many as ``gpus_per_worker`` allows), else one."""
+    import ray
+
+    if options.gpus_per_worker > 0:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        return max(1, int(gpus // options.gpus_per_worker))
+    return 1
+
+
+class _Adopter:
+    """Adopts the output folder's finished shards into the index (``clipdex import``'s code),
+    from a local copy where the folder is remote. Called repeatedly; each call imports only
+    the shards not imported before."""
+
+    def __init__(self, index: "Index", out: str, roots: Sequence[str], allow_new_model: bool,
+                 storage: str | None) -> None:
+        self.index = index
+        self.out = out
+        self.roots = list(roots)
+        self.allow_new_model = allow_new_model
+        self.storage = storage
+        self.local = shards.local_path(out) if shards.is_local(out) else str(
+            index.path / DEFAULT_OUT / "mirror" / _slug(out))
+        self.reused = 0
+        self.vectors_added = 0
+
+    def __call__(self, final: bool = False) -> "ImportReport | None":
+        from clipdex.interchange import import_embeddings
+
+        if not shards.is_local(self.out):
+            self._mirror()
+        if not any(Path(self.local, shards.METADATA_DIR).glob("*.parquet")):
+            return None
+        report = import_embeddings(self.index, self.local, allow_new_model=True, roots=self.roots,
+                                   refresh=False, lock=False, partial=True, storage=self.storage)
+        self.reused += report.reused
+        self.vectors_added += report.vectors_added
+        if report.imported:
+            log.debug("adopted %d files from %d shards of %s", report.imported, report.shards_imported, self.out)
+        return report
+
+    def _mirror(self) -> None:
+        """Copy the remote folder's finished shards not copied yet (metadata last: a shard is
+        complete here once its metadata is)."""
+        fs, base = shards.filesystem(self.out)
+        import pyarrow.fs as pafs
+
+        here = pafs.LocalFileSystem()
+        for sub in (shards.EMBEDDINGS_DIR, shards.METADATA_DIR):
+            Path(self.local, sub).mkdir(parents=True, exist_ok=True)
+        metadata = [i for i in fs.get_file_info(pafs.FileSelector(f"{base}/{shards.METADATA_DIR}",
+                                                                  allow_not_found=True))
+                    if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
+        for info in metadata:
+            number = info.base_name[len("metadata_"):-len(".parquet")]
+            vectors = f"{shards.EMBEDDINGS_DIR}/img_emb_{number}.npy"
+            target = Path(self.local, shards.METADATA_DIR, info.base_name)
+            if target.exists():
+                continue
+            for name in (vectors, f"{shards.METADATA_DIR}/{info.base_name}"):
+                pafs.copy_files(f"{base}/{name}", str(Path(self.local, name)) + ".part", source_filesystem=fs,
+                                destination_filesystem=here)
+                os.replace(str(Path(self.local, name)) + ".part", Path(self.local, name))
+        manifest = shards.read_manifest(self.out)
+        if manifest is not None:
+            shards.write_manifest(self.local, manifest)
+
+
+def _drop_half_shards(out: str) -> None:
+    """Delete the vector files without metadata that a writer killed between its two renames
+    left: their files are sent again (the index does not hold them), into a shard of their own."""
+    fs, base = shards.filesystem(out)
+    import pyarrow.fs as pafs
+
+    def numbers(sub: str, prefix: str, suffix: str) -> dict[str, str]:
+        infos = fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True))
+        return {i.base_name[len(prefix):-len(suffix)]: i.path for i in infos
+                if i.type == pafs.FileType.File and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)}
+
+    finished = numbers(shards.METADATA_DIR, "metadata_", ".parquet")
+    for number, path in numbers(shards.EMBEDDINGS_DIR, "img_emb_", ".npy").items():
+        if number not in finished:
+            log.info("removing %s: half a shard (its writer was killed before its metadata was written)", path)
+            fs.delete_file(path)
+
+
+def _slug(uri: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _record_problems(index: "Index", listing: "Listing", key: str, report: RayIndexReport) -> None:
+    """The listing's entries that cannot be indexed (gone, unreadable) as failed files."""
+    record = index.store.get_model(key)
+    if not listing.problems or record is None:
+        report.failed.extend(Failure(p.path, p.reason, p.kind) for p in listing.problems)
+        return
+    problems = [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason, raw_path=p.raw_path, failure_kind=p.kind)
+                for p in listing.problems]
+    index.store.commit_batch(record, np.zeros((0, record.dim), np.float32), [], problems)
+    report.failed.extend(Failure(p.path, p.reason, p.kind) for p in listing.problems)
+
+
+def _remove_gone(index: "Index", listing: "Listing", known: dict[str, Any]) -> int:
+    """Drop the files of a folder or prefix that are gone from it (never under a folder the
+    walk could not read); returns how many."""
+    seen = {f.path for f in listing.files} | {p.path for p in listing.problems}
+    blind = tuple(d.rstrip(os.sep) + os.sep for d in listing.unreadable_dirs)
+    gone = [p for p in known if p not in seen and not (blind and p.startswith(blind))]
+    if gone:
+        index.store.remove_files(gone)
+    return len(gone)
+
+
+def _collect_failures(index: "Index", todo: Sequence[Any], report: RayIndexReport) -> None:
+    """The files of this run that failed (their rows in the shards), with their reasons."""
+    sent = {e.path for e in todo}
+    if not sent:
+        return
+    report.failed.extend(Failure(f.path, f.reason or "failed", f.failure_kind or "permanent")
+                         for f in index.store.failures() if f.path in sent)
+
+
+__all__ = ["RayIndexReport", "RayOptions", "index_on_ray", "require_ray"]

@@ -1,0 +1,211 @@
+"""`clipdex index --engine ray` in Ray's local mode (`ray.init(num_cpus=2)`), with the tiny model.
+
+The same files are sent and the same vectors and catalog rows result as with
+local indexing; a killed encoder actor costs only its batches; a killed driver
+leaves its shards, which the next run adopts before sending only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clipdex import Index
+from clipdex.cluster import shards
+from clipdex.errors import ClipdexError
+from clipdex.indexer import IndexSettings
+from tests.images import write_edge_cases, write_photos
+
+ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'clipdex[ray]'")
+pytest.importorskip("ray.data", reason="Ray Data is an extra: pip install 'clipdex[ray]'")
+
+from clipdex.cluster.engine import RayOptions, index_on_ray  # noqa: E402  (after the skip)
+
+ENCODER = "EncodeActor"
+CATALOG_FIELDS = ("size", "mtime_ns", "width", "height", "taken_at", "status", "reason", "failure_kind")
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """One local Ray for the module: two CPUs, and one GPU that is not there (Ray schedules by
+    resources, so an actor asking for a GPU is placed; building a CUDA model then fails)."""
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _vectors(index: Index) -> dict[str, np.ndarray]:
+    found = index.searchable()
+    return {os.path.realpath(p): v for p, v in zip(found.paths, found.vectors)}
+
+
+def _catalog(index: Index, root: Path) -> dict[str, tuple[Any, ...]]:
+    return {p: tuple(getattr(f, name) for name in CATALOG_FIELDS)
+            for p, f in index.store.files_under(str(root)).items()}
+
+
+def _encoder_actors() -> list[dict[str, Any]]:
+    import ray._private.state as state
+
+    return [a for a in state.actors().values() if ENCODER in a["ActorClassName"]]
+
+
+@pytest.fixture()
+def mixed(tmp_path: Path) -> Path:
+    """Photos and every troublesome kind of file (corrupt, CMYK, rotated, a bomb…)."""
+    folder = tmp_path / "mixed"
+    write_photos(folder / "trip", 6)
+    write_edge_cases(folder)
+    return folder
+
+
+def _trip(folder: Path) -> list[Path]:
+    return sorted((folder / "trip").iterdir())
+
+
+def test_same_vectors_catalog_and_diff_as_local_indexing(ray_local: None, mixed: Path, tmp_path: Path,
+                                                          model_kwargs: dict[str, str]) -> None:
+    with Index.open(tmp_path / "local", create=True, **model_kwargs) as index:
+        local = index.add(mixed)
+        local_vectors, local_catalog = _vectors(index), _catalog(index, mixed)
+    with Index.open(tmp_path / "ray", create=True, **model_kwargs) as index:
+        report = index_on_ray(index, str(mixed), options=RayOptions(shard_rows=5))
+        ray_vectors, ray_catalog = _vectors(index), _catalog(index, mixed)
+    assert report.encoded == local.encoded > 0 and report.shards_written >= 3
+    assert sorted(f.path for f in report.failed) == sorted(f.path for f in local.failed)
+    assert {f.path: f.kind for f in report.failed} == {f.path: f.kind for f in local.failed}
+    assert ray_catalog == local_catalog  # sizes, mtimes, upright sizes, EXIF dates, failures and why
+    assert set(ray_vectors) == set(local_vectors)
+    cosines = [float(ray_vectors[p] @ local_vectors[p]) for p in local_vectors]
+    assert min(cosines) >= 0.9999
+
+    # Nothing is sent again; a local run of the same folder finds everything unchanged too.
+    with Index.open(tmp_path / "ray") as index:
+        again = index_on_ray(index, str(mixed))
+        assert (again.new, again.changed, again.encoded, again.shards_written) == (0, 0, 0, 0)
+        assert again.unchanged == len(ray_catalog)
+        assert index.add(mixed).encoded == 0
+    # Only what changed is sent; what is gone leaves the index.
+    changed, gone = _trip(mixed)[:2]
+    write_photos(tmp_path / "other", 1, start=50)[0].replace(changed)
+    gone.unlink()
+    with Index.open(tmp_path / "ray") as index:
+        update = index_on_ray(index, str(mixed))
+        assert (update.changed, update.encoded, update.removed, update.new) == (1, 1, 1, 0)
+        assert str(gone) not in _catalog(index, mixed)
+
+
+def test_list_and_prefix_sources_and_shards_clipdex_import_reads(ray_local: None, tmp_path: Path,
+                                                                model_kwargs: dict[str, str]) -> None:
+    photos = tmp_path / "photos"
+    paths = write_photos(photos, 6)
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    listed = tmp_path / "some.txt"
+    listed.write_text("# two photos, one twice, one missing\n" + "\n".join(
+        [str(paths[0]), f"photos/{paths[1].name}", str(paths[0]), str(photos / "missing.jpg")]) + "\n")
+    out = tmp_path / "shards"
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        report = index_on_ray(index, str(listed), options=RayOptions(out=str(out)))
+        assert report.source_kind == "list" and report.encoded == 2
+        assert [f.path for f in report.failed] == [str(photos / "missing.jpg")]
+        # A prefix URI (file:// through pyarrow, as s3:// would be) holds all six.
+        prefix = index_on_ray(index, f"file://{photos}/", options=RayOptions(out=str(out)))
+        assert prefix.source_kind == "prefix" and prefix.encoded + prefix.reused + prefix.unchanged >= 4
+    manifest = shards.read_manifest(str(out))
+    assert manifest is not None and manifest["format"] == shards.FORMAT
+    assert manifest["model"]["precision"] == "fp32"
+    # The shards are clip-retrieval's layout: `clipdex import` adopts them into another index.
+    with Index.open(tmp_path / "imported", create=True, **model_kwargs) as index:
+        from clipdex.interchange import import_embeddings
+
+        imported = import_embeddings(index, out)
+        assert imported.imported >= 2 and imported.failed == 1
+
+
+def test_an_encoder_actor_killed_mid_run_costs_only_its_batches(ray_local: None, tmp_path: Path,
+                                                                model_kwargs: dict[str, str]) -> None:
+    photos = tmp_path / "photos"
+    write_photos(photos, 60)
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_the_encoder_after_the_first_shard() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            time.sleep(0.02)
+            if not any((out / shards.METADATA_DIR).glob("*.parquet")):
+                continue
+            for actor in _encoder_actors():
+                if actor["State"] == "ALIVE":
+                    os.kill(actor["Pid"], signal.SIGKILL)
+                    killed.append(actor["Pid"])
+                    return
+
+    killer = threading.Thread(target=kill_the_encoder_after_the_first_shard, daemon=True)
+    killer.start()
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        report = index_on_ray(index, str(photos), options=RayOptions(out=str(out), shard_rows=4),
+                              settings=IndexSettings(batch_size=2))
+        killer.join()
+        assert killed, "the encoder actor was never seen alive after a shard"
+        assert report.encoded == 60 and not report.failed and report.indexed_total == 60
+        assert len(_vectors(index)) == 60
+    assert any(a["NumRestarts"] >= 1 for a in _encoder_actors())
+
+
+def test_a_killed_driver_leaves_its_shards_and_the_next_run_sends_only_the_rest(
+        tmp_path: Path, model_args: list[str], clipdex_home: Path) -> None:
+    photos = tmp_path / "photos"
+    write_photos(photos, 40)
+    out, index = tmp_path / "out", tmp_path / "idx"
+    command = [sys.executable, "-m", "clipdex", "index", str(photos), "--index", str(index), *model_args,
+               "--engine", "ray", "--out", str(out), "--shard-rows", "4", "--batch-size", "2", "--json"]
+    env = {**os.environ, "CLIPDEX_HOME": str(clipdex_home), "CLIPDEX_PRECISION": "fp32"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list((out / shards.METADATA_DIR).glob("*.parquet")) and time.monotonic() < deadline:
+        assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    written = len(list((out / shards.METADATA_DIR).glob("*.parquet")))
+    assert 1 <= written < 10
+    # Half a shard, as a writer killed between its two renames leaves it: dropped, never adopted.
+    half = out / shards.EMBEDDINGS_DIR / "img_emb_0000000000000000001.npy"
+    np.save(half, np.ones((3, 8), np.float16))
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = json.loads(second.stdout)
+    assert report["resumed"] >= 4 * written - 4 and report["resumed"] + report["encoded"] == 40
+    assert report["indexed_total"] == 40 and not report["failed"]
+    assert not half.exists()
+
+
+def test_an_actor_that_cannot_build_its_model_says_why(ray_local: None, photos: Path, tmp_path: Path,
+                                                        model_kwargs: dict[str, str]) -> None:
+    """A GPU worker on a machine without CUDA: Ray places the actor (the GPU is a resource it
+    was told of), the model cannot be built there, and the error says so, not a Ray traceback."""
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index, \
+            pytest.raises(ClipdexError, match=r"Ray pipeline stopped: device .cuda. was asked for but CUDA") as failed:
+        index_on_ray(index, str(photos), options=RayOptions(gpus_per_worker=1, out=str(tmp_path / "out")))
+    assert "run the same command again" in str(failed.value)
+
+
+def test_an_output_folder_of_another_model_is_refused(ray_local: None, photos: Path, tmp_path: Path,
+                                                       model_kwargs: dict[str, str]) -> None:
+    out = tmp_path / "out"
+    shards.write_manifest(str(out), shards.manifest("ViT-B-32@openai", "ViT-B-32", 512, "fp32", "/elsewhere"))
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index, \
+            pytest.raises(ClipdexError, match="holds shards of ViT-B-32"):
+        index_on_ray(index, str(photos), options=RayOptions(out=str(out)))
