@@ -59,7 +59,9 @@ MAX_SHARD_ROWS = 10_000  # ... and at most this many (10 MB of float16 vectors a
 SHARDS_PER_RUN = 50  # ... aiming at this many shards in a small run: progress and resumption in steps of 2 %
 DEFAULT_OUT = "ray-shards"  # the output folder inside the index when a local run is given none
 PREPARE_MEMORY = 256 << 20  # bytes a decode task reserves (a 24-megapixel photo decodes to 72 MB, reduced less)
-WRITE_CPUS = 0.25  # a shard writer mostly waits on the disk or the network
+# A shard writer mostly waits on the disk or the network: it holds no CPU, so that it never
+# waits for the decode tasks to finish (which would hold every encoded batch in the object store).
+WRITE_CPUS = 0
 ENV_PASSED = ("CLIPDEX_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE")
 
 
@@ -126,7 +128,8 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
     settings = settings or IndexSettings()
     started = time.perf_counter()
     index.store.require_writable()
-    listing = list_source(source, skip=(str(index.path),))
+    known_root = _normalised_root(source) in index.store.roots()
+    listing = list_source(source, skip=(str(index.path),), allow_empty=known_root)
     spec = index.spec()
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
     precision = _precision(index, device)
@@ -187,6 +190,16 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
     report.seconds = time.perf_counter() - started
     report.failed.sort(key=lambda f: f.path)
     return report
+
+
+def _normalised_root(source: str) -> str:
+    """``source`` as the index records a root: a folder's display path, a URI normalised."""
+    from clipdex.cluster.listing import is_uri, normalise_uri
+    from clipdex.discover import display_path
+
+    if is_uri(source):
+        return normalise_uri(source).rstrip("/")
+    return display_path(os.path.abspath(os.path.expanduser(source)))
 
 
 def _precision(index: "Index", device: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -33,8 +32,6 @@ from clipdex.indexer import HASH_CHUNK, WHOLE_READ_BYTES, decode_for_model, fail
 from clipdex.models.preprocess import PreprocessConfig, fit
 
 if TYPE_CHECKING:
-    import pyarrow.fs as pafs
-
     from clipdex.models.encoder import Encoder
 
 Batch = dict[str, np.ndarray]
@@ -43,9 +40,6 @@ Batch = dict[str, np.ndarray]
 # (a display path or a URI), fs_path what is opened, raw_path a local path's exact bytes
 # where they are not UTF-8 (else empty), size and mtime_ns the listing's.
 INPUT_COLUMNS = ("path", "fs_path", "raw_path", "size", "mtime_ns")
-
-_filesystems: dict[str, "pafs.FileSystem"] = {}
-_filesystems_lock = threading.Lock()
 
 
 def prepare_batch(batch: Batch, *, preprocess: dict[str, Any], max_megapixels: float,
@@ -114,24 +108,11 @@ def _open(target: str) -> Iterator[tuple[IO[bytes], int, int | None]]:
             st = os.fstat(f.fileno())
             yield f, st.st_size, st.st_mtime_ns
         return
-    fs, path = _filesystem(target)
+    from clipdex.cluster.listing import resolve
+
+    fs, path = resolve(target)  # one file system per bucket and process: a new S3 client asks for its region
     with fs.open_input_file(path) as f:  # random access: Pillow seeks
         yield f, f.size(), None  # type: ignore[misc]
-
-
-def _filesystem(uri: str) -> tuple["pafs.FileSystem", str]:
-    """The pyarrow file system of ``uri`` (one per scheme and bucket in a worker), and the path in it."""
-    import pyarrow.fs as pafs
-
-    scheme, _, rest = uri.partition("://")
-    key = f"{scheme}://{rest.split('/', 1)[0]}"
-    with _filesystems_lock:
-        fs = _filesystems.get(key)
-        if fs is None:
-            fs, path = pafs.FileSystem.from_uri(uri)
-            _filesystems[key] = fs
-            return fs, path
-    return fs, pafs.FileSystem.from_uri(uri)[1]
 
 
 def _hash_stream(f: IO[bytes]) -> str:
