@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import calendar
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -67,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.cluster.shards import STATUS_FAILED
+from clipdex.cluster.shards import STATUS_FAILED, STATUS_REUSED
 from clipdex.errors import (
     DimensionMismatch,
     EmptyIndex,
@@ -496,6 +497,7 @@ class _Rows:
     raws: list[bytes | None] | None = None  # a local path's exact bytes where they are not UTF-8
     sources: list[str | None] | None = None  # taken_source: whether the file's EXIF was read
     failures: list["_RowFailure | None"] | None = None  # per row: why it failed (status 'failed'), else None
+    reused: list[bool] | None = None  # per row: its file's vector is the index's own (status 'reused')
 
 
 @dataclass(frozen=True)
@@ -1028,6 +1030,7 @@ class _ShardReader:
                      if "raw_path" in names else None,
                      sources=[v if isinstance(v, str) else None for v in column("taken_source")]
                      if "taken_source" in names else None,
+                     reused=[v == STATUS_REUSED for v in column("status")] if "status" in names else None,
                      failures=_row_failures(column("status"), column("error_message"), column("failure_kind"),
                                             column("failure_limit")) if "status" in names else None)
 
@@ -1218,7 +1221,11 @@ def _import_shard(store: Store, record: ModelRecord, reader: _ShardReader, repor
         if meta.failures is not None:
             files = _failed_files(meta, shard, start, report)
             vector_rows = np.array([f is None for f in meta.failures], dtype=bool)
-        failed = len(files)
+        if meta.reused is not None and any(meta.reused):
+            reused_rows = np.array(meta.reused, dtype=bool)
+            vector_rows &= ~reused_rows
+            files += _held_files(store, record, meta, np.flatnonzero(reused_rows).tolist(), seen, report)
+        failed = len(files)  # (the reused files, counted as imported by _held_files)
         for i in np.flatnonzero(vector_rows & ~usable).tolist():
             report.skip(shard, start + i, "a row of zeros" if norms[i] == 0 else "not a finite vector (NaN or inf)")
         for i in np.flatnonzero(vector_rows & usable).tolist():
@@ -1319,6 +1326,38 @@ def _revise_changed(store: Store, record: ModelRecord, reader: "_ShardReader", s
                           "model_id, ?, row, precision FROM embeddings WHERE model_id = ? AND content_hash = ?",
                           [(new, other, old) for old, new in sorted(moves) for other in others])
     return revised, known | held_before
+
+
+REUSE_LOST = ("its vector was to be reused, but the index no longer holds it (compacted or removed meanwhile); it "
+              "is encoded on the next run")
+
+
+def _held_files(store: Store, record: ModelRecord, meta: _Rows, rows: list[int], seen: set[str],
+                report: ImportReport) -> list[NewFile]:
+    """The catalog rows of files a Ray run found the index holding already ('reused': moved,
+    renamed, copies), with the upright size recorded for their content. One whose vector is
+    gone since (or whose hash the run only took for held) is a transient failure: sent again."""
+    wanted = {h for i in rows if (h := meta.hashes[i]) is not None}
+    held = set(_known_hashes(store, record, wanted - seen)) | (wanted & seen)
+    sizes = store.sizes_of_hashes(held)
+    files = []
+    for i in rows:
+        path, content_hash = meta.paths[i], meta.hashes[i]
+        if path is None:
+            continue
+        if content_hash is None or content_hash not in held:
+            size, mtime_ns = _stat(meta, i)
+            files.append(NewFile(path=path, size=size, mtime_ns=mtime_ns, content_hash=content_hash,
+                                 reason=REUSE_LOST, raw_path=meta.raws[i] if meta.raws is not None else None,
+                                 failure_kind="transient"))
+            report.fail(path, REUSE_LOST)
+            continue
+        file = _new_file(meta, i, content_hash)
+        width, height = sizes.get(content_hash, (None, None))
+        files.append(dataclasses.replace(file, width=width, height=height))
+        report.reused += 1
+        report.imported += 1
+    return files
 
 
 def _failed_files(meta: _Rows, shard: str, start: int, report: ImportReport) -> list[NewFile]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.cluster import shards
+from clipdex.cluster.stages import held_prefixes
 from clipdex.errors import ClipdexError, ModelError
 from clipdex.indexer import DRAFT_FACTOR, Failure, IndexReport, IndexSettings, Progress, plan_files
 from clipdex.store import NewFile
@@ -165,7 +166,7 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
             progress.start(len(todo))
         if todo:
             ran = _run_pipeline(todo, spec.to_json(), cfg.to_meta(), device, precision, options, settings, out,
-                                adopt, progress, report)
+                                adopt, progress, report, held_prefixes(embedded))
             report.shards_written, report.encode_seconds = ran
         adopt(final=True)
         record = store.get_model(key)
@@ -286,8 +287,10 @@ def _todo_table(todo: Sequence[Any]) -> "pa.Table":
 
 def _run_pipeline(todo: Sequence[Any], spec_json: str, preprocess: dict[str, Any], device: str, precision: str,
                   options: RayOptions, settings: IndexSettings, out: str, adopt: "_Adopter",
-                  progress: Progress | None, report: RayIndexReport) -> tuple[int, float]:
-    """Stream ``todo`` through Ray: prepare, encode, write. Returns (shards written, seconds)."""
+                  progress: Progress | None, report: RayIndexReport, held: np.ndarray) -> tuple[int, float]:
+    """Stream ``todo`` through Ray: prepare, encode, write. Returns (shards written, seconds).
+    ``held`` (:func:`clipdex.cluster.stages.held_prefixes`) goes to every decode task once,
+    through the object store: a file whose content the index holds is not decoded."""
     import ray
     import ray.data
 
@@ -314,7 +317,7 @@ def _run_pipeline(todo: Sequence[Any], spec_json: str, preprocess: dict[str, Any
     ds = ds.map_batches(prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy", num_cpus=1,
                         memory=PREPARE_MEMORY,
                         fn_kwargs={"preprocess": preprocess, "max_megapixels": settings.max_megapixels,
-                                   "draft": draft})
+                                   "draft": draft, "held": held})
     ds = ds.map_batches(EncodeActor, batch_size=encode_batch, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker or 1,

@@ -7,7 +7,8 @@ paths it carries each file's content hash, size, mtime, upright size, EXIF date
 and, for a file that could not be prepared, why (``status`` 'failed', an
 ``error_message``, and when it is tried again): a bad file is a row, never a
 failed job. Its vector row is zeros; readers other than clipdex keep the rows
-whose ``status`` is 'ok' (img2dataset's convention).
+whose ``status`` is 'ok' (img2dataset's convention). So is the row of a file
+whose content the index holds already ('reused': a moved or renamed photo).
 
 Shards are written atomically: each file is written under a hidden temporary
 name and renamed into place, vectors first, so a shard exists once its metadata
@@ -45,6 +46,10 @@ VECTOR_DTYPE = np.float16  # clip-retrieval's: half the bytes, cosine to float32
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+# A file whose content the index already holds a vector of (moved, renamed, a copy): hashed
+# and its EXIF date read, never decoded or encoded; its vector row is zeros, and the adopting
+# index gives it the vector it holds. Other readers skip it as they skip failures.
+STATUS_REUSED = "reused"
 
 # The metadata columns, in order. image_path: the catalog's path (a local file's display
 # path, or a URI); raw_path: a local path's exact bytes where they are not UTF-8 (else

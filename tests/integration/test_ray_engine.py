@@ -96,14 +96,19 @@ def test_same_vectors_catalog_and_diff_as_local_indexing(ray_local: None, mixed:
         assert (again.new, again.changed, again.encoded, again.shards_written) == (0, 0, 0, 0)
         assert again.unchanged == len(ray_catalog)
         assert index.add(mixed).encoded == 0
-    # Only what changed is sent; what is gone leaves the index.
-    changed, gone = _trip(mixed)[:2]
+    # Only what changed is sent; what is gone leaves the index; a renamed photo keeps its vector
+    # without being decoded (its content hash is held), with its upright size and EXIF date.
+    changed, gone, renamed = _trip(mixed)[:3]
     write_photos(tmp_path / "other", 1, start=50)[0].replace(changed)
     gone.unlink()
+    moved = renamed.rename(renamed.with_name("renamed.jpg"))
     with Index.open(tmp_path / "ray") as index:
         update = index_on_ray(index, str(mixed))
-        assert (update.changed, update.encoded, update.removed, update.new) == (1, 1, 1, 0)
-        assert str(gone) not in _catalog(index, mixed)
+        assert (update.changed, update.encoded, update.removed, update.new, update.reused) == (1, 1, 2, 1, 1)
+        catalog = _catalog(index, mixed)
+        assert str(gone) not in catalog and str(renamed) not in catalog
+        assert catalog[str(moved)][2:] == local_catalog[str(renamed)][2:]  # width, height, date, status…
+        assert len(_vectors(index)) == len(ray_vectors) - 1
 
 
 def test_list_and_prefix_sources_and_shards_clipdex_import_reads(ray_local: None, tmp_path: Path,
