@@ -269,3 +269,30 @@ def test_refresh_false_leaves_the_search_index_to_the_caller(index: Index, tmp_p
     assert not engine.ann_path(index.store, record).exists()
     (refreshed,) = index.refresh_search()
     assert refreshed.action == "built" and engine.ann_path(index.store, record).exists()
+
+
+def test_reused_rows_take_the_vector_held_and_a_lost_one_is_sent_again(index: Index, photos: Path,
+                                                                        tmp_path: Path) -> None:
+    """A Ray run's 'reused' row (a moved or renamed photo whose content the index holds) gets the
+    vector the index holds, with the upright size recorded for it; one whose vector is gone (its
+    hash not held) becomes a transient failure, so the next run encodes it."""
+    files = _photos(photos)
+    out, moved = tmp_path / "first", tmp_path / "moved"
+    dim = _manifest(out, index)
+    _write(out, [_row(files[0], width=64, height=48)], dim)
+    assert import_embeddings(index, out).vectors_added == 1
+    moved.mkdir()
+    copy = moved / "renamed.jpg"
+    copy.write_bytes(files[0].read_bytes())
+    lost = moved / "lost.jpg"
+    lost.write_bytes(files[1].read_bytes())  # its content never got a vector
+    second = tmp_path / "second"
+    _manifest(second, index)
+    _write(second, [_row(copy, status=shards.STATUS_REUSED, width=None, height=None),
+                    _row(lost, status=shards.STATUS_REUSED, width=None, height=None)], dim)
+    report = import_embeddings(index, second)
+    assert (report.reused, report.vectors_added, report.imported, report.failed) == (1, 0, 1, 1)
+    held = index.store.files_under(str(moved))
+    assert held[str(copy)].status == "ok" and (held[str(copy)].width, held[str(copy)].height) == (64, 48)
+    assert held[str(lost)].status == "failed" and held[str(lost)].failure_kind == "transient"
+    assert index.add(moved).encoded == 1  # the lost one, tried again
