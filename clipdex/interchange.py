@@ -1383,12 +1383,14 @@ def _failed_files(meta: _Rows, shard: str, start: int, report: ImportReport) -> 
 
 def _stat(meta: _Rows, i: int) -> tuple[int, int]:
     """(size, mtime_ns) of row ``i``'s file: its real ones where it is here (so `clipdex index`
-    finds it unchanged), else what the metadata says."""
+    finds it unchanged), else what the metadata says. A Ray run's row (it has a status) keeps
+    the stat of the bytes its worker read: a photo edited since has a vector of its old bytes,
+    and must look changed to the next run."""
     path = meta.paths[i]
     assert path is not None
     raw = meta.raws[i] if meta.raws is not None else None
     size, mtime_ns = meta.sizes[i], meta.mtimes[i]
-    if meta.local[i]:
+    if meta.local[i] and not (meta.failures is not None and size is not None and mtime_ns is not None):
         try:
             st = os.stat(raw if raw is not None else path)
             size, mtime_ns = st.st_size, st.st_mtime_ns

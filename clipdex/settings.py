@@ -57,3 +57,14 @@ def default_precision() -> str | None:
     """Precision named by CLIPDEX_PRECISION, or None for the default (auto)."""
     value = os.environ.get("CLIPDEX_PRECISION", "").strip().lower()
     return value or None
+
+
+# What a Ray worker this machine starts must see as the driver does: where clipdex keeps its
+# caches (exports) and where Hugging Face keeps its hub cache, and whether to stay offline.
+WORKER_VARIABLES = ("CLIPDEX_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def worker_environment() -> dict[str, str]:
+    """The variables of :data:`WORKER_VARIABLES` set here, for workers started on this machine
+    (Ray's local mode): a cluster's nodes keep their own."""
+    return {name: os.environ[name] for name in WORKER_VARIABLES if name in os.environ}

@@ -36,6 +36,8 @@ from clipdex.cluster import shards
 from clipdex.cluster.stages import held_prefixes
 from clipdex.errors import ClipdexError, ModelError
 from clipdex.indexer import DRAFT_FACTOR, Failure, IndexReport, IndexSettings, Progress, plan_files
+from clipdex.models import probe as probes
+from clipdex.settings import worker_environment
 from clipdex.store import NewFile
 
 if TYPE_CHECKING:
@@ -59,11 +61,12 @@ MIN_SHARD_ROWS = 64  # a shard holds at least this many files (the last one of a
 MAX_SHARD_ROWS = 10_000  # ... and at most this many (10 MB of float16 vectors at 512-d)
 SHARDS_PER_RUN = 50  # ... aiming at this many shards in a small run: progress and resumption in steps of 2 %
 DEFAULT_OUT = "ray-shards"  # the output folder inside the index when a local run is given none
+BLOCKS_PER_CPU = 4  # input blocks per CPU of the cluster: decode tasks spread, and stragglers stay short
+MAX_BLOCK_ROWS = 1024  # ... at most this many files a block (its crops: 150 MB at 224 px)
 PREPARE_MEMORY = 256 << 20  # bytes a decode task reserves (a 24-megapixel photo decodes to 72 MB, reduced less)
 # A shard writer mostly waits on the disk or the network: it holds no CPU, so that it never
 # waits for the decode tasks to finish (which would hold every encoded batch in the object store).
 WRITE_CPUS = 0
-ENV_PASSED = ("CLIPDEX_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE")
 
 
 @dataclass
@@ -86,6 +89,20 @@ class RayOptions:
     cpus_per_worker: float | None = None
     out: str | None = None
     shard_rows: int | None = None  # files per shard (default: by the run's size, 64 to 10,000)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every worker of a run is given: the model (its spec, preprocessing, device and
+    precision), where shards go, the content the index holds, and the driver's probe vector."""
+
+    spec_json: str
+    preprocess: dict[str, Any]
+    device: str
+    precision: str
+    out: str
+    held: np.ndarray
+    probe: np.ndarray
 
 
 @dataclass
@@ -155,20 +172,24 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
         _drop_half_shards(out)
         before = adopt()  # an earlier run's shards: those files are not sent again
         report.resumed = before.imported + before.failed if before is not None else 0
-        resumed_vectors = adopt.vectors_added
+        resumed_vectors, resumed_reused = adopt.vectors_added, adopt.reused
         record = store.get_model(key)
         if record is not None:
             index._probed(record, query_encoder)
+        probe = probes.probe_vectors(query_encoder, [probes.IMAGE])  # every actor's model is checked against it
         known = _known_files(index, listing.roots)
         embedded = store.embedded_hashes(record) if record is not None else {}
         todo, _undated = plan_files(listing.files, known, embedded, settings, report)
         if progress:
             progress.start(len(todo))
         if todo:
-            ran = _run_pipeline(todo, spec.to_json(), cfg.to_meta(), device, precision, options, settings, out,
-                                adopt, progress, report, held_prefixes(embedded))
-            report.shards_written, report.encode_seconds = ran
-        adopt(final=True)
+            job = _Job(spec.to_json(), cfg.to_meta(), device, precision, out, held_prefixes(embedded), probe)
+            written, report.encode_seconds = _run_pipeline(todo, job, options, settings, adopt, progress, report)
+            report.shards_written = len(written)
+            adopt(final=True)
+            adopt.check_seen(written)
+        else:
+            adopt(final=True)
         record = store.get_model(key)
         if record is not None:
             index._probed(record, query_encoder)  # a model new to the index: its probe, as local indexing records
@@ -178,7 +199,7 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
         for root in listing.roots:
             store.mark_root_indexed(root)
         _collect_failures(index, todo, report)
-        report.reused = adopt.reused
+        report.reused = adopt.reused - resumed_reused
         report.encoded = adopt.vectors_added - resumed_vectors
         report.indexed_total = store.count_under(listing.roots)
         report.precision, report.precision_note = precision, _precision_note(index, device)
@@ -188,6 +209,8 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
         index._searchable = None
     if options.out is None:
         shutil.rmtree(out, ignore_errors=True)  # its shards are in the index now
+    else:
+        adopt.forget_mirror()
     report.seconds = time.perf_counter() - started
     report.failed.sort(key=lambda f: f.path)
     return report
@@ -249,13 +272,20 @@ def _driver_encoder(index: "Index") -> "Encoder":
 
 
 def _claim_output(out: str, key: str, name: str, dim: int, precision: str, source: str) -> None:
-    """Write the output folder's manifest, or refuse a folder that holds another model's shards."""
+    """Write the output folder's manifest, or refuse a folder that holds the shards of another
+    model, precision or source (their files would be recorded as this run's)."""
     found = shards.read_manifest(out)
     if found is not None:
         model: dict[str, Any] = found["model"] if isinstance(found.get("model"), dict) else {}
         if model.get("key") != key:
             raise ClipdexError(f"{out} holds shards of {model.get('name')} ({model.get('key')}), not of {name} "
                                f"({key}). Pass another --out, or the model that wrote them.")
+        if model.get("precision") != precision:
+            raise ClipdexError(f"{out} holds {name} vectors computed in {model.get('precision')}, not {precision}. "
+                               f"Pass another --out, or --precision {model.get('precision')}.")
+        if found.get("source") != source:
+            raise ClipdexError(f"{out} holds the shards of another SOURCE ({found.get('source')}), not of {source}. "
+                               "Pass another --out for this one (`clipdex import` adopts each folder).")
         return
     shards.write_manifest(out, shards.manifest(key, name, dim, precision, source))
 
@@ -285,12 +315,12 @@ def _todo_table(todo: Sequence[Any]) -> "pa.Table":
     })
 
 
-def _run_pipeline(todo: Sequence[Any], spec_json: str, preprocess: dict[str, Any], device: str, precision: str,
-                  options: RayOptions, settings: IndexSettings, out: str, adopt: "_Adopter",
-                  progress: Progress | None, report: RayIndexReport, held: np.ndarray) -> tuple[int, float]:
-    """Stream ``todo`` through Ray: prepare, encode, write. Returns (shards written, seconds).
-    ``held`` (:func:`clipdex.cluster.stages.held_prefixes`) goes to every decode task once,
-    through the object store: a file whose content the index holds is not decoded."""
+def _run_pipeline(todo: Sequence[Any], job: _Job, options: RayOptions, settings: IndexSettings,
+                  adopt: "_Adopter", progress: Progress | None, report: RayIndexReport) -> tuple[list[str], float]:
+    """Stream ``todo`` through Ray: prepare, encode, write. Returns (the shards written, as their
+    metadata files' names, and the seconds it took). ``job.held``
+    (:func:`clipdex.cluster.stages.held_prefixes`) goes to every decode task once, through the
+    object store: a file whose content the index holds is not decoded."""
     import ray
     import ray.data
 
@@ -302,31 +332,35 @@ def _run_pipeline(todo: Sequence[Any], spec_json: str, preprocess: dict[str, Any
     context.enable_progress_bars = False  # the driver draws its own bar, of files
     context.verbose_stats_logs = False
     workers = options.workers or _default_workers(options)
+    _check_resources(options, workers)
     report.workers = workers
     shard_rows = _shard_rows(len(todo), options)
     table = _todo_table(todo)
-    blocks = max(1, math.ceil(len(todo) / PREPARE_BATCH))
-    draft = DRAFT_FACTOR * int(preprocess.get("resize_size") or preprocess["image_size"]) \
+    block = _block_rows(len(todo))
+    draft = DRAFT_FACTOR * int(job.preprocess.get("resize_size") or job.preprocess["image_size"]) \
         if settings.reduced_decode else None
-    encode_batch = settings.batch_size or (GPU_ENCODE_BATCH if device == "cuda" else CPU_ENCODE_BATCH)
+    encode_batch = settings.batch_size or (GPU_ENCODE_BATCH if job.device == "cuda" else CPU_ENCODE_BATCH)
     threads = int(options.cpus_per_worker) if options.cpus_per_worker else None
-    env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ} if not options.address else {}
-    ds: Any = ray.data.from_arrow([table.slice(i * PREPARE_BATCH, PREPARE_BATCH) for i in range(blocks)])
+    env = worker_environment() if not options.address else {}
+    run = int(time.time())
+    ds: Any = ray.data.from_arrow([table.slice(i, block) for i in range(0, len(todo), block)])
     # The memory a decode task holds keeps Ray from fusing it into the encoder actors (which
     # would then decode too, one file at a time, while the model waits).
     ds = ds.map_batches(prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy", num_cpus=1,
                         memory=PREPARE_MEMORY,
-                        fn_kwargs={"preprocess": preprocess, "max_megapixels": settings.max_megapixels,
-                                   "draft": draft, "held": held})
+                        fn_kwargs={"preprocess": job.preprocess, "max_megapixels": settings.max_megapixels,
+                                   "draft": draft, "held": job.held})
     ds = ds.map_batches(EncodeActor, batch_size=encode_batch, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker or 1,
-                        fn_constructor_kwargs={"spec_json": spec_json, "device": device, "precision": precision,
-                                               "threads": threads, "env": env})
+                        fn_constructor_kwargs={"spec_json": job.spec_json, "device": job.device,
+                                               "precision": job.precision, "threads": threads, "env": env,
+                                               "probe": job.probe})
     ds = ds.map_batches(write_batch, batch_size=shard_rows, batch_format="numpy", num_cpus=WRITE_CPUS,
-                        fn_kwargs={"out": out})
+                        fn_kwargs={"out": job.out, "run": run})
     started = time.perf_counter()
-    written = first_files = files = 0
+    written: list[str] = []
+    first_files = files = 0
     last_adopt = time.monotonic()
     try:
         for summary in _summaries(ds):
@@ -334,7 +368,7 @@ def _run_pipeline(todo: Sequence[Any], spec_json: str, preprocess: dict[str, Any
             if not written:
                 report.startup_seconds = time.perf_counter() - started
                 first_files = files
-            written += 1
+            written.append(str(summary["shard"]))
             if progress:
                 progress.advance(int(summary["files"]))
             if time.monotonic() - last_adopt >= ADOPT_EVERY_S:
@@ -342,26 +376,61 @@ def _run_pipeline(todo: Sequence[Any], spec_json: str, preprocess: dict[str, Any
                 last_adopt = time.monotonic()
     except Exception as e:  # Ray wraps what failed on a worker in its own exceptions
         adopt()  # what was written is kept: the next run sends only the rest
-        raise _pipeline_error(e, out) from e
+        raise _pipeline_error(e, job.out) from e
     seconds = time.perf_counter() - started
-    if written > 1 and seconds > report.startup_seconds:
+    if len(written) > 1 and seconds > report.startup_seconds:
         report.steady_images_per_second = (files - first_files) / (seconds - report.startup_seconds)
     return written, seconds
+
+
+def _block_rows(files: int) -> int:
+    """Files per input block: a decode task takes one block, so blocks are what spreads decoding
+    over the cluster's CPUs (a few per CPU), and what the driver builds for the run (not one
+    per file at 100 million)."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(PREPARE_BATCH, min(MAX_BLOCK_ROWS, math.ceil(files / (BLOCKS_PER_CPU * cpus))))
+
+
+def _check_resources(options: RayOptions, workers: int) -> None:
+    """:class:`ClipdexError` when the encoder actors ask for more than the cluster has (Ray would
+    wait for it forever), leaving no CPU for decoding."""
+    import ray
+
+    have = ray.cluster_resources()
+    gpus, cpus = float(have.get("GPU", 0)), float(have.get("CPU", 0))
+    if options.gpus_per_worker and workers * options.gpus_per_worker > gpus:
+        raise ClipdexError(f"{workers} encoder actor(s) × {options.gpus_per_worker:g} GPU need "
+                           f"{workers * options.gpus_per_worker:g} GPUs; the Ray cluster has {gpus:g}. Pass fewer "
+                           "--workers, a smaller --gpus-per-worker, or 0 to encode on CPU workers.")
+    actor_cpus = workers * (options.cpus_per_worker or 1)
+    if actor_cpus + 1 > cpus:
+        raise ClipdexError(f"{workers} encoder actor(s) × {options.cpus_per_worker or 1:g} CPU leave none of the "
+                           f"cluster's {cpus:g} CPUs for decoding. Pass fewer --workers or --cpus-per-worker.")
 
 
 def _pipeline_error(error: Exception, out: str) -> ClipdexError:
     """What a failed pipeline says: the worker's own error where Ray wrapped one (a model
     that cannot be built there, an output folder it cannot write), and that nothing is lost."""
-    texts = []
-    seen: set[int] = set()
+    chain: list[BaseException] = []
     cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:  # Ray keeps the worker's error as text and causes
-        seen.add(id(cause))
-        texts.append(str(cause))
+    while cause is not None and all(cause is not c for c in chain):  # Ray keeps the worker's as .cause
+        chain.append(cause)
         cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
-    found = [m.group(1) for text in texts for m in _WORKER_ERROR.finditer(text)]
-    reason = found[-1] if found else next(
-        (line.strip() for text in texts for line in text.splitlines() if line.strip()), type(error).__name__)
+    own = [c for c in chain if not type(c).__module__.startswith("ray")]
+    texts = "\n".join(str(c) for c in chain)
+    found = [m.group(1) for m in _WORKER_ERROR.finditer(texts)]
+    if own and isinstance(own[-1], ClipdexError):
+        reason = str(own[-1])
+    elif found:
+        reason = found[-1]
+    elif own:
+        reason = f"{type(own[-1]).__name__}: {own[-1]}"
+    else:
+        reason = next((line.strip() for line in texts.splitlines() if line.strip()), type(error).__name__)
+    if own and isinstance(own[-1], OSError) and not isinstance(own[-1], ClipdexError):
+        reason += f" (writing shards to {out}? it must be a folder or bucket every worker can write)"
     return ClipdexError(f"the Ray pipeline stopped: {reason} The shards written to {out} before it stopped are in "
                         "the index; run the same command again to encode the rest.")
 
@@ -379,8 +448,8 @@ def _start_ray(options: RayOptions) -> None:
 
     if ray.is_initialized():
         return
-    try:
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
+    try:  # "local": a Ray of this run's own, never one RAY_ADDRESS or `ray start` left running
+        ray.init(address=options.address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=True)
     except ConnectionError as e:
         raise ClipdexError(f"cannot reach the Ray cluster at {options.address} ({e}). Start it first (`ray start "
@@ -401,7 +470,10 @@ def _default_workers(options: RayOptions) -> int:
 class _Adopter:
     """Adopts the output folder's finished shards into the index (``clipdex import``'s code),
     from a local copy where the folder is remote. Called repeatedly; each call imports only
-    the shards not imported before."""
+    the shards not imported before.
+
+    A remote folder's copies are deleted once a run ends well (the index holds their vectors);
+    a ledger beside them names the shards adopted, so later runs do not copy them again."""
 
     def __init__(self, index: "Index", out: str, roots: Sequence[str], allow_new_model: bool,
                  storage: str | None) -> None:
@@ -410,15 +482,16 @@ class _Adopter:
         self.roots = list(roots)
         self.allow_new_model = allow_new_model
         self.storage = storage
-        self.local = shards.local_path(out) if shards.is_local(out) else str(
-            index.path / DEFAULT_OUT / "mirror" / _slug(out))
+        self.remote = not shards.is_local(out)
+        self.local = str(index.path / DEFAULT_OUT / "mirror" / _slug(out)) if self.remote else shards.local_path(out)
+        self.ledger = Path(self.local + ".adopted")
         self.reused = 0
         self.vectors_added = 0
 
     def __call__(self, final: bool = False) -> "ImportReport | None":
         from clipdex.interchange import import_embeddings
 
-        if not shards.is_local(self.out):
+        if self.remote:
             self._mirror()
         if not any(Path(self.local, shards.METADATA_DIR).glob("*.parquet")):
             return None
@@ -430,28 +503,54 @@ class _Adopter:
             log.debug("adopted %d files from %d shards of %s", report.imported, report.shards_imported, self.out)
         return report
 
+    def check_seen(self, written: Sequence[str]) -> None:
+        """:class:`ClipdexError` unless every shard the workers wrote reached this machine: an
+        --out that is a folder on each node's own disk loses the other nodes' shards."""
+        missing = [name for name in written if not Path(self.local, name).is_file()
+                   and name.rsplit("/", 1)[-1] not in self._adopted()]
+        if missing:
+            raise ClipdexError(f"{len(missing)} of the {len(written)} shards the workers wrote are not in {self.out} "
+                               f"as this machine sees it (e.g. {missing[0]}): --out must be a folder every node "
+                               "shares with this one (NFS, a cluster file system) or a bucket (s3://…, gs://…). The "
+                               "shards that arrived are in the index; run again with such an --out for the rest.")
+
+    def forget_mirror(self) -> None:
+        """After a run that ended well: the remote folder's local copies go, their names stay."""
+        if not self.remote or not Path(self.local).is_dir():
+            return
+        names = sorted({p.name for p in Path(self.local, shards.METADATA_DIR).glob("*.parquet")} | self._adopted())
+        self.ledger.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+        shutil.rmtree(self.local, ignore_errors=True)
+
+    def _adopted(self) -> set[str]:
+        try:
+            return set(self.ledger.read_text(encoding="utf-8").split())
+        except FileNotFoundError:
+            return set()
+
     def _mirror(self) -> None:
-        """Copy the remote folder's finished shards not copied yet (metadata last: a shard is
-        complete here once its metadata is)."""
-        fs, base = shards.filesystem(self.out)
+        """Copy the remote folder's finished shards not copied (or adopted) yet, metadata last: a
+        shard is complete here once its metadata is."""
         import pyarrow.fs as pafs
 
+        fs, base = shards.filesystem(self.out)
         here = pafs.LocalFileSystem()
         for sub in (shards.EMBEDDINGS_DIR, shards.METADATA_DIR):
             Path(self.local, sub).mkdir(parents=True, exist_ok=True)
+        adopted = self._adopted()
         metadata = [i for i in fs.get_file_info(pafs.FileSelector(f"{base}/{shards.METADATA_DIR}",
                                                                   allow_not_found=True))
-                    if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
+                    if i.type == pafs.FileType.File and i.base_name.startswith("metadata_")
+                    and i.base_name.endswith(".parquet")]
         for info in metadata:
-            number = info.base_name[len("metadata_"):-len(".parquet")]
-            vectors = f"{shards.EMBEDDINGS_DIR}/img_emb_{number}.npy"
-            target = Path(self.local, shards.METADATA_DIR, info.base_name)
-            if target.exists():
+            if info.base_name in adopted or Path(self.local, shards.METADATA_DIR, info.base_name).exists():
                 continue
-            for name in (vectors, f"{shards.METADATA_DIR}/{info.base_name}"):
-                pafs.copy_files(f"{base}/{name}", str(Path(self.local, name)) + ".part", source_filesystem=fs,
+            number = info.base_name[len("metadata_"):-len(".parquet")]
+            for name in shards.shard_names(number):
+                target = Path(self.local, name)
+                pafs.copy_files(f"{base}/{name}", f"{target}.part", source_filesystem=fs,
                                 destination_filesystem=here)
-                os.replace(str(Path(self.local, name)) + ".part", Path(self.local, name))
+                os.replace(f"{target}.part", target)
         manifest = shards.read_manifest(self.out)
         if manifest is not None:
             shards.write_manifest(self.local, manifest)

@@ -7,7 +7,7 @@ paths it carries each file's content hash, size, mtime, upright size, EXIF date
 and, for a file that could not be prepared, why (``status`` 'failed', an
 ``error_message``, and when it is tried again): a bad file is a row, never a
 failed job. Its vector row is zeros; readers other than clipdex keep the rows
-whose ``status`` is 'ok' (img2dataset's convention). So is the row of a file
+whose ``status`` is 'ok' (as img2dataset's readers keep its 'success' rows). So is the row of a file
 whose content the index holds already ('reused': a moved or renamed photo).
 
 Shards are written atomically: each file is written under a hidden temporary
@@ -41,7 +41,11 @@ METADATA_DIR = "metadata"
 MANIFEST_NAME = "clipdex.json"
 FORMAT = "clipdex-ray"
 VERSION = 1
-NUMBER_DIGITS = 19  # shard numbers: 15 hex digits of a sha256 (< 2**60), zero-padded so names sort
+# A shard's number: its run's start (seconds since 1970), then 15 hex digits of a sha256 of its
+# files' paths as a 19-digit decimal: unique across runs, the same for Ray's retry of a batch,
+# and sorted by run, so that a later run's shard of the same files is adopted after an earlier one.
+RUN_DIGITS = 10
+HASH_DIGITS = 19
 VECTOR_DTYPE = np.float16  # clip-retrieval's: half the bytes, cosine to float32 ~1 - 1e-7
 
 STATUS_OK = "ok"
@@ -74,16 +78,15 @@ def schema() -> "pa.Schema":
     ])
 
 
-def shard_number(paths: Sequence[str]) -> int:
-    """The number of the shard that holds ``paths``: the same files, the same shard."""
+def shard_number(paths: Sequence[str], run: int = 0) -> str:
+    """The number of run ``run``'s shard that holds ``paths`` (digits, zero-padded)."""
     digest = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
-    return int(digest[:15], 16)
+    return f"{run:0{RUN_DIGITS}d}{int(digest[:15], 16):0{HASH_DIGITS}d}"
 
 
-def shard_names(number: int) -> tuple[str, str]:
+def shard_names(number: str) -> tuple[str, str]:
     """(vector file, metadata file) of shard ``number``, relative to the output folder."""
-    n = f"{number:0{NUMBER_DIGITS}d}"
-    return f"{EMBEDDINGS_DIR}/img_emb_{n}.npy", f"{METADATA_DIR}/metadata_{n}.parquet"
+    return f"{EMBEDDINGS_DIR}/img_emb_{number}.npy", f"{METADATA_DIR}/metadata_{number}.parquet"
 
 
 def filesystem(out: str) -> tuple["pafs.FileSystem", str]:
@@ -124,15 +127,15 @@ def write_atomically(fs: "pafs.FileSystem", path: str, data: bytes) -> None:
         raise
 
 
-def write_shard(out: str, vectors: np.ndarray, table: "pa.Table") -> tuple[str, str]:
-    """Write one shard (``vectors`` row-aligned with ``table``, of :func:`schema`) into the
-    output folder ``out``, atomically; returns its two files' names relative to ``out``."""
+def write_shard(out: str, vectors: np.ndarray, table: "pa.Table", run: int = 0) -> tuple[str, str]:
+    """Write one shard of run ``run`` (``vectors`` row-aligned with ``table``, of :func:`schema`)
+    into the output folder ``out``, atomically; returns its two files' names relative to ``out``."""
     import pyarrow.parquet as pq
 
     if len(vectors) != table.num_rows:
         raise ValueError(f"{len(vectors)} vectors for {table.num_rows} metadata rows")
     fs, base = filesystem(out)
-    vector_name, metadata_name = shard_names(shard_number(table.column("image_path").to_pylist()))
+    vector_name, metadata_name = shard_names(shard_number(table.column("image_path").to_pylist(), run))
     fs.create_dir(f"{base}/{EMBEDDINGS_DIR}", recursive=True)
     fs.create_dir(f"{base}/{METADATA_DIR}", recursive=True)
     buffer = io.BytesIO()
@@ -152,17 +155,22 @@ def manifest(key: str, name: str, dim: int, precision: str, source: str) -> dict
 
 
 def read_manifest(out: str) -> dict[str, Any] | None:
-    """The output folder's ``clipdex.json``, or None where it has none (or one unreadable)."""
+    """The output folder's ``clipdex.json``, or None where it has none (or one that is not a
+    manifest). An error reading it (a store that does not answer) propagates: it must not be
+    taken for a folder without one, whose manifest a run would then write."""
     fs, base = filesystem(out)
     try:
         with fs.open_input_stream(f"{base}/{MANIFEST_NAME}") as f:
             found = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
         return None
     return found if isinstance(found, dict) else None
 
 
 def write_manifest(out: str, facts: dict[str, Any]) -> None:
+    """Write the output folder's ``clipdex.json`` (atomically)."""
     fs, base = filesystem(out)
     fs.create_dir(base, recursive=True)
     write_atomically(fs, f"{base}/{MANIFEST_NAME}", json.dumps(facts, indent=2).encode("utf-8"))

@@ -130,18 +130,17 @@ def prepare_batch(batch: Batch, *, preprocess: dict[str, Any], max_megapixels: f
 
 @contextlib.contextmanager
 def _open(target: str) -> Iterator[tuple[IO[bytes], int, int | None]]:
-    """(file, size, mtime_ns) of a local path or a URI; the local file's own fstat, as
-    local indexing takes it (it may have changed since the listing)."""
-    if "://" not in target:
-        with open(target, "rb") as f:
+    """(file, size, mtime_ns) of a local path or a URI; the local file's own fstat, as local
+    indexing takes it (it may have changed since the listing). A URI's file system that this
+    worker cannot reach raises :class:`OSError`: a transient failure, tried again next run."""
+    from clipdex.cluster.listing import open_stream
+
+    with open_stream(target) as f:  # (a URI's is pyarrow's random-access file: it knows its size)
+        if "://" not in target:
             st = os.fstat(f.fileno())
             yield f, st.st_size, st.st_mtime_ns
-        return
-    from clipdex.cluster.listing import resolve
-
-    fs, path = resolve(target)  # one file system per bucket and process: a new S3 client asks for its region
-    with fs.open_input_file(path) as f:  # random access: Pillow seeks
-        yield f, f.size(), None  # type: ignore[misc]
+        else:
+            yield f, int(f.size()), None  # type: ignore[attr-defined]
 
 
 def _hash_stream(f: IO[bytes]) -> str:
@@ -162,7 +161,7 @@ class EncodeActor:
     """
 
     def __init__(self, spec_json: str, device: str, precision: str, threads: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, probe: np.ndarray | None = None) -> None:
         from clipdex.models.factory import make_encoder
         from clipdex.models.spec import ModelSpec
 
@@ -171,6 +170,8 @@ class EncodeActor:
         if threads and hasattr(encoder, "threads"):
             encoder.threads = threads
         encoder.load()
+        if probe is not None:
+            _check_probe(encoder, probe)
         self.encoder: Encoder = encoder
 
     def __call__(self, batch: Batch) -> Batch:
@@ -183,9 +184,27 @@ class EncodeActor:
         return result
 
 
-def write_batch(batch: Batch, *, out: str) -> Batch:
-    """Task: write a batch of encoded files as one shard of ``out``; returns one row that
-    says which shard, how many files, and how many of them failed."""
+def _check_probe(encoder: "Encoder", probe: np.ndarray) -> None:
+    """:class:`ModelError` unless this worker's model gives the driver's vector for clipdex's
+    probe image (:mod:`clipdex.models.probe`): a node whose weights file at the same path holds
+    other weights would otherwise write vectors the index cannot compare with its own."""
+    from clipdex.errors import ModelError
+    from clipdex.models import probe as probes
+
+    fresh = probes.probe_vectors(encoder, [probes.IMAGE])
+    cosine = probes.min_cosine(probe, fresh)
+    if cosine < probes.MIN_PROBE_COSINE:
+        import socket
+
+        raise ModelError(f"the model on Ray worker {socket.gethostname()} is not the driver's: its vector for "
+                         f"clipdex's probe image agrees with the driver's only to cosine {cosine:.4f}. Give every "
+                         f"node the same weights ({encoder.spec.name}) at the same path, or the same hub cache.")
+
+
+def write_batch(batch: Batch, *, out: str, run: int) -> Batch:
+    """Task: write a batch of encoded files as one shard of ``out`` (numbered for ``run`` and
+    its files: Ray's retry of the batch writes the same shard); returns one row that says
+    which shard and how many files."""
     import pyarrow as pa
 
     n = len(batch["path"])
@@ -210,6 +229,5 @@ def write_batch(batch: Batch, *, out: str) -> Batch:
         "failure_limit": [None if np.isnan(v) else float(v) for v in limits],
     }
     table = pa.Table.from_pydict(columns, schema=shards.schema())
-    vectors_name, _ = shards.write_shard(out, np.asarray(batch["vector"]), table)
-    failed = int(np.sum(np.asarray(batch["status"]) == shards.STATUS_FAILED))
-    return {"shard": np.array([vectors_name]), "files": np.array([n]), "failed": np.array([failed])}
+    _, metadata_name = shards.write_shard(out, np.asarray(batch["vector"]), table, run=run)
+    return {"shard": np.array([metadata_name]), "files": np.array([n])}

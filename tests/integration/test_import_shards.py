@@ -186,7 +186,7 @@ def test_a_partial_shard_waits_and_new_shards_alone_are_imported(index: Index, p
     for vector_name, metadata_name in written:  # 19-digit numbers, paired by number
         assert vector_name.removeprefix("img_emb/img_emb_").removesuffix(".npy") == \
             metadata_name.removeprefix("metadata/metadata_").removesuffix(".parquet")
-        assert len(vector_name.removeprefix("img_emb/img_emb_").removesuffix(".npy")) == shards.NUMBER_DIGITS
+        assert len(vector_name.removeprefix("img_emb/img_emb_").removesuffix(".npy")) == shards.RUN_DIGITS + shards.HASH_DIGITS
     # A writer killed between its two renames: the vectors are in place, the metadata is not.
     last = pa.Table.from_pylist([_row(p) for p in files[8:]], schema=shards.schema())
     vector_name, metadata_name = shards.shard_names(shards.shard_number(last.column("image_path").to_pylist()))
@@ -211,7 +211,7 @@ def test_only_lone_vector_files_import_nothing(index: Index, photos: Path, tmp_p
     out = tmp_path / "shards"
     dim = _manifest(out, index)
     (out / shards.EMBEDDINGS_DIR).mkdir()
-    np.save(out / shards.shard_names(7)[0], _unit(3, dim, 0).astype(np.float16))
+    np.save(out / shards.shard_names("7")[0], _unit(3, dim, 0).astype(np.float16))
     report = import_embeddings(index, out, partial=True, refresh=False)
     assert (report.shards, report.partial_shards, report.imported) == (0, 1, 0)
     assert index.store.models() == []
