@@ -346,6 +346,13 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     ray_only = {"--address": address, "--gpus-per-worker": gpus_per_worker or None,
                 "--cpus-per-worker": cpus_per_worker, "--out": out_uri, "--shard-rows": shard_rows}
     if engine == "ray":
+        local_only = {"--device": device, "--gpu-decode/--no-gpu-decode": gpu_decode,
+                      "--min-cosine": None if min_cosine == DEFAULT_MIN_COSINE else min_cosine}
+        given = [name for name, value in local_only.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to local "
+                                   "indexing only: with --engine ray the workers' devices come from "
+                                   "--gpus-per-worker, and precision auto is fp32 on CPU workers, fp16 on GPUs.")
         _index_on_ray(photo_dir, index_dir, model, weights, model_config, precision, batch_size, workers,
                       max_megapixels, retry_failed, add_model, wait, storage, address, gpus_per_worker,
                       cpus_per_worker, out_uri, shard_rows, as_json)
@@ -395,12 +402,15 @@ def _index_on_ray(source: str, index_dir: str | None, model: str | None, weights
     from clipdex.models.registry import resolve_model
     from clipdex.models.runtimes.onnx import exporter_of
     from clipdex.models.sources import check_available
+    from clipdex.store.catalog import CATALOG_NAME
 
     require_ray()
     folder = _index_folder(index_dir)
     new = not folder.exists()
-    if new:
+    if not folder.joinpath(CATALOG_NAME).exists():  # fail before an index is created, as local indexing does
         spec = resolve_model(model, weights, model_config)
+        if spec.family == "hf":
+            _check_transformers(spec)
         check_available(spec, exporter_of(spec))
     settings = IndexSettings(batch_size=batch_size, max_megapixels=max_megapixels, retry_failed=retry_failed)
     options = RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker,

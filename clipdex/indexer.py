@@ -173,7 +173,6 @@ class _Stopped(Exception):
     """The run is being interrupted: a worker drops the file it is reading."""
 
 
-
 def failure_of(error: Exception, max_megapixels: float) -> tuple[str, str, float | None]:
     """(reason, kind, limit) of a file that could not be prepared: why it is skipped, and
     when it is tried again (see :class:`Failure`); ``limit`` is the --max-megapixels a
@@ -201,6 +200,7 @@ def decode_for_model(source: BinaryIO | bytes, name: str, preprocess: Callable[[
     width, height = image.info.get(ORIGINAL_SIZE, image.size)
     return preprocess(image), int(width), int(height), image.info.get(TAKEN_AT)
 
+
 def check_folder(root: str | os.PathLike[str]) -> str:
     """The folder's absolute path, or :class:`PhotoFolderError` if it is not one."""
     path = os.path.abspath(os.path.expanduser(os.fspath(root)))
@@ -211,7 +211,6 @@ def check_folder(root: str | os.PathLike[str]) -> str:
         raise PhotoFolderError(discover.display_path(path), "is a file, not a folder",
                                "Pass the folder that holds your photos.")
     return path
-
 
 
 def _retry(kind: str | None, judged_by: float | None, limit: float) -> bool:

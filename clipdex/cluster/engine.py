@@ -222,7 +222,7 @@ def _normalised_root(source: str) -> str:
     from clipdex.discover import display_path
 
     if is_uri(source):
-        return normalise_uri(source).rstrip("/")
+        return normalise_uri(source).split("?", 1)[0].rstrip("/")  # (roots keep no ?options)
     return display_path(os.path.abspath(os.path.expanduser(source)))
 
 
@@ -230,21 +230,26 @@ def _precision(index: "Index", device: str) -> str:
     """The precision the workers compute in: the one asked for, else (auto) fp32 on CPU
     workers and fp16 on GPU workers. Auto does not measure here: the workers' processors
     are not this machine's."""
-    from clipdex.index import _default_precision
+    from clipdex.index import _default_precision, _precision_source
     from clipdex.models.precision import AUTO
 
     asked = index.precision or _default_precision()
     if asked == AUTO:
         return "fp16" if device == "cuda" else "fp32"
     if asked == "int8":
-        raise ClipdexError("--engine ray computes fp32, fp16 or bf16 vectors; int8 vectors (a set of their own) "
-                           "are computed by local indexing: run without --engine ray, or pass --precision fp32.")
+        raise ClipdexError(f"{_precision_source(index.precision, asked)}: --engine ray computes fp32, fp16 or bf16 "
+                           "vectors; int8 vectors (a set of their own) are computed by local indexing. Run without "
+                           "--engine ray, or ask for fp32.")
     return asked
 
 
 def _precision_note(index: "Index", device: str) -> str:
-    if index.precision not in (None, "auto"):
-        return f"asked for (--precision {index.precision})"
+    from clipdex.index import _default_precision, _precision_source
+    from clipdex.models.precision import AUTO
+
+    asked = index.precision or _default_precision()
+    if asked != AUTO:
+        return f"asked for ({_precision_source(index.precision, asked)})"
     return f"auto on Ray: {'fp16 on GPU workers' if device == 'cuda' else 'fp32 on CPU workers'}"
 
 
