@@ -186,7 +186,8 @@ def test_a_partial_shard_waits_and_new_shards_alone_are_imported(index: Index, p
     for vector_name, metadata_name in written:  # 19-digit numbers, paired by number
         assert vector_name.removeprefix("img_emb/img_emb_").removesuffix(".npy") == \
             metadata_name.removeprefix("metadata/metadata_").removesuffix(".parquet")
-        assert len(vector_name.removeprefix("img_emb/img_emb_").removesuffix(".npy")) == shards.RUN_DIGITS + shards.HASH_DIGITS
+        number = vector_name.removeprefix("img_emb/img_emb_").removesuffix(".npy")
+        assert len(number) == shards.RUN_DIGITS + shards.HASH_DIGITS
     # A writer killed between its two renames: the vectors are in place, the metadata is not.
     last = pa.Table.from_pylist([_row(p) for p in files[8:]], schema=shards.schema())
     vector_name, metadata_name = shards.shard_names(shards.shard_number(last.column("image_path").to_pylist()))

@@ -227,3 +227,24 @@ def test_an_output_folder_of_another_model_is_refused(ray_local: None, photos: P
     with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index, \
             pytest.raises(ClipdexError, match="holds shards of ViT-B-32"):
         index_on_ray(index, str(photos), options=RayOptions(out=str(out)))
+
+
+def test_a_remote_output_is_copied_here_adopted_and_its_copies_dropped(
+        ray_local: None, tmp_path: Path, model_kwargs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out in object storage: the driver copies each finished shard to the index folder, adopts
+    it there, and after the run deletes the copies, keeping the names adopted (a file:// URI
+    taken as remote stands in for s3://, which this machine cannot reach)."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 5)
+    out = f"file://{tmp_path / 'bucket' / 'shards'}"
+    monkeypatch.setattr(shards, "is_local", lambda uri: False)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        first = index_on_ray(index, str(photos), options=RayOptions(out=out, shard_rows=2))
+        assert (first.encoded, first.indexed_total, first.shards_written) == (5, 5, 3)
+        mirrors = list((index.path / "ray-shards" / "mirror").iterdir())
+        assert [m.suffix for m in mirrors] == [".adopted"]  # the copies went; the ledger names the 3 shards
+        assert len(mirrors[0].read_text().split()) == 3
+        write_photos(photos, 1, start=40)
+        second = index_on_ray(index, str(photos), options=RayOptions(out=out, shard_rows=2))
+        assert (second.encoded, second.unchanged, second.indexed_total) == (1, 5, 6)
+        assert len(mirrors[0].read_text().split()) == 4
