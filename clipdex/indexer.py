@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
@@ -171,6 +171,29 @@ class _Prepared:
 
 class _Stopped(Exception):
     """The run is being interrupted: a worker drops the file it is reading."""
+
+
+def record_problems(store: Store, model: ModelRecord, problems: Sequence[discover.Problem],
+                    report: IndexReport) -> None:
+    """Record the entries a walk or listing found unusable (a broken link, a file gone) as
+    failed files of ``model``, and in ``report``."""
+    if problems:
+        store.commit_batch(model, np.zeros((0, model.dim), np.float32), [],
+                           [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason, raw_path=p.raw_path,
+                                    failure_kind=p.kind) for p in problems])
+        report.failed.extend(Failure(p.path, p.reason, p.kind) for p in problems)
+
+
+def remove_gone(store: Store, known: Iterable[str], files: Sequence[discover.FileEntry],
+                problems: Sequence[discover.Problem], unreadable_dirs: Sequence[str]) -> int:
+    """Drop the files the index holds under a root (``known``) that a complete walk or listing
+    no longer found, never under a folder it could not read; returns how many."""
+    seen = {f.path for f in files} | {p.path for p in problems}
+    blind = tuple(d.rstrip(os.sep) + os.sep for d in unreadable_dirs)
+    gone = [p for p in known if p not in seen and not (blind and p.startswith(blind))]
+    if gone:
+        store.remove_files(gone)
+    return len(gone)
 
 
 def failure_of(error: Exception, max_megapixels: float) -> tuple[str, str, float | None]:
@@ -328,19 +351,9 @@ class Indexer:
         report.encode_seconds = time.perf_counter() - encode_started
         report.dated = self._date_undated(undated, progress)
 
-        problems = [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason, raw_path=p.raw_path,
-                            failure_kind=p.kind) for p in walk.problems]
-        if problems:
-            self.store.commit_batch(model, np.zeros((0, model.dim), np.float32), [], problems)
-            report.failed.extend(Failure(p.path, p.reason, p.kind) for p in walk.problems)
-
+        record_problems(self.store, model, walk.problems, report)
         # Deletions only after a complete walk, and never under a folder we could not read.
-        seen = {f.path for f in walk.files} | {p.path for p in walk.problems}
-        blind = tuple(d.rstrip(os.sep) + os.sep for d in walk.unreadable_dirs)
-        gone = [p for p in known if p not in seen and not (blind and p.startswith(blind))]
-        if gone:
-            self.store.remove_files(gone)
-        report.removed = len(gone)
+        report.removed = remove_gone(self.store, known, walk.files, walk.problems, walk.unreadable_dirs)
         self.store.mark_root_indexed(folder)
         report.indexed_total = self.store.count_under([folder])
         report.seconds = time.perf_counter() - started

@@ -35,10 +35,18 @@ import numpy as np
 from clipdex.cluster import shards
 from clipdex.cluster.stages import held_prefixes
 from clipdex.errors import ClipdexError, ModelError
-from clipdex.indexer import DRAFT_FACTOR, Failure, IndexReport, IndexSettings, Progress, plan_files
+from clipdex.indexer import (
+    DRAFT_FACTOR,
+    Failure,
+    IndexReport,
+    IndexSettings,
+    Progress,
+    plan_files,
+    record_problems,
+    remove_gone,
+)
 from clipdex.models import probe as probes
 from clipdex.settings import worker_environment
-from clipdex.store import NewFile
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -195,7 +203,7 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
             index._probed(record, query_encoder)  # a model new to the index: its probe, as local indexing records
         _record_problems(index, listing, key, report)
         if listing.complete:
-            report.removed = _remove_gone(index, listing, known)
+            report.removed = remove_gone(store, known, listing.files, listing.problems, listing.unreadable_dirs)
         for root in listing.roots:
             store.mark_root_indexed(root)
         _collect_failures(index, todo, report)
@@ -586,26 +594,13 @@ def _slug(uri: str) -> str:
 
 
 def _record_problems(index: "Index", listing: "Listing", key: str, report: RayIndexReport) -> None:
-    """The listing's entries that cannot be indexed (gone, unreadable) as failed files."""
+    """The listing's entries that cannot be indexed (gone, unreadable) as failed files (in the
+    report only while the index holds no vector of the model: nothing to record them under)."""
     record = index.store.get_model(key)
-    if not listing.problems or record is None:
+    if record is None:
         report.failed.extend(Failure(p.path, p.reason, p.kind) for p in listing.problems)
         return
-    problems = [NewFile(path=p.path, size=0, mtime_ns=0, reason=p.reason, raw_path=p.raw_path, failure_kind=p.kind)
-                for p in listing.problems]
-    index.store.commit_batch(record, np.zeros((0, record.dim), np.float32), [], problems)
-    report.failed.extend(Failure(p.path, p.reason, p.kind) for p in listing.problems)
-
-
-def _remove_gone(index: "Index", listing: "Listing", known: dict[str, Any]) -> int:
-    """Drop the files of a folder or prefix that are gone from it (never under a folder the
-    walk could not read); returns how many."""
-    seen = {f.path for f in listing.files} | {p.path for p in listing.problems}
-    blind = tuple(d.rstrip(os.sep) + os.sep for d in listing.unreadable_dirs)
-    gone = [p for p in known if p not in seen and not (blind and p.startswith(blind))]
-    if gone:
-        index.store.remove_files(gone)
-    return len(gone)
+    record_problems(index.store, record, listing.problems, report)
 
 
 def _collect_failures(index: "Index", todo: Sequence[Any], report: RayIndexReport) -> None:
