@@ -194,10 +194,10 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
             job = _Job(spec.to_json(), cfg.to_meta(), device, precision, out, held_prefixes(embedded), probe)
             written, report.encode_seconds = _run_pipeline(todo, job, options, settings, adopt, progress, report)
             report.shards_written = len(written)
-            adopt(final=True)
+            adopt()
             adopt.check_seen(written)
         else:
-            adopt(final=True)
+            adopt()
         record = store.get_model(key)
         if record is not None:
             index._probed(record, query_encoder)  # a model new to the index: its probe, as local indexing records
@@ -501,7 +501,7 @@ class _Adopter:
         self.reused = 0
         self.vectors_added = 0
 
-    def __call__(self, final: bool = False) -> "ImportReport | None":
+    def __call__(self) -> "ImportReport | None":
         from clipdex.interchange import import_embeddings
 
         if self.remote:
