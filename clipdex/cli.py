@@ -462,7 +462,7 @@ def _print_index_report(report: Any, index_dir: str | None, as_json: bool) -> No
         out.print(f"  decoded on the model's device {report.device_decoded} (JPEGs, batched; the rest by Pillow)")
     if report.precision:
         out.print(f"  precision {report.precision} — {report.precision_note}", markup=False)
-    if getattr(report, "engine", "") == "ray":
+    if getattr(report, "engine", "") == "ray" and (report.shards_written or report.resumed):
         resumed = f"; {report.resumed} files adopted from an earlier run's shards" if report.resumed else ""
         out.print(f"  on Ray: {report.workers} encoder actor(s), {report.shards_written} shards written to "
                   f"{report.out}; first shard after {report.startup_seconds:.1f} s{resumed}", markup=False)

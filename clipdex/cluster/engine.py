@@ -19,6 +19,7 @@ holds it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ import numpy as np
 
 from clipdex.cluster import shards
 from clipdex.cluster.stages import held_prefixes
-from clipdex.errors import ClipdexError, ModelError
+from clipdex.errors import ClipdexError, ModelError, first_line
 from clipdex.indexer import (
     DRAFT_FACTOR,
     Failure,
@@ -154,6 +155,7 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
     settings = settings or IndexSettings()
     started = time.perf_counter()
     index.store.require_writable()
+    source = _local_source(source)
     known_root = _normalised_root(source) in index.store.roots()
     listing = list_source(source, skip=(str(index.path),), allow_empty=known_root)
     spec = index.spec()
@@ -171,7 +173,8 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
                          f"({cfg.resize_mode}, {cfg.interpolation}); index it without --engine ray.")
     _claim_output(out, spec.key, spec.name, query_encoder.dim, precision, listing.source)
     store = index.store
-    report = RayIndexReport(root=listing.root, model=key, source_kind=listing.kind, out=out)
+    report = RayIndexReport(root=listing.source if listing.kind == "list" else listing.root, model=key,
+                            source_kind=listing.kind, out=out)
     store.acquire_lock(wait=wait)
     try:
         for root in listing.roots:
@@ -188,8 +191,6 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
         known = _known_files(index, listing.roots)
         embedded = store.embedded_hashes(record) if record is not None else {}
         todo, _undated = plan_files(listing.files, known, embedded, settings, report)
-        if progress:
-            progress.start(len(todo))
         if todo:
             job = _Job(spec.to_json(), cfg.to_meta(), device, precision, out, held_prefixes(embedded), probe)
             written, report.encode_seconds = _run_pipeline(todo, job, options, settings, adopt, progress, report)
@@ -217,11 +218,26 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
         index._searchable = None
     if options.out is None:
         shutil.rmtree(out, ignore_errors=True)  # its shards are in the index now
+        with contextlib.suppress(OSError):
+            Path(out).parent.rmdir()  # (empty unless another model's run is under way)
     else:
         adopt.forget_mirror()
     report.seconds = time.perf_counter() - started
     report.failed.sort(key=lambda f: f.path)
     return report
+
+
+def _local_source(source: str) -> str:
+    """A ``file://`` URI of this machine as its path: the folder (or list) it names is local, and
+    indexed under the same names as ``clipdex index /that/folder`` (not twice, as two roots)."""
+    from urllib.parse import unquote, urlsplit
+
+    if not source.lower().startswith("file:"):
+        return source
+    parts = urlsplit(source)
+    if parts.netloc not in ("", "localhost") or parts.query:
+        return source
+    return unquote(parts.path, errors="surrogateescape") or "/"
 
 
 def _normalised_root(source: str) -> str:
@@ -287,7 +303,21 @@ def _driver_encoder(index: "Index") -> "Encoder":
 def _claim_output(out: str, key: str, name: str, dim: int, precision: str, source: str) -> None:
     """Write the output folder's manifest, or refuse a folder that holds the shards of another
     model, precision or source (their files would be recorded as this run's)."""
-    found = shards.read_manifest(out)
+    import pyarrow.fs as pafs
+
+    fs, base = shards.filesystem(out)
+    try:
+        kind = fs.get_file_info(base).type
+        if kind == pafs.FileType.File:
+            raise ClipdexError(f"--out {out} is a file, not a folder: pass a folder (or a bucket prefix) for the "
+                               "shards.")
+        found = shards.read_manifest(out)
+        if found is None:
+            shards.write_manifest(out, shards.manifest(key, name, dim, precision, source))
+            return
+    except OSError as e:
+        raise ClipdexError(f"--out {out} cannot be used ({first_line(e)}). Pass a folder this machine and every "
+                           "worker can write (a shared mount, or a bucket they have credentials for).") from e
     if found is not None:
         model: dict[str, Any] = found["model"] if isinstance(found.get("model"), dict) else {}
         if model.get("key") != key:
@@ -299,8 +329,6 @@ def _claim_output(out: str, key: str, name: str, dim: int, precision: str, sourc
         if found.get("source") != source:
             raise ClipdexError(f"{out} holds the shards of another SOURCE ({found.get('source')}), not of {source}. "
                                "Pass another --out for this one (`clipdex import` adopts each folder).")
-        return
-    shards.write_manifest(out, shards.manifest(key, name, dim, precision, source))
 
 
 def _known_files(index: "Index", roots: Sequence[str]) -> dict[str, Any]:
@@ -347,6 +375,8 @@ def _run_pipeline(todo: Sequence[Any], job: _Job, options: RayOptions, settings:
     workers = options.workers or _default_workers(options)
     _check_resources(options, workers)
     report.workers = workers
+    if progress:
+        progress.start(len(todo))
     shard_rows = _shard_rows(len(todo), options)
     table = _todo_table(todo)
     block = _block_rows(len(todo))
@@ -387,6 +417,9 @@ def _run_pipeline(todo: Sequence[Any], job: _Job, options: RayOptions, settings:
             if time.monotonic() - last_adopt >= ADOPT_EVERY_S:
                 adopt()
                 last_adopt = time.monotonic()
+    except KeyboardInterrupt:
+        adopt()  # the shards written so far join the index now (Ctrl-C again to leave them for the next run)
+        raise
     except Exception as e:  # Ray wraps what failed on a worker in its own exceptions
         adopt()  # what was written is kept: the next run sends only the rest
         raise _pipeline_error(e, job.out) from e
@@ -468,6 +501,10 @@ def _start_ray(options: RayOptions) -> None:
         raise ClipdexError(f"cannot reach the Ray cluster at {options.address} ({e}). Start it first (`ray start "
                            "--head` on its head node, `ray up cluster.yaml`, or KubeRay), or leave --address out "
                            "to run Ray on this machine.") from None
+    except (ValueError, RuntimeError) as e:  # e.g. ray:// without Ray Client, a version mismatch
+        raise ClipdexError(f"cannot start Ray with --address {options.address or '(none: this machine)'}: "
+                           f"{first_line(e)}. `{RAY_INSTALL}` brings Ray Data and Ray Client; the cluster must run "
+                           "the same Ray and Python versions.") from None
 
 
 def _default_workers(options: RayOptions) -> int:

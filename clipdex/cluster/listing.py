@@ -60,6 +60,7 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Characters left as they are in a URI's path (RFC 3986 pchar); the rest, space and
 # non-ASCII included, are %-escaped, as pyarrow's URI parser requires.
 _URI_SAFE = "/!$&'()*+,;=:@~"
+GCS_RETRY_S = 15  # seconds Google Cloud Storage retries a request (its default is 15 minutes)
 _PROBE = "clipdex-probe"  # a file name that tells where a URI's path starts in its file system's paths
 # pyarrow's file systems, by the module that holds each, and the URI schemes each opens.
 _PYARROW_SCHEMES = (("pyarrow._s3fs", ("s3",)), ("pyarrow._gcsfs", ("gs", "gcs")),
@@ -612,7 +613,10 @@ def _filesystem(scheme: str, netloc: str, query: str, where: str) -> tuple["pafs
     pafs = _pyarrow_fs(where)
     import pyarrow as pa
 
-    probe = f"{key[0]}://{netloc}/{_PROBE}" + (f"?{query}" if query else "")
+    options = query
+    if key[0] in ("gs", "gcs") and "retry_limit_seconds" not in query:  # offline, GCS retries for ever
+        options = "&".join(filter(None, (query, f"retry_limit_seconds={GCS_RETRY_S}")))
+    probe = f"{key[0]}://{netloc}/{_PROBE}" + (f"?{options}" if options else "")
     try:
         fs, inner = pafs.FileSystem.from_uri(probe)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

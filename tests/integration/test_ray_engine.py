@@ -124,12 +124,14 @@ def test_list_and_prefix_sources_and_shards_clipdex_import_reads(ray_local: None
         report = index_on_ray(index, str(listed), options=RayOptions(out=str(out)))
         assert (report.source_kind, report.encoded, report.new) == ("list", 2, 2)
         assert [(f.path, f.kind) for f in report.failed] == [(str(photos / "missing.jpg"), "transient")]
+        # A list of URIs (file:// read through pyarrow by the workers, as s3:// would be): its files
+        # are URIs, so the two listed photos are new paths whose content the index holds: reused.
+        uris = tmp_path / "uris.txt"
+        uris.write_text("".join(f"file://{p}\n" for p in sorted(photos.iterdir())))
         with pytest.raises(ClipdexError, match="holds the shards of another SOURCE"):
-            index_on_ray(index, f"file://{photos}/", options=RayOptions(out=str(out)))
-        # A prefix URI (file:// through pyarrow, as s3:// would be): its files are URIs, so the two
-        # listed photos are new paths whose content the index holds: reused, not decoded.
-        prefix = index_on_ray(index, f"file://{photos}/", options=RayOptions(out=str(out2)))
-        assert (prefix.source_kind, prefix.new, prefix.encoded, prefix.reused) == ("prefix", 7, 4, 2)
+            index_on_ray(index, str(uris), options=RayOptions(out=str(out)))
+        prefix = index_on_ray(index, str(uris), options=RayOptions(out=str(out2)))
+        assert (prefix.source_kind, prefix.new, prefix.encoded, prefix.reused) == ("list", 7, 4, 2)
         assert [f.path for f in prefix.failed] == [f"file://{photos}/broken.jpg"]
     manifest = shards.read_manifest(str(out))
     assert manifest is not None and manifest["format"] == shards.FORMAT
@@ -220,13 +222,27 @@ def test_an_actor_that_cannot_build_its_model_says_why(ray_local: None, photos: 
     assert "run the same command again" in str(failed.value)
 
 
-def test_an_output_folder_of_another_model_is_refused(ray_local: None, photos: Path, tmp_path: Path,
-                                                       model_kwargs: dict[str, str]) -> None:
+def test_an_output_folder_of_another_model_or_a_file_is_refused(ray_local: None, photos: Path, tmp_path: Path,
+                                                                 model_kwargs: dict[str, str]) -> None:
     out = tmp_path / "out"
     shards.write_manifest(str(out), shards.manifest("ViT-B-32@openai", "ViT-B-32", 512, "fp32", "/elsewhere"))
-    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index, \
-            pytest.raises(ClipdexError, match="holds shards of ViT-B-32"):
-        index_on_ray(index, str(photos), options=RayOptions(out=str(out)))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        with pytest.raises(ClipdexError, match="holds shards of ViT-B-32"):
+            index_on_ray(index, str(photos), options=RayOptions(out=str(out)))
+        with pytest.raises(ClipdexError, match="is a file, not a folder"):
+            index_on_ray(index, str(photos), options=RayOptions(out=str(a_file)))
+
+
+def test_a_file_uri_of_this_machine_is_its_folder(ray_local: None, photos: Path, tmp_path: Path,
+                                                  model_kwargs: dict[str, str]) -> None:
+    """file:///x is the folder /x: the same paths and root, not a second copy of every photo."""
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        index.add(photos)
+        again = index_on_ray(index, f"file://{photos}/")
+        assert (again.source_kind, again.new, again.encoded, again.unchanged) == ("folder", 0, 0, 12)
+        assert index.store.roots() == [str(photos)]
 
 
 def test_a_remote_output_is_copied_here_adopted_and_its_copies_dropped(
