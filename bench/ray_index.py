@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--source", type=Path, default=SHARED)
+    parser.add_argument("--no-warm", action="store_true", help="skip the untimed first run (the export is cached)")
     args = parser.parse_args()
     photos = sorted(p for p in args.source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.photos]
     if not photos:
@@ -76,7 +77,8 @@ def main() -> None:
         for p in photos:
             os.symlink(p.resolve(), folder / p.name)
         # One untimed local run first: exports the model to ONNX once (both engines use the export).
-        run_index(folder, Path(tmp, "warm"), args.weights, args.precision, "local")
+        if not args.no_warm:
+            run_index(folder, Path(tmp, "warm"), args.weights, args.precision, "local")
         for _ in range(args.rounds):
             for engine in ("local", "ray"):
                 index = Path(tmp, f"idx-{engine}")
