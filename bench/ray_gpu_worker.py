@@ -36,8 +36,9 @@ from _machine import cpu_line  # a sibling module, not a package
 
 from clipdex.cluster.engine import GPU_ENCODE_BATCH, PREPARE_BATCH
 from clipdex.cluster.stages import EncodeActor, prepare_batch
-from clipdex.indexer import DRAFT_FACTOR
+from clipdex.indexer import draft_of
 from clipdex.models.factory import make_encoder
+from clipdex.models.preprocess import PreprocessConfig
 from clipdex.models.registry import resolve_model
 
 LARGE = (6000, 4000)
@@ -55,7 +56,7 @@ def batches(paths: list[Path]) -> Iterator[dict[str, np.ndarray]]:
 
 
 def prepare(batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
-    draft = DRAFT_FACTOR * int(meta.get("resize_size") or meta["image_size"])
+    draft = draft_of(PreprocessConfig.from_meta(meta))
     return prepare_batch(batch, preprocess=meta, max_megapixels=178.0, draft=draft)
 
 

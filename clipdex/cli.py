@@ -33,6 +33,7 @@ from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from clipdex.index import Index
     from clipdex.models.spec import ModelSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -340,7 +341,6 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     and encodes the files to encode on the cluster, writes clip-retrieval shards
     to --out, and the index adopts them as `clipdex import` does.
     """
-    from clipdex.index import Index
     from clipdex.indexer import IndexSettings
 
     ray_only = {"--address": address, "--gpus-per-worker": gpus_per_worker or None,
@@ -368,26 +368,38 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
         settings.workers = workers
     if gpu_decode is not None:
         settings.gpu_decode = gpu_decode
+
+    def run(index: "Index", progress: Any, search_progress: Any) -> Any:
+        return index.add(photo_dir, settings=settings, progress=progress, allow_new_model=add_model, wait=wait,
+                         search_progress=search_progress, storage=stored_name(storage), min_cosine=min_cosine)
+
+    report = _run_index(run, index_dir, as_json, ModelError, model=model, weights=weights,
+                        model_config=model_config, device=device, precision=precision)
+    _print_index_report(report, index_dir, as_json)
+
+
+def _run_index(run: Callable[["Index", Any, Any], Any], index_dir: str | None, as_json: bool,
+               remove_new_on: type[Exception], **open_args: Any) -> Any:
+    """``run(index, progress, search_progress)`` on the index opened (created) with ``open_args``,
+    its bars drawn unless ``as_json``; an index this run created is taken back when ``run``
+    raises ``remove_new_on`` and left it without a model (see :func:`_remove_if_empty`)."""
+    from clipdex.index import Index
+
     bar = _Bar()
     search_bar = _Bar("search index", "rows")
     folder = _index_folder(index_dir)
     new = not folder.exists()
     try:
-        with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
-                        device=device, precision=precision, create=True) as index:
+        with Index.open(index_dir, create=True, **open_args) as index:
             try:
-                report = index.add(photo_dir, settings=settings, progress=None if as_json else bar,
-                                   allow_new_model=add_model, wait=wait,
-                                   search_progress=None if as_json else search_bar,
-                                   storage=stored_name(storage), min_cosine=min_cosine)
+                return run(index, None if as_json else bar, None if as_json else search_bar)
             finally:
                 bar.stop()
                 search_bar.stop()
-    except ModelError:
+    except remove_new_on:
         if new:
             _remove_if_empty(folder)
         raise
-    _print_index_report(report, index_dir, as_json)
 
 
 def _index_on_ray(source: str, index_dir: str | None, model: str | None, weights: str | None,
@@ -397,41 +409,21 @@ def _index_on_ray(source: str, index_dir: str | None, model: str | None, weights
                   shard_rows: int | None, as_json: bool) -> None:
     """``clipdex index SOURCE --engine ray``: see :mod:`clipdex.cluster.engine`."""
     from clipdex.cluster.engine import RayOptions, index_on_ray, require_ray
-    from clipdex.index import Index
     from clipdex.indexer import IndexSettings
-    from clipdex.models.registry import resolve_model
-    from clipdex.models.runtimes.onnx import exporter_of
-    from clipdex.models.sources import check_available
-    from clipdex.store.catalog import CATALOG_NAME
 
     require_ray()
-    folder = _index_folder(index_dir)
-    new = not folder.exists()
-    if not folder.joinpath(CATALOG_NAME).exists():  # fail before an index is created, as local indexing does
-        spec = resolve_model(model, weights, model_config)
-        if spec.family == "hf":
-            _check_transformers(spec)
-        check_available(spec, exporter_of(spec))
+    _check_before_creating(source, index_dir, model, weights, model_config, folder=False)
     settings = IndexSettings(batch_size=batch_size, max_megapixels=max_megapixels, retry_failed=retry_failed)
     options = RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
                          cpus_per_worker=cpus_per_worker, out=out_uri, shard_rows=shard_rows)
-    bar = _Bar()
-    search_bar = _Bar("search index", "rows")
-    try:
-        with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
-                        precision=precision, create=True) as index:
-            try:
-                report = index_on_ray(index, source, options=options, settings=settings,
-                                      progress=None if as_json else bar,
-                                      search_progress=None if as_json else search_bar,
-                                      allow_new_model=add_model, wait=wait, storage=stored_name(storage))
-            finally:
-                bar.stop()
-                search_bar.stop()
-    except ClipdexError:
-        if new:
-            _remove_if_empty(folder)
-        raise
+
+    def run(index: "Index", progress: Any, search_progress: Any) -> Any:
+        return index_on_ray(index, source, options=options, settings=settings, progress=progress,
+                            search_progress=search_progress, allow_new_model=add_model, wait=wait,
+                            storage=stored_name(storage))
+
+    report = _run_index(run, index_dir, as_json, ClipdexError, model=model, weights=weights,
+                        model_config=model_config, precision=precision)
     _print_index_report(report, index_dir, as_json)
 
 
@@ -514,10 +506,11 @@ def _remove_if_empty(folder: "Path") -> None:
 
 
 def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
-                           model_config: str | None) -> None:
+                           model_config: str | None, *, folder: bool = True) -> None:
     """A first run with a missing folder or unavailable weights must fail before it creates
     an index. (An existing index checks the folder itself: it can say that a folder it
-    holds has gone, and how to forget it.)"""
+    holds has gone, and how to forget it.) ``folder`` False: SOURCE may be a list or a URI
+    (``--engine ray``), which the run checks itself."""
     from pathlib import Path
 
     from clipdex.indexer import check_folder
@@ -528,7 +521,8 @@ def _check_before_creating(photo_dir: str, index_dir: str | None, model: str | N
     from clipdex.store.catalog import CATALOG_NAME
 
     if not (Path(index_dir) if index_dir else default_index_dir()).joinpath(CATALOG_NAME).exists():
-        check_folder(photo_dir)
+        if folder:
+            check_folder(photo_dir)
         spec = resolve_model(model, weights, model_config)
         if spec.family == "hf":
             _check_transformers(spec)

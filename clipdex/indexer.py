@@ -62,9 +62,16 @@ RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
 
 
 def draft_size(encoder: "Encoder") -> int:
-    """The least size JPEGs may be decoded reduced to for ``encoder``: both sides stay at least
-    :data:`DRAFT_FACTOR` times the side the model's transform resizes to (before its crop)."""
-    return DRAFT_FACTOR * encoder.preprocess_config.shorter_side
+    """The least size JPEGs may be decoded reduced to for ``encoder`` (:func:`draft_of` its
+    preprocessing)."""
+    return draft_of(encoder.preprocess_config)
+
+
+def draft_of(cfg: PreprocessConfig) -> int:
+    """The least size JPEGs may be decoded reduced to for a model preprocessing as ``cfg`` does:
+    both sides stay at least :data:`DRAFT_FACTOR` times the side its transform resizes to
+    (before its crop)."""
+    return DRAFT_FACTOR * cfg.shorter_side
 DATE_BATCH = 1_000  # EXIF dates of photos indexed before are committed this many at a time
 # JPEGs decoded on the device wait as their files' bytes (a 24-megapixel photo is 5-10 MB,
 # not 150 KB of pixels): a batch is encoded once it holds this many, and the workers read

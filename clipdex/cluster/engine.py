@@ -37,11 +37,11 @@ from clipdex.cluster import shards
 from clipdex.cluster.stages import held_prefixes
 from clipdex.errors import ClipdexError, ModelError, first_line
 from clipdex.indexer import (
-    DRAFT_FACTOR,
     Failure,
     IndexReport,
     IndexSettings,
     Progress,
+    draft_of,
     plan_files,
     record_problems,
     remove_gone,
@@ -107,6 +107,7 @@ class _Job:
 
     spec_json: str
     preprocess: dict[str, Any]
+    draft: int  # the least size JPEGs are decoded reduced to (clipdex.indexer.draft_of)
     device: str
     precision: str
     out: str
@@ -192,7 +193,8 @@ def index_on_ray(index: "Index", source: str, *, options: RayOptions | None = No
         embedded = store.embedded_hashes(record) if record is not None else {}
         todo, _undated = plan_files(listing.files, known, embedded, settings, report)
         if todo:
-            job = _Job(spec.to_json(), cfg.to_meta(), device, precision, out, held_prefixes(embedded), probe)
+            job = _Job(spec.to_json(), cfg.to_meta(), draft_of(cfg), device, precision, out,
+                       held_prefixes(embedded), probe)
             written, report.encode_seconds = _run_pipeline(todo, job, options, settings, adopt, progress, report)
             report.shards_written = len(written)
             adopt()
@@ -380,8 +382,7 @@ def _run_pipeline(todo: Sequence[Any], job: _Job, options: RayOptions, settings:
     shard_rows = _shard_rows(len(todo), options)
     table = _todo_table(todo)
     block = _block_rows(len(todo))
-    draft = DRAFT_FACTOR * int(job.preprocess.get("resize_size") or job.preprocess["image_size"]) \
-        if settings.reduced_decode else None
+    draft = job.draft if settings.reduced_decode else None
     encode_batch = settings.batch_size or (GPU_ENCODE_BATCH if job.device == "cuda" else CPU_ENCODE_BATCH)
     threads = int(options.cpus_per_worker) if options.cpus_per_worker else None
     env = worker_environment() if not options.address else {}
@@ -588,14 +589,10 @@ class _Adopter:
         for sub in (shards.EMBEDDINGS_DIR, shards.METADATA_DIR):
             Path(self.local, sub).mkdir(parents=True, exist_ok=True)
         adopted = self._adopted()
-        metadata = [i for i in fs.get_file_info(pafs.FileSelector(f"{base}/{shards.METADATA_DIR}",
-                                                                  allow_not_found=True))
-                    if i.type == pafs.FileType.File and i.base_name.startswith("metadata_")
-                    and i.base_name.endswith(".parquet")]
-        for info in metadata:
-            if info.base_name in adopted or Path(self.local, shards.METADATA_DIR, info.base_name).exists():
+        for number in shards.written(self.out):
+            metadata_name = shards.shard_names(number)[1]
+            if metadata_name.rsplit("/", 1)[-1] in adopted or Path(self.local, metadata_name).exists():
                 continue
-            number = info.base_name[len("metadata_"):-len(".parquet")]
             for name in shards.shard_names(number):
                 target = Path(self.local, name)
                 pafs.copy_files(f"{base}/{name}", f"{target}.part", source_filesystem=fs,
@@ -609,16 +606,9 @@ class _Adopter:
 def _drop_half_shards(out: str) -> None:
     """Delete the vector files without metadata that a writer killed between its two renames
     left: their files are sent again (the index does not hold them), into a shard of their own."""
-    fs, base = shards.filesystem(out)
-    import pyarrow.fs as pafs
-
-    def numbers(sub: str, prefix: str, suffix: str) -> dict[str, str]:
-        infos = fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True))
-        return {i.base_name[len(prefix):-len(suffix)]: i.path for i in infos
-                if i.type == pafs.FileType.File and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)}
-
-    finished = numbers(shards.METADATA_DIR, "metadata_", ".parquet")
-    for number, path in numbers(shards.EMBEDDINGS_DIR, "img_emb_", ".npy").items():
+    fs, _ = shards.filesystem(out)
+    finished = shards.written(out)
+    for number, path in shards.written(out, vectors=True).items():
         if number not in finished:
             log.info("removing %s: half a shard (its writer was killed before its metadata was written)", path)
             fs.delete_file(path)

@@ -89,6 +89,19 @@ def shard_names(number: str) -> tuple[str, str]:
     return f"{EMBEDDINGS_DIR}/img_emb_{number}.npy", f"{METADATA_DIR}/metadata_{number}.parquet"
 
 
+def written(out: str, vectors: bool = False) -> dict[str, str]:
+    """number -> path in its file system of the output folder's finished shards (their metadata
+    files), or with ``vectors`` of its vector files (a finished shard's, or half a shard's)."""
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(out)
+    sub, prefix, suffix = ((EMBEDDINGS_DIR, "img_emb_", ".npy") if vectors
+                           else (METADATA_DIR, "metadata_", ".parquet"))
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/{sub}", allow_not_found=True))
+    return {i.base_name[len(prefix):-len(suffix)]: i.path for i in infos
+            if i.type == pafs.FileType.File and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)}
+
+
 def filesystem(out: str) -> tuple["pafs.FileSystem", str]:
     """(file system, path in it) of an output folder: a local path, or a URI pyarrow opens
     (``s3://``, ``gs://``, ``hdfs://``, ``file://``)."""
