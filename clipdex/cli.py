@@ -47,7 +47,8 @@ MAX_MEGAPIXELS = 100_000.0
 # Commands that live in modules of their own, imported when named (those modules import this
 # one's options, so this one must not import them when it loads).
 LAZY_COMMANDS = {"export": "clipdex.cli_interchange", "import": "clipdex.cli_interchange",
-                 "compact": "clipdex.cli_compact"}
+                 "compact": "clipdex.cli_compact", "duplicates": "clipdex.cli_duplicates",
+                 "topics": "clipdex.cli_topics", "learn": "clipdex.cli_learn"}
 
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console

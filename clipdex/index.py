@@ -944,6 +944,26 @@ class Index:
         return results
 
     @_locked
+    def save_classification(self, result: Classification) -> None:
+        """Store labels computed elsewhere (topics, a learned probe) as label set
+        ``result.label_set.name``, replacing an earlier set of that name: search filters,
+        review grids, exports, evaluation and the web pages then work on it as on a
+        zero-shot set. ``result`` must be row-aligned with :meth:`searchable` photos by
+        ``file_ids`` (any order, any subset); a file id that is not searchable is refused.
+        """
+        self.store.require_writable()
+        found = self.searchable()
+        hash_of = dict(zip(found.ids.tolist(), found.hashes))
+        unknown = [i for i in result.file_ids if i not in hash_of]
+        if unknown:
+            raise ValueError(f"file ids {unknown[:5]} are not searchable photos of {self.path}")
+        label_set = result.label_set
+        self.store.save_predictions(self.model_record(), label_set.name, label_set.to_json(), result.labels,
+                                    [hash_of[i] for i in result.file_ids], result.predicted, result.confidence,
+                                    result.probs)
+        self._classifications.pop(label_set.name, None)
+
+    @_locked
     def label_sets(self) -> list[str]:
         """Names of the label sets whose predictions the index holds, oldest first."""
         return [name for name, _, _ in self.store.label_sets(self.model_record())]

@@ -86,6 +86,10 @@ class LabelSet:
     threshold: float = DEFAULT_THRESHOLD
     background: tuple[str, ...] = field(default=())
     min_prob: float | None = None
+    # Where the labels came from when not from prompts: None for a zero-shot set; else a
+    # JSON-serialisable dict with a "kind" ("topics", "learned", ...) and what that kind
+    # needs to tell its story (how it was made, its measured quality, its weights).
+    origin: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def label_names(self) -> list[str]:
@@ -97,7 +101,13 @@ class LabelSet:
             "labels": {lab.name: list(lab.prompts) for lab in self.labels},
             "multi_label": self.multi_label, "threshold": self.threshold,
             "background": list(self.background), "min_prob": self.min_prob,
+            **({"origin": self.origin} if self.origin is not None else {}),
         })
+
+    @property
+    def kind(self) -> str:
+        """``zero-shot`` (labels from prompts), or the ``kind`` of its :attr:`origin`."""
+        return str(self.origin.get("kind", "other")) if self.origin else "zero-shot"
 
 
 def label_set_from_json(text: str) -> LabelSet:
@@ -107,7 +117,7 @@ def label_set_from_json(text: str) -> LabelSet:
                     labels=tuple(Label(k, tuple(v)) for k, v in data["labels"].items()),
                     templates=tuple(data["templates"]), multi_label=data["multi_label"],
                     threshold=data["threshold"], background=tuple(data["background"]),
-                    min_prob=data["min_prob"])
+                    min_prob=data["min_prob"], origin=data.get("origin"))
 
 
 # -- checks shared by files, the CLI and Python callers ---------------------------

@@ -57,7 +57,9 @@ from clipdex.errors import (
 from clipdex.index import Index
 from clipdex.search import SearchResult, parse_query
 from clipdex.search.filters import SearchFilter
+from clipdex.web import dupes, learning, topics
 from clipdex.web.access import IndexAccess
+from clipdex.web.context import WebContext
 from clipdex.web.filters import MAX_FOLDERS, FilterForm, date_field, describe
 from clipdex.web.guard import DEFAULT_ALLOWED_HOSTS, Guard, HostPolicy
 from clipdex.web.thumbs import PLACEHOLDER_SVG, ThumbnailCache
@@ -393,6 +395,11 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     def api_status_view() -> dict[str, Any]:
         with access.reader() as reader:
             return serialize.index_status(reader.status())
+
+    pages = WebContext(access=access, render=render, off_loop=off_loop, search_threads=search_threads,
+                       metadata=metadata)
+    for module in (dupes, topics, learning):
+        module.add_routes(app, pages)
 
     app.add_middleware(Guard, hosts=HostPolicy(allowed_hosts), max_body=MAX_BODY,  # type: ignore[arg-type]
                        error_page=guard_error)
