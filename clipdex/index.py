@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from clipdex.classify import Classification, build_classifier, check_label, classify, scoring_of
+from clipdex.classify import SOFTMAX, Classification, build_classifier, check_label, classify, scoring_of
 from clipdex.discover import display_path
 from clipdex.errors import (
     ClipdexError,
@@ -1004,10 +1004,15 @@ class Index:
             raise self._not_run(name)
         corrected = self.store.corrections(self.model_record(), name)
         truth = [corrected.get(h, "") for h in stored.hashes] if corrected else None
-        return Classification(label_set=label_set_from_json(stored.definition), file_ids=stored.file_ids,
+        label_set = label_set_from_json(stored.definition)
+        # Labels not from prompts (topics, a learned probe) carry their own probabilities: a softmax
+        # over the set's labels unless their origin says otherwise, whatever the model's scoring.
+        scoring = (str(label_set.origin.get("scoring", SOFTMAX)) if label_set.origin is not None
+                   else scoring_of(self.model_record().logit_bias))
+        return Classification(label_set=label_set, file_ids=stored.file_ids,
                               paths=stored.paths, probs=stored.probs, predicted=stored.predicted,
                               confidence=stored.confidence, truth=truth,
-                              fs_paths=stored.fs_paths, scoring=scoring_of(self.model_record().logit_bias))
+                              fs_paths=stored.fs_paths, scoring=scoring)
 
     @_locked
     def photo(self, file_id: int) -> FileRecord:

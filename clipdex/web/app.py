@@ -268,7 +268,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         with access.locked() as idx:
             result = idx.classification(name)
             labels = idx.classification_labels(name)
-            scoring = scoring_of(idx.model_record().logit_bias)
+            scoring = result.scoring or scoring_of(idx.model_record().logit_bias)
         sections = _label_sections(result, sort, per, seed, label)
         return render("label_set.html", name=name, sections=sections, labels=labels, sort=sort,
                       per=per, seed=seed, only=label,
@@ -374,7 +374,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     def api_label_set_view(name: str, sort: str, per: int, seed: int, label: str) -> dict[str, Any]:
         with access.locked() as idx:
             result = idx.classification(name)
-            scoring = scoring_of(idx.model_record().logit_bias)
+            scoring = result.scoring or scoring_of(idx.model_record().logit_bias)
         return {"set": name, "scoring": scoring, "sections": _label_sections(result, sort, per, seed, label)}
 
     @app.post("/api/labels/{name}/corrections")
