@@ -46,9 +46,13 @@ from clipdex.search.base import (
     VectorIndex,
     VectorIndexStats,
     VectorIndexUnusable,
+    best_per_query,
+    check_queries,
     check_query,
     check_rows,
+    empty_neighbours,
     flush_to_disk,
+    merge_neighbours,
     top_hits,
 )
 
@@ -80,6 +84,10 @@ faiss: Any = _faiss
 # 2.5x slower (OpenMP threads wait for a busy core); a person searching waits on one
 # query at a time, so 1 it is.
 PARALLEL_MODE = 1
+
+# neighbours(): queries sent to faiss at once, and re-ranked together (their candidates'
+# vectors gathered: 256 x 100 x 512 float32 = 52 MB).
+NEIGHBOUR_QUERIES = 256
 
 MAGIC = b"CLPDXIVF"
 VERSION = 1
@@ -294,6 +302,53 @@ class IvfIndex(VectorIndex):
         if len(hits) < min(k, len(rows)):
             hits = self._search_exact(q, k, rows)
         return hits
+
+    def neighbours(self, queries: np.ndarray, k: int,
+                   allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every query's ``k`` best rows (see :meth:`VectorIndex.neighbours`): faiss searches a batch of
+        queries in one call (its threads split the batch), the candidates are re-ranked exactly from the
+        vector file. Image queries probe ``nprobe`` lists; ``allowed`` is a bitmap, or scored exactly when
+        it holds at most :data:`EXACT_ALLOWED_ROWS` rows."""
+        q = check_queries(queries, self.dim, k)
+        best = empty_neighbours(len(q), k)
+        if not self._rows:
+            return best
+        nprobe = self.params.nprobe
+        assert nprobe is not None
+        bitmap = None
+        if allowed is not None:
+            rows = np.asarray(allowed, dtype=np.int64)
+            rows = rows[:np.searchsorted(rows, len(self._present))]
+            rows = rows[self._present[rows]]
+            if len(rows) <= max(k, EXACT_ALLOWED_ROWS):
+                for at in range(0, len(rows), EXACT_CHUNK_ROWS):
+                    chunk_rows = rows[at:at + EXACT_CHUNK_ROWS]
+                    best = merge_neighbours(best, chunk_rows, q @ self._read(chunk_rows).T, k)
+                return best
+            share = len(rows) / self._rows
+            nprobe = min(self._ivf.nlist, math.ceil(nprobe * min(FILTER_NPROBE_BOOST, 1 / math.sqrt(share))))
+            bitmap = np.zeros(len(self._present), dtype=bool)
+            bitmap[rows] = True
+        bits = np.packbits(bitmap, bitorder="little") if bitmap is not None else None  # held while faiss reads it
+        if bitmap is not None and bits is not None:
+            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bits))
+            search_params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+        else:
+            search_params = faiss.SearchParametersIVF(nprobe=nprobe)
+        pool = max(k, self.params.pool)
+        for start in range(0, len(q), NEIGHBOUR_QUERIES):
+            chunk = q[start:start + NEIGHBOUR_QUERIES]
+            _, ids = self._index.search(chunk, pool, params=search_params)
+            ids = np.asarray(ids, dtype=np.int64)
+            wanted = np.unique(ids[ids >= 0])
+            if not len(wanted):
+                continue
+            vectors = self._read(wanted)
+            where = np.searchsorted(wanted, np.where(ids >= 0, ids, wanted[0]))
+            scores = np.einsum("md,mpd->mp", chunk, vectors[where])
+            found = best_per_query(ids, scores, k)
+            best[0][start:start + len(chunk)], best[1][start:start + len(chunk)] = found
+        return best
 
     def _search_lists(self, q: np.ndarray, k: int, nprobe: int, bitmap: np.ndarray | None) -> Hits:
         """Candidates from the ``nprobe`` nearest lists, re-ranked exactly."""

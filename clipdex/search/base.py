@@ -130,6 +130,27 @@ class VectorIndex(abc.ABC):
         its recall. Exact backends ignore it. Scores are exact cosines.
         """
 
+    def neighbours(self, queries: np.ndarray, k: int,
+                   allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` rows most similar to each of ``queries`` (unit vectors, shape (m, dim)), in one call.
+
+        Returns ``(rows, scores)``, both of shape (m, k): row ``i`` holds query ``i``'s best
+        rows, score descending then row ascending, padded with row -1 and score -inf when
+        fewer than ``k`` rows are held (or ``allowed``). Scores are exact cosines. Finding
+        near-duplicates asks this of every photo (:mod:`clipdex.duplicates`): a backend
+        answers a batch with matrix products or one faiss call, never a Python call per
+        query. Where the k-th best score is tied, which of the tied rows is kept may differ
+        from :meth:`search` (the order of those returned is the same). This default asks
+        :meth:`search` once per query: correct for any backend, fast for none.
+        """
+        q = check_queries(queries, self.dim, k)
+        rows, scores = empty_neighbours(len(q), k)
+        for i, query in enumerate(q):
+            hits = self.search(query, k, allowed)
+            rows[i, :len(hits)] = hits.rows
+            scores[i, :len(hits)] = hits.scores
+        return rows, scores
+
     @abc.abstractmethod
     def save(self, path: Path) -> None:
         """Write the index to ``path`` atomically (a reader sees the old one or the new one)."""
@@ -150,6 +171,59 @@ def check_query(query: np.ndarray, dim: int, k: int) -> np.ndarray:
     if k < 1:
         raise ValueError(f"k must be at least 1 (got {k})")
     return q
+
+
+def check_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
+    """``queries`` as a C-contiguous float32 matrix (m, ``dim``); ValueError for a wrong shape or ``k < 1``."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"expected queries of shape (m, {dim}), got {q.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (got {k})")
+    return q
+
+
+def empty_neighbours(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, scores) of shape (m, k) holding nothing yet: rows -1, scores -inf."""
+    return np.full((m, k), -1, dtype=np.int64), np.full((m, k), -np.inf, dtype=np.float32)
+
+
+# A damaged vector's NaN score ranks after every real row but before padding (-inf).
+_NAN_RANK = np.float32(np.finfo(np.float32).min)
+
+
+def best_per_query(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each line's best ``k`` of candidate ``rows`` (m, c) by ``scores`` (m, c): score descending,
+    row ascending, padded with -1/-inf (a row -1 is no candidate). A NaN score (a damaged vector)
+    ranks last among real rows and comes back as -inf, as in :func:`top_hits`."""
+    m, c = scores.shape
+    scores = np.where(rows < 0, np.float32(-np.inf), np.nan_to_num(scores, nan=_NAN_RANK, posinf=np.inf,
+                                                                    neginf=-np.inf)).astype(np.float32)
+    if c > k:  # the k best of each line, in no order yet
+        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        rows, scores = np.take_along_axis(rows, keep, axis=1), np.take_along_axis(scores, keep, axis=1)
+    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
+    rows, scores = np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    scores = np.where(scores == _NAN_RANK, np.float32(-np.inf), scores)
+    if scores.shape[1] < k:
+        pad_rows, pad_scores = empty_neighbours(m, k - scores.shape[1])
+        rows, scores = np.hstack([rows, pad_rows]), np.hstack([scores, pad_scores])
+    return rows, scores.astype(np.float32)
+
+
+def merge_neighbours(best: tuple[np.ndarray, np.ndarray], rows: np.ndarray, scores: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``best`` (rows, scores of shape (m, k)) merged with more candidates over other rows: ``rows``
+    of shape (m, c), or one row list (c,) that every query scored (``scores`` (m, c)), cut to each
+    query's best ``k`` before anything of size (m, c) is copied."""
+    if rows.ndim == 1:
+        if len(rows) > k:
+            scores = np.nan_to_num(scores, nan=_NAN_RANK)
+            picked = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            rows, scores = rows[picked], np.take_along_axis(scores, picked, axis=1)
+        else:
+            rows = np.broadcast_to(rows, scores.shape)
+    return best_per_query(np.hstack([best[0], rows]), np.hstack([best[1], scores]), k)
 
 
 # Above this many scores, top_hits first keeps only the rows above a threshold estimated

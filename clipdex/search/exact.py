@@ -26,10 +26,13 @@ from clipdex.search.base import (
     VectorIndex,
     VectorIndexStats,
     VectorIndexUnusable,
+    check_queries,
     check_query,
     check_rows,
+    empty_neighbours,
     flush_to_disk,
     merge_hits,
+    merge_neighbours,
     top_hits,
 )
 
@@ -40,6 +43,10 @@ CHUNK_ROWS = 8_192
 GATHER_RATIO = 16
 # A NaN score (a damaged vector) ranks after every real row but before masked ones.
 _DAMAGED = np.float32(np.finfo(np.float32).min)
+# neighbours(): queries scored at a time against a block of rows (a (queries x rows) float32
+# score block of 32 MB: 512 x 16,384), then merged into each query's running best.
+NEIGHBOUR_QUERIES = 512
+NEIGHBOUR_ROWS = 16_384
 FORMAT = "clipdex-exact-index"
 VERSION = 1
 
@@ -149,6 +156,35 @@ class ExactIndex(VectorIndex):
         if damaged.any():
             hits = Hits(hits.rows, np.where(damaged, np.float32(-np.inf), hits.scores))
         return hits
+
+    def neighbours(self, queries: np.ndarray, k: int,
+                   allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every query's ``k`` best rows, by blocks of matrix products (see :meth:`VectorIndex.neighbours`):
+        ``NEIGHBOUR_QUERIES`` queries against ``NEIGHBOUR_ROWS`` rows at a time, the rows read from the
+        memory map in place where no row is masked, gathered where some are."""
+        q = check_queries(queries, self._dim, k)
+        best = empty_neighbours(len(q), k)
+        base = np.arange(self._base, dtype=np.int64) if allowed is None else \
+            np.asarray(allowed, dtype=np.int64)[:np.searchsorted(allowed, self._base)]
+        whole = allowed is None and not self._n_hidden  # contiguous slices of the map, nothing gathered
+        if not whole and self._n_hidden:
+            base = base[~self._hidden[base]]
+        extra_rows, extra_vectors = self._extra_arrays()
+        if allowed is not None and len(extra_rows):
+            keep = np.isin(extra_rows, allowed)
+            extra_rows, extra_vectors = extra_rows[keep], extra_vectors[keep]
+        for start in range(0, len(q), NEIGHBOUR_QUERIES):
+            chunk = q[start:start + NEIGHBOUR_QUERIES]
+            found = empty_neighbours(len(chunk), k)
+            for at in range(0, len(base), NEIGHBOUR_ROWS):
+                rows = base[at:at + NEIGHBOUR_ROWS]
+                block = (self._matrix[at:at + len(rows)] if whole else self._matrix[rows])
+                scores = np.asarray(block, dtype=np.float32) @ chunk.T  # (rows, queries)
+                found = merge_neighbours(found, rows, scores.T, k)
+            if len(extra_rows):
+                found = merge_neighbours(found, extra_rows, chunk @ extra_vectors.T, k)
+            best[0][start:start + len(chunk)], best[1][start:start + len(chunk)] = found
+        return best
 
     def _score_all(self, q: np.ndarray) -> np.ndarray:
         """Cosines of every row of the matrix (a fresh array the caller may change)."""
