@@ -191,6 +191,8 @@ class KChoice:
     def describe(self) -> str:
         if self.method == "given":
             return f"k = {self.k} (given)"
+        if self.method == "only":
+            return f"k = {self.k}: the only k the range allows for so few photos"
         return (f"k = {self.k}: best mean silhouette (cosine) of k = {self.low}..{self.high} "
                 f"on {self.sample} photos")
 
@@ -240,6 +242,8 @@ def choose_k(vectors: np.ndarray, seed: int = 0, progress: Progress | None = Non
 
     n = len(vectors)
     low, high = k_range(n)
+    if low == high:  # nothing to compare (and no silhouette of n topics of n photos)
+        return KChoice(low, "only", low, high)
     rng = np.random.default_rng(seed)
     fit_rows = _sample(n, CHOOSE_SAMPLE_MAX, rng)
     fit = vectors[fit_rows]
