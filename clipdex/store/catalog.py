@@ -1056,6 +1056,61 @@ class Store:
         rows = self.conn.execute("SELECT * FROM files WHERE status = 'failed' ORDER BY path")
         return [_file(r) for r in rows]
 
+    # -- duplicates (clipdex.duplicates; migration 010) ------------------------
+    def phashes(self, hashes: Iterable[str]) -> dict[str, str | None]:
+        """The perceptual hashes cached for ``hashes`` (content hashes), by content hash: 16 hex
+        digits, or None for an image that could not be decoded; hashes never computed are absent."""
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, str | None] = {}
+        for start in range(0, len(wanted), SQL_CHUNK):
+            chunk = wanted[start:start + SQL_CHUNK]
+            rows = self.conn.execute(f"SELECT content_hash, phash FROM phashes WHERE content_hash IN "
+                                     f"({', '.join('?' * len(chunk))})", chunk)
+            found.update({h: p for h, p in rows})
+        return found
+
+    def save_phashes(self, phashes: dict[str, str | None]) -> None:
+        """Cache perceptual hashes by content hash (None: the image could not be decoded)."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO phashes (content_hash, phash, computed_at) VALUES (?, ?, ?)",
+                          [(h, p, now) for h, p in phashes.items()])
+
+    def duplicate_rule(self, model_id: int) -> tuple[str, float] | None:
+        """(rule JSON, calibrated_at) of the duplicate rule calibrated for a model, or None."""
+        row = self.conn.execute("SELECT rule, calibrated_at FROM duplicate_rules WHERE model_id = ?",
+                                (model_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def save_duplicate_rule(self, model_id: int, rule_json: str) -> None:
+        """Record a model's calibrated duplicate rule, replacing an earlier one."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO duplicate_rules (model_id, rule, calibrated_at) VALUES (?, ?, ?)",
+                      (model_id, rule_json, time.time()))
+
+    def keepers(self) -> set[str]:
+        """The paths a person marked to keep (display form)."""
+        return {r[0] for r in self.conn.execute("SELECT path FROM keepers")}
+
+    def set_keeper(self, path: str, keep: bool) -> None:
+        """Mark the photo at ``path`` to keep (``keep``), or take the mark away."""
+        with self.transaction() as c:
+            if keep:
+                c.execute("INSERT OR REPLACE INTO keepers (path, marked_at) VALUES (?, ?)",
+                          (display_path(path), time.time()))
+            else:
+                c.execute("DELETE FROM keepers WHERE path = ?", (display_path(path),))
+
+    def files_by_ids(self, file_ids: Sequence[int]) -> dict[int, FileRecord]:
+        """The file records of ``file_ids``, by id (one query per 500 ids); ids the catalog lacks are absent."""
+        wanted = list(dict.fromkeys(int(i) for i in file_ids))
+        found: dict[int, FileRecord] = {}
+        for start in range(0, len(wanted), SQL_CHUNK):
+            chunk = wanted[start:start + SQL_CHUNK]
+            rows = self.conn.execute(f"SELECT * FROM files WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            found.update({r["id"]: _file(r) for r in rows})
+        return found
+
 
 def index_option(index: Path) -> str:
     """`` --index PATH`` for a command that must reach this index ('' for the default one)."""

@@ -162,6 +162,22 @@ MIGRATIONS: list[tuple[str, Migration]] = [
         ALTER TABLE models ADD COLUMN logit_bias REAL;
     """),
     ("009_model_probe", _add_probe_columns),
+    ("010_duplicates", """
+        CREATE TABLE phashes (
+            content_hash TEXT PRIMARY KEY,
+            phash TEXT,
+            computed_at REAL NOT NULL
+        );
+        CREATE TABLE duplicate_rules (
+            model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+            rule TEXT NOT NULL,
+            calibrated_at REAL NOT NULL
+        );
+        CREATE TABLE keepers (
+            path TEXT PRIMARY KEY,
+            marked_at REAL NOT NULL
+        )
+    """),
 ]
 # 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
 # holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
@@ -194,6 +210,12 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # "image", "text"), "cosine" (least probe cosine; null for the source that recorded it), "at"}.
 # A source new to the model is checked before its vectors join the index's. NULL for both:
 # no probe yet (every model before 009); the next encoder that adds vectors records one.
+# 010: `clipdex duplicates`. phashes caches a photo's perceptual hash by content hash (16 hex
+# digits: imagehash's 64-bit pHash; NULL: the image could not be decoded), computed only for
+# candidate pairs. duplicate_rules holds the rule a model's calibration chose (JSON: the cosine
+# above which two photos are copies, the lower band a pHash distance confirms, and the estimates
+# measured), one per model. keepers holds the photos a person marked to keep (web page, by path):
+# `--move-extras` never moves them.
 LATEST_VERSION = len(MIGRATIONS)
 
 

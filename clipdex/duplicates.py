@@ -1,0 +1,1124 @@
+"""Exact and near-duplicate photos: found, grouped, a keeper suggested, and the extras moved aside.
+
+    >>> from clipdex import Index
+    >>> from clipdex.duplicates import find_duplicates
+    >>> with Index.open("~/.clipdex-photos") as index:
+    ...     report = find_duplicates(index)
+    ...     for group in report.groups:
+    ...         print([m.path for m in group.members])
+
+How two photos are judged copies (:class:`DuplicateRule`): CLIP cosine alone cannot tell a copy
+from a look-alike (different Unsplash photos reach 0.970 on ViT-B/32; a cropped copy can fall
+below that), so a pair is a copy when its cosine reaches ``copy_cosine``, or when it lies in the
+band from ``band_cosine`` up and a second signal confirms it: their perceptual hashes (pHash,
+64 bits, computed only for candidate pairs and cached by content hash) differ in at most
+``max_phash`` bits, or both were taken (EXIF) within ``burst_seconds`` of each other.
+
+The rule is calibrated on the user's own photos and model (:func:`calibrate`): altered copies of a
+sample of indexed photos (resized, JPEG re-compressed, cropped, rotated, brightened, resaved as PNG
+and WebP) are encoded with the index's model and set against each sampled photo's nearest
+*different* photo; the rule that accepts the most copies and no look-alike is stored per model,
+with its precision and recall measured on held-out halves. Without the model's weights (imported
+embeddings) :data:`DEFAULT_RULE` is used, and says so.
+
+Candidates come from every photo's ``k`` nearest neighbours through the vector-index interface
+(:meth:`clipdex.search.base.VectorIndex.neighbours`: the approximate index where the index has one,
+exact search otherwise), never from an N x N product. Accepted pairs are joined into connected
+components, and a component whose members are not all copies of each other is split greedily
+into cliques (complete linkage): a chain of slightly different burst shots never swallows a day.
+
+clipdex never deletes a photo. :func:`move_extras` moves the photos that are not kept into a folder
+(their layout kept, nothing overwritten), journalling each move (fsync'ed before it happens) in
+the index folder, and :func:`undo_moves` replays the last run backwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdex.errors import ClipdexError, ImageDecodeError, ModelError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipdex.index import Index
+    from clipdex.store.catalog import FileRecord, ModelRecord
+    from clipdex.store.rows import RowPhoto
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total), drawn as a bar by the CLI
+
+# -- tunables -------------------------------------------------------------------------------
+DEFAULT_K = 10  # neighbours asked for each photo: a group larger than this is still joined through its members
+QUERY_CHUNK = 4_096  # photos whose neighbours are asked for in one call
+PHASH_DRAFT = 256  # JPEGs decoded at 1/2..1/8 scale for pHash (it looks at 32 x 32 pixels)
+PHASH_BITS = 64
+MAX_COMPONENT = 4_000  # members of one component compared pairwise (a larger one is split by its kNN edges only)
+# The rule without calibration (imported embeddings, no weights to encode altered copies): measured
+# on the real ViT-B/32 features of the shared Unsplash photos (README): different photos reach
+# 0.970, so a cosine alone decides only from 0.985; from 0.90 a pHash within 10 bits confirms.
+DEFAULT_COPY_COSINE = 0.985
+DEFAULT_BAND_COSINE = 0.90
+DEFAULT_MAX_PHASH = 10
+BURST_SECONDS = 2.0  # EXIF capture times this close: the same moment (a burst, or two cameras)
+# Calibration
+CALIBRATION_PHOTOS = 80  # photos altered (x len(ALTERATIONS) copies encoded)
+CALIBRATION_NEIGHBOURS = 300  # photos whose DEFAULT_K nearest different photos are look-alike negatives
+COSINE_MARGIN = 0.003  # copy_cosine sits this far above the closest look-alike seen
+MIN_BAND_COSINE = 0.5  # the pHash band never reaches below this cosine
+# nor above this pHash distance: unrelated photos differ in ~32 of 64 bits, and neighbours of similar
+# structure reach into the teens (random ViT-B/32 weights, 1,000 Unsplash photos: 79 false groups at 16)
+MAX_CALIBRATED_PHASH = 10
+PHASH_MARGIN = 2  # no look-alike within this many bits above the chosen distance (the full run tests more pairs)
+# The look-alike pairs a calibrated rule may be expected to accept across the whole collection
+# (extrapolated from the sampled pairs' pHash distances, see phash_tail), and that tail's shape:
+# cumulative counts of look-alikes fall ~3x per 2 bits on random ViT-B/32 weights (Unsplash 1k);
+# a fit is trusted from TAIL_MIN_COUNT pairs on, and never flatter than TAIL_MIN_SLOPE.
+MAX_EXPECTED_FALSE = 0.1
+TAIL_MIN_COUNT = 3
+TAIL_SLOPE = 0.55
+TAIL_MIN_SLOPE = 0.2
+ALREADY_COPY_PHASH = 4  # a "nearest different photo" this close in pHash is a copy already in the photos
+ENCODE_BATCH = 32
+JOURNAL_NAME = "duplicates-journal.jsonl"
+KEEPER_RULE = ("marked in the web app, else the most pixels, then the largest file, then the oldest "
+               "capture time, then the shortest path")
+
+
+# -- the rule ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DuplicateRule:
+    """When two photos are copies: cosine >= ``copy_cosine``; or cosine >= ``band_cosine`` and
+    (pHash distance <= ``max_phash`` or both EXIF-dated within ``burst_seconds``).
+
+    ``source`` says where it came from ("calibrated", "default", "--threshold"); a calibrated rule
+    carries what calibration measured (held-out ``precision`` and ``recall``, how many ``copies``
+    and ``lookalikes`` it was measured on) and ``note`` says anything worth knowing."""
+
+    copy_cosine: float
+    band_cosine: float
+    max_phash: int | None  # None: pHash not used
+    burst_seconds: float | None = BURST_SECONDS
+    source: str = "default"
+    precision: float | None = None
+    recall: float | None = None
+    copies: int = 0
+    lookalikes: int = 0
+    calibrated_at: float | None = None
+    expected_false: float | None = None  # look-alike pairs it is expected to accept in the whole collection
+    note: str = ""
+    by_alteration: dict[str, float] = field(default_factory=dict)  # recall per alteration
+
+    @property
+    def uses_phash(self) -> bool:
+        return self.max_phash is not None and self.band_cosine < self.copy_cosine
+
+    @property
+    def lowest_cosine(self) -> float:
+        """Below this cosine no pair is a copy: the candidates' floor."""
+        second = self.max_phash is not None or self.burst_seconds is not None
+        return min(self.copy_cosine, self.band_cosine) if second else self.copy_cosine
+
+    def accepts(self, cosine: float, phash_distance: int | None, seconds_apart: float | None) -> bool:
+        if cosine >= self.copy_cosine:
+            return True
+        if cosine < self.band_cosine:
+            return False
+        if self.max_phash is not None and phash_distance is not None and phash_distance <= self.max_phash:
+            return True
+        return self.burst_seconds is not None and seconds_apart is not None and seconds_apart <= self.burst_seconds
+
+    def describe(self) -> str:
+        """The rule in words, as the CLI prints it."""
+        text = f"cosine >= {self.copy_cosine:.4f}"
+        seconds = []
+        if self.max_phash is not None:
+            seconds.append(f"pHash distance <= {self.max_phash}")
+        if self.burst_seconds is not None:
+            seconds.append(f"taken within {self.burst_seconds:g} s (EXIF)")
+        if seconds and self.band_cosine < self.copy_cosine:
+            text += f", or cosine >= {self.band_cosine:.4f} and ({' or '.join(seconds)})"
+        return f"{text} [{self.source}]"
+
+    def estimates(self) -> str:
+        """What calibration measured, in words ('' for an uncalibrated rule)."""
+        if self.precision is None or self.recall is None:
+            return ""
+        expected = (f"; about {self.expected_false:g} look-alike pairs expected to pass in the whole collection"
+                    if self.expected_false is not None else "")
+        return (f"estimated precision {self.precision:.3f}, recall {self.recall:.3f} (held-out halves of "
+                f"{self.copies} altered copies and {self.lookalikes} pairs of nearest different photos{expected})")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "DuplicateRule":
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+DEFAULT_RULE = DuplicateRule(DEFAULT_COPY_COSINE, DEFAULT_BAND_COSINE, DEFAULT_MAX_PHASH, source="default")
+
+
+class DuplicatesError(ClipdexError):
+    """A duplicates operation that cannot be done: moving extras, undoing a move, calibrating.
+    The message says what, where, and what to do."""
+
+    def __init__(self, where: str, problem: str, fix: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}. {fix}")
+
+
+# -- results -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DuplicateMember:
+    """One photo of a group, with how close it is to the group's keeper."""
+
+    file_id: int
+    path: str
+    fs_path: str
+    content_hash: str
+    size: int
+    width: int | None
+    height: int | None
+    taken_at: str | None
+    keeper: bool
+    marked: bool  # a person marked it to keep
+    cosine: float  # to the keeper (1.0 for the keeper and its exact copies)
+    phash_distance: int | None  # to the keeper (None: no pHash, e.g. an image that cannot be decoded)
+    exact: bool  # same content (hash) as the keeper
+
+    @property
+    def pixels(self) -> int:
+        return (self.width or 0) * (self.height or 0)
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Photos that are copies of each other (every pair by the rule), keeper first."""
+
+    id: int
+    members: list[DuplicateMember]
+
+    @property
+    def keeper(self) -> DuplicateMember:
+        return self.members[0]
+
+    @property
+    def extras(self) -> list[DuplicateMember]:
+        """The members not kept: what ``--move-extras`` moves."""
+        return [m for m in self.members if not m.keeper and not m.marked]
+
+    @property
+    def exact_only(self) -> bool:
+        return all(m.exact for m in self.members)
+
+
+@dataclass(frozen=True)
+class DuplicateReport:
+    """What :func:`find_duplicates` found, and how."""
+
+    groups: list[DuplicateGroup]
+    rule: DuplicateRule
+    photos: int  # photos looked at
+    candidates: int  # neighbour pairs above the rule's lowest cosine
+    phashes_computed: int  # images decoded for pHash this run (the rest came from the cache)
+    search: str  # how neighbours were found (exact or approximate)
+    seconds: float
+    keeper_rule: str = KEEPER_RULE
+
+    @property
+    def extras(self) -> int:
+        return sum(len(g.extras) for g in self.groups)
+
+
+# -- pHash -------------------------------------------------------------------------------------
+def phash_of_image(image: "Image.Image") -> str:
+    """The 64-bit perceptual hash (imagehash's pHash) of ``image`` as 16 hex digits."""
+    import imagehash
+
+    return str(imagehash.phash(image))
+
+
+def phash_distance(a: str | None, b: str | None) -> int | None:
+    """Bits in which two pHashes differ (None when either is unknown)."""
+    if a is None or b is None:
+        return None
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def phash_file(path: str) -> str | None:
+    """The pHash of the image file at ``path``, decoded through clipdex's safe opener (size
+    checked first, JPEGs at reduced scale); None when it cannot be decoded (gone, damaged)."""
+    from clipdex.decode import open_image_file
+
+    try:
+        return phash_of_image(open_image_file(path, draft_size=PHASH_DRAFT))
+    except ImageDecodeError as e:
+        log.info("no pHash for %s: %s", path, e.reason)
+        return None
+
+
+def phashes_for(index: "Index", wanted: dict[str, str],
+                progress: Progress | None = None) -> tuple[dict[str, str | None], int]:
+    """pHashes by content hash for ``wanted`` (content hash -> a path to read it from): cached
+    ones from the catalog, the rest decoded and cached (where the index can be written).
+    Returns them and how many were decoded now."""
+    with index.lock:
+        known = index.store.phashes(wanted)
+    todo = [h for h in wanted if h not in known]
+    fresh: dict[str, str | None] = {}
+    for i, content_hash in enumerate(todo):
+        fresh[content_hash] = phash_file(wanted[content_hash])
+        if progress:
+            progress(i + 1, len(todo))
+    if fresh and not index.store.readonly:
+        with index.lock:
+            index.store.save_phashes(fresh)
+    return {**known, **fresh}, len(fresh)
+
+
+# -- candidates --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidates:
+    """Pairs of vector rows whose cosine reached the floor: ``pairs`` (n, 2) with a < b, ``cosines`` (n,)."""
+
+    pairs: np.ndarray
+    cosines: np.ndarray
+
+
+def candidate_pairs(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+                    read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, k: int, floor: float,
+                    progress: Progress | None = None) -> Candidates:
+    """Every pair of ``rows`` (sorted vector rows) that is among one of them's ``k`` nearest
+    neighbours with cosine >= ``floor``, each pair once.
+
+    ``search(queries, k)`` answers a batch of queries (a vector index's ``neighbours``, restricted to
+    ``rows``); ``read(rows)`` gives their vectors. Queries go ``QUERY_CHUNK`` at a time: memory stays
+    flat at a million photos, and no N x N product is ever formed."""
+    found_pairs: list[np.ndarray] = []
+    found_cosines: list[np.ndarray] = []
+    for start in range(0, len(rows), QUERY_CHUNK):
+        chunk = rows[start:start + QUERY_CHUNK]
+        hit_rows, hit_scores = search(read(chunk), k + 1)  # + 1: the photo itself comes back
+        own = np.broadcast_to(chunk[:, None], hit_rows.shape)
+        keep = (hit_rows >= 0) & (hit_rows != own) & (hit_scores >= floor)
+        a, b = own[keep], hit_rows[keep]
+        found_pairs.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+        found_cosines.append(hit_scores[keep])
+        if progress:
+            progress(min(start + QUERY_CHUNK, len(rows)), len(rows))
+    if not found_pairs:
+        return Candidates(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+    pairs, cosines = np.concatenate(found_pairs), np.concatenate(found_cosines)
+    pairs, first = np.unique(pairs, axis=0, return_index=True)
+    return Candidates(pairs.astype(np.int64), cosines[first].astype(np.float32))
+
+
+def components(n: int, pairs: np.ndarray) -> list[np.ndarray]:
+    """Connected components (of two or more) of nodes 0..n-1 joined by ``pairs``, as sorted index arrays."""
+    if not len(pairs):
+        return []
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels, minlength=count)
+    split = np.split(order, np.cumsum(sizes)[:-1])
+    return [np.sort(part) for part in split if len(part) > 1]
+
+
+def split_cliques(accepted: np.ndarray, strength: np.ndarray) -> list[list[int]]:
+    """Split a component into groups whose members are all copies of each other (complete linkage).
+
+    ``accepted`` (m, m) says which pairs the rule accepts; ``strength`` (m, m) their cosine. Greedy:
+    the member with the most accepted pairs (ties: the lowest index) seeds a group; its accepted
+    partners join in order of cosine to it, each only if it is a copy of every member so far; the
+    rest is split again. A chain A~B~C~D with A, D different becomes {A, B}, {C, D} or similar,
+    never one group."""
+    m = len(accepted)
+    left = list(range(m))
+    groups: list[list[int]] = []
+    while left:
+        sub = accepted[np.ix_(left, left)]
+        degree = sub.sum(axis=1)
+        seed_at = int(np.argmax(degree))
+        seed = left[seed_at]
+        group = [seed]
+        partners = [left[j] for j in np.flatnonzero(sub[seed_at]) if left[j] != seed]
+        partners.sort(key=lambda j: (-strength[seed, j], j))
+        for j in partners:
+            if all(accepted[j, g] for g in group):
+                group.append(j)
+        groups.append(sorted(group))
+        taken = set(group)
+        left = [i for i in left if i not in taken]
+    return groups
+
+
+# -- finding -----------------------------------------------------------------------------------
+@dataclass
+class _Photos:
+    """The photos behind the vector rows looked at."""
+
+    rows: np.ndarray  # sorted unique vector rows
+    by_row: dict[int, list[int]]  # row -> file ids (several: exact copies)
+    files: dict[int, "FileRecord"] = field(default_factory=dict)
+
+
+def stored_rule(index: "Index") -> DuplicateRule | None:
+    """The rule calibrated for the index's model, if any."""
+    record = index.model_record()
+    with index.lock:
+        stored = index.store.duplicate_rule(record.id)
+    return None if stored is None else DuplicateRule.from_json(stored[0])
+
+
+def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int = DEFAULT_K,
+                    folders: Sequence[str] = (), exact_only: bool = False, min_size: int = 2,
+                    progress: Progress | None = None, phash_progress: Progress | None = None) -> DuplicateReport:
+    """Groups of copies among the index's photos (see the module's docstring for how).
+
+    ``rule`` None: the model's calibrated rule, else :data:`DEFAULT_RULE`. ``folders`` limits the
+    photos looked at; ``exact_only`` finds only photos of the same content (no neighbour search);
+    ``min_size`` drops smaller groups. ``progress`` follows the neighbour search, ``phash_progress``
+    the images decoded for pHash. Groups come largest first, each keeper first
+    (:data:`KEEPER_RULE`)."""
+    from clipdex.search.engine import ModelSearch
+    from clipdex.search.filters import SearchFilter
+    from clipdex.store.rows import allowed_rows, photos_of_rows
+
+    started = time.perf_counter()
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    rule = rule or stored_rule(index) or DEFAULT_RULE
+    filters = SearchFilter(folders=tuple(os.path.abspath(f) for f in folders)) if folders else None
+    with index.lock:
+        record = index.model_record()
+        hidden = index.store.missing_roots()
+        rows = allowed_rows(index.store, record, filters, hidden)
+        engine = ModelSearch(index.store, record)
+        by_row: dict[int, list[int]] = {}
+        for p in photos_of_rows(index.store, record, rows, filters, hidden):
+            by_row.setdefault(p.row, []).append(p.file_id)
+        keepers = index.store.keepers()
+    photos = _Photos(rows=rows, by_row=by_row)
+    position = {int(r): i for i, r in enumerate(rows.tolist())}
+    if exact_only:
+        candidates = Candidates(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+        search_note = "none (same content only)"
+    else:
+        search, search_note = _neighbour_search(engine, rows)
+        candidates = candidate_pairs(search, engine.read, rows, k, rule.lowest_cosine, progress)
+    # Components over every candidate pair (the rule is applied inside each, pair by pair).
+    local = np.array([[position[int(a)], position[int(b)]] for a, b in candidates.pairs.tolist()],
+                     dtype=np.int64).reshape(-1, 2)
+    parts = components(len(rows), local)
+    involved = sorted({int(rows[i]) for part in parts for i in part}
+                      | {r for r, ids in by_row.items() if len(ids) > 1})
+    with index.lock:
+        photos.files = index.store.files_by_ids([i for r in involved for i in by_row.get(r, [])])
+    wanted: dict[str, str] = {}
+    for r in involved:
+        for file_id in by_row.get(r, []):
+            f = photos.files.get(file_id)
+            if f is not None and f.content_hash:
+                wanted.setdefault(f.content_hash, f.fs_path)
+                break
+    phashes: dict[str, str | None] = {}
+    computed = 0
+    if rule.max_phash is not None and involved:
+        phashes, computed = phashes_for(index, wanted, phash_progress)
+    groups: list[list[int]] = [[int(rows[i]) for i in part] for part in parts]
+    row_groups: list[list[int]] = []
+    for part_rows in groups:
+        row_groups += _split(part_rows, engine.read, photos, phashes, rule)
+    grouped = {r for g in row_groups for r in g}
+    row_groups += [[r] for r, ids in by_row.items() if len(ids) > 1 and r not in grouped]  # exact copies only
+    result = []
+    for member_rows in row_groups:
+        group = _group(member_rows, engine.read, photos, phashes, keepers)
+        if len(group) >= min_size:
+            result.append(group)
+    result.sort(key=lambda g: (-len(g), g[0].path))
+    return DuplicateReport(groups=[DuplicateGroup(i + 1, g) for i, g in enumerate(result)], rule=rule,
+                           photos=sum(len(v) for v in by_row.values()), candidates=len(candidates.pairs),
+                           phashes_computed=computed, search=search_note, seconds=time.perf_counter() - started)
+
+
+Neighbours = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (rows, scores)
+
+
+def _neighbour_search(engine: Any, rows: np.ndarray) -> tuple[Neighbours, str]:
+    """A batch neighbour search over ``rows`` through the model's search engine: its approximate
+    index (and the rows committed after it, exactly) where it has one, exact search otherwise."""
+    from clipdex.search.base import merge_neighbours
+
+    parts = [p for p in (engine.exact, engine.ann, engine.tail) if p is not None]
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        best = parts[0].neighbours(queries, k, rows)
+        for more in parts[1:]:
+            found_rows, found_scores = more.neighbours(queries, k, rows)
+            best = merge_neighbours(best, found_rows, found_scores, k)
+        return best
+
+    note = "approximate (IVF) neighbours" if engine.ann is not None else "exact neighbours"
+    return search, note
+
+
+def _seconds_apart(a: "FileRecord | None", b: "FileRecord | None") -> float | None:
+    """Seconds between two photos' EXIF capture times (None unless both have one)."""
+    if a is None or b is None or a.taken_source != "exif" or b.taken_source != "exif":
+        return None
+    if not a.taken_at or not b.taken_at:
+        return None
+    try:
+        return abs((datetime.fromisoformat(a.taken_at) - datetime.fromisoformat(b.taken_at)).total_seconds())
+    except ValueError:
+        return None
+
+
+def _first_file(photos: _Photos, row: int) -> "FileRecord | None":
+    return next((photos.files[i] for i in photos.by_row.get(row, []) if i in photos.files), None)
+
+
+def _row_phash(photos: _Photos, phashes: dict[str, str | None], row: int) -> str | None:
+    f = _first_file(photos, row)
+    return phashes.get(f.content_hash) if f is not None and f.content_hash else None
+
+
+def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
+           phashes: dict[str, str | None], rule: DuplicateRule) -> list[list[int]]:
+    """A component's rows split into groups of rows that are all copies of each other."""
+    if len(part) > MAX_COMPONENT:  # pairwise matrices would not fit: keep each row's best partner only
+        log.warning("a component of %d similar photos is split by its nearest pairs only", len(part))
+        return [part[i:i + 2] for i in range(0, len(part), 2)]
+    vectors = read(np.array(part, dtype=np.int64))
+    cos = vectors @ vectors.T
+    m = len(part)
+    accepted = np.zeros((m, m), dtype=bool)
+    hashes = [_row_phash(photos, phashes, r) for r in part]
+    files = [_first_file(photos, r) for r in part]
+    for i in range(m):
+        for j in range(i + 1, m):
+            ok = rule.accepts(float(cos[i, j]), phash_distance(hashes[i], hashes[j]),
+                              _seconds_apart(files[i], files[j]))
+            accepted[i, j] = accepted[j, i] = ok
+    np.fill_diagonal(accepted, True)
+    groups = split_cliques(accepted, cos)
+    return [[part[i] for i in g] for g in groups if len(g) > 1]
+
+
+def _keeper_key(f: "FileRecord", marked: set[str]) -> tuple[Any, ...]:
+    """Sort key of the keeper rule (:data:`KEEPER_RULE`): the first is kept."""
+    pixels = (f.width or 0) * (f.height or 0)
+    taken = f.taken_at or "9999"  # unknown capture time: after every known one
+    return (f.path not in marked, -pixels, -f.size, taken, len(f.path), f.path)
+
+
+def _group(rows: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
+           phashes: dict[str, str | None], marked: set[str]) -> list[DuplicateMember]:
+    """A group's members, keeper first, each with its cosine and pHash distance to the keeper."""
+    files = [(r, photos.files[i]) for r in rows for i in photos.by_row.get(r, []) if i in photos.files]
+    if not files:
+        return []
+    files.sort(key=lambda rf: _keeper_key(rf[1], marked))
+    keeper = files[0][1]
+    vectors = read(np.array([r for r, _ in files], dtype=np.int64))
+    cosines = vectors @ vectors[0]
+    keeper_hash = phashes.get(keeper.content_hash or "")
+    members = []
+    for i, (_, f) in enumerate(files):
+        same = f.content_hash == keeper.content_hash
+        members.append(DuplicateMember(
+            file_id=f.id, path=f.path, fs_path=f.fs_path, content_hash=f.content_hash or "", size=f.size,
+            width=f.width, height=f.height, taken_at=f.taken_at, keeper=i == 0, marked=f.path in marked,
+            cosine=1.0 if same else float(min(1.0, cosines[i])),
+            phash_distance=0 if same else phash_distance(keeper_hash, phashes.get(f.content_hash or "")),
+            exact=same))
+    return members
+
+
+# -- calibration -------------------------------------------------------------------------------
+def _alterations() -> dict[str, Callable[["Image.Image"], "Image.Image"]]:
+    """The edits a copy typically went through, each of which calibration makes of every sampled
+    photo (the quality bench measures with *other* edits, bench/duplicates_quality.py)."""
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    def resave(image: Image.Image, fmt: str, **options: Any) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        buffer.seek(0)
+        return Image.open(buffer).convert("RGB")
+
+    def crop(image: Image.Image) -> Image.Image:
+        w, h = image.size
+        return image.crop((round(w * 0.05), round(h * 0.05), round(w * 0.95), round(h * 0.95)))
+
+    def rotate(image: Image.Image) -> Image.Image:
+        w, h = image.size
+        turned = image.rotate(3, resample=Image.Resampling.BICUBIC, expand=False)
+        return turned.crop((round(w * 0.04), round(h * 0.04), round(w * 0.96), round(h * 0.96)))
+
+    return {
+        "resize": lambda im: im.resize((max(1, im.width // 2), max(1, im.height // 2)), Image.Resampling.LANCZOS),
+        "jpeg": lambda im: resave(im, "JPEG", quality=35),
+        "crop": crop,
+        "rotate": rotate,
+        "light": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.25)).enhance(0.85),
+        "png": lambda im: resave(im, "PNG"),
+        "webp": lambda im: resave(im, "WEBP", quality=80),
+    }
+
+
+ALTERATIONS = ("resize", "jpeg", "crop", "rotate", "light", "png", "webp")
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """What calibration measured: each altered copy's cosine and pHash distance to its original,
+    and the same of each sampled photo's nearest different photos (look-alikes), as pairs."""
+
+    copy_cosine: np.ndarray
+    copy_phash: np.ndarray  # -1: unknown
+    copy_kind: list[str]
+    copy_photo: np.ndarray  # which sampled photo (for the held-out split)
+    near_cosine: np.ndarray
+    near_phash: np.ndarray  # -1: unknown (not needed: below every band considered)
+    near_photo: np.ndarray
+    already_copies: int  # nearest "different" photos that are copies already in the photos (left out)
+    photos_total: int = 0  # photos of the index (how many pairs a full search tests)
+
+
+def phash_tail(distances: np.ndarray) -> Callable[[int], float]:
+    """The share of look-alike pairs within ``h`` bits, for any ``h``, from the measured ``distances``:
+    the empirical share where at least :data:`TAIL_MIN_COUNT` pairs are that close, below that a
+    log-linear fit of the lower tail's cumulative counts (a sample of a few thousand pairs sees none
+    of the one-in-100,000 look-alikes that a million photos' search tests). Never below the empirical
+    share."""
+    d = np.sort(distances[distances >= 0])
+    n = len(d)
+    if not n:
+        return lambda h: 0.0
+    xs = np.arange(0, PHASH_BITS + 1)
+    counts = np.searchsorted(d, xs, side="right")
+    lower = (counts >= TAIL_MIN_COUNT) & (xs <= np.median(d))
+    if lower.sum() >= 2:
+        slope, intercept = np.polyfit(xs[lower], np.log(counts[lower]), 1)
+    elif lower.sum() == 1:
+        slope, intercept = TAIL_SLOPE, math.log(counts[lower][0]) - TAIL_SLOPE * xs[lower][0]
+    else:
+        slope, intercept = TAIL_SLOPE, math.log(max(1, counts[-1])) - TAIL_SLOPE * float(d[0])
+    slope = max(float(slope), TAIL_MIN_SLOPE)  # never a tail flatter than this (a few points can say so)
+
+    def share(h: int) -> float:
+        fitted = math.exp(intercept + slope * h) / n
+        return max(float(counts[min(max(h, 0), PHASH_BITS)]) / n, min(1.0, fitted))
+    return share
+
+
+def choose_rule(data: CalibrationData) -> DuplicateRule:
+    """The rule that accepts the most altered copies and no look-alike of ``data``.
+
+    ``copy_cosine`` sits :data:`COSINE_MARGIN` above the closest look-alike; below it, the pHash
+    band: the lowest ``band_cosine`` (at one of the copies' cosines, down to :data:`MIN_BAND_COSINE`)
+    and the largest ``max_phash`` (up to :data:`MAX_CALIBRATED_PHASH`) such that no measured look-alike
+    is within ``max_phash + PHASH_MARGIN`` bits above the band, and the look-alike pairs a search of
+    the whole collection would accept, extrapolated by :func:`phash_tail`, stay below
+    :data:`MAX_EXPECTED_FALSE`. Chosen for the most copies accepted (ties: the narrower rule)."""
+    near_max = float(data.near_cosine.max()) if len(data.near_cosine) else 0.0
+    copy = float(min(0.9999, near_max + COSINE_MARGIN))
+    pos_cos, pos_ph = data.copy_cosine, data.copy_phash
+    neg_cos, neg_ph = data.near_cosine, data.near_phash
+    tail = phash_tail(neg_ph)
+    best = (copy, copy, 0, 0.0)
+    best_recall = float(np.mean(pos_cos >= copy)) if len(pos_cos) else 0.0
+    bands = sorted({float(c) for c in pos_cos if MIN_BAND_COSINE <= c < copy}, reverse=True)
+    tested = data.photos_total * DEFAULT_K  # neighbour pairs a search of every photo tests
+    for h in range(MAX_CALIBRATED_PHASH + 1):
+        neg_in = (neg_ph >= 0) & (neg_ph <= h + PHASH_MARGIN)
+        ceiling = float(neg_cos[neg_in].max()) if neg_in.any() else -1.0  # a band must start above it
+        for band in bands:
+            if band <= ceiling:
+                break
+            in_band = float(np.mean((neg_cos >= band) & (neg_cos < copy))) if len(neg_cos) else 0.0
+            expected = tested * in_band * tail(h)
+            if expected > MAX_EXPECTED_FALSE:
+                continue
+            recall = float(np.mean((pos_cos >= copy) | ((pos_cos >= band) & (pos_ph >= 0) & (pos_ph <= h))))
+            if recall > best_recall + 1e-12:
+                best, best_recall = (copy, band, h, expected), recall
+    return DuplicateRule(copy_cosine=round(best[0], 4), band_cosine=round(min(best[1], best[0]), 4),
+                         max_phash=best[2], source="calibrated", expected_false=round(best[3], 3))
+
+
+def _scores(rule: DuplicateRule, data: CalibrationData, copies: np.ndarray, nears: np.ndarray) -> tuple[int, int, int]:
+    """(copies accepted, copies, look-alikes accepted) of ``rule`` on the chosen entries."""
+    def ok(cos: float, ph: int) -> bool:
+        return rule.accepts(cos, None if ph < 0 else ph, None)
+
+    tp = sum(ok(float(data.copy_cosine[i]), int(data.copy_phash[i])) for i in copies)
+    fp = sum(ok(float(data.near_cosine[i]), int(data.near_phash[i])) for i in nears)
+    return tp, len(copies), fp
+
+
+def evaluate_rule(data: CalibrationData, seed: int = 0) -> tuple[float, float, dict[str, float]]:
+    """Held-out precision and recall of :func:`choose_rule` on ``data``: the sampled photos split in
+    two halves, a rule chosen on each and measured on the other, the counts added. Precision counts
+    each altered copy as one true pair and each nearest different photo as one chance of a false
+    one. Also the recall per alteration."""
+    photos = np.unique(np.concatenate([data.copy_photo, data.near_photo]))
+    rng = np.random.default_rng(seed)
+    half = set(rng.permutation(photos)[:len(photos) // 2].tolist())
+    tp = fp = total = 0
+    per_kind: dict[str, list[int]] = {}
+    for fold in (True, False):
+        train_c = np.array([(p in half) == fold for p in data.copy_photo.tolist()], dtype=bool)
+        train_n = np.array([(p in half) == fold for p in data.near_photo.tolist()], dtype=bool)
+        rule = choose_rule(_subset(data, train_c, train_n))
+        test_c, test_n = np.flatnonzero(~train_c), np.flatnonzero(~train_n)
+        a, n, f = _scores(rule, data, test_c, test_n)
+        tp, total, fp = tp + a, total + n, fp + f
+        for i in test_c.tolist():
+            hit = rule.accepts(float(data.copy_cosine[i]), None if data.copy_phash[i] < 0 else int(data.copy_phash[i]),
+                               None)
+            per_kind.setdefault(data.copy_kind[i], []).append(int(hit))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / total if total else 0.0
+    return precision, recall, {k: float(np.mean(v)) for k, v in sorted(per_kind.items())}
+
+
+def _subset(data: CalibrationData, copies: np.ndarray, nears: np.ndarray) -> CalibrationData:
+    return CalibrationData(data.copy_cosine[copies], data.copy_phash[copies],
+                           [k for k, keep in zip(data.copy_kind, copies.tolist()) if keep], data.copy_photo[copies],
+                           data.near_cosine[nears], data.near_phash[nears], data.near_photo[nears], 0,
+                           data.photos_total)
+
+
+def calibrate(index: "Index", *, photos: int = CALIBRATION_PHOTOS, neighbours: int = CALIBRATION_NEIGHBOURS,
+              seed: int = 0, save: bool = True, progress: Progress | None = None) -> DuplicateRule:
+    """Calibrate the duplicate rule on the index's own photos and model, and store it for the model.
+
+    ``photos`` sampled photos are altered (:data:`ALTERATIONS`) and encoded with the index's model;
+    the :data:`DEFAULT_K` nearest different photos of ``neighbours`` sampled photos are the look-alikes
+    (one whose pHash is within :data:`ALREADY_COPY_PHASH` bits is a copy already in the photos, and
+    left out). Raises :class:`DuplicatesError` when the model's weights
+    are not at hand (imported embeddings) or too few photos can be read."""
+    data = calibration_data(index, photos=photos, neighbours=neighbours, seed=seed, progress=progress)
+    rule = choose_rule(data)
+    precision, recall, per_kind = evaluate_rule(data, seed)
+    note = (f"{data.already_copies} nearest photos were copies already in the collection and were left out"
+            if data.already_copies else "")
+    rule = replace(rule, precision=round(precision, 4), recall=round(recall, 4), copies=len(data.copy_cosine),
+                   lookalikes=len(data.near_cosine), calibrated_at=time.time(), note=note,
+                   by_alteration={k: round(v, 4) for k, v in per_kind.items()})
+    if save and not index.store.readonly:
+        record = index.model_record()
+        with index.lock:
+            index.store.save_duplicate_rule(record.id, rule.to_json())
+    return rule
+
+
+def calibration_data(index: "Index", *, photos: int = CALIBRATION_PHOTOS, neighbours: int = CALIBRATION_NEIGHBOURS,
+                     seed: int = 0, progress: Progress | None = None) -> CalibrationData:
+    """The measurements :func:`calibrate` chooses its rule from (see there)."""
+    from clipdex.decode import open_image_file
+    from clipdex.search.engine import ModelSearch
+    from clipdex.store.rows import allowed_rows, photos_of_rows
+
+    record = index.model_record()
+    try:
+        encoder = index.encoder
+    except ModelError as e:
+        raise _no_weights(index, record, e) from None
+    with index.lock:
+        hidden = index.store.missing_roots()
+        rows = allowed_rows(index.store, record, None, hidden)
+        engine = ModelSearch(index.store, record)
+        row_photo: dict[int, RowPhoto] = {}
+        for p in photos_of_rows(index.store, record, rows, None, hidden):
+            row_photo.setdefault(p.row, p)
+    if len(rows) < 2:
+        raise DuplicatesError(str(index.path), f"calibration needs at least 2 photos, the index has {len(rows)}",
+                              "Index more photos, or pass --threshold.")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(rows))
+    alterations = _alterations()
+    copy_cos: list[float] = []
+    copy_ph: list[int] = []
+    copy_kind: list[str] = []
+    copy_photo: list[int] = []
+    used = 0
+    total = min(photos, len(rows))
+    for i in order.tolist():
+        if used >= total:
+            break
+        row = int(rows[i])
+        photo = row_photo.get(row)
+        if photo is None:
+            continue
+        try:
+            image = open_image_file(photo.fs_path)
+        except ImageDecodeError as e:
+            log.info("calibration skips %s: %s", photo.path, e.reason)
+            continue
+        stored = engine.read(np.array([row]))[0]
+        altered = [(name, make(image)) for name, make in alterations.items()]
+        try:
+            vectors = _encode(encoder, [im for _, im in altered])
+        except ModelError as e:  # the weights are loaded on the first encoding
+            raise _no_weights(index, record, e) from None
+        original = phash_of_image(image)
+        for (name, im), vector in zip(altered, vectors):
+            copy_cos.append(float(vector @ stored))
+            distance = phash_distance(original, phash_of_image(im))
+            copy_ph.append(-1 if distance is None else distance)
+            copy_kind.append(name)
+            copy_photo.append(row)
+        used += 1
+        if progress:
+            progress(used, total)
+    if not used:
+        raise DuplicatesError(str(index.path), "none of the sampled photos could be read to make altered copies",
+                              "Check that the indexed folders are mounted (`clipdex status`), or pass --threshold.")
+    # Look-alikes: every photo among the DEFAULT_K nearest of `neighbours` sampled photos (the pairs a
+    # search tests), not only the nearest: a pHash distance has to hold against all of them.
+    search, _ = _neighbour_search(engine, rows)
+    picked = rows[order[:min(neighbours, len(rows))]]
+    near_rows, near_scores = search(engine.read(picked), DEFAULT_K + 1)
+    own = np.broadcast_to(picked[:, None], near_rows.shape)
+    real = (near_rows >= 0) & (near_rows != own)
+    pair_a, pair_b, near = own[real], near_rows[real], near_scores[real].astype(np.float32)
+    floor = max(MIN_BAND_COSINE, min(copy_cos) if copy_cos else 1.0)
+    # pHash only where it can matter: pairs above the lowest band calibration could choose.
+    need = np.flatnonzero(near >= floor)
+    with index.lock:
+        files = index.store.files_by_ids([row_photo[int(r)].file_id for r in
+                                          np.unique(np.concatenate([pair_a[need], pair_b[need]]))
+                                          if int(r) in row_photo])
+    hash_of = {p.row: files[p.file_id].content_hash for p in row_photo.values() if p.file_id in files}
+    wanted = {h: files[row_photo[r].file_id].fs_path for r, h in hash_of.items() if h}
+    phashes, _ = phashes_for(index, {h: path for h, path in wanted.items() if h})
+    near_ph = np.full(len(near), -1, dtype=np.int64)
+    for j in need.tolist():
+        a, b = hash_of.get(int(pair_a[j])) or "", hash_of.get(int(pair_b[j])) or ""
+        d = phash_distance(phashes.get(a), phashes.get(b))
+        near_ph[j] = -1 if d is None else d
+    already = (near_ph >= 0) & (near_ph <= ALREADY_COPY_PHASH)
+    keep = ~already
+    return CalibrationData(
+        copy_cosine=np.array(copy_cos, dtype=np.float32), copy_phash=np.array(copy_ph, dtype=np.int64),
+        copy_kind=copy_kind, copy_photo=np.array(copy_photo, dtype=np.int64),
+        near_cosine=near[keep], near_phash=near_ph[keep], near_photo=pair_a[keep].astype(np.int64),
+        already_copies=len(np.unique(pair_a[already])), photos_total=len(rows))
+
+
+def _encode(encoder: Any, images: list["Image.Image"]) -> np.ndarray:
+    out = [np.asarray(encoder.encode_pil(images[i:i + ENCODE_BATCH]), dtype=np.float32)
+           for i in range(0, len(images), ENCODE_BATCH)]
+    vectors = np.concatenate(out)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _no_weights(index: "Index", record: "ModelRecord", error: ModelError) -> DuplicatesError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DuplicatesError(
+        f"calibrating duplicates for {record.name} on index {index.path}",
+        f"the model's weights are not at hand to encode altered copies of your photos ({first})",
+        f"Pass --weights FILE of {record.name} to calibrate, or run without --calibrate: the default rule "
+        f"({DEFAULT_RULE.describe()}) is used, and --threshold COSINE overrides it.")
+
+
+def rule_for(index: "Index", *, threshold: float | None = None, no_phash: bool = False,
+             max_phash: int | None = None) -> tuple[DuplicateRule, str]:
+    """The rule a run uses, and a note on where it came from: ``--threshold`` over the calibrated rule
+    over :data:`DEFAULT_RULE`; ``no_phash`` judges by cosine (and capture time) alone, ``max_phash``
+    replaces the pHash distance."""
+    stored = stored_rule(index)
+    if stored is not None:
+        rule = stored
+        when = time.strftime("%Y-%m-%d", time.localtime(stored.calibrated_at or 0))
+        note = f"calibrated on your photos on {when}"
+    else:
+        rule = DEFAULT_RULE
+        note = ("not calibrated: the default rule (`clipdex duplicates --calibrate` calibrates it on your "
+                "photos; it needs the model's weights)")
+    if threshold is not None:
+        rule = replace(rule, copy_cosine=threshold, band_cosine=min(rule.band_cosine, threshold),
+                       source="--threshold", precision=None, recall=None)
+        note = f"--threshold {threshold:g} over the {'calibrated' if stored else 'default'} rule's band"
+    if max_phash is not None:
+        rule = replace(rule, max_phash=max_phash, source=rule.source if rule.source != "calibrated" else "--max-phash")
+    if no_phash:
+        rule = replace(rule, max_phash=None)
+    return rule, note
+
+
+# -- keepers -----------------------------------------------------------------------------------
+def mark_keeper(index: "Index", file_id: int, keep: bool = True) -> "FileRecord":
+    """Mark photo ``file_id`` to keep (or take the mark away): ``--move-extras`` never moves it, and
+    its group's other photos are the extras. Returns the photo."""
+    record = index.photo(file_id)
+    index.store.require_writable()
+    with index.lock:
+        index.store.set_keeper(record.path, keep)
+    return record
+
+
+# -- moving extras aside, and back -------------------------------------------------------------
+@dataclass(frozen=True)
+class MoveReport:
+    """What :func:`move_extras` or :func:`undo_moves` did."""
+
+    moved: list[tuple[str, str]]  # (from, to)
+    journal: str
+    run: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+def journal_path(index: "Index") -> Path:
+    return index.path / JOURNAL_NAME
+
+
+def _inside(path: str, folder: str) -> bool:
+    folder = folder.rstrip(os.sep) + os.sep
+    return path == folder.rstrip(os.sep) or path.startswith(folder)
+
+
+def _target(dest: str, path: str, roots: Sequence[str]) -> str:
+    """Where ``path`` goes under ``dest``: its path from its indexed folder's parent (the folder's own
+    name kept, so two folders' photos do not mix), given a new name when something is there."""
+    root = max((r for r in roots if _inside(path, r)), key=len, default=os.path.dirname(path))
+    relative = os.path.relpath(path, os.path.dirname(root.rstrip(os.sep)) or os.sep)
+    target = os.path.join(dest, relative)
+    stem, ext = os.path.splitext(target)
+    n = 1
+    while os.path.lexists(target):
+        target = f"{stem}.dup{n}{ext}"
+        n += 1
+    return target
+
+
+def _append(journal: Any, entry: dict[str, Any]) -> None:
+    """One journal line, on the disk before the caller goes on (a crash never loses a move)."""
+    journal.write(json.dumps(entry) + "\n")
+    journal.flush()
+    os.fsync(journal.fileno())
+
+
+def _move_file(source: str, target: str) -> None:
+    """Move ``source`` to ``target`` (which does not exist): a rename, or across file systems a copy
+    (times kept, flushed) renamed into place before the source is removed."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.lexists(target):
+        raise FileExistsError(target)
+    try:
+        os.rename(source, target)
+        return
+    except OSError as e:
+        import errno
+
+        if e.errno != errno.EXDEV:
+            raise
+    partial = target + ".clipdex-partial"
+    shutil.copy2(source, partial)
+    with open(partial, "rb+") as f:
+        os.fsync(f.fileno())
+    os.rename(partial, target)
+    os.unlink(source)
+
+
+def move_extras(index: "Index", groups: Sequence[DuplicateGroup], dest: str | os.PathLike[str],
+                progress: Progress | None = None) -> MoveReport:
+    """Move every group's extras (not the keeper, not a photo marked to keep) into ``dest``, keeping
+    their layout under their indexed folder's name and never overwriting a file; the index forgets
+    them (search no longer shows them). Each move is journalled (fsync'ed) before it is made, in
+    :data:`JOURNAL_NAME` in the index folder: :func:`undo_moves` puts them back. Takes the writer's
+    lock. Raises :class:`DuplicatesError` for a ``dest`` inside an indexed folder or the index."""
+    from clipdex.discover import display_path
+
+    index.store.require_writable()
+    target_dir = os.path.abspath(os.path.expanduser(os.fspath(dest)))
+    roots = index.store.roots()
+    for root in roots:
+        if _inside(target_dir, root):
+            raise DuplicatesError(f"--move-extras {target_dir}", f"is inside the indexed folder {root}, so the "
+                                  "next `clipdex index` would index the moved photos again",
+                                  "Choose a folder outside every indexed folder (`clipdex status` lists them).")
+    if _inside(target_dir, str(index.path)):
+        raise DuplicatesError(f"--move-extras {target_dir}", f"is inside the index folder {index.path}",
+                              "Choose a folder outside the index.")
+    extras = [m for g in groups for m in g.extras]
+    run = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    moved: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    index.store.acquire_lock()
+    try:
+        with index.lock:
+            files = index.store.files_by_ids([m.file_id for m in extras])
+        with open(journal_path(index), "a", encoding="utf-8") as journal:
+            _append(journal, {"run": run, "op": "start", "dest": target_dir, "at": time.time(),
+                              "count": len(extras)})
+            planned = []
+            for m in extras:
+                f = files.get(m.file_id)
+                if f is None or f.status != "ok":
+                    skipped.append((m.path, "no longer in the index"))
+                    continue
+                try:
+                    st = os.stat(f.fs_path)
+                except OSError as e:
+                    skipped.append((m.path, f"cannot be read ({e.strerror or e})"))
+                    continue
+                if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                    skipped.append((m.path, "changed since it was indexed (run `clipdex index` first)"))
+                    continue
+                planned.append((f, _target(target_dir, f.fs_path, roots)))
+            # Forget them first: a crash after this leaves photos the index lacks but the disk has
+            # (the next `clipdex index` takes them back without encoding), never a search result
+            # that points at nothing. The journal holds every record, for undo.
+            with index.lock:
+                index.store.remove_files([f.path for f, _ in planned])
+            for i, (f, target) in enumerate(planned):
+                _append(journal, {"run": run, "op": "move", "from": f.fs_path, "to": target,
+                                  "file": _file_json(f)})
+                try:
+                    _move_file(f.fs_path, target)
+                except OSError as e:
+                    skipped.append((f.path, f"could not be moved ({e.strerror or e}); it stays"))
+                    _append(journal, {"run": run, "op": "failed", "from": f.fs_path, "to": target})
+                    with index.lock:
+                        _restore(index, [f])
+                    continue
+                moved.append((display_path(f.fs_path), target))
+                if progress:
+                    progress(i + 1, len(planned))
+            _append(journal, {"run": run, "op": "end", "moved": len(moved), "at": time.time()})
+    finally:
+        index.store.release_lock()
+    return MoveReport(moved=moved, journal=str(journal_path(index)), run=run, skipped=skipped)
+
+
+def _file_json(f: "FileRecord") -> dict[str, Any]:
+    data = {k: v for k, v in asdict(f).items() if k != "raw_path"}
+    data["raw_path"] = f.raw_path.hex() if f.raw_path is not None else None
+    return data
+
+
+def _restore(index: "Index", files: Iterable["FileRecord"]) -> None:
+    """Give the index its records of ``files`` back (their vectors are still there, by content hash)."""
+    from clipdex.store.catalog import NewFile
+
+    new = [NewFile(path=f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=f.content_hash, width=f.width,
+                   height=f.height, raw_path=f.raw_path, taken_at=f.taken_at, taken_source=f.taken_source)
+           for f in files]
+    if not new:
+        return
+    record = index.model_record()
+    index.store.commit_batch(record, np.zeros((0, record.dim), np.float32), [], new)
+
+
+def _record(data: dict[str, Any]) -> "FileRecord":
+    from clipdex.store.catalog import FileRecord
+
+    raw = data.get("raw_path")
+    values = {**data, "raw_path": bytes.fromhex(raw) if raw else None}
+    return FileRecord(**values)
+
+
+def read_journal(index: "Index") -> list[dict[str, Any]]:
+    """Every entry of the index's move journal, oldest first (a torn last line, from a crash, is ignored)."""
+    path = journal_path(index)
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("ignoring a torn line of %s (a run was interrupted)", path)
+    return entries
+
+
+def undo_moves(index: "Index", progress: Progress | None = None) -> MoveReport:
+    """Put back the photos of the last ``--move-extras`` run not undone yet, last moved first, and give
+    the index their records back. Every file is checked before any is moved: one changed or moved
+    since (not where the journal put it, another size or time), or a file now where it came from,
+    refuses the whole undo with what to do. A run interrupted by a crash is undone as far as it got."""
+    entries = read_journal(index)
+    undone = {e["run"] for e in entries if e.get("op") == "undone"}
+    runs = [e["run"] for e in entries if e.get("op") == "start" and e["run"] not in undone]
+    if not runs:
+        raise DuplicatesError(str(journal_path(index)), "holds no move to undo",
+                              "Nothing was moved with `clipdex duplicates --move-extras DIR` (or every run is "
+                              "undone already).")
+    run = runs[-1]
+    failed = {(e["from"], e["to"]) for e in entries if e.get("run") == run and e.get("op") == "failed"}
+    moves = [e for e in entries if e.get("run") == run and e.get("op") == "move"
+             and (e["from"], e["to"]) not in failed]
+    back: list[tuple[dict[str, Any], bool]] = []  # (entry, needs moving)
+    problems = []
+    for e in reversed(moves):
+        f = _record(e["file"])
+        source, target = e["from"], e["to"]
+        if os.path.lexists(target):
+            st = os.stat(target)
+            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                problems.append(f"{target} changed since it was moved (size or time)")
+            elif os.path.lexists(source):
+                problems.append(f"{source} exists again (a new file where the moved one was)")
+            else:
+                back.append((e, True))
+        elif os.path.lexists(source):
+            st = os.stat(source)
+            if (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns):
+                back.append((e, False))  # the move never happened (a crash before it)
+            else:
+                problems.append(f"{target} is gone and {source} holds another file")
+        else:
+            problems.append(f"{target} is gone (moved or deleted since)")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DuplicatesError(f"undoing run {run} of {journal_path(index)}", f"nothing was moved back: {shown}",
+                              "Put those files back where the journal says (or move them yourself), then run "
+                              "`clipdex duplicates --undo` again; the journal lists every move.")
+    index.store.require_writable()
+    moved: list[tuple[str, str]] = []
+    index.store.acquire_lock()
+    try:
+        with open(journal_path(index), "a", encoding="utf-8") as journal:
+            for i, (e, needs_move) in enumerate(back):
+                if needs_move:
+                    _append(journal, {"run": run, "op": "back", "from": e["to"], "to": e["from"]})
+                    _move_file(e["to"], e["from"])
+                    moved.append((e["to"], e["from"]))
+                if progress:
+                    progress(i + 1, len(back))
+            records = [_record(e["file"]) for e, _ in back]
+            with index.lock:  # a photo `clipdex index` took back meanwhile keeps the record it has
+                _restore(index, [f for f in records if index.store.file_by_path(f.path) is None])
+            _append(journal, {"run": run, "op": "undone", "at": time.time(), "moved_back": len(moved)})
+    finally:
+        index.store.release_lock()
+    return MoveReport(moved=moved, journal=str(journal_path(index)), run=run)
