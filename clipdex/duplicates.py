@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.errors import ClipdexError, ImageDecodeError, ModelError
+from clipdex.errors import ClipdexError, ImageDecodeError, ModelError, shorten
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -179,9 +179,10 @@ class DuplicatesError(ClipdexError):
     """A duplicates operation that cannot be done: moving extras, undoing a move, calibrating.
     The message says what, where, and what to do."""
 
-    def __init__(self, where: str, problem: str, fix: str) -> None:
+    def __init__(self, where: str, problem: str, fix: str, *, no_weights: bool = False) -> None:
         self.where = where
         self.problem = problem
+        self.no_weights = no_weights  # calibration needs the model's weights, which are not at hand
         super().__init__(f"{where}: {problem}. {fix}")
 
 
@@ -845,9 +846,9 @@ def _no_weights(index: "Index", record: "ModelRecord", error: ModelError) -> Dup
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return DuplicatesError(
         f"calibrating duplicates for {record.name} on index {index.path}",
-        f"the model's weights are not at hand to encode altered copies of your photos ({first})",
+        f"the model's weights are not at hand to encode altered copies of your photos ({shorten(first, 160)})",
         f"Pass --weights FILE of {record.name} to calibrate, or run without --calibrate: the default rule "
-        f"({DEFAULT_RULE.describe()}) is used, and --threshold COSINE overrides it.")
+        f"({DEFAULT_RULE.describe()}) is used, and --threshold COSINE overrides it.", no_weights=True)
 
 
 def rule_for(index: "Index", *, threshold: float | None = None, no_phash: bool = False,
