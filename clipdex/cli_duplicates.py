@@ -8,7 +8,7 @@ import csv
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -97,7 +97,7 @@ def duplicates_cmd(index_dir: str | None, model: str | None, weights: str | None
         rule, note = _rule(index, calibrate, calibration_photos, threshold, max_phash, no_phash, as_json or as_csv)
         bar, phash_bar = _Bar("neighbours", "photos"), _Bar("pHash", "img")
         quiet = as_json or as_csv
-        from clipdex.duplicates import find_duplicates
+        from clipdex.duplicates import find_duplicates, report_json
 
         try:
             chosen = [os.path.abspath(os.path.expanduser(f)) for f in folders]
@@ -110,7 +110,7 @@ def duplicates_cmd(index_dir: str | None, model: str | None, weights: str | None
         if grid_dir:
             _draw(report.groups, grid_dir)
         if as_json:
-            click.echo(json.dumps(_json(report, note), indent=2))
+            click.echo(json.dumps(report_json(report, note), indent=2))
         elif as_csv:
             _csv(report)
         else:
@@ -154,22 +154,6 @@ def _rule(index: "Index", calibrate: bool, photos: int, threshold: float | None,
         finally:
             bar.stop()
     return rule_for(index, threshold=threshold, no_phash=no_phash, max_phash=max_phash)
-
-
-def _member_json(m: Any) -> dict[str, Any]:
-    return {"id": m.file_id, "path": m.path, "keeper": m.keeper, "marked": m.marked, "exact": m.exact,
-            "cosine": round(m.cosine, 6), "phash_distance": m.phash_distance, "size": m.size, "width": m.width,
-            "height": m.height, "pixels": m.pixels, "taken_at": m.taken_at}
-
-
-def _json(report: "DuplicateReport", note: str) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return {"rule": {**asdict(report.rule), "text": report.rule.describe()}, "rule_note": note,
-            "keeper_rule": report.keeper_rule, "photos": report.photos, "extras": report.extras,
-            "search": report.search, "seconds": round(report.seconds, 3),
-            "groups": [{"id": g.id, "size": len(g.members), "members": [_member_json(m) for m in g.members]}
-                       for g in report.groups]}
 
 
 def _csv(report: "DuplicateReport") -> None:

@@ -249,6 +249,23 @@ class DuplicateReport:
         return sum(len(g.extras) for g in self.groups)
 
 
+def member_json(m: DuplicateMember) -> dict[str, Any]:
+    """One group member as the CLI's --json and the web API give it."""
+    return {"id": m.file_id, "path": m.path, "keeper": m.keeper, "marked": m.marked, "exact": m.exact,
+            "cosine": round(m.cosine, 6), "phash_distance": m.phash_distance, "size": m.size, "width": m.width,
+            "height": m.height, "pixels": m.pixels, "taken_at": m.taken_at}
+
+
+def report_json(report: DuplicateReport, note: str, groups: Sequence[DuplicateGroup] | None = None) -> dict[str, Any]:
+    """A report as JSON (``groups``: a page of them; default all): the rule, how it was found, the groups."""
+    shown = report.groups if groups is None else groups
+    return {"rule": {**asdict(report.rule), "text": report.rule.describe()}, "rule_note": note,
+            "keeper_rule": report.keeper_rule, "photos": report.photos, "groups_found": len(report.groups),
+            "extras": report.extras, "search": report.search, "seconds": round(report.seconds, 3),
+            "groups": [{"id": g.id, "size": len(g.members), "members": [member_json(m) for m in g.members]}
+                       for g in shown]}
+
+
 # -- pHash -------------------------------------------------------------------------------------
 def phash_of_image(image: "Image.Image") -> str:
     """The 64-bit perceptual hash (imagehash's pHash) of ``image`` as 16 hex digits."""
