@@ -95,7 +95,7 @@ ALREADY_COPY_PHASH = 4  # a "nearest different photo" this close in pHash is a c
 ENCODE_BATCH = 32
 JOURNAL_NAME = "duplicates-journal.jsonl"
 KEEPER_RULE = ("marked in the web app, else the most pixels, then the largest file, then the oldest "
-               "capture time, then the shortest path")
+               "capture time (EXIF, else the file's time), then the shortest path")
 
 
 # -- the rule ----------------------------------------------------------------------------------

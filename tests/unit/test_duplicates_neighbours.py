@@ -11,17 +11,22 @@ import pytest
 from clipdex.search import ann
 from clipdex.search.base import VectorIndex, best_per_query
 from clipdex.search.exact import ExactIndex
-from tests.unit.test_vector_index import (  # noqa: F401  (fixtures)
-    DIM,
-    ROWS,
-    Collection,
-    _brute,
-    _queries,
-    _recall,
-    data,
-    index,
-    kind,
-)
+from tests.unit.test_vector_index import BACKENDS, DIM, ROWS, Collection, _brute, _clustered, _make, _queries, _recall
+
+
+@pytest.fixture()
+def data() -> Collection:
+    return _clustered(ROWS)
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture()
+def index(kind: str, data: Collection) -> VectorIndex:
+    return _make(kind)(data)
 
 
 def _check(rows: np.ndarray, scores: np.ndarray, data: Collection, queries: np.ndarray) -> None:
