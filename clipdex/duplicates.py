@@ -876,8 +876,9 @@ def rule_for(index: "Index", *, threshold: float | None = None, no_phash: bool =
     stored = stored_rule(index)
     if stored is not None:
         rule = stored
-        when = time.strftime("%Y-%m-%d", time.localtime(stored.calibrated_at or 0))
-        note = f"calibrated on your photos on {when}"
+        when = (time.strftime(" on %Y-%m-%d", time.localtime(stored.calibrated_at)) if stored.calibrated_at
+                else "")
+        note = f"calibrated on your photos{when}"
     else:
         rule = DEFAULT_RULE
         note = ("not calibrated: the default rule (`clipdex duplicates --calibrate` calibrates it on your "
