@@ -64,6 +64,15 @@ Progress = Callable[[int, int], None]  # (done, total), drawn as a bar by the CL
 # -- tunables -------------------------------------------------------------------------------
 DEFAULT_K = 10  # neighbours asked for each photo: a group larger than this is still joined through its members
 QUERY_CHUNK = 4_096  # photos whose neighbours are asked for in one call
+# The share of an approximate index's lists a near-duplicate search probes (image searches probe 1/64):
+# copies (cosine >= 0.9) share their original's list or the next; measured in bench/duplicates_scale.py.
+DUPLICATE_PROBE_SHARE = 1 / 512
+DUPLICATE_MIN_NPROBE = 4
+
+
+def duplicate_nprobe(nlist: int) -> int:
+    """Lists a near-duplicate search probes in an IVF index of ``nlist`` lists."""
+    return min(nlist, max(DUPLICATE_MIN_NPROBE, round(nlist * DUPLICATE_PROBE_SHARE)))
 PHASH_DRAFT = 256  # JPEGs decoded at 1/2..1/8 scale for pHash (it looks at 32 x 32 pixels)
 PHASH_BITS = 64
 MAX_COMPONENT = 4_000  # members of one component compared pairwise (a larger one is split by its kNN edges only)
@@ -488,14 +497,21 @@ Neighbours = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (quer
 def _neighbour_search(engine: Any, rows: np.ndarray) -> tuple[Neighbours, str]:
     """A batch neighbour search over ``rows`` through the model's search engine: its approximate
     index (and the rows committed after it, exactly) where it has one, exact search otherwise."""
+    from clipdex.search.ann import IvfIndex
     from clipdex.search.base import merge_neighbours
 
     parts = [p for p in (engine.exact, engine.ann, engine.tail) if p is not None]
 
+    def ask(part: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(part, IvfIndex):  # a copy's neighbours share its list: probe few (bench/duplicates_scale.py)
+            return part.neighbours(queries, k, rows, nprobe=duplicate_nprobe(part.params.nlist or 1))
+        found: tuple[np.ndarray, np.ndarray] = part.neighbours(queries, k, rows)
+        return found
+
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        best = parts[0].neighbours(queries, k, rows)
+        best = ask(parts[0], queries, k)
         for more in parts[1:]:
-            found_rows, found_scores = more.neighbours(queries, k, rows)
+            found_rows, found_scores = ask(more, queries, k)
             best = merge_neighbours(best, found_rows, found_scores, k)
         return best
 

@@ -188,6 +188,9 @@ def empty_neighbours(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((m, k), -1, dtype=np.int64), np.full((m, k), -np.inf, dtype=np.float32)
 
 
+# merge_neighbours: the candidates a query has no k of yet are cut by a partition of this many
+# columns first; the rest of a block then only adds the scores above each query's k-th best.
+FIRST_COLUMNS = 1024
 # A damaged vector's NaN score ranks after every real row but before padding (-inf).
 _NAN_RANK = np.float32(np.finfo(np.float32).min)
 
@@ -217,8 +220,28 @@ def merge_neighbours(best: tuple[np.ndarray, np.ndarray], rows: np.ndarray, scor
     of shape (m, c), or one row list (c,) that every query scored (``scores`` (m, c)), cut to each
     query's best ``k`` before anything of size (m, c) is copied."""
     if rows.ndim == 1:
+        kth = best[1][:, k - 1]  # each query's k-th best so far (-inf: fewer than k yet)
+        first = max(4 * k, FIRST_COLUMNS)
+        if len(rows) > 2 * first and not np.isfinite(kth).all():  # a few columns first set the bar
+            best = merge_neighbours(best, rows[:first], scores[:, :first], k)
+            return merge_neighbours(best, rows[first:], scores[:, first:], k)
+        if len(rows) > k and np.isfinite(kth).all():
+            # Only scores above a query's k-th best can enter (a NaN never does: it ranks below
+            # every real score): far fewer than the block once each query has k.
+            above = scores > kth[:, None]
+            counts = above.sum(axis=1)
+            widest = int(counts.max()) if len(counts) else 0
+            if widest <= max(k, len(rows) // 8):
+                at, col = np.nonzero(above)  # row-major: grouped by query
+                starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                slot = np.arange(len(at)) - starts[at]
+                more_rows, more_scores = empty_neighbours(len(scores), max(1, widest))
+                more_rows[at, slot] = rows[col]
+                more_scores[at, slot] = scores[at, col]
+                return best_per_query(np.hstack([best[0], more_rows]), np.hstack([best[1], more_scores]), k)
         if len(rows) > k:
-            scores = np.nan_to_num(scores, nan=_NAN_RANK)
+            if np.isnan(scores.min()):  # min propagates NaN: one pass, nothing copied
+                scores = np.where(np.isnan(scores), _NAN_RANK, scores)
             picked = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             rows, scores = rows[picked], np.take_along_axis(scores, picked, axis=1)
         else:

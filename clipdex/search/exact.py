@@ -179,8 +179,8 @@ class ExactIndex(VectorIndex):
             for at in range(0, len(base), NEIGHBOUR_ROWS):
                 rows = base[at:at + NEIGHBOUR_ROWS]
                 block = (self._matrix[at:at + len(rows)] if whole else self._matrix[rows])
-                scores = np.asarray(block, dtype=np.float32) @ chunk.T  # (rows, queries)
-                found = merge_neighbours(found, rows, scores.T, k)
+                scores = chunk @ np.asarray(block, dtype=np.float32).T  # (queries, rows), C order for the partition
+                found = merge_neighbours(found, rows, scores, k)
             if len(extra_rows):
                 found = merge_neighbours(found, extra_rows, chunk @ extra_vectors.T, k)
             best[0][start:start + len(chunk)], best[1][start:start + len(chunk)] = found
