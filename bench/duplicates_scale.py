@@ -58,7 +58,7 @@ def planted(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     for original, count in zip(picked.tolist(), counts.tolist()):
         for _ in range(count):
             cosine = rng.uniform(0.97, 0.995)
-            noise = rng.normal(size=base.shape[1]).astype(np.float32)
+            noise = np.asarray(rng.normal(size=base.shape[1]), dtype=np.float32)
             noise -= (noise @ base[original]) * base[original]
             noise /= np.linalg.norm(noise)
             extra[at] = cosine * base[original] + np.sqrt(1 - cosine ** 2) * noise
