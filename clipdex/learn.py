@@ -469,8 +469,10 @@ def learn_from_table(index: "Index", name: str, table: str | os.PathLike[str], k
         edges = sorted({float(b) for b in bins}) if bins is not None else \
             quantile_edges(numbers, levels or DEFAULT_LEVELS)
         if not edges:
-            raise TableError(where, f"column {target!r} has one value in all {len(values)} rows ({values[0]})",
-                             "There is nothing to learn: choose another column.")
+            value, n = Counter(numbers.tolist()).most_common(1)[0]
+            raise TableError(where, f"column {target!r} cannot be cut into quantile levels: {n} of its "
+                             f"{len(numbers)} values are {value:g}",
+                             "Give the edges yourself with --bins (e.g. --bins 400,800), or choose another column.")
         names = level_names(edges)
         values = [names[i] for i in cut(numbers, edges)]
         how = f"--bins {','.join(f'{e:g}' for e in edges)}" if bins is not None else \
