@@ -17,6 +17,11 @@
   const ROWS = [["zero_shot", "zero-shot"], ["probe", "linear probe"], ["combined", "zero-shot + corrections"],
     ["baseline", "majority class"]];
 
+  const PRIORS = { "text-encoder": "the prompts, encoded again", "stored-probabilities":
+    "the stored zero-shot probabilities (the model's weights are not here)" };
+
+  function number(x) { return String(Number(Number(x).toPrecision(3))); }
+
   function el(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -71,12 +76,12 @@
       const gain = after - before;
       summary.textContent = "Cross-validated on " + metrics.combined.count + " corrected photos: balanced accuracy " +
         before.toFixed(3) + " (zero-shot) → " + after.toFixed(3) + " (combined), " + (gain >= 0 ? "+" : "") +
-        gain.toFixed(3) + "; the probe's weight " + learned.weight + ", C " + Number(learned.C).toPrecision(3) +
-        ", zero-shot side from " + learned.prior + ".";
+        gain.toFixed(3) + "; the probe's weight " + learned.weight + ", C " + number(learned.C) +
+        "; zero-shot side: " + (PRIORS[learned.prior] || learned.prior) + ".";
     } else if (learned.source === "table") {
       summary.textContent = "Learned from column " + learned.target + " of " + learned.table +
         (learned.levels ? " (" + learned.levels + ")" : "") + "; cross-validated, " + learned.folds + "-fold, C " +
-        Number(learned.C).toPrecision(3) + ".";
+        number(learned.C) + ".";
     }
   }
 
