@@ -74,24 +74,29 @@ def words_of(text: str) -> set[str]:
     for w in re.findall(r"[a-z]{3,}", text):
         if w in STOP:
             continue
-        found.add(w[:-1] if w.endswith("s") and not w.endswith("ss") and len(w) > 3 else w)
+        found.add(w[:-1] if w.endswith("s") and not w.endswith(("ss", "us", "is")) and len(w) > 3 else w)
     return found
+
+
+def distinctive(labels: np.ndarray, words: list[set[str]], top: int) -> dict[int, list[str]]:
+    """Each cluster's ``top`` most distinctive caption words: count in the cluster times the log of
+    the lift over the whole collection (words in at least :data:`MIN_WORD_PHOTOS` of its photos)."""
+    n = len(labels)
+    overall = Counter(w for ws in words for w in ws)
+    out = {}
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        inside = Counter(w for i in members for w in words[i])
+        weight = {w: m * math.log((m / len(members)) / (overall[w] / n)) for w, m in inside.items()
+                  if m >= MIN_WORD_PHOTOS}
+        out[int(c)] = sorted(weight, key=lambda w: (-weight[w], w))[:top]
+    return out
 
 
 def coverage(labels: np.ndarray, words: list[set[str]], top: int) -> float:
     """Share of photos whose caption holds one of their cluster's ``top`` most distinctive words."""
-    n = len(labels)
-    overall = Counter(w for ws in words for w in ws)
-    hit = 0
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        inside = Counter(w for i in members for w in words[i])
-        lift = {w: (m / len(members)) / (overall[w] / n) for w, m in inside.items() if m >= MIN_WORD_PHOTOS}
-        # distinctive and frequent: a word's count in the cluster times the log of its lift (its PMI)
-        weight = {w: inside[w] * math.log(lift[w]) for w in lift}
-        best = set(sorted(weight, key=lambda w: (-weight[w], w))[:top])
-        hit += sum(1 for i in members if words[i] & best)
-    return hit / n
+    best = {c: set(ws) for c, ws in distinctive(labels, words, top).items()}
+    return sum(1 for i, c in enumerate(labels) if words[i] & best[int(c)]) / len(labels)
 
 
 def caption_similarity(labels: np.ndarray, tfidf: np.ndarray) -> float:
@@ -161,10 +166,15 @@ def part_captions(args: argparse.Namespace) -> None:
                                    zip(got, rand.mean(axis=0), rand.std(axis=0)))
                 print(f"| {title} | {len(names)} | {cells} | {seconds:.1f} |", flush=True)
                 if k is None:
+                    sizes = Counter(labels.tolist())
+                    top_words = distinctive(labels, words, args.top_words)
+                    auto_topics = [f"{names[c]} ({sizes[c]}): {', '.join(top_words[c])}" for c in range(len(names))]
                     chosen = result.choice
                     scores = ", ".join(f"{kk}: {s:.3f}" for kk, s in chosen.scores.items())
                     auto_line = f"auto k: {chosen.describe()}; silhouette by k: {scores}"
             print(f"\n{auto_line}")
+            print("\nthe automatic topics (photos): their most distinctive caption words\n")
+            print("\n".join(f"- {line}" for line in auto_topics))
             print("\nName-in-caption rate on these real vectors: BLOCKED (needs the real ViT-B/32 text encoder; its "
                   "weights are not on this machine). Topics of imported vectors are stored numbered.")
     finally:
