@@ -160,6 +160,10 @@ def _print(result: TopicsResult, sheets: list[str]) -> None:
                   f"`clipdex review {_t(result.name)} --grid sheet.jpg`, /topics in `clipdex serve`", markup=True)
     else:
         out.print("not stored (--no-save, or a read-only index)")
+    if result.stale_corrections:
+        out.print(f"[yellow]note:[/] {result.stale_corrections} correction(s) made to an earlier {_t(result.name)!r} "
+                  "name a topic that no longer exists; those photos show under no topic until corrected again "
+                  "(or store these topics under another --name)")
     out.print(f"found in {result.seconds:.1f} s (stored vectors; no image decoded)")
     for sheet in sheets:
         out.print(f"grid: {sheet}", markup=False)

@@ -234,9 +234,14 @@ def _kmeans(vectors: np.ndarray, k: int, seed: int, n_init: int) -> np.ndarray:
                              min_points_per_centroid=1, max_points_per_centroid=len(vectors), verbose=False)
         model.train(np.ascontiguousarray(vectors, dtype=np.float32))
         return _unit(np.asarray(model.centroids, dtype=np.float32))
-    from sklearn.cluster import KMeans
+    import warnings
 
-    fitted = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(vectors)
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # fewer distinct photos than k: the empty topics are dropped later
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(vectors)
     return _unit(fitted.cluster_centers_.astype(np.float32))
 
 
@@ -423,12 +428,16 @@ class TopicsResult:
     cached_names: bool  # the vocabulary's vectors came from the index's cache (nothing encoded)
     saved: bool
     seconds: float
+    # Corrections people made to an earlier topics set of this name whose label no topic has now
+    # (they stay in the index, as every set's corrections do, and hide those photos from the topics).
+    stale_corrections: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of ``clipdex topics --json`` and the web API."""
         return {"set": self.name, "model": self.model, "photos": len(self.classification.file_ids),
                 "k": self.choice.to_dict(), "vocabulary": self.vocabulary, "naming_note": self.naming_note,
                 "temperature": TEMPERATURE, "saved": self.saved, "seconds": round(self.seconds, 3),
+                "stale_corrections": self.stale_corrections,
                 "topics": [t.to_dict() for t in self.topics]}
 
 
@@ -514,9 +523,14 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
     elif save:
         index.save_classification(result)
         saved = True
+    stale = 0
+    if saved:
+        with index.lock:
+            known = set(names)
+            stale = sum(1 for label in index.store.corrections(record, name).values() if label not in known)
     return TopicsResult(name, record.name, topics, KChoice(len(topics), choice.method, choice.low, choice.high,
                                                             choice.scores, choice.sample),
-                        result, vocabulary.description, note, cached, saved, time.perf_counter() - started)
+                        result, vocabulary.description, note, cached, saved, time.perf_counter() - started, stale)
 
 
 def _method(n: int, k: int) -> str:

@@ -220,3 +220,27 @@ def test_web_topics_page_and_api(client: TestClient) -> None:
     assert client.post("/api/topics", json={"k": 1}).status_code == 400  # k below 2
     assert client.post("/api/topics", json={"name": "bad name"}).status_code == 400
     assert "/api/topics" in client.get("/api").text
+
+
+def test_read_only_index_shows_topics_without_storing(index_dir: str, model_kwargs: dict[str, str]) -> None:
+    with Index.open(index_dir, readonly=True, **model_kwargs) as idx:
+        result = find_topics(idx, k=3)
+        assert not result.saved and len(result.topics) == 3
+    assert not (Path(index_dir) / CACHE_DIR).exists()  # nothing written, not even the cache
+    with Index.open(index_dir, **model_kwargs) as idx:
+        assert "topics" not in idx.label_sets()
+
+
+def test_corrections_to_topics_that_are_gone_are_counted(index_dir: str, model_kwargs: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("alpha\nbeta\ngamma\n")
+    second.write_text("delta\nepsilon\n")
+    with Index.open(index_dir, **model_kwargs) as idx:
+        found = find_topics(idx, k=3, label_files=[first], builtin=False)
+        assert found.stale_corrections == 0
+        photo_id = found.classification.file_ids[0]
+        other = next(t.name for t in found.topics if t.name != found.classification.predicted[0])
+        idx.correct("topics", photo_id, other)
+        again = find_topics(idx, k=2, label_files=[second], builtin=False)
+    assert again.stale_corrections == 1 and again.to_dict()["stale_corrections"] == 1
