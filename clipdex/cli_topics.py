@@ -143,16 +143,24 @@ def _print(result: TopicsResult, sheets: list[str]) -> None:
     out = _console()
     total = max(1, len(result.classification.file_ids))
     table = Table(title=f"{len(result.topics)} topics of {total} photos ({result.model})", title_justify="left")
-    for column, justify in (("#", "right"), ("name", "left"), ("photos", "right"), ("share", "right"),
-                            ("next names", "left"), ("your labels", "left")):
+    also = [", ".join(f"{n} ({s:+.3f})" for n, s in t.candidates[1:3]) for t in result.topics]
+    mine = [", ".join(f"{m.set_name}={m.label} {100 * m.share:.0f}%" for m in t.majorities) for t in result.topics]
+    columns = [("#", "right"), ("name", "left"), ("photos", "right"), ("share", "right")]
+    columns += [("next names", "left")] if any(also) else []
+    columns += [("your labels", "left")] if any(mine) else []
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for t in result.topics:
-        also = ", ".join(f"{n} ({s:+.3f})" for n, s in t.candidates[1:3])
-        mine = ", ".join(f"{m.set_name}={m.label} {100 * m.share:.0f}%" for m in t.majorities)
-        table.add_row(str(t.number), _t(t.name), str(t.size), f"{100 * t.size / total:.1f}%", _t(also), _t(mine))
+    for t, a, m in zip(result.topics, also, mine):
+        cells = [str(t.number), _t(t.name), str(t.size), f"{100 * t.size / total:.1f}%"]
+        table.add_row(*cells, *([_t(a)] if any(also) else []), *([_t(m)] if any(mine) else []))
     out.print(table)
-    out.print(f"{_t(result.choice.describe())}; names from {_t(result.vocabulary)}"
-              + (" (vectors from the index's cache: nothing encoded)" if result.cached_names else ""))
+    named = {t.named_by for t in result.topics}
+    if "vocabulary" in named:
+        source = f"names from {_t(result.vocabulary)}" + (" (their vectors from the index's cache: nothing "
+                                                           "encoded)" if result.cached_names else "")
+    else:
+        source = "named by your label sets' majority labels, else numbered" if "labels" in named else "numbered"
+    out.print(f"{_t(result.choice.describe())}; {source}")
     if result.naming_note:
         out.print(f"[yellow]note:[/] {_t(result.naming_note)}")
     if result.saved:
