@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.classify import SIGMOID, Classification, softmax
+from clipdex.classify import SIGMOID, SOFTMAX, Classification, softmax
 from clipdex.errors import LabelSetError, ModelError, TableError
 from clipdex.labels import MULTI_SEPARATOR, NAME, RESERVED_SET_NAMES, UNCERTAIN, Label, LabelSet, check_min_prob
 
@@ -556,7 +556,8 @@ def learn_from_table(index: "Index", name: str, table: str | os.PathLike[str], k
         scores["zero_shot"] = zero_shot
     C, model = choose_C(x, y, Cs, folds, seed=seed)
     coef, intercept = logit_matrix(model, len(classes))
-    origin = {"kind": KIND, "source": FROM_TABLE, "target": target, "table": os.path.abspath(table), "key": key,
+    origin = {"kind": KIND, "source": FROM_TABLE, "scoring": SOFTMAX, "target": target,
+              "table": os.path.abspath(table), "key": key,
               "levels": data.levels, "C": C, "classes": classes, "counts": data.counts,
               "metrics": {k: v.to_dict() for k, v in scores.items()}, "folds": cv.folds, "nested": cv.nested,
               "fold_C": cv.fold_C, "model": index.model_record().key, "learned_at": time.time(),
@@ -734,7 +735,8 @@ def learn_from_corrections(index: "Index", name: str, *, min_prob: float | None 
         coef, intercept = logit_matrix(fit_probe(vectors[rows], y, combo.C), len(labels))
     w = combo.weight
     origin: dict[str, Any] = {
-        "kind": KIND, "source": FROM_CORRECTIONS, "zero_shot_set": source, "target": source, "prior": prior,
+        "kind": KIND, "source": FROM_CORRECTIONS, "scoring": SOFTMAX, "zero_shot_set": source, "target": source,
+        "prior": prior,
         "weight": w, "C": combo.C, "classes": labels, "counts": {label: counts.get(label, 0) for label in labels},
         "metrics": {k: v.to_dict() for k, v in scores.items()}, "folds": combo.folds, "nested": False,
         "model": index.model_record().key, "learned_at": time.time()}
@@ -799,8 +801,6 @@ def _predict(index: "Index", label_set: LabelSet, coef: np.ndarray, intercept: n
 
 
 def _classification(label_set: LabelSet, found: Any, rows: np.ndarray, logits: np.ndarray) -> Classification:
-    from clipdex.classify import SOFTMAX
-
     probs = softmax(logits) if len(logits) else np.zeros((0, len(label_set.labels)))
     best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
     confidence = probs[np.arange(len(probs)), best] if len(probs) else np.zeros(0)
