@@ -163,6 +163,7 @@ def _print(result: TopicsResult, sheets: list[str]) -> None:
     out.print(f"{_t(result.choice.describe())}; {source}")
     if result.naming_note:
         out.print(f"[yellow]note:[/] {_t(result.naming_note)}")
+        out.print(f"  why: {_t(result.naming_detail)}", style="dim")
     if result.saved:
         out.print(f"stored as label set {_t(result.name)!r}: `clipdex search --label {_t(result.name)}=NAME`, "
                   f"`clipdex review {_t(result.name)} --grid sheet.jpg`, /topics in `clipdex serve`", markup=True)

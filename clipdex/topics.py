@@ -298,12 +298,13 @@ def fit_centroids(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 # -- naming -------------------------------------------------------------------
 def concept_vectors(index: Index, vocabulary: Vocabulary,
-                    progress: Progress | None = None) -> tuple[np.ndarray | None, str | None, bool]:
-    """(unit concept vectors (concepts, dim), why there are none, whether they came from the cache).
+                    progress: Progress | None = None) -> tuple[np.ndarray | None, ModelError | None, bool]:
+    """(unit concept vectors (concepts, dim), the model's error when there are none, whether they
+    came from the cache).
 
     Read from the index folder's cache when this model has encoded this vocabulary before;
     otherwise every prompt is encoded once (in batches) and the cache written (not on a
-    read-only index). Without the model's text encoder, (None, the reason and what to do, False).
+    read-only index). Without the model's text encoder: (None, its :class:`ModelError`, False).
     """
     record = index.model_record()
     path = _cache_path(index, record.key, vocabulary)
@@ -319,10 +320,7 @@ def concept_vectors(index: Index, vocabulary: Vocabulary,
             if progress:
                 progress(min(start + ENCODE_BATCH, len(prompts)), len(prompts))
     except ModelError as e:
-        return None, (f"naming topics needs the text encoder of {record.name}, which cannot be used here: {e} "
-                      "Topics are stored numbered (or named by your label sets' majority labels); run "
-                      "`clipdex topics` again with the weights (--weights FILE, or a model the machine can "
-                      "load) to name them."), False
+        return None, e, False
     vectors = np.concatenate(parts) if parts else np.zeros((0, record.dim), np.float32)
     out = np.empty((len(vocabulary.concepts), vectors.shape[1]), dtype=np.float32)
     start = 0
@@ -332,6 +330,14 @@ def concept_vectors(index: Index, vocabulary: Vocabulary,
     if not index.store.readonly:
         _write_cache(path, out)
     return out, None, False
+
+
+def naming_note(model: str) -> str:
+    """What a user reads when topics could not be named by the vocabulary (the model's own error,
+    with its fix, goes beside it as the detail)."""
+    return (f"Topics are not named: naming needs the text encoder of {model}, which cannot be loaded here. "
+            "They are stored numbered (or named by your label sets' majority labels); run `clipdex topics` "
+            "again where the model loads (or with --weights FILE) to name them.")
 
 
 def _cache_path(index: Index, model_key: str, vocabulary: Vocabulary) -> Path:
@@ -425,6 +431,7 @@ class TopicsResult:
     classification: Classification
     vocabulary: str
     naming_note: str | None  # why topics are not named by the vocabulary (no text encoder), else None
+    naming_detail: str | None  # the model's error behind naming_note (what was looked for, the fix)
     cached_names: bool  # the vocabulary's vectors came from the index's cache (nothing encoded)
     saved: bool
     seconds: float
@@ -436,6 +443,7 @@ class TopicsResult:
         """The JSON shape of ``clipdex topics --json`` and the web API."""
         return {"set": self.name, "model": self.model, "photos": len(self.classification.file_ids),
                 "k": self.choice.to_dict(), "vocabulary": self.vocabulary, "naming_note": self.naming_note,
+                "naming_detail": self.naming_detail,
                 "temperature": TEMPERATURE, "saved": self.saved, "seconds": round(self.seconds, 3),
                 "stale_corrections": self.stale_corrections,
                 "topics": [t.to_dict() for t in self.topics]}
@@ -492,9 +500,11 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
     assigned = cosines.argmax(axis=1)
     sizes = np.bincount(assigned, minlength=len(centroids))
 
-    concept_vecs, note, cached = (None, None, False)
+    concept_vecs, problem, cached = (None, None, False)
     if vocabulary.concepts:
-        concept_vecs, note, cached = concept_vectors(index, vocabulary, name_progress)
+        concept_vecs, problem, cached = concept_vectors(index, vocabulary, name_progress)
+    note = naming_note(record.name) if problem is not None else None
+    detail = str(problem) if problem is not None else None
     majorities = _majorities(found.ids, assigned, len(centroids), stored)
     names, named_by, candidates = _names(centroids, concept_vecs, vocabulary, majorities)
 
@@ -512,7 +522,8 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
                 "choice": choice.to_dict(), "seed": seed, "vocabulary": vocabulary.description,
                 "vocabulary_digest": vocabulary.digest()[:16], "temperature": TEMPERATURE,
                 "name_score": f"cosine to the centroid - {NAME_CONTRAST:g} x mean cosine to the other centroids",
-                "naming_note": note, "photos": n, "model": record.key, "created": int(time.time()),
+                "naming_note": note, "naming_detail": detail, "photos": n, "model": record.key,
+                "created": int(time.time()),
                 "topics": [t.to_dict() for t in topics]})
     result = Classification(label_set=label_set, file_ids=found.ids.tolist(), paths=list(found.paths),
                             probs=probs, predicted=[names[int(a)] for a in assigned],
@@ -530,7 +541,8 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
             stale = sum(1 for label in index.store.corrections(record, name).values() if label not in known)
     return TopicsResult(name, record.name, topics, KChoice(len(topics), choice.method, choice.low, choice.high,
                                                             choice.scores, choice.sample),
-                        result, vocabulary.description, note, cached, saved, time.perf_counter() - started, stale)
+                        result, vocabulary.description, note, detail, cached, saved, time.perf_counter() - started,
+                        stale)
 
 
 def _method(n: int, k: int) -> str:

@@ -153,6 +153,7 @@ def test_without_weights_topics_are_numbered_or_named_by_labels(
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert "needs the text encoder" in data["naming_note"] and "--weights" in data["naming_note"]
+    assert "gone.pt" in data["naming_detail"]  # the model's own error: which weights are missing
     assert all(t["named_by"] in ("labels", "number") for t in data["topics"])
     assert all(t["candidates"] == [] for t in data["topics"])
     for t in data["topics"]:
@@ -163,6 +164,7 @@ def test_without_weights_topics_are_numbered_or_named_by_labels(
     assert len({t["name"] for t in data["topics"]}) == 3
     text = run_cli("topics", "-k", "3", "--index", str(index_dir), "--name", "numbered")
     assert text.exit_code == 0 and "note:" in text.output and "needs the text encoder" in text.output
+    assert "why:" in text.output and "numbered" in text.output
 
 
 def test_a_zero_shot_set_is_never_replaced(index_dir: str, model_kwargs: dict[str, str]) -> None:
