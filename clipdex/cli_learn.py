@@ -18,6 +18,8 @@ MAX_NEXT = 500
 MAX_LEVELS = 20
 MAX_FOLDS = 20
 RARE_CHOICES = ("error", "drop", "other")  # = clipdex.learn.RARE_CHOICES (not imported: --help stays light)
+PRIORS = {"text-encoder": "the set's prompts, encoded again",
+          "stored-probabilities": "the stored zero-shot probabilities (the model's weights are not here)"}
 ROWS = (("probe", "linear probe"), ("combined", "zero-shot + corrections"), ("zero_shot", "zero-shot"),
         ("baseline", "majority class"))
 
@@ -167,7 +169,8 @@ def _print_learned(learned: "Learned", model_name: str) -> None:
     else:
         out.print(f"  cross-validated on the corrected photos, {learned.folds}-fold; C {learned.C:g} and the "
                   f"probe's weight {learned.weight:g} chosen by the same CV (slightly optimistic for the "
-                  f"combined and probe rows); zero-shot side: {learned.prior}", markup=False)
+                  f"combined and probe rows); zero-shot side: {PRIORS.get(learned.prior or '', learned.prior)}",
+                  markup=False)
     out.print(f"  {'':<26}{'accuracy':>9}{'balanced':>10}{'macro-F1':>10}", markup=False)
     for key, label in ROWS:
         s = learned.scores.get(key)
