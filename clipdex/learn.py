@@ -75,6 +75,7 @@ FIT_THREADS = 1
 PROB_FLOOR = 1e-30  # stored float32 probabilities are floored before their log is taken
 OTHER = "other"  # the class rare values are merged into with rare="other"
 RARE_CHOICES = ("error", "drop", "other")
+MAX_NAMED = 10  # rare classes an error names (then "and N more")
 COEF_DECIMALS = 6  # decimals of the coefficients kept in the label set's stored definition
 
 
@@ -496,7 +497,9 @@ def training_data(index: "Index", table: str | os.PathLike[str], key: str, targe
     left_out: dict[str, int] = {}
     small = {v: n for v, n in counts.items() if n < min_rows}
     if small and rare == "error":
-        shown = ", ".join(f"{v!r} ({n})" for v, n in sorted(small.items(), key=lambda item: (-item[1], item[0])))
+        ranked = sorted(small.items(), key=lambda item: (-item[1], item[0]))
+        shown = ", ".join(f"{v!r} ({n})" for v, n in ranked[:MAX_NAMED]) + \
+            (f" and {len(ranked) - MAX_NAMED} more" if len(ranked) > MAX_NAMED else "")
         raise TableError(where, f"column {target!r}: too few photos to learn and cross-validate these classes "
                          f"(at least {min_rows} each): {shown}",
                          "Leave them out with --rare drop, merge them into one class 'other' with --rare other, "

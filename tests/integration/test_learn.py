@@ -296,3 +296,23 @@ def test_web_learn_api(index: Index) -> None:
     assert learned_state["source"] == "scene" and learned_state["correct_in"] == "scene"
     assert client.get("/api/labels/nothing/learning").status_code == 404
     assert "/api/labels/{name}/learn" in client.get("/api").text
+
+
+def test_cli_from_corrections_and_predict(index: Index) -> None:
+    index.classify([make_label_set("scene", list(GROUPS), ["a photo of a {}"])])
+    _correct(index, "scene", 3)
+    index.close()
+    result = run_cli("learn", "scene", "--from-corrections", "--next", "4", "--index", str(index.path), "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["set"] == "scene-learned" and out["source"] == "corrections" and out["prior"] == "text-encoder"
+    assert out["scores"]["combined"]["balanced_accuracy"] >= out["scores"]["zero_shot"]["balanced_accuracy"]
+    assert out["photos"] == 3 * PER_GROUP and len(out["next"]) == 4
+    result = run_cli("learn", "scene", "--from-corrections", "--index", str(index.path))
+    assert result.exit_code == 0, result.output
+    assert "zero-shot + corrections" in result.output and "the set's prompts, encoded again" in result.output
+    assert "stored as label set scene-learned" in result.output
+    result = run_cli("learn", "scene-learned", "--predict", "--index", str(index.path))
+    assert result.exit_code == 0 and f"labelled {3 * PER_GROUP} photos" in result.output
+    result = run_cli("learn", "scene", "--predict", "--index", str(index.path))
+    assert result.exit_code == 1 and "zero-shot set, not one `clipdex learn` made" in result.output
