@@ -916,6 +916,11 @@ def learning_state(index: "Index", name: str, n_next: int = 12) -> dict[str, Any
     except LabelSetError as e:
         source = None
         state["needs"] = str(e)
+        if label_set.kind == KIND and origin.get("source") == FROM_TABLE:
+            state["needs"] = (f"Corrections made here are ground truth for `clipdex evaluate {name}`, not learned "
+                              f"from; to learn again from the table, run "
+                              f"`clipdex learn {name} --metadata TABLE --key {origin.get('key')} --target "
+                              f"{origin.get('target')} --save-as {name}`.")
     if source is not None and not index.classification(source).label_set.multi_label:
         counts = correction_counts(index, source)
         short = [f"{label} ({n})" for label, n in counts.items() if n < MIN_CORRECTIONS_PER_LABEL]

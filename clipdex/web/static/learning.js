@@ -93,12 +93,12 @@
     if (state.source) {
       status.textContent = total + " corrections" + (per ? " (" + per + ")" : "") + "." +
         (state.needs ? " To learn, " + state.needs + "." : "");
-      button.hidden = false;
+      button.style.display = "";
       button.disabled = !state.can_learn;
       button.textContent = "Learn from " + total + " corrections";
     } else {
       status.textContent = state.needs || "";
-      button.hidden = true;
+      button.style.display = "none";  // the stylesheet's button rule would show a [hidden] one
     }
     if (state.learned_set && state.learned_set !== state.set) {
       link.hidden = false;
