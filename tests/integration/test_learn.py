@@ -316,3 +316,20 @@ def test_cli_from_corrections_and_predict(index: Index) -> None:
     assert result.exit_code == 0 and f"labelled {3 * PER_GROUP} photos" in result.output
     result = run_cli("learn", "scene", "--predict", "--index", str(index.path))
     assert result.exit_code == 1 and "zero-shot set, not one `clipdex learn` made" in result.output
+
+
+def test_learning_state_of_a_table_set_and_a_multi_label_refusal(
+        index: Index, groups: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    from clipdex.learn import learning_state
+
+    table = write_table(tmp_path / "photos.csv", groups[1])
+    learn_from_table(index, "scene", table, "photo_id", "group")
+    state = learning_state(index, "scene", 3)
+    assert state["kind"] == "learned" and state["source"] is None and not state["can_learn"]
+    assert "--target group --save-as scene" in state["needs"]
+    assert state["learned"]["metrics"]["probe"]["accuracy"] >= 0.9 and state["correct_in"] == "scene"
+    assert len(state["next"]) == 3
+    index.classify([make_label_set("tags", list(GROUPS), multi_label=True)])
+    with pytest.raises(LabelSetError, match="is multi-label"):
+        learn_from_corrections(index, "tags")
+    assert len(least_sure(index, "tags", 2)) == 2  # near the threshold first
