@@ -550,6 +550,9 @@ def learn_from_table(index: "Index", name: str, table: str | os.PathLike[str], k
         raise ValueError("folds must be at least 2")
     stored_name = save_as or (name + LEARNED_SUFFIX if _is_zero_shot_set(index, name) else name)
     _check_set_name(stored_name)
+    if save_as and _is_zero_shot_set(index, save_as):
+        raise LabelSetError(f"label set {save_as!r}", "is a zero-shot set: a learned set never replaces one",
+                            f"Choose another --save-as (e.g. {learned_name(save_as)}).")
     data = training_data(index, table, key, target, bins=bins, levels=levels, rare=rare, min_rows=min_rows)
     x, y, classes = data.vectors, data.classes, data.class_names
     cv = cross_validate_probe(x, y, Cs=Cs, folds=folds, seed=seed)

@@ -162,6 +162,8 @@ def test_a_zero_shot_set_of_the_same_name_is_kept_and_compared(
     assert index.classification("scene").label_set.kind == "zero-shot"  # not replaced
     assert learned.scores["zero_shot"].count == 3 * PER_GROUP
     assert learned.scores["probe"].accuracy > learned.scores["zero_shot"].accuracy
+    with pytest.raises(LabelSetError, match="never replaces one"):
+        learn_from_table(index, "other", table, "photo_id", "group", save_as="scene")
 
 
 def test_predict_labels_photos_indexed_since(index: Index, groups: tuple[Path, dict[str, str]],
