@@ -75,7 +75,7 @@ def duplicate_nprobe(nlist: int) -> int:
     return min(nlist, max(DUPLICATE_MIN_NPROBE, round(nlist * DUPLICATE_PROBE_SHARE)))
 PHASH_DRAFT = 256  # JPEGs decoded at 1/2..1/8 scale for pHash (it looks at 32 x 32 pixels)
 PHASH_BITS = 64
-MAX_COMPONENT = 4_000  # members of one component compared pairwise (a larger one is split by its kNN edges only)
+MAX_COMPONENT = 4_000  # members of one component judged pairwise (a larger one around each photo's neighbours)
 # The rule without calibration (imported embeddings, no weights to encode altered copies): measured
 # on the real ViT-B/32 features of the shared Unsplash photos (README): different photos reach
 # 0.970, so a cosine alone decides only from 0.985; from 0.90 a pHash within 10 bits confirms.
@@ -475,9 +475,13 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
     if rule.max_phash is not None and involved:
         phashes, computed = phashes_for(index, wanted, phash_progress)
     groups: list[list[int]] = [[int(rows[i]) for i in part] for part in parts]
+    partners: dict[int, set[int]] = {}
+    for a, b in candidates.pairs.tolist():
+        partners.setdefault(a, set()).add(b)
+        partners.setdefault(b, set()).add(a)
     row_groups: list[list[int]] = []
     for part_rows in groups:
-        row_groups += _split(part_rows, engine.read, photos, phashes, rule)
+        row_groups += _split(part_rows, engine.read, photos, phashes, rule, partners)
     grouped = {r for g in row_groups for r in g}
     row_groups += [[r] for r, ids in by_row.items() if len(ids) > 1 and r not in grouped]  # exact copies only
     result = []
@@ -519,18 +523,6 @@ def _neighbour_search(engine: Any, rows: np.ndarray) -> tuple[Neighbours, str]:
     return search, note
 
 
-def _seconds_apart(a: "FileRecord | None", b: "FileRecord | None") -> float | None:
-    """Seconds between two photos' EXIF capture times (None unless both have one)."""
-    if a is None or b is None or a.taken_source != "exif" or b.taken_source != "exif":
-        return None
-    if not a.taken_at or not b.taken_at:
-        return None
-    try:
-        return abs((datetime.fromisoformat(a.taken_at) - datetime.fromisoformat(b.taken_at)).total_seconds())
-    except ValueError:
-        return None
-
-
 def _first_file(photos: _Photos, row: int) -> "FileRecord | None":
     return next((photos.files[i] for i in photos.by_row.get(row, []) if i in photos.files), None)
 
@@ -540,26 +532,65 @@ def _row_phash(photos: _Photos, phashes: dict[str, str | None], row: int) -> str
     return phashes.get(f.content_hash) if f is not None and f.content_hash else None
 
 
-def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
-           phashes: dict[str, str | None], rule: DuplicateRule) -> list[list[int]]:
-    """A component's rows split into groups of rows that are all copies of each other."""
-    if len(part) > MAX_COMPONENT:  # pairwise matrices would not fit: keep each row's best partner only
-        log.warning("a component of %d similar photos is split by its nearest pairs only", len(part))
-        return [part[i:i + 2] for i in range(0, len(part), 2)]
-    vectors = read(np.array(part, dtype=np.int64))
+def _accepted(rows: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
+              phashes: dict[str, str | None], rule: DuplicateRule) -> tuple[np.ndarray, np.ndarray]:
+    """Which pairs of ``rows`` the rule accepts (m, m), and their cosines: computed as matrices."""
+    vectors = read(np.array(rows, dtype=np.int64))
     cos = vectors @ vectors.T
-    m = len(part)
-    accepted = np.zeros((m, m), dtype=bool)
-    hashes = [_row_phash(photos, phashes, r) for r in part]
-    files = [_first_file(photos, r) for r in part]
-    for i in range(m):
-        for j in range(i + 1, m):
-            ok = rule.accepts(float(cos[i, j]), phash_distance(hashes[i], hashes[j]),
-                              _seconds_apart(files[i], files[j]))
-            accepted[i, j] = accepted[j, i] = ok
+    accepted = cos >= rule.copy_cosine
+    band = (cos >= rule.band_cosine) & ~accepted
+    if band.any():
+        confirmed = np.zeros_like(band)
+        if rule.max_phash is not None:
+            hashes = [_row_phash(photos, phashes, r) for r in rows]
+            known = np.array([h is not None for h in hashes])
+            bits = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
+            distance = np.bitwise_count(bits[:, None] ^ bits[None, :])
+            confirmed |= (distance <= rule.max_phash) & known[:, None] & known[None, :]
+        if rule.burst_seconds is not None:
+            taken = np.array([_exif_seconds(_first_file(photos, r)) for r in rows], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                confirmed |= np.abs(taken[:, None] - taken[None, :]) <= rule.burst_seconds  # NaN: never
+        accepted |= band & confirmed
     np.fill_diagonal(accepted, True)
-    groups = split_cliques(accepted, cos)
-    return [[part[i] for i in g] for g in groups if len(g) > 1]
+    return accepted, cos
+
+
+def _exif_seconds(f: "FileRecord | None") -> float:
+    """A photo's EXIF capture time in seconds (NaN when it has none)."""
+    if f is None or f.taken_source != "exif" or not f.taken_at:
+        return math.nan
+    try:
+        return datetime.fromisoformat(f.taken_at).timestamp()
+    except ValueError:
+        return math.nan
+
+
+def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
+           phashes: dict[str, str | None], rule: DuplicateRule,
+           partners: dict[int, set[int]]) -> list[list[int]]:
+    """A component's rows split into groups of rows that are all copies of each other.
+
+    Up to :data:`MAX_COMPONENT` rows every pair is judged (:func:`split_cliques`); a larger
+    component (thousands of frames of one scene) is split around each row's own candidates
+    (``partners``: its neighbour pairs), in row order, so that no matrix of it is ever formed."""
+    if len(part) <= MAX_COMPONENT:
+        accepted, cos = _accepted(part, read, photos, phashes, rule)
+        return [[part[i] for i in g] for g in split_cliques(accepted, cos) if len(g) > 1]
+    log.info("a component of %d similar photos is split around each photo's nearest neighbours", len(part))
+    taken: set[int] = set()
+    groups = []
+    for seed in part:
+        if seed in taken:
+            continue
+        around = [seed] + sorted(r for r in partners.get(seed, ()) if r not in taken)
+        accepted, cos = _accepted(around, read, photos, phashes, rule)
+        best = next((g for g in split_cliques(accepted, cos) if 0 in g), [0])
+        if len(best) > 1:
+            group = [around[i] for i in best]
+            groups.append(group)
+            taken.update(group)
+    return groups
 
 
 def _keeper_key(f: "FileRecord", marked: set[str]) -> tuple[Any, ...]:

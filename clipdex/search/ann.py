@@ -88,6 +88,10 @@ PARALLEL_MODE = 1
 # neighbours(): queries sent to faiss at once, and re-ranked together (their candidates'
 # vectors gathered: 256 x 100 x 512 float32 = 52 MB).
 NEIGHBOUR_QUERIES = 256
+# Candidates re-ranked per query: a photo's k nearest photos (cosine ~0.86 and up) are ranked by the
+# codes nearly as exactly as by the vectors, so 2k (at least this many) suffice where a search's
+# pool is POOL (bench/duplicates_scale.py: planted copies' recall 1.000 at 100k).
+NEIGHBOUR_POOL = 32
 
 MAGIC = b"CLPDXIVF"
 VERSION = 1
@@ -336,7 +340,7 @@ class IvfIndex(VectorIndex):
             search_params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         else:
             search_params = faiss.SearchParametersIVF(nprobe=nprobe)
-        pool = max(k, self.params.pool)
+        pool = max(2 * k, NEIGHBOUR_POOL)
         for start in range(0, len(q), NEIGHBOUR_QUERIES):
             chunk = q[start:start + NEIGHBOUR_QUERIES]
             # A batch is split by query (mode 0), not a query by its lists (PARALLEL_MODE, for one person's

@@ -223,3 +223,35 @@ def test_the_web_page_marks_a_keeper(client: tuple[object, Index], tmp_path: Pat
     assert not (tmp_path / "aside" / "photos" / "copies" / "small-1.png").exists()
     bad = http.post("/api/duplicates/keepers", json={"file_id": 10_000, "keep": True})  # type: ignore[attr-defined]
     assert bad.status_code == 404 and "no indexed photo" in bad.json()["error"]
+
+
+def test_a_large_component_is_split_around_each_photos_neighbours(index_dir: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdex import duplicates
+
+    monkeypatch.setattr(duplicates, "MAX_COMPONENT", 1)  # every component counts as large
+    with Index.open(index_dir) as index:
+        report = find_duplicates(index, DuplicateRule(0.9999, 0.9, 8))
+    assert sorted(sorted(m.path.rsplit("/", 1)[-1] for m in g.members) for g in report.groups) == [
+        ["photo-000.jpg", "same-0.jpg"], ["photo-001.jpg", "small-1.png"], ["photo-002.jpg", "recompressed-2.jpg"]]
+
+
+def test_burst_shots_are_grouped_by_their_exif_times(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    """Two different frames taken a second apart are one moment; the same two ten seconds apart are not."""
+    from PIL import Image
+
+    def shot(path: Path, seed: int, when: str) -> None:
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9003] = when  # DateTimeOriginal
+        photo(seed).save(path, "JPEG", quality=90, exif=exif.tobytes())
+
+    folder = tmp_path / "burst"
+    folder.mkdir()
+    shot(folder / "a.jpg", 10, "2021:06:01 12:00:00")
+    shot(folder / "b.jpg", 11, "2021:06:01 12:00:01")
+    shot(folder / "c.jpg", 12, "2021:06:01 12:00:30")
+    rule = DuplicateRule(copy_cosine=1.01, band_cosine=0.0, max_phash=None, burst_seconds=2.0)
+    with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
+        index.add(folder)
+        report = find_duplicates(index, rule)
+    assert [sorted(m.path.rsplit("/", 1)[-1] for m in g.members) for g in report.groups] == [["a.jpg", "b.jpg"]]
