@@ -206,8 +206,8 @@ def _draw(groups: list["DuplicateGroup"], folder: str) -> None:
     for g in groups:
         tiles = []
         for m in g.members:
-            head = "KEEP" if m.keeper or m.marked else ("same file" if m.exact else
-                                                          f"cos {m.cosine:.4f}  pHash {m.phash_distance}")
+            bits = "" if m.phash_distance is None else f"  pHash {m.phash_distance}"
+            head = "KEEP" if m.keeper or m.marked else ("same file" if m.exact else f"cos {m.cosine:.4f}{bits}")
             tiles.append(Tile(m.path, f"{head}\n{m.path.rsplit('/', 1)[-1]}", fs_path=m.fs_path))
         draw_rows([Row(f"group {g.id}: {len(g.members)} photos", tiles)],
                   os.path.join(folder, f"group-{g.id:04d}.jpg"), columns=min(len(tiles), 8))
