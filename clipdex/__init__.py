@@ -7,6 +7,7 @@ load on first use.
 
 from clipdex.errors import (
     ClipdexError,
+    DuplicatesError,
     EmptyIndex,
     FilterError,
     ImageDecodeError,
@@ -31,6 +32,7 @@ from clipdex.search.filters import SearchFilter
 
 __all__ = [
     "ClipdexError",
+    "DuplicatesError",
     "EmptyIndex",
     "Failure",
     "FilterError",

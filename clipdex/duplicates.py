@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.errors import ClipdexError, ImageDecodeError, ModelError, shorten
+from clipdex.errors import DuplicatesError, ImageDecodeError, ModelError, shorten
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -182,17 +182,6 @@ class DuplicateRule:
 
 
 DEFAULT_RULE = DuplicateRule(DEFAULT_COPY_COSINE, DEFAULT_BAND_COSINE, DEFAULT_MAX_PHASH, source="default")
-
-
-class DuplicatesError(ClipdexError):
-    """A duplicates operation that cannot be done: moving extras, undoing a move, calibrating.
-    The message says what, where, and what to do."""
-
-    def __init__(self, where: str, problem: str, fix: str, *, no_weights: bool = False) -> None:
-        self.where = where
-        self.problem = problem
-        self.no_weights = no_weights  # calibration needs the model's weights, which are not at hand
-        super().__init__(f"{where}: {problem}. {fix}")
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@
     │   └── LabelSetNotRun        a set never run on the index
     ├── TableError                a metadata table that cannot be read or joined
     ├── InterchangeError          an export folder it cannot write, or embeddings it cannot import
+    ├── DuplicatesError           duplicates that cannot be calibrated, moved or moved back
     ├── OutputError               an output file (grid, CSV, heatmap…) that cannot be written
     │   └── GridError             a contact sheet too large to draw
     │       └── ImageTypeError    an image output named with a type clipdex cannot write
@@ -314,4 +315,15 @@ class ReviewOptionError(ClipdexError, ValueError):
 
     def __init__(self, where: str, problem: str, fix: str) -> None:
         self.where = where
+        super().__init__(f"{where}: {problem}. {fix}")
+
+
+class DuplicatesError(ClipdexError):
+    """A duplicates operation that cannot be done: moving extras, undoing a move, calibrating.
+    The message says what, where, and what to do."""
+
+    def __init__(self, where: str, problem: str, fix: str, *, no_weights: bool = False) -> None:
+        self.where = where
+        self.problem = problem
+        self.no_weights = no_weights  # calibration needs the model's weights, which are not at hand
         super().__init__(f"{where}: {problem}. {fix}")
