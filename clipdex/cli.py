@@ -209,6 +209,8 @@ def main() -> None:
     clipdex index ~/Pictures            embed every photo once (incremental)
     clipdex search "dog in the snow"    find photos by meaning
     clipdex status                      what the index holds
+    clipdex duplicates                  groups of copies, keeper first
+    clipdex topics                      what the collection holds, named
     clipdex remove --missing            forget folders that were moved or deleted
     """
     import logging
