@@ -969,6 +969,13 @@ class Index:
         return [name for name, _, _ in self.store.label_sets(self.model_record())]
 
     @_locked
+    def label_set_definitions(self) -> dict[str, LabelSet]:
+        """Every stored label set's definition by name, oldest first: what it is (its ``kind``:
+        zero-shot, topics, learned) without reading a single prediction."""
+        return {name: label_set_from_json(definition)
+                for name, definition, _ in self.store.label_sets(self.model_record())}
+
+    @_locked
     def classification(self, name: str) -> Classification:
         """The stored predictions of label set ``name`` (cached until the index changes)."""
         stamp = self._stamp()

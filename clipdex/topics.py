@@ -480,13 +480,13 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
     with index.lock:
         found = index.searchable()
         record = index.model_record()
-        sets = index.label_sets()
-        if name in sets and index.classification(name).label_set.kind != KIND:
+        sets = index.label_set_definitions()
+        if name in sets and sets[name].kind != KIND:
             raise LabelSetError(f"label set {name!r}", "already holds labels of another kind "
-                                f"({index.classification(name).label_set.kind}) on this index",
+                                f"({sets[name].kind}) on this index",
                                 "Choose another --name for the topics (or remove that set first).")
-        stored = {s: index.classification(s) for s in sets
-                  if s != name and index.classification(s).label_set.kind != KIND}
+        stored = {s: index.classification(s) for s, label_set in sets.items()
+                  if s != name and label_set.kind != KIND}
     n = len(found.paths)
     if n < K_MIN:
         raise LabelSetError(f"topics of index {index.path}", f"it holds {n} photo{'s' if n != 1 else ''}",
@@ -624,7 +624,7 @@ def _names(centroids: np.ndarray, concept_vecs: np.ndarray | None, vocabulary: V
 def topic_sets(index: Index) -> list[str]:
     """Names of the index's label sets that hold topics (oldest first)."""
     with index.lock:
-        return [s for s in index.label_sets() if index.classification(s).label_set.kind == KIND]
+        return [s for s, label_set in index.label_set_definitions().items() if label_set.kind == KIND]
 
 
 def stored_topics(result: Classification, typical: int = TYPICAL_PHOTOS) -> list[dict[str, Any]]:
