@@ -337,12 +337,14 @@ def concept_vectors(index: Index, vocabulary: Vocabulary,
     return out, None, False
 
 
-def naming_note(model: str) -> str:
+def naming_note(model: str, vocabulary: str = "") -> str:
     """What a user reads when topics could not be named by the vocabulary (the model's own error,
-    with its fix, goes beside it as the detail)."""
-    return (f"Topics are not named: naming needs the text encoder of {model}, which cannot be loaded here. "
-            "They are stored numbered (or named by your label sets' majority labels); run `clipdex topics` "
-            "again where the model loads (or with --weights FILE) to name them.")
+    with its fix, goes beside it as the detail); ``vocabulary`` names what went unused (your
+    --labels files among it)."""
+    unused = f" ({vocabulary}: not used)" if vocabulary else ""
+    return (f"Topics are not named: naming needs the text encoder of {model}, which cannot be loaded here"
+            f"{unused}. They are stored numbered (or named by your label sets' majority labels); run `clipdex "
+            "topics` again where the model loads (or with --weights FILE) to name them.")
 
 
 def _cache_path(index: Index, model_key: str, vocabulary: Vocabulary) -> Path:
@@ -484,7 +486,7 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
         if name in sets and sets[name].kind != KIND:
             raise LabelSetError(f"label set {name!r}", "already holds labels of another kind "
                                 f"({sets[name].kind}) on this index",
-                                "Choose another --name for the topics (or remove that set first).")
+                                "Choose another --name for the topics.")
         stored = {s: index.classification(s) for s, label_set in sets.items()
                   if s != name and label_set.kind != KIND}
     n = len(found.paths)
@@ -508,7 +510,9 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
     concept_vecs, problem, cached = (None, None, False)
     if vocabulary.concepts:
         concept_vecs, problem, cached = concept_vectors(index, vocabulary, name_progress)
-    note = naming_note(record.name) if problem is not None else None
+    note = naming_note(record.name, vocabulary.description) if problem is not None else None
+    # What named the topics, as the output and the stored origin say it: not a vocabulary left unused.
+    described = vocabulary.description if problem is None else f"none ({vocabulary.description}: not used)"
     detail = str(problem) if problem is not None else None
     majorities = _majorities(found.ids, assigned, len(centroids), stored)
     names, named_by, candidates = _names(centroids, concept_vecs, vocabulary, majorities)
@@ -524,7 +528,7 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
     label_set = LabelSet(
         name=name, labels=tuple(Label(t.name, _prompts(t, vocabulary)) for t in topics), templates=("{}",),
         origin={"kind": KIND, "k": len(topics), "method": _method(n, choice.k),
-                "choice": choice.to_dict(), "seed": seed, "vocabulary": vocabulary.description,
+                "choice": choice.to_dict(), "seed": seed, "vocabulary": described,
                 "vocabulary_digest": vocabulary.digest()[:16], "temperature": TEMPERATURE,
                 "name_score": f"cosine to the centroid - {NAME_CONTRAST:g} x mean cosine to the other centroids",
                 "naming_note": note, "naming_detail": detail, "photos": n, "model": record.key,
@@ -546,7 +550,7 @@ def find_topics(index: Index, *, k: int | None = None, name: str = DEFAULT_SET_N
             stale = sum(1 for label in index.store.corrections(record, name).values() if label not in known)
     return TopicsResult(name, record.name, topics, KChoice(len(topics), choice.method, choice.low, choice.high,
                                                             choice.scores, choice.sample),
-                        result, vocabulary.description, note, detail, cached, saved, time.perf_counter() - started,
+                        result, described, note, detail, cached, saved, time.perf_counter() - started,
                         stale)
 
 

@@ -153,6 +153,7 @@ def test_without_weights_topics_are_numbered_or_named_by_labels(
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert "needs the text encoder" in data["naming_note"] and "--weights" in data["naming_note"]
+    assert "not used" in data["naming_note"] and data["vocabulary"].startswith("none (")  # not claimed as used
     assert "gone.pt" in data["naming_detail"]  # the model's own error: which weights are missing
     assert all(t["named_by"] in ("labels", "number") for t in data["topics"])
     assert all(t["candidates"] == [] for t in data["topics"])
