@@ -14,8 +14,10 @@ Two ways in, one shape out:
 - **From corrections** (:func:`learn_from_corrections`): a zero-shot set's corrections teach a probe
   whose logits are interpolated with the zero-shot logits, ``(1 - w) * zero_shot + w * probe``, the
   weight ``w`` and ``C`` chosen together by cross-validation on the corrected photos. ``w = 0`` (pure
-  zero-shot) is among the choices, so the combination never scores below zero-shot on that
-  cross-validation. The zero-shot logits come from re-encoding the set's prompts (the model's text
+  zero-shot) is among the choices, so the *selection* never scores below zero-shot on the folds it was
+  chosen on; the number reported as the gain is nested (the choice made again inside each outer fold,
+  with 3 corrected photos a label at least), an honest estimate that can be below zero-shot. The
+  zero-shot logits come from re-encoding the set's prompts (the model's text
   tower); without the weights, from the stored zero-shot probabilities (``log p``: the same logits up
   to a per-photo constant for a softmax model, which a softmax ignores).
 
@@ -28,10 +30,15 @@ without retraining. A learned set never replaces a zero-shot set: learning from 
 
 :func:`least_sure` lists the photos a set is least sure of (smallest margin between its two most
 probable labels), corrected photos left out: the ones worth correcting next (active learning).
+
+Identical files (one content hash, one vector) are one training row: a table naming two copies, or a
+correction (stored by content) covering every copy, would otherwise put the same vector in a training
+fold and in the test fold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -43,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.classify import SIGMOID, SOFTMAX, Classification, softmax
+from clipdex.classify import SIGMOID, SOFTMAX, Classification, TextEncoder, softmax
 from clipdex.errors import LabelSetError, ModelError, TableError
 from clipdex.labels import MULTI_SEPARATOR, NAME, RESERVED_SET_NAMES, UNCERTAIN, Label, LabelSet, check_min_prob
 
@@ -77,6 +84,12 @@ OTHER = "other"  # the class rare values are merged into with rare="other"
 RARE_CHOICES = ("error", "drop", "other")
 MAX_NAMED = 10  # rare classes an error names (then "and N more")
 COEF_DECIMALS = 6  # decimals of the coefficients kept in the label set's stored definition
+# C where no inner CV can choose one: an outer training part holding a single row of a class (a class
+# of 2 rows, as --min-rows 2 allows). 10 is what log-loss chose in every outer fold of ISO level on the
+# real CLIP features (see choose_C); the folds that used it are said in the notes.
+FALLBACK_C = 10.0
+LOGIT_CHUNK = 65_536  # rows of vectors turned into logits at a time: float32, never a float64 copy of all
+REPLACEABLE_KINDS = (KIND,)  # kinds of stored set a table may replace (zero-shot and topics sets never)
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -117,6 +130,7 @@ class Learned:
     saved: bool
     seconds: float
     fold_C: list[float] = field(default_factory=list)
+    fold_weights: list[float] = field(default_factory=list)  # the weight chosen in each outer fold (corrections)
     weight: float | None = None  # the probe's weight in the combination (corrections)
     prior: str | None = None  # where the zero-shot logits came from: "text-encoder" or "stored-probabilities"
     levels: str | None = None  # how a numeric column was cut into levels
@@ -125,11 +139,13 @@ class Learned:
     rows_unmatched: int = 0  # table rows that name no indexed photo
     rows_without_value: int = 0  # table rows of a photo whose target cell is empty
     notes: list[str] = field(default_factory=list)
+    result: Classification | None = field(default=None, repr=False, compare=False)  # every photo's labels
 
     def to_dict(self) -> dict[str, Any]:
         return {"set": self.set_name, "source": self.source, "target": self.target, "table": self.table,
                 "classes": self.classes, "counts": self.counts, "levels": self.levels, "folds": self.folds,
-                "nested": self.nested, "C": self.C, "fold_C": self.fold_C, "weight": self.weight,
+                "nested": self.nested, "C": self.C, "fold_C": self.fold_C, "fold_weights": self.fold_weights,
+                "weight": self.weight,
                 "prior": self.prior, "scores": {k: v.to_dict() for k, v in self.scores.items()},
                 "photos": self.photos, "predicted": self.predicted, "saved": self.saved,
                 "left_out": self.left_out, "rows_unmatched": self.rows_unmatched,
@@ -205,6 +221,8 @@ def _choose_C(vectors: np.ndarray, classes: np.ndarray, Cs: Sequence[float], fol
     from sklearn.model_selection import StratifiedKFold
 
     k = min(folds, int(np.bincount(classes).min()))
+    if k < 2:  # a class with one row here: no fold could hold it out and train on it too
+        return FALLBACK_C, fit_probe(vectors, classes, FALLBACK_C, balanced=balanced)
     model = LogisticRegressionCV(Cs=list(Cs), cv=StratifiedKFold(k, shuffle=True, random_state=seed),
                                  class_weight="balanced" if balanced else None, scoring=C_SCORING,
                                  max_iter=MAX_ITER)
@@ -224,6 +242,7 @@ class ProbeCV:
     fold_C: list[float]
     folds: int
     nested: bool
+    fixed_folds: int = 0  # outer folds whose training part held one row of a class: C was FALLBACK_C
 
 
 def cross_validate_probe(vectors: np.ndarray, classes: np.ndarray, *, Cs: Sequence[float] = C_GRID,
@@ -256,7 +275,10 @@ def _cross_validate_probe(vectors: np.ndarray, classes: np.ndarray, *, Cs: Seque
     probe = np.zeros(len(classes), dtype=np.int64)
     baseline = np.zeros(len(classes), dtype=np.int64)
     fold_C = []
+    fixed_folds = 0
     for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(vectors, classes):
+        if fixed is None and len(Cs) > 1 and np.bincount(classes[train]).min() < 2:
+            fixed_folds += 1  # _choose_C falls back to FALLBACK_C
         if fixed is not None:
             C, model = fixed, fit_probe(vectors[train], classes[train], fixed, balanced=balanced)
         else:
@@ -264,7 +286,7 @@ def _cross_validate_probe(vectors: np.ndarray, classes: np.ndarray, *, Cs: Seque
         fold_C.append(C)
         probe[test] = model.predict(vectors[test])
         baseline[test] = np.bincount(classes[train]).argmax()
-    return ProbeCV(probe=probe, baseline=baseline, fold_C=fold_C, folds=k, nested=nested)
+    return ProbeCV(probe=probe, baseline=baseline, fold_C=fold_C, folds=k, nested=nested, fixed_folds=fixed_folds)
 
 
 def _stratified_sample(classes: np.ndarray, most: int, seed: int) -> np.ndarray:
@@ -359,6 +381,69 @@ def choose_combination(vectors: np.ndarray, classes: np.ndarray, zero_shot: np.n
     probe = out_of_fold[best_probe[2]].argmax(axis=1)
     return Combination(C=C, weight=w, probe_C=best_probe[2], zero_shot=zs_pred, probe=probe,
                        combined=combined, folds=k, grid=grid)
+
+
+@dataclass(frozen=True)
+class NestedCombination:
+    """Out-of-fold predictions of the combination and the probe whose C and weight were chosen by
+    :func:`choose_combination` inside each outer training part only (an honest estimate of the
+    choice), with the majority-class baseline of the same folds and what each fold chose."""
+
+    combined: np.ndarray
+    probe: np.ndarray
+    baseline: np.ndarray
+    fold_C: list[float]
+    fold_weights: list[float]
+    folds: int
+
+
+def can_nest(classes: np.ndarray, n_classes: int, folds: int) -> bool:
+    """Whether every outer training part of :func:`nested_combination` keeps 2 rows of every class
+    (what the inner choice needs to cross-validate at all): 3 rows a class, at least."""
+    counts = np.bincount(classes, minlength=n_classes)
+    k = min(folds, int(counts.min()))
+    return k >= 2 and int((counts - np.ceil(counts / k)).min()) >= 2
+
+
+def nested_combination(vectors: np.ndarray, classes: np.ndarray, zero_shot: np.ndarray, *,
+                       Cs: Sequence[float] = C_GRID, weights: Sequence[float] = WEIGHT_GRID,
+                       folds: int = FOLDS, seed: int = 0) -> NestedCombination:
+    """Stratified outer CV of :func:`choose_combination`: in each outer fold, C and the weight are
+    chosen on the training part alone (its own inner CV), then that choice labels the held-out part.
+    The number it gives can be below zero-shot's (a choice made on a few photos can be wrong); the
+    choice's own score on the folds it was chosen on cannot. Needs :func:`can_nest`."""
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    n_classes = zero_shot.shape[1]
+    if not can_nest(classes, n_classes, folds):
+        raise ValueError("every class needs at least 3 rows for a nested estimate")
+    k = min(folds, int(np.bincount(classes, minlength=n_classes).min()))
+    combined = np.zeros(len(classes), dtype=np.int64)
+    probe = np.zeros(len(classes), dtype=np.int64)
+    baseline = np.zeros(len(classes), dtype=np.int64)
+    fold_C: list[float] = []
+    fold_weights: list[float] = []
+    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(vectors, classes):
+        combo = choose_combination(vectors[train], classes[train], zero_shot[train], Cs=Cs, weights=weights,
+                                   folds=folds, seed=seed)
+        with threadpool_limits(FIT_THREADS):
+            coef, intercept = logit_matrix(fit_probe(vectors[train], classes[train], combo.C), n_classes)
+            probe_logits = vectors[test] @ coef.T + intercept
+            if combo.probe_C != combo.C:
+                p_coef, p_intercept = logit_matrix(fit_probe(vectors[train], classes[train], combo.probe_C),
+                                                   n_classes)
+                probe_logits_alone = vectors[test] @ p_coef.T + p_intercept
+            else:
+                probe_logits_alone = probe_logits
+        w = combo.weight
+        combined[test] = ((1.0 - w) * zero_shot[test] + w * probe_logits).argmax(axis=1)
+        probe[test] = probe_logits_alone.argmax(axis=1)
+        baseline[test] = np.bincount(classes[train], minlength=n_classes).argmax()
+        fold_C.append(combo.C)
+        fold_weights.append(w)
+    return NestedCombination(combined=combined, probe=probe, baseline=baseline, fold_C=fold_C,
+                             fold_weights=fold_weights, folds=k)
 
 
 def _balanced_log_loss(classes: np.ndarray, logits: np.ndarray) -> float:
@@ -493,6 +578,10 @@ def training_data(index: "Index", table: str | os.PathLike[str], key: str, targe
         level_text = f"{describe_levels(target, edges, names)} ({how})"
     values = _canonical(values)
     _check_label_names(values, where, target)
+    positions, values = _one_per_content(positions, values, found.hashes, notes)
+    if not values:
+        raise TableError(where, f"every photo the table names with a {target!r} value has copies with other values",
+                         "Give identical photos one value (their vectors are the same).")
     counts = Counter(values)
     left_out: dict[str, int] = {}
     small = {v: n for v, n in counts.items() if n < min_rows}
@@ -554,8 +643,13 @@ def learn_from_table(index: "Index", name: str, table: str | os.PathLike[str], k
         raise LabelSetError(f"label set {save_as!r}", "is a zero-shot set: a learned set never replaces one",
                             f"Choose another --save-as (e.g. {learned_name(save_as)}).")
     data = training_data(index, table, key, target, bins=bins, levels=levels, rare=rare, min_rows=min_rows)
+    _check_replaceable(index, stored_name, table, target, explicit=save_as is not None)
     x, y, classes = data.vectors, data.classes, data.class_names
     cv = cross_validate_probe(x, y, Cs=Cs, folds=folds, seed=seed)
+    notes = list(data.notes)
+    if cv.fixed_folds:
+        notes.append(f"{cv.fixed_folds} of the {cv.folds} folds kept a single photo of a class for training: "
+                     f"their C was fixed at {FALLBACK_C:g} (no inner CV possible); --min-rows 3 or more avoids it")
     scores = {"probe": scores_of(y, cv.probe), "baseline": scores_of(y, cv.baseline)}
     zero_shot = _zero_shot_scores(index, name, data.file_ids, classes, y)
     if zero_shot is not None:
@@ -568,7 +662,7 @@ def learn_from_table(index: "Index", name: str, table: str | os.PathLike[str], k
               "metrics": {k: v.to_dict() for k, v in scores.items()}, "folds": cv.folds, "nested": cv.nested,
               "fold_C": cv.fold_C, "model": index.model_record().key, "learned_at": time.time(),
               "coef": _rounded(coef), "intercept": _rounded(intercept)}
-    result = _predict(index, LabelSet(name=stored_name, labels=tuple(Label(c, ()) for c in classes),
+    result = _predict(index.searchable(), LabelSet(name=stored_name, labels=tuple(Label(c, ()) for c in classes),
                                       templates=(), min_prob=min_prob, origin=origin), coef, intercept)
     if save:
         index.save_classification(result)
@@ -577,7 +671,7 @@ def learn_from_table(index: "Index", name: str, table: str | os.PathLike[str], k
                    predicted=result.counts(), saved=save, seconds=time.monotonic() - started, fold_C=cv.fold_C,
                    levels=data.levels, table=str(table), left_out=data.left_out,
                    rows_unmatched=data.rows_unmatched, rows_without_value=data.rows_without_value,
-                   notes=data.notes)
+                   notes=notes, result=result)
 
 
 def level_names_in(values: Sequence[str]) -> list[str]:
@@ -596,6 +690,35 @@ def _range_start(name: str) -> float:
     return float(name.removeprefix(">=").split("-")[0])
 
 
+def _one_per_content(positions: np.ndarray, values: list[str], hashes: Sequence[str],
+                     notes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """One row per content hash: identical files have identical vectors, and one of them in a training
+    fold and another in the test fold would flatter the cross-validation. Copies that disagree keep
+    their majority value; a tie leaves the content out (both said in ``notes``)."""
+    groups: dict[str, list[int]] = {}
+    for i, pos in enumerate(positions.tolist()):
+        groups.setdefault(hashes[pos], []).append(i)
+    if len(groups) == len(values):
+        return positions, values
+    keep: list[int] = []
+    kept_values: list[str] = []
+    majority = tie = 0
+    for rows in groups.values():
+        ranked = Counter(values[i] for i in rows).most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            tie += 1
+            continue
+        majority += len(ranked) > 1
+        keep.append(next(i for i in rows if values[i] == ranked[0][0]))
+        kept_values.append(ranked[0][0])
+    copies = len(values) - len(groups)
+    notes.append(f"{copies} photos are copies of another the table names (same content, same vector): one row "
+                 "per content, so no copy is in a training fold while another is tested"
+                 + (f"; {majority} with differing values kept their majority value" if majority else "")
+                 + (f"; {tie} with a tie of values left out" if tie else ""))
+    return positions[np.array(keep, dtype=np.int64)], kept_values
+
+
 def _canonical(values: list[str]) -> list[str]:
     """Values that differ only in case or spacing are one class, spelled as first seen."""
     first: dict[str, str] = {}
@@ -608,6 +731,28 @@ def _check_label_names(values: Sequence[str], where: str, target: str) -> None:
             raise TableError(where, f"column {target!r} holds {value!r}, which cannot be a label "
                              f"({UNCERTAIN!r} is what a set says below its min_prob; {MULTI_SEPARATOR!r} joins "
                              "labels)", "Rename that value in the table.")
+
+
+def _check_replaceable(index: "Index", name: str, table: str | os.PathLike[str], target: str, *,
+                       explicit: bool) -> None:
+    """Refuse to store a set learned from a table over stored set ``name`` unless that is a learned set
+    too, and either learned from the same column of the same table (learning it again) or named on
+    purpose (``explicit``: --save-as). Zero-shot and topics sets are never replaced."""
+    if name not in _stored_sets(index):
+        return
+    stored = index.classification(name).label_set
+    origin = stored.origin or {}
+    if stored.kind not in REPLACEABLE_KINDS:
+        raise LabelSetError(f"label set {name!r}", f"is a {stored.kind} set: a set learned from a table never "
+                            "replaces one", "Store it under another name with --save-as NAME.")
+    same = origin.get("source") == FROM_TABLE and origin.get("target") == target and \
+        origin.get("table") == os.path.abspath(table)
+    if not same and not explicit:
+        was = (f"column {origin.get('target')!r} of {origin.get('table')}" if origin.get("source") == FROM_TABLE
+               else f"the corrections of {origin.get('zero_shot_set')!r}")
+        raise LabelSetError(f"label set {name!r}", f"was learned from {was}, not column {target!r} of "
+                            f"{os.path.abspath(table)}", f"Replace it on purpose with --save-as {name}, or "
+                            "choose another --save-as NAME.")
 
 
 def _check_set_name(name: str) -> None:
@@ -681,26 +826,55 @@ def corrections_of(index: "Index", name: str) -> dict[int, str]:
     return out
 
 
+def _one_row_per_content(found: Any, corrected: dict[int, str]) -> dict[int, str]:
+    """Row of ``found`` -> label, one row per content hash. A correction is stored by content, so every
+    file with that content carries it: identical vectors that would land in a training fold and in the
+    test fold at once, flattering the cross-validation. (One content cannot hold two truths: the zero-shot
+    set's correction covers all its files, see :func:`corrections_of`.)"""
+    row_of = {int(fid): i for i, fid in enumerate(found.ids.tolist())}
+    seen: set[str] = set()
+    out: dict[int, str] = {}
+    for fid, label in corrected.items():
+        row = row_of.get(fid)
+        if row is None or found.hashes[row] in seen:
+            continue
+        seen.add(found.hashes[row])
+        out[row] = label
+    return out
+
+
 def correction_counts(index: "Index", name: str) -> dict[str, int]:
-    """Corrections per label of zero-shot set ``name`` (every label, 0 included)."""
+    """Corrected photos per label of zero-shot set ``name`` (every label, 0 included), identical copies
+    counted once (they teach nothing more)."""
     labels = index.classification(name).labels
-    counts = Counter(corrections_of(index, name).values())
+    counts = Counter(_one_row_per_content(index.searchable(), corrections_of(index, name)).values())
     return {label: counts.get(label, 0) for label in labels}
 
 
-def learn_from_corrections(index: "Index", name: str, *, min_prob: float | None = None, folds: int = FOLDS,
-                           save: bool = True, seed: int = 0, Cs: Sequence[float] = C_GRID,
-                           weights: Sequence[float] = WEIGHT_GRID) -> Learned:
-    """Combine zero-shot set ``name`` with a probe taught by its corrections (see the module docstring),
-    cross-validated on the corrected photos, and store it as ``name-learned`` (``name`` stays zero-shot).
+@dataclass(frozen=True)
+class CorrectionsInput:
+    """What learning from corrections reads from the index (the web app reads it under the index's
+    lock); :func:`learn_corrections` then works on it alone, the lock free, and stores nothing."""
 
-    Every label needs :data:`MIN_CORRECTIONS_PER_LABEL` corrections. The zero-shot logits come from the
-    set's prompts, re-encoded; where the model's weights are not at hand, from the stored zero-shot
-    probabilities (said in :attr:`Learned.prior` and the notes).
-    """
-    from threadpoolctl import threadpool_limits
+    source: str
+    label_set: LabelSet
+    zero: Classification
+    labels: list[str]
+    counts: dict[str, int]  # corrected contents per label
+    rows: np.ndarray  # rows of ``found``, one per corrected content
+    classes: np.ndarray  # their corrected label (index into ``labels``)
+    found: Any  # the index's Searchable photos
+    min_prob: float | None
+    encode_texts: TextEncoder | None  # None: the weights are not at hand
+    encoder_error: str | None
+    logit_scale: float
+    logit_bias: float | None
+    model_key: str
 
-    started = time.monotonic()
+
+def read_corrections(index: "Index", name: str, *, min_prob: float | None = None) -> CorrectionsInput:
+    """What :func:`learn_corrections` needs of zero-shot set ``name`` (or of the set its learned
+    ``name`` came from); refuses a multi-label set and too few corrections (naming what to do)."""
     source = source_of(index, name)
     zero = index.classification(source)
     label_set = zero.label_set
@@ -709,101 +883,166 @@ def learn_from_corrections(index: "Index", name: str, *, min_prob: float | None 
                             "single-label sets (one label per photo)", "Use a single-label set.")
     min_prob = check_min_prob(min_prob) if min_prob is not None else label_set.min_prob
     labels = zero.labels
-    corrected = corrections_of(index, source)
-    counts = Counter(corrected.values())
+    found = index.searchable()
+    per_row = {r: label for r, label in _one_row_per_content(found, corrections_of(index, source)).items()
+               if label in labels}
+    counts = Counter(per_row.values())
     short = {label: counts.get(label, 0) for label in labels if counts.get(label, 0) < MIN_CORRECTIONS_PER_LABEL}
     if short:
         shown = ", ".join(f"{label} ({n})" for label, n in short.items())
         raise LabelSetError(f"label set {source!r}", f"has too few corrections to learn from: every label needs "
                             f"{MIN_CORRECTIONS_PER_LABEL} at least, and these have fewer: {shown} "
-                            f"({len(corrected)} corrections in all)",
+                            f"({len(per_row)} corrected photos in all, identical copies counted once)",
                             f"Correct more photos in `clipdex serve` (/labels/{source} lists the photos it is least "
                             f"sure of), or `clipdex learn {source} --next 20` lists them here.")
-    found = index.searchable()
-    row_of = {int(fid): i for i, fid in enumerate(found.ids.tolist())}
-    vectors = np.asarray(found.vectors, dtype=np.float64)
+    record = index.model_record()
+    encode: TextEncoder | None = None
+    error = None
+    try:
+        encode = index.encoder.encode_texts
+    except ModelError as e:
+        error = str(e)
+    return CorrectionsInput(source=source, label_set=label_set, zero=zero, labels=labels,
+                            counts={label: counts.get(label, 0) for label in labels},
+                            rows=np.fromiter(per_row.keys(), dtype=np.int64, count=len(per_row)),
+                            classes=np.array([labels.index(v) for v in per_row.values()], dtype=np.int64),
+                            found=found, min_prob=min_prob, encode_texts=encode, encoder_error=error,
+                            logit_scale=record.logit_scale, logit_bias=record.logit_bias, model_key=record.key)
+
+
+def learn_from_corrections(index: "Index", name: str, *, min_prob: float | None = None, folds: int = FOLDS,
+                           save: bool = True, seed: int = 0, Cs: Sequence[float] = C_GRID,
+                           weights: Sequence[float] = WEIGHT_GRID) -> Learned:
+    """Combine zero-shot set ``name`` with a probe taught by its corrections (see the module docstring),
+    cross-validated on the corrected photos, and store it as ``name-learned`` (``name`` stays zero-shot):
+    :func:`read_corrections`, :func:`learn_corrections`, then the index stores :attr:`Learned.result`."""
+    learned = learn_corrections(read_corrections(index, name, min_prob=min_prob), folds=folds, seed=seed,
+                                Cs=Cs, weights=weights)
+    if save:
+        assert learned.result is not None
+        index.save_classification(learned.result)
+    return dataclasses.replace(learned, saved=save)
+
+
+def learn_corrections(data: CorrectionsInput, *, folds: int = FOLDS, seed: int = 0, Cs: Sequence[float] = C_GRID,
+                      weights: Sequence[float] = WEIGHT_GRID) -> Learned:
+    """Learn from what :func:`read_corrections` read (no index, nothing stored: the labels of every
+    photo are in :attr:`Learned.result`).
+
+    Every label needs :data:`MIN_CORRECTIONS_PER_LABEL` corrected photos (one per content). The zero-shot
+    logits come from the set's prompts, re-encoded; where the model's weights are not at hand, from the
+    stored zero-shot probabilities (said in :attr:`Learned.prior` and the notes). Scores: ``combined`` and
+    ``probe`` are nested (C and the weight chosen inside each outer fold: an honest estimate, which can be
+    below zero-shot's); ``selection`` is the stored choice's score on the folds it was chosen on (never
+    below zero-shot's there, as weight 0 is a choice; optimistic). With fewer than 3 corrected photos of a
+    label there is no nested estimate: ``selection`` alone, said in the notes.
+    """
+    from threadpoolctl import threadpool_limits
+
+    started = time.monotonic()
+    found, labels, source = data.found, data.labels, data.source
     notes: list[str] = []
-    zs_logits, prior, class_vectors = _zero_shot_logits(index, label_set, zero, vectors, found.ids, notes)
+    zs_logits, prior, class_vectors = _zero_shot_logits(data, notes)
     have = np.flatnonzero(~np.isnan(zs_logits[:, 0]))
-    corrected_rows = [(row_of[fid], labels.index(label)) for fid, label in corrected.items()
-                      if fid in row_of and label in labels]
-    rows = np.array([r for r, _ in corrected_rows], dtype=np.int64)
-    y = np.array([c for _, c in corrected_rows], dtype=np.int64)
+    rows, y = data.rows, data.classes
     if np.isnan(zs_logits[rows, 0]).any():
         keep = ~np.isnan(zs_logits[rows, 0])
         notes.append(f"{int((~keep).sum())} corrected photos have no stored zero-shot scores: left out")
         rows, y = rows[keep], y[keep]
-    combo = choose_combination(vectors[rows], y, zs_logits[rows], Cs=Cs, weights=weights, folds=folds, seed=seed)
-    scores = {"zero_shot": scores_of(y, combo.zero_shot), "probe": scores_of(y, combo.probe),
-              "combined": scores_of(y, combo.combined),
-              "baseline": scores_of(y, np.full(len(y), np.bincount(y).argmax()))}
+    x = np.asarray(found.vectors[rows], dtype=np.float64)  # the corrected photos only
+    combo = choose_combination(x, y, zs_logits[rows], Cs=Cs, weights=weights, folds=folds, seed=seed)
+    scores = {"zero_shot": scores_of(y, combo.zero_shot), "selection": scores_of(y, combo.combined)}
+    nested = can_nest(y, len(labels), folds)
+    fold_C: list[float] = []
+    fold_weights: list[float] = []
+    if nested:
+        honest = nested_combination(x, y, zs_logits[rows], Cs=Cs, weights=weights, folds=folds, seed=seed)
+        scores.update(combined=scores_of(y, honest.combined), probe=scores_of(y, honest.probe),
+                      baseline=scores_of(y, honest.baseline))
+        fold_C, fold_weights = honest.fold_C, honest.fold_weights
+    else:
+        notes.append("a label has fewer than 3 corrected photos: no nested estimate (each outer fold's choice "
+                     "needs 2 of every label to cross-validate on); the 'selection' row is the chosen weight's "
+                     "score on the folds it was chosen on, not an estimate of new photos; correct more photos")
     with threadpool_limits(FIT_THREADS):
-        coef, intercept = logit_matrix(fit_probe(vectors[rows], y, combo.C), len(labels))
+        coef, intercept = logit_matrix(fit_probe(x, y, combo.C), len(labels))
     w = combo.weight
+    counts = data.counts
     origin: dict[str, Any] = {
         "kind": KIND, "source": FROM_CORRECTIONS, "scoring": SOFTMAX, "zero_shot_set": source, "target": source,
-        "prior": prior,
-        "weight": w, "C": combo.C, "classes": labels, "counts": {label: counts.get(label, 0) for label in labels},
-        "metrics": {k: v.to_dict() for k, v in scores.items()}, "folds": combo.folds, "nested": False,
-        "model": index.model_record().key, "learned_at": time.time()}
+        "prior": prior, "weight": w, "C": combo.C, "classes": labels, "counts": counts,
+        "metrics": {k: v.to_dict() for k, v in scores.items()}, "folds": combo.folds, "nested": nested,
+        "fold_C": fold_C, "fold_weights": fold_weights, "model": data.model_key, "learned_at": time.time()}
     if class_vectors is not None:  # one linear model: the interpolation folded into the weights
         scale, bias = class_vectors[1], class_vectors[2]
         coef = (1.0 - w) * scale * class_vectors[0] + w * coef
         intercept = (1.0 - w) * (bias or 0.0) + w * intercept
-        origin.update(coef=_rounded(coef), intercept=_rounded(intercept))
-    else:
-        origin.update(coef=_rounded(coef), intercept=_rounded(intercept))
+    origin.update(coef=_rounded(coef), intercept=_rounded(intercept))
+    label_set = data.label_set
     stored = LabelSet(name=learned_name(source), labels=label_set.labels, templates=label_set.templates,
-                      min_prob=min_prob, origin=origin)
+                      min_prob=data.min_prob, origin=origin)
     if class_vectors is not None:
-        result = _predict(index, stored, coef, intercept)
+        result = _predict(found, stored, coef, intercept)
     else:
-        logits = (1.0 - w) * zs_logits[have] + w * (vectors[have] @ coef.T + intercept)
+        logits = (1.0 - w) * zs_logits[have] + w * _logits(found.vectors, coef, intercept, have)
         result = _classification(stored, found, have, logits)
         if len(have) < len(found.ids):
             notes.append(f"{len(found.ids) - len(have)} photos indexed since `clipdex classify {source}` have no "
                          f"zero-shot scores and are not labelled: run it again, then `clipdex learn {source} "
                          "--predict`")
-    if save:
-        index.save_classification(result)
     if w == 0.0:
         notes.append("the corrections did not beat zero-shot on cross-validation: the learned set is zero-shot's "
                      "(weight 0); correct more photos, the least sure first")
     return Learned(set_name=stored.name, source=FROM_CORRECTIONS, target=source, classes=labels,
-                   counts={label: counts.get(label, 0) for label in labels}, folds=combo.folds, nested=False,
-                   C=combo.C, scores=scores, photos=len(result.file_ids), predicted=result.counts(), saved=save,
-                   seconds=time.monotonic() - started, weight=w, prior=prior, notes=notes)
+                   counts=counts, folds=combo.folds, nested=nested, C=combo.C, scores=scores,
+                   photos=len(result.file_ids), predicted=result.counts(), saved=False,
+                   seconds=time.monotonic() - started, fold_C=fold_C, fold_weights=fold_weights, weight=w,
+                   prior=prior, notes=notes, result=result)
 
 
-def _zero_shot_logits(index: "Index", label_set: LabelSet, zero: Classification, vectors: np.ndarray,
-                      ids: np.ndarray, notes: list[str]
+def _zero_shot_logits(data: CorrectionsInput, notes: list[str]
                       ) -> tuple[np.ndarray, str, tuple[np.ndarray, float, float | None] | None]:
-    """Zero-shot logits of every searchable photo (rows of ``vectors``), where they came from, and
+    """Zero-shot logits of every searchable photo (rows of ``data.found``), where they came from, and
     (class vectors, logit_scale, logit_bias) when the prompts could be encoded. Rows without a stored
     zero-shot score (prior from stored probabilities only) are NaN."""
     from clipdex.classify import build_classifier
 
-    record = index.model_record()
-    try:
-        classifier = build_classifier(label_set, index.encoder.encode_texts, record.logit_scale, record.logit_bias)
-    except ModelError as e:
-        notes.append(f"the model's weights are not at hand ({str(e).split('. ')[0]}): the zero-shot side is the "
-                     "stored zero-shot probabilities (log p), which give a softmax model's choice exactly; "
+    error = data.encoder_error
+    if data.encode_texts is not None:
+        try:
+            classifier = build_classifier(data.label_set, data.encode_texts, data.logit_scale, data.logit_bias)
+        except ModelError as e:
+            error = str(e)
+    if error is not None or data.encode_texts is None:
+        notes.append(f"the model's weights are not at hand ({str(error).split('. ')[0]}): the zero-shot side is "
+                     "the stored zero-shot probabilities (log p), which give a softmax model's choice exactly; "
                      "photos indexed since that classify run cannot be labelled until it is run again")
-        return _stored_logits(zero, ids)
+        return _stored_logits(data.zero, data.found.ids)
     scale = float(classifier.logit_scale)
     bias = classifier.logit_bias
-    logits = scale * (vectors @ classifier.class_vectors.astype(np.float64).T) + (bias or 0.0)
-    return logits, "text-encoder", (classifier.class_vectors.astype(np.float64), scale, bias)
+    class_vectors = classifier.class_vectors.astype(np.float64)
+    logits = _logits(data.found.vectors, scale * class_vectors, np.full(len(class_vectors), bias or 0.0))
+    return logits, "text-encoder", (class_vectors, scale, bias)
 
 
 # -- predicting -----------------------------------------------------------------------------------
-def _predict(index: "Index", label_set: LabelSet, coef: np.ndarray, intercept: np.ndarray) -> Classification:
-    """Every searchable photo labelled by the linear model (softmax of ``x @ coef.T + intercept``)."""
-    found = index.searchable()
+def _logits(vectors: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
+            rows: np.ndarray | None = None) -> np.ndarray:
+    """``vectors[rows] @ coef.T + intercept`` (all rows by default), :data:`LOGIT_CHUNK` rows at a time
+    in float32: a million stored vectors are never copied whole (a float64 copy is 4 GB at 1M x 512)."""
+    coef32 = np.asarray(coef, dtype=np.float32)
+    n = len(vectors) if rows is None else len(rows)
+    out = np.empty((n, coef32.shape[0]), dtype=np.float64)
+    for start in range(0, n, LOGIT_CHUNK):
+        part = vectors[start:start + LOGIT_CHUNK] if rows is None else vectors[rows[start:start + LOGIT_CHUNK]]
+        out[start:start + LOGIT_CHUNK] = np.asarray(part, dtype=np.float32) @ coef32.T
+    return out + np.asarray(intercept, dtype=np.float64)
+
+
+def _predict(found: Any, label_set: LabelSet, coef: np.ndarray, intercept: np.ndarray) -> Classification:
+    """Every searchable photo of ``found`` labelled by the linear model (softmax of ``x @ coef.T + intercept``)."""
     rows = np.arange(len(found.ids))
-    logits = np.asarray(found.vectors, dtype=np.float64) @ coef.T + intercept
-    return _classification(label_set, found, rows, logits)
+    return _classification(label_set, found, rows, _logits(found.vectors, coef, intercept))
 
 
 def _classification(label_set: LabelSet, found: Any, rows: np.ndarray, logits: np.ndarray) -> Classification:
@@ -840,10 +1079,10 @@ def predict_learned(index: "Index", name: str, *, min_prob: float | None = None)
         zs, _, _ = _stored_logits(zero, found.ids)
         have = np.flatnonzero(~np.isnan(zs[:, 0]))
         w = float(origin["weight"])
-        vectors = np.asarray(found.vectors, dtype=np.float64)[have]
-        result = _classification(label_set, found, have, (1.0 - w) * zs[have] + w * (vectors @ coef.T + intercept))
+        logits = (1.0 - w) * zs[have] + w * _logits(found.vectors, coef, intercept, have)
+        result = _classification(label_set, found, have, logits)
     else:
-        result = _predict(index, label_set, coef, intercept)
+        result = _predict(found, label_set, coef, intercept)
     index.save_classification(result)
     return result
 

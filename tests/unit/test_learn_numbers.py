@@ -8,6 +8,8 @@ import pytest
 from clipdex.learn import (
     C_GRID,
     WEIGHT_GRID,
+    _logits,
+    can_nest,
     choose_combination,
     cross_validate_probe,
     cut,
@@ -16,6 +18,7 @@ from clipdex.learn import (
     level_names,
     level_names_in,
     logit_matrix,
+    nested_combination,
     parse_numbers,
     quantile_edges,
     scores_of,
@@ -92,3 +95,45 @@ def test_the_combination_never_scores_below_zero_shot_on_cv() -> None:
     assert scores_of(y, choose_combination(x, y, perfect).combined).balanced_accuracy == 1.0
     with pytest.raises(ValueError, match="start with 0"):
         choose_combination(x, y, perfect, weights=(0.5, 1.0))
+
+
+def test_the_nested_estimate_chooses_inside_each_outer_fold() -> None:
+    x, y = blobs(6, 3, spread=1.5, seed=3)
+    zs = np.random.default_rng(4).normal(size=(len(y), 3))
+    nested = nested_combination(x, y, zs, folds=3)
+    assert nested.folds == 3 and len(nested.fold_weights) == 3 and set(nested.fold_weights) <= set(WEIGHT_GRID)
+    assert set(nested.fold_C) <= set(C_GRID) and len(nested.combined) == len(y)
+    # the selection's own score can only be at or above zero-shot's; the nested one is a fresh estimate
+    selection = choose_combination(x, y, zs, folds=3)
+    zs_score = scores_of(y, zs.argmax(axis=1)).balanced_accuracy
+    assert scores_of(y, selection.combined).balanced_accuracy >= zs_score
+    assert 0.0 <= scores_of(y, nested.combined).balanced_accuracy <= 1.0
+
+
+def test_nesting_needs_three_rows_a_class() -> None:
+    assert can_nest(np.array([0, 0, 0, 1, 1, 1]), 2, 5)
+    assert not can_nest(np.array([0, 0, 1, 1, 1, 1]), 2, 5)  # 2 rows: each outer training part keeps 1
+    assert not can_nest(np.array([0, 0, 0, 1, 1, 1]), 2, 2)  # 2 folds of 3 rows: a training part keeps 1
+    with pytest.raises(ValueError, match="3 rows"):
+        nested_combination(np.eye(4), np.array([0, 0, 1, 1]), np.zeros((4, 2)))
+
+
+def test_a_class_of_two_rows_is_cross_validated_with_a_fixed_C() -> None:
+    x, y = blobs(6, 2, seed=5)
+    y = y.copy()
+    y[:2] = 2  # a third class of 2 rows: each outer training part holds one of them
+    cv = cross_validate_probe(x, y, folds=5)
+    assert cv.folds == 2 and cv.fixed_folds == 2 and cv.fold_C == [10.0, 10.0]
+
+
+def test_logits_in_chunks_match_the_whole_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    import clipdex.learn
+
+    monkeypatch.setattr(clipdex.learn, "LOGIT_CHUNK", 7)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 16)).astype(np.float32)
+    coef, intercept = rng.normal(size=(3, 16)), rng.normal(size=3)
+    expected = vectors.astype(np.float64) @ coef.T + intercept
+    np.testing.assert_allclose(_logits(vectors, coef, intercept), expected, rtol=1e-4, atol=1e-4)
+    rows = np.array([49, 3, 20, 7, 8, 9, 10, 11, 12])
+    np.testing.assert_allclose(_logits(vectors, coef, intercept, rows), expected[rows], rtol=1e-4, atol=1e-4)
