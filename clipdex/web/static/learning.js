@@ -15,7 +15,7 @@
   const notes = document.getElementById("learn-notes");
   const next = document.getElementById("learn-next");
   const ROWS = [["zero_shot", "zero-shot"], ["probe", "linear probe"], ["combined", "zero-shot + corrections"],
-    ["baseline", "majority class"]];
+    ["baseline", "majority class"], ["selection", "chosen weight (selection score)"]];
 
   const PRIORS = { "text-encoder": "the prompts, encoded again", "stored-probabilities":
     "the stored zero-shot probabilities (the model's weights are not here)" };
@@ -71,13 +71,22 @@
     table.hidden = !tbody.children.length;
     summary.textContent = "";
     if (!learned) return;
+    const side = "; zero-shot side: " + (PRIORS[learned.prior] || learned.prior) + ".";
     if (learned.source === "corrections" && metrics.zero_shot && metrics.combined) {
+      // nested: the weight chosen inside each outer fold, so the gain is an estimate for new photos
       const before = metrics.zero_shot.balanced_accuracy, after = metrics.combined.balanced_accuracy;
       const gain = after - before;
-      summary.textContent = "Cross-validated on " + metrics.combined.count + " corrected photos: balanced accuracy " +
-        before.toFixed(3) + " (zero-shot) → " + after.toFixed(3) + " (combined), " + (gain >= 0 ? "+" : "") +
-        gain.toFixed(3) + "; the probe's weight " + learned.weight + ", C " + number(learned.C) +
-        "; zero-shot side: " + (PRIORS[learned.prior] || learned.prior) + ".";
+      summary.textContent = "Cross-validated (nested) on " + metrics.combined.count + " corrected photos: " +
+        "balanced accuracy " + before.toFixed(3) + " (zero-shot) → " + after.toFixed(3) + " (combined), " +
+        (gain >= 0 ? "+" : "") + gain.toFixed(3) + "; the stored probe's weight " + learned.weight + ", C " +
+        number(learned.C) + (metrics.selection ? " (selection score " +
+        metrics.selection.balanced_accuracy.toFixed(3) + " on the folds it was chosen on)" : "") + side;
+    } else if (learned.source === "corrections" && metrics.zero_shot && metrics.selection) {
+      summary.textContent = "Selection score on " + metrics.selection.count + " corrected photos (the weight " +
+        "was chosen on these same folds: not an estimate; 3 corrections a label give one): balanced accuracy " +
+        metrics.zero_shot.balanced_accuracy.toFixed(3) + " (zero-shot) → " +
+        metrics.selection.balanced_accuracy.toFixed(3) + "; the probe's weight " + learned.weight + ", C " +
+        number(learned.C) + side;
     } else if (learned.source === "table") {
       summary.textContent = "Learned from column " + learned.target + " of " + learned.table +
         (learned.levels ? " (" + learned.levels + ")" : "") + "; cross-validated, " + learned.folds + "-fold, C " +
