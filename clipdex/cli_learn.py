@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from clipdex.cli import PROBABILITY, _console, _t, index_option, model_choice
+from clipdex.learn import RARE_CHOICES
 
 if TYPE_CHECKING:
     from clipdex.learn import Learned, Unsure
@@ -17,11 +18,10 @@ if TYPE_CHECKING:
 MAX_NEXT = 500
 MAX_LEVELS = 20
 MAX_FOLDS = 20
-RARE_CHOICES = ("error", "drop", "other")  # = clipdex.learn.RARE_CHOICES (not imported: --help stays light)
 PRIORS = {"text-encoder": "the set's prompts, encoded again",
           "stored-probabilities": "the stored zero-shot probabilities (the model's weights are not here)"}
 ROWS = (("probe", "linear probe"), ("combined", "zero-shot + corrections"), ("zero_shot", "zero-shot"),
-        ("baseline", "majority class"))
+        ("baseline", "majority class"), ("selection", "chosen weight (selection)"))
 
 
 def _edges(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
@@ -166,11 +166,18 @@ def _print_learned(learned: "Learned", model_name: str) -> None:
                else "C chosen once on a sample, then fixed (not nested: slightly optimistic)")
         out.print(f"  cross-validated, {learned.folds}-fold, class-balanced; {how}; fold C: "
                   + ", ".join(f"{c:g}" for c in learned.fold_C), markup=False)
+    elif learned.nested:
+        out.print(f"  cross-validated on the corrected photos (one per content), {learned.folds}-fold, nested: "
+                  "C and the probe's weight chosen inside each outer fold (weights "
+                  + ", ".join(f"{w:g}" for w in learned.fold_weights) + "); the stored C "
+                  f"{learned.C:g} and weight {learned.weight:g} chosen on all of them, whose score on the folds "
+                  "it was chosen on is the selection row (optimistic; never below zero-shot there); zero-shot "
+                  f"side: {PRIORS.get(learned.prior or '', learned.prior)}", markup=False)
     else:
-        out.print(f"  cross-validated on the corrected photos, {learned.folds}-fold; C {learned.C:g} and the "
-                  f"probe's weight {learned.weight:g} chosen by the same CV (slightly optimistic for the "
-                  f"combined and probe rows); zero-shot side: {PRIORS.get(learned.prior or '', learned.prior)}",
-                  markup=False)
+        out.print(f"  C {learned.C:g} and the probe's weight {learned.weight:g} chosen by {learned.folds}-fold CV "
+                  "on the corrected photos (one per content); no nested estimate (see the note): the selection "
+                  "row is the choice's score on the folds it was chosen on; zero-shot side: "
+                  f"{PRIORS.get(learned.prior or '', learned.prior)}", markup=False)
     out.print(f"  {'':<26}{'accuracy':>9}{'balanced':>10}{'macro-F1':>10}", markup=False)
     for key, label in ROWS:
         s = learned.scores.get(key)
