@@ -55,9 +55,12 @@ def test_learn_from_corrections_in_chromium(tmp_path: Path, model_kwargs: dict[s
             assert button.inner_text() == "Learn from 6 corrections"
             assert "corrected: " + short in first.inner_text()
             button.click()
-            page.wait_for_selector("#learn-scores:not([hidden]) tr[data-row='combined']")
+            # 2 corrections a label: no nested estimate, so the score shown is said to be the selection's
+            page.wait_for_selector("#learn-scores:not([hidden]) tr[data-row='selection']")
+            assert page.locator("#learn-scores tr[data-row='combined']").count() == 0
             summary = page.locator("#learn-summary").inner_text()
-            assert "Cross-validated on 6 corrected photos" in summary and "(zero-shot) →" in summary
+            assert "Selection score on 6 corrected photos" in summary and "not an estimate" in summary
+            assert "(zero-shot) →" in summary
             assert page.locator("#learned-link").inner_text() == "see scene-learned"
             assert page.locator("#learn-next .card").count() == 12
             page.screenshot(path=str(ARTIFACTS / "learning.png"), full_page=True)

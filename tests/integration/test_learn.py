@@ -335,3 +335,143 @@ def test_learning_state_of_a_table_set_and_a_multi_label_refusal(
     with pytest.raises(LabelSetError, match="is multi-label"):
         learn_from_corrections(index, "tags")
     assert len(least_sure(index, "tags", 2)) == 2  # near the threshold first
+
+
+def _copies(index: Index, groups: tuple[Path, dict[str, str]], tmp_path: Path) -> dict[str, str]:
+    """A copy of every photo (same bytes, another name: ``<stem>-copy``) indexed too; copy id -> group."""
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for pid in groups[1]:
+        (folder / f"{pid}-copy.jpg").write_bytes((groups[0] / f"{pid}.jpg").read_bytes())
+    index.add(folder)
+    return {f"{pid}-copy": group for pid, group in groups[1].items()}
+
+
+def test_copies_in_a_table_do_not_inflate_the_cross_validation(
+        index: Index, groups: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    plain = learn_from_table(index, "scene", write_table(tmp_path / "plain.csv", groups[1]), "photo_id", "group",
+                             save=False)
+    copies = _copies(index, groups, tmp_path)
+    doubled = write_table(tmp_path / "doubled.csv", {**groups[1], **copies},
+                          {f"{pid}-copy": {"iso": str(ISO[g] + i)} for i, (pid, g) in enumerate(groups[1].items())})
+    learned = learn_from_table(index, "scene", doubled, "photo_id", "group", save=False)
+    # one row per content: the very rows (and scores) of the table without its copies
+    assert learned.counts == plain.counts == {g: PER_GROUP for g in GROUPS}
+    assert learned.scores == plain.scores and learned.scores["probe"].count == 3 * PER_GROUP
+    assert any("24 photos are copies" in n for n in learned.notes)
+    assert len(learned.result.file_ids) == 6 * PER_GROUP if learned.result else False  # every file labelled
+    # copies that disagree: a tie leaves the content out, a majority keeps its value
+    beach = [pid for pid, g in groups[1].items() if g == "beach"]
+    tie = write_table(tmp_path / "tie.csv", {**groups[1], **copies}, {f"{beach[0]}-copy": {"group": "city"}})
+    learned = learn_from_table(index, "scene", tie, "photo_id", "group", save=False)
+    assert learned.counts["beach"] == PER_GROUP - 1 and any("1 with a tie" in n for n in learned.notes)
+
+
+def test_copies_corrected_once_count_once(
+        index: Index, groups: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    _copies(index, groups, tmp_path)
+    index.classify([make_label_set("scene", list(GROUPS), ["a photo of a {}"])])
+    _correct(index, "scene", 3)  # a correction is stored by content: each copy is corrected with it
+    truth = index.classification("scene").truth or []
+    assert sum(bool(t) for t in truth) >= 9 + 3  # the copies of the corrected photos carry their truth
+    learned = learn_from_corrections(index, "scene", save=False)
+    assert learned.counts == {g: 3 for g in GROUPS} and learned.scores["zero_shot"].count == 9
+    assert learned.nested and len(learned.fold_weights) == 3
+
+
+def test_corrections_scores_are_nested_or_said_to_be_a_selection(index: Index) -> None:
+    index.classify([make_label_set("scene", list(GROUPS), ["a photo of a {}"])])
+    _correct(index, "scene", 2)  # 2 a label: no outer training part keeps 2 of each
+    learned = learn_from_corrections(index, "scene", save=False)
+    assert not learned.nested and set(learned.scores) == {"zero_shot", "selection"}
+    assert learned.scores["selection"].balanced_accuracy >= learned.scores["zero_shot"].balanced_accuracy
+    assert any("no nested estimate" in n for n in learned.notes)
+    index.close()
+    result = run_cli("learn", "scene", "--from-corrections", "--index", str(index.path))
+    assert result.exit_code == 0, result.output
+    assert "chosen weight (selection)" in result.output and "no nested estimate" in result.output
+    assert "zero-shot + corrections" not in result.output
+
+
+def test_min_rows_2_falls_back_to_a_fixed_C(index: Index, groups: tuple[Path, dict[str, str]],
+                                            tmp_path: Path) -> None:
+    rare = {pid: {"group": "desert"} for pid in list(groups[1])[:2]}
+    table = write_table(tmp_path / "photos.csv", groups[1], rare)
+    index.close()
+    result = run_cli("learn", "scene", "--metadata", str(table), "--key", "photo_id", "--target", "group",
+                     "--min-rows", "2", "--index", str(index.path), "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["counts"]["desert"] == 2 and out["folds"] == 2 and 10.0 in out["fold_C"]
+    assert any("fixed at 10" in n for n in out["notes"])
+
+
+def test_a_table_never_silently_replaces_another_set(
+        index: Index, groups: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    import dataclasses
+
+    from clipdex.labels import LabelSet
+
+    table = write_table(tmp_path / "photos.csv", groups[1])
+    learn_from_table(index, "scene", table, "photo_id", "group")
+    learn_from_table(index, "scene", table, "photo_id", "group")  # the same column again: replaced
+    with pytest.raises(LabelSetError, match=r"was learned from column 'group'.*--save-as scene"):
+        learn_from_table(index, "scene", table, "photo_id", "iso")
+    assert learn_from_table(index, "scene", table, "photo_id", "iso", save_as="scene").target == "iso"
+    stored = index.classification("scene")
+    topics = LabelSet(name="themes", labels=stored.label_set.labels, templates=(), origin={"kind": "topics"})
+    index.save_classification(dataclasses.replace(stored, label_set=topics))
+    for save_as in (None, "themes"):
+        with pytest.raises(LabelSetError, match="is a topics set"):
+            learn_from_table(index, "themes", table, "photo_id", "group", save_as=save_as)
+    assert index.classification("themes").label_set.kind == "topics"
+
+
+def test_web_set_names_are_bounded() -> None:
+    from clipdex.web import app, learning
+
+    assert learning.MAX_NAME == app.MAX_NAME
+
+
+def test_web_learn_refuses_a_long_name(index: Index) -> None:
+    from fastapi.testclient import TestClient
+
+    from clipdex.web import create_app
+    from clipdex.web.app import MAX_NAME
+
+    client = TestClient(create_app(index), base_url="http://127.0.0.1:8000")
+    for response in (client.get(f"/api/labels/{'a' * (MAX_NAME + 1)}/learning"),
+                     client.post(f"/api/labels/{'a' * (MAX_NAME + 1)}/learn")):
+        # refused by the path's validation (the app answers it 404, naming the parameter), not looked up
+        assert response.status_code == 404 and "path parameter 'name'" in response.json()["error"]
+
+
+def test_web_learn_computes_outside_the_index_lock(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    import clipdex.learn
+    from clipdex.web import create_app
+
+    index.classify([make_label_set("scene", list(GROUPS), ["a photo of a {}"])])
+    _correct(index, "scene", 3)
+    free: list[bool] = []
+    learn = clipdex.learn.learn_corrections
+
+    def watched(*args: object, **kwargs: object) -> object:
+        # another thread (a search, a correction) can take the index's lock while it learns
+        result: list[bool] = []
+        other = threading.Thread(target=lambda: result.append(index.lock.acquire(timeout=5) and
+                                                              (index.lock.release() is None)))
+        other.start()
+        other.join()
+        free.extend(result)
+        return learn(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clipdex.learn, "learn_corrections", watched)
+    client = TestClient(create_app(index), base_url="http://127.0.0.1:8000")
+    response = client.post("/api/labels/scene/learn")
+    assert response.status_code == 200, response.text
+    assert free == [True] and response.json()["learned"]["saved"]
+    assert index.classification("scene-learned").label_set.kind == "learned"
