@@ -10,9 +10,12 @@
 How two photos are judged copies (:class:`DuplicateRule`): CLIP cosine alone cannot tell a copy
 from a look-alike (different Unsplash photos reach 0.970 on ViT-B/32; a cropped copy can fall
 below that), so a pair is a copy when its cosine reaches ``copy_cosine``, or when it lies in the
-band from ``band_cosine`` up and a second signal confirms it: their perceptual hashes (pHash,
-64 bits, computed only for candidate pairs and cached by content hash) differ in at most
-``max_phash`` bits, or both were taken (EXIF) within ``burst_seconds`` of each other.
+band from ``band_cosine`` up and a second signal confirms it: their perceptual signatures differ
+in at most ``max_phash`` bits, or both were taken (EXIF) within ``burst_seconds`` of each other.
+A signature (:func:`phash_of_image`, computed only for candidate pairs and cached by content hash)
+is four 64-bit pHashes: of the photo with uniform borders trimmed (letterbox, padding), of its
+mirror image, and of the frame's centre and its mirror (a caption bar at an edge); the distance is
+the least over them, so a mirrored, letterboxed or captioned copy stays within a few bits.
 
 The rule is calibrated on the user's own photos and model (:func:`calibrate`): altered copies of a
 sample of indexed photos (resized, JPEG re-compressed, cropped, rotated, brightened, resaved as PNG
@@ -24,8 +27,10 @@ embeddings) :data:`DEFAULT_RULE` is used, and says so.
 Candidates come from every photo's ``k`` nearest neighbours through the vector-index interface
 (:meth:`clipdex.search.base.VectorIndex.neighbours`: the approximate index where the index has one,
 exact search otherwise), never from an N x N product. Accepted pairs are joined into connected
-components, and a component whose members are not all copies of each other is split greedily
-into cliques (complete linkage): a chain of slightly different burst shots never swallows a day.
+components, and a component is split greedily into groups around a keeper (:func:`split_stars`):
+every member is a copy of its group's keeper by the rule (two copies of one original, a mirror
+image and a letterboxed one, need not be copies of each other), so a chain of slightly different
+burst shots never swallows a day. ``linkage="complete"`` asks every two members to be copies.
 
 clipdex never deletes a photo. :func:`move_extras` moves the photos that are not kept into a folder
 (their layout kept, nothing overwritten), journalling each move (fsync'ed before it happens) in
@@ -75,6 +80,25 @@ def duplicate_nprobe(nlist: int) -> int:
     return min(nlist, max(DUPLICATE_MIN_NPROBE, round(nlist * DUPLICATE_PROBE_SHARE)))
 PHASH_DRAFT = 256  # JPEGs decoded at 1/2..1/8 scale for pHash (it looks at 32 x 32 pixels)
 PHASH_BITS = 64
+HASH_DIGITS = PHASH_BITS // 4
+# The signature's pHashes, in order: the content (borders trimmed) and its mirror; the frame's centre and its
+# mirror; the content's centre and its mirror (the same as the frame's for a photo without bars).
+HASH_KINDS = ("content", "content-mirror", "frame-centre", "frame-centre-mirror", "content-centre",
+              "content-centre-mirror")
+# Kinds compared: content with content (or its mirror); either centre with either centre (or its mirror).
+_MATCHED_KINDS = ((0, 0), (0, 1)) + tuple((i, j + m) for i in (2, 4) for j in (2, 4) for m in (0, 1))
+SIGNATURE_DIGITS = HASH_DIGITS * len(HASH_KINDS)
+CENTRE_SHARE = 0.6  # the centre hashed: this share of each side (a caption bar over the bottom 15% stays out)
+# Border trimming: a line is flat below this brightness deviation (0-255; JPEG noise on a black bar
+# is ~1, a line through a photo's content tens); trimming stops where less than this share would remain.
+FLAT_LINE_STD = 2.5
+BAR_TONE = 3.0  # a bar's lines keep its first line's brightness within this (0-255)
+MIN_BAR_SHARE = 0.01  # narrower flat edges are left alone
+MIN_KEPT_SHARE = 0.5
+TRIM_ROUNDS = 4  # bars on two axes, and what lies flat inside them
+# How a component is split: around a keeper (every member a copy of it) or into cliques (every two
+# members copies); bench/duplicates_quality.py measures both.
+LINKAGES = ("keeper", "complete")
 MAX_COMPONENT = 4_000  # members of one component judged pairwise (a larger one around each photo's neighbours)
 # The rule without calibration (imported embeddings, no weights to encode altered copies): measured
 # on the real ViT-B/32 features of the shared Unsplash photos (README): different photos reach
@@ -210,7 +234,8 @@ class DuplicateMember:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Photos that are copies of each other (every pair by the rule), keeper first."""
+    """Photos that are copies of the keeper (each by the rule; of each other too with complete linkage),
+    keeper first."""
 
     id: int
     members: list[DuplicateMember]
@@ -264,24 +289,118 @@ def report_json(report: DuplicateReport, note: str, groups: Sequence[DuplicateGr
                        for g in shown]}
 
 
-# -- pHash -------------------------------------------------------------------------------------
-def phash_of_image(image: "Image.Image") -> str:
-    """The 64-bit perceptual hash (imagehash's pHash) of ``image`` as 16 hex digits."""
-    import imagehash
+# -- perceptual signature ------------------------------------------------------------------------
+# What a re-export does that a plain pHash of the whole frame does not survive: bars added around
+# the photo (letterbox, pillarbox, padding of any flat colour), a mirror image, a caption bar drawn
+# over an edge. So a photo's signature is several 64-bit pHashes of its content, borders trimmed:
+# the whole frame, its mirror image, its centre (caption bars and watermarks sit at the edges), and
+# the centre's mirror; two photos' distance is the least over matching kinds (see
+# signature_distance). Stored per content hash as their hex digits, one after another.
 
-    return str(imagehash.phash(image))
+
+def trim_borders(image: "Image.Image") -> "Image.Image":
+    """``image`` without uniform borders: rows and columns at its edges whose brightness is flat
+    (standard deviation along the line below :data:`FLAT_LINE_STD`: black bars, white padding, any
+    flat colour, and equally a flat sky at the top, which the original and its copies lose alike),
+    repeated until none is left, as long as :data:`MIN_KEPT_SHARE` of each side remains (an image
+    that is mostly flat is hashed whole)."""
+    box = content_box(image)
+    return image if box == (0, 0, image.width, image.height) else image.crop(box)
+
+
+def content_box(image: "Image.Image") -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of ``image`` within its uniform borders (see :func:`trim_borders`)."""
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    h, w = gray.shape
+    top, bottom, left, right = 0, h, 0, w
+    for _ in range(TRIM_ROUNDS):
+        box = gray[top:bottom, left:right]
+        before = (top, bottom, left, right)
+        cut_top, cut_bottom = _flat_run(box), _flat_run(box[::-1])
+        if bottom - cut_bottom - top - cut_top >= h * MIN_KEPT_SHARE:
+            top, bottom = top + cut_top, bottom - cut_bottom
+        box = gray[top:bottom, left:right]
+        cut_left, cut_right = _flat_run(box.T), _flat_run(box.T[::-1])
+        if right - cut_right - left - cut_left >= w * MIN_KEPT_SHARE:
+            left, right = left + cut_left, right - cut_right
+        if (top, bottom, left, right) == before:
+            break
+    return left, top, right, bottom
+
+
+def _flat_run(lines: np.ndarray) -> int:
+    """How many rows from the start of ``lines`` (a grayscale array) form a bar: each flat (deviation
+    below :data:`FLAT_LINE_STD`) and of the first row's brightness (within :data:`BAR_TONE`: a bar is
+    one colour, a sky's gradient is not), at least :data:`MIN_BAR_SHARE` of the side (0 otherwise)."""
+    if not len(lines):
+        return 0
+    flat = (lines.std(axis=1) < FLAT_LINE_STD) & (np.abs(lines.mean(axis=1) - lines[0].mean()) <= BAR_TONE)
+    stops = np.flatnonzero(~flat)
+    run = int(stops[0]) if len(stops) else len(flat)
+    return run if run >= max(1, len(lines) * MIN_BAR_SHARE) else 0
+
+
+def phash_of_image(image: "Image.Image") -> str:
+    """The perceptual signature of ``image``: imagehash's 64-bit pHash of its content (borders
+    trimmed, :func:`trim_borders`), of its mirror image, of the frame's centre (:data:`CENTRE_SHARE`
+    of each side), of the content's centre, and of their mirrors, as 16 hex digits each
+    (:data:`HASH_KINDS`; :data:`SIGNATURE_DIGITS` in all)."""
+    import imagehash
+    from PIL import ImageOps
+
+    image = image.convert("RGB")
+    box = content_box(image)
+    content = image.crop(box)
+    # Two centres: of the frame as it is (a caption bar's flat part, trimmed, would shift the content's
+    # centre) and of the content within its bars (a letterboxed copy's frame centre is not the photo's).
+    parts = [content, ImageOps.mirror(content)]
+    for left, top, right, bottom in ((0, 0, image.width, image.height), box):
+        w, h = right - left, bottom - top
+        mx, my = round(w * (1 - CENTRE_SHARE) / 2), round(h * (1 - CENTRE_SHARE) / 2)
+        small = min(w, h) * CENTRE_SHARE < 8
+        centre = content if small else image.crop((left + mx, top + my, right - mx, bottom - my))
+        parts += [centre, ImageOps.mirror(centre)]
+    return "".join(f"{int(str(imagehash.phash(part)), 16):016x}" for part in parts)
+
+
+def _hash_parts(signature: str) -> list[int]:
+    return [int(signature[i:i + HASH_DIGITS], 16) for i in range(0, len(signature), HASH_DIGITS)]
 
 
 def phash_distance(a: str | None, b: str | None) -> int | None:
-    """Bits in which two pHashes differ (None when either is unknown)."""
+    """Bits in which two photos' perceptual signatures differ, the least over matching kinds: whole
+    frame against whole frame or its mirror, centre against centre or its mirror (a mirror image or a
+    caption bar moves one kind, not the other). Plain 16-digit pHashes compare directly. None when
+    either is unknown."""
     if a is None or b is None:
         return None
-    return (int(a, 16) ^ int(b, 16)).bit_count()
+    pa, pb = _hash_parts(a), _hash_parts(b)
+    if len(pa) != len(pb) or len(pa) == 1:
+        return (pa[0] ^ pb[0]).bit_count()
+    return min((pa[i] ^ pb[j]).bit_count() for i, j in _MATCHED_KINDS)
+
+
+def signature_bits(signatures: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures as a (n, kinds) uint64 matrix (zeros where unknown), and which are known."""
+    known = np.array([s is not None and len(s) == SIGNATURE_DIGITS for s in signatures], dtype=bool)
+    bits = np.zeros((len(signatures), len(HASH_KINDS)), dtype=np.uint64)
+    for i, s in enumerate(signatures):
+        if s is not None and known[i]:
+            bits[i] = _hash_parts(s)
+    return bits, known
+
+
+def signature_distances(bits: np.ndarray) -> np.ndarray:
+    """(n, n) :func:`phash_distance` of every pair of rows of ``bits`` (:func:`signature_bits`)."""
+    best = np.full((len(bits), len(bits)), PHASH_BITS, dtype=np.int64)
+    for i, j in _MATCHED_KINDS:
+        np.minimum(best, np.bitwise_count(bits[:, i][:, None] ^ bits[:, j][None, :]).astype(np.int64), out=best)
+    return best
 
 
 def phash_file(path: str) -> str | None:
-    """The pHash of the image file at ``path``, decoded through clipdex's safe opener (size
-    checked first, JPEGs at reduced scale); None when it cannot be decoded (gone, damaged)."""
+    """The perceptual signature of the image file at ``path``, decoded through clipdex's safe opener
+    (size checked first, JPEGs at reduced scale); None when it cannot be decoded (gone, damaged)."""
     from clipdex.decode import open_image_file
 
     try:
@@ -296,8 +415,8 @@ def phashes_for(index: "Index", wanted: dict[str, str],
     """pHashes by content hash for ``wanted`` (content hash -> a path to read it from): cached
     ones from the catalog, the rest decoded and cached (where the index can be written).
     Returns them and how many were decoded now."""
-    with index.lock:
-        known = index.store.phashes(wanted)
+    with index.lock:  # a signature of an older recipe (another length) is computed again
+        known = {h: p for h, p in index.store.phashes(wanted).items() if p is None or len(p) == SIGNATURE_DIGITS}
     todo = [h for h in wanted if h not in known]
     fresh: dict[str, str | None] = {}
     for i, content_hash in enumerate(todo):
@@ -390,6 +509,36 @@ def split_cliques(accepted: np.ndarray, strength: np.ndarray) -> list[list[int]]
     return groups
 
 
+def split_stars(accepted: np.ndarray, rank: np.ndarray) -> list[list[int]]:
+    """Split a component into groups around a keeper: every member a copy of the group's keeper.
+
+    ``accepted`` (m, m) says which pairs the rule accepts; ``rank`` (m,) orders the members by the
+    keeper rule (lowest kept first). Greedy: the member with the most accepted pairs (ties: the best
+    ranked) seeds; the best ranked of it and its partners is the keeper, and the group is the keeper
+    with every member left that is a copy of it; the rest is split again. Two copies of one original
+    (a mirror image and a letterboxed one) need not be copies of each other by the rule, only of the
+    keeper; a chain A~B~C~D still never becomes one group (D is no copy of a keeper A or B). The
+    keeper outranks every member of its group, so it is the one :func:`find_duplicates` keeps."""
+    m = len(accepted)
+    left = np.ones(m, dtype=bool)
+    groups: list[list[int]] = []
+    while left.any():
+        live = accepted & left[None, :] & left[:, None]
+        degree = np.where(left, live.sum(axis=1), -1)
+        best = degree.max()
+        seeds = np.flatnonzero(degree == best)
+        seed = int(seeds[np.argmin(rank[seeds])])
+        group = np.flatnonzero(live[seed])
+        while True:  # the keeper outranks every member (a copy of it may outrank the seed's best)
+            keeper = int(group[np.argmin(rank[group])])
+            group = np.flatnonzero(live[keeper])
+            if rank[group].min() >= rank[keeper]:
+                break
+        groups.append(sorted(int(i) for i in group))
+        left[group] = False
+    return groups
+
+
 # -- finding -----------------------------------------------------------------------------------
 @dataclass
 class _Photos:
@@ -410,12 +559,15 @@ def stored_rule(index: "Index") -> DuplicateRule | None:
 
 def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int = DEFAULT_K,
                     folders: Sequence[str] = (), exact_only: bool = False, min_size: int = 2,
-                    progress: Progress | None = None, phash_progress: Progress | None = None) -> DuplicateReport:
+                    progress: Progress | None = None, phash_progress: Progress | None = None,
+                    linkage: str = "keeper") -> DuplicateReport:
     """Groups of copies among the index's photos (see the module's docstring for how).
 
     ``rule`` None: the model's calibrated rule, else :data:`DEFAULT_RULE`. ``folders`` limits the
     photos looked at; ``exact_only`` finds only photos of the same content (no neighbour search);
-    ``min_size`` drops smaller groups. ``progress`` follows the neighbour search, ``phash_progress``
+    ``min_size`` drops smaller groups; ``linkage`` "keeper" makes every member a copy of its group's
+    keeper, "complete" of every other member (stricter: the quality bench compares them).
+    ``progress`` follows the neighbour search, ``phash_progress``
     the images decoded for pHash. Groups come largest first, each keeper first
     (:data:`KEEPER_RULE`)."""
     from clipdex.search.engine import ModelSearch
@@ -425,6 +577,8 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
     started = time.perf_counter()
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, not {linkage!r}")
     rule = rule or stored_rule(index) or DEFAULT_RULE
     filters = SearchFilter(folders=tuple(os.path.abspath(f) for f in folders)) if folders else None
     with index.lock:
@@ -470,7 +624,7 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
         partners.setdefault(b, set()).add(a)
     row_groups: list[list[int]] = []
     for part_rows in groups:
-        row_groups += _split(part_rows, engine.read, photos, phashes, rule, partners)
+        row_groups += _split(part_rows, engine.read, photos, phashes, rule, partners, keepers, linkage)
     grouped = {r for g in row_groups for r in g}
     row_groups += [[r] for r, ids in by_row.items() if len(ids) > 1 and r not in grouped]  # exact copies only
     result = []
@@ -531,10 +685,8 @@ def _accepted(rows: list[int], read: Callable[[np.ndarray], np.ndarray], photos:
     if band.any():
         confirmed = np.zeros_like(band)
         if rule.max_phash is not None:
-            hashes = [_row_phash(photos, phashes, r) for r in rows]
-            known = np.array([h is not None for h in hashes])
-            bits = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
-            distance = np.bitwise_count(bits[:, None] ^ bits[None, :])
+            bits, known = signature_bits([_row_phash(photos, phashes, r) for r in rows])
+            distance = signature_distances(bits)
             confirmed |= (distance <= rule.max_phash) & known[:, None] & known[None, :]
         if rule.burst_seconds is not None:
             taken = np.array([_exif_seconds(_first_file(photos, r)) for r in rows], dtype=np.float64)
@@ -556,16 +708,22 @@ def _exif_seconds(f: "FileRecord | None") -> float:
 
 
 def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
-           phashes: dict[str, str | None], rule: DuplicateRule,
-           partners: dict[int, set[int]]) -> list[list[int]]:
-    """A component's rows split into groups of rows that are all copies of each other.
+           phashes: dict[str, str | None], rule: DuplicateRule, partners: dict[int, set[int]],
+           marked: set[str], linkage: str) -> list[list[int]]:
+    """A component's rows split into groups: around a keeper (``linkage`` "keeper",
+    :func:`split_stars`) or of rows that are all copies of each other ("complete", :func:`split_cliques`).
 
-    Up to :data:`MAX_COMPONENT` rows every pair is judged (:func:`split_cliques`); a larger
-    component (thousands of frames of one scene) is split around each row's own candidates
-    (``partners``: its neighbour pairs), in row order, so that no matrix of it is ever formed."""
+    Up to :data:`MAX_COMPONENT` rows every pair is judged; a larger component (thousands of frames of
+    one scene) is split around each row's own candidates (``partners``: its neighbour pairs), in row
+    order, so that no matrix of it is ever formed."""
+    def split(rows: list[int]) -> list[list[int]]:
+        accepted, cos = _accepted(rows, read, photos, phashes, rule)
+        if linkage == "complete":
+            return split_cliques(accepted, cos)
+        return split_stars(accepted, _keeper_rank(rows, photos, marked))
+
     if len(part) <= MAX_COMPONENT:
-        accepted, cos = _accepted(part, read, photos, phashes, rule)
-        return [[part[i] for i in g] for g in split_cliques(accepted, cos) if len(g) > 1]
+        return [[part[i] for i in g] for g in split(part) if len(g) > 1]
     log.info("a component of %d similar photos is split around each photo's nearest neighbours", len(part))
     taken: set[int] = set()
     groups = []
@@ -573,13 +731,24 @@ def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _P
         if seed in taken:
             continue
         around = [seed] + sorted(r for r in partners.get(seed, ()) if r not in taken)
-        accepted, cos = _accepted(around, read, photos, phashes, rule)
-        best = next((g for g in split_cliques(accepted, cos) if 0 in g), [0])
+        best = next((g for g in split(around) if 0 in g), [0])
         if len(best) > 1:
             group = [around[i] for i in best]
             groups.append(group)
             taken.update(group)
     return groups
+
+
+def _keeper_rank(rows: list[int], photos: _Photos, marked: set[str]) -> np.ndarray:
+    """Each row's place in the keeper rule (0: kept first), by the best of its files."""
+    keys = []
+    for r in rows:
+        files = [photos.files[i] for i in photos.by_row.get(r, []) if i in photos.files]
+        keys.append(min((_keeper_key(f, marked) for f in files), default=(True, 0, 0, "~", 1 << 30, "~")))
+    order = sorted(range(len(rows)), key=lambda i: keys[i])
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[order] = np.arange(len(rows))
+    return rank
 
 
 def _keeper_key(f: "FileRecord", marked: set[str]) -> tuple[Any, ...]:

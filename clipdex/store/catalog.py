@@ -1058,8 +1058,9 @@ class Store:
 
     # -- duplicates (clipdex.duplicates; migration 010) ------------------------
     def phashes(self, hashes: Iterable[str]) -> dict[str, str | None]:
-        """The perceptual hashes cached for ``hashes`` (content hashes), by content hash: 16 hex
-        digits, or None for an image that could not be decoded; hashes never computed are absent."""
+        """The perceptual signatures cached for ``hashes`` (content hashes), by content hash: hex digits
+        (clipdex.duplicates.phash_of_image: 64 for four pHashes; a shorter one is an older recipe, which
+        the caller computes again), or None for an image that could not be decoded; absent: never computed."""
         wanted = list(dict.fromkeys(hashes))
         found: dict[str, str | None] = {}
         for start in range(0, len(wanted), SQL_CHUNK):
@@ -1070,7 +1071,7 @@ class Store:
         return found
 
     def save_phashes(self, phashes: dict[str, str | None]) -> None:
-        """Cache perceptual hashes by content hash (None: the image could not be decoded)."""
+        """Cache perceptual signatures by content hash (None: the image could not be decoded)."""
         now = time.time()
         with self.transaction() as c:
             c.executemany("INSERT OR REPLACE INTO phashes (content_hash, phash, computed_at) VALUES (?, ?, ?)",

@@ -210,11 +210,13 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # "image", "text"), "cosine" (least probe cosine; null for the source that recorded it), "at"}.
 # A source new to the model is checked before its vectors join the index's. NULL for both:
 # no probe yet (every model before 009); the next encoder that adds vectors records one.
-# 010: `clipdex duplicates`. phashes caches a photo's perceptual hash by content hash (16 hex
-# digits: imagehash's 64-bit pHash; NULL: the image could not be decoded), computed only for
-# candidate pairs. duplicate_rules holds the rule a model's calibration chose (JSON: the cosine
-# above which two photos are copies, the lower band a pHash distance confirms, and the estimates
-# measured), one per model. keepers holds the photos a person marked to keep (web page, by path):
+# 010: `clipdex duplicates`. phashes caches a photo's perceptual signature by content hash (64 hex
+# digits: four of imagehash's 64-bit pHashes, of the photo with uniform borders trimmed, its mirror,
+# the frame's centre and its mirror; NULL: the image could not be decoded), computed only for
+# candidate pairs; a value of another length is an older recipe and is computed again.
+# duplicate_rules holds the rule a model's calibration chose (JSON: the cosine above which two
+# photos are copies, the lower band a pHash distance confirms, and the estimates measured), one per
+# model. keepers holds the photos a person marked to keep (web page, by path):
 # `--move-extras` never moves them.
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -4,8 +4,11 @@ rule, and calibration's choice of rule on measured copies and look-alikes."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageOps
 
 from clipdex import duplicates as dup
 from clipdex.duplicates import CalibrationData, DuplicateRule
@@ -40,6 +43,42 @@ def test_phash_distance_counts_differing_bits() -> None:
     same = dup.phash_distance(dup.phash_of_image(original), dup.phash_of_image(smaller))
     different = dup.phash_distance(dup.phash_of_image(original), dup.phash_of_image(other))
     assert same is not None and different is not None and same <= 4 < 16 <= different
+
+
+def _jpeg(image: Image.Image) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def test_the_signature_survives_bars_a_mirror_and_a_caption_but_not_another_photo() -> None:
+    original = photo(5)
+    w, h = original.size
+    letterbox = ImageOps.pad(original, (w, int(h * 1.25)), color=(0, 0, 0))
+    pillarbox = ImageOps.pad(original, (int(w * 1.3), h), color=(255, 255, 255))
+    captioned = original.copy()
+    draw = ImageDraw.Draw(captioned)
+    draw.rectangle((0, int(h * 0.85), w, h), fill=(0, 0, 0))
+    draw.text((int(w * 0.05), int(h * 0.88)), "copy for grandma", fill=(255, 255, 255))
+    base = dup.phash_of_image(_jpeg(original))
+    assert len(base) == dup.SIGNATURE_DIGITS
+    for copy in (letterbox, pillarbox, ImageOps.mirror(original), captioned, ImageOps.grayscale(original)):
+        distance = dup.phash_distance(base, dup.phash_of_image(_jpeg(copy)))
+        assert distance is not None and distance <= 4, copy.size
+    for seed in (6, 7, 8):
+        other = dup.phash_distance(base, dup.phash_of_image(_jpeg(photo(seed))))
+        assert other is not None and other >= 16
+    # bars are trimmed to the photo; a photo without bars is hashed whole
+    trimmed = dup.trim_borders(_jpeg(letterbox))
+    assert abs(trimmed.height - h) <= 2 and trimmed.width == w
+    assert dup.trim_borders(original).size == original.size
+    # the matrix form agrees with the pairwise one
+    sigs = [base, dup.phash_of_image(ImageOps.mirror(original)), dup.phash_of_image(photo(6)), None]
+    bits, known = dup.signature_bits(sigs)
+    matrix = dup.signature_distances(bits)
+    assert known.tolist() == [True, True, True, False]
+    assert all(matrix[i, j] == dup.phash_distance(sigs[i], sigs[j]) for i in range(3) for j in range(3))
 
 
 def _planted(n: int, groups: int, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, list[list[int]]]:
@@ -85,6 +124,27 @@ def test_components_and_cliques_never_chain() -> None:
     assert all(len(g) <= 2 for g in groups) and sorted(i for g in groups for i in g) == [0, 1, 2, 3]
     # a true group (all pairs) stays whole
     assert dup.split_cliques(np.ones((3, 3), dtype=bool), np.ones((3, 3))) == [[0, 1, 2]]
+
+
+def test_groups_around_a_keeper_take_copies_of_the_keeper_only() -> None:
+    # 0 is the original; 1 (mirror) and 2 (letterbox) are copies of it, not of each other by the rule;
+    # 3 is a copy of 2 only (a chain): it must not join a group kept as 0
+    accepted = np.eye(4, dtype=bool)
+    for a, b in ((0, 1), (0, 2), (2, 3)):
+        accepted[a, b] = accepted[b, a] = True
+    rank = np.array([0, 1, 2, 3])
+    assert dup.split_stars(accepted, rank) == [[0, 1, 2], [3]]
+    assert all(len(g) <= 2 for g in dup.split_cliques(accepted, np.where(accepted, 0.99, 0.5)))
+    # the keeper outranks its members: a better-ranked copy of the seed's keeper takes over
+    accepted = np.eye(5, dtype=bool)
+    for a, b in ((0, 1), (0, 3), (0, 4), (1, 2)):
+        accepted[a, b] = accepted[b, a] = True
+    rank = np.array([3, 1, 0, 4, 5])
+    groups = dup.split_stars(accepted, rank)
+    assert groups == [[1, 2], [0, 3, 4]]
+    for g in groups:
+        keeper = min(g, key=lambda i: rank[i])
+        assert all(accepted[keeper, i] for i in g)
 
 
 def _file(i: int, path: str, w: int, h: int, size: int, taken: str | None) -> FileRecord:
