@@ -10,7 +10,9 @@ machine), the rule is calibrated on them (clipdex.duplicates.calibrate: its own 
 altered copies of COPIED photos are added, made with OTHER alterations than calibration's (blur,
 saturation, grayscale, letterbox, a caption drawn on, down- then up-scaling, a mirror image).
 Groups are scored by pairs: a pair of photos in one group is right when both are the same original
-or its copies. Precision = right pairs / pairs grouped; recall = right pairs / true pairs.
+or its copies. Precision = right pairs / pairs grouped; recall = right pairs / true pairs. Both
+ways of splitting a component are measured on the same index and rule: around a keeper (each
+member a copy of the keeper, the default) and cliques (every two members copies).
 
 Part 2, the REAL OpenAI CLIP ViT-B/32 features of the same photos (imported, no weights needed):
 the groups found at the default rule (what an imported index uses), and the closest pairs of
@@ -111,34 +113,38 @@ def part_random(work: Path) -> None:
         index.add(work / "copies")
         print(f"indexed {len(copies)} altered copies ({len(ALTERATIONS)} alterations of {COPIED} photos) in "
               f"{time.perf_counter() - t:.0f} s")
-        report = dup.find_duplicates(index, rule)
-    print(f"found {len(report.groups)} groups in {report.seconds:.1f} s ({report.search}, {report.candidates} "
-          f"candidate pairs, {report.phashes_computed} images hashed)")
+        reports = {linkage: dup.find_duplicates(index, rule, linkage=linkage) for linkage in dup.LINKAGES}
     origin = {name: name for name in (p.name for p in originals)}
     origin.update({copy: original for copy, (original, _) in copies.items()})
-    found = [[m.path.rsplit("/", 1)[-1] for m in g.members] for g in report.groups]
     true_groups: dict[str, list[str]] = {}
     for name, original in origin.items():
         true_groups.setdefault(original, []).append(name)
     truth = pairs_of([g for g in true_groups.values() if len(g) > 1])
-    predicted = pairs_of(found)
-    right = predicted & truth
-    precision = len(right) / len(predicted) if predicted else 1.0
-    recall = len(right) / len(truth) if truth else 1.0
-    print("\n| rule | groups | pairs grouped | right | true pairs | precision | recall |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| calibrated ({rule.describe()}) | {len(found)} | {len(predicted)} | {len(right)} | {len(truth)} | "
-          f"{precision:.3f} | {recall:.3f} |")
-    print("\n| alteration | copies found with their original | recall |\n|---|---|---|")
+    print(f"\nrule: {rule.describe()}")
+    print("\n| groups | found in | groups | pairs grouped | right | true pairs | precision | recall |")
+    print("|---|---|---|---|---|---|---|---|")
+    predicted_by: dict[str, set[tuple[str, str]]] = {}
+    for linkage, report in reports.items():
+        found = [[m.path.rsplit("/", 1)[-1] for m in g.members] for g in report.groups]
+        predicted = predicted_by[linkage] = pairs_of(found)
+        right = predicted & truth
+        precision = len(right) / len(predicted) if predicted else 1.0
+        recall = len(right) / len(truth) if truth else 1.0
+        name = {"keeper": "around a keeper (each a copy of it)", "complete": "cliques (every pair a copy)"}[linkage]
+        print(f"| {name} | {report.seconds:.1f} s ({report.candidates} candidates, {report.phashes_computed} "
+              f"hashed) | {len(found)} | {len(predicted)} | {len(right)} | {len(truth)} | {precision:.3f} | "
+              f"{recall:.3f} |")
+    print("\n| alteration | copies found with their original: around a keeper | cliques |\n|---|---|---|")
     for alteration in ALTERATIONS:
         wanted = [tuple(sorted((c, o))) for c, (o, a) in copies.items() if a == alteration]
-        hit = sum(1 for p in wanted if p in predicted)
-        print(f"| {alteration} | {hit} / {len(wanted)} | {hit / len(wanted):.2f} |")
-    wrong = sorted(predicted - truth)
-    if wrong:
-        print(f"\npairs grouped that are different photos ({len(wrong)}; first 10):")
-        for a, b in wrong[:10]:
-            print(f"  {a}  {b}")
+        hits = [sum(1 for p in wanted if p in predicted_by[linkage]) / len(wanted) for linkage in dup.LINKAGES]
+        print(f"| {alteration} | " + " | ".join(f"{h:.2f}" for h in hits) + " |")
+    for linkage, predicted in predicted_by.items():
+        wrong = sorted(predicted - truth)
+        if wrong:
+            print(f"\n{linkage}: pairs grouped that are different photos ({len(wrong)}; first 10):")
+            for a, b in wrong[:10]:
+                print(f"  {a}  {b}")
 
 
 def part_real(work: Path, grid: Path | None) -> None:
