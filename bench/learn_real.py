@@ -123,7 +123,8 @@ class Run:
     """One repeat of the simulation: CV scores on the corrected photos, held-out scores, the weight."""
 
     cv_zero_shot: Scores
-    cv_combined: Scores
+    cv_combined: Scores  # nested: C and the weight chosen inside each outer fold
+    cv_selection: Scores  # the stored choice, scored on the folds it was chosen on
     zero_shot: Scores
     combined: Scores
     probe: Scores
@@ -162,9 +163,9 @@ def corrections(index: Index, repeats: int) -> None:
           f"stand-in zero-shot: the mean of 1 or 10 prototype photos per class, softmax of {STAND_IN_SCALE:g} x "
           "cosine; "
           f"{repeats} repeats")
-    print(f"  {'stand-in':<11}{'corrections':<12}{'CV zero-shot':>13}{'CV combined':>12}  "
+    print(f"  {'stand-in':<11}{'corrections':<12}{'CV zero-shot':>13}{'CV combined':>12}{'selection':>10}  "
           f"{'held-out accuracy / balanced':<44}{'weights chosen':>16}")
-    print(f"  {'prototypes':<11}{'per label':<12}{'balanced':>13}{'balanced':>12}  "
+    print(f"  {'prototypes':<11}{'per label':<12}{'balanced':>13}{'(nested)':>12}{'score':>10}  "
           f"{'zero-shot':<14}{'combined':<15}{'probe alone':<15}")
     for n_protos, k in [(p, k) for p in PROTOTYPES for k in PER_LABEL]:
         results = []
@@ -200,14 +201,18 @@ def corrections(index: Index, repeats: int) -> None:
             y_corr = np.array([labels.index(s) for s in corrected.values()])
             _, probe = choose_C(vectors[rows], y_corr, C_GRID, 5)
             alone = probe.predict(vectors[[row_of[f] for f in held]])
-            results.append(Run(learned.scores["zero_shot"], learned.scores["combined"], scores_of(y_held, zero),
+            results.append(Run(learned.scores["zero_shot"], learned.scores["combined"], learned.scores["selection"],
+                               scores_of(y_held, zero),
                                scores_of(y_held, combined), scores_of(y_held, alone), learned.weight or 0.0))
         zs_cv = np.mean([x.cv_zero_shot.balanced_accuracy for x in results])
         comb_cv = np.mean([x.cv_combined.balanced_accuracy for x in results])
+        sel_cv = np.mean([x.cv_selection.balanced_accuracy for x in results])
         weights = ",".join(f"{x.weight:g}" for x in results)
-        print(f"  {n_protos:<11}{k:<12}{zs_cv:>13.3f}{comb_cv:>12.3f}  {mean_of([x.zero_shot for x in results]):<14}"
+        print(f"  {n_protos:<11}{k:<12}{zs_cv:>13.3f}{comb_cv:>12.3f}{sel_cv:>10.3f}  "
+              f"{mean_of([x.zero_shot for x in results]):<14}"
               f"{mean_of([x.combined for x in results]):<15}{mean_of([x.probe for x in results]):<15}{weights:>16}")
-    print("  (CV columns: on the corrected photos, weight and C chosen by that CV; held-out: every captioned "
+    print("  (CV columns: on the corrected photos; combined nested (weight and C chosen inside each outer fold), "
+          "selection: the stored weight's score on the folds it was chosen on; held-out: every captioned "
           "photo not corrected and not a prototype; means over the repeats)")
 
 
