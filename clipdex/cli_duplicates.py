@@ -214,7 +214,7 @@ def _draw(groups: list["DuplicateGroup"], folder: str) -> None:
 
 
 def _move(index: "Index", report: "DuplicateReport", folder: str, dry_run: bool, quiet: bool) -> None:
-    from clipdex.duplicates import move_extras
+    from clipdex.duplicate_moves import move_extras
 
     err = _console(stderr=True)
     extras = [m for g in report.groups for m in g.extras]
@@ -235,7 +235,7 @@ def _move(index: "Index", report: "DuplicateReport", folder: str, dry_run: bool,
 
 
 def _undo(index: "Index", as_json: bool) -> None:
-    from clipdex.duplicates import undo_moves
+    from clipdex.duplicate_moves import undo_moves
 
     bar = _Bar("moving back", "files")
     try:

@@ -91,7 +91,7 @@ def add_routes(app: FastAPI, ctx: WebContext) -> None:
         return result
 
     def mark_view(mark: KeeperMark) -> dict[str, Any]:
-        from clipdex.duplicates import mark_keeper
+        from clipdex.duplicate_moves import mark_keeper
 
         with ctx.access.locked() as index:
             record = mark_keeper(index, mark.file_id, mark.keep)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
+from clipdex import duplicate_moves as moves
 from clipdex import duplicates as dup
 from clipdex.duplicates import CalibrationData, DuplicateRule
 from clipdex.search.exact import ExactIndex
@@ -205,8 +206,8 @@ def test_the_phash_tail_extrapolates_below_what_was_seen() -> None:
 
 def test_move_targets_keep_the_layout_and_never_overwrite(tmp_path: pytest.TempPathFactory) -> None:
     dest = str(tmp_path)
-    target = dup._target(dest, "/photos/2021/trip/a.jpg", ["/photos"])
+    target = moves._target(dest, "/photos/2021/trip/a.jpg", ["/photos"])
     assert target == f"{dest}/photos/2021/trip/a.jpg"
     (tmp_path / "photos" / "2021" / "trip").mkdir(parents=True)
     (tmp_path / "photos" / "2021" / "trip" / "a.jpg").write_bytes(b"x")
-    assert dup._target(dest, "/photos/2021/trip/a.jpg", ["/photos"]) == f"{dest}/photos/2021/trip/a.dup1.jpg"
+    assert moves._target(dest, "/photos/2021/trip/a.jpg", ["/photos"]) == f"{dest}/photos/2021/trip/a.dup1.jpg"
