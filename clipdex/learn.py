@@ -39,6 +39,7 @@ fold and in the test fold.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -51,11 +52,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.classify import SIGMOID, SOFTMAX, Classification, TextEncoder, softmax
-from clipdex.errors import LabelSetError, ModelError, TableError
+from clipdex.errors import ClipdexError, LabelSetError, ModelError, TableError
 from clipdex.labels import MULTI_SEPARATOR, NAME, RESERVED_SET_NAMES, UNCERTAIN, Label, LabelSet, check_min_prob
 
 if TYPE_CHECKING:
     from clipdex.index import Index
+
+log = logging.getLogger(__name__)
 
 KIND = "learned"
 FROM_TABLE = "table"
@@ -1120,6 +1123,7 @@ def least_sure(index: "Index", name: str, n: int) -> list[Unsure]:
         result = index.classification(learned_name(source))
     done = set(corrections_of(index, source)) if source is not None else \
         {fid for fid, t in zip(result.file_ids, result.truth or []) if t}
+    done |= _table_truth_ids(index, result.label_set.origin or {})
     probs = np.asarray(result.probs, dtype=np.float64)
     if not len(probs):
         return []
@@ -1143,6 +1147,34 @@ def least_sure(index: "Index", name: str, n: int) -> list[Unsure]:
         if len(out) == n:
             break
     return out
+
+
+def _table_truth_ids(index: "Index", origin: dict[str, Any]) -> set[int]:
+    """Ids of the photos whose truth the table a set was learned from gives (their label is known:
+    nothing to ask a person); empty for other sets, or when that table cannot be read any more."""
+    from clipdex.export import KeyMatcher, read_table
+
+    if origin.get("kind") != KIND or origin.get("source") != FROM_TABLE:
+        return set()
+    table, key, target = origin.get("table"), origin.get("key"), origin.get("target")
+    if not (isinstance(table, str) and isinstance(key, str) and isinstance(target, str)):
+        return set()
+    try:
+        header, rows = read_table(table, key)
+    except (ClipdexError, OSError) as e:
+        log.info("%s cannot be read (%s): photos it gives a value are not left out of the least sure", table, e)
+        return set()
+    if target not in header:
+        return set()
+    found = index.searchable()
+    matcher = KeyMatcher(found.paths)
+    id_of = dict(zip(found.paths, found.ids.tolist()))
+    known = set()
+    for row in rows:
+        path = matcher.match(row.get(key) or "")
+        if path is not None and (row.get(target) or "").strip():
+            known.add(int(id_of[path]))
+    return known
 
 
 def learning_state(index: "Index", name: str, n_next: int = 12) -> dict[str, Any]:

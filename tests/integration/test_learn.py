@@ -475,3 +475,17 @@ def test_web_learn_computes_outside_the_index_lock(index: Index, monkeypatch: py
     assert response.status_code == 200, response.text
     assert free == [True] and response.json()["learned"]["saved"]
     assert index.classification("scene-learned").label_set.kind == "learned"
+
+
+def test_next_of_a_table_learned_set_leaves_out_photos_the_table_labels(
+        index: Index, groups: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    folder, truth = groups
+    half = dict(list(truth.items())[::2])  # the table labels every other photo
+    table = write_table(tmp_path / "half.csv", half)
+    learn_from_table(index, "scene", table, "photo_id", "group", min_rows=2, folds=2)
+    labelled = {r.id for r in (index.store.file_by_path(str(folder / f"{pid}.jpg")) for pid in half) if r}
+    unsure = least_sure(index, "scene", 50)
+    assert unsure and not {u.file_id for u in unsure} & labelled  # their label is known: nothing to ask
+    assert len(unsure) == len(truth) - len(half)
+    table.unlink()  # the table gone: every photo is a candidate again
+    assert len(least_sure(index, "scene", 50)) == len(truth)
