@@ -680,9 +680,9 @@ def learn_from_table(index: "Index", name: str, table: str | os.PathLike[str], k
 def level_names_in(values: Sequence[str]) -> list[str]:
     """The level names present in ``values``, in their order from low to high."""
     present = set(values)
-    order = [n for names in LEVEL_NAMES.values() for n in names]
-    if present <= set(order):
-        return [n for n in dict.fromkeys(order) if n in present]
+    for names in sorted(LEVEL_NAMES.values(), key=len):  # the fewest levels that name them all, in order
+        if present <= set(names):
+            return [n for n in names if n in present]
     return sorted(present, key=_range_start)
 
 

@@ -137,3 +137,11 @@ def test_logits_in_chunks_match_the_whole_product(monkeypatch: pytest.MonkeyPatc
     np.testing.assert_allclose(_logits(vectors, coef, intercept), expected, rtol=1e-4, atol=1e-4)
     rows = np.array([49, 3, 20, 7, 8, 9, 10, 11, 12])
     np.testing.assert_allclose(_logits(vectors, coef, intercept, rows), expected[rows], rtol=1e-4, atol=1e-4)
+
+
+def test_level_names_keep_their_order_from_low_to_high() -> None:
+    from clipdex.learn import level_names_in
+
+    assert level_names_in(["high", "mid", "low", "mid"]) == ["low", "mid", "high"]
+    assert level_names_in(["high", "low"]) == ["low", "high"]
+    assert level_names_in([">=400", "<100", "100-400"]) == ["<100", "100-400", ">=400"]
