@@ -30,7 +30,10 @@ import json
 import math
 import os
 import struct
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -148,6 +151,46 @@ def auto_nlist(rows: int) -> int:
     return int(min(NLIST_MAX, max(NLIST_MIN, 2 ** round(math.log2(target)))))
 
 
+class _ModeGate:
+    """Who may search the faiss index in which parallel mode: any number of searches at once in
+    :data:`PARALLEL_MODE` (one person's query split over its lists), or one batch of
+    :meth:`IvfIndex.neighbours` alone in mode 0 (split by query). faiss keeps the mode on the index,
+    not per call; without the gate a near-duplicate batch running beside a search would run it in the
+    wrong mode, and two batches would reset each other's (20k queries: 141 s instead of 3 s). A
+    search waits at most one batch of :data:`NEIGHBOUR_QUERIES`."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._searching = 0
+        self._batch = False
+
+    @contextmanager
+    def search(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._batch)
+            self._searching += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._searching -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def batch(self, ivf: Any) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._batch and not self._searching)
+            self._batch = True
+        ivf.parallel_mode = 0
+        try:
+            yield
+        finally:
+            ivf.parallel_mode = PARALLEL_MODE
+            with self._cond:
+                self._batch = False
+                self._cond.notify_all()
+
+
 class IvfIndex(VectorIndex):
     """A faiss IVF index of rows of a vector file, re-ranked exactly through ``reader``.
 
@@ -162,6 +205,7 @@ class IvfIndex(VectorIndex):
         self._index = index
         self._ivf = faiss.extract_index_ivf(index)
         self._ivf.parallel_mode = PARALLEL_MODE
+        self._gate = _ModeGate()  # searches share the index's parallel mode; a neighbours batch sets its own
         self._reader = reader
         self.params = params
         self._present = present  # bool per row below covered: does the index hold it?
@@ -345,12 +389,9 @@ class IvfIndex(VectorIndex):
             chunk = q[start:start + NEIGHBOUR_QUERIES]
             # A batch is split by query (mode 0), not a query by its lists (PARALLEL_MODE, for one person's
             # search): 20k queries at nprobe 4 took 141 s in mode 1 under load, 3 s in mode 0. The mode is
-            # the index's; a search running meanwhile in another thread is only slower for it, never wrong.
-            self._ivf.parallel_mode = 0
-            try:
+            # the index's: the gate keeps searches (and other batches) out while it is 0.
+            with self._gate.batch(self._ivf):
                 _, ids = self._index.search(chunk, pool, params=search_params)
-            finally:
-                self._ivf.parallel_mode = PARALLEL_MODE
             ids = np.asarray(ids, dtype=np.int64)
             wanted = np.unique(ids[ids >= 0])
             if not len(wanted):
@@ -370,7 +411,8 @@ class IvfIndex(VectorIndex):
             search_params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         else:
             search_params = faiss.SearchParametersIVF(nprobe=nprobe)
-        _, ids = self._index.search(q[None, :], max(k, self.params.pool), params=search_params)
+        with self._gate.search():
+            _, ids = self._index.search(q[None, :], max(k, self.params.pool), params=search_params)
         return self._rerank(q, k, ids[0])
 
     def _rerank(self, q: np.ndarray, k: int, ids: np.ndarray) -> Hits:

@@ -110,3 +110,35 @@ def test_best_per_query_orders_ties_by_row_and_nan_last() -> None:
     assert best_rows.tolist() == [[2, 5, 4, 9, -1, -1]]
     assert best_scores[0, :3].tolist() == pytest.approx([0.5, 0.5, 0.1])
     assert np.isneginf(best_scores[0, 3:]).all()
+
+
+def test_batches_and_searches_share_the_faiss_index_safely(data: Collection) -> None:
+    """faiss keeps its parallel mode on the index: neighbours batches (mode 0) and searches running in
+    other threads at once give the answers they give alone, and leave the index in PARALLEL_MODE."""
+    import threading
+
+    index = _make("ivf")(data)
+    assert isinstance(index, ann.IvfIndex)
+    queries = data.vectors[:ann.NEIGHBOUR_QUERIES * 2]
+    alone_rows, _ = index.neighbours(queries, 5)
+    alone_hits = [index.search(q, 5).rows.tolist() for q in data.vectors[:20]]
+    failures: list[str] = []
+
+    def batch() -> None:
+        for _ in range(3):
+            rows, _ = index.neighbours(queries, 5)
+            if not np.array_equal(rows, alone_rows):
+                failures.append("neighbours")
+
+    def search() -> None:
+        for _ in range(3):
+            if [index.search(q, 5).rows.tolist() for q in data.vectors[:20]] != alone_hits:
+                failures.append("search")
+
+    threads = [threading.Thread(target=f) for f in (batch, batch, search, search)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures and not any(t.is_alive() for t in threads)
+    assert index._ivf.parallel_mode == ann.PARALLEL_MODE
