@@ -122,20 +122,42 @@ TAIL_MIN_COUNT = 3
 TAIL_SLOPE = 0.55
 TAIL_MIN_SLOPE = 0.2
 ALREADY_COPY_PHASH = 4  # a "nearest different photo" this close in pHash is a copy already in the photos
+# The look-alikes' cosine tail, extrapolated to the whole collection's pairs (a sample of 3,000 pairs
+# sees none of the one-in-100,000 look-alikes a full search of 10,000 photos tests): the top
+# COSINE_TAIL_SHARE of the sampled cosines (at least COSINE_TAIL_MIN of them) fitted as an exponential
+# tail; copy_cosine sits where it expects MAX_EXPECTED_FALSE look-alike pairs across the collection.
+COSINE_TAIL_SHARE = 0.05
+COSINE_TAIL_MIN = 20
+MAX_PHASH_STEPS = 2  # a calibrated rule confirms by pHash in at most this many (band, bits) steps
+# Calibration on too few photos measures nothing: below this many photos sampled the default rule is
+# used (a 4-photo calibration once grouped 22 unrelated landscapes of a collection grown to 103).
+MIN_CALIBRATION_PHOTOS = 20
+RECALIBRATE_GROWTH = 2.0  # a collection this many times the size it was calibrated on gets the default rule
 ENCODE_BATCH = 32
-KEEPER_RULE = ("marked in the web app, else the most pixels, then the largest file, then the oldest "
-               "capture time (EXIF, else the file's time), then the shortest path")
+# The original over an edited or re-saved copy: an edit rarely adds pixels, and a re-save (PNG, a
+# brightened JPEG) is newer and often larger, so the file size comes only after the age.
+KEEPER_RULE = ("marked in the web app, else the most pixels, then the oldest (EXIF capture time, a photo "
+               "with one first; then the file's modification time), then the largest file, then the shortest path")
 
 
 # -- the rule ----------------------------------------------------------------------------------
+Step = tuple[float, int]  # (band cosine, pHash bits): from this cosine up, a pHash within these bits confirms
+
+
 @dataclass(frozen=True)
 class DuplicateRule:
     """When two photos are copies: cosine >= ``copy_cosine``; or cosine >= ``band_cosine`` and
     (pHash distance <= ``max_phash`` or both EXIF-dated within ``burst_seconds``).
 
-    ``source`` says where it came from ("calibrated", "default", "--threshold"); a calibrated rule
-    carries what calibration measured (held-out ``precision`` and ``recall``, how many ``copies``
-    and ``lookalikes`` it was measured on) and ``note`` says anything worth knowing."""
+    A calibrated rule may have pHash ``steps`` instead of the one ``max_phash``: (band cosine, bits)
+    pairs, e.g. within 2 bits from cosine 0.70, within 6 bits from 0.80 (a look-alike that close in
+    pHash is rarer the more alike its cosine has to be too); ``band_cosine`` is then the lowest step's
+    band and ``max_phash`` the widest step's bits. ``source`` says where the rule came from
+    ("calibrated", "default", "--threshold", "--max-phash", "--no-phash"); a calibrated rule carries
+    what calibration measured (held-out ``precision`` and ``recall``, how many ``copies`` and
+    ``lookalikes`` it was measured on, the ``photos_total`` of the collection it was calibrated on:
+    a collection grown :data:`RECALIBRATE_GROWTH` times over gets the default rule until calibrated
+    again) and ``note`` says anything worth knowing."""
 
     copy_cosine: float
     band_cosine: float
@@ -150,10 +172,25 @@ class DuplicateRule:
     expected_false: float | None = None  # look-alike pairs it is expected to accept in the whole collection
     note: str = ""
     by_alteration: dict[str, float] = field(default_factory=dict)  # recall per alteration
+    steps: tuple[Step, ...] = ()  # pHash steps, lowest band first (empty: the one step band_cosine/max_phash)
+    photos_total: int = 0  # photos of the collection when calibrated (0: unknown)
+    expected_false_cosine: float | None = None  # of expected_false, the pairs accepted by cosine alone
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; a rule is compared and hashed as tuples
+        object.__setattr__(self, "steps", tuple((float(b), int(h)) for b, h in self.steps))
+
+    @property
+    def phash_steps(self) -> tuple[Step, ...]:
+        """The pHash confirmations, lowest band first (none when pHash is not used)."""
+        if self.max_phash is None:
+            return ()
+        return self.steps or ((self.band_cosine, self.max_phash),)
 
     @property
     def uses_phash(self) -> bool:
-        return self.max_phash is not None and self.band_cosine < self.copy_cosine
+        """Whether any pair can be confirmed by pHash: a run decodes images for their signature only then."""
+        return any(band < self.copy_cosine for band, _ in self.phash_steps)
 
     @property
     def lowest_cosine(self) -> float:
@@ -162,20 +199,34 @@ class DuplicateRule:
         return min(self.copy_cosine, self.band_cosine) if second else self.copy_cosine
 
     def accepts(self, cosine: float, phash_distance: int | None, seconds_apart: float | None) -> bool:
+        """Whether a pair with this cosine, pHash distance (None: unknown) and capture times this far
+        apart (None: either has no EXIF time) is a copy. :func:`_accepted` is the same rule on matrices
+        (a test holds them equal)."""
+        return bool(self.why(cosine, phash_distance, seconds_apart))
+
+    def why(self, cosine: float, phash_distance: int | None, seconds_apart: float | None) -> tuple[str, ...]:
+        """Every reason the rule accepts a pair (of "cosine", "phash", "time"); empty: not a copy."""
+        reasons: list[str] = []
         if cosine >= self.copy_cosine:
-            return True
-        if cosine < self.band_cosine:
-            return False
-        if self.max_phash is not None and phash_distance is not None and phash_distance <= self.max_phash:
-            return True
-        return self.burst_seconds is not None and seconds_apart is not None and seconds_apart <= self.burst_seconds
+            reasons.append("cosine")
+        if cosine >= self.band_cosine:
+            if phash_distance is not None and any(cosine >= band and phash_distance <= bits
+                                                  for band, bits in self.phash_steps):
+                reasons.append("phash")
+            if (self.burst_seconds is not None and seconds_apart is not None
+                    and seconds_apart <= self.burst_seconds):
+                reasons.append("time")
+        return tuple(reasons)
 
     def describe(self) -> str:
         """The rule in words, as the CLI prints it."""
         text = f"cosine >= {self.copy_cosine:.4f}"
+        steps = [(band, bits) for band, bits in self.phash_steps if band < self.copy_cosine]
         seconds = []
-        if self.max_phash is not None:
-            seconds.append(f"pHash distance <= {self.max_phash}")
+        if len(steps) == 1 and steps[0][0] == self.band_cosine:
+            seconds.append(f"pHash distance <= {steps[0][1]}")
+        elif steps:
+            seconds.append(" or ".join(f"pHash distance <= {bits} from cosine {band:.4f}" for band, bits in steps))
         if self.burst_seconds is not None:
             seconds.append(f"taken within {self.burst_seconds:g} s (EXIF)")
         if seconds and self.band_cosine < self.copy_cosine:
@@ -186,10 +237,47 @@ class DuplicateRule:
         """What calibration measured, in words ('' for an uncalibrated rule)."""
         if self.precision is None or self.recall is None:
             return ""
-        expected = (f"; about {self.expected_false:g} look-alike pairs expected to pass in the whole collection"
-                    if self.expected_false is not None else "")
+        expected = ""
+        if self.expected_false is not None:
+            split = (f", {self.expected_false_cosine:g} of them by cosine alone"
+                     if self.expected_false_cosine is not None else "")
+            expected = (f"; about {self.expected_false:g} look-alike pairs expected to pass in the whole "
+                        f"collection{split}")
+        size = f", a collection of {self.photos_total} photos" if self.photos_total else ""
         return (f"estimated precision {self.precision:.3f}, recall {self.recall:.3f} (held-out halves of "
-                f"{self.copies} altered copies and {self.lookalikes} pairs of nearest different photos{expected})")
+                f"{self.copies} altered copies and {self.lookalikes} pairs of nearest different photos{size}"
+                f"{expected})")
+
+    def overridden(self, *, threshold: float | None = None, max_phash: int | None = None,
+                   no_phash: bool = False) -> "DuplicateRule":
+        """This rule with the CLI's overrides: ``threshold`` replaces the copy cosine (the band reaching
+        no higher), ``max_phash`` every pHash step's bits (one step from the lowest band), ``no_phash``
+        drops pHash. What calibration measured no longer applies to the result: it is cleared, and the
+        source says the override. Raises :class:`DuplicatesError` for a threshold below
+        :data:`MIN_BAND_COSINE` (every photo would be a copy of its neighbours)."""
+        rule = self
+        if threshold is not None:
+            if not MIN_BAND_COSINE <= threshold <= 1.0:
+                raise DuplicatesError(f"--threshold {threshold:g}",
+                                      f"a copy cosine must lie between {MIN_BAND_COSINE:g} and 1 (different photos "
+                                      "reach 0.9 and more)",
+                                      f"Pass --threshold {DEFAULT_COPY_COSINE:g} or higher, or leave it out.")
+            steps = tuple((min(b, threshold), h) for b, h in rule.steps)
+            rule = replace(rule, copy_cosine=threshold, band_cosine=min(rule.band_cosine, threshold), steps=steps,
+                           source="--threshold")
+        if max_phash is not None:
+            if not 0 <= max_phash <= PHASH_BITS:
+                raise DuplicatesError(f"--max-phash {max_phash}", f"a pHash distance lies between 0 and {PHASH_BITS}",
+                                      f"Pass --max-phash {DEFAULT_MAX_PHASH} or lower, or leave it out.")
+            rule = replace(rule, max_phash=max_phash, steps=(), source="--max-phash" if threshold is None
+                           else "--threshold, --max-phash")
+        if no_phash:
+            rule = replace(rule, max_phash=None, steps=(), source="--no-phash" if rule.source in
+                           ("calibrated", "default") else f"{rule.source}, --no-phash")
+        if rule is self:
+            return rule
+        return replace(rule, precision=None, recall=None, expected_false=None, expected_false_cosine=None,
+                       by_alteration={}, copies=0, lookalikes=0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -202,6 +290,7 @@ class DuplicateRule:
 
 
 DEFAULT_RULE = DuplicateRule(DEFAULT_COPY_COSINE, DEFAULT_BAND_COSINE, DEFAULT_MAX_PHASH, source="default")
+WHY_REASONS = ("exact", "cosine", "phash", "time")
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -221,7 +310,10 @@ class DuplicateMember:
     marked: bool  # a person marked it to keep
     cosine: float  # to the keeper (1.0 for the keeper and its exact copies)
     phash_distance: int | None  # to the keeper (None: no pHash, e.g. an image that cannot be decoded)
-    exact: bool  # same content (hash) as the keeper
+    exact: bool  # byte-identical to the keeper (the keeper: to a member)
+    # why it is in the group, of WHY_REASONS: "exact" (the keeper's bytes), else what the rule accepted it
+    # on against the keeper ("cosine", "phash", "time"); () for the keeper
+    why: tuple[str, ...] = ()
 
     @property
     def pixels(self) -> int:
@@ -272,7 +364,7 @@ def member_json(m: DuplicateMember) -> dict[str, Any]:
     """One group member as the CLI's --json and the web API give it."""
     return {"id": m.file_id, "path": m.path, "keeper": m.keeper, "marked": m.marked, "exact": m.exact,
             "cosine": round(m.cosine, 6), "phash_distance": m.phash_distance, "size": m.size, "width": m.width,
-            "height": m.height, "pixels": m.pixels, "taken_at": m.taken_at}
+            "height": m.height, "pixels": m.pixels, "taken_at": m.taken_at, "why": list(m.why)}
 
 
 def report_json(report: DuplicateReport, note: str, groups: Sequence[DuplicateGroup] | None = None) -> dict[str, Any]:
@@ -484,24 +576,24 @@ def split_cliques(accepted: np.ndarray, strength: np.ndarray) -> list[list[int]]
     the member with the most accepted pairs (ties: the lowest index) seeds a group; its accepted
     partners join in order of cosine to it, each only if it is a copy of every member so far; the
     rest is split again. A chain A~B~C~D with A, D different becomes {A, B}, {C, D} or similar,
-    never one group."""
+    never one group. Degrees are updated as groups leave (O(m^2) in all, not O(m^3))."""
     m = len(accepted)
-    left = list(range(m))
+    left = np.ones(m, dtype=bool)
+    degree = accepted.sum(axis=1).astype(np.int64)
     groups: list[list[int]] = []
-    while left:
-        sub = accepted[np.ix_(left, left)]
-        degree = sub.sum(axis=1)
-        seed_at = int(np.argmax(degree))
-        seed = left[seed_at]
-        group = [seed]
-        partners = [left[j] for j in np.flatnonzero(sub[seed_at]) if left[j] != seed]
+    while left.any():
+        seed = int(np.argmax(np.where(left, degree, -1)))
+        fits = accepted[seed] & left  # members that are copies of every member so far
+        partners = [int(j) for j in np.flatnonzero(fits) if j != seed]
         partners.sort(key=lambda j: (-strength[seed, j], j))
+        group = [seed]
         for j in partners:
-            if all(accepted[j, g] for g in group):
+            if fits[j]:
                 group.append(j)
+                fits &= accepted[j]
         groups.append(sorted(group))
-        taken = set(group)
-        left = [i for i in left if i not in taken]
+        left[group] = False
+        degree -= accepted[:, group].sum(axis=1)
     return groups
 
 
@@ -514,24 +606,25 @@ def split_stars(accepted: np.ndarray, rank: np.ndarray) -> list[list[int]]:
     with every member left that is a copy of it; the rest is split again. Two copies of one original
     (a mirror image and a letterboxed one) need not be copies of each other by the rule, only of the
     keeper; a chain A~B~C~D still never becomes one group (D is no copy of a keeper A or B). The
-    keeper outranks every member of its group, so it is the one :func:`find_duplicates` keeps."""
+    keeper outranks every member of its group, so it is the one :func:`find_duplicates` keeps.
+    Degrees are updated as groups leave (O(m^2) in all, not O(m^3))."""
     m = len(accepted)
     left = np.ones(m, dtype=bool)
+    degree = accepted.sum(axis=1).astype(np.int64)
     groups: list[list[int]] = []
     while left.any():
-        live = accepted & left[None, :] & left[:, None]
-        degree = np.where(left, live.sum(axis=1), -1)
-        best = degree.max()
-        seeds = np.flatnonzero(degree == best)
+        live_degree = np.where(left, degree, -1)
+        seeds = np.flatnonzero(live_degree == live_degree.max())
         seed = int(seeds[np.argmin(rank[seeds])])
-        group = np.flatnonzero(live[seed])
+        group = np.flatnonzero(accepted[seed] & left)
         while True:  # the keeper outranks every member (a copy of it may outrank the seed's best)
             keeper = int(group[np.argmin(rank[group])])
-            group = np.flatnonzero(live[keeper])
+            group = np.flatnonzero(accepted[keeper] & left)
             if rank[group].min() >= rank[keeper]:
                 break
         groups.append(sorted(int(i) for i in group))
         left[group] = False
+        degree -= accepted[:, group].sum(axis=1)
     return groups
 
 
@@ -587,16 +680,15 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
             by_row.setdefault(p.row, []).append(p.file_id)
         keepers = index.store.keepers()
     photos = _Photos(rows=rows, by_row=by_row)
-    position = {int(r): i for i, r in enumerate(rows.tolist())}
     if exact_only:
         candidates = Candidates(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
         search_note = "none (same content only)"
     else:
         search, search_note = _neighbour_search(engine, rows)
         candidates = candidate_pairs(search, engine.read, rows, k, rule.lowest_cosine, progress)
-    # Components over every candidate pair (the rule is applied inside each, pair by pair).
-    local = np.array([[position[int(a)], position[int(b)]] for a, b in candidates.pairs.tolist()],
-                     dtype=np.int64).reshape(-1, 2)
+    # Components over every candidate pair (the rule is applied inside each, pair by pair), in
+    # positions of `rows` (sorted): found by binary search, no dict of every photo.
+    local = np.searchsorted(rows, candidates.pairs).reshape(-1, 2).astype(np.int64)
     parts = components(len(rows), local)
     involved = sorted({int(rows[i]) for part in parts for i in part}
                       | {r for r, ids in by_row.items() if len(ids) > 1})
@@ -611,27 +703,49 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
                 break
     phashes: dict[str, str | None] = {}
     computed = 0
-    if rule.max_phash is not None and involved:
-        phashes, computed = phashes_for(index, wanted, phash_progress)
-    groups: list[list[int]] = [[int(rows[i]) for i in part] for part in parts]
-    partners: dict[int, set[int]] = {}
-    for a, b in candidates.pairs.tolist():
-        partners.setdefault(a, set()).add(b)
-        partners.setdefault(b, set()).add(a)
+    if rule.uses_phash and parts:  # exact copies alone need no signature; a cosine-only rule none at all
+        phashes, computed = phashes_for(index, {h: path for h, path in wanted.items()
+                                                if h in _hashes_in(parts, rows, photos)}, phash_progress)
+    graph = _partner_graph(len(rows), local)
+
+    def partners(row: int) -> np.ndarray:
+        at = int(np.searchsorted(rows, row))
+        return rows[graph.indices[graph.indptr[at]:graph.indptr[at + 1]]]
+
     row_groups: list[list[int]] = []
-    for part_rows in groups:
-        row_groups += _split(part_rows, engine.read, photos, phashes, rule, partners, keepers, linkage)
+    for part in parts:
+        row_groups += _split([int(r) for r in rows[part]], engine.read, photos, phashes, rule, partners, linkage)
     grouped = {r for g in row_groups for r in g}
     row_groups += [[r] for r, ids in by_row.items() if len(ids) > 1 and r not in grouped]  # exact copies only
     result = []
     for member_rows in row_groups:
-        group = _group(member_rows, engine.read, photos, phashes, keepers)
+        group = _group(member_rows, engine.read, photos, phashes, keepers, rule)
         if len(group) >= min_size:
             result.append(group)
-    result.sort(key=lambda g: (-len(g), g[0].path))
+    # Numbered by size, then the group's first path: a keeper marked in the web app changes neither.
+    result.sort(key=lambda g: (-len(g), min(m.path for m in g)))
     return DuplicateReport(groups=[DuplicateGroup(i + 1, g) for i, g in enumerate(result)], rule=rule,
                            photos=sum(len(v) for v in by_row.values()), candidates=len(candidates.pairs),
                            phashes_computed=computed, search=search_note, seconds=time.perf_counter() - started)
+
+
+def _hashes_in(parts: list[np.ndarray], rows: np.ndarray, photos: _Photos) -> set[str]:
+    """Content hashes of the components' photos (whose pHash the rule may need)."""
+    out = set()
+    for part in parts:
+        for r in rows[part].tolist():
+            f = _first_file(photos, int(r))
+            if f is not None and f.content_hash:
+                out.add(f.content_hash)
+    return out
+
+
+def _partner_graph(n: int, local: np.ndarray) -> Any:
+    """Candidate pairs (positions) as a symmetric CSR matrix: a row's partners are a slice of it."""
+    from scipy.sparse import coo_matrix
+
+    both = np.concatenate([local, local[:, ::-1]]) if len(local) else np.zeros((0, 2), np.int64)
+    return coo_matrix((np.ones(len(both), np.int8), (both[:, 0], both[:, 1])), shape=(n, n)).tocsr()
 
 
 Neighbours = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (rows, scores)
@@ -673,17 +787,20 @@ def _row_phash(photos: _Photos, phashes: dict[str, str | None], row: int) -> str
 
 def _accepted(rows: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
               phashes: dict[str, str | None], rule: DuplicateRule) -> tuple[np.ndarray, np.ndarray]:
-    """Which pairs of ``rows`` the rule accepts (m, m), and their cosines: computed as matrices."""
+    """Which pairs of ``rows`` the rule accepts (m, m), and their cosines: :meth:`DuplicateRule.accepts`
+    on matrices."""
     vectors = read(np.array(rows, dtype=np.int64))
     cos = vectors @ vectors.T
     accepted = cos >= rule.copy_cosine
     band = (cos >= rule.band_cosine) & ~accepted
     if band.any():
         confirmed = np.zeros_like(band)
-        if rule.max_phash is not None:
+        if rule.phash_steps:
             bits, known = signature_bits([_row_phash(photos, phashes, r) for r in rows])
             distance = signature_distances(bits)
-            confirmed |= (distance <= rule.max_phash) & known[:, None] & known[None, :]
+            both = known[:, None] & known[None, :]
+            for step_band, step_bits in rule.phash_steps:
+                confirmed |= (cos >= step_band) & (distance <= step_bits) & both
         if rule.burst_seconds is not None:
             taken = np.array([_exif_seconds(_first_file(photos, r)) for r in rows], dtype=np.float64)
             with np.errstate(invalid="ignore"):
@@ -704,19 +821,20 @@ def _exif_seconds(f: "FileRecord | None") -> float:
 
 
 def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
-           phashes: dict[str, str | None], rule: DuplicateRule, partners: dict[int, set[int]],
-           marked: set[str], linkage: str) -> list[list[int]]:
+           phashes: dict[str, str | None], rule: DuplicateRule, partners: Callable[[int], np.ndarray],
+           linkage: str) -> list[list[int]]:
     """A component's rows split into groups: around a keeper (``linkage`` "keeper",
     :func:`split_stars`) or of rows that are all copies of each other ("complete", :func:`split_cliques`).
 
     Up to :data:`MAX_COMPONENT` rows every pair is judged; a larger component (thousands of frames of
-    one scene) is split around each row's own candidates (``partners``: its neighbour pairs), in row
-    order, so that no matrix of it is ever formed."""
+    one scene) is split around each row's own candidates (``partners(row)``: its neighbour pairs), in
+    row order, so that no matrix of it is ever formed. The keeper rule ranks without the marks people
+    made: a mark picks the keeper within its group (:func:`_group`) but never changes the groups."""
     def split(rows: list[int]) -> list[list[int]]:
         accepted, cos = _accepted(rows, read, photos, phashes, rule)
         if linkage == "complete":
             return split_cliques(accepted, cos)
-        return split_stars(accepted, _keeper_rank(rows, photos, marked))
+        return split_stars(accepted, _keeper_rank(rows, photos))
 
     if len(part) <= MAX_COMPONENT:
         return [[part[i] for i in g] for g in split(part) if len(g) > 1]
@@ -726,7 +844,7 @@ def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _P
     for seed in part:
         if seed in taken:
             continue
-        around = [seed] + sorted(r for r in partners.get(seed, ()) if r not in taken)
+        around = [seed] + sorted(int(r) for r in partners(seed) if int(r) not in taken)
         best = next((g for g in split(around) if 0 in g), [0])
         if len(best) > 1:
             group = [around[i] for i in best]
@@ -735,12 +853,12 @@ def _split(part: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _P
     return groups
 
 
-def _keeper_rank(rows: list[int], photos: _Photos, marked: set[str]) -> np.ndarray:
-    """Each row's place in the keeper rule (0: kept first), by the best of its files."""
+def _keeper_rank(rows: list[int], photos: _Photos) -> np.ndarray:
+    """Each row's place in the keeper rule (0: kept first), by the best of its files (marks aside)."""
     keys = []
     for r in rows:
         files = [photos.files[i] for i in photos.by_row.get(r, []) if i in photos.files]
-        keys.append(min((_keeper_key(f, marked) for f in files), default=(True, 0, 0, "~", 1 << 30, "~")))
+        keys.append(min((_keeper_key(f, set()) for f in files), default=(True, 0, True, 0.0, 0, 0, 1 << 30, "~")))
     order = sorted(range(len(rows)), key=lambda i: keys[i])
     rank = np.empty(len(rows), dtype=np.int64)
     rank[order] = np.arange(len(rows))
@@ -748,15 +866,19 @@ def _keeper_rank(rows: list[int], photos: _Photos, marked: set[str]) -> np.ndarr
 
 
 def _keeper_key(f: "FileRecord", marked: set[str]) -> tuple[Any, ...]:
-    """Sort key of the keeper rule (:data:`KEEPER_RULE`): the first is kept."""
+    """Sort key of the keeper rule (:data:`KEEPER_RULE`): the first is kept. The original over a
+    re-saved or edited copy: the same pixels, but the copy lost its EXIF or is newer."""
     pixels = (f.width or 0) * (f.height or 0)
-    taken = f.taken_at or "9999"  # unknown capture time: after every known one
-    return (f.path not in marked, -pixels, -f.size, taken, len(f.path), f.path)
+    taken = _exif_seconds(f)
+    no_exif = math.isnan(taken)
+    return (f.path not in marked, -pixels, no_exif, 0.0 if no_exif else taken, f.mtime_ns, -f.size, len(f.path),
+            f.path)
 
 
 def _group(rows: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _Photos,
-           phashes: dict[str, str | None], marked: set[str]) -> list[DuplicateMember]:
-    """A group's members, keeper first, each with its cosine and pHash distance to the keeper."""
+           phashes: dict[str, str | None], marked: set[str], rule: DuplicateRule) -> list[DuplicateMember]:
+    """A group's members, keeper first, each with its cosine and pHash distance to the keeper and why
+    it is there (:data:`WHY_REASONS`)."""
     files = [(r, photos.files[i]) for r in rows for i in photos.by_row.get(r, []) if i in photos.files]
     if not files:
         return []
@@ -765,16 +887,36 @@ def _group(rows: list[int], read: Callable[[np.ndarray], np.ndarray], photos: _P
     vectors = read(np.array([r for r, _ in files], dtype=np.int64))
     cosines = vectors @ vectors[0]
     keeper_hash = phashes.get(keeper.content_hash or "")
+    keeper_time = _exif_seconds(keeper)
+    natural = min((f for _, f in files), key=lambda f: _keeper_key(f, set()))  # the keeper without marks
+    twins = sum(f.content_hash == keeper.content_hash for _, f in files) > 1  # the keeper has a byte-identical copy
     members = []
     for i, (_, f) in enumerate(files):
         same = f.content_hash == keeper.content_hash
+        cosine = 1.0 if same else float(min(1.0, cosines[i]))
+        distance = 0 if same else phash_distance(keeper_hash, phashes.get(f.content_hash or ""))
+        if i == 0:
+            why: tuple[str, ...] = ()
+        elif same:
+            why = ("exact",)
+        else:
+            why = _why(rule, cosine, distance, f, keeper_time)
+            if not why and natural is not keeper:  # a marked keeper: the group was made around the rule's own
+                j = next(n for n, (_, g) in enumerate(files) if g is natural)
+                why = _why(rule, float(vectors[i] @ vectors[j]),
+                           phash_distance(phashes.get(natural.content_hash or ""), phashes.get(f.content_hash or "")),
+                           f, _exif_seconds(natural))
         members.append(DuplicateMember(
             file_id=f.id, path=f.path, fs_path=f.fs_path, content_hash=f.content_hash or "", size=f.size,
             width=f.width, height=f.height, taken_at=f.taken_at, keeper=i == 0, marked=f.path in marked,
-            cosine=1.0 if same else float(min(1.0, cosines[i])),
-            phash_distance=0 if same else phash_distance(keeper_hash, phashes.get(f.content_hash or "")),
-            exact=same))
+            cosine=cosine, phash_distance=distance, exact=same and (i > 0 or twins), why=why))
     return members
+
+
+def _why(rule: DuplicateRule, cosine: float, distance: int | None, f: "FileRecord",
+         keeper_time: float) -> tuple[str, ...]:
+    apart = abs(_exif_seconds(f) - keeper_time)
+    return rule.why(cosine, distance, None if math.isnan(apart) else apart)
 
 
 # -- calibration -------------------------------------------------------------------------------
@@ -857,39 +999,95 @@ def phash_tail(distances: np.ndarray) -> Callable[[int], float]:
     return share
 
 
+def cosine_tail(near_cosine: np.ndarray, tested: int) -> tuple[float, float]:
+    """The copy cosine a collection whose search tests ``tested`` neighbour pairs needs, and the
+    look-alike pairs expected above it: the sampled look-alikes' top :data:`COSINE_TAIL_SHARE` (at least
+    :data:`COSINE_TAIL_MIN`) fitted as an exponential tail above its lowest cosine ``u`` (share ``p``
+    above it, mean excess ``beta``); ``tested * p * exp(-(c - u) / beta)`` look-alikes are expected
+    above ``c``, which is set where that is :data:`MAX_EXPECTED_FALSE`. Never below the closest
+    look-alike seen plus :data:`COSINE_MARGIN`; at most 0.9999."""
+    c = np.sort(np.asarray(near_cosine, dtype=np.float64))[::-1]
+    if not len(c):
+        return DEFAULT_COPY_COSINE, 0.0
+    seen = float(c[0]) + COSINE_MARGIN
+    top = max(COSINE_TAIL_MIN, math.ceil(len(c) * COSINE_TAIL_SHARE))
+    if len(c) < top:  # too few to fit a tail: the default unless the closest seen is higher
+        copy = min(0.9999, max(seen, DEFAULT_COPY_COSINE))
+        return copy, 0.0
+    u = float(c[top - 1])
+    beta = max(float(np.mean(c[:top] - u)), 1e-4)
+    share = top / len(c)
+    fitted = u + beta * math.log(max(1.0, tested * share / MAX_EXPECTED_FALSE))
+    copy = min(0.9999, max(seen, fitted))
+    expected = tested * share * math.exp(-(copy - u) / beta)
+    return copy, expected
+
+
 def choose_rule(data: CalibrationData) -> DuplicateRule:
     """The rule that accepts the most altered copies and no look-alike of ``data``.
 
-    ``copy_cosine`` sits :data:`COSINE_MARGIN` above the closest look-alike; below it, the pHash
-    band: the lowest ``band_cosine`` (at one of the copies' cosines, down to :data:`MIN_BAND_COSINE`)
-    and the largest ``max_phash`` (up to :data:`MAX_CALIBRATED_PHASH`) such that no measured look-alike
-    is within ``max_phash + PHASH_MARGIN`` bits above the band, and the look-alike pairs a search of
-    the whole collection would accept, extrapolated by :func:`phash_tail`, stay below
-    :data:`MAX_EXPECTED_FALSE`. Chosen for the most copies accepted (ties: the narrower rule)."""
-    near_max = float(data.near_cosine.max()) if len(data.near_cosine) else 0.0
-    copy = float(min(0.9999, near_max + COSINE_MARGIN))
+    ``copy_cosine`` from the look-alikes' cosine tail (:func:`cosine_tail`, scaled to the pairs a
+    search of the whole collection tests); below it, up to :data:`MAX_PHASH_STEPS` pHash steps
+    (band cosine, bits): for each distance ``h`` up to :data:`MAX_CALIBRATED_PHASH` the lowest band
+    (at one of the copies' cosines, down to :data:`MIN_BAND_COSINE`) with no measured look-alike within
+    ``h + PHASH_MARGIN`` bits above it, and whose look-alike pairs across the collection, extrapolated
+    by :func:`phash_tail`, stay below :data:`MAX_EXPECTED_FALSE` (two steps: both together). A low band
+    with few bits and a higher one with more (a look-alike close in pHash is rarer the more alike its
+    cosine is too). Chosen for the most copies accepted (ties: the fewer steps, the narrower rule)."""
+    tested = max(1, data.photos_total) * DEFAULT_K  # neighbour pairs a search of every photo tests
+    copy, cosine_expected = cosine_tail(data.near_cosine, tested)
     pos_cos, pos_ph = data.copy_cosine, data.copy_phash
     neg_cos, neg_ph = data.near_cosine, data.near_phash
     tail = phash_tail(neg_ph)
-    best = (copy, copy, 0, 0.0)
-    best_recall = float(np.mean(pos_cos >= copy)) if len(pos_cos) else 0.0
+    sorted_neg = np.sort(neg_cos)
+
+    def in_band(band: float) -> float:  # share of look-alikes with band <= cosine < copy
+        if not len(sorted_neg):
+            return 0.0
+        inside = np.searchsorted(sorted_neg, copy, side="left") - np.searchsorted(sorted_neg, band, side="left")
+        return float(inside) / len(sorted_neg)
+
+    def recall(steps: Sequence[Step]) -> float:
+        hit = pos_cos >= copy
+        for band, h in steps:
+            hit = hit | ((pos_cos >= band) & (pos_ph >= 0) & (pos_ph <= h))
+        return float(np.mean(hit)) if len(hit) else 0.0
+
     bands = sorted({float(c) for c in pos_cos if MIN_BAND_COSINE <= c < copy}, reverse=True)
-    tested = data.photos_total * DEFAULT_K  # neighbour pairs a search of every photo tests
+    allowed: dict[int, list[float]] = {}  # h -> the bands a step of h bits may start at, highest first
     for h in range(MAX_CALIBRATED_PHASH + 1):
         neg_in = (neg_ph >= 0) & (neg_ph <= h + PHASH_MARGIN)
         ceiling = float(neg_cos[neg_in].max()) if neg_in.any() else -1.0  # a band must start above it
-        for band in bands:
-            if band <= ceiling:
-                break
-            in_band = float(np.mean((neg_cos >= band) & (neg_cos < copy))) if len(neg_cos) else 0.0
-            expected = tested * in_band * tail(h)
-            if expected > MAX_EXPECTED_FALSE:
+        allowed[h] = [b for b in bands if b > ceiling and tested * in_band(b) * tail(h) <= MAX_EXPECTED_FALSE]
+    best: tuple[Step, ...] = ()
+    best_recall, best_expected = recall(()), 0.0
+    for h, options in allowed.items():  # one step: its lowest band
+        if options and recall(((options[-1], h),)) > best_recall + 1e-12:
+            best, best_recall = ((options[-1], h),), recall(((options[-1], h),))
+            best_expected = tested * in_band(options[-1]) * tail(h)
+    if MAX_PHASH_STEPS >= 2:
+        for h1, low in allowed.items():
+            if not low:
                 continue
-            recall = float(np.mean((pos_cos >= copy) | ((pos_cos >= band) & (pos_ph >= 0) & (pos_ph <= h))))
-            if recall > best_recall + 1e-12:
-                best, best_recall = (copy, band, h, expected), recall
-    return DuplicateRule(copy_cosine=round(best[0], 4), band_cosine=round(min(best[1], best[0]), 4),
-                         max_phash=best[2], source="calibrated", expected_false=round(best[3], 3))
+            b1 = low[-1]
+            first = tested * in_band(b1) * tail(h1)
+            for h2 in range(h1 + 1, MAX_CALIBRATED_PHASH + 1):
+                # the lowest band above b1 at which both steps together stay within the expected false pairs
+                b2 = next((b for b in reversed(allowed[h2]) if b > b1 and first + tested * in_band(b) * max(
+                    0.0, tail(h2) - tail(h1)) <= MAX_EXPECTED_FALSE), None)
+                if b2 is None:
+                    continue
+                pair: tuple[Step, ...] = ((b1, h1), (b2, h2))
+                found = recall(pair)
+                if found > best_recall + 1e-12:
+                    best, best_recall = pair, found
+                    best_expected = first + tested * in_band(b2) * max(0.0, tail(h2) - tail(h1))
+    copy_r = round(copy, 4)
+    steps = tuple((round(min(b, copy), 4), h) for b, h in best)
+    band, bits = (steps[0][0], max(h for _, h in steps)) if steps else (copy_r, 0)
+    return DuplicateRule(copy_cosine=copy_r, band_cosine=band, max_phash=bits, steps=steps if len(steps) > 1 else (),
+                         source="calibrated", expected_false=round(best_expected + cosine_expected, 3),
+                         expected_false_cosine=round(cosine_expected, 3))
 
 
 def _scores(rule: DuplicateRule, data: CalibrationData, copies: np.ndarray, nears: np.ndarray) -> tuple[int, int, int]:
@@ -941,17 +1139,31 @@ def calibrate(index: "Index", *, photos: int = CALIBRATION_PHOTOS, neighbours: i
 
     ``photos`` sampled photos are altered (:data:`ALTERATIONS`) and encoded with the index's model;
     the :data:`DEFAULT_K` nearest different photos of ``neighbours`` sampled photos are the look-alikes
-    (one whose pHash is within :data:`ALREADY_COPY_PHASH` bits is a copy already in the photos, and
-    left out). Raises :class:`DuplicatesError` when the model's weights
-    are not at hand (imported embeddings) or too few photos can be read."""
+    (one whose pHash is within :data:`ALREADY_COPY_PHASH` bits, or taken within :data:`BURST_SECONDS`
+    of it by EXIF, is a copy already in the photos, and left out: counted as a look-alike it would hold
+    the rule back from the copies it should find).
+
+    Fewer than :data:`MIN_CALIBRATION_PHOTOS` photos to sample measure nothing: :data:`DEFAULT_RULE`
+    comes back, its ``note`` saying why, and nothing is stored (before the model is loaded). Raises
+    :class:`DuplicatesError` when the model's weights are not at hand (imported embeddings) or too few
+    photos can be read."""
+    record = index.model_record()
+    with index.lock:
+        total = index.store.count_for_model(record, index.store.missing_roots())
+    sample = min(photos, total)
+    if sample < MIN_CALIBRATION_PHOTOS:
+        return replace(DEFAULT_RULE, note=(
+            f"not calibrated: {sample} photos to sample ({total} indexed, {photos} asked for), and calibration "
+            f"needs at least {MIN_CALIBRATION_PHOTOS} to measure anything; the default rule is used"))
     data = calibration_data(index, photos=photos, neighbours=neighbours, seed=seed, progress=progress)
     rule = choose_rule(data)
     precision, recall, per_kind = evaluate_rule(data, seed)
-    note = (f"{data.already_copies} nearest photos were copies already in the collection and were left out"
+    note = (f"{data.already_copies} nearest photos were copies already in the collection (pHash within "
+            f"{ALREADY_COPY_PHASH} bits or taken within {BURST_SECONDS:g} s) and were left out of the look-alikes"
             if data.already_copies else "")
     rule = replace(rule, precision=round(precision, 4), recall=round(recall, 4), copies=len(data.copy_cosine),
                    lookalikes=len(data.near_cosine), calibrated_at=time.time(), note=note,
-                   by_alteration={k: round(v, 4) for k, v in per_kind.items()})
+                   by_alteration={k: round(v, 4) for k, v in per_kind.items()}, photos_total=total)
     if save and not index.store.readonly:
         record = index.model_record()
         with index.lock:
@@ -1032,19 +1244,28 @@ def calibration_data(index: "Index", *, photos: int = CALIBRATION_PHOTOS, neighb
     floor = max(MIN_BAND_COSINE, min(copy_cos) if copy_cos else 1.0)
     # pHash only where it can matter: pairs above the lowest band calibration could choose.
     need = np.flatnonzero(near >= floor)
-    with index.lock:
+    with index.lock:  # every pair's photos: their capture times; pHash only for those of `need`
         files = index.store.files_by_ids([row_photo[int(r)].file_id for r in
-                                          np.unique(np.concatenate([pair_a[need], pair_b[need]]))
+                                          np.unique(np.concatenate([pair_a, pair_b]))
                                           if int(r) in row_photo])
     hash_of = {p.row: files[p.file_id].content_hash for p in row_photo.values() if p.file_id in files}
-    wanted = {h: files[row_photo[r].file_id].fs_path for r, h in hash_of.items() if h}
+    needed = {int(r) for r in np.concatenate([pair_a[need], pair_b[need]]).tolist()}
+    wanted = {h: files[row_photo[r].file_id].fs_path for r, h in hash_of.items() if h and r in needed}
     phashes, _ = phashes_for(index, {h: path for h, path in wanted.items() if h})
     near_ph = np.full(len(near), -1, dtype=np.int64)
     for j in need.tolist():
         a, b = hash_of.get(int(pair_a[j])) or "", hash_of.get(int(pair_b[j])) or ""
         d = phash_distance(phashes.get(a), phashes.get(b))
         near_ph[j] = -1 if d is None else d
-    already = (near_ph >= 0) & (near_ph <= ALREADY_COPY_PHASH)
+    def taken(row: int) -> float:
+        p = row_photo.get(row)
+        return _exif_seconds(files.get(p.file_id) if p is not None else None)
+
+    apart = np.array([abs(taken(int(a)) - taken(int(b))) for a, b in zip(pair_a.tolist(), pair_b.tolist())],
+                     dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        burst = apart <= BURST_SECONDS  # NaN (no EXIF time): never
+    already = ((near_ph >= 0) & (near_ph <= ALREADY_COPY_PHASH)) | burst
     keep = ~already
     return CalibrationData(
         copy_cosine=np.array(copy_cos, dtype=np.float32), copy_phash=np.array(copy_ph, dtype=np.int64),
@@ -1072,24 +1293,32 @@ def _no_weights(index: "Index", record: "ModelRecord", error: ModelError) -> Dup
 def rule_for(index: "Index", *, threshold: float | None = None, no_phash: bool = False,
              max_phash: int | None = None) -> tuple[DuplicateRule, str]:
     """The rule a run uses, and a note on where it came from: ``--threshold`` over the calibrated rule
-    over :data:`DEFAULT_RULE`; ``no_phash`` judges by cosine (and capture time) alone, ``max_phash``
-    replaces the pHash distance."""
+    over :data:`DEFAULT_RULE` (:meth:`DuplicateRule.overridden`); ``no_phash`` judges by cosine (and
+    capture time) alone, ``max_phash`` replaces every pHash step's distance. A rule calibrated on a
+    collection that has since grown :data:`RECALIBRATE_GROWTH` times over (its look-alikes' tail no
+    longer fits the pairs a search tests) is not used: the default rule is, and the note says loudly
+    to calibrate again. Raises :class:`DuplicatesError` for a ``threshold`` below :data:`MIN_BAND_COSINE`."""
     stored = stored_rule(index)
+    rule = DEFAULT_RULE
+    base = "default"
     if stored is not None:
-        rule = stored
         when = (time.strftime(" on %Y-%m-%d", time.localtime(stored.calibrated_at)) if stored.calibrated_at
                 else "")
-        note = f"calibrated on your photos{when}"
+        record = index.model_record()
+        with index.lock:
+            now = index.store.count_for_model(record, index.store.missing_roots())
+        if stored.photos_total and now > stored.photos_total * RECALIBRATE_GROWTH:
+            note = (f"NOT USING the rule calibrated{when} on {stored.photos_total} photos: the collection has grown to "
+                    f"{now}, and a rule measured on the smaller one lets through more look-alikes here. The default "
+                    "rule is used; run `clipdex duplicates --calibrate` to calibrate it again")
+        else:
+            rule, base = stored, "calibrated"
+            size = (f" ({stored.photos_total} photos then, {now} now)" if stored.photos_total
+                    else " (by an older clipdex: the collection's size then is unknown; --calibrate measures again)")
+            note = f"calibrated on your photos{when}{size}"
     else:
-        rule = DEFAULT_RULE
         note = ("not calibrated: the default rule (`clipdex duplicates --calibrate` calibrates it on your "
                 "photos; it needs the model's weights)")
     if threshold is not None:
-        rule = replace(rule, copy_cosine=threshold, band_cosine=min(rule.band_cosine, threshold),
-                       source="--threshold", precision=None, recall=None)
-        note = f"--threshold {threshold:g} over the {'calibrated' if stored else 'default'} rule's band"
-    if max_phash is not None:
-        rule = replace(rule, max_phash=max_phash, source=rule.source if rule.source != "calibrated" else "--max-phash")
-    if no_phash:
-        rule = replace(rule, max_phash=None)
-    return rule, note
+        note = f"--threshold {threshold:g} over the {base} rule's band"
+    return rule.overridden(threshold=threshold, max_phash=max_phash, no_phash=no_phash), note

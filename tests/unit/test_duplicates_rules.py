@@ -148,20 +148,116 @@ def test_groups_around_a_keeper_take_copies_of_the_keeper_only() -> None:
         assert all(accepted[keeper, i] for i in g)
 
 
-def _file(i: int, path: str, w: int, h: int, size: int, taken: str | None) -> FileRecord:
-    return FileRecord(id=i, path=path, size=size, mtime_ns=0, content_hash=f"h{i}", width=w, height=h,
-                      status="ok", reason=None, taken_at=taken)
+def _file(i: int, path: str, w: int, h: int, size: int, taken: str | None, mtime_ns: int = 0,
+          source: str = "exif") -> FileRecord:
+    return FileRecord(id=i, path=path, size=size, mtime_ns=mtime_ns, content_hash=f"h{i}", width=w, height=h,
+                      status="ok", reason=None, taken_at=taken, taken_source=source if taken else None)
 
 
-def test_the_keeper_rule() -> None:
-    files = [_file(1, "/p/small.jpg", 320, 240, 900_000, "2020-01-01T00:00:00"),
-             _file(2, "/p/big-light.jpg", 640, 480, 100_000, "2021-01-01T00:00:00"),
-             _file(3, "/p/big-heavy.jpg", 640, 480, 200_000, "2022-01-01T00:00:00"),
-             _file(4, "/p/big-heavy-old.jpg", 640, 480, 200_000, "2019-01-01T00:00:00")]
+def test_the_keeper_rule_keeps_the_original_over_an_edited_or_resaved_copy() -> None:
+    files = [_file(1, "/p/small-old.jpg", 320, 240, 900_000, "2019-01-01T00:00:00", 10),
+             _file(2, "/p/resaved.png", 640, 480, 730_000, None, 30),  # a PNG re-save: no EXIF, the largest file
+             _file(3, "/p/brightened.jpg", 640, 480, 300_000, "2020-01-01T00:00:00", 40),  # EXIF kept, newer file
+             _file(4, "/p/original.jpg", 640, 480, 200_000, "2020-01-01T00:00:00", 20),
+             _file(5, "/p/a/original.jpg", 640, 480, 200_000, "2020-01-01T00:00:00", 20)]
     order = sorted(files, key=lambda f: dup._keeper_key(f, set()))
-    assert [f.id for f in order] == [4, 3, 2, 1]  # pixels, then file size, then the oldest
-    marked = sorted(files, key=lambda f: dup._keeper_key(f, {"/p/small.jpg"}))
+    # pixels, then EXIF time (a photo with one first), then the file's time, then size, then the shorter path
+    assert [f.id for f in order] == [4, 5, 3, 2, 1]
+    assert "oldest" in dup.KEEPER_RULE and dup.KEEPER_RULE.index("oldest") < dup.KEEPER_RULE.index("largest")
+    marked = sorted(files, key=lambda f: dup._keeper_key(f, {"/p/small-old.jpg"}))
     assert marked[0].id == 1  # a photo marked to keep comes first
+
+
+def test_the_matrix_rule_agrees_with_accepts_on_a_grid() -> None:
+    """_accepted (matrices, what find_duplicates runs) and DuplicateRule.accepts (one pair) are one rule."""
+    rng = np.random.default_rng(3)
+    m = 40
+    base = _unit(rng.normal(size=(1, 16)))
+    vectors = _unit(base + rng.normal(size=(m, 16)) * rng.uniform(0.05, 1.2, size=(m, 1)))
+    sigs = [f"{int(x):016x}" * len(dup.HASH_KINDS) for x in rng.integers(0, 1 << 62, m)]
+    sigs = [s if i % 3 else sigs[0][:-2] + f"{i:02x}" for i, s in enumerate(sigs)]  # a third near the first
+    sigs[5] = None  # type: ignore[call-overload]
+    times = [f"2024-05-01T10:00:{i % 7:02d}" if i % 4 else None for i in range(m)]
+    files = {i: _file(i, f"/p/{i}.jpg", 10, 10, 1, times[i]) for i in range(m)}
+    photos = dup._Photos(rows=np.arange(m), by_row={i: [i] for i in range(m)}, files=files)
+    phashes = {f"h{i}": sigs[i] for i in range(m)}
+    rules = [DuplicateRule(0.95, 0.6, 6), DuplicateRule(0.9, 0.5, None, burst_seconds=2.0),
+             DuplicateRule(0.97, 0.55, 6, steps=((0.55, 2), (0.7, 6)), burst_seconds=None),
+             DuplicateRule(0.8, 0.8, 3)]
+    for rule in rules:
+        accepted, cos = dup._accepted(list(range(m)), lambda r: vectors[r], photos, phashes, rule)
+        for i in range(m):
+            for j in range(m):
+                if i == j:
+                    continue
+                a, b = files[i], files[j]
+                t1, t2 = dup._exif_seconds(a), dup._exif_seconds(b)
+                apart = None if np.isnan(t1) or np.isnan(t2) else abs(t1 - t2)
+                one = rule.accepts(float(cos[i, j]), dup.phash_distance(sigs[i], sigs[j]), apart)
+                assert bool(accepted[i, j]) == one, (rule, i, j)
+        assert accepted.any() and not accepted.all()
+
+
+def test_two_phash_steps_few_bits_low_more_bits_higher() -> None:
+    """A look-alike 5 bits away at cosine 0.75 stops a one-step rule at 2 bits (or a band above 0.75);
+    two steps take both the low copies with few bits and the higher ones with more."""
+    copies = [(0.72, 1)] * 40 + [(0.85, 6)] * 40 + [(0.995, 0)] * 20
+    looks = [(0.75, 5)] + [(0.6, 30)] * 200 + [(0.7, 28)] * 100 + [(0.95, 30)] * 5
+    rule = dup.choose_rule(_data(copies, looks))
+    assert len(rule.phash_steps) == 2, rule
+    (b1, h1), (b2, h2) = rule.phash_steps
+    assert b1 <= 0.72 and h1 >= 1 and 0.75 < b2 <= 0.85 and h2 >= 6
+    assert all(rule.accepts(c, p, None) for c, p in copies)
+    assert not any(rule.accepts(c, p, None) for c, p in looks)
+    text = rule.describe()
+    assert f"pHash distance <= {h1} from cosine {b1:.4f}" in text and f"<= {h2} from cosine {b2:.4f}" in text
+    assert DuplicateRule.from_json(rule.to_json()) == rule
+    # --max-phash overrides every step's bits (one step from the lowest band); the estimates no longer hold
+    over = rule.overridden(max_phash=3)
+    assert over.phash_steps == ((rule.band_cosine, 3),) and over.source == "--max-phash" and over.precision is None
+
+
+def test_a_larger_collection_never_gets_a_lower_copy_cosine() -> None:
+    """The look-alikes' cosine tail is scaled to the pairs a search of the whole collection tests: the
+    closest of 3,000 sampled pairs is not the closest of a million photos' pairs."""
+    rng = np.random.default_rng(2)
+    looks = [(float(c), 30) for c in np.clip(rng.normal(0.86, 0.01, 3000), 0, 0.999)]
+    copies = [(0.99, 0)] * 50
+    seen = max(c for c, _ in looks)
+    cosines = []
+    for total in (300, 10_000, 1_000_000):
+        rule = dup.choose_rule(_data(copies, looks, photos_total=total))
+        cosines.append(rule.copy_cosine)
+        assert rule.copy_cosine >= seen + dup.COSINE_MARGIN - 1e-4
+        assert rule.expected_false_cosine is not None
+        assert rule.expected_false_cosine <= dup.MAX_EXPECTED_FALSE + 1e-3 or rule.copy_cosine == 0.9999  # said
+    assert cosines[0] <= cosines[1] < cosines[2]
+    copy, expected = dup.cosine_tail(np.array([c for c, _ in looks]), 1_000_000 * dup.DEFAULT_K)
+    assert copy > seen and expected == pytest.approx(dup.MAX_EXPECTED_FALSE, rel=0.05)
+
+
+def test_overrides_clear_what_calibration_measured_and_refuse_a_silly_threshold() -> None:
+    rule = DuplicateRule(0.96, 0.8, 6, source="calibrated", precision=1.0, recall=0.9, expected_false=0.05,
+                         by_alteration={"crop": 0.8}, photos_total=500)
+    for over in (rule.overridden(no_phash=True), rule.overridden(max_phash=4), rule.overridden(threshold=0.97)):
+        assert over.precision is None and over.recall is None and over.expected_false is None
+        assert not over.by_alteration and over.source != "calibrated" and over.estimates() == ""
+    assert rule.overridden(no_phash=True).source == "--no-phash" and not rule.overridden(no_phash=True).uses_phash
+    assert rule.overridden() is rule
+    with pytest.raises(dup.DuplicatesError, match="--threshold 0"):
+        rule.overridden(threshold=0.0)
+    with pytest.raises(dup.DuplicatesError):
+        rule.overridden(threshold=dup.MIN_BAND_COSINE - 0.01)
+    assert rule.overridden(threshold=dup.MIN_BAND_COSINE).copy_cosine == dup.MIN_BAND_COSINE
+
+
+def test_why_a_pair_is_a_copy() -> None:
+    rule = DuplicateRule(0.98, 0.9, 6, burst_seconds=2.0)
+    assert rule.why(0.99, 3, 1.0) == ("cosine", "phash", "time")
+    assert rule.why(0.95, 9, 1.0) == ("time",)
+    assert rule.why(0.95, 4, None) == ("phash",)
+    assert rule.why(0.85, 0, 0.0) == ()
+    assert not DuplicateRule(0.98, 0.98, 6).uses_phash and DuplicateRule(0.98, 0.9, 6).uses_phash
 
 
 def _data(copies: list[tuple[float, int]], looks: list[tuple[float, int]], photos_total: int = 100) -> CalibrationData:
