@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 MAX_K = 100
 SHOWN_GROUPS = 50  # groups the table shows unless --limit says otherwise (--json and --csv give all)
-CSV_COLUMNS = ["group", "keeper", "marked", "exact", "cosine", "phash_distance", "id", "path", "size", "width",
-               "height", "pixels", "taken_at"]
+CSV_COLUMNS = ["group", "keeper", "marked", "exact", "cosine", "phash_distance", "why", "id", "path", "size",
+               "width", "height", "pixels", "taken_at"]
+PIPE_WIDTH = 240  # columns of the table when stdout is not a terminal (a pipe, a file): paths are not folded
 
 
 @click.command("duplicates")
@@ -51,20 +52,24 @@ CSV_COLUMNS = ["group", "keeper", "marked", "exact", "cosine", "phash_distance",
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"rule", "rule_note", "keeper_rule", "photos", "extras", "search", "seconds", '
                    '"groups": [{"id", "size", "members": [{"id", "path", "keeper", "marked", "exact", "cosine", '
-                   '"phash_distance", "size", "width", "height", "pixels", "taken_at"}]}]}.')
+                   '"phash_distance", "why", "size", "width", "height", "pixels", "taken_at"}]}]}; "why": how '
+                   'a member joined (exact, cosine, phash, time).')
 @click.option("--csv", "as_csv", is_flag=True, help=f"Print CSV, one row per photo: {', '.join(CSV_COLUMNS)}.")
 @click.option("--grid", "grid_dir", type=click.Path(file_okay=False),
               help="Draw a contact sheet per group into this folder (group-0001.jpg, ...), keeper first.")
 @click.option("--move-extras", "move_dir", type=click.Path(file_okay=False),
               help="Move every group's photos but its keeper (and photos marked to keep in the web app) into "
                    "this folder, keeping their layout; journalled, `--undo` puts them back. Nothing is deleted.")
-@click.option("--dry-run", is_flag=True, help="With --move-extras: say what would move, move nothing.")
+@click.option("--dry-run", is_flag=True, help="With --move-extras: say what would move where, move nothing.")
+@click.option("--include-bursts", is_flag=True,
+              help="With --move-extras: move burst frames too (photos grouped only by EXIF capture time, "
+                   "which are other shots of the moment, not copies); left in place by default.")
 @click.option("--undo", is_flag=True, help="Put back the photos of the last --move-extras run.")
 def duplicates_cmd(index_dir: str | None, model: str | None, weights: str | None, model_config: str | None,
                    device: str | None, calibrate: bool, calibration_photos: int, threshold: float | None,
                    max_phash: int | None, no_phash: bool, k: int, folders: tuple[str, ...], exact_only: bool,
                    min_size: int, limit: int | None, as_json: bool, as_csv: bool, grid_dir: str | None,
-                   move_dir: str | None, dry_run: bool, undo: bool) -> None:
+                   move_dir: str | None, dry_run: bool, include_bursts: bool, undo: bool) -> None:
     """Find exact and near-duplicate photos: burst shots, resized or re-exported copies, crops.
 
     \b
@@ -72,8 +77,9 @@ def duplicates_cmd(index_dir: str | None, model: str | None, weights: str | None
     in the band below it and their perceptual hashes (pHash) or EXIF capture times
     confirm it. The rule is calibrated once per model on your own photos (needs the
     model's weights; imported embeddings use a stated default) and stored.
-    Each group's keeper: marked in the web app, else the most pixels, then the
-    largest file, then the oldest capture time. clipdex never deletes a photo.
+    Each group's keeper is said above the table (a photo marked in the web app
+    first). Burst frames (same moment, not copies) move only with --include-bursts.
+    clipdex never deletes a photo.
     \b
       clipdex duplicates                          groups, keeper first
       clipdex duplicates --grid sheets/           a contact sheet per group
@@ -88,19 +94,32 @@ def duplicates_cmd(index_dir: str | None, model: str | None, weights: str | None
         raise click.UsageError("--undo puts the last move back; it takes no --move-extras, --calibrate or --grid")
     if dry_run and not move_dir:
         raise click.UsageError("--dry-run goes with --move-extras DIR")
+    if include_bursts and not move_dir:
+        raise click.UsageError("--include-bursts goes with --move-extras DIR")
+    if exact_only and calibrate:
+        raise click.UsageError("--exact-only compares file contents; it takes no --calibrate")
     if grid_dir:
         _check_grid_dir(grid_dir)
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config, device=device) as index:
         if undo:
             _undo(index, as_json)
             return
-        rule, note = _rule(index, calibrate, calibration_photos, threshold, max_phash, no_phash, as_json or as_csv)
+        from clipdex.search.filters import check_folder
+
+        roots = index.store.roots()
+        chosen = [check_folder(os.path.abspath(os.path.expanduser(f)), roots, "`clipdex status` lists them")
+                  for f in folders]
+        if move_dir:
+            from clipdex.duplicate_moves import check_destination
+
+            check_destination(index, move_dir)  # before the work, a dry run too
+        rule, note = _rule(index, calibrate and not exact_only, calibration_photos, threshold, max_phash, no_phash,
+                           as_json or as_csv, exact_only)
         bar, phash_bar = _Bar("neighbours", "photos"), _Bar("pHash", "img")
         quiet = as_json or as_csv
         from clipdex.duplicates import find_duplicates, report_json
 
         try:
-            chosen = [os.path.abspath(os.path.expanduser(f)) for f in folders]
             report = find_duplicates(index, rule, k=k, folders=chosen,
                                      exact_only=exact_only, min_size=min_size, progress=None if quiet else bar,
                                      phash_progress=None if quiet else phash_bar)
@@ -118,7 +137,7 @@ def duplicates_cmd(index_dir: str | None, model: str | None, weights: str | None
         if grid_dir:
             _console(stderr=True).print(f"contact sheets: {len(report.groups)} in {grid_dir}", markup=False)
         if move_dir:
-            _move(index, report, move_dir, dry_run, quiet)
+            _move(index, report, move_dir, dry_run, quiet, include_bursts)
 
 
 def _check_grid_dir(folder: str) -> None:
@@ -128,22 +147,34 @@ def _check_grid_dir(folder: str) -> None:
 
 
 def _rule(index: "Index", calibrate: bool, photos: int, threshold: float | None, max_phash: int | None,
-          no_phash: bool, quiet: bool) -> tuple["DuplicateRule", str]:
-    """The rule of this run: calibrated first where asked (or never calibrated and no --threshold)."""
+          no_phash: bool, quiet: bool, exact_only: bool = False) -> tuple["DuplicateRule", str]:
+    """The rule of this run: calibrated first where asked, or where never calibrated and nothing
+    overrides it. Never for --exact-only (file contents decide: no model is loaded), nor by itself on a
+    read-only index (the rule could not be stored: the default is used, said on stderr)."""
     from clipdex.duplicates import DuplicatesError, rule_for, stored_rule
     from clipdex.duplicates import calibrate as run_calibration
 
     err = _console(stderr=True)
-    if calibrate or (stored_rule(index) is None and threshold is None and not no_phash):
+    automatic = not exact_only and stored_rule(index) is None and threshold is None and not no_phash
+    if automatic and not calibrate and index.store.readonly:
+        err.print(f"note: not calibrated: the index is read-only ({index.store.readonly_reason or 'opened so'}), "
+                  "so a calibrated rule could not be stored; using the default rule. --calibrate calibrates "
+                  "anyway (on a writable index).", markup=False)
+        automatic = False
+    if calibrate or automatic:
         bar = _Bar("calibrating", "photos")
         try:
-            rule = run_calibration(index, photos=photos, progress=None if quiet else bar)
+            rule = run_calibration(index, photos=photos, progress=None if quiet else bar,
+                                   save=not index.store.readonly)
         except DuplicatesError as e:
             if calibrate or not e.no_weights:
                 raise
             err.print(f"note: not calibrated ({e.problem}); using the default rule. Pass --weights FILE and "
                       "--calibrate to calibrate it on your photos, or --threshold COSINE.", markup=False)
         else:
+            if rule.source != "calibrated":  # too few photos to measure anything: nothing stored
+                err.print(f"note: {rule.note or 'not calibrated'}", markup=False)
+                return rule_for(index, threshold=threshold, no_phash=no_phash, max_phash=max_phash)
             err.print(f"calibrated on your photos: {rule.describe()}", markup=False)
             err.print(f"  {rule.estimates()}", markup=False)
             if rule.by_alteration:
@@ -151,6 +182,8 @@ def _rule(index: "Index", calibrate: bool, photos: int, threshold: float | None,
                           markup=False)
             if rule.note:
                 err.print(f"  {rule.note}", markup=False)
+            if index.store.readonly and threshold is None and max_phash is None and not no_phash:
+                return rule, "calibrated on your photos just now; not stored (the index is read-only)"
         finally:
             bar.stop()
     return rule_for(index, threshold=threshold, no_phash=no_phash, max_phash=max_phash)
@@ -162,7 +195,7 @@ def _csv(report: "DuplicateReport") -> None:
     for g in report.groups:
         for m in g.members:
             writer.writerow([g.id, int(m.keeper), int(m.marked), int(m.exact), f"{m.cosine:.6f}",
-                             "" if m.phash_distance is None else m.phash_distance, m.file_id, m.path, m.size,
+                             "" if m.phash_distance is None else m.phash_distance, _why(m), m.file_id, m.path, m.size,
                              m.width or "", m.height or "", m.pixels or "", m.taken_at or ""])
 
 
@@ -170,6 +203,8 @@ def _table(report: "DuplicateReport", note: str, limit: int) -> None:
     from rich.table import Table
 
     out = _console()
+    if not out.is_terminal:  # a pipe or a file: one line per photo, whatever the (guessed) width
+        out.width = max(out.width, PIPE_WIDTH)
     out.print(f"rule: {report.rule.describe()} ({note})", markup=False)
     estimates = report.rule.estimates()
     if estimates:
@@ -181,7 +216,7 @@ def _table(report: "DuplicateReport", note: str, limit: int) -> None:
         return
     table = Table(show_edge=False, pad_edge=False, box=None)
     for column, justify in (("group", "right"), ("", "left"), ("cosine", "right"), ("pHash", "right"),
-                            ("pixels", "right"), ("size", "right"), ("taken", "left")):
+                            ("why", "left"), ("pixels", "right"), ("size", "right"), ("taken", "left")):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     table.add_column("path", overflow="fold")
     for g in report.groups[:limit]:
@@ -189,7 +224,7 @@ def _table(report: "DuplicateReport", note: str, limit: int) -> None:
             mark = "keep" + (" *" if m.marked else "") if m.keeper else ("keep *" if m.marked else "")
             closeness = "" if m.keeper else "same file" if m.exact else f"{m.cosine:.4f}"
             bits = "" if m.keeper or m.phash_distance is None else str(m.phash_distance)
-            table.add_row(str(g.id) if m.keeper else "", mark, closeness, bits,
+            table.add_row(str(g.id) if m.keeper else "", mark, closeness, bits, "" if m.keeper else _why(m),
                           f"{m.width}x{m.height}" if m.width and m.height else "?", _size(m.size),
                           (m.taken_at or "")[:16].replace("T", " "), _t(m.path))
         table.add_section()
@@ -198,6 +233,11 @@ def _table(report: "DuplicateReport", note: str, limit: int) -> None:
     out.print(f"{_count(len(report.groups), 'group')}, {_count(report.extras, 'extra photo')} among "
               f"{_count(report.photos, 'photo')}{more}; {report.search}, {report.seconds:.1f} s. "
               "* marked to keep. `--move-extras DIR` moves the extras aside.", markup=False)
+
+
+def _why(m: object) -> str:
+    """How a member joined its group ("cosine+phash", "time", ...), '' where the finder does not say."""
+    return "+".join(getattr(m, "why", ()) or ())
 
 
 def _draw(groups: list["DuplicateGroup"], folder: str) -> None:
@@ -213,19 +253,24 @@ def _draw(groups: list["DuplicateGroup"], folder: str) -> None:
                   os.path.join(folder, f"group-{g.id:04d}.jpg"), columns=min(len(tiles), 8))
 
 
-def _move(index: "Index", report: "DuplicateReport", folder: str, dry_run: bool, quiet: bool) -> None:
-    from clipdex.duplicate_moves import move_extras
+def _move(index: "Index", report: "DuplicateReport", folder: str, dry_run: bool, quiet: bool,
+          include_bursts: bool) -> None:
+    from clipdex.duplicate_moves import move_extras, plan_moves
 
     err = _console(stderr=True)
-    extras = [m for g in report.groups for m in g.extras]
     if dry_run:
-        for m in extras:
-            err.print(f"would move {m.path}", markup=False)
-        err.print(f"dry run: {_count(len(extras), 'photo')} would move to {folder}; nothing was moved", markup=False)
+        plan = plan_moves(index, report.groups, folder, include_bursts=include_bursts)
+        for f, target in plan.moves:
+            err.print(f"would move {f.path} -> {target}", markup=False)
+        for path, why in plan.skipped:
+            err.print(f"would not move {path}: {why}", markup=False)
+        err.print(f"dry run: {_count(len(plan.moves), 'photo')} would move to {plan.dest}; nothing was moved",
+                  markup=False)
         return
     bar = _Bar("moving", "files")
     try:
-        moved = move_extras(index, report.groups, folder, progress=None if quiet else bar)
+        moved = move_extras(index, report.groups, folder, progress=None if quiet else bar,
+                            include_bursts=include_bursts)
     finally:
         bar.stop()
     for path, why in moved.skipped:
@@ -244,10 +289,20 @@ def _undo(index: "Index", as_json: bool) -> None:
         bar.stop()
     if as_json:
         click.echo(json.dumps({"run": report.run, "journal": report.journal,
-                               "moved_back": [{"from": a, "to": b} for a, b in report.moved]}, indent=2))
-        return
-    _console().print(f"put back {_count(len(report.moved), 'photo')} of run {report.run}; the index shows them "
-                     "again.", markup=False)
+                               "moved_back": [{"from": a, "to": b} for a, b in report.moved],
+                               "already_back": report.already_back, "without_vector": report.without_vector,
+                               "left": [{"path": p, "why": w} for p, w in report.skipped]}, indent=2))
+    else:
+        already = f" ({report.already_back} were back already)" if report.already_back else ""
+        _console().print(f"put back {_count(len(report.moved), 'photo')} of run {report.run}{already}; the index "
+                         "shows them again.", markup=False)
+    err = _console(stderr=True)
+    for path, why in report.skipped:
+        err.print(f"left: {path}: {why}", markup=False)
+    if report.without_vector:
+        err.print(f"warning: {_count(len(report.without_vector), 'photo')} came back without a vector (the index "
+                  "was compacted since the move, which drops vectors no photo uses): search does not find them "
+                  "until `clipdex index FOLDER` encodes them again, e.g. " + report.without_vector[0], markup=False)
 
 
 COMMANDS: list[click.Command] = [duplicates_cmd]

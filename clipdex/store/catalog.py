@@ -1090,17 +1090,32 @@ class Store:
                       (model_id, rule_json, time.time()))
 
     def keepers(self) -> set[str]:
-        """The paths a person marked to keep (display form)."""
-        return {r[0] for r in self.conn.execute("SELECT path FROM keepers")}
+        """The paths a person marked to keep (display form) whose photo still holds the content it had
+        when marked: a mark on a file replaced or edited since (and indexed again) no longer counts."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT k.path FROM keepers k JOIN files f ON f.path = k.path AND f.content_hash = k.content_hash "
+            "WHERE f.status = 'ok'")}
 
-    def set_keeper(self, path: str, keep: bool) -> None:
-        """Mark the photo at ``path`` to keep (``keep``), or take the mark away."""
+    def set_keeper(self, path: str, keep: bool, content_hash: str = "") -> None:
+        """Mark the photo at ``path`` (holding ``content_hash``) to keep (``keep``), or take the mark away."""
         with self.transaction() as c:
             if keep:
-                c.execute("INSERT OR REPLACE INTO keepers (path, marked_at) VALUES (?, ?)",
-                          (display_path(path), time.time()))
+                c.execute("INSERT OR REPLACE INTO keepers (path, content_hash, marked_at) VALUES (?, ?, ?)",
+                          (display_path(path), content_hash, time.time()))
             else:
                 c.execute("DELETE FROM keepers WHERE path = ?", (display_path(path),))
+
+    def files_stamp(self) -> tuple[object, ...]:
+        """Changes when the photos change (added, removed, replaced, their folders), not when a keeper is
+        marked or a label corrected: what a duplicates report depends on, cheaply (one pass over files)."""
+        files = tuple(self.conn.execute(
+            "SELECT count(*), max(id), total(size), total(mtime_ns % 1000000007) FROM files WHERE status = 'ok'"
+        ).fetchone())
+        models = tuple(tuple(r) for r in self.conn.execute("SELECT id, generation FROM models ORDER BY id"))
+        rows = self.conn.execute("SELECT count(*), max(row) FROM embeddings").fetchone()
+        roots = tuple(r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path"))
+        rules = tuple(tuple(r) for r in self.conn.execute("SELECT model_id, calibrated_at FROM duplicate_rules"))
+        return files + models + tuple(rows) + roots + rules
 
     def files_by_ids(self, file_ids: Sequence[int]) -> dict[int, FileRecord]:
         """The file records of ``file_ids``, by id (one query per 500 ids); ids the catalog lacks are absent."""

@@ -175,6 +175,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
         );
         CREATE TABLE keepers (
             path TEXT PRIMARY KEY,
+            content_hash TEXT NOT NULL,
             marked_at REAL NOT NULL
         )
     """),
@@ -216,8 +217,9 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # candidate pairs; a value of another length is an older recipe and is computed again.
 # duplicate_rules holds the rule a model's calibration chose (JSON: the cosine above which two
 # photos are copies, the lower band a pHash distance confirms, and the estimates measured), one per
-# model. keepers holds the photos a person marked to keep (web page, by path):
-# `--move-extras` never moves them.
+# model. keepers holds the photos a person marked to keep (web page, by path, with the content hash
+# the photo had when marked): `--move-extras` never moves them. A mark whose path now holds other
+# content (the file was replaced or edited, then indexed again) no longer counts.
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -1,5 +1,26 @@
-// The duplicates page: mark which photo of a group to keep. Text is always set with textContent.
+// The duplicates page: mark which photo of a group to keep, and wait for the groups while they are
+// found in the background. Text is always set with textContent.
 "use strict";
+
+async function poll(status) {
+  // Ask how far the search got until the groups are ready, then show them.
+  try {
+    const response = await fetch("/api/duplicates/status");
+    const body = await response.json();
+    if (body.state === "ready") {
+      window.location.reload();
+      return;
+    }
+    if (body.state === "failed") {
+      status.textContent = "Finding duplicates failed: " + body.error;
+      return;
+    }
+    status.textContent = "Finding duplicates… " + (body.total ? body.stage + " " + body.done + " of " + body.total : "");
+  } catch (error) {
+    status.textContent = "Finding duplicates… (the server did not answer: " + error.message + ")";
+  }
+  setTimeout(() => poll(status), Number(status.dataset.poll) || 1000);
+}
 
 function showRoles(section) {
   // Marked photos are kept; with none marked, the suggested keeper is.
@@ -43,3 +64,8 @@ document.addEventListener("click", (event) => {
     mark(button);
   }
 });
+
+const dupStatus = document.getElementById("dup-status");
+if (dupStatus && dupStatus.dataset.state === "finding") {
+  setTimeout(() => poll(dupStatus), Number(dupStatus.dataset.poll) || 1000);
+}
