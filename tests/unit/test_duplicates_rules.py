@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from clipdex import duplicate_moves as moves
 from clipdex import duplicates as dup
 from clipdex.duplicates import CalibrationData, DuplicateRule
 from clipdex.search.exact import ExactIndex
@@ -180,7 +179,7 @@ def test_the_matrix_rule_agrees_with_accepts_on_a_grid() -> None:
     times = [f"2024-05-01T10:00:{i % 7:02d}" if i % 4 else None for i in range(m)]
     files = {i: _file(i, f"/p/{i}.jpg", 10, 10, 1, times[i]) for i in range(m)}
     photos = dup._Photos(rows=np.arange(m), by_row={i: [i] for i in range(m)}, files=files)
-    phashes = {f"h{i}": sigs[i] for i in range(m)}
+    phashes: dict[str, str | None] = {f"h{i}": sigs[i] for i in range(m)}
     rules = [DuplicateRule(0.95, 0.6, 6), DuplicateRule(0.9, 0.5, None, burst_seconds=2.0),
              DuplicateRule(0.97, 0.55, 6, steps=((0.55, 2), (0.7, 6)), burst_seconds=None),
              DuplicateRule(0.8, 0.8, 3)]
@@ -298,12 +297,3 @@ def test_the_phash_tail_extrapolates_below_what_was_seen() -> None:
     assert all(a <= b for a, b in zip(shares, shares[1:]))  # more bits allowed, more pass
     assert 0 < tail(int(distances.min()) - 4) < 1 / 3000  # unseen, but not taken as impossible
     assert dup.phash_tail(np.zeros(0, np.int64))(10) == 0.0
-
-
-def test_move_targets_keep_the_layout_and_never_overwrite(tmp_path: pytest.TempPathFactory) -> None:
-    dest = str(tmp_path)
-    target = moves._target(dest, "/photos/2021/trip/a.jpg", ["/photos"])
-    assert target == f"{dest}/photos/2021/trip/a.jpg"
-    (tmp_path / "photos" / "2021" / "trip").mkdir(parents=True)
-    (tmp_path / "photos" / "2021" / "trip" / "a.jpg").write_bytes(b"x")
-    assert moves._target(dest, "/photos/2021/trip/a.jpg", ["/photos"]) == f"{dest}/photos/2021/trip/a.dup1.jpg"
