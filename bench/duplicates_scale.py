@@ -14,6 +14,11 @@ split into cliques (clipdex.duplicates.components, split_cliques) at cosine >= T
 Baseline, in the same run: every pair's cosine (blocked N x N product, the pairs above the
 threshold kept), which is exact and quadratic. Above 100k it is not run: its time on 25k rows is
 scaled by (n / 25k)^2 (stated as an extrapolation). Recall: the planted (original, copy) pairs found.
+
+Splitting one large component (``--split``, default 500 to 4,000 photos: burst frames of one scene,
+each accepted with the 4 frames around it, a chain of ~m/3 groups): split_stars and split_cliques,
+which update degrees as groups leave, against their previous form in the same run (every round
+recomputed the degrees of the members left: cubic).
 """
 
 from __future__ import annotations
@@ -153,6 +158,72 @@ def run(n: int, naive: bool, exact: bool) -> tuple[list[str], float | None]:
     return lines, measured
 
 
+def old_split_cliques(accepted: np.ndarray, strength: np.ndarray) -> list[list[int]]:
+    """split_cliques as it was (the baseline): every round the degrees of all members left, recomputed."""
+    left = list(range(len(accepted)))
+    groups: list[list[int]] = []
+    while left:
+        sub = accepted[np.ix_(left, left)]
+        seed_at = int(np.argmax(sub.sum(axis=1)))
+        seed = left[seed_at]
+        group = [seed]
+        partners = [left[j] for j in np.flatnonzero(sub[seed_at]) if left[j] != seed]
+        partners.sort(key=lambda j: (-strength[seed, j], j))
+        for j in partners:
+            if all(accepted[j, g] for g in group):
+                group.append(j)
+        groups.append(sorted(group))
+        taken = set(group)
+        left = [i for i in left if i not in taken]
+    return groups
+
+
+def old_split_stars(accepted: np.ndarray, rank: np.ndarray) -> list[list[int]]:
+    """split_stars as it was (the baseline): the live matrix and degrees recomputed every round."""
+    left = np.ones(len(accepted), dtype=bool)
+    groups: list[list[int]] = []
+    while left.any():
+        live = accepted & left[None, :] & left[:, None]
+        degree = np.where(left, live.sum(axis=1), -1)
+        seeds = np.flatnonzero(degree == degree.max())
+        seed = int(seeds[np.argmin(rank[seeds])])
+        group = np.flatnonzero(live[seed])
+        while True:
+            keeper = int(group[np.argmin(rank[group])])
+            group = np.flatnonzero(live[keeper])
+            if rank[group].min() >= rank[keeper]:
+                break
+        groups.append(sorted(int(i) for i in group))
+        left[group] = False
+    return groups
+
+
+def chain(m: int, width: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A burst of ``m`` frames: each accepted with the ``width`` frames around it (a chain), cosines, ranks."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(m)
+    accepted = np.abs(idx[:, None] - idx[None, :]) <= width // 2
+    strength = np.where(accepted, 1 - np.abs(idx[:, None] - idx[None, :]) / (4 * m), 0.5).astype(np.float32)
+    return accepted, strength, rng.permutation(m)
+
+
+def split_table(sizes: list[int]) -> None:
+    print("\n| component | split_stars before | after | split_cliques before | after | same groups |")
+    print("|---|---|---|---|---|---|")
+    for m in sizes:
+        accepted, strength, rank = chain(m)
+        times = []
+        results = []
+        for fn, args in ((old_split_stars, (accepted, rank)), (dup.split_stars, (accepted, rank)),
+                         (old_split_cliques, (accepted, strength)), (dup.split_cliques, (accepted, strength))):
+            t = time.perf_counter()
+            results.append(fn(*args))  # type: ignore[operator]
+            times.append(time.perf_counter() - t)
+        same = results[0] == results[1] and results[2] == results[3]
+        print(f"| {m:,} photos | {times[0]:.2f} s | {times[1]:.2f} s | {times[2]:.2f} s | {times[3]:.2f} s | "
+              f"{'yes' if same else 'NO'} |", flush=True)
+
+
 def small_params(n: int) -> IvfParams:
     """Lists for a collection below the automatic parameters' 50k rows (a quick look): ~64 rows a list."""
     return IvfParams(nlist=int(2 ** np.floor(np.log2(max(16, n / 64)))))
@@ -161,8 +232,11 @@ def small_params(n: int) -> IvfParams:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--split", type=int, nargs="*", default=[500, 1_000, 2_000, 4_000])
     args = parser.parse_args()
     print(cpu_line())
+    if args.split:
+        split_table(args.split)
     print(f"k = {K} neighbours per photo, queries {dup.QUERY_CHUNK:,} at a time; IVF probes "
           f"1/{round(1 / dup.DUPLICATE_PROBE_SHARE)} of its lists (at least {dup.DUPLICATE_MIN_NPROBE})")
     for n in args.rows:
