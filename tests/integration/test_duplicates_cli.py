@@ -276,3 +276,64 @@ def test_burst_shots_are_grouped_by_their_exif_times(tmp_path: Path, model_kwarg
         index.add(folder)
         report = find_duplicates(index, rule)
     assert [sorted(m.path.rsplit("/", 1)[-1] for m in g.members) for g in report.groups] == [["a.jpg", "b.jpg"]]
+
+
+def test_folders_and_destinations_are_checked_first(index_dir: str, folder: Path, tmp_path: Path) -> None:
+    gone = run_cli("duplicates", "--index", index_dir, *RULE, "--folder", str(tmp_path / "nonexistent"),
+                   catch_exceptions=True)
+    assert gone.exit_code == 1 and "is not a folder of this index" in gone.output
+    (tmp_path / "link").symlink_to(folder)
+    for dry in ((), ("--dry-run",)):
+        refused = run_cli("duplicates", "--index", index_dir, *RULE, "--move-extras", str(tmp_path / "link" / "d"),
+                          *dry, catch_exceptions=True)
+        assert refused.exit_code == 1 and "is inside the indexed folder" in refused.output, refused.output
+    dry_run = run_cli("duplicates", "--index", index_dir, *RULE, "--move-extras", str(tmp_path / "aside"),
+                      "--dry-run")
+    assert dry_run.exit_code == 0 and "3 photos would move" in dry_run.output
+    assert str(tmp_path / "aside" / "photos" / "copies" / "small-1.png") in dry_run.output
+    assert not (tmp_path / "aside").exists()
+
+
+def test_exact_only_never_calibrates(index_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdex import duplicates
+
+    def no(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--exact-only calibrated (loaded the model)")
+
+    monkeypatch.setattr(duplicates, "calibrate", no)
+    result = run_cli("duplicates", "--index", index_dir, "--exact-only", "--json")  # no rule stored yet
+    assert result.exit_code == 0, result.output
+    assert _groups(result.output[result.output.index("{"):]) == [{"photo-000.jpg", "same-0.jpg"}]
+
+
+def test_the_table_keeps_paths_whole_in_a_pipe(index_dir: str, folder: Path) -> None:
+    result = run_cli("duplicates", "--index", index_dir, *RULE)  # CliRunner's stdout is not a terminal
+    assert result.exit_code == 0, result.output
+    whole = str(folder / "copies" / "recompressed-2.jpg")
+    assert any(line.rstrip().endswith(whole) for line in result.output.splitlines()), result.output
+    assert "why" in result.output
+
+
+def test_a_keeper_mark_is_no_recompute_and_a_cli_move_is_noticed(client: tuple[object, Index],
+                                                                  tmp_path: Path) -> None:
+    http, index = client
+    _ready(http)
+    job = http.app.state.duplicates_job  # type: ignore[attr-defined]
+    data = http.get("/api/duplicates").json()  # type: ignore[attr-defined]
+    group = data["groups"][0]
+    numbers = [g["id"] for g in data["groups"]]
+    marked = http.post("/api/duplicates/keepers",  # type: ignore[attr-defined]
+                       json={"file_id": group["members"][1]["id"], "keep": True})
+    assert marked.status_code == 200
+    again = http.get("/api/duplicates").json()  # type: ignore[attr-defined]
+    assert job.runs == 1 and [g["id"] for g in again["groups"]] == numbers
+    assert again["groups"][0]["members"][0]["id"] == group["members"][1]["id"]
+    loner = next(f for f in index.store.files_by_ids(range(1, 40)).values() if f.path.endswith("photo-005.jpg"))
+    refused = http.post("/api/duplicates/keepers", json={"file_id": loner.id, "keep": True})  # type: ignore[attr-defined]
+    assert refused.status_code == 400 and "is in no group" in refused.json()["error"]
+    moved = run_cli("duplicates", "--index", str(index.path), *RULE, "--move-extras", str(tmp_path / "aside"))
+    assert moved.exit_code == 0, moved.output
+    assert http.get("/api/duplicates").status_code in (200, 202)  # type: ignore[attr-defined]
+    _ready(http)
+    assert job.runs == 2
+    assert http.get("/api/duplicates").json()["groups_found"] == 0  # type: ignore[attr-defined]
