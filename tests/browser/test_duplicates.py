@@ -1,5 +1,6 @@
-"""The duplicates page in headless Chromium: groups side by side, keeper first; marking a copy to keep
-makes it the group's keeper on the page and in the index."""
+"""The duplicates page in headless Chromium: first how far the background search got, then (the page
+polls and reloads itself) groups side by side, keeper first; marking a copy to keep makes it the
+group's keeper on the page and in the index, and the page drawn again shows the mark."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_mark_a_keeper_in_chromium(tmp_path: Path, model_kwargs: dict[str, str])
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url + "/duplicates")
-            page.wait_for_selector(".dup-group")
+            assert page.locator("#dup-status, .dup-group").count() >= 1  # finding, or found already
+            page.wait_for_selector(".dup-group")  # the page reloads itself once they are found
             assert page.locator(".dup-group").count() == 2
             page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
             small = page.locator(".card.dup", has_text="small-1.png")
@@ -54,6 +56,10 @@ def test_mark_a_keeper_in_chromium(tmp_path: Path, model_kwargs: dict[str, str])
             assert "extra" in group.locator(".card.dup", has_text="photo-001.jpg").inner_text().lower()
             assert small.locator("button.keep").inner_text() == "unmark"
             page.screenshot(path=str(ARTIFACTS / "duplicates.png"), full_page=True)
+            page.reload()  # drawn again by the server (no new search): the mark shows
+            small = page.locator(".card.dup", has_text="small-1.png")
+            assert "is-keeper" in (small.get_attribute("class") or "")
+            assert small.locator(".role").inner_text().lower() == "keep"
             small.locator("a").click()  # a member links to its photo page
             page.wait_for_selector("#photo")
             browser.close()
