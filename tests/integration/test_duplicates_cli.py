@@ -337,3 +337,25 @@ def test_a_keeper_mark_is_no_recompute_and_a_cli_move_is_noticed(client: tuple[o
     _ready(http)
     assert job.runs == 2
     assert http.get("/api/duplicates").json()["groups_found"] == 0  # type: ignore[attr-defined]
+
+
+def test_a_read_only_index_is_not_calibrated_by_itself(index_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdex import duplicates
+    from clipdex.store.catalog import Store
+
+    opened = Store.open.__func__  # type: ignore[attr-defined]
+
+    def read_only(cls: type, path: str, **kw: object) -> Store:
+        store: Store = opened(cls, path, **{**kw, "readonly": True})
+        return store
+
+    monkeypatch.setattr(Store, "open", classmethod(read_only))
+
+    def no(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a read-only index was calibrated without --calibrate")
+
+    monkeypatch.setattr(duplicates, "calibrate", no)
+    result = run_cli("duplicates", "--index", index_dir, "--json")
+    assert result.exit_code == 0, result.output
+    assert "index is read-only" in result.output and "using the default rule" in result.output
+    assert json.loads(result.output[result.output.index("{"):])["rule"]["source"] == "default"
