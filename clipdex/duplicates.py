@@ -123,9 +123,9 @@ TAIL_SLOPE = 0.55
 TAIL_MIN_SLOPE = 0.2
 ALREADY_COPY_PHASH = 4  # a "nearest different photo" this close in pHash is a copy already in the photos
 # The look-alikes' cosine tail, extrapolated to the whole collection's pairs (a sample of 3,000 pairs
-# sees none of the one-in-100,000 look-alikes a full search of 10,000 photos tests): the top
-# COSINE_TAIL_SHARE of the sampled cosines (at least COSINE_TAIL_MIN of them) fitted as an exponential
-# tail; copy_cosine sits where it expects MAX_EXPECTED_FALSE look-alike pairs across the collection.
+# sees none of the one-in-100,000 look-alikes a full search of 10,000 photos tests): the closest
+# COSINE_TAIL_SHARE of the sampled pairs (at least COSINE_TAIL_MIN) fitted as a power of 1 - cosine;
+# copy_cosine sits where it expects MAX_EXPECTED_FALSE look-alike pairs across the collection.
 COSINE_TAIL_SHARE = 0.05
 COSINE_TAIL_MIN = 20
 MAX_PHASH_STEPS = 2  # a calibrated rule confirms by pHash in at most this many (band, bits) steps
@@ -1001,26 +1001,32 @@ def phash_tail(distances: np.ndarray) -> Callable[[int], float]:
 
 def cosine_tail(near_cosine: np.ndarray, tested: int) -> tuple[float, float]:
     """The copy cosine a collection whose search tests ``tested`` neighbour pairs needs, and the
-    look-alike pairs expected above it: the sampled look-alikes' top :data:`COSINE_TAIL_SHARE` (at least
-    :data:`COSINE_TAIL_MIN`) fitted as an exponential tail above its lowest cosine ``u`` (share ``p``
-    above it, mean excess ``beta``); ``tested * p * exp(-(c - u) / beta)`` look-alikes are expected
-    above ``c``, which is set where that is :data:`MAX_EXPECTED_FALSE`. Never below the closest
-    look-alike seen plus :data:`COSINE_MARGIN`; at most 0.9999."""
-    c = np.sort(np.asarray(near_cosine, dtype=np.float64))[::-1]
-    if not len(c):
+    look-alike pairs expected above it. The closest look-alikes' distance to a cosine of 1 (``d = 1 -
+    cosine``) falls off as a power of ``d`` (a bounded tail, near its end): the share of look-alikes
+    within ``d`` is fitted as ``A * d ** alpha`` (log-log, the closest :data:`COSINE_TAIL_SHARE` of the
+    sample, at least :data:`COSINE_TAIL_MIN`), and copy_cosine sits where ``tested * A * d ** alpha`` is
+    :data:`MAX_EXPECTED_FALSE`. Never below the closest look-alike seen plus :data:`COSINE_MARGIN`; at
+    most 0.9999. On the real ViT-B/32 features of 1,000 Unsplash photos (300 sampled x 10 neighbours)
+    it gives 0.982 for 1,000 photos, 0.989 for 10,000, 0.995 for a million (none of the 10,000 pairs
+    of the 1,000 lies above 0.970)."""
+    d = np.sort(1.0 - np.asarray(near_cosine, dtype=np.float64))
+    d = d[d > 0]  # a cosine of 1 is the same vector: an exact copy, never a look-alike
+    if not len(d):
         return DEFAULT_COPY_COSINE, 0.0
-    seen = float(c[0]) + COSINE_MARGIN
-    top = max(COSINE_TAIL_MIN, math.ceil(len(c) * COSINE_TAIL_SHARE))
-    if len(c) < top:  # too few to fit a tail: the default unless the closest seen is higher
-        copy = min(0.9999, max(seen, DEFAULT_COPY_COSINE))
-        return copy, 0.0
-    u = float(c[top - 1])
-    beta = max(float(np.mean(c[:top] - u)), 1e-4)
-    share = top / len(c)
-    fitted = u + beta * math.log(max(1.0, tested * share / MAX_EXPECTED_FALSE))
+    seen = min(0.9999, 1.0 - float(d[0]) + COSINE_MARGIN)
+    top = max(COSINE_TAIL_MIN, math.ceil(len(d) * COSINE_TAIL_SHARE))
+    if len(d) < top:  # too few to fit a tail: the default unless the closest seen is higher
+        return min(0.9999, max(seen, DEFAULT_COPY_COSINE)), 0.0
+    shares = np.arange(1, top + 1) / len(d)
+    alpha, log_a = np.polyfit(np.log(d[:top]), np.log(shares), 1)
+    alpha = max(float(alpha), 1.0)  # never a tail flatter than uniform in d
+
+    def expected(copy: float) -> float:
+        return tested * math.exp(log_a + alpha * math.log(max(1.0 - copy, 1e-12)))
+
+    fitted = 1.0 - math.exp((math.log(MAX_EXPECTED_FALSE / max(1, tested)) - log_a) / alpha)
     copy = min(0.9999, max(seen, fitted))
-    expected = tested * share * math.exp(-(copy - u) / beta)
-    return copy, expected
+    return copy, expected(copy)
 
 
 def choose_rule(data: CalibrationData) -> DuplicateRule:
