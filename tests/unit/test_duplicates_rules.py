@@ -5,6 +5,7 @@ rule, and calibration's choice of rule on measured copies and look-alikes."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +298,15 @@ def test_the_phash_tail_extrapolates_below_what_was_seen() -> None:
     assert all(a <= b for a, b in zip(shares, shares[1:]))  # more bits allowed, more pass
     assert 0 < tail(int(distances.min()) - 4) < 1 / 3000  # unseen, but not taken as impossible
     assert dup.phash_tail(np.zeros(0, np.int64))(10) == 0.0
+
+
+def test_phash_file_answers_none_for_a_file_gone_or_damaged(tmp_path: Path) -> None:
+    """open_image_file turns an OSError (gone, unreadable) into ImageDecodeError, which phash_file answers
+    with None: the pair is judged without a signature, the run goes on."""
+    folder = tmp_path
+    (folder / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    assert dup.phash_file(str(folder / "gone.jpg")) is None
+    assert dup.phash_file(str(folder / "damaged.jpg")) is None
+    photo(3).save(folder / "fine.jpg")
+    fine = dup.phash_file(str(folder / "fine.jpg"))
+    assert fine is not None and len(fine) == dup.SIGNATURE_DIGITS
