@@ -20,9 +20,12 @@ the least over them, so a mirrored, letterboxed or captioned copy stays within a
 The rule is calibrated on the user's own photos and model (:func:`calibrate`): altered copies of a
 sample of indexed photos (resized, JPEG re-compressed, cropped, rotated, brightened, resaved as PNG
 and WebP) are encoded with the index's model and set against each sampled photo's nearest
-*different* photo; the rule that accepts the most copies and no look-alike is stored per model,
-with its precision and recall measured on held-out halves. Without the model's weights (imported
-embeddings) :data:`DEFAULT_RULE` is used, and says so.
+*different* photos (copies already in the collection left out); the rule that accepts the most
+copies and no look-alike (the copy cosine from the look-alikes' tail scaled to the whole collection;
+up to two pHash steps: few bits from a low band, more from a higher one) is stored per model with the
+collection's size and its precision and recall measured on held-out halves. Without the model's
+weights (imported embeddings), on fewer than :data:`MIN_CALIBRATION_PHOTOS` photos, or once the
+collection has grown :data:`RECALIBRATE_GROWTH` times over, :data:`DEFAULT_RULE` is used, and says so.
 
 Candidates come from every photo's ``k`` nearest neighbours through the vector-index interface
 (:meth:`clipdex.search.base.VectorIndex.neighbours`: the approximate index where the index has one,
@@ -71,10 +74,6 @@ QUERY_CHUNK = 4_096  # photos whose neighbours are asked for in one call
 DUPLICATE_PROBE_SHARE = 1 / 512
 DUPLICATE_MIN_NPROBE = 4
 
-
-def duplicate_nprobe(nlist: int) -> int:
-    """Lists a near-duplicate search probes in an IVF index of ``nlist`` lists."""
-    return min(nlist, max(DUPLICATE_MIN_NPROBE, round(nlist * DUPLICATE_PROBE_SHARE)))
 PHASH_DRAFT = 256  # JPEGs decoded at 1/2..1/8 scale for pHash (it looks at 32 x 32 pixels)
 PHASH_BITS = 64
 HASH_DIGITS = PHASH_BITS // 4
@@ -138,6 +137,11 @@ ENCODE_BATCH = 32
 # brightened JPEG) is newer and often larger, so the file size comes only after the age.
 KEEPER_RULE = ("marked in the web app, else the most pixels, then the oldest (EXIF capture time, a photo "
                "with one first; then the file's modification time), then the largest file, then the shortest path")
+
+
+def duplicate_nprobe(nlist: int) -> int:
+    """Lists a near-duplicate search probes in an IVF index of ``nlist`` lists."""
+    return min(nlist, max(DUPLICATE_MIN_NPROBE, round(nlist * DUPLICATE_PROBE_SHARE)))
 
 
 # -- the rule ----------------------------------------------------------------------------------
