@@ -656,7 +656,7 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
                     linkage: str = "keeper") -> DuplicateReport:
     """Groups of copies among the index's photos (see the module's docstring for how).
 
-    ``rule`` None: the model's calibrated rule, else :data:`DEFAULT_RULE`. ``folders`` limits the
+    ``rule`` None: :func:`rule_for` (the calibrated rule, else :data:`DEFAULT_RULE`). ``folders`` limits the
     photos looked at; ``exact_only`` finds only photos of the same content (no neighbour search);
     ``min_size`` drops smaller groups; ``linkage`` "keeper" makes every member a copy of its group's
     keeper, "complete" of every other member (stricter: the quality bench compares them).
@@ -672,7 +672,7 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
         raise ValueError(f"k must be at least 1, not {k}")
     if linkage not in LINKAGES:
         raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, not {linkage!r}")
-    rule = rule or stored_rule(index) or DEFAULT_RULE
+    rule = rule or rule_for(index)[0]  # the stored rule unless the collection outgrew it
     filters = SearchFilter(folders=tuple(os.path.abspath(f) for f in folders)) if folders else None
     with index.lock:
         record = index.model_record()
