@@ -313,6 +313,18 @@ def parse_labels_arg(text: str) -> list[str]:
 
 
 # -- files -----------------------------------------------------------------------
+def read_label_text(path: Path, what: str) -> str:
+    """The text of a file of labels (``what``: how the fix names it, e.g. "the label file"), or a
+    :class:`LabelSetError` saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise LabelSetError(str(path), f"cannot be read ({e.strerror or e})",
+                            f"Check the path of {what}.") from None
+    except UnicodeDecodeError as e:
+        raise LabelSetError(str(path), f"is not UTF-8 text (byte {e.start})", f"Save {what} as UTF-8.") from None
+
+
 def load_label_sets(path: str | Path, only: Iterable[str] | None = None) -> list[LabelSet]:
     """Every label set in a TOML, YAML or JSON file (or just those named in ``only``).
 
@@ -320,14 +332,7 @@ def load_label_sets(path: str | Path, only: Iterable[str] | None = None) -> list
     naming the file, the set, the line where it can be found, and the fix.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise LabelSetError(str(path), f"cannot be read ({e.strerror or e})",
-                            "Check the path of the label file.") from None
-    except UnicodeDecodeError as e:
-        raise LabelSetError(str(path), f"is not UTF-8 text (byte {e.start})",
-                            "Save the label file as UTF-8.") from None
+    text = read_label_text(path, "the label file")
     if not text.strip():
         raise LabelSetError(str(path), "the file is empty",
                             "Define at least one label set (see `clipdex classify --help`).")

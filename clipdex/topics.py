@@ -46,7 +46,16 @@ import numpy as np
 
 from clipdex.classify import Classification, mean_direction, softmax
 from clipdex.errors import LabelSetError, ModelError
-from clipdex.labels import MULTI_SEPARATOR, NAME, RESERVED_SET_NAMES, UNCERTAIN, Label, LabelSet, load_label_sets
+from clipdex.labels import (
+    MULTI_SEPARATOR,
+    NAME,
+    RESERVED_SET_NAMES,
+    UNCERTAIN,
+    Label,
+    LabelSet,
+    load_label_sets,
+    read_label_text,
+)
 
 if TYPE_CHECKING:
     from clipdex.index import Index
@@ -143,13 +152,7 @@ def user_concepts(path: str | Path) -> list[Concept]:
     if path.suffix.lower() in (".toml", ".yaml", ".yml", ".json"):
         return [Concept(label.name, "user", str(path), label.prompts)
                 for label_set in load_label_sets(path) for label in label_set.labels]
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise LabelSetError(str(path), f"cannot be read ({e.strerror or e})",
-                            "Check the path of the --labels file.") from None
-    except UnicodeDecodeError as e:
-        raise LabelSetError(str(path), f"is not UTF-8 text (byte {e.start})", "Save it as UTF-8.") from None
+    text = read_label_text(path, "the --labels file")
     names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     concepts = []
     for number, name in enumerate(names, 1):

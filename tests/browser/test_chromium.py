@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,13 +9,11 @@ import pytest
 
 from clipdex import Index
 from clipdex.web import create_app
+from tests.chromium import ARTIFACTS, needs_chromium, new_page
 from tests.conftest import serving
 from tests.images import photo
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture()
@@ -36,12 +33,8 @@ def test_end_to_end_in_chromium(server: str, index: Index, tmp_path: Path) -> No
     example = tmp_path / "example.jpg"
     photo(99).save(example, "JPEG")
 
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = new_page(p)
         page.goto(server + "/")
         page.fill("#q", "dog in the snow")
         page.press("#q", "Enter")
@@ -83,7 +76,7 @@ def test_end_to_end_in_chromium(server: str, index: Index, tmp_path: Path) -> No
         assert response is not None and response.status == 404
         assert response.headers["content-type"].startswith("text/html")
         assert "file_id" in page.locator("#error").inner_text() and page.title().startswith("Error 404")
-        browser.close()
+        page.context.browser.close()
     result = index.classification("taken_space")
     assert other in (result.truth or [])
     assert len(list((index.path / "uploads").iterdir())) == 1
@@ -96,12 +89,8 @@ def test_folder_filter_in_chromium(index: Index, photos: Path) -> None:
 
     trip = photos / "trip"
     index.add(trip)  # a folder of its own too, so the folder menu offers it
-    ARTIFACTS.mkdir(exist_ok=True)
     with serving(create_app(index)) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = new_page(p)
         page.goto(url + "/?q=a+photo")
         page.wait_for_selector("#results .card")
         assert page.locator("#results .card").count() == 13
@@ -125,4 +114,4 @@ def test_folder_filter_in_chromium(index: Index, photos: Path) -> None:
         with page.expect_navigation():
             page.click("#search-form button[type=submit]")
         assert "after=2999-01-01" in page.url and page.locator("#results .card").count() == 0
-        browser.close()
+        page.context.browser.close()

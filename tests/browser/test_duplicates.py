@@ -7,18 +7,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from clipdex import Index
 from clipdex.duplicates import DuplicateRule, find_duplicates
 from clipdex.web import create_app
+from tests.chromium import ARTIFACTS, needs_chromium, new_page
 from tests.conftest import serving
 from tests.images import photo, write_photos
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 def test_mark_a_keeper_in_chromium(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
@@ -28,17 +24,13 @@ def test_mark_a_keeper_in_chromium(tmp_path: Path, model_kwargs: dict[str, str])
     write_photos(photos, 5)
     shutil.copy(photos / "photo-000.jpg", photos / "copy-of-0.jpg")
     photo(1).resize((320, 240)).save(photos / "small-1.png")
-    ARTIFACTS.mkdir(exist_ok=True)
     with Index.open(tmp_path / "idx", create=True, **model_kwargs) as index:
         index.add(photos)
         with index.lock:  # the rule the page uses (the web app never calibrates: it never encodes)
             index.store.save_duplicate_rule(index.model_record().id,
                                             DuplicateRule(0.9999, 0.9, 8, source="calibrated").to_json())
         with serving(create_app(index)) as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = new_page(p)
             page.goto(url + "/duplicates")
             assert page.locator("#dup-status, .dup-group").count() >= 1  # finding, or found already
             page.wait_for_selector(".dup-group")  # the page reloads itself once they are found
@@ -62,7 +54,7 @@ def test_mark_a_keeper_in_chromium(tmp_path: Path, model_kwargs: dict[str, str])
             assert small.locator(".role").inner_text().lower() == "keep"
             small.locator("a").click()  # a member links to its photo page
             page.wait_for_selector("#photo")
-            browser.close()
+            page.context.browser.close()
         report = find_duplicates(index)
     kept = next(g for g in report.groups if any(m.path.endswith("small-1.png") for m in g.members))
     assert kept.keeper.path.endswith("small-1.png") and kept.keeper.marked

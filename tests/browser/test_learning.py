@@ -3,22 +3,17 @@ learn from the corrections, see the cross-validated gain."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from clipdex import Index
 from clipdex.labels import make_label_set
 from clipdex.learn import least_sure
 from clipdex.web import create_app
+from tests.chromium import ARTIFACTS, needs_chromium, new_page
 from tests.conftest import serving
 from tests.integration.test_learn import GROUPS, write_groups
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 def test_learn_from_corrections_in_chromium(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
@@ -37,12 +32,8 @@ def test_learn_from_corrections_in_chromium(tmp_path: Path, model_kwargs: dict[s
             mine = [f for f, g in group_of.items() if g == group and f not in {u.file_id for u in unsure[:1]}]
             for fid in mine[:1 if group == short else 2]:
                 index.correct("scene", fid, group)
-        ARTIFACTS.mkdir(exist_ok=True)
         with serving(create_app(index)) as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = new_page(p)
             page.goto(url + "/labels/scene?per=2")
             page.wait_for_selector("#learning:not([hidden]) #learn-next .card img")
             button = page.locator("#learn-button")
@@ -67,6 +58,6 @@ def test_learn_from_corrections_in_chromium(tmp_path: Path, model_kwargs: dict[s
             page.goto(url + "/labels/scene-learned?per=2")
             page.wait_for_selector("#learn-scores:not([hidden]) tr[data-row='zero_shot']")
             assert page.locator("#learned-link").inner_text() == "back to zero-shot scene"
-            browser.close()
+            page.context.browser.close()
         stored = index.classification("scene-learned").label_set.origin
         assert stored is not None and stored["counts"][short] == 2

@@ -10,11 +10,10 @@ import pytest
 
 from clipdex import Index
 from clipdex.web import create_app
-from tests.browser.test_chromium import ARTIFACTS, CHROMIUM
+from tests.chromium import ARTIFACTS, needs_chromium, new_page
 from tests.conftest import serving
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture()
@@ -26,12 +25,8 @@ def server(web_index: Index) -> Iterator[str]:
 def test_topics_page_in_chromium(server: str, web_index: Index, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = new_page(p)
         page.goto(server + "/topics")
         assert page.locator("#no-topics").is_visible()
         page.fill("#find-topics input[name=k]", "3")
@@ -48,6 +43,6 @@ def test_topics_page_in_chromium(server: str, web_index: Index, tmp_path: Path) 
         page.wait_for_selector("#results .card img")
         assert "set=topics" in page.url and "label=" in page.url
         assert page.locator("#results .card").count() == size
-        browser.close()
+        page.context.browser.close()
     with web_index.lock:
         assert web_index.classification("topics").counts()[name or ""] == size
