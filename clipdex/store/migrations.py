@@ -163,17 +163,17 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     """),
     ("009_model_probe", _add_probe_columns),
     ("010_duplicates", """
-        CREATE TABLE phashes (
+        CREATE TABLE IF NOT EXISTS phashes (
             content_hash TEXT PRIMARY KEY,
             phash TEXT,
             computed_at REAL NOT NULL
         );
-        CREATE TABLE duplicate_rules (
+        CREATE TABLE IF NOT EXISTS duplicate_rules (
             model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
             rule TEXT NOT NULL,
             calibrated_at REAL NOT NULL
         );
-        CREATE TABLE keepers (
+        CREATE TABLE IF NOT EXISTS keepers (
             path TEXT PRIMARY KEY,
             content_hash TEXT NOT NULL,
             marked_at REAL NOT NULL

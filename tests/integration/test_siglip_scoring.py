@@ -157,6 +157,8 @@ def _as_before_migration_8(catalog: Path) -> None:
     conn = sqlite3.connect(catalog, isolation_level=None)
     try:
         conn.execute("ALTER TABLE models DROP COLUMN logit_bias")
+        for table in ("phashes", "duplicate_rules", "keepers"):  # 010's: not there before 008 either
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 7")
     finally:
         conn.close()
