@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -46,6 +47,17 @@ def write_photos(folder: Path, count: int, start: int = 0) -> list[Path]:
         photo(seed).save(path, "JPEG", quality=90)
         paths.append(path)
     return paths
+
+
+def write_photos_with_copies(folder: Path, count: int) -> Path:
+    """``count`` photos (:func:`write_photos`) and, in ``copies/``, three copies: the same bytes as
+    photo 0, a half-size PNG of photo 1 and a JPEG of photo 2 recompressed at quality 40."""
+    write_photos(folder, count)
+    (folder / "copies").mkdir()
+    shutil.copy(folder / "photo-000.jpg", folder / "copies" / "same-0.jpg")
+    photo(1).resize((320, 240)).save(folder / "copies" / "small-1.png")
+    photo(2).save(folder / "copies" / "recompressed-2.jpg", quality=40)
+    return folder
 
 
 def write_edge_cases(folder: Path) -> dict[str, Path]:

@@ -17,7 +17,7 @@ import pytest
 from clipdex import Index
 from clipdex.duplicates import DuplicateRule, find_duplicates, stored_rule
 from tests.conftest import run_cli
-from tests.images import photo, write_photos
+from tests.images import photo, write_photos_with_copies
 
 # Fixed for these tests: the tiny random model gives altered copies cosine > 0.9999 and different
 # photos <= 0.998; generated photos differ in >= 26 pHash bits, their copies in <= 4.
@@ -28,12 +28,7 @@ RULE = ["--threshold", "0.9999", "--max-phash", "8"]
 def folder(tmp_path: Path) -> Path:
     """Eight generated photos; an exact copy of photo 0, a half-size PNG of photo 1 and a recompressed
     JPEG of photo 2 in copies/."""
-    photos = tmp_path / "photos"
-    write_photos(photos, 8)
-    (photos / "copies").mkdir()
-    shutil.copy(photos / "photo-000.jpg", photos / "copies" / "same-0.jpg")
-    photo(1).resize((320, 240)).save(photos / "copies" / "small-1.png")
-    photo(2).save(photos / "copies" / "recompressed-2.jpg", quality=40)
+    photos = write_photos_with_copies(tmp_path / "photos", 8)
     return photos
 
 

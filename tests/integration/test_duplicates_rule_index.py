@@ -5,7 +5,6 @@ keeper mark does not change."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from clipdex import duplicates as dup
 from clipdex.duplicate_moves import mark_keeper
 from clipdex.duplicates import DuplicateRule, find_duplicates, member_json, rule_for, stored_rule
 from tests.conftest import run_cli
-from tests.images import photo, write_photos
+from tests.images import write_photos_with_copies
 
 RULE = DuplicateRule(0.9999, 0.9, 8, source="test")  # the tiny model: altered copies > 0.9999, photos <= 0.998
 
@@ -24,12 +23,7 @@ RULE = DuplicateRule(0.9999, 0.9, 8, source="test")  # the tiny model: altered c
 def index_dir(tmp_path: Path, model_args: list[str]) -> str:
     """Six generated photos; an exact copy of photo 0, a half-size PNG of photo 1 and a recompressed JPEG
     of photo 2."""
-    photos = tmp_path / "photos"
-    write_photos(photos, 6)
-    (photos / "copies").mkdir()
-    shutil.copy(photos / "photo-000.jpg", photos / "copies" / "same-0.jpg")
-    photo(1).resize((320, 240)).save(photos / "copies" / "small-1.png")
-    photo(2).save(photos / "copies" / "recompressed-2.jpg", quality=40)
+    photos = write_photos_with_copies(tmp_path / "photos", 6)
     index = str(tmp_path / "idx")
     result = run_cli("index", str(photos), "--index", index, *model_args)
     assert result.exit_code == 0, result.output

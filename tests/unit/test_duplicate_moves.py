@@ -29,7 +29,7 @@ from clipdex.duplicate_moves import (
 )
 from clipdex.duplicates import DuplicateGroup, DuplicateRule, find_duplicates
 from clipdex.errors import DuplicatesError
-from tests.images import photo, write_photos
+from tests.images import photo, write_photos_with_copies
 
 RULE = DuplicateRule(0.9999, 0.9, 8)  # the tiny model: copies > 0.9999, different photos <= 0.998
 
@@ -37,12 +37,7 @@ RULE = DuplicateRule(0.9999, 0.9, 8)  # the tiny model: copies > 0.9999, differe
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
     """Six photos and three copies: an exact copy of photo 0, a small PNG of 1, a recompressed JPEG of 2."""
-    photos = tmp_path / "photos"
-    write_photos(photos, 6)
-    (photos / "copies").mkdir()
-    shutil.copy(photos / "photo-000.jpg", photos / "copies" / "same-0.jpg")
-    photo(1).resize((320, 240)).save(photos / "copies" / "small-1.png")
-    photo(2).save(photos / "copies" / "recompressed-2.jpg", quality=40)
+    photos = write_photos_with_copies(tmp_path / "photos", 6)
     return photos
 
 
