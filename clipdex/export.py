@@ -31,7 +31,7 @@ import codecs
 import csv
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -404,6 +404,15 @@ class KeyMatcher:
 
     def match(self, value: str) -> str | None:
         return self.match_kind(value)[0]
+
+    def values(self, rows: Iterable[dict[str, str]], key: str, column: str) -> Iterator[tuple[str, str]]:
+        """(photo path, value) of every row whose ``key`` names a photo and whose ``column`` has a
+        value (stripped), in table order: a truth column read against the index's photos."""
+        for row in rows:
+            path = self.match(row.get(key) or "")
+            value = (row.get(column) or "").strip()
+            if path is not None and value:
+                yield path, value
 
     def match_kind(self, value: str) -> tuple[str | None, str]:
         """(path or None, how: ``path``, ``name`` or ``stem``)."""

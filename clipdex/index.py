@@ -1090,11 +1090,9 @@ class Index:
         matcher = KeyMatcher(result.paths)
         position = {p: i for i, p in enumerate(result.paths)}
         predicted, truth = [], []
-        for row in rows:
-            path = matcher.match(row.get(key) or "")
-            if path is not None and (row.get(truth_column) or "").strip():
-                predicted.append(result.predicted[position[path]])
-                truth.append(row[truth_column].strip())
+        for path, value in matcher.values(rows, key, truth_column):
+            predicted.append(result.predicted[position[path]])
+            truth.append(value)
         if not truth:
             raise TableError(str(table), f"no row with a {truth_column!r} value matches a photo of set "
                              f"{name!r}", f"Check that --key {key} names the photos (file stem or path).")

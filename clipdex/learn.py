@@ -1167,14 +1167,8 @@ def _table_truth_ids(index: "Index", origin: dict[str, Any]) -> set[int]:
     if target not in header:
         return set()
     found = index.searchable()
-    matcher = KeyMatcher(found.paths)
     id_of = dict(zip(found.paths, found.ids.tolist()))
-    known = set()
-    for row in rows:
-        path = matcher.match(row.get(key) or "")
-        if path is not None and (row.get(target) or "").strip():
-            known.add(int(id_of[path]))
-    return known
+    return {int(id_of[path]) for path, _ in KeyMatcher(found.paths).values(rows, key, target)}
 
 
 def learning_state(index: "Index", name: str, n_next: int = 12) -> dict[str, Any]:
