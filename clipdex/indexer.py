@@ -47,6 +47,7 @@ from clipdex.models.preprocess import PreprocessConfig
 from clipdex.settings import gpu_decode_setting
 from clipdex.store import FileRecord, ModelRecord, NewFile, Store
 from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF
+from clipdex.video import DEFAULT_INTERVAL
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -115,6 +116,8 @@ class IndexSettings:
     # JPEGs decoded on the encoder's device when it is CUDA (True), never (False), or on
     # whatever device it is, the CPU included ("force": the GPU stage, testable anywhere).
     gpu_decode: GpuDecode = field(default_factory=gpu_decode_setting)
+    videos: bool = True  # index the videos of the folder too (--no-video: photos only)
+    video_interval: float = DEFAULT_INTERVAL  # seconds between sampled frames within a scene
 
 
 @dataclass(frozen=True)

@@ -51,12 +51,24 @@ class QueryTerm:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One ranked photo."""
+    """One ranked photo, or one moment of a video (``t`` set: ``path`` is the video's)."""
 
     rank: int
     score: float
     path: str
-    file_id: int
+    file_id: int  # the photo's id, or the frame's (a moment)
+    t: float | None = None  # a moment: seconds from the video's start
+    video_id: int | None = None  # a moment: the video's id (what the web app plays)
+
+    @property
+    def image_path(self) -> str:
+        """The path readers of an image take: the photo's, or the frame's
+        (``video.mp4#t=83.500``, decoded from the video: :mod:`clipdex.video`)."""
+        if self.t is None:
+            return self.path
+        from clipdex.video import frame_path
+
+        return frame_path(self.path, self.t)
 
 
 def split_query(text: str) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -113,6 +114,8 @@ class FileRecord:
     failure_limit: float | None = None
     taken_at: str | None = None  # 'YYYY-MM-DDTHH:MM:SS', local time (EXIF, else mtime)
     taken_source: str | None = None  # where taken_at came from: one of TAKEN_SOURCES
+    video_id: int | None = None  # a frame of a video: the video's id (None: a photo, or a video)
+    frame_t: float | None = None  # a frame of a video: seconds from its start
 
     @property
     def fs_path(self) -> str:
@@ -149,6 +152,24 @@ class NewFile:
     # with taken_source, or 'mtime' (EXIF not read) when that is None too.
     taken_at: str | None = None
     taken_source: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoSampling:
+    """How a video was sampled: its length, the --video-interval used, its codec and frame rate."""
+
+    duration: float
+    interval: float
+    codec: str | None = None
+    fps: float | None = None
+
+
+@dataclass
+class SampledVideo:
+    """A video sampled before: how, and its kept frames as (seconds, frame content hash)."""
+
+    sampling: VideoSampling
+    frames: list[tuple[float, str]]
 
 
 @dataclass(frozen=True)
@@ -752,7 +773,7 @@ class Store:
         condition, args = _under_sql([root])
         cursor = self.conn.cursor()
         cursor.row_factory = None
-        rows = cursor.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE {condition}", args)
+        rows = cursor.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE {condition} AND video_id IS NULL", args)
         return {r[1]: FileRecord(*r) for r in rows}
 
     def file_by_path(self, path: str) -> FileRecord | None:
@@ -768,8 +789,8 @@ class Store:
         display form (``\\xNN`` escapes) alike."""
         name = display_path(name)
         rows = self.conn.execute(
-            "SELECT * FROM files WHERE status = 'ok' AND (path LIKE ? ESCAPE '\\' OR path LIKE ? "
-            "ESCAPE '\\') ORDER BY path", (f"%/{_like(name)}", f"%/{_like(name)}.%"))
+            "SELECT * FROM files WHERE status = 'ok' AND video_id IS NULL AND (path LIKE ? ESCAPE '\\' OR "
+            "path LIKE ? ESCAPE '\\') ORDER BY path", (f"%/{_like(name)}", f"%/{_like(name)}.%"))
         return [_file(r) for r in rows]
 
     def sizes_of_hashes(self, hashes: Iterable[str]) -> dict[str, tuple[int | None, int | None]]:
@@ -815,23 +836,28 @@ class Store:
                 "INSERT INTO embeddings (model_id, content_hash, row, precision) VALUES (?, ?, ?, ?)",
                 [(model.id, h, current + i, precision) for i, h in enumerate(hashes)])
             c.execute("UPDATE models SET rows = ? WHERE id = ?", (current + len(hashes), model.id))
-            c.executemany(
-                "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, "
-                "reason, indexed_at, raw_path, failure_kind, failure_limit, taken_at, taken_source) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE "
-                "SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
-                "content_hash = excluded.content_hash, width = excluded.width, "
-                "height = excluded.height, status = excluded.status, reason = excluded.reason, "
-                "indexed_at = excluded.indexed_at, raw_path = excluded.raw_path, "
-                "failure_kind = excluded.failure_kind, failure_limit = excluded.failure_limit, "
-                "taken_at = excluded.taken_at, taken_source = excluded.taken_source",
-                [(display_path(f.path), f.size, f.mtime_ns, f.content_hash, f.width, f.height,
-                  "failed" if f.reason else "ok", f.reason, now, _raw(f),
-                  (f.failure_kind or "permanent") if f.reason else None,
-                  f.failure_limit if f.reason else None, *_taken(f)) for f in files])
+            self._upsert_files(c, files, now)
         updated = self.get_model(model.key)
         assert updated is not None
         return updated
+
+    @staticmethod
+    def _upsert_files(c: sqlite3.Connection, files: Sequence[NewFile], now: float) -> None:
+        """Insert or update the rows of ``files`` (by path), indexed or failed."""
+        c.executemany(
+            "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, "
+            "reason, indexed_at, raw_path, failure_kind, failure_limit, taken_at, taken_source) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE "
+            "SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "content_hash = excluded.content_hash, width = excluded.width, "
+            "height = excluded.height, status = excluded.status, reason = excluded.reason, "
+            "indexed_at = excluded.indexed_at, raw_path = excluded.raw_path, "
+            "failure_kind = excluded.failure_kind, failure_limit = excluded.failure_limit, "
+            "taken_at = excluded.taken_at, taken_source = excluded.taken_source",
+            [(display_path(f.path), f.size, f.mtime_ns, f.content_hash, f.width, f.height,
+              "failed" if f.reason else "ok", f.reason, now, _raw(f),
+              (f.failure_kind or "permanent") if f.reason else None,
+              f.failure_limit if f.reason else None, *_taken(f)) for f in files])
 
     def set_taken_dates(self, dates: Sequence[tuple[str, str | None]]) -> None:
         """Record what reading the EXIF of files indexed before found: (path, taken_at) with
@@ -1004,11 +1030,21 @@ class Store:
 
     # -- reporting ------------------------------------------------------------
     def counts(self, hidden_roots: Sequence[str] = ()) -> dict[str, int]:
-        """Files per status ('ok', 'failed'), outside ``hidden_roots``."""
+        """Files per status ('ok', 'failed': photos and videos), with 'videos' (indexed videos,
+        counted in 'ok' too) and 'frames' (their sampled frames, counted apart), outside
+        ``hidden_roots``."""
         where, args = _outside(hidden_roots, "path")
-        rows = self.conn.execute(f"SELECT status, count(*) FROM files WHERE 1{where} GROUP BY status",
-                                 args).fetchall()
-        return {r[0]: r[1] for r in rows}
+        rows = self.conn.execute(
+            f"SELECT status, count(*) FROM files WHERE video_id IS NULL{where} GROUP BY status", args).fetchall()
+        counts = {r[0]: r[1] for r in rows}
+        videos = self.conn.execute(
+            f"SELECT count(*) FROM files f JOIN videos v ON v.file_id = f.id WHERE f.status = 'ok'{where}",
+            args).fetchone()[0]
+        frames = self.conn.execute(
+            f"SELECT count(*) FROM files WHERE video_id IS NOT NULL AND status = 'ok'{where}", args).fetchone()[0]
+        if videos or frames:
+            counts.update(videos=videos, frames=frames)
+        return counts
 
     def count_under(self, roots: Sequence[str], status: str = "ok") -> int:
         """Files with ``status`` under any of ``roots`` (each file once, nested roots or not)."""
@@ -1029,8 +1065,10 @@ class Store:
         """Indexed photos outside ``hidden_roots`` without a vector of ``model``, counted per
         innermost indexed folder (SQL counts; no path is listed). Empty when all have one."""
         where, args = _outside(hidden_roots)
+        # A video's own row has no vector (its frames have): it is encoded once its frames are.
         base = ("SELECT count(*) FROM files f LEFT JOIN embeddings e ON e.content_hash = f.content_hash "
-                f"AND e.model_id = ? WHERE f.status = 'ok' AND e.row IS NULL{where}")
+                f"AND e.model_id = ? WHERE f.status = 'ok' AND e.row IS NULL{where} "
+                "AND f.id NOT IN (SELECT file_id FROM videos)")
         total = self.conn.execute(base, (model.id, *args)).fetchone()[0]
         if not total:
             return {}
@@ -1051,6 +1089,79 @@ class Store:
                 folder = os.path.dirname(path)
                 counts[folder] = counts.get(folder, 0) + 1
         return dict(sorted(counts.items()))
+
+    # -- videos (clipdex.video; migration 011) --------------------------------------
+    def commit_video(self, video: NewFile, frames: Sequence[tuple[float, str]], sampling: "VideoSampling | None",
+                     ) -> int:
+        """Record a video and the frames sampled from it, in one transaction: the video's row
+        (indexed, or failed when ``video.reason``), its sampling and one row per frame (t,
+        content hash), replacing what the video had. Every frame's vector must be committed
+        already (:meth:`commit_batch`): a kill before this leaves vectors no row uses yet,
+        which the next run finds and does not compute again. Returns the video's id."""
+        self.require_writable()
+        from clipdex.video import frame_path
+
+        now = time.time()
+        raw = _raw(video)
+        with self.transaction() as c:
+            self._upsert_files(c, [video], now)
+            video_id = c.execute("SELECT id FROM files WHERE path = ?", (display_path(video.path),)).fetchone()[0]
+            c.execute("DELETE FROM files WHERE video_id = ?", (video_id,))
+            c.execute("DELETE FROM videos WHERE file_id = ?", (video_id,))
+            if video.reason or sampling is None:
+                return int(video_id)
+            taken_at, taken_source = _taken(video)
+            start = _parse_taken(taken_at)
+            c.executemany(
+                "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, indexed_at, "
+                "raw_path, taken_at, taken_source, video_id, frame_t) "
+                "VALUES (?, 0, ?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET content_hash = excluded.content_hash, mtime_ns = excluded.mtime_ns, "
+                "width = excluded.width, height = excluded.height, status = 'ok', reason = NULL, "
+                "indexed_at = excluded.indexed_at, raw_path = excluded.raw_path, taken_at = excluded.taken_at, "
+                "taken_source = excluded.taken_source, video_id = excluded.video_id, frame_t = excluded.frame_t",
+                [(display_path(frame_path(video.path, t)), video.mtime_ns, frame_hash, video.width, video.height,
+                  now, None if raw is None else raw + frame_path("", t).encode(),
+                  _plus_seconds(start, t) if start else taken_at, taken_source, video_id, t)
+                 for t, frame_hash in frames])
+            c.execute("INSERT INTO videos (file_id, duration, interval, frames, codec, fps, sampled_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)", (video_id, sampling.duration, sampling.interval, len(frames),
+                                                       sampling.codec, sampling.fps, now))
+        return int(video_id)
+
+    def sampled_videos(self, model: ModelRecord, interval: float) -> dict[str, "SampledVideo"]:
+        """Video content hash -> how it was sampled and its frames, for every indexed video
+        sampled at ``interval`` whose frames all have a vector of ``model``: an unchanged video
+        is not decoded again, and a copy (or a moved video) takes the frames of its original."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(
+            "SELECT v.content_hash, s.duration, s.interval, s.codec, s.fps, f.frame_t, f.content_hash, "
+            "e.row IS NOT NULL FROM files v JOIN videos s ON s.file_id = v.id JOIN files f ON f.video_id = v.id "
+            "LEFT JOIN embeddings e ON e.model_id = ? AND e.content_hash = f.content_hash "
+            "WHERE v.status = 'ok' AND abs(s.interval - ?) < 1e-9 ORDER BY v.id, f.frame_t", (model.id, interval))
+        found: dict[str, SampledVideo] = {}
+        incomplete: set[str] = set()
+        for video_hash, duration, every, codec, fps, t, frame_hash, embedded in rows:
+            if not embedded:
+                incomplete.add(video_hash)
+            sampled = found.get(video_hash)
+            if sampled is None:
+                sampled = found[video_hash] = SampledVideo(VideoSampling(duration, every, codec, fps), [])
+            if not sampled.frames or sampled.frames[-1][0] != t:  # a copy's frames are listed once
+                sampled.frames.append((t, frame_hash))
+        return {h: v for h, v in found.items() if h not in incomplete}
+
+    def video_frames(self, video_id: int) -> list[FileRecord]:
+        """The frames kept of video ``video_id``, by time."""
+        rows = self.conn.execute("SELECT * FROM files WHERE video_id = ? ORDER BY frame_t", (video_id,))
+        return [_file(r) for r in rows]
+
+    def video_sampling(self, video_id: int) -> "VideoSampling | None":
+        """How video ``video_id`` was sampled (None: not a video, or not indexed)."""
+        row = self.conn.execute("SELECT duration, interval, codec, fps FROM videos WHERE file_id = ?",
+                                (video_id,)).fetchone()
+        return None if row is None else VideoSampling(*row)
 
     def failures(self) -> list[FileRecord]:
         rows = self.conn.execute("SELECT * FROM files WHERE status = 'failed' ORDER BY path")
@@ -1206,6 +1317,18 @@ def _taken(f: NewFile) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _parse_taken(taken_at: str | None) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.strptime(taken_at, "%Y-%m-%dT%H:%M:%S") if taken_at else None
+    except ValueError:
+        return None
+
+
+def _plus_seconds(start: datetime.datetime, seconds: float) -> str:
+    """A frame's taken_at: its video's start plus its time (whole seconds)."""
+    return (start + datetime.timedelta(seconds=int(seconds))).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def mtime_taken_at(mtime_ns: int) -> str:
     """A file's mtime as a taken_at value (local wall-clock time, as EXIF dates are)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime_ns / 1e9))
@@ -1343,4 +1466,5 @@ def _file(row: sqlite3.Row) -> FileRecord:
                       content_hash=row["content_hash"], width=row["width"], height=row["height"],
                       status=row["status"], reason=row["reason"], raw_path=row["raw_path"],
                       failure_kind=row["failure_kind"], failure_limit=row["failure_limit"],
-                      taken_at=row["taken_at"], taken_source=row["taken_source"])
+                      taken_at=row["taken_at"], taken_source=row["taken_source"], video_id=row["video_id"],
+                      frame_t=row["frame_t"])

@@ -44,6 +44,33 @@ def _add_probe_columns(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE models ADD COLUMN {column} {kind}")
 
 
+def _add_videos(conn: sqlite3.Connection) -> None:
+    """Frames of videos as rows of files (video_id, frame_t), the videos' sampling, and a trigger
+    that takes a video's frames and sampling with it, however its row is deleted. Each step is
+    skipped where it was made already (a catalog whose version was set back by hand)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+    for column, kind in (("video_id", "INTEGER"), ("frame_t", "REAL")):
+        if column not in present:
+            conn.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
+    conn.execute("CREATE INDEX IF NOT EXISTS files_video ON files (video_id)")
+    conn.execute("""
+        CREATE TABLE IF NOT EXISTS videos (
+            file_id INTEGER PRIMARY KEY,
+            duration REAL NOT NULL,
+            interval REAL NOT NULL,
+            frames INTEGER NOT NULL,
+            codec TEXT,
+            fps REAL,
+            sampled_at REAL NOT NULL
+        )""")
+    conn.execute("""
+        CREATE TRIGGER IF NOT EXISTS video_deleted AFTER DELETE ON files WHEN OLD.video_id IS NULL
+        BEGIN
+            DELETE FROM files WHERE video_id = OLD.id;
+            DELETE FROM videos WHERE file_id = OLD.id;
+        END""")
+
+
 Migration = str | Callable[[sqlite3.Connection], None]  # SQL statements, or a function run in the transaction
 
 MIGRATIONS: list[tuple[str, Migration]] = [
@@ -179,6 +206,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
             marked_at REAL NOT NULL
         )
     """),
+    ("011_videos", _add_videos),
 ]
 # 004: raw_path holds the exact bytes of a path that is not valid UTF-8 (``path`` then
 # holds its display form, \xNN escaped); failure_kind is 'transient' (an OS read error,
@@ -220,6 +248,13 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # model. keepers holds the photos a person marked to keep (web page, by path, with the content hash
 # the photo had when marked): `--move-extras` never moves them. A mark whose path now holds other
 # content (the file was replaced or edited, then indexed again) no longer counts.
+# 011: videos. A video is a row of files (its path, size, mtime and content hash, status as a
+# photo's) with a row of videos: its duration, the --video-interval it was sampled at, how many
+# frames were kept, codec and frame rate. Each kept frame is a row of files too, with video_id
+# (the video's files.id) and frame_t (seconds from its start); its path is the video's with a
+# '#t=SECONDS' suffix and its content_hash '<video's hash>@SECONDS' (clipdex.video), the key of its
+# vector in embeddings. A video's own content hash has no vector. Deleting a video's row deletes
+# its frames and its videos row (trigger video_deleted); NULL video_id and frame_t: a photo.
 LATEST_VERSION = len(MIGRATIONS)
 
 
