@@ -13,6 +13,14 @@ predicted label (``uncertain`` below ``--min-prob``; labels joined by ``;`` in
 multi-label mode); ``<set>_prob`` is the probability of the predicted (best) label.
 ``path`` is the display path (a name that is not valid UTF-8 shows ``\\xNN``).
 
+Videos (:mod:`clipdex.video`): each moment (a sampled frame) is a row like a photo's,
+its ``path`` the frame's (``party.mp4#t=83.500``). Given the per-video summaries
+(:mod:`clipdex.video_labels`), each video also gets a row of its own, keyed by the
+video's path, so a table that names the video gets a value: ``<set>`` is its
+majority label (the label most of its moments have), ``<set>_prob`` that label's
+share of its moments, ``<set>_prob_<label>`` each label's share of its moments,
+``<set>_top`` the labels with the largest shares, ``<set>_truth`` empty.
+
 Joining onto the user's table (:func:`join_metadata`) never changes the user's
 columns: the header, every cell, the row order, extra fields of a row, the
 encoding (UTF-8 with or without BOM, UTF-16), the delimiter (``,`` ``;`` tab
@@ -40,6 +48,8 @@ from typing import IO, Any
 from clipdex.classify import Classification
 from clipdex.errors import LabelSetError, TableError, shorten
 from clipdex.fileio import replacing
+from clipdex.video import split_frame_path
+from clipdex.video_labels import VideoLabels
 
 PROB_DIGITS = 6
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -80,8 +90,13 @@ def _probability_columns(results: Sequence[Classification]) -> set[str]:
     return names
 
 
-def prediction_cells(results: Sequence[Classification], top_k: int | None = None) -> dict[str, list[str]]:
-    """path -> the cells of :func:`prediction_columns` for that photo (blank where a set lacks it)."""
+def prediction_cells(results: Sequence[Classification], top_k: int | None = None,
+                     videos: Sequence[Sequence[VideoLabels]] | None = None) -> dict[str, list[str]]:
+    """path -> the cells of :func:`prediction_columns` for that photo (blank where a set lacks it).
+
+    ``videos`` (row-aligned with ``results``: each set's :func:`clipdex.video_labels.video_labels`)
+    adds one row per video, keyed by its path: its majority label and the shares of its moments.
+    """
     positions = [{path: i for i, path in enumerate(r.paths)} for r in results]
     tops = [r.top_k(top_k) if top_k else [] for r in results]
     rows: dict[str, list[str]] = {}
@@ -90,8 +105,7 @@ def prediction_cells(results: Sequence[Classification], top_k: int | None = None
         for result, position, top in zip(results, positions, tops):
             i = position.get(path)
             if i is None:
-                cells += [""] * (2 + len(result.labels) + (1 if top_k else 0)
-                                 + (1 if result.truth is not None else 0))
+                cells += _blank(result, top_k)
                 continue
             cells += [result.predicted[i], _fmt(result.confidence[i])]
             cells += [_fmt(p) for p in result.probs[i]]
@@ -99,6 +113,39 @@ def prediction_cells(results: Sequence[Classification], top_k: int | None = None
                 cells.append(";".join(f"{label}:{prob:.3f}" for label, prob in top[i]))
             if result.truth is not None:
                 cells.append(result.truth[i])
+        rows[path] = cells
+    if videos is not None:
+        if len(videos) != len(results):
+            raise ValueError(f"{len(videos)} video summaries for {len(results)} label sets")
+        rows.update(_video_cells(results, videos, top_k))
+    return rows
+
+
+def _blank(result: Classification, top_k: int | None) -> list[str]:
+    """The cells of a set for a row it does not label."""
+    return [""] * (2 + len(result.labels) + (1 if top_k else 0) + (1 if result.truth is not None else 0))
+
+
+def _video_cells(results: Sequence[Classification], videos: Sequence[Sequence[VideoLabels]],
+                 top_k: int | None) -> dict[str, list[str]]:
+    """video path -> its cells: per set, the majority label, its share, every label's share, the
+    ``top_k`` largest shares, no truth (corrections are made per moment)."""
+    by_path = [{v.path: v for v in summaries} for summaries in videos]
+    rows: dict[str, list[str]] = {}
+    for path in sorted(set().union(*by_path)):
+        cells: list[str] = []
+        for result, found in zip(results, by_path):
+            video = found.get(path)
+            if video is None:
+                cells += _blank(result, top_k)
+                continue
+            shares = video.shares
+            label, share = video.majority
+            cells += [label, _fmt(share)] + [_fmt(shares.get(name, 0.0)) for name in result.labels]
+            if top_k:
+                cells.append(";".join(f"{name}:{value:.3f}" for name, value in list(shares.items())[:top_k]))
+            if result.truth is not None:
+                cells.append("")
         rows[path] = cells
     return rows
 
@@ -108,13 +155,14 @@ def _fmt(value: float) -> str:
 
 
 def write_predictions(results: Sequence[Classification], out: str | os.PathLike[str],
-                      top_k: int | None = None) -> int:
+                      top_k: int | None = None, videos: Sequence[Sequence[VideoLabels]] | None = None) -> int:
     """Write one row per photo (path, photo_id, then each set's columns); return the row count.
 
     Paths are the display paths. Parquet when ``out`` ends in .parquet
-    (probability columns as floats), else CSV (UTF-8, comma).
+    (probability columns as floats), else CSV (UTF-8, comma). ``videos``: a row per
+    video too (see :func:`prediction_cells`).
     """
-    cells = prediction_cells(results, top_k)
+    cells = prediction_cells(results, top_k, videos)
     header = ["path", "photo_id"] + prediction_columns(results, top_k)
     rows = [[path, PurePath(path).stem] + cells[path] for path in sorted(cells)]
     write_table(out, header, rows, float_columns=_probability_columns(results))
@@ -471,12 +519,16 @@ def output_names(header: Sequence[str], added: Sequence[str]) -> dict[str, str]:
 
 
 def join_metadata(results: Sequence[Classification], table: str | os.PathLike[str], key: str,
-                  out: str | os.PathLike[str], top_k: int | None = None) -> JoinReport:
+                  out: str | os.PathLike[str], top_k: int | None = None,
+                  videos: Sequence[Sequence[VideoLabels]] | None = None) -> JoinReport:
     """Append the prediction columns to the user's table and write it to ``out``.
 
     Every row of the table is kept, in order, with every cell as it was; rows
     without a photo get empty prediction cells. Photos without a row are
-    listed in the report. The table is read twice, row by row (once to learn
+    listed in the report. With ``videos``, a row naming a video gets the video's
+    majority label and shares (:func:`prediction_cells`); a video's moments are
+    never expected to have rows of their own (they are not listed as photos
+    without a row). The table is read twice, row by row (once to learn
     its widest row, once to write), never held in memory; ``out`` may be the
     table itself.
     """
@@ -490,7 +542,7 @@ def join_metadata(results: Sequence[Classification], table: str | os.PathLike[st
     added = prediction_columns(results, top_k)
     names = output_names(source.header, added)
     report.renamed = {column: name for column, name in names.items() if column != name}
-    cells = prediction_cells(results, top_k)
+    cells = prediction_cells(results, top_k, videos)
     blank = [""] * len(added)
     matcher = KeyMatcher(list(cells))
     used: set[str] = set()
@@ -515,7 +567,7 @@ def join_metadata(results: Sequence[Classification], table: str | os.PathLike[st
                 kinds[kind] = kinds.get(kind, 0) + 1
                 extra = cells[path]
             writer.writerow(row + [""] * (width - len(row)) + extra if len(row) < width else row + extra)
-    report.images_without_row = sorted(set(cells) - used)
+    report.images_without_row = sorted(p for p in set(cells) - used if split_frame_path(p) is None)
     if kinds:
         report.key_mode = max(kinds, key=lambda k: kinds[k])
     return report

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from clipdex.decode import open_image_file
 from clipdex.errors import GridError, ImageDecodeError, ImageTypeError, OutputError
 from clipdex.fileio import write_atomically
+from clipdex.video import format_time, split_frame_path
 
 # Pillow's own decompression-bomb limit: a larger sheet would warn or fail when opened
 # again with Pillow, and takes 3 bytes a pixel (here ~270 MB) to draw.
@@ -40,7 +41,9 @@ class Tile:
     """One photo of a sheet and the text under it.
 
     ``path`` is the photo's display path; ``fs_path`` the path to open when it
-    differs (a file name that is not valid UTF-8).
+    differs (a file name that is not valid UTF-8). A moment of a video is drawn
+    from its frame path (``party.mp4#t=83.500``: :mod:`clipdex.video`), which
+    :func:`~clipdex.decode.open_image_file` decodes from the video.
     """
 
     path: str
@@ -54,6 +57,16 @@ class Row:
 
     title: str
     tiles: Sequence[Tile]
+
+
+def tile_name(path: str) -> str:
+    """The name under a tile: the file's name, or for a moment of a video its video's name and
+    time as people write a moment (``party.mp4 @ 0:01:23``), not the frame path's suffix."""
+    frame = split_frame_path(path)
+    if frame is None:
+        return os.path.basename(path)
+    video, t = frame
+    return f"{os.path.basename(video)} @ {format_time(t)}"
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
