@@ -66,7 +66,7 @@ from clipdex.search.engine import (
 from clipdex.search.filters import SearchFilter, check_folder
 from clipdex.settings import default_index_dir
 from clipdex.store import FileRecord, ModelRecord, Searchable, Store
-from clipdex.store.catalog import index_option
+from clipdex.store.catalog import VideoSampling, index_option
 from clipdex.store.rows import (
     RowPhoto,
     allowed_rows,
@@ -74,6 +74,16 @@ from clipdex.store.rows import (
     indexed_paths,
     photos_of_rows,
     row_of_file,
+)
+from clipdex.video import (
+    MOMENT_MATCH_SECONDS,
+    fold_moments,
+    format_time,
+    frame_path,
+    is_video,
+    nearest_frame,
+    split_frame_path,
+    split_moment,
 )
 
 if TYPE_CHECKING:
@@ -454,7 +464,7 @@ class Index:
         self.store.require_writable()
         # A missing folder, or an empty one the index does not have, changes nothing; an
         # indexed folder emptied since is a folder whose photos all leave the index.
-        walk = Indexer.scan(path, allow_empty=known_root)
+        walk = Indexer.scan(path, allow_empty=known_root, videos=(settings or IndexSettings()).videos)
         spec = self.spec()
         asked = self.precision or _default_precision()
         if asked != AUTO and min_cosine != DEFAULT_MIN_COSINE:
@@ -653,8 +663,13 @@ class Index:
     def search(self, query: str | list[QueryTerm], k: int = 10, *, offset: int = 0,
                label: tuple[str, str] | None = None, filters: SearchFilter | None = None,
                exact: bool = False, image_files: Callable[[str], bool] | None = None,
-               image_vector: Callable[[str], np.ndarray | None] | None = None) -> list[SearchResult]:
+               image_vector: Callable[[str], np.ndarray | None] | None = None,
+               per_video: int | None = None) -> list[SearchResult]:
         """The ``k`` photos most similar to ``query``, best first (cosine scores).
+
+        Videos answer with moments (``SearchResult.t``): a video's hits in one shot within
+        :data:`clipdex.video.MOMENT_SECONDS` of a better one are that moment again, and
+        ``per_video`` caps how many moments of one video are listed.
 
         ``filters`` keeps only photos with a label of a stored set (a person's
         correction wins over the prediction), under some folders, or taken within
@@ -696,10 +711,10 @@ class Index:
             vectors.update(_encode_terms(encoder, terms, texts, files))
         query_vector = _combine(query, terms, [vectors[i] for i in range(len(terms))])
         text = any(t.kind == "text" and t.weight > 0 for t in terms)
-        return self._top(plan, query_vector, k, offset, text)
+        return self._top(plan, query_vector, k, offset, text, per_video)
 
     def similar(self, file_id: int, k: int = 10, *, offset: int = 0, filters: SearchFilter | None = None,
-                exact: bool = False) -> tuple[FileRecord, list[SearchResult]]:
+                exact: bool = False, per_video: int | None = None) -> tuple[FileRecord, list[SearchResult]]:
         """Photo ``file_id`` and the photos most like it, by its stored vector (thread-safe
         like :meth:`search`; ``filters`` as there). Raises :class:`PhotoNotFound`, or
         :class:`QueryError` when the photo has no vector of this model yet."""
@@ -716,7 +731,39 @@ class Index:
             raise QueryError(f"more like photo #{file_id}", f"{record.path} has no vector of this "
                              "model yet; run `clipdex index` on its folder")
         vector = plan.engine.read(np.array([row]))[0]
-        return record, self._top(plan, combine([vector], [1.0]), k, offset, False)
+        return record, self._top(plan, combine([vector], [1.0]), k, offset, False, per_video)
+
+    def video(self, video_id: int) -> tuple[FileRecord, VideoSampling]:
+        """An indexed video by id, and how it was sampled. Raises :class:`PhotoNotFound` when
+        ``video_id`` is no indexed video (a photo, a frame, a failed or removed file)."""
+        with self.lock:
+            record = self.store.file_by_id(video_id)
+            sampling = self.store.video_sampling(video_id) if record is not None else None
+        if record is None or record.status != "ok" or sampling is None:
+            raise PhotoNotFound(f"video #{video_id}")
+        return record, sampling
+
+    def moments(self, video_id: int, query: str | list[QueryTerm] | None = None, *, limit: int = 500,
+                image_files: Callable[[str], bool] | None = None) -> list[SearchResult]:
+        """The kept frames of video ``video_id`` scored against ``query``, best first (at most
+        ``limit``): where in the video a search matches (the web app's timeline). With no query,
+        every frame by time, scored 0. Raises :class:`PhotoNotFound` for an id that is no video."""
+        video, _ = self.video(video_id)
+        with self.lock:
+            record = self.model_record()
+            engine = self._model_search(record, False)
+            frames = self.store.video_frames(video_id)
+            rows = {f.id: row_of_file(self.store, engine.record, f.id) for f in frames}
+        frames = [f for f in frames if rows[f.id] is not None]
+        scores = np.zeros(len(frames), dtype=np.float32)
+        order = list(range(len(frames)))
+        if query is not None and frames:
+            vector = self.query_vector(query, image_files=image_files)
+            matrix = engine.read(np.array([rows[f.id] for f in frames], dtype=np.int64))
+            scores = matrix @ vector
+            order = sorted(order, key=lambda i: (-float(scores[i]), frames[i].frame_t or 0.0))
+        return [SearchResult(rank=n + 1, score=float(scores[i]), path=video.path, file_id=frames[i].id,
+                             t=frames[i].frame_t, video_id=video_id) for n, i in enumerate(order[:limit])]
 
     @_locked
     def search_backend(self, exact: bool = False) -> SearchBackend:
@@ -787,7 +834,7 @@ class Index:
         check_label(name, self.classification_labels(name), label)
 
     def _top(self, plan: "_Plan", query_vector: np.ndarray, k: int, offset: int,
-             text: bool) -> list[SearchResult]:
+             text: bool, per_video: int | None = None) -> list[SearchResult]:
         """The page ``offset:offset + k`` of photos ranked by ``query_vector``.
 
         The vector index returns rows; the catalog maps them to photos (a row may have
@@ -806,7 +853,7 @@ class Index:
         replanned = 0
         while True:
             try:
-                ranked, photos = self._ranked_photos(plan, query_vector, need, text)
+                ranked, photos = self._ranked_photos(plan, query_vector, need, text, per_video)
                 break
             except _Renumbered:
                 if replanned >= 2:
@@ -818,16 +865,13 @@ class Index:
                     plan, replanned = self._plan(plan.filters, plan.exact), replanned + 1
         if not photos and offset == 0:
             self._check_not_empty(plan)
-        position = {row: i for i, row in enumerate(ranked.rows.tolist())}
         score = dict(zip(ranked.rows.tolist(), ranked.scores.tolist()))
-        photos.sort(key=lambda p: (position[p.row], p.path))
-        photos = photos[offset:need]
+        photos = _in_rank_order(ranked, photos, per_video)[offset:need]
         plan.engine.check(np.array(sorted({p.row for p in photos}), dtype=np.int64))
-        return [SearchResult(rank=offset + i + 1, score=float(score[p.row]), path=p.path, file_id=p.file_id)
-                for i, p in enumerate(photos)]
+        return [_result(offset + i + 1, float(score[p.row]), p) for i, p in enumerate(photos)]
 
     def _ranked_photos(self, plan: "_Plan", query_vector: np.ndarray, need: int,
-                       text: bool) -> tuple[Hits, list[RowPhoto]]:
+                       text: bool, per_video: int | None = None) -> tuple[Hits, list[RowPhoto]]:
         """Rows in ranked order, and the photos of the first of them, at least ``need`` photos
         when there are so many (see :meth:`_top`). Raises :class:`_Renumbered` when another
         process compacted the index meanwhile."""
@@ -855,13 +899,16 @@ class Index:
                 # rank only the rows in use. Decided on the first segment, the same for every page.
                 with self.lock:
                     allowed = allowed_rows(self.store, engine.record, plan.filters, plan.hidden)
-                return self._ranked_photos(plan.with_allowed(allowed), query_vector, need, text)
+                return self._ranked_photos(plan.with_allowed(allowed), query_vector, need, text, per_video)
             rows.append(new_rows)
             scores.append(new_scores)
             seen.update(new_rows.tolist())
             photos += found
-            if len(photos) >= need or len(hits) < depth:
+            if len(hits) < depth:
                 break
+            if len(photos) >= need and (all(p.video_id is None for p in photos) or len(_in_rank_order(
+                    Hits(np.concatenate(rows), np.concatenate(scores)), photos, per_video)) >= need):
+                break  # (moments of one video folded into one count once)
         if not rows:
             return Hits.empty(), []
         return Hits(np.concatenate(rows), np.concatenate(scores)), photos
@@ -884,14 +931,45 @@ class Index:
         return self.encoder.encode_pil([open_image_file(self._query_file(ref, image_files))])[0]
 
     def _stored_vector(self, ref: str) -> np.ndarray | None:
-        """The stored vector of the indexed photo ``ref`` names (None when it names none)."""
+        """The stored vector of the indexed photo ``ref`` names, or of the kept frame at the
+        moment ``video.mp4@83.5`` names (None when it names none: a file to decode)."""
+        moment = split_moment(ref)
+        if moment is not None:
+            return self._moment_vector(ref, *moment)
         found = self._find_indexed(ref)
+        if found is not None and self.store.video_sampling(found.id) is not None:
+            raise QueryError(f"@{ref}", f"{found.path} is a video: name a moment of it, e.g. @{ref}@83.5 "
+                             f"(seconds) or @{ref}@1:23")
         if found is not None and found.content_hash:
             return self.store.vector_for_hash(self.model_record(), found.content_hash)
         return None
 
+    def _moment_vector(self, ref: str, video_ref: str, t: float) -> np.ndarray | None:
+        """The stored vector of the frame kept at ``t`` of an indexed video (None: no frame was
+        kept at that time, or the video is not indexed: the frame is decoded from the file)."""
+        video = self._find_indexed(video_ref)
+        sampling = None if video is None else self.store.video_sampling(video.id)
+        if video is None or sampling is None:
+            return None
+        if t > sampling.duration + MOMENT_MATCH_SECONDS:
+            raise QueryError(f"@{ref}", f"{video.path} is {format_time(sampling.duration)} long: "
+                             f"{format_time(t)} is past its end")
+        frames = self.store.video_frames(video.id)
+        near = nearest_frame([f.frame_t or 0.0 for f in frames], t)
+        key = None if near is None else frames[near].content_hash
+        return None if key is None else self.store.vector_for_hash(self.model_record(), key)
+
     def _query_file(self, ref: str, image_files: Callable[[str], bool] | None) -> str:
-        """The image file a query term names, if ``image_files`` lets the query read it."""
+        """The image file a query term names, if ``image_files`` lets the query read it: a
+        moment of a video is its frame's path (``video.mp4#t=83.500``), decoded from the video."""
+        moment = split_moment(ref)
+        if moment is not None:
+            video_ref, t = moment
+            video = self._find_indexed(video_ref)
+            if video is not None and self.store.video_sampling(video.id) is not None:
+                return frame_path(video.fs_path, t)  # an indexed video: any of its moments may be read
+            path = self._query_file(video_ref, image_files)
+            return frame_path(path, t)
         path = os.path.expanduser(ref)
         if image_files is not None and not image_files(path):
             raise QueryError(f"@{ref}", f"{ref!r} is not a photo of the index")
@@ -1342,6 +1420,8 @@ class _PrecisionPlan:
         embedded = store.embedded_hashes(self.record) if self.record is not None else {}
         paths = []
         for entry in self.walk.files:
+            if is_video(entry.path):  # checked on photos (a folder of videos alone chooses by rule)
+                continue
             found = known.get(entry.path)
             if found is not None and (found.size, found.mtime_ns) == (entry.size, entry.mtime_ns) and (
                     found.status == "failed" or found.content_hash in embedded):
@@ -1437,6 +1517,24 @@ class _Plan:
 
     def with_allowed(self, allowed: np.ndarray) -> "_Plan":
         return _Plan(self.engine, self.filters, self.hidden, allowed, self.exact)
+
+
+def _in_rank_order(ranked: Hits, photos: list[RowPhoto], per_video: int | None) -> list[RowPhoto]:
+    """``photos`` in the order of their rows in ``ranked`` (copies by path), each video's
+    moments folded (:func:`clipdex.video.fold_moments`)."""
+    position = {row: i for i, row in enumerate(ranked.rows.tolist())}
+    ordered = sorted(photos, key=lambda p: (position[p.row], p.path))
+    return fold_moments(ordered, per_video)
+
+
+def _result(rank: int, score: float, photo: RowPhoto) -> SearchResult:
+    """A search result: a photo, or a moment (its path the video's, with its time)."""
+    if photo.video_id is None or photo.frame_t is None:
+        return SearchResult(rank=rank, score=score, path=photo.path, file_id=photo.file_id)
+    found = split_frame_path(photo.path)
+    video = found[0] if found else photo.path
+    return SearchResult(rank=rank, score=score, path=video, file_id=photo.file_id, t=photo.frame_t,
+                        video_id=photo.video_id)
 
 
 def _check_page(what: str, k: int, offset: int) -> None:

@@ -15,10 +15,12 @@ and files the GPU decoder rejects are decoded by Pillow as before.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -46,12 +48,13 @@ from clipdex.errors import ImageDecodeError, PhotoFolderError
 from clipdex.models.preprocess import PreprocessConfig
 from clipdex.settings import gpu_decode_setting
 from clipdex.store import FileRecord, ModelRecord, NewFile, Store
-from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF
-from clipdex.video import DEFAULT_INTERVAL
+from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF, SampledVideo, VideoFrame, VideoSampling
+from clipdex.video import DEFAULT_INTERVAL, VIDEO_EXTENSIONS, frame_hash, is_video
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
     from clipdex.models.gpu_decode import JpegDecoder, JpegJob
+    from clipdex.video_sampling import VideoInfo
 
 LOOKAHEAD_BATCHES = 3  # batches decoded ahead of the one being encoded
 CPU_BATCH = 16  # ONNX Runtime on 2-16 cores: 8-16 is fastest, larger batches only add latency
@@ -60,6 +63,7 @@ DRAFT_FACTOR = 2  # JPEGs decode reduced while both sides stay >= 2x the model's
 WHOLE_READ_BYTES = 32 << 20  # files up to this size are read once (hash, then decode from memory)
 HASH_CHUNK = 1 << 20  # larger ones are hashed in chunks and decoded from the file
 RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
+VIDEO_THREADS_EACH = 2  # cores one video's sampling keeps busy (libav decodes on threads of its own)
 
 
 def draft_size(encoder: "Encoder") -> int:
@@ -155,6 +159,15 @@ class IndexReport:
     precision: str = ""  # what new vectors were computed in (fp32, bf16, int8, fp16)
     precision_note: str = ""  # how it was chosen: --precision auto's reason, or "asked for"
     device_decoded: int = 0  # JPEGs decoded on the encoder's device (the GPU), not by Pillow
+    videos: int = 0  # videos sampled (or taken from an indexed copy) in this run
+    frames: int = 0  # the moments kept of them (frames with a vector)
+    video_seconds: float = 0.0  # their length, in seconds of video
+    video_wall_seconds: float = 0.0  # wall time of the video stage (sampling, encoding, storing)
+
+    @property
+    def video_realtime(self) -> float:
+        """Seconds of video indexed per second of this run's video stage (0 when none)."""
+        return self.video_seconds / self.video_wall_seconds if self.video_wall_seconds > 0 else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -177,6 +190,26 @@ class _Prepared:
     kind: str | None = None  # how a failure is retried (clipdex.store.catalog.FAILURE_KINDS)
     limit: float | None = None  # the --max-megapixels a 'limit' failure was judged by
     taken_at: str | None = None  # its EXIF date, when it has one
+
+
+@dataclass
+class _VideoItem:
+    """What a video worker hands the encoder: a frame (its key, and pixels unless its vector
+    exists), a video sampled to its end or failed (``kind`` "video"), or the worker's end."""
+
+    kind: Literal["frame", "video", "end"]
+    frame_hash: str | None = None
+    pixels: Any = None
+    entry: discover.FileEntry | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    content_hash: str | None = None
+    info: "VideoInfo | None" = None
+    sampling: VideoSampling | None = None
+    frames: list[VideoFrame] = field(default_factory=list)
+    reason: str | None = None
+    failure_kind: str | None = None
+    limit: float | None = None
 
 
 class _Stopped(Exception):
@@ -257,11 +290,14 @@ def _retry(kind: str | None, judged_by: float | None, limit: float) -> bool:
 
 def plan_files(files: Iterable[discover.FileEntry], known: Mapping[str, FileRecord],
                embedded: Container[str], settings: IndexSettings,
-               report: IndexReport) -> tuple[list[discover.FileEntry], list[discover.FileEntry]]:
+               report: IndexReport, sampled: Container[str] = frozenset(),
+               ) -> tuple[list[discover.FileEntry], list[discover.FileEntry]]:
     """The diff of a run: (files to encode, unchanged files whose EXIF date was never read).
 
     A file is unchanged when its size and mtime are the ones recorded and its vector
-    exists (or it failed before, and trying again cannot help: see :func:`_retry`);
+    exists (a video: its content is in ``sampled``, the videos whose frames all have a
+    vector, sampled at this run's interval), or it failed before and trying again cannot
+    help (see :func:`_retry`);
     ``report`` counts new, changed, retried and unchanged files, and the failures kept.
     The local pipeline and the Ray engine (:mod:`clipdex.cluster`) both start here.
     """
@@ -272,9 +308,10 @@ def plan_files(files: Iterable[discover.FileEntry], known: Mapping[str, FileReco
         record = known.get(entry.path)
         same_stat = record is not None and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
         if same_stat and record is not None:
-            if record.status == "ok" and record.content_hash in embedded:
+            video = is_video(entry.path)
+            if record.status == "ok" and record.content_hash in (sampled if video else embedded):
                 report.unchanged += 1
-                if record.taken_source == TAKEN_MTIME:
+                if record.taken_source == TAKEN_MTIME and not video:
                     undated.append(entry)
                 continue
             if record.status == "failed" and not (
@@ -311,22 +348,25 @@ class Indexer:
 
     @staticmethod
     def scan(root: str | os.PathLike[str], allow_empty: bool = False,
-             skip: tuple[str | os.PathLike[str], ...] = ()) -> discover.Walk:
-        """Walk ``root``, leaving out the folders in ``skip`` and every clipdex index folder.
+             skip: tuple[str | os.PathLike[str], ...] = (), videos: bool = True) -> discover.Walk:
+        """Walk ``root`` for photos (and videos, unless ``videos`` is False), leaving out the
+        folders in ``skip`` and every clipdex index folder.
 
         Raises :class:`PhotoFolderError` if it is missing, is itself an index, or
-        holds no images; with ``allow_empty`` (a folder the index already has,
+        holds nothing to index; with ``allow_empty`` (a folder the index already has,
         emptied since) an empty walk is valid and :meth:`run` removes its photos.
         """
         folder = check_folder(root)
-        walk = discover.walk(folder, supported_extensions(), skip=skip)
+        extensions = supported_extensions() + (VIDEO_EXTENSIONS if videos else ())
+        walk = discover.walk(folder, extensions, skip=skip)
         if walk.skipped_dirs and walk.skipped_dirs[0] == walk.display_root:
             raise PhotoFolderError(walk.display_root, "is a clipdex index, not a photo folder",
                                    "Pass the folder that holds your photos.")
         if not walk.files and not walk.problems and not allow_empty:
+            kinds = "images or videos" if videos else "images"
             raise PhotoFolderError(
-                walk.display_root, "contains no images",
-                f"clipdex indexes {', '.join(e.lstrip('.') for e in supported_extensions())} "
+                walk.display_root, f"contains no {kinds}",
+                f"clipdex indexes {', '.join(e.lstrip('.') for e in extensions)} "
                 "files in the folder and its subfolders.")
         return walk
 
@@ -344,20 +384,27 @@ class Indexer:
             walk = self._without_own_index(root)
         else:
             known_root = discover.display_path(check_folder(root)) in self.store.roots()
-            walk = self.scan(root, allow_empty=known_root, skip=(self.store.path,))
+            walk = self.scan(root, allow_empty=known_root, skip=(self.store.path,), videos=self.settings.videos)
         folder = walk.display_root
         self.store.add_root(folder)
         report = IndexReport(root=folder, model=model.key)
         known = self.store.files_under(folder)
+        if not self.settings.videos:  # --no-video: the videos indexed before stay as they are
+            known = {path: record for path, record in known.items() if not is_video(path)}
         embedded = self.store.embedded_hashes(model)
+        sampled = self.store.sampled_videos(model, self.settings.video_interval) if self.settings.videos else {}
 
-        todo, undated = plan_files(walk.files, known, embedded, self.settings, report)
-        if todo:
+        todo, undated = plan_files(walk.files, known, embedded, self.settings, report, sampled)
+        videos = [entry for entry in todo if is_video(entry.path)]
+        if videos:
+            todo = [entry for entry in todo if not is_video(entry.path)]
+        if todo or videos:
             self.encoder.load()  # before the clock starts: the rate is the pipeline's, not start-up's
-        if progress:  # the photos to encode, then those whose EXIF date is read (fast: headers only)
-            progress.start(len(todo) + len(undated))
+        if progress:  # the photos to encode, the videos, then the photos whose EXIF date is read
+            progress.start(len(todo) + len(videos) + len(undated))
         encode_started = time.perf_counter()
         model = self._process(todo, model, embedded, report, progress)
+        model = self._process_videos(videos, model, embedded, sampled, report, progress)
         report.encode_seconds = time.perf_counter() - encode_started
         report.dated = self._date_undated(undated, progress)
 
@@ -472,6 +519,169 @@ class Indexer:
             raise
         pool.shutdown(wait=True)
         return model
+
+    # -- videos -----------------------------------------------------------------
+    def _process_videos(self, entries: list[discover.FileEntry], model: ModelRecord, embedded: dict[str, int],
+                        sampled: Mapping[str, SampledVideo], report: IndexReport,
+                        progress: Progress | None) -> ModelRecord:
+        """Sample, encode and record ``entries`` (videos), each as its kept frames.
+
+        Worker threads hash each video and sample its frames (:mod:`clipdex.video_sampling`),
+        preprocessed for the model, a few batches ahead of the encoder; frames of several
+        videos share batches. A frame whose vector exists (an earlier run killed midway, or
+        a copy of the video) is not encoded again, and a video whose content was sampled
+        before with all its vectors (a copy, a move) is not decoded at all. A video is
+        recorded (:meth:`Store.commit_video`) once all its frames' vectors are committed:
+        a kill loses at most the video being sampled, never the index's consistency.
+        """
+        if not entries:
+            return model
+        started = time.perf_counter()
+        batch_size = self.settings.batch_size or (GPU_BATCH if self.encoder.device != "cpu" else CPU_BATCH)
+        draft = draft_size(self.encoder) if self.settings.reduced_decode else None
+        results: queue.Queue[_VideoItem] = queue.Queue(maxsize=batch_size * LOOKAHEAD_BATCHES)
+        todo: queue.SimpleQueue[discover.FileEntry | None] = queue.SimpleQueue()
+        workers = max(1, min(len(entries), self.settings.workers // VIDEO_THREADS_EACH))
+        for entry in entries:
+            todo.put(entry)
+        for _ in range(workers):
+            todo.put(None)
+        self._stop.clear()
+        threads = [threading.Thread(target=self._video_worker, args=(todo, results, embedded, sampled, draft),
+                                    name=f"clipdex-video-{n}", daemon=True) for n in range(workers)]
+        for thread in threads:
+            thread.start()
+        hashes: list[str] = []  # frames waiting for the encoder
+        pixels: list[Any] = []
+        finished: list[_VideoItem] = []  # videos whose frames are all in this batch or before
+        running = workers
+        try:
+            while running:
+                item = results.get()
+                if item.kind == "frame":
+                    assert item.frame_hash is not None
+                    if item.pixels is not None and item.frame_hash not in embedded \
+                            and item.frame_hash not in hashes:
+                        hashes.append(item.frame_hash)
+                        pixels.append(item.pixels)
+                elif item.kind == "end":
+                    running -= 1
+                else:
+                    finished.append(item)
+                if len(pixels) >= batch_size or (finished and not pixels) or (not running and (pixels or finished)):
+                    model = self._flush_frames(hashes, pixels, model, embedded, report)
+                    hashes, pixels = [], []
+                    for video in finished:
+                        self._record_video(video, report, progress)
+                    finished = []
+        except BaseException:
+            self._stop.set()  # the workers let go of their videos within a second
+            raise
+        finally:
+            self._stop.set()
+            for thread in threads:
+                while thread.is_alive():  # a worker blocked on a full queue: make room until it sees the stop
+                    with contextlib.suppress(queue.Empty):
+                        results.get_nowait()
+                    thread.join(timeout=0.05)
+        report.video_wall_seconds += time.perf_counter() - started
+        return model
+
+    def _video_worker(self, todo: "queue.SimpleQueue[discover.FileEntry | None]", results: "queue.Queue[_VideoItem]",
+                      embedded: dict[str, int], sampled: Mapping[str, SampledVideo], draft: int | None) -> None:
+        """Worker thread: the next video's hash and frames, into ``results``; an ``end`` item last."""
+        try:
+            while not self._stop.is_set():
+                entry = todo.get()
+                if entry is None:
+                    break
+                self._sample_video(entry, results, embedded, sampled, draft)
+        finally:
+            self._put(results, _VideoItem("end"), force=True)
+
+    def _put(self, results: "queue.Queue[_VideoItem]", item: "_VideoItem", force: bool = False) -> None:
+        """Put ``item`` into the bounded queue; raise :class:`_Stopped` once the run stops (unless ``force``)."""
+        while True:
+            if self._stop.is_set() and not force:
+                raise _Stopped
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if force and self._stop.is_set():
+                    return
+
+    def _sample_video(self, entry: discover.FileEntry, results: "queue.Queue[_VideoItem]",
+                      embedded: dict[str, int], sampled: Mapping[str, SampledVideo], draft: int | None) -> None:
+        """Hash, probe and sample one video into ``results``: its frames, then the video itself (done or
+        failed). Frames whose vector exists are passed without pixels."""
+        from clipdex.video_sampling import probe, sample
+
+        done = _VideoItem("video", entry=entry, size=entry.size, mtime_ns=entry.mtime_ns)
+        try:
+            with open(entry.fs_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                done.size, done.mtime_ns = st.st_size, st.st_mtime_ns
+                done.content_hash = self._hash_file(f)
+            info = probe(entry.fs_path)
+            done.info = info
+            known = sampled.get(done.content_hash)
+            if known is not None:  # the same content, sampled before with every vector: no decoding
+                done.frames, done.sampling = list(known.frames), known.sampling
+                self._put(results, done)
+                return
+            interval = self.settings.video_interval
+            for frame in sample(entry.fs_path, interval=interval, min_side=draft, stop=self._stop):
+                key = frame_hash(done.content_hash, frame.t)
+                done.frames.append(VideoFrame(round(frame.t, 3), key, frame.scene))
+                image = None if key in embedded else self.encoder.preprocess(frame.image)
+                self._put(results, _VideoItem("frame", frame_hash=key, pixels=image))
+            if not done.frames:
+                raise ImageDecodeError(entry.path, "holds no frame that could be decoded")
+            done.sampling = VideoSampling(duration=info.duration, interval=interval, codec=info.codec, fps=info.fps)
+        except _Stopped:
+            return
+        except Exception as e:  # noqa: BLE001  (one bad video is a failure row, never the run's end)
+            if self._stop.is_set():
+                return
+            done.reason, done.failure_kind, done.limit = failure_of(e, self.settings.max_megapixels)
+            done.frames = []
+        self._put(results, done)
+
+    def _flush_frames(self, hashes: list[str], pixels: list[Any], model: ModelRecord, embedded: dict[str, int],
+                      report: IndexReport) -> ModelRecord:
+        """Encode and commit a batch of frames (vectors and embeddings; their rows come with their video)."""
+        if not hashes:
+            return model
+        vectors = self.encoder.encode_images(self._stack(pixels))
+        first_row = model.rows
+        model = self.store.commit_batch(model, vectors, hashes, [], precision=getattr(self.encoder, "precision", None))
+        for i, h in enumerate(hashes):
+            embedded[h] = first_row + i
+        report.encoded += len(hashes)
+        return model
+
+    def _record_video(self, video: "_VideoItem", report: IndexReport, progress: Progress | None) -> None:
+        """Record a video whose frames' vectors are all committed (or its failure)."""
+        entry = video.entry
+        assert entry is not None
+        info = video.info
+        if video.reason:
+            row = NewFile(entry.path, video.size, video.mtime_ns, video.content_hash, reason=video.reason,
+                          raw_path=entry.raw_path, failure_kind=video.failure_kind or "permanent",
+                          failure_limit=video.limit)
+            report.failed.append(Failure(entry.path, video.reason, video.failure_kind or "permanent"))
+        else:
+            assert info is not None and video.sampling is not None
+            row = NewFile(entry.path, video.size, video.mtime_ns, video.content_hash, info.width, info.height,
+                          raw_path=entry.raw_path, taken_at=info.taken_at,
+                          taken_source=TAKEN_EXIF if info.taken_at else TAKEN_NO_EXIF)
+            report.videos += 1
+            report.frames += len(video.frames)
+            report.video_seconds += video.sampling.duration
+        self.store.commit_video(row, video.frames, None if video.reason else video.sampling)
+        if progress:
+            progress.advance(1)
 
     def _make_device_decoder(self) -> "JpegDecoder | None":
         """The decoder that takes JPEGs to the encoder's device, when the settings and the

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 # Seconds between sampled frames where no scene changes (--video-interval). Measured in
@@ -26,6 +28,9 @@ MIN_INTERVAL = 0.1
 # Hits of one video within this many seconds of a better one, in the same scene, are the same
 # moment: a search lists the best of them once.
 MOMENT_SECONDS = 10.0
+# A query's ``@video.mp4@83.5`` takes the stored vector of a kept frame this close to the time
+# asked (results show times to a tenth of a second); further off, the frame at that time is decoded.
+MOMENT_MATCH_SECONDS = 0.05
 FRAME_MARK = "#t="
 _FRAME = re.compile(r"#t=(\d+(?:\.\d+)?)$")
 _TIME = re.compile(r"^(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)$")
@@ -91,3 +96,52 @@ def split_moment(ref: str) -> tuple[str, float] | None:
         return None
     seconds = parse_time(when)
     return None if seconds is None else (video, seconds)
+
+
+class Hit(Protocol):
+    """A ranked photo or frame, as :func:`fold_moments` reads it."""
+
+    @property
+    def video_id(self) -> int | None: ...
+
+    @property
+    def frame_t(self) -> float | None: ...
+
+    @property
+    def frame_scene(self) -> int | None: ...
+
+
+H = TypeVar("H", bound=Hit)
+
+
+def fold_moments(hits: Iterable[H], per_video: int | None = None) -> list[H]:
+    """``hits`` (best first) with each video's moments told apart: a frame in the same shot as a
+    better hit of its video and within :data:`MOMENT_SECONDS` of it is that moment again (dropped),
+    and at most ``per_video`` moments of one video are kept. Photos pass untouched."""
+    kept: list[H] = []
+    moments: dict[int, list[H]] = {}
+    for hit in hits:
+        if hit.video_id is None:
+            kept.append(hit)
+            continue
+        mine = moments.setdefault(hit.video_id, [])
+        if per_video is not None and len(mine) >= per_video:
+            continue
+        if any(_same_moment(hit, other) for other in mine):
+            continue
+        mine.append(hit)
+        kept.append(hit)
+    return kept
+
+
+def _same_moment(a: Hit, b: Hit) -> bool:
+    return (a.frame_scene or 0) == (b.frame_scene or 0) and abs((a.frame_t or 0.0) - (b.frame_t or 0.0)) \
+        <= MOMENT_SECONDS
+
+
+def nearest_frame(times: Sequence[float], t: float) -> int | None:
+    """Index of the time in ``times`` within :data:`MOMENT_MATCH_SECONDS` of ``t`` (None: none is)."""
+    if not times:
+        return None
+    best = min(range(len(times)), key=lambda i: abs(times[i] - t))
+    return best if abs(times[best] - t) <= MOMENT_MATCH_SECONDS else None

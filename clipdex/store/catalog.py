@@ -116,6 +116,7 @@ class FileRecord:
     taken_source: str | None = None  # where taken_at came from: one of TAKEN_SOURCES
     video_id: int | None = None  # a frame of a video: the video's id (None: a photo, or a video)
     frame_t: float | None = None  # a frame of a video: seconds from its start
+    frame_scene: int | None = None  # a frame of a video: its shot (0, 1, ... at each scene change)
 
     @property
     def fs_path(self) -> str:
@@ -164,12 +165,21 @@ class VideoSampling:
     fps: float | None = None
 
 
+@dataclass(frozen=True)
+class VideoFrame:
+    """A kept frame of a video: its time (seconds), content hash (clipdex.video.frame_hash), shot."""
+
+    t: float
+    content_hash: str
+    scene: int = 0
+
+
 @dataclass
 class SampledVideo:
-    """A video sampled before: how, and its kept frames as (seconds, frame content hash)."""
+    """A video sampled before: how, and its kept frames by time."""
 
     sampling: VideoSampling
-    frames: list[tuple[float, str]]
+    frames: list[VideoFrame]
 
 
 @dataclass(frozen=True)
@@ -1091,11 +1101,11 @@ class Store:
         return dict(sorted(counts.items()))
 
     # -- videos (clipdex.video; migration 011) --------------------------------------
-    def commit_video(self, video: NewFile, frames: Sequence[tuple[float, str]], sampling: "VideoSampling | None",
+    def commit_video(self, video: NewFile, frames: Sequence["VideoFrame"], sampling: "VideoSampling | None",
                      ) -> int:
         """Record a video and the frames sampled from it, in one transaction: the video's row
-        (indexed, or failed when ``video.reason``), its sampling and one row per frame (t,
-        content hash), replacing what the video had. Every frame's vector must be committed
+        (indexed, or failed when ``video.reason``), its sampling and one row per frame,
+        replacing what the video had. Every frame's vector must be committed
         already (:meth:`commit_batch`): a kill before this leaves vectors no row uses yet,
         which the next run finds and does not compute again. Returns the video's id."""
         self.require_writable()
@@ -1114,16 +1124,17 @@ class Store:
             start = _parse_taken(taken_at)
             c.executemany(
                 "INSERT INTO files (path, size, mtime_ns, content_hash, width, height, status, indexed_at, "
-                "raw_path, taken_at, taken_source, video_id, frame_t) "
-                "VALUES (?, 0, ?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?) "
+                "raw_path, taken_at, taken_source, video_id, frame_t, frame_scene) "
+                "VALUES (?, 0, ?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET content_hash = excluded.content_hash, mtime_ns = excluded.mtime_ns, "
                 "width = excluded.width, height = excluded.height, status = 'ok', reason = NULL, "
                 "indexed_at = excluded.indexed_at, raw_path = excluded.raw_path, taken_at = excluded.taken_at, "
-                "taken_source = excluded.taken_source, video_id = excluded.video_id, frame_t = excluded.frame_t",
-                [(display_path(frame_path(video.path, t)), video.mtime_ns, frame_hash, video.width, video.height,
-                  now, None if raw is None else raw + frame_path("", t).encode(),
-                  _plus_seconds(start, t) if start else taken_at, taken_source, video_id, t)
-                 for t, frame_hash in frames])
+                "taken_source = excluded.taken_source, video_id = excluded.video_id, frame_t = excluded.frame_t, "
+                "frame_scene = excluded.frame_scene",
+                [(display_path(frame_path(video.path, f.t)), video.mtime_ns, f.content_hash, video.width,
+                  video.height, now, None if raw is None else raw + frame_path("", f.t).encode(),
+                  _plus_seconds(start, f.t) if start else taken_at, taken_source, video_id, f.t, f.scene)
+                 for f in frames])
             c.execute("INSERT INTO videos (file_id, duration, interval, frames, codec, fps, sampled_at) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (video_id, sampling.duration, sampling.interval, len(frames),
                                                        sampling.codec, sampling.fps, now))
@@ -1137,19 +1148,20 @@ class Store:
         cursor.row_factory = None
         rows = cursor.execute(
             "SELECT v.content_hash, s.duration, s.interval, s.codec, s.fps, f.frame_t, f.content_hash, "
-            "e.row IS NOT NULL FROM files v JOIN videos s ON s.file_id = v.id JOIN files f ON f.video_id = v.id "
+            "f.frame_scene, e.row IS NOT NULL FROM files v JOIN videos s ON s.file_id = v.id "
+            "JOIN files f ON f.video_id = v.id "
             "LEFT JOIN embeddings e ON e.model_id = ? AND e.content_hash = f.content_hash "
             "WHERE v.status = 'ok' AND abs(s.interval - ?) < 1e-9 ORDER BY v.id, f.frame_t", (model.id, interval))
         found: dict[str, SampledVideo] = {}
         incomplete: set[str] = set()
-        for video_hash, duration, every, codec, fps, t, frame_hash, embedded in rows:
+        for video_hash, duration, every, codec, fps, t, frame_hash, scene, embedded in rows:
             if not embedded:
                 incomplete.add(video_hash)
             sampled = found.get(video_hash)
             if sampled is None:
                 sampled = found[video_hash] = SampledVideo(VideoSampling(duration, every, codec, fps), [])
-            if not sampled.frames or sampled.frames[-1][0] != t:  # a copy's frames are listed once
-                sampled.frames.append((t, frame_hash))
+            if not sampled.frames or sampled.frames[-1].t != t:  # a copy's frames are listed once
+                sampled.frames.append(VideoFrame(t, frame_hash, scene or 0))
         return {h: v for h, v in found.items() if h not in incomplete}
 
     def video_frames(self, video_id: int) -> list[FileRecord]:
@@ -1467,4 +1479,4 @@ def _file(row: sqlite3.Row) -> FileRecord:
                       status=row["status"], reason=row["reason"], raw_path=row["raw_path"],
                       failure_kind=row["failure_kind"], failure_limit=row["failure_limit"],
                       taken_at=row["taken_at"], taken_source=row["taken_source"], video_id=row["video_id"],
-                      frame_t=row["frame_t"])
+                      frame_t=row["frame_t"], frame_scene=row["frame_scene"])

@@ -49,7 +49,7 @@ def _add_videos(conn: sqlite3.Connection) -> None:
     that takes a video's frames and sampling with it, however its row is deleted. Each step is
     skipped where it was made already (a catalog whose version was set back by hand)."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
-    for column, kind in (("video_id", "INTEGER"), ("frame_t", "REAL")):
+    for column, kind in (("video_id", "INTEGER"), ("frame_t", "REAL"), ("frame_scene", "INTEGER")):
         if column not in present:
             conn.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
     conn.execute("CREATE INDEX IF NOT EXISTS files_video ON files (video_id)")
@@ -251,10 +251,11 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 # 011: videos. A video is a row of files (its path, size, mtime and content hash, status as a
 # photo's) with a row of videos: its duration, the --video-interval it was sampled at, how many
 # frames were kept, codec and frame rate. Each kept frame is a row of files too, with video_id
-# (the video's files.id) and frame_t (seconds from its start); its path is the video's with a
+# (the video's files.id), frame_t (seconds from its start) and frame_scene (its shot: 0, 1, ... as
+# the sampler found scene changes; hits in one shot close in time are one moment); its path is the video's with a
 # '#t=SECONDS' suffix and its content_hash '<video's hash>@SECONDS' (clipdex.video), the key of its
 # vector in embeddings. A video's own content hash has no vector. Deleting a video's row deletes
-# its frames and its videos row (trigger video_deleted); NULL video_id and frame_t: a photo.
+# its frames and its videos row (trigger video_deleted); NULL video_id, frame_t and frame_scene: a photo or a video.
 LATEST_VERSION = len(MIGRATIONS)
 
 

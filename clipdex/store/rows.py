@@ -34,6 +34,7 @@ class RowPhoto:
     raw_path: bytes | None
     video_id: int | None = None  # a frame of a video: the video's id
     frame_t: float | None = None  # a frame of a video: seconds from its start
+    frame_scene: int | None = None  # a frame of a video: its shot
 
     @property
     def fs_path(self) -> str:
@@ -111,7 +112,8 @@ def photos_of_rows(store: Store, model: ModelRecord, rows: np.ndarray, filters: 
     for start in range(0, len(wanted), SQL_CHUNK):
         chunk = wanted[start:start + SQL_CHUNK]
         found += [RowPhoto(*r) for r in cursor.execute(
-            "SELECT e.row, f.id, f.path, f.raw_path, f.video_id, f.frame_t FROM embeddings e JOIN files f "
+            "SELECT e.row, f.id, f.path, f.raw_path, f.video_id, f.frame_t, f.frame_scene FROM embeddings e "
+            "JOIN files f "
             "ON f.content_hash = e.content_hash "
             f"WHERE e.model_id = ? AND e.row IN ({', '.join('?' * len(chunk))}) AND f.status = 'ok'{where}",
             (model.id, *chunk, *args))]

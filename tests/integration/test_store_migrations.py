@@ -44,7 +44,7 @@ def test_old_failures_are_classified_by_their_reason(tmp_path: Path) -> None:
     _catalog_at_version_3(tmp_path / "idx")
     store = Store.open(tmp_path / "idx")
     try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 10
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 11
         kinds = {f.path.rsplit("/", 1)[1]: (f.failure_kind, f.failure_limit) for f in store.failures()}
         assert kinds == {name: (kind, limit) for name, (_, kind, limit) in OLD_FAILURES.items()}
         assert store.file_by_path("/photos/ok.jpg").failure_kind is None  # type: ignore[union-attr]
