@@ -676,7 +676,8 @@ def find_duplicates(index: "Index", rule: DuplicateRule | None = None, *, k: int
     if linkage not in LINKAGES:
         raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, not {linkage!r}")
     rule = rule or rule_for(index)[0]  # the stored rule unless the collection outgrew it
-    filters = SearchFilter(folders=tuple(os.path.abspath(f) for f in folders)) if folders else None
+    # Photos only: a video's frames are moments of one file, never copies to move away.
+    filters = SearchFilter(folders=tuple(os.path.abspath(f) for f in folders), media="photos")
     with index.lock:
         record = index.model_record()
         hidden = index.store.missing_roots()
@@ -1198,10 +1199,11 @@ def calibration_data(index: "Index", *, photos: int = CALIBRATION_PHOTOS, neighb
         raise _no_weights(index, record, e) from None
     with index.lock:
         hidden = index.store.missing_roots()
-        rows = allowed_rows(index.store, record, None, hidden)
+        photos_only = SearchFilter(media="photos")
+        rows = allowed_rows(index.store, record, photos_only, hidden)
         engine = ModelSearch(index.store, record)
         row_photo: dict[int, RowPhoto] = {}
-        for p in photos_of_rows(index.store, record, rows, None, hidden):
+        for p in photos_of_rows(index.store, record, rows, photos_only, hidden):
             row_photo.setdefault(p.row, p)
     if len(rows) < 2:
         raise DuplicatesError(str(index.path), f"calibration needs at least 2 photos, the index has {len(rows)}",

@@ -52,6 +52,9 @@ def _days_in(year: int, month: int) -> int:
     return 30 if month in (4, 6, 9, 11) else 31
 
 
+MEDIA = ("photos", "videos")  # what SearchFilter.media keeps
+
+
 @dataclass(frozen=True)
 class SearchFilter:
     """Which photos a search may return; every part that is set must hold.
@@ -59,13 +62,15 @@ class SearchFilter:
     ``label`` is (label set, label) of a stored classification (a person's
     correction wins over the prediction); ``folders`` are folders (a photo under
     any of them passes); ``after``/``before`` bound the date taken, normalised
-    by :func:`parse_date`.
+    by :func:`parse_date`; ``media`` "photos" keeps photos only, "videos" moments of
+    videos only.
     """
 
     label: tuple[str, str] | None = None
     folders: tuple[str, ...] = ()
     after: str | None = None
     before: str | None = None
+    media: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.folders, str) or not all(isinstance(f, str) and f for f in self.folders):
@@ -76,14 +81,16 @@ class SearchFilter:
                                   "Make filters with SearchFilter.make(after=..., before=...).")
         if self.label is not None and (len(self.label) != 2 or not all(self.label)):
             raise TypeError("label must be (label set, label), e.g. label=('taken_time', 'night')")
+        if self.media not in (None, *MEDIA):
+            raise TypeError(f"media must be one of {', '.join(MEDIA)} or None, not {self.media!r}")
 
     def __bool__(self) -> bool:
-        return bool(self.label or self.folders or self.after or self.before)
+        return bool(self.label or self.folders or self.after or self.before or self.media)
 
     @classmethod
     def make(cls, *, label: tuple[str, str] | None = None, folders: tuple[str, ...] | list[str] = (),
              after: str | None = None, before: str | None = None,
-             names: tuple[str, str] = ("--after", "--before")) -> "SearchFilter":
+             names: tuple[str, str] = ("--after", "--before"), media: str | None = None) -> "SearchFilter":
         """A filter from what a person typed: dates parsed, an empty period refused. ``names``
         are what the dates are called where they were typed, for messages (options, URL
         parameters)."""
@@ -94,7 +101,7 @@ class SearchFilter:
             raise FilterError(f"{first} {after!r}, {last} {before!r}", "no date is in that period",
                               f"{first} is the first moment kept, {last} the first one left out: "
                               f"{last} must be later.")
-        return cls(label=label, folders=tuple(folders), after=start, before=end)
+        return cls(label=label, folders=tuple(folders), after=start, before=end, media=media)
 
     def describe(self) -> str:
         """The filter in words, for messages ("in /photos/trip, taken from 2021-06-01")."""
@@ -103,6 +110,8 @@ class SearchFilter:
             parts.append(f"labelled {self.label[1]!r} in {self.label[0]!r}")
         if self.folders:
             parts.append("in " + " or ".join(self.folders))
+        if self.media:
+            parts.append("photos only" if self.media == "photos" else "moments of videos only")
         if self.after:
             parts.append(f"taken from {self.after}")
         if self.before:

@@ -8,6 +8,9 @@ from clipdex.store.catalog import (
     Store,
     StoredPredictions,
     VectorDamage,
+    VideoFrame,
+    VideoSampling,
 )
 
-__all__ = ["FileRecord", "ModelRecord", "NewFile", "Searchable", "Store", "StoredPredictions", "VectorDamage"]
+__all__ = ["FileRecord", "ModelRecord", "NewFile", "Searchable", "Store", "StoredPredictions", "VectorDamage",
+           "VideoFrame", "VideoSampling"]

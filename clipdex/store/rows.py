@@ -63,6 +63,8 @@ def filter_sql(store: Store, model: ModelRecord | None, filters: SearchFilter | 
         parts = [_folder_range(folder, "f.path") for folder in filters.folders]
         where.append("(" + " OR ".join(p for p, _ in parts) + ")")
         args += [a for _, more in parts for a in more]
+    if filters and filters.media:
+        where.append("f.video_id IS NULL" if filters.media == "photos" else "f.video_id IS NOT NULL")
     if filters and filters.after:
         where.append("f.taken_at >= ?")
         args.append(filters.after)
