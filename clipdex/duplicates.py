@@ -1190,6 +1190,7 @@ def calibration_data(index: "Index", *, photos: int = CALIBRATION_PHOTOS, neighb
     """The measurements :func:`calibrate` chooses its rule from (see there)."""
     from clipdex.decode import open_image_file
     from clipdex.search.engine import ModelSearch
+    from clipdex.search.filters import SearchFilter
     from clipdex.store.rows import allowed_rows, photos_of_rows
 
     record = index.model_record()
