@@ -334,9 +334,14 @@ def _claim_output(out: str, key: str, name: str, dim: int, precision: str, sourc
 
 
 def _known_files(index: "Index", roots: Sequence[str]) -> dict[str, Any]:
+    """The photos the index holds under ``roots``: videos (indexed locally; the cluster lists
+    photos only) are left out, so a cluster run never takes them for deleted files."""
+    from clipdex.video import is_video
+
     known: dict[str, Any] = {}
     for root in roots:
-        known.update(index.store.files_under(root))
+        known.update((path, record) for path, record in index.store.files_under(root).items()
+                     if not is_video(path))
     return known
 
 
