@@ -148,6 +148,7 @@ class ModelStatus:
     precisions: dict[str, int] = field(default_factory=dict)
     choices: tuple["PrecisionChoice", ...] = ()  # what --precision auto chose, per kind of host
     scoring: str = "softmax"  # how its labels are scored: "softmax" (CLIP) or "sigmoid" (SigLIP, with a bias)
+    moments: int = 0  # frames of videos with a vector of this model (``photos`` counts photos only)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ class PhotoLabel:
 class IndexStatus:
     """What an index holds, and what is wrong with it.
 
-    ``indexed`` and ``failed`` count files in folders that exist; photos under
+    ``indexed`` and ``failed`` count files (photos and videos) in folders that exist,
+    ``videos`` the indexed videos among them and ``moments`` their kept frames; photos under
     ``missing_roots`` (moved, deleted or unmounted folders) are counted apart in
     ``missing_photos`` and are never searched. ``problems`` says what is damaged
     or incomplete, each with its fix; empty when all is well.
@@ -181,6 +183,8 @@ class IndexStatus:
     problems: list[str] = field(default_factory=list)
     readonly: bool = False
     host: str | None = None  # this machine as auto's choices name hosts (None: only torch could say)
+    videos: int = 0
+    moments: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,8 @@ class IndexCounts:
     roots: list[str]
     missing_roots: list[str]
     models: list[str]
+    videos: int = 0  # indexed videos (counted in ``indexed`` too)
+    moments: int = 0  # their kept frames
 
 
 class Index:
@@ -1185,7 +1191,8 @@ class Index:
             counts = self.store.counts(missing)
             return IndexCounts(indexed=counts.get("ok", 0), failed=counts.get("failed", 0),
                                roots=self.store.roots(), missing_roots=missing,
-                               models=[r.name for r in self.store.models()])
+                               models=[r.name for r in self.store.models()], videos=counts.get("videos", 0),
+                               moments=counts.get("frames", 0))
 
     @_locked
     def status(self, *, verify: bool = False) -> IndexStatus:
@@ -1214,7 +1221,8 @@ class Index:
                 backend = None if damage is not None else backend_of(self.store, record)
                 reclaimable = self.store.reclaimable(record)[1]
                 models.append(ModelStatus(key=record.key, name=record.name, dim=record.dim,
-                                          photos=self.store.count_for_model(record, missing) - lost,
+                                          photos=self.store.count_for_model(record, missing, "photos") - lost,
+                                          moments=self.store.count_for_model(record, missing, "videos"),
                                           precision=record.precision, scoring=scoring_of(record.logit_bias),
                                           search=backend.note if backend else "",
                                           search_stale=bool(backend and backend.stale),
@@ -1237,7 +1245,8 @@ class Index:
             status = IndexStatus(path=str(self.path), roots=self.store.roots(), indexed=counts.get("ok", 0),
                                  failed=counts.get("failed", 0), models=models, missing_roots=missing,
                                  missing_photos=self.store.count_under(missing), problems=problems,
-                                 readonly=self.store.readonly, host=cheap_host_key(self.device))
+                                 readonly=self.store.readonly, host=cheap_host_key(self.device),
+                                 videos=counts.get("videos", 0), moments=counts.get("frames", 0))
         self._status = (stamp, status)
         return status
 

@@ -1064,9 +1064,12 @@ class Store:
         return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND {condition}",
                                  (status, *args)).fetchone()[0]
 
-    def count_for_model(self, model: ModelRecord, hidden_roots: Sequence[str] = ()) -> int:
-        """Indexed photos outside ``hidden_roots`` that have a vector of ``model``."""
+    def count_for_model(self, model: ModelRecord, hidden_roots: Sequence[str] = (), media: str | None = None) -> int:
+        """Indexed photos and frames of videos outside ``hidden_roots`` that have a vector of
+        ``model`` (``media`` "photos": photos only; "videos": frames only)."""
         where, args = _outside(hidden_roots)
+        if media is not None:
+            where += " AND f.video_id IS NULL" if media == "photos" else " AND f.video_id IS NOT NULL"
         return self.conn.execute(
             "SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = f.content_hash "
             f"AND e.model_id = ? WHERE f.status = 'ok'{where}", (model.id, *args)).fetchone()[0]
