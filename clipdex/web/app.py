@@ -57,7 +57,8 @@ from clipdex.errors import (
 from clipdex.index import Index
 from clipdex.search import SearchResult, parse_query
 from clipdex.search.filters import SearchFilter
-from clipdex.web import dupes, learning, topics
+from clipdex.video import is_video, split_frame_path
+from clipdex.web import dupes, learning, topics, video
 from clipdex.web.access import IndexAccess
 from clipdex.web.context import WebContext
 from clipdex.web.filters import MAX_FOLDERS, FilterForm, date_field, describe
@@ -141,6 +142,9 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         body = env.get_template(template).render(**context)
         return HTMLResponse(body.encode("utf-8", "backslashreplace"), status_code=http_status)
 
+    pages = WebContext(access=access, render=render, off_loop=off_loop, search_threads=search_threads,
+                       metadata=metadata)
+
     # -- error handling: pages for people, JSON for scripts --------------------
     def error_response(path: str, status: int, message: str,
                        headers: dict[str, str] | None = None) -> Response:
@@ -216,7 +220,8 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         folder_choices = [(f, _tail(f, MAX_FOLDER_SHOWN))
                           for f in counts.roots + [f for f in form.folders if f not in counts.roots]]
         return render("search.html", http_status=error_status if error else 200, q=q, like=similar_to,
-                      results=[serialize.search_result(h) for h in hits], error=error, page=page,
+                      results=[video.result_json(h, serialize.search_result(h)) for h in hits],
+                      error=error, page=page,
                       like_id=like if like is not None and not q.strip() else None,
                       page_size=PAGE_SIZE, set=form.set, label=form.label, label_sets=label_sets,
                       labels_of_set=labels_of_set, status=status, searched=searched and not error,
@@ -227,21 +232,25 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
                       applied=describe(filters) if filters and not error else [])
 
     @app.get("/photo/{file_id}", response_class=HTMLResponse)
-    async def photo_page(file_id: PhotoId, folder: Folders = None, after: After = "", before: Before = "",
-                         set: SetName = "", label: LabelName = "") -> Response:
-        # The filters of the search that led here, handed on to "more like this" (checked there).
+    async def photo_page(file_id: PhotoId, q: str = Query("", max_length=MAX_QUERY), folder: Folders = None,
+                         after: After = "", before: Before = "", set: SetName = "",
+                         label: LabelName = "") -> Response:
+        # The filters of the search that led here, handed on to "more like this" (checked there);
+        # the query, to a moment of a video: its timeline shows the video's other moments for it.
         form = FilterForm.of(folder or (), after, before, set, label)
-        return await off_loop(None, photo_view, file_id, form)
+        return await off_loop(None, photo_view, file_id, form, q)
 
-    def photo_view(file_id: int, form: FilterForm) -> Response:
+    def photo_view(file_id: int, form: FilterForm, q: str) -> Response:
+        like_params = [("like", str(file_id)), *form.params()]
         with access.reader() as reader:
             record = reader.photo(file_id)
+            if video.is_video_page(reader, record):  # a moment of a video, or a video: the player
+                return video.player_page(pages, record, q, like_params, form.any)
             labels = reader.photo_labels(file_id)
             sigmoid = scoring_of(reader.model_record().logit_bias) == SIGMOID if labels else False
         row = {k: v for k, v in metadata.get(record.path, {}).items() if v not in ("", None)}
         view = serialize.photo(record, labels, exists=os.path.isfile(record.fs_path), metadata=row)
-        return render("photo.html", photo=view, like_params=[("like", str(record.id)), *form.params()],
-                      filtered=form.any, sigmoid=sigmoid)
+        return render("photo.html", photo=view, like_params=like_params, filtered=form.any, sigmoid=sigmoid)
 
     @app.get("/api", response_class=HTMLResponse)
     async def api_index() -> Response:
@@ -299,8 +308,12 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     def thumbnail(file_id: int, size: int) -> bytes | None:
         with access.reader() as reader:
             record = reader.store.file_by_id(file_id)
+            poster = record is not None and record.video_id is None and is_video(record.path) \
+                and reader.store.video_sampling(record.id) is not None
         if record is None or record.status != "ok" or not record.content_hash:
             return None
+        if poster:  # a video itself: its first frame (a frame's path is decoded from its video)
+            return thumbs.poster(record.fs_path, record.content_hash, size)
         return thumbs.get(record.fs_path, record.content_hash, size)
 
     # -- JSON API -------------------------------------------------------------
@@ -311,14 +324,15 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
                          folder: Folders = None, after: After = "", before: Before = "",
                          set: SetName = "", label: LabelName = "") -> dict[str, Any]:
         """Photos ranked by a query (same syntax as the CLI); filters: folder (repeatable), after,
-        before (dates taken), set with label."""
+        before (dates taken), set with label. A moment of a video carries ``t`` (seconds),
+        ``video_id`` and ``moment`` ("video.mp4 @ 0:01:23"); its ``id`` is the frame's."""
         form = FilterForm.of(folder or (), after, before, set, label)
         return await off_loop(search_threads, api_search_view, q, k, offset, form)
 
     def api_search_view(q: str, k: int, offset: int, form: FilterForm) -> dict[str, Any]:
         filters = api_filters(form)
         hits = access.search(parse_query(q), k, offset, filters)
-        return serialize.search_results(q, offset, hits, filters)
+        return video.with_moments(serialize.search_results(q, offset, hits, filters), hits)
 
     @app.get("/api/similar/{file_id}")
     async def api_similar(file_id: PhotoId, k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
@@ -333,7 +347,8 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     def api_similar_view(file_id: int, k: int, offset: int, form: FilterForm) -> dict[str, Any]:
         filters = api_filters(form)
         record, hits = access.similar(file_id, k, offset, filters)
-        return serialize.search_results("@" + shlex.quote(record.path), offset, hits, filters)
+        return video.with_moments(serialize.search_results("@" + shlex.quote(record.path), offset, hits, filters),
+                                  hits)
 
     def api_filters(form: FilterForm) -> SearchFilter | None:
         if bool(form.set) != bool(form.label):
@@ -343,15 +358,20 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
 
     @app.get("/api/photos/{file_id}")
     async def api_photo(file_id: PhotoId) -> dict[str, Any]:
-        """A photo's stored facts and its labels in every classification run."""
+        """A photo's stored facts and its labels in every classification run (a frame of a video:
+        also ``t``, its second, and ``video_id``, the video to play: /video/{video_id})."""
         return await off_loop(None, api_photo_view, file_id)
 
     def api_photo_view(file_id: int) -> dict[str, Any]:
         with access.reader() as reader:
             record = reader.photo(file_id)
             labels = reader.photo_labels(file_id)
-        return serialize.photo(record, labels, exists=os.path.isfile(record.fs_path),
+        frame = split_frame_path(record.fs_path)
+        view = serialize.photo(record, labels, exists=os.path.isfile(frame[0] if frame else record.fs_path),
                                metadata=metadata.get(record.path))
+        if record.video_id is not None:  # a moment of a video: its time and the video to play
+            view.update(t=record.frame_t, video_id=record.video_id)
+        return view
 
     @app.get("/api/labels")
     async def api_labels() -> dict[str, Any]:
@@ -396,9 +416,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         with access.reader() as reader:
             return serialize.index_status(reader.status())
 
-    pages = WebContext(access=access, render=render, off_loop=off_loop, search_threads=search_threads,
-                       metadata=metadata)
-    for module in (dupes, topics, learning):
+    for module in (dupes, topics, learning, video):
         module.add_routes(app, pages)
 
     app.add_middleware(Guard, hosts=HostPolicy(allowed_hosts), max_body=MAX_BODY,  # type: ignore[arg-type]

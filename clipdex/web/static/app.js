@@ -3,14 +3,18 @@
 (function () {
   "use strict";
 
-  function card(r) {
+  // A result card; a moment of a video (r.t set) shows "video.mp4 @ 0:01:23" and opens its
+  // player page with the query, whose timeline then shows the video's other moments for it.
+  function card(r, q) {
+    const moment = r.t !== undefined && r.t !== null;
     const a = document.createElement("a");
-    a.className = "card";
-    a.href = "/photo/" + encodeURIComponent(r.id);
+    a.className = moment ? "card moment" : "card";
+    a.href = "/photo/" + encodeURIComponent(r.id) + (moment && q ? "?" + new URLSearchParams({ q: q }) : "");
     a.dataset.id = r.id;
+    if (moment) { a.dataset.t = r.t; a.dataset.video = r.video_id; }
     const img = document.createElement("img");
     img.src = "/thumb/" + encodeURIComponent(r.id);
-    img.alt = r.name;
+    img.alt = moment ? r.moment : r.name;
     img.loading = "lazy";
     const meta = document.createElement("span");
     meta.className = "meta";
@@ -19,7 +23,7 @@
     score.textContent = r.score.toFixed(3);
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = " " + r.name;
+    name.textContent = " " + (moment ? r.moment : r.name);
     meta.append(score, name);
     a.append(img, meta);
     return a;
@@ -43,7 +47,7 @@
       const response = await fetch((like ? "/api/similar/" + encodeURIComponent(like) + "?" : "/api/search?") + params);
       if (response.ok) {
         const data = await response.json();
-        data.results.forEach((r) => grid.append(card(r)));
+        data.results.forEach((r) => grid.append(card(r, like ? "" : grid.dataset.q)));
         grid.dataset.next = Number(grid.dataset.next) + data.results.length;
         if (data.results.length < pageSize) { observer.disconnect(); more.parentElement.remove(); }
       }
