@@ -179,6 +179,7 @@ def write_no_frames(path: Path, size: tuple[int, int] = (160, 120)) -> Path:
         stream = container.add_stream("libx264", rate=10, options={"preset": X264_PRESET})
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
+        container.start_encoding()  # PyAV writes the header on the first packet: there is none
         container.mux(stream.encode(None))
     return path
 
