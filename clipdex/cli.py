@@ -29,6 +29,7 @@ from clipdex.labels import DEFAULT_THRESHOLD
 from clipdex.models.precision import DEFAULT_MIN_COSINE, INT8_MIN_COSINE, PRECISIONS
 from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
+from clipdex.video import DEFAULT_INTERVAL, MIN_INTERVAL, format_time
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,6 +45,8 @@ MAX_RESULTS = 10_000  # = clipdex.index.MAX_K (not imported: --help must stay li
 MAX_BATCH_SIZE = 4096
 MAX_WORKERS = 256
 MAX_MEGAPIXELS = 100_000.0
+MAX_VIDEO_LINES = 20  # classify: videos summarised on screen (a table or --json has them all)
+MAX_SHARES_SHOWN = 4  # classify: labels per video on screen, largest shares first
 # Commands that live in modules of their own, imported when named (those modules import this
 # one's options, so this one must not import them when it loads).
 LAZY_COMMANDS = {"export": "clipdex.cli_interchange", "import": "clipdex.cli_interchange",
@@ -321,6 +324,13 @@ class _Bar:
                    "[default: a folder in the index, local Ray only].")
 @click.option("--shard-rows", type=click.IntRange(1, 10_000_000),
               help="--engine ray: files per shard [default: by the run's size, 64 to 10,000].")
+@click.option("--video-interval", type=FiniteFloat(min=MIN_INTERVAL), metavar="SECONDS",
+              help="Videos: sample a frame at least every SECONDS within a scene (and at every scene change); "
+                   f"at least {MIN_INTERVAL:g}. A video indexed at another interval is sampled again. "
+                   f"[default: {DEFAULT_INTERVAL:g}]")
+@click.option("--no-video", "no_video", is_flag=True,
+              help="Index the folder's photos only: its videos are not sampled (those indexed before stay "
+                   "as they are).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights: str | None,
               model_config: str | None, device: str | None, precision: str | None, batch_size: int | None,
@@ -328,8 +338,8 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
               max_megapixels: float, retry_failed: bool, add_model: bool, wait: bool, storage: str | None,
               min_cosine: float, gpu_decode: bool | None, engine: str, address: str | None,
               gpus_per_worker: float, cpus_per_worker: float | None, out_uri: str | None, shard_rows: int | None,
-              as_json: bool) -> None:
-    """Embed every photo under SOURCE (a folder, recursively) into the index.
+              video_interval: float | None, no_video: bool, as_json: bool) -> None:
+    """Embed every photo and video under SOURCE (a folder, recursively) into the index.
 
     Runs are incremental: unchanged files are skipped, new and changed ones
     encoded, deleted ones dropped, renamed ones keep their vectors. A killed
@@ -338,6 +348,10 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
     New vectors are computed in the fastest precision that keeps their cosine to
     fp32 >= --min-cosine on a few of your photos (--precision auto: checked once
     per model and kind of machine, recorded in the index); --precision fp32 is exact.
+
+    Videos (mp4, mov, m4v, mkv, webm, avi) are indexed as moments: frames sampled
+    at scene changes and at least every --video-interval seconds, each searched
+    like a photo (`clipdex search` lists them as "video.mp4 @ 0:01:23").
 
     With --engine ray, SOURCE may also be a list of paths or URIs (.txt, .parquet)
     or an object-store prefix (s3://bucket/photos/): a Ray Data pipeline decodes
@@ -356,6 +370,12 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
             raise click.UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to local "
                                    "indexing only: with --engine ray the workers' devices come from "
                                    "--gpus-per-worker, and precision auto is fp32 on CPU workers, fp16 on GPUs.")
+        videos_given = [name for name, value in (("--video-interval", video_interval), ("--no-video", no_video))
+                        if value]
+        if videos_given:
+            raise click.UsageError(f"{', '.join(videos_given)} {'applies' if len(videos_given) == 1 else 'apply'} "
+                                   "to local indexing only: the Ray engine indexes photos and leaves videos "
+                                   "alone. Index the folder's videos without --engine ray.")
         _index_on_ray(photo_dir, index_dir, model, weights, model_config, precision, batch_size, workers,
                       max_megapixels, retry_failed, add_model, wait, storage, address, gpus_per_worker,
                       cpus_per_worker, out_uri, shard_rows, as_json)
@@ -366,7 +386,9 @@ def index_cmd(photo_dir: str, index_dir: str | None, model: str | None, weights:
                                "only; add --engine ray, or leave them out to index on this machine.")
     _check_before_creating(photo_dir, index_dir, model, weights, model_config)
     settings = IndexSettings(batch_size=batch_size, max_megapixels=max_megapixels,
-                             retry_failed=retry_failed)
+                             retry_failed=retry_failed, videos=not no_video)
+    if video_interval is not None:
+        settings.video_interval = video_interval
     if workers:
         settings.workers = workers
     if gpu_decode is not None:
@@ -453,6 +475,9 @@ def _print_index_report(report: Any, index_dir: str | None, as_json: bool) -> No
     out.print(f"  skipped   {len(report.failed):>7}")
     rate = f", {report.images_per_second:.1f} img/s" if report.encoded else ""
     out.print(f"  encoded {report.encoded} in {report.seconds:.1f} s{rate}")
+    if report.videos:
+        out.print(f"  videos    {report.videos:>7}  sampled: {_count(report.frames, 'moment')} kept from "
+                  f"{format_time(report.video_seconds)} of video{_realtime(report)}")
     if report.device_decoded:
         out.print(f"  decoded on the model's device {report.device_decoded} (JPEGs, batched; the rest by Pillow)")
     if report.precision:
@@ -467,6 +492,12 @@ def _print_index_report(report: Any, index_dir: str | None, as_json: bool) -> No
             out.print(f"  {failure.path}: {failure.reason}", markup=False)
         if len(report.failed) > 20:
             out.print(f"  … and {len(report.failed) - 20} more (clipdex status --failures)")
+
+
+def _realtime(report: Any) -> str:
+    """', 25.3x real time' (seconds of video indexed per second of the video stage), where timed."""
+    factor = report.video_realtime
+    return f", {factor:.1f}× real time" if factor > 0 else ""
 
 
 def _removed_note(report: Any) -> str:
@@ -644,10 +675,15 @@ def _query_text(words: Sequence[str]) -> str:
               help="Add an example image (file or indexed photo); repeatable.")
 @index_option
 @model_options
+@click.option("--per-video", type=click.IntRange(1, MAX_RESULTS), metavar="N",
+              help="At most N moments of any one video [default: every distinct moment; hits seconds apart "
+                   "in one scene are one moment].")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"query", "offset", "count", "filters", "results": [{"rank", "score", "id", '
-                   '"path", "name"}]}.')
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: rank, score, id, path.")
+                   '"path", "name"}]}; a moment of a video adds "t" (seconds), "video_id" and "moment" '
+                   '("video.mp4 @ 0:01:23"), its "path" being the video\'s and its "id" the frame\'s.')
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print CSV: rank, score, id, path, t (a moment's seconds, empty for a photo).")
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw a contact sheet to this image file (.jpg, .png, .webp).")
 @click.option("--folder", "folders", multiple=True, type=click.Path(file_okay=False),
@@ -663,8 +699,8 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
                index_dir: str | None, model: str | None, weights: str | None,
                model_config: str | None, device: str | None, precision: str | None, as_json: bool, as_csv: bool,
                grid: str | None, folders: tuple[str, ...], after: str | None, before: str | None,
-               label_filter: str | None, exact: bool) -> None:
-    """Find photos by meaning: text, example images, or both.
+               label_filter: str | None, exact: bool, per_video: int | None) -> None:
+    """Find photos and moments of videos by meaning: text, example images, or both.
 
     \b
     Quote the query; its syntax:
@@ -675,6 +711,7 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
       clipdex search '"red car" + night'        several terms
       clipdex search "2*snow + dog"             weights (at most 100)
       clipdex search "@photos/dog.jpg + snow"   an example image (file or indexed photo)
+      clipdex search "@party.mp4@83.5"          a moment of an indexed video (or @party.mp4@1:23.5)
       clipdex search '@caf\\xe9.jpg'             a photo by the name clipdex shows
       clipdex search -- -people beach           after --, every word is the query
       clipdex search dog --folder ~/Pictures/2021 --after 2021-06 --before 2021-07
@@ -684,7 +721,8 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
     options below, written whole (-n 5, --limit 5, --limit=5) or as -n with
     its number attached (-n5): "-mountains" is a query word, never "-m
     ountains". Results are ordered by score, ties by path, the same on every
-    page (--offset).
+    page (--offset). A moment of a video shows as "party.mp4 @ 0:01:23"; a
+    video is listed once per distinct moment, best first (--per-video N caps it).
     """
     from clipdex.index import Index
 
@@ -709,31 +747,51 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
                                          for f in folders])  # an import's https://host as it is
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
                     device=device, precision=precision) as index:
-        results = index.search(text, k=k, offset=offset, filters=filters or None, exact=exact)
+        results = index.search(text, k=k, offset=offset, filters=filters or None, exact=exact,
+                               per_video=per_video)
     if grid:
-        from clipdex.grid import Tile, draw_grid
+        from clipdex.grid import Tile, draw_grid, tile_name
 
-        draw_grid([Tile(r.path, f"#{r.rank}  {r.score:.3f}\n{_name(r.path)}") for r in results], grid)
+        # A moment's tile is its frame (decoded from the video), captioned with the video's name and time.
+        draw_grid([Tile(r.image_path, f"#{r.rank}  {r.score:.3f}\n{tile_name(r.image_path)}") for r in results],
+                  grid)
     if as_json:
         from clipdex import serialize
 
-        click.echo(json.dumps(serialize.search_results(text, offset, results, filters or None), indent=2))
+        click.echo(json.dumps(_with_moments(serialize.search_results(text, offset, results, filters or None),
+                                            results), indent=2))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["rank", "score", "id", "path"])
-        writer.writerows([r.rank, f"{r.score:.6f}", r.file_id, r.path] for r in results)
+        writer.writerow(["rank", "score", "id", "path", "t"])
+        writer.writerows([r.rank, f"{r.score:.6f}", r.file_id, r.path, "" if r.t is None else f"{r.t:.3f}"]
+                         for r in results)
     else:
         out = _console()
         out.print(f"[bold]{_t(text)}[/]  ({len(results)} results)")
         out.print(f"[dim]{'rank':>5}  {'score':>6}  path[/]")
         for r in results:
-            out.print(f"{r.rank:>5}  {r.score:>6.3f}  {r.path}", markup=False)
+            out.print(f"{r.rank:>5}  {r.score:>6.3f}  {_shown(r)}", markup=False)
     if grid:
         _console(stderr=True).print(f"contact sheet: {grid}", markup=False)
 
 
+def _with_moments(payload: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
+    """A page of results as JSON whose moments carry their time, video and name, in the shape
+    the web API gives them (``GET /api/search``), so that both stay one shape."""
+    for fields, result in zip(payload["results"], results):
+        if result.t is not None:
+            fields.update(t=round(float(result.t), 3), video_id=result.video_id,
+                          moment=f"{_name(result.path)} @ {format_time(result.t)}")
+    return payload
+
+
 def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
+
+
+def _shown(result: Any) -> str:
+    """A result as people write it: the photo's path, or a moment's ``video.mp4 @ 0:01:23``."""
+    return result.path if result.t is None else f"{result.path} @ {format_time(result.t)}"
 
 
 # -- classify ----------------------------------------------------------------
@@ -767,7 +825,10 @@ def _name(path: str) -> str:
 @model_options
 @click.option("--json", "as_json", is_flag=True,
               help='Print per-photo results as JSON: [{"set", "labels", "scoring" ("softmax" over labels, or '
-                   '"sigmoid" per label: SigLIP), "photos": [{"id", "path", "label", "prob", "probs"}]}].')
+                   '"sigmoid" per label: SigLIP), "photos": [{"id", "path", "label", "prob", "probs"}], '
+                   '"videos": [{"id", "path", "moments", "label", "share", "shares", "counts"}]}] (a moment of a '
+                   'video is one of "photos"; "videos", where there are any, has each video\'s share of moments '
+                   'per label).')
 def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str, ...],
                  labels_file: str | None, set_names: tuple[str, ...], multi_label: bool,
                  threshold: float, min_prob: float | None, top_k: int | None, out: str | None,
@@ -775,14 +836,16 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
                  per_label: int, seed: int, index_dir: str | None, model: str | None,
                  weights: str | None, model_config: str | None, device: str | None, precision: str | None,
                  as_json: bool) -> None:
-    """Label every indexed photo with label sets you make up (zero-shot).
+    """Label every indexed photo, and every moment of a video, with label sets you make up (zero-shot).
 
     \b
     clipdex classify --name taken_time --labels dawn,day,dusk,night --template "a photo taken at {}"
     clipdex classify --labels-file sets.toml --metadata photos.csv --key photo_id --grid review.jpg
 
     Reads the stored image vectors (no image is decoded again); results are saved
-    in the index for `clipdex review` and `clipdex evaluate`.
+    in the index for `clipdex review` and `clipdex evaluate`. Each video is also
+    summarised as the share of its moments per label; in --out and --metadata
+    tables a video's row holds its majority label and the shares of its moments.
     """
     import time
 
@@ -811,6 +874,7 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
     from pathlib import Path
 
     from clipdex.export import join_metadata, read_table, write_predictions
+    from clipdex.video_labels import video_labels
 
     # Every output and the table are checked before the prompts are encoded.
     target = None
@@ -827,13 +891,14 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,
                     device=device, precision=precision) as index:
         results = index.classify(sets, min_prob=min_prob)
+        videos = [video_labels(index.store, r) for r in results]  # each video's share of moments per label
     seconds = time.perf_counter() - started
     if out:
-        write_predictions(results, out, top_k=top_k)
+        write_predictions(results, out, top_k=top_k, videos=videos)
     report = None
     if metadata and target:
         assert key is not None
-        report = join_metadata(results, metadata, key, target, top_k=top_k)
+        report = join_metadata(results, metadata, key, target, top_k=top_k, videos=videos)
     grids = []
     if grid_files:
         from clipdex.review import draw_review
@@ -843,20 +908,24 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
     if as_json:
         from clipdex import serialize
 
-        click.echo(json.dumps([serialize.classification(r, top_k) for r in results], indent=2))
+        # A set that labelled moments of videos adds "videos": each one's share of moments per label.
+        click.echo(json.dumps([dict(serialize.classification(r, top_k),
+                                    **({"videos": [v.to_dict() for v in summaries]} if summaries else {}))
+                               for r, summaries in zip(results, videos)], indent=2))
         return
     console = _console()
-    for r in results:
+    for r, summaries in zip(results, videos):
         prompts = sum(len(label.prompts) for label in r.label_set.labels)
         mode = "multi-label" if r.label_set.multi_label else "single-label"
         console.print(f"[bold]{_t(r.label_set.name)}[/]: {len(r.labels)} labels, {prompts} prompts "
-                      f"({len(r.label_set.templates)} templates), {mode}, {len(r.paths)} photos")
+                      f"({len(r.label_set.templates)} templates), {mode}, {_classified(r, summaries)}")
         if r.scores_text:
             console.print(f"  {r.scores_text}", markup=False)
         total = max(1, len(r.paths))
         for label, count in r.counts().items():
             bar = "█" * round(30 * count / total)
             console.print(f"  {label:<14} {count:>7} {100 * count / total:5.1f}%  {bar}", markup=False)
+        _print_video_labels(console, summaries, out)
     console.print(f"classified in {seconds:.2f} s (prompts encoded once; image vectors read from the index)")
     if out:
         console.print(f"predictions: {out}", markup=False)
@@ -871,6 +940,25 @@ def classify_cmd(name: str | None, labels_text: str | None, templates: tuple[str
                           markup=False)
     if grids:
         console.print("review grid: " + ", ".join(grids), markup=False)
+
+
+def _classified(result: Any, summaries: Sequence[Any]) -> str:
+    """'12 photos' or '12 photos and 24 moments of 2 videos': what a label set labelled."""
+    moments = sum(v.moments for v in summaries)
+    photos = _count(len(result.paths) - moments, "photo")
+    return f"{photos} and {_count(moments, 'moment')} of {_count(len(summaries), 'video')}" if summaries else photos
+
+
+def _print_video_labels(console: Any, summaries: Sequence[Any], out: str | None) -> None:
+    """Each video's share of moments per label: 'party.mp4  night 62%  day 38%  (24 moments)'."""
+    if not summaries:
+        return
+    console.print("  per video (share of its moments):")
+    for video in summaries[:MAX_VIDEO_LINES]:
+        console.print(f"  {video.path}  {video.describe(MAX_SHARES_SHOWN)}", markup=False)
+    if len(summaries) > MAX_VIDEO_LINES:
+        where = f"{out} lists" if out else "--out FILE.csv or --json list"
+        console.print(f"  … and {len(summaries) - MAX_VIDEO_LINES} more videos ({where} them all)", markup=False)
 
 
 def _numbered(path: str, i: int, count: int) -> str:
@@ -1156,7 +1244,8 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
 @click.option("--verify", is_flag=True,
               help="Also read every stored vector and check it (zeroed or garbage rows; reads the vector files).")
 @click.option("--json", "as_json", is_flag=True,
-              help='Print as JSON: {"path", "roots", "missing_roots", "indexed", "failed", "models", "failures"}.')
+              help='Print as JSON: {"path", "roots", "missing_roots", "indexed", "failed", "models", "failures"}, '
+                   'and "videos" and "moments" where the index has videos ("indexed" counts videos too).')
 def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json: bool) -> None:
     """Show an index's folders, models, counts and failures (and folders that are gone)."""
     from clipdex.index import Index
@@ -1164,10 +1253,14 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
     with Index.open(index_dir) as index:
         status = index.status(verify=verify)
         failures = index.failures()
+    videos, moments = status.videos, status.moments
     if as_json:
         from clipdex import serialize
 
-        click.echo(json.dumps(serialize.index_status(status, failures), indent=2))
+        data = serialize.index_status(status, failures)
+        if videos or moments:  # "indexed" counts each video's own row too
+            data.update(videos=videos, moments=moments)
+        click.echo(json.dumps(data, indent=2))
         return
     missing = set(status.missing_roots)
     out = _console()
@@ -1178,10 +1271,13 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
         out.print(f"         ({_count(status.missing_photos, 'photo')} no longer on disk, not searched. "
                   "`clipdex remove --missing` forgets these folders; after a move, "
                   "`clipdex index NEW_PLACE` reuses their vectors)")
-    out.print(f"photos   {status.indexed} indexed, {status.failed} failed")
+    out.print(f"photos   {status.indexed - videos} indexed, {status.failed} failed")
+    if videos or moments:  # status.indexed counts a video's own row; its frames are counted apart
+        out.print(f"videos   {videos} indexed: {_count(moments, 'moment')} searched like photos")
     for m in status.models:
         scores = ", per-label sigmoid scores" if m.scoring == "sigmoid" else ""
-        out.print(f"model    {m.name} ({m.key}), {m.dim}-d{scores}: {m.photos} photos", markup=False)
+        held = f"{m.photos} photos" + (f", {_count(m.moments, 'moment')} of videos" if m.moments else "")
+        out.print(f"model    {m.name} ({m.key}), {m.dim}-d{scores}: {held}", markup=False)
         out.print(f"vectors  {_precision_counts(m.precisions)}", markup=False)
         for choice in m.choices:
             out.print(f"auto     {_choice_line(choice, status.host)}", markup=False)
