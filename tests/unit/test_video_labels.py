@@ -13,7 +13,7 @@ from clipdex.export import join_metadata, write_predictions
 from clipdex.grid import tile_name
 from clipdex.labels import UNCERTAIN, make_label_set
 from clipdex.video import frame_path
-from clipdex.video_labels import VideoLabels, summarise
+from clipdex.video_labels import VideoLabels, summarise, video_labels
 
 PARTY = "/v/party.mp4"
 WALK = "/v/walk.mov"
@@ -133,3 +133,30 @@ def test_a_grid_names_a_moment_by_its_video_and_time() -> None:
     assert tile_name(frame_path(PARTY, 3.0)) == "party.mp4 @ 0:00:03"
     assert tile_name("/p/trip/c.jpg") == "c.jpg"
     assert tile_name("/p/odd#t=3.000") == "odd#t=3.000"  # not a video's frame: the file's own name
+
+
+def test_the_catalog_says_which_rows_are_moments_of_which_video(tmp_path: Path) -> None:
+    from clipdex.store import NewFile, Store
+    from clipdex.store.catalog import VideoFrame, VideoSampling
+
+    store = Store.open(tmp_path / "idx", create=True)
+    try:
+        ids = {}
+        for path, times in ((PARTY, (0.0, 2.0, 4.0)), (WALK, (0.0,))):
+            video_id = store.commit_video(NewFile(path, 1000, 1, f"sha-{path}", 160, 120),
+                                          [VideoFrame(t, f"sha-{path}@{t:.3f}") for t in times],
+                                          VideoSampling(6.0, 2.0, "h264", 10.0))
+            ids[path] = (video_id, [f.id for f in store.video_frames(video_id)])
+        party_id, party_frames = ids[PARTY]
+        walk_id, walk_frames = ids[WALK]
+        rows = [(1000, "/p/a.jpg", "day"),  # not in the catalog: a photo's id is never looked up
+                (1001, "/p/clip.mp4#t=1.000", "day"),  # looks like a frame, is not in the catalog: left out
+                *[(i, frame_path(PARTY, t), label) for i, t, label in
+                  zip(party_frames, (0.0, 2.0, 4.0), ("night", "night", "day"))],
+                (walk_frames[0], frame_path(WALK, 0.0), "day")]
+        party, walk = video_labels(store, classification(rows))
+        assert (party.video_id, party.path, party.moments, party.counts) == (party_id, PARTY, 3, {"day": 1, "night": 2})
+        assert (walk.video_id, walk.path, walk.moments) == (walk_id, WALK, 1)
+        assert video_labels(store, classification([(1000, "/p/a.jpg", "day")])) == []
+    finally:
+        store.close()
