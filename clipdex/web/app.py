@@ -63,7 +63,7 @@ from clipdex.web.access import IndexAccess
 from clipdex.web.context import WebContext
 from clipdex.web.filters import MAX_FOLDERS, FilterForm, date_field, describe
 from clipdex.web.guard import DEFAULT_ALLOWED_HOSTS, Guard, HostPolicy
-from clipdex.web.thumbs import PLACEHOLDER_SVG, ThumbnailCache
+from clipdex.web.thumbs import FRAME_PLACEHOLDER_SVG, PLACEHOLDER_SVG, ThumbnailCache
 from clipdex.web.uploads import MAX_UPLOAD_BYTES, UPLOAD_DIR, UPLOAD_PREFIX, check_upload, save_upload
 
 __all__ = ["DEFAULT_ALLOWED_HOSTS", "create_app", "load_metadata"]
@@ -215,7 +215,8 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         with access.reader() as reader:
             label_sets = _names(reader.label_sets)
             labels_of_set = _names(lambda: reader.classification_labels(form.set)) if form.set else []
-        status = {"indexed": counts.indexed, "roots": counts.roots,
+        status = {"indexed": counts.indexed, "photos": counts.indexed - counts.videos, "videos": counts.videos,
+                  "moments": counts.moments, "roots": counts.roots,
                   "models": [{"name": name} for name in counts.models]}
         folder_choices = [(f, _tail(f, MAX_FOLDER_SHOWN))
                           for f in counts.roots + [f for f in form.folders if f not in counts.roots]]
@@ -300,21 +301,23 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         if size not in THUMB_SIZES:
             raise HTTPException(400, f"query parameter 'size' must be one of "
                                      f"{', '.join(map(str, THUMB_SIZES))} (got {size})")
-        data = await off_loop(thumb_threads, thumbnail, file_id, size)
+        data, placeholder = await off_loop(thumb_threads, thumbnail, file_id, size)
         if data is None:  # not indexed, or deleted or unreadable since it was indexed
-            return Response(PLACEHOLDER_SVG, 404, media_type="image/svg+xml")
+            return Response(placeholder, 404, media_type="image/svg+xml")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
-    def thumbnail(file_id: int, size: int) -> bytes | None:
+    def thumbnail(file_id: int, size: int) -> tuple[bytes | None, bytes]:
+        """The thumbnail's JPEG (None: none can be made) and the placeholder to show instead."""
         with access.reader() as reader:
             record = reader.store.file_by_id(file_id)
             poster = record is not None and record.video_id is None and is_video(record.path) \
                 and reader.store.video_sampling(record.id) is not None
         if record is None or record.status != "ok" or not record.content_hash:
-            return None
+            return None, PLACEHOLDER_SVG
         if poster:  # a video itself: its first frame (a frame's path is decoded from its video)
-            return thumbs.poster(record.fs_path, record.content_hash, size)
-        return thumbs.get(record.fs_path, record.content_hash, size)
+            return thumbs.poster(record.fs_path, record.content_hash, size), FRAME_PLACEHOLDER_SVG
+        placeholder = PLACEHOLDER_SVG if record.video_id is None else FRAME_PLACEHOLDER_SVG
+        return thumbs.get(record.fs_path, record.content_hash, size), placeholder
 
     # -- JSON API -------------------------------------------------------------
     @app.get("/api/search")

@@ -28,6 +28,13 @@ PLACEHOLDER_SVG = (
     b'font-family="sans-serif" font-size="13" text-anchor="middle" fill="#666">moved or deleted '
     b'since indexing</text></svg>'
 )
+FRAME_PLACEHOLDER_SVG = (  # a frame of a video (or its poster) that cannot be decoded now
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">'
+    b'<rect width="256" height="256" fill="#ddd"/><text x="128" y="122" font-family="sans-serif" '
+    b'font-size="18" text-anchor="middle" fill="#666">frame unreadable</text><text x="128" y="148" '
+    b'font-family="sans-serif" font-size="13" text-anchor="middle" fill="#666">video moved, changed '
+    b'or deleted</text></svg>'
+)
 
 
 class ThumbnailCache:

@@ -273,18 +273,21 @@ def player_page(ctx: WebContext, record: "FileRecord", q: str, like_params: list
 def timeline(found: list[SearchResult], duration: float, current: int | None) -> list[dict[str, Any]]:
     """The marks of a video's timeline, by time: each frame's position (percent of the length),
     its strength (how well it matches, 0.15-1 between the worst and the best frame) and whether
-    it is one of the best moments: the best frames at least :data:`MOMENT_SECONDS` apart, up to
-    :data:`BEST_MOMENTS` (the frame opened is always one)."""
+    it is one of the best moments: the best frames at least :data:`MOMENT_SECONDS` apart (a
+    twelfth of a shorter video), up to :data:`BEST_MOMENTS` (the frame opened is always one)."""
     if not found:
         return []
     scores = [float(m.score) for m in found]
     low, high = min(scores), max(scores)
     spread = high - low
+    # Apart by MOMENT_SECONDS (one moment, as a search folds them), less in a short video: its
+    # best moments spread along it rather than one or two.
+    apart = min(MOMENT_SECONDS, duration / BEST_MOMENTS)
     best: list[float] = []
     best_ids = set()
     for m in found:  # best first
         t = float(m.t or 0.0)
-        if m.file_id == current or (len(best) < BEST_MOMENTS and all(abs(t - b) >= MOMENT_SECONDS for b in best)):
+        if m.file_id == current or (len(best) < BEST_MOMENTS and all(abs(t - b) >= apart for b in best)):
             best.append(t)
             best_ids.add(m.file_id)
     length = max(duration, *(float(m.t or 0.0) for m in found), 1e-6)

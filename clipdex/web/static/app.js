@@ -25,7 +25,14 @@
     name.className = "name";
     name.textContent = " " + (moment ? r.moment : r.name);
     meta.append(score, name);
-    a.append(img, meta);
+    a.append(img);
+    if (moment) {  // the moment's time over its frame: the name below may be cut short
+      const when = document.createElement("span");
+      when.className = "when";
+      when.textContent = r.moment.split(" @ ").pop();
+      a.append(when);
+    }
+    a.append(meta);
     return a;
   }
 
