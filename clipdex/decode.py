@@ -189,9 +189,18 @@ def open_image_file(path: str, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     a query image): the header and size are checked before anything else is read, and
     the file is decoded from disk, never read whole into memory.
 
+    A frame path (``holiday.mp4#t=83.500``, :func:`clipdex.video.split_frame_path`) opens the
+    frame of the video shown at that time (:func:`_open_video_frame`): grids, query images and
+    duplicates read a video's moments as they read photos.
+
     Raises :class:`~clipdex.errors.ImageDecodeError` (:class:`ImageUnreadable` when
     the file cannot be opened or read).
     """
+    from clipdex.video import split_frame_path
+
+    frame = split_frame_path(path)
+    if frame is not None:
+        return _open_video_frame(path, frame[0], frame[1], max_megapixels=max_megapixels, draft_size=draft_size)
     try:
         with open(path, "rb") as f:
             return load_image(f, path, max_megapixels=max_megapixels, draft_size=draft_size)
@@ -426,3 +435,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _open_video_frame(path: str, video: str, t: float, *, max_megapixels: float,
+                      draft_size: int | None) -> Image.Image:
+    """The frame of ``video`` at ``t`` seconds as :func:`open_image_file` opens a photo: upright RGB,
+    reduced by the video decoder so that its shorter side stays at least ``draft_size``, with
+    ``info[ORIGINAL_SIZE]`` the frame's full upright size (checked against the megapixel limit)."""
+    from clipdex.video_sampling import frame_at
+
+    try:
+        image = frame_at(video, t, min_side=draft_size)
+    except OSError as e:  # opening or reading the video (a damaged one is a VideoError, an ImageDecodeError)
+        raise ImageUnreadable(path, e) from None
+    width, height = image.info.get(ORIGINAL_SIZE, image.size)
+    if width * height > max_megapixels * 1_000_000:
+        raise ImageTooLarge(path, width * height, max_megapixels, (width, height))
+    return image

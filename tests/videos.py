@@ -27,6 +27,10 @@ WEBM_CODEC = "libvpx-vp9"
 # x264 preset: "veryfast" keeps scene-cut detection (ultrafast turns it off, scenecut=0), so
 # each new picture of a slideshow starts with a keyframe as in a real encoder's output.
 X264_PRESET = "veryfast"
+# Pixel formats of encoders that do not take yuv420p (JPEG's full-range YUV).
+PIXEL_FORMATS = {"mjpeg": "yuvj420p"}
+# Container tags FFmpeg's mov muxer writes by itself (others need movflags use_metadata_tags).
+STANDARD_TAGS = {"creation_time", "title", "comment", "encoder", "location"}
 # Degrees clockwise that a player turns the stored pictures (the old 'rotate' tag's meaning).
 ROTATIONS = (0, 90, 180, 270)
 # PIL's transpose that stores an upright picture so that turning it `rotation` degrees clockwise
@@ -42,7 +46,8 @@ def _even(size: tuple[int, int]) -> tuple[int, int]:
 
 def write_frames(path: Path, frames: Iterable[Image.Image], *, fps: int = 10, codec: str | None = None,
                  size: tuple[int, int] | None = None, rotation: int = 0, gop: int | None = None,
-                 faststart: bool = False, options: dict[str, str] | None = None) -> Path:
+                 faststart: bool = False, options: dict[str, str] | None = None,
+                 metadata: dict[str, str] | None = None) -> Path:
     """Encode ``frames`` (upright pictures, one per 1/``fps`` second) into ``path``.
 
     The container is chosen by the suffix (.mp4 .mov .m4v .mkv .webm .avi); ``codec`` defaults
@@ -51,7 +56,8 @@ def write_frames(path: Path, frames: Iterable[Image.Image], *, fps: int = 10, co
     frames turned the other way and writes the display matrix. ``gop`` is the largest keyframe
     interval in frames (None: the encoder's default, x264's 250 with scene cuts). ``faststart``
     puts an mp4's index (moov) before the data, as phones and web uploads do, so that a cut
-    file still opens and fails only where its data ends. Frames are encoded as they come: a
+    file still opens and fails only where its data ends. ``metadata`` are container tags
+    (e.g. ``creation_time``). Frames are encoded as they come: a
     long generator never sits in memory.
     """
     import av
@@ -61,8 +67,15 @@ def write_frames(path: Path, frames: Iterable[Image.Image], *, fps: int = 10, co
     suffix = path.suffix.lower()
     codec = codec or (WEBM_CODEC if suffix == ".webm" else "libx264")
     path.parent.mkdir(parents=True, exist_ok=True)
-    container_options = {"movflags": "+faststart"} if faststart and suffix in (".mp4", ".mov", ".m4v") else {}
+    flags = []
+    if suffix in (".mp4", ".mov", ".m4v"):
+        flags += ["+faststart"] if faststart else []
+        # Tags beyond the standard ones (a phone's com.apple.quicktime.creationdate) are written
+        # only as QuickTime metadata items.
+        flags += ["+use_metadata_tags"] if set(metadata or {}) - STANDARD_TAGS else []
+    container_options = {"movflags": "".join(flags)} if flags else {}
     with av.open(str(path), "w", options=container_options) as container:
+        container.metadata.update(metadata or {})
         stream = None
         stored: tuple[int, int] = (0, 0)
         for count, image in enumerate(frames):
@@ -71,7 +84,7 @@ def write_frames(path: Path, frames: Iterable[Image.Image], *, fps: int = 10, co
                 stored = upright if rotation in (0, 180) else (upright[1], upright[0])
                 stream = container.add_stream(codec, rate=fps, options=_codec_options(codec, options))
                 stream.width, stream.height = stored
-                stream.pix_fmt = "yuv420p"
+                stream.pix_fmt = PIXEL_FORMATS.get(codec, "yuv420p")
                 stream.time_base = Fraction(1, fps)
                 if gop is not None:
                     stream.codec_context.gop_size = gop
@@ -109,7 +122,7 @@ def _codec_options(codec: str, options: dict[str, str] | None) -> dict[str, str]
 
 def write_video(path: Path, images: list[Image.Image], *, seconds_each: float = 3.0, fps: int = 10,
                 codec: str = "libx264", size: tuple[int, int] | None = None, rotation: int = 0,
-                gop: int | None = None, faststart: bool = False) -> Path:
+                gop: int | None = None, faststart: bool = False, metadata: dict[str, str] | None = None) -> Path:
     """A slideshow: each of ``images`` shown ``seconds_each`` seconds, image ``i`` during
     ``[i * seconds_each, (i + 1) * seconds_each)``. See :func:`write_frames` for the rest
     (``codec`` is replaced by VP9 for a .webm when left at libx264)."""
@@ -118,7 +131,7 @@ def write_video(path: Path, images: list[Image.Image], *, seconds_each: float = 
         codec = WEBM_CODEC
     frames = (image for image in images for _ in range(per_image))
     return write_frames(path, frames, fps=fps, codec=codec, size=size, rotation=rotation, gop=gop,
-                        faststart=faststart)
+                        faststart=faststart, metadata=metadata)
 
 
 def write_truncated(path: Path, source: Path, keep: float = 0.5) -> Path:

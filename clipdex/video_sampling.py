@@ -1,0 +1,598 @@
+"""Frames of a video for the index, decoded with PyAV: sampled at scene changes and every few seconds.
+
+:func:`sample` reads a video once, front to back, and decodes as little of it as it can:
+
+* **Keyframes first.** Encoders start a new keyframe at each cut (x264's scene-cut detection) and
+  phones every second or two; a keyframe decodes on its own, without the frames before it. Every
+  keyframe at least :data:`MIN_KEYFRAME_GAP` after the last frame looked at is decoded and looked at;
+  the other packets stay undecoded.
+* **Gaps filled.** Where no keyframe comes within ``interval`` seconds of the last frame looked
+  at (a long shot from an encoder with long keyframe intervals), the packets since the last
+  keyframe are decoded up to that time: a video is looked at least every ``interval`` seconds.
+  Frames no other frame refers to are skipped by the decoder (``skip_frame = "NONREF"``).
+* **Compared small.** Each frame looked at is shrunk by libav to a 32 x 32 grey thumbnail and
+  compared with the frame looked at before it (a big difference: a new scene) and with the
+  last frame kept (a tiny one: the same picture, merged into it, so a static shot is one frame).
+* **Reduced in libav.** A kept frame is converted to RGB at the size asked for (its shorter side
+  ``min_side``) by swscale, then turned upright (the display matrix a phone writes) by Pillow.
+
+Which packets are decoded depends only on the packets' timestamps and keyframe flags, and which
+frames are kept only on the decoded pixels: the same file and interval give the same frames at
+the same times, on any machine and any number of decoder threads (the index keys frame vectors
+by time). :func:`frame_at` decodes the frame shown at a moment (thumbnails, ``@video.mp4@83.5``
+queries); :func:`probe` reads a video's facts.
+
+Failures are a :class:`VideoError` (a kind of :class:`~clipdex.errors.ImageDecodeError`: the
+indexer records the reason and moves on) with a reason a person understands: not a video, no
+picture in it, a codec this FFmpeg cannot decode, cut short or damaged (and where). An
+``OSError`` opening or reading the file is raised as it is: it may come right by itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from clipdex.decode import ORIGINAL_SIZE
+from clipdex.errors import ImageDecodeError
+from clipdex.video import format_time
+
+if TYPE_CHECKING:
+    import av.container
+    import av.packet
+    import av.video.frame
+    import av.video.stream
+
+# Seconds after a frame looked at during which further keyframes are not decoded. Phones write a
+# keyframe every 1-2 s and intra-only codecs (MJPEG, ProRes) make every frame one: decoding each
+# would cost up to one decode per frame. Cuts closer than this to the last frame looked at are
+# still seen, at the next frame looked at. bench/video_speed.py measures what it costs.
+MIN_KEYFRAME_GAP = 1.0
+# Side of the RGB thumbnail two frames are compared on (libav's area filter averages the noise of
+# sensor and codec away; 0.2 ms a 1080p frame).
+THUMB_SIDE = 32
+# Near-identical: mean absolute difference of the two thumbnails' grey levels (0-255) at most this,
+# and the later frame is merged into the earlier. Measured (see the README's "Videos" section):
+# frames of a static shot differ by 0.0-0.2 after H.264 with sensor noise; a pan by 5% of the width
+# by 1.0 at least and 4.3 or more in 95 of 100 photos; half an exposure step by ~8.
+MERGE_DIFF = 2.0
+# New scene: the colour histograms (16 levels per channel) of a frame and the one looked at before
+# it differ by more than this share of their pixels (half the L1 distance, 0-1). Measured on the
+# 1,000 shared Unsplash photos: cuts between two photos differ by 0.24 or more in 99 of 100 pairs
+# (median 0.61), a pan by 20% of the width by 0.14 at most and a 20% zoom by 0.19 at most; 0.25
+# misses 2% of cuts (photos of like colours) and splits 2% of 30% zooms.
+SCENE_DIFF = 0.25
+HISTOGRAM_LEVELS = 16
+# A stream whose packets stop more than this many seconds before the duration its header states
+# was cut short (muxers' durations are exact to a frame; audio may outlast the picture a little).
+TRUNCATION_SLACK = 1.0
+# Packets in a row that fail to decode before a video is given up as damaged (a few bad packets
+# are concealed by the decoder and skipped; a run of them is a damaged file, not a glitch).
+MAX_BAD_PACKETS = 30
+# Frame paths keep milliseconds (clipdex.video.frame_path): a time read back from one may be
+# off by half a millisecond from the frame's own.
+TIME_EPSILON = 0.0005
+# Years of a creation_time tag that are no date: 1904-01-01 and 1970-01-01 are what muxers write
+# when no clock was set (QuickTime's and Unix's zero); a year past the second is a broken clock.
+DATE_YEARS = (1971, 2200)
+# Orientation of a display matrix, in degrees counter-clockwise, to the Pillow transpose that
+# turns the stored picture upright.
+_UPRIGHT = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
+            270: Image.Transpose.ROTATE_270}
+# What a phone's QuickTime file says the local time of recording was (with its offset), preferred
+# to the UTC creation_time that every muxer writes.
+_LOCAL_DATE_TAGS = ("com.apple.quicktime.creationdate",)
+_UTC_DATE_TAGS = ("creation_time",)
+
+
+class VideoError(ImageDecodeError):
+    """A video that cannot be sampled: not a video, no picture in it, a codec FFmpeg cannot
+    decode here, cut short or damaged. Recorded as the video's failure reason and not retried
+    until the file changes (an ``OSError`` reading it is raised as it is and retried)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's container and stream say, read by :func:`probe`.
+
+    ``width`` and ``height`` are the upright size as shown (rotation and non-square pixels
+    applied); ``rotation`` is the degrees clockwise a player turns the stored pictures (a phone
+    held upright: 90); ``taken_at`` is the recording's local wall-clock time
+    ('YYYY-MM-DDTHH:MM:SS', as photos' EXIF dates) or None.
+    """
+
+    duration: float
+    width: int
+    height: int
+    fps: float | None
+    codec: str
+    rotation: int
+    taken_at: str | None
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    """One kept frame: its own time in seconds from the start of the video, its upright RGB
+    picture, and its scene (0 for the first, one more at each scene change found)."""
+
+    t: float
+    image: Image.Image
+    scene: int
+
+
+def probe(path: str) -> VideoInfo:
+    """The facts of the video at ``path``: duration, upright size, frame rate, codec, rotation
+    and when it was recorded. Decodes its first frame (the rotation is carried on frames) and
+    nothing else; raises :class:`VideoError` for a file that is not a playable video."""
+    container, stream = _open(path)
+    try:
+        frame = _first_frame(path, container, stream)
+        rotation = _rotation(frame)
+        width, height = _display_size(frame, stream)
+        if rotation in (90, 270):
+            width, height = height, width
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(
+            duration=_duration(container, stream),
+            width=width,
+            height=height,
+            fps=float(rate) if rate else None,
+            codec=str(stream.codec_context.name),
+            rotation=(360 - rotation) % 360,
+            taken_at=_taken_at(container, stream),
+        )
+    finally:
+        container.close()
+
+
+def sample(path: str, *, interval: float, min_side: int | None = None,
+           stop: threading.Event | None = None) -> Iterator[SampledFrame]:
+    """The frames of the video at ``path`` worth indexing, in time order.
+
+    The first frame is always kept; after it, a frame is looked at at every keyframe (at most one
+    per :data:`MIN_KEYFRAME_GAP`) and at least every ``interval`` seconds; one that differs from
+    the frame looked at before it by more than :data:`SCENE_DIFF` starts a new scene, and one
+    within :data:`MERGE_DIFF` of the last kept frame is merged into it (not yielded). Images
+    are RGB, upright, and reduced (never enlarged) so that their shorter side is ``min_side``.
+
+    Frames decoded before a failure are yielded first; then :class:`VideoError` says what is
+    wrong and where (e.g. ``truncated: no frame after 0:00:12 of 0:00:30``). ``stop`` set ends
+    the iteration within a packet's decoding. The file is read as a stream, never whole.
+    """
+    if not interval > 0:
+        raise ValueError(f"interval must be a positive number of seconds, not {interval}")
+    container, stream = _open(path)
+    try:
+        yield from _Sampler(path, container, stream, interval, min_side, stop).run()
+    finally:
+        container.close()
+
+
+def frame_at(path: str, t: float, *, min_side: int | None = None) -> Image.Image:
+    """The frame of the video at ``path`` shown at ``t`` seconds, upright RGB (reduced so that its
+    shorter side is ``min_side``, when given). ``t`` past the end gives the last frame.
+
+    Seeks to the keyframe before ``t`` and decodes forward to the frame whose span holds it, so
+    a time read back from a frame path (milliseconds) gives the frame sampled there."""
+    import av
+
+    container, stream = _open(path)
+    try:
+        stream.thread_type = "AUTO"
+        start = _start(stream)
+        tb = stream.time_base or Fraction(1, 1)
+        try:
+            container.seek(start + max(0, math.floor(t / tb)), stream=stream, backward=True)
+        except av.error.FFmpegError as e:  # a container without an index: decode from the start
+            if isinstance(e, OSError):
+                raise
+            container.seek(0)
+        decoder = _Decoder(path, stream)
+        shown: av.video.frame.VideoFrame | None = None
+        for packet in _demux(path, container, stream, decoder):
+            for frame in decoder.decode(packet):
+                if shown is not None and decoder.time(frame) > t + TIME_EPSILON:
+                    return _upright(frame=shown, min_side=min_side, stream=stream)
+                shown = frame
+        if shown is None:
+            raise VideoError(path, f"no frame decodes at or after {format_time(t)}")
+        return _upright(frame=shown, min_side=min_side, stream=stream)
+    finally:
+        container.close()
+
+
+class _Decoder:
+    """The stream's decoder fed one packet at a time: frame times in seconds from the stream's
+    start, and decoding errors counted (a run of :data:`MAX_BAD_PACKETS` is a damaged file)."""
+
+    def __init__(self, path: str, stream: av.video.stream.VideoStream) -> None:
+        self.path = path
+        self.stream = stream
+        self.start = _start(stream)
+        self.time_base = float(stream.time_base or Fraction(1, 1))
+        self.bad = 0
+        self.decoded = 0
+        self.last_time: float | None = None
+
+    def packet_time(self, packet: av.packet.Packet) -> float | None:
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        return None if stamp is None else (stamp - self.start) * self.time_base
+
+    def time(self, frame: av.video.frame.VideoFrame) -> float:
+        if frame.pts is None:  # no timestamp (rare raw streams): right after the frame before
+            rate = self.stream.average_rate or self.stream.guessed_rate
+            step = 1.0 / float(rate) if rate else 0.0
+            return (self.last_time or 0.0) + step
+        return (frame.pts - self.start) * self.time_base
+
+    def decode(self, packet: av.packet.Packet) -> list[av.video.frame.VideoFrame]:
+        import av
+
+        try:
+            frames = self.stream.decode(packet)
+        except av.error.FFmpegError as e:
+            if isinstance(e, OSError):
+                raise
+            self.bad += 1
+            if self.bad >= MAX_BAD_PACKETS:
+                where = format_time(self.last_time) if self.last_time is not None else "its start"
+                raise VideoError(self.path, f"damaged: the picture cannot be decoded after {where} "
+                                            f"({self.bad} packets in a row fail: {e.strerror or e})") from None
+            return []
+        self.bad = 0
+        for frame in frames:
+            self.last_time = self.time(frame)
+        self.decoded += len(frames)
+        return frames
+
+
+class _Sampler:
+    """One pass over a video's packets: which to decode (:meth:`run`), which frames to look at
+    (``wants``: for each time in it, the first decoded frame at or after it), which to keep."""
+
+    def __init__(self, path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 interval: float, min_side: int | None, stop: threading.Event | None) -> None:
+        self.path = path
+        self.container = container
+        self.stream = stream
+        self.interval = interval
+        self.min_side = min_side
+        self.stop = stop
+        self.keyframe_gap = min(MIN_KEYFRAME_GAP, interval)
+        self.decoder = _Decoder(path, stream)
+        self.wants: deque[float] = deque()
+        self.scene = 0
+        self.previous: _Thumbnail | None = None  # of the frame looked at last
+        self.kept: _Thumbnail | None = None  # of the frame kept last
+
+    def run(self) -> Iterator[SampledFrame]:
+        stream = self.stream
+        stream.thread_type = "AUTO"
+        # Frames no other frame refers to are never needed to decode one that is looked at.
+        stream.codec_context.skip_frame = "NONREF"
+        last: float | None = None  # time of the last frame asked for
+        first: float | None = None  # time of the first packet
+        fed = -math.inf  # latest time of a packet fed to the decoder
+        seen = -math.inf  # latest time of any packet
+        pending: list[av.packet.Packet] = []  # packets since the last one fed, from the last keyframe on
+        for packet in _demux(self.path, self.container, stream, self.decoder):
+            if self.stop is not None and self.stop.is_set():
+                return
+            if packet.size == 0:  # end of the stream: what the decoder holds comes out
+                yield from self._feed([packet])
+                break
+            t = self.decoder.packet_time(packet)
+            if t is None:  # no timestamp: decoded with its neighbours if they are
+                pending.append(packet)
+                continue
+            seen = max(seen, t)
+            if first is None:
+                first = t
+            if packet.is_keyframe:
+                pending = [packet]
+                if last is None or t >= last + self.keyframe_gap:
+                    last = self._want(t, fed)
+                    fed = max(fed, t)
+                    yield from self._feed(pending)
+                    pending = []
+                continue
+            pending.append(packet)
+            due = (first if last is None else last + self.interval)
+            if t >= (first + self.interval if last is None else due):
+                # No keyframe came in time: decode from the last keyframe (or the last packet
+                # decoded) up to this packet, the first one in decoding order at or past the time.
+                last = self._want(due, fed)
+                fed = max([fed] + [u for u in map(self.decoder.packet_time, pending) if u is not None])
+                yield from self._feed(pending)
+                pending = []
+        else:
+            yield from self._feed([])  # a demuxer that ended without its empty packet
+        if self.decoder.decoded == 0:
+            raise VideoError(self.path, "no frame of the video decodes" if first is not None
+                             else "the video stream holds no frames")
+        self._check_complete(seen)
+
+    def _want(self, t: float, fed: float) -> float:
+        """Ask for the first decoded frame at or after ``t``. Frames decoded from packets fed
+        earlier never answer it (whether they came out of the decoder yet depends on its
+        threads): the time asked for is past all of them."""
+        wanted = t if t > fed else math.nextafter(fed, math.inf)
+        self.wants.append(wanted)
+        return t
+
+    def _feed(self, packets: list[av.packet.Packet]) -> Iterator[SampledFrame]:
+        for packet in packets:
+            if self.stop is not None and self.stop.is_set():
+                return
+            for frame in self.decoder.decode(packet):
+                if self.stop is not None and self.stop.is_set():
+                    return
+                yield from self._look(frame)
+
+    def _look(self, frame: av.video.frame.VideoFrame) -> Iterator[SampledFrame]:
+        t = self.decoder.time(frame)
+        if not self.wants or t < self.wants[0]:
+            return  # decoded only to decode the frames after it
+        while self.wants and self.wants[0] <= t:
+            self.wants.popleft()
+        thumb = _Thumbnail.of(frame)
+        new_scene = self.previous is not None and thumb.histogram_distance(self.previous) > SCENE_DIFF
+        self.previous = thumb
+        if new_scene:
+            self.scene += 1
+        if self.kept is not None and not new_scene and thumb.grey_difference(self.kept) <= MERGE_DIFF:
+            return  # the same picture as the last frame kept
+        self.kept = thumb
+        yield SampledFrame(t=t, image=_upright(frame=frame, min_side=self.min_side, stream=self.stream),
+                           scene=self.scene)
+
+    def _check_complete(self, seen: float) -> None:
+        """A stream whose packets stop well before its stated duration was cut short."""
+        expected = _stated_duration(self.container, self.stream)
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        frame_time = 1.0 / float(rate) if rate else 0.0
+        if expected is not None and seen + frame_time < expected - TRUNCATION_SLACK:
+            raise VideoError(self.path, f"truncated: no frame after {format_time(seen)} of the "
+                                        f"{format_time(expected)} its header states; the file was cut short "
+                                        "(a copy or recording that did not finish)")
+
+
+def _open(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """The container and its main video stream (cover art skipped), or :class:`VideoError`."""
+    import av
+
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        if isinstance(e, OSError):
+            raise
+        if isinstance(e, EOFError):
+            raise VideoError(path, "ends before its first frame: an empty recording, or a file cut short") from None
+        raise VideoError(path, _unreadable_reason(path, e)) from None
+    try:
+        streams = [s for s in container.streams.video
+                   if not s.disposition & av.stream.Disposition.attached_pic]
+        if not streams:
+            kinds = sorted({s.type for s in container.streams})
+            held = f"only {' and '.join(kinds)}" if kinds else "no stream at all"
+            raise VideoError(path, f"holds no picture: no video stream ({held})")
+        stream = streams[0]
+        if stream.codec_context is None:
+            raise VideoError(path, f"its video codec ({_codec_name(stream)}) cannot be "
+                                   "decoded by this FFmpeg; convert it (e.g. to H.264) to index it")
+        return container, stream
+    except BaseException:
+        container.close()
+        raise
+
+
+def _codec_name(stream: Any) -> str:
+    try:
+        return str(stream.codec.name)
+    except Exception:  # noqa: BLE001 - only for the message
+        return "unknown"
+
+
+def _demux(path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+           decoder: _Decoder) -> Iterator[av.packet.Packet]:
+    """The stream's packets in decoding order; a container damaged midway is a :class:`VideoError`
+    that says where."""
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as e:
+            if isinstance(e, OSError):
+                raise
+            where = format_time(decoder.last_time) if decoder.last_time is not None else "its start"
+            raise VideoError(path, f"damaged: the file cannot be read after {where} ({e.strerror or e})") from None
+        yield packet
+
+
+def _first_frame(path: str, container: av.container.InputContainer,
+                 stream: av.video.stream.VideoStream) -> av.video.frame.VideoFrame:
+    decoder = _Decoder(path, stream)
+    for packet in _demux(path, container, stream, decoder):
+        frames = decoder.decode(packet)
+        if frames:
+            return frames[0]
+    raise VideoError(path, "no frame of the video decodes" if decoder.bad else "the video stream holds no frames")
+
+
+def _start(stream: av.video.stream.VideoStream) -> int:
+    return int(stream.start_time) if stream.start_time is not None else 0
+
+
+def _stated_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """Seconds of picture the header states (the stream's own duration, else the container's)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return max(0.0, container.duration / 1_000_000 - (container.start_time or 0) / 1_000_000)
+    return None
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    """The stated duration, or (a stream that states none) the time of its last packet."""
+    stated = _stated_duration(container, stream)
+    if stated is not None:
+        return stated
+    decoder = _Decoder("", stream)
+    container.seek(0)
+    last = 0.0
+    for packet in container.demux(stream):
+        t = decoder.packet_time(packet)
+        if t is not None:
+            last = max(last, t)
+    return last
+
+
+def _rotation(frame: av.video.frame.VideoFrame) -> int:
+    """The frame's display matrix angle, counter-clockwise, to the nearest quarter turn (0-270)."""
+    return round(frame.rotation / 90.0) * 90 % 360
+
+
+def _display_size(frame: av.video.frame.VideoFrame, stream: av.video.stream.VideoStream) -> tuple[int, int]:
+    """The stored picture's size as shown: non-square pixels (DV, some camcorders) stretched."""
+    ratio = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    width = frame.width
+    if ratio and ratio > 0 and ratio != 1:
+        width = max(1, round(frame.width * ratio))
+    return width, frame.height
+
+
+def _upright(*, frame: av.video.frame.VideoFrame, min_side: int | None,
+             stream: av.video.stream.VideoStream) -> Image.Image:
+    """The frame as an upright RGB picture, reduced by swscale so that its shorter side is
+    ``min_side`` (never enlarged); ``info[ORIGINAL_SIZE]`` is its full upright size, as
+    :func:`clipdex.decode.load_image` gives a photo's."""
+    width, height = _display_size(frame, stream)
+    if min_side is not None and min(width, height) > min_side:
+        scale = min_side / min(width, height)
+        width, height = max(min_side, round(width * scale)), max(min_side, round(height * scale))
+    if (width, height) == (frame.width, frame.height):
+        image = frame.to_image()
+    else:
+        image = frame.to_image(width=width, height=height, interpolation="AREA")
+    turn = _rotation(frame)
+    upright = image.transpose(_UPRIGHT[turn]) if turn else image
+    full = _display_size(frame, stream)
+    upright.info[ORIGINAL_SIZE] = (full[1], full[0]) if turn in (90, 270) else full
+    return upright
+
+
+@dataclass(frozen=True)
+class _Thumbnail:
+    """What two frames are compared on: a 32 x 32 picture's grey levels and colour histogram."""
+
+    grey: np.ndarray  # THUMB_SIDE x THUMB_SIDE, float32, 0-255
+    histogram: np.ndarray  # 3 x HISTOGRAM_LEVELS shares of the pixels, per channel
+
+    @classmethod
+    def of(cls, frame: av.video.frame.VideoFrame) -> _Thumbnail:
+        small = frame.reformat(width=THUMB_SIDE, height=THUMB_SIDE, format="rgb24", interpolation="AREA")
+        rgb = small.to_ndarray()
+        grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        levels = (rgb.reshape(-1, 3) // (256 // HISTOGRAM_LEVELS)).astype(np.intp)
+        channels = levels + np.arange(3) * HISTOGRAM_LEVELS
+        counts = np.bincount(channels.ravel(), minlength=3 * HISTOGRAM_LEVELS)
+        return cls(grey, counts.astype(np.float32) / (THUMB_SIDE * THUMB_SIDE))
+
+    def grey_difference(self, other: _Thumbnail) -> float:
+        """Mean absolute difference of the grey levels (0-255)."""
+        return float(np.mean(np.abs(self.grey - other.grey)))
+
+    def histogram_distance(self, other: _Thumbnail) -> float:
+        """Share of the pixels whose colour level would have to change (0-1, mean of the channels)."""
+        return float(np.abs(self.histogram - other.histogram).sum() / 6)
+
+
+def _taken_at(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> str | None:
+    """When the video was recorded, as local wall-clock time: a phone's own local date when it
+    wrote one, else the muxer's UTC ``creation_time`` turned into this machine's local time."""
+    tags = [container.metadata or {}, stream.metadata or {}]
+    for names, local in ((_LOCAL_DATE_TAGS, True), (_UTC_DATE_TAGS, False)):
+        for table in tags:
+            for name in names:
+                value = table.get(name)
+                when = _parse_date(value, local=local) if value else None
+                if when is not None:
+                    return when
+    return None
+
+
+def _parse_date(text: str, *, local: bool) -> str | None:
+    text = text.strip().replace("Z", "+00:00")
+    if len(text) >= 5 and text[-5] in "+-" and text[-3] != ":":  # +0200 -> +02:00
+        text = f"{text[:-2]}:{text[-2:]}"
+    try:
+        when = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None
+    if not DATE_YEARS[0] <= when.year <= DATE_YEARS[1]:
+        return None
+    if not local:
+        when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone()
+    return when.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _unreadable_reason(path: str, error: Exception) -> str:
+    """Why FFmpeg cannot open the file, in words: an MP4/QuickTime file cut short or with its
+    structure broken is named as such, anything else is not a video FFmpeg knows."""
+    broken = _mp4_problem(path)
+    if broken is not None:
+        return broken
+    detail = getattr(error, "strerror", None) or str(error)
+    return f"not a video FFmpeg can read ({detail}); the file may be damaged or of another kind"
+
+
+def _mp4_problem(path: str) -> str | None:
+    """For a file that starts as MP4/QuickTime (an 'ftyp' box): what its top-level boxes show
+    wrong (cut short, no index, a box header broken), or None."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            offset, seen = 0, list[str]()
+            while offset + 8 <= size:
+                f.seek(offset)
+                header = f.read(16)
+                length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if offset == 0 and kind != b"ftyp":
+                    return None
+                if length == 1 and len(header) == 16:
+                    length = int.from_bytes(header[8:16], "big")
+                elif length == 0:
+                    length = size - offset
+                if length < 8 or not (kind.isascii() and kind.replace(b" ", b"").isalnum()):
+                    return (f"damaged: its structure is broken {_megabytes(offset)} into the file (after its "
+                            f"{', '.join(repr(name) for name in seen)} boxes, data that is no box)")
+                name = kind.decode("ascii")
+                seen.append(name)
+                if offset + length > size:
+                    missing = "" if "moov" in seen else "; its index ('moov'), written after it, is missing"
+                    return (f"truncated: the file ends {_megabytes(size - offset)} into its "
+                            f"{_megabytes(length)} '{name}' box{missing}; the recording or copy was cut short")
+                offset += length
+    except OSError:
+        return None
+    if seen and "moov" not in seen:
+        return "truncated: it has no index (the 'moov' box); the recording or copy was cut short"
+    return None
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count:,} bytes"
