@@ -34,7 +34,7 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -235,7 +235,8 @@ class _Decoder:
             return (self.last_time or 0.0) + step
         return (frame.pts - self.start) * self.time_base
 
-    def decode(self, packet: av.packet.Packet) -> list[av.video.frame.VideoFrame]:
+    def decode(self, packet: av.packet.Packet | None) -> list[av.video.frame.VideoFrame]:
+        """The frames ``packet`` completes (None: flush the decoder); a packet that fails is skipped."""
         import av
 
         try:
@@ -284,39 +285,42 @@ class _Sampler:
         first: float | None = None  # time of the first packet
         fed = -math.inf  # latest time of a packet fed to the decoder
         seen = -math.inf  # latest time of any packet
-        pending: list[av.packet.Packet] = []  # packets since the last one fed, from the last keyframe on
+        pending: list[av.packet.Packet] = []  # packets not fed since the last keyframe (it included)
+        flushed = False
         for packet in _demux(self.path, self.container, stream, self.decoder):
             if self.stop is not None and self.stop.is_set():
                 return
-            if packet.size == 0:  # end of the stream: what the decoder holds comes out
+            if packet.size == 0:  # the end: what the decoder holds comes out
                 yield from self._feed([packet])
+                flushed = True
                 break
-            t = self.decoder.packet_time(packet)
-            if t is None:  # no timestamp: decoded with its neighbours if they are
-                pending.append(packet)
-                continue
+            stamped = self.decoder.packet_time(packet)
+            # A packet without a timestamp (rare) is taken to come right after the one before.
+            t = stamped if stamped is not None else max(seen, 0.0)
             seen = max(seen, t)
-            if first is None:
-                first = t
+            first = t if first is None else first
             if packet.is_keyframe:
                 pending = [packet]
-                if last is None or t >= last + self.keyframe_gap:
-                    last = self._want(t, fed)
-                    fed = max(fed, t)
-                    yield from self._feed(pending)
-                    pending = []
-                continue
-            pending.append(packet)
-            due = (first if last is None else last + self.interval)
-            if t >= (first + self.interval if last is None else due):
-                # No keyframe came in time: decode from the last keyframe (or the last packet
-                # decoded) up to this packet, the first one in decoding order at or past the time.
-                last = self._want(due, fed)
-                fed = max([fed] + [u for u in map(self.decoder.packet_time, pending) if u is not None])
-                yield from self._feed(pending)
-                pending = []
-        else:
-            yield from self._feed([])  # a demuxer that ended without its empty packet
+                if last is not None and t < last + self.keyframe_gap:
+                    continue  # too soon after the last frame asked for
+                last = self._want(t, fed)
+            else:
+                pending.append(packet)
+                if last is None:  # no keyframe yet to start from: after an interval, decode what there is
+                    if t < first + self.interval:
+                        continue
+                    last = self._want(first, fed)
+                elif t >= last + self.interval:
+                    # No keyframe came in time: decode from the last keyframe (or the last packet
+                    # decoded) to this one, the first in decoding order at or past the time due.
+                    last = self._want(last + self.interval, fed)
+                else:
+                    continue
+            fed = max(fed, t)
+            yield from self._feed(pending)
+            pending = []
+        if not flushed:  # a demuxer that ended without its empty packet
+            yield from self._feed([None])
         if self.decoder.decoded == 0:
             raise VideoError(self.path, "no frame of the video decodes" if first is not None
                              else "the video stream holds no frames")
@@ -330,7 +334,7 @@ class _Sampler:
         self.wants.append(wanted)
         return t
 
-    def _feed(self, packets: list[av.packet.Packet]) -> Iterator[SampledFrame]:
+    def _feed(self, packets: Sequence[av.packet.Packet | None]) -> Iterator[SampledFrame]:
         for packet in packets:
             if self.stop is not None and self.stop.is_set():
                 return
