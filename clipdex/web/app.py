@@ -245,10 +245,11 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         like_params = [("like", str(file_id)), *form.params()]
         with access.reader() as reader:
             record = reader.photo(file_id)
-            if video.is_video_page(reader, record):  # a moment of a video, or a video: the player
-                return video.player_page(pages, record, q, like_params, form.any)
-            labels = reader.photo_labels(file_id)
+            player = video.is_video_page(reader, record)
+            labels = [] if player else reader.photo_labels(file_id)
             sigmoid = scoring_of(reader.model_record().logit_bias) == SIGMOID if labels else False
+        if player:  # a moment of a video, or a video: the player (it borrows a reader of its own)
+            return video.player_page(pages, record, q, like_params, form.any)
         row = {k: v for k, v in metadata.get(record.path, {}).items() if v not in ("", None)}
         view = serialize.photo(record, labels, exists=os.path.isfile(record.fs_path), metadata=row)
         return render("photo.html", photo=view, like_params=like_params, filtered=form.any, sigmoid=sigmoid)

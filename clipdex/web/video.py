@@ -22,6 +22,7 @@ damaged since indexing) gets the same note from the page's script (``static/vide
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from clipdex.errors import ClipdexError, PhotoNotFound, QueryError
 from clipdex.search import QueryTerm, SearchResult, parse_query
 from clipdex.video import MOMENT_SECONDS, format_time, is_video
 from clipdex.web.context import WebContext
-from clipdex.web.uploads import UPLOAD_NAME, upload_name
+from clipdex.web.uploads import UPLOAD_NAME, UPLOAD_PREFIX, upload_name
 
 if TYPE_CHECKING:
     from clipdex.index import Index
@@ -48,6 +49,7 @@ MAX_MOMENTS = 500  # frames a video's timeline or /api/videos/{id}/moments lists
 BEST_MOMENTS = 12  # the best moments of a video shown as frames under its timeline
 MIN_STRENGTH = 0.15  # a timeline mark's least opacity: the worst-matching frame still shows
 VideoId = Annotated[int, PathParam(ge=1, le=MAX_ID)]  # videos are addressed by id, never by path
+_UPLOAD_TERM = re.compile("@" + re.escape(UPLOAD_PREFIX) + r"[0-9a-f]{32}\.\w+")  # shown as words, not a hash
 
 # What each container is served as (the Content-Type a <video> element gets).
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
@@ -263,7 +265,8 @@ def player_page(ctx: WebContext, record: "FileRecord", q: str, like_params: list
     return ctx.render(
         "video.html", video=view, t=t, time=format_time(t), frame_id=record.id if frame is not None else None,
         moment=f"{view['name']} @ {format_time(t)}" if frame is not None else view["name"],
-        q=q.strip(), query_error=query_error, marks=marks, best=best,
+        q=q.strip(), query_shown=_UPLOAD_TERM.sub("the photo you dropped", q.strip()), query_error=query_error,
+        marks=marks, best=best,
         served=not isinstance(served, str), not_served=served if isinstance(served, str) else "",
         playable=play.playable, unplayable_reason=play.reason, check_type=play.check,
         duration=format_time(sampling.duration), labels=[serialize.photo_label(pl) for pl in labels],

@@ -218,7 +218,7 @@ def test_a_moment_page_plays_the_video_from_its_second_beside_the_timeline(clien
     assert [float(t) for _, _, t in marks] == sorted(t for _, t in frames)
     assert [int(i) for c, i, _ in marks if "current" in c] == [best["id"]]
     assert 'id="unplayable" hidden' in page.text and 'id="still"' in page.text
-    assert "darker where they match" in page.text and 'id="more-like-this"' in page.text
+    assert "darker where they match <q>the photo you dropped</q>" in page.text and 'id="more-like-this"' in page.text
     assert "/static/video.js" in page.text
 
     plain = client.get(f"/photo/{best['id']}")  # opened without a query: the frames by time
