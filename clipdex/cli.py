@@ -758,8 +758,7 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
     if as_json:
         from clipdex import serialize
 
-        click.echo(json.dumps(_with_moments(serialize.search_results(text, offset, results, filters or None),
-                                            results), indent=2))
+        click.echo(json.dumps(serialize.search_results(text, offset, results, filters or None), indent=2))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["rank", "score", "id", "path", "t"])
@@ -773,20 +772,6 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
             out.print(f"{r.rank:>5}  {r.score:>6.3f}  {_shown(r)}", markup=False)
     if grid:
         _console(stderr=True).print(f"contact sheet: {grid}", markup=False)
-
-
-def _with_moments(payload: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
-    """A page of results as JSON whose moments carry their time, video and name, in the shape
-    the web API gives them (``GET /api/search``), so that both stay one shape."""
-    for fields, result in zip(payload["results"], results):
-        if result.t is not None:
-            fields.update(t=round(float(result.t), 3), video_id=result.video_id,
-                          moment=f"{_name(result.path)} @ {format_time(result.t)}")
-    return payload
-
-
-def _name(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
 
 
 def _shown(result: Any) -> str:
@@ -1257,10 +1242,7 @@ def status_cmd(index_dir: str | None, all_failures: bool, verify: bool, as_json:
     if as_json:
         from clipdex import serialize
 
-        data = serialize.index_status(status, failures)
-        if videos or moments:  # "indexed" counts each video's own row too
-            data.update(videos=videos, moments=moments)
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(serialize.index_status(status, failures), indent=2))
         return
     missing = set(status.missing_roots)
     out = _console()

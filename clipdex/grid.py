@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from clipdex.decode import open_image_file
 from clipdex.errors import GridError, ImageDecodeError, ImageTypeError, OutputError
 from clipdex.fileio import write_atomically
-from clipdex.video import format_time, split_frame_path
+from clipdex.video import moment_name, split_frame_path
 
 # Pillow's own decompression-bomb limit: a larger sheet would warn or fail when opened
 # again with Pillow, and takes 3 bytes a pixel (here ~270 MB) to draw.
@@ -65,8 +65,7 @@ def tile_name(path: str) -> str:
     frame = split_frame_path(path)
     if frame is None:
         return os.path.basename(path)
-    video, t = frame
-    return f"{os.path.basename(video)} @ {format_time(t)}"
+    return moment_name(*frame)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -20,7 +20,7 @@ import numpy as np
 
 from clipdex.classify import MULTI_SEPARATOR, SIGMOID, UNCERTAIN, Classification
 from clipdex.errors import ReviewOptionError
-from clipdex.grid import Row, Tile, draw_rows
+from clipdex.grid import Row, Tile, draw_rows, tile_name
 
 MODES = ("random", "least-confident", "most-confident")
 MAX_PER_LABEL = 500  # a review row is for looking at; more is a table (clipdex classify --out)
@@ -74,7 +74,7 @@ def review_rows(result: Classification, *, per_label: int = 8, seed: int = 0,
         tiles = []
         for c in chosen:
             i = int(members[c])
-            tiles.append(Tile(result.paths[i], f"{name} {probs[c]:.2f}\n{os.path.basename(result.paths[i])}",
+            tiles.append(Tile(result.paths[i], f"{name} {probs[c]:.2f}\n{tile_name(result.paths[i])}",
                               fs_path=result.fs_path(i)))
         title = f"{result.label_set.name} = {name}   ({len(members)} photos, {mode}{scored})"
         rows.append(Row(title, tiles))

@@ -28,9 +28,16 @@ if TYPE_CHECKING:
 
 
 def search_result(result: "SearchResult") -> dict[str, Any]:
-    """One ranked photo: ``{"rank", "score", "id", "path", "name"}``."""
-    return {"rank": result.rank, "score": round(float(result.score), 6), "id": result.file_id,
-            "path": result.path, "name": os.path.basename(result.path)}
+    """One ranked photo: ``{"rank", "score", "id", "path", "name"}``; a moment of a video (``path``
+    the video's, ``id`` the frame's) adds ``"t"`` (seconds from its start), ``"video_id"`` and
+    ``"moment"`` (``video.mp4 @ 0:01:23``)."""
+    data: dict[str, Any] = {"rank": result.rank, "score": round(float(result.score), 6), "id": result.file_id,
+                            "path": result.path, "name": os.path.basename(result.path)}
+    if result.t is not None:
+        from clipdex.video import moment_name
+
+        data.update(t=round(float(result.t), 3), video_id=result.video_id, moment=moment_name(result.path, result.t))
+    return data
 
 
 def search_filter(filters: "SearchFilter | None") -> dict[str, Any]:
@@ -85,7 +92,8 @@ def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None 
     Each model says how many of its vectors were computed in each precision
     (``"precisions": {"bf16": 600, "fp32": 400}``: full precisions share one vector set)
     and what ``--precision auto`` chose per kind of host (``"auto"``: [precision_choice…]);
-    ``host`` is this machine as those choices name hosts (None where only torch could say)."""
+    ``host`` is this machine as those choices name hosts (None where only torch could say);
+    ``videos`` and ``moments`` (indexed videos, their kept frames) appear where the index has any."""
     data: dict[str, Any] = {
         "path": status.path, "roots": list(status.roots), "indexed": status.indexed,
         "failed": status.failed,
@@ -96,6 +104,8 @@ def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None 
                     "reclaimable_bytes": m.reclaimable_bytes} for m in status.models],
         "missing_roots": list(status.missing_roots), "missing_photos": status.missing_photos,
         "problems": list(status.problems), "readonly": status.readonly, "host": status.host}
+    if status.videos or status.moments:  # "indexed" counts each video's own row too
+        data.update(videos=status.videos, moments=status.moments)
     if failures is not None:
         data["failures"] = [failure(f.path, f.reason, f.failure_kind) for f in failures]
     return data
@@ -104,7 +114,9 @@ def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None 
 def index_report(report: "IndexReport") -> dict[str, Any]:
     """What one ``index`` run did. ``precision`` is what new vectors were computed in (None when
     nothing was encoded under ``auto``: nothing was chosen); ``precision_note`` how it was chosen
-    ("auto: " and auto's reason, or "asked for (--precision fp32)")."""
+    ("auto: " and auto's reason, or "asked for (--precision fp32)"); ``videos`` sampled, the
+    ``frames`` kept of them, their length in ``video_seconds`` and ``video_realtime`` (seconds of video
+    indexed per second of the video stage)."""
     return {"root": report.root, "model": report.model, "new": report.new, "changed": report.changed,
             "reused": report.reused, "unchanged": report.unchanged, "removed": report.removed,
             "encoded": report.encoded, "retried": report.retried, "dated": report.dated,
@@ -112,7 +124,8 @@ def index_report(report: "IndexReport") -> dict[str, Any]:
             "seconds": round(report.seconds, 3), "encode_seconds": round(report.encode_seconds, 3),
             "images_per_second": round(report.images_per_second, 3),
             "precision": report.precision or None, "precision_note": report.precision_note,
-            "device_decoded": report.device_decoded,
+            "device_decoded": report.device_decoded, "videos": report.videos, "frames": report.frames,
+            "video_seconds": round(report.video_seconds, 3), "video_realtime": round(report.video_realtime, 3),
             "failed": [failure(f.path, f.reason, f.kind) for f in report.failed],
             **_engine_facts(report)}
 

@@ -75,6 +75,11 @@ def format_time(seconds: float) -> str:
     return f"{text}.{tenths}" if tenths else text
 
 
+def moment_name(path: str, t: float) -> str:
+    """``video.mp4 @ 0:01:23``: a moment as people write it (the video's file name and time)."""
+    return f"{os.path.basename(path)} @ {format_time(t)}"
+
+
 def parse_time(text: str) -> float | None:
     """Seconds of ``83.5``, ``1:23.5`` or ``0:01:23``; None when ``text`` is not a time."""
     found = _TIME.match(text.strip())

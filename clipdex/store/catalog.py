@@ -1057,12 +1057,13 @@ class Store:
         return counts
 
     def count_under(self, roots: Sequence[str], status: str = "ok") -> int:
-        """Files with ``status`` under any of ``roots`` (each file once, nested roots or not)."""
+        """Files (photos and videos, not frames) with ``status`` under any of ``roots`` (each file
+        once, nested roots or not)."""
         if not roots:
             return 0
         condition, args = _under_sql(roots)  # a real name that is not UTF-8, or its display form
-        return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND {condition}",
-                                 (status, *args)).fetchone()[0]
+        return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND {condition} "
+                                 "AND video_id IS NULL", (status, *args)).fetchone()[0]
 
     def count_for_model(self, model: ModelRecord, hidden_roots: Sequence[str] = (), media: str | None = None) -> int:
         """Indexed photos and frames of videos outside ``hidden_roots`` that have a vector of

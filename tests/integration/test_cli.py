@@ -39,7 +39,7 @@ def test_index_search_status_round_trip(tmp_path: Path, photos: Path, model_args
     assert all(-1 <= r["score"] <= 1 for r in as_json["results"])
 
     rows = list(csv.DictReader(io.StringIO(run("search", "music", "--index", idx, "--csv").output)))
-    assert len(rows) == 10 and list(rows[0]) == ["rank", "score", "id", "path"]
+    assert len(rows) == 10 and list(rows[0]) == ["rank", "score", "id", "path", "t"]
     assert all(int(r["id"]) > 0 for r in rows)
 
     status = run("status", "--index", idx)
