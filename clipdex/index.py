@@ -694,6 +694,18 @@ class Index:
         _check_page(str(query), k, offset)
         filters = _with_label(filters, label)
         terms = parse_query(query) if isinstance(query, str) else query
+        with self.lock:
+            plan = self._plan(filters, exact)
+        query_vector = self._resolved_vector(query, terms, image_files, image_vector)
+        text = any(t.kind == "text" and t.weight > 0 for t in terms)
+        return self._top(plan, query_vector, k, offset, text, per_video)
+
+    def _resolved_vector(self, query: str | list[QueryTerm], terms: list[QueryTerm],
+                         image_files: Callable[[str], bool] | None,
+                         image_vector: Callable[[str], np.ndarray | None] | None) -> np.ndarray:
+        """The query's vector (see :meth:`search` for how an ``@image`` term resolves): stored
+        vectors and the files to read are looked up under :attr:`lock`; texts and files are
+        encoded outside it, side by side with other threads."""
         vectors: dict[int, np.ndarray] = {}
         if image_vector is not None:
             for i, term in enumerate(terms):
@@ -703,7 +715,6 @@ class Index:
                         vectors[i] = given
         files: dict[int, str] = {}
         with self.lock:
-            plan = self._plan(filters, exact)
             for i, term in enumerate(terms):
                 if term.kind == "image" and i not in vectors:
                     stored = self._stored_vector(term.value)
@@ -715,9 +726,7 @@ class Index:
             encoder = self.encoder if texts or files else None  # built once, under the lock
         if encoder is not None:
             vectors.update(_encode_terms(encoder, terms, texts, files))
-        query_vector = _combine(query, terms, [vectors[i] for i in range(len(terms))])
-        text = any(t.kind == "text" and t.weight > 0 for t in terms)
-        return self._top(plan, query_vector, k, offset, text, per_video)
+        return _combine(query, terms, [vectors[i] for i in range(len(terms))])
 
     def similar(self, file_id: int, k: int = 10, *, offset: int = 0, filters: SearchFilter | None = None,
                 exact: bool = False, per_video: int | None = None) -> tuple[FileRecord, list[SearchResult]]:
@@ -750,10 +759,13 @@ class Index:
         return record, sampling
 
     def moments(self, video_id: int, query: str | list[QueryTerm] | None = None, *, limit: int = 500,
-                image_files: Callable[[str], bool] | None = None) -> list[SearchResult]:
+                image_files: Callable[[str], bool] | None = None,
+                image_vector: Callable[[str], np.ndarray | None] | None = None) -> list[SearchResult]:
         """The kept frames of video ``video_id`` scored against ``query``, best first (at most
         ``limit``): where in the video a search matches (the web app's timeline). With no query,
-        every frame by time, scored 0. Raises :class:`PhotoNotFound` for an id that is no video."""
+        every frame by time, scored 0. ``image_files`` and ``image_vector`` resolve ``@image``
+        terms as in :meth:`search`; thread-safe like it. Raises :class:`PhotoNotFound` for an id
+        that is no video."""
         video, _ = self.video(video_id)
         with self.lock:
             record = self.model_record()
@@ -764,7 +776,8 @@ class Index:
         scores = np.zeros(len(frames), dtype=np.float32)
         order = list(range(len(frames)))
         if query is not None and frames:
-            vector = self.query_vector(query, image_files=image_files)
+            terms = parse_query(query) if isinstance(query, str) else query
+            vector = self._resolved_vector(query, terms, image_files, image_vector)
             matrix = engine.read(np.array([rows[f.id] for f in frames], dtype=np.int64))
             scores = matrix @ vector
             order = sorted(order, key=lambda i: (-float(scores[i]), frames[i].frame_t or 0.0))

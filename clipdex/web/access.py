@@ -127,6 +127,12 @@ class IndexAccess:
         vector (no path involved)."""
         return self.index.similar(file_id, k, offset=offset, filters=filters or None)
 
+    def moments(self, video_id: int, terms: list[QueryTerm] | None, limit: int) -> list[SearchResult]:
+        """:meth:`Index.moments`: the video's frames scored against ``terms`` (uploads and photos
+        of the index, as :meth:`search` resolves them; no other file on the server is read)."""
+        return self.index.moments(video_id, terms, limit=limit, image_files=_no_other_files,
+                                  image_vector=self._upload_or_none)
+
     def _upload_or_none(self, term: str) -> np.ndarray | None:
         name = upload_name(term, self.uploads)
         if name is None:

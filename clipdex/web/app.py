@@ -221,7 +221,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         folder_choices = [(f, _tail(f, MAX_FOLDER_SHOWN))
                           for f in counts.roots + [f for f in form.folders if f not in counts.roots]]
         return render("search.html", http_status=error_status if error else 200, q=q, like=similar_to,
-                      results=[video.result_json(h, serialize.search_result(h)) for h in hits],
+                      results=[serialize.search_result(h) for h in hits],
                       error=error, page=page,
                       like_id=like if like is not None and not q.strip() else None,
                       page_size=PAGE_SIZE, set=form.set, label=form.label, label_sets=label_sets,
@@ -336,7 +336,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     def api_search_view(q: str, k: int, offset: int, form: FilterForm) -> dict[str, Any]:
         filters = api_filters(form)
         hits = access.search(parse_query(q), k, offset, filters)
-        return video.with_moments(serialize.search_results(q, offset, hits, filters), hits)
+        return serialize.search_results(q, offset, hits, filters)
 
     @app.get("/api/similar/{file_id}")
     async def api_similar(file_id: PhotoId, k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
@@ -351,8 +351,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     def api_similar_view(file_id: int, k: int, offset: int, form: FilterForm) -> dict[str, Any]:
         filters = api_filters(form)
         record, hits = access.similar(file_id, k, offset, filters)
-        return video.with_moments(serialize.search_results("@" + shlex.quote(record.path), offset, hits, filters),
-                                  hits)
+        return serialize.search_results("@" + shlex.quote(record.path), offset, hits, filters)
 
     def api_filters(form: FilterForm) -> SearchFilter | None:
         if bool(form.set) != bool(form.label):

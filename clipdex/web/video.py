@@ -33,11 +33,11 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from clipdex.classify import SIGMOID, scoring_of
-from clipdex.errors import ClipdexError, PhotoNotFound, QueryError
-from clipdex.search import QueryTerm, SearchResult, parse_query
+from clipdex.errors import ClipdexError, PhotoNotFound
+from clipdex.search import SearchResult, parse_query
 from clipdex.video import MOMENT_SECONDS, format_time, is_video
 from clipdex.web.context import WebContext
-from clipdex.web.uploads import UPLOAD_NAME, UPLOAD_PREFIX, upload_name
+from clipdex.web.uploads import UPLOAD_PREFIX
 
 if TYPE_CHECKING:
     from clipdex.index import Index
@@ -92,27 +92,6 @@ def playability(path: str, codec: str | None) -> Playability:
         return Playability(None, f"only some browsers play {name.upper()} video",
                            f'{container}; codecs="{SOME_BROWSERS_CODECS[name]}"')
     return Playability(False, f"browsers do not play {name} video")
-
-
-def moment_name(result: SearchResult) -> str:
-    """``video.mp4 @ 0:01:23`` for a moment, the file name for a photo."""
-    name = os.path.basename(result.path)
-    return name if result.t is None else f"{name} @ {format_time(result.t)}"
-
-
-def result_json(result: SearchResult, fields: dict[str, Any]) -> dict[str, Any]:
-    """A search result's JSON (``fields``, from :func:`clipdex.serialize.search_result`) with
-    what a moment adds: ``t`` (seconds), ``video_id`` and ``moment`` (``video.mp4 @ 0:01:23``)."""
-    if result.t is None:
-        return fields
-    return {**fields, "t": round(float(result.t), 3), "video_id": result.video_id, "moment": moment_name(result)}
-
-
-def with_moments(payload: dict[str, Any], results: list[SearchResult]) -> dict[str, Any]:
-    """A page of results (:func:`clipdex.serialize.search_results`) whose moments carry their
-    time and video (:func:`result_json`)."""
-    payload["results"] = [result_json(r, f) for r, f in zip(results, payload["results"])]
-    return payload
 
 
 @dataclass(frozen=True)
@@ -192,31 +171,9 @@ def add_routes(app: FastAPI, ctx: WebContext) -> None:
 def moments(ctx: WebContext, video_id: int, q: str, limit: int = MAX_MOMENTS) -> list[SearchResult]:
     """The frames of video ``video_id`` scored against the query ``q`` (:meth:`Index.moments`).
 
-    As on the search page, a query may use photos of the index and uploads, never another file
-    of the server: an upload term is read from the index's uploads folder, nothing else.
-    """
-    terms, uploads = _terms(ctx, q) if q.strip() else (None, set())
-    # Under the index's lock: the query's photos are looked up on the index's own connection.
-    with ctx.access.locked() as idx:
-        return idx.moments(video_id, terms, limit=limit, image_files=uploads.__contains__)
-
-
-def _terms(ctx: WebContext, q: str) -> tuple[list[QueryTerm], set[str]]:
-    """The query's terms with each upload (``@upload:<hash>.<ext>``) made its file in the uploads
-    folder, and those files (the only ones the query may read)."""
-    terms, uploads = [], set()
-    for term in parse_query(q):
-        name = upload_name(term.value, ctx.access.uploads) if term.kind == "image" else None
-        if name is None:
-            terms.append(term)
-            continue
-        path = ctx.access.uploads / name
-        if not UPLOAD_NAME.match(name) or not path.is_file():
-            raise QueryError(f"@{term.value}", "that upload is not on this server (uploads are named "
-                                               "upload:<hash>.<ext>); upload the photo again")
-        terms.append(QueryTerm(term.kind, str(path), term.weight))
-        uploads.add(str(path))
-    return terms, uploads
+    As on the search page, a query may use photos of the index and uploads (their cached
+    vectors), never another file of the server."""
+    return ctx.access.moments(video_id, parse_query(q) if q.strip() else None, limit)
 
 
 def video_json(record: "FileRecord", sampling: "VideoSampling") -> dict[str, Any]:
