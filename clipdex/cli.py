@@ -1214,8 +1214,10 @@ def serve_cmd(index_dir: str | None, host: str, port: int, metadata: str | None,
     allowed = tuple(dict.fromkeys((*DEFAULT_ALLOWED_HOSTS, host, *allow_hosts)))  # in order, once each
     app = create_app(index, table, allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host
-    err.print(f"clipdex is serving {index.status().indexed} photos at [bold]{_t(f'http://{shown}:{port}/')}[/] "
-              "(Ctrl-C stops it)")
+    held = index.status()
+    videos = f" and {_count(held.videos, 'video')}" if held.videos else ""
+    err.print(f"clipdex is serving {_count(held.indexed - held.videos, 'photo')}{videos} at "
+              f"[bold]{_t(f'http://{shown}:{port}/')}[/] (Ctrl-C stops it)")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
