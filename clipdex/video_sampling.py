@@ -271,7 +271,9 @@ class _Sampler:
         self.stop = stop
         self.keyframe_gap = min(MIN_KEYFRAME_GAP, interval)
         self.decoder = _Decoder(path, stream)
-        self.wants: deque[float] = deque()
+        # For each frame asked for: the time (the first decoded frame at or after it answers) and
+        # whether it is a sample (kept unless the same picture) or a probe (kept if a new scene).
+        self.wants: deque[tuple[float, bool]] = deque()
         self.scene = 0
         self.previous: _Thumbnail | None = None  # of the frame looked at last
         self.kept: _Thumbnail | None = None  # of the frame kept last
@@ -281,7 +283,8 @@ class _Sampler:
         stream.thread_type = "AUTO"
         # Frames no other frame refers to are never needed to decode one that is looked at.
         stream.codec_context.skip_frame = "NONREF"
-        last: float | None = None  # time of the last frame asked for
+        last: float | None = None  # time of the last sample asked for
+        probed = -math.inf  # time of the last frame asked for, sample or probe
         first: float | None = None  # time of the first packet
         fed = -math.inf  # latest time of a packet fed to the decoder
         seen = -math.inf  # latest time of any packet
@@ -301,19 +304,22 @@ class _Sampler:
             first = t if first is None else first
             if packet.is_keyframe:
                 pending = [packet]
-                if last is not None and t < last + self.keyframe_gap:
+                if last is None or t >= last + self.interval:
+                    last = probed = self._want(t, fed, sample=True)
+                elif t >= probed + self.keyframe_gap:  # a cut, perhaps: looked at, kept if it is one
+                    probed = self._want(t, fed, sample=False)
+                else:
                     continue  # too soon after the last frame asked for
-                last = self._want(t, fed)
             else:
                 pending.append(packet)
                 if last is None:  # no keyframe yet to start from: after an interval, decode what there is
                     if t < first + self.interval:
                         continue
-                    last = self._want(first, fed)
+                    last = probed = self._want(first, fed, sample=True)
                 elif t >= last + self.interval:
                     # No keyframe came in time: decode from the last keyframe (or the last packet
                     # decoded) to this one, the first in decoding order at or past the time due.
-                    last = self._want(last + self.interval, fed)
+                    last = probed = self._want(last + self.interval, fed, sample=True)
                 else:
                     continue
             fed = max(fed, t)
@@ -326,12 +332,12 @@ class _Sampler:
                              else "the video stream holds no frames")
         self._check_complete(seen)
 
-    def _want(self, t: float, fed: float) -> float:
-        """Ask for the first decoded frame at or after ``t``. Frames decoded from packets fed
-        earlier never answer it (whether they came out of the decoder yet depends on its
-        threads): the time asked for is past all of them."""
+    def _want(self, t: float, fed: float, *, sample: bool) -> float:
+        """Ask for the first decoded frame at or after ``t`` (a sample, or a probe for a cut). Frames
+        decoded from packets fed earlier never answer it (whether they came out of the decoder yet
+        depends on its threads): the time asked for is past all of them."""
         wanted = t if t > fed else math.nextafter(fed, math.inf)
-        self.wants.append(wanted)
+        self.wants.append((wanted, sample))
         return t
 
     def _feed(self, packets: Sequence[av.packet.Packet | None]) -> Iterator[SampledFrame]:
@@ -345,16 +351,19 @@ class _Sampler:
 
     def _look(self, frame: av.video.frame.VideoFrame) -> Iterator[SampledFrame]:
         t = self.decoder.time(frame)
-        if not self.wants or t < self.wants[0]:
+        if not self.wants or t < self.wants[0][0]:
             return  # decoded only to decode the frames after it
-        while self.wants and self.wants[0] <= t:
-            self.wants.popleft()
+        sample = False
+        while self.wants and self.wants[0][0] <= t:
+            sample |= self.wants.popleft()[1]
         thumb = _Thumbnail.of(frame)
         new_scene = self.previous is not None and thumb.histogram_distance(self.previous) > SCENE_DIFF
         self.previous = thumb
         if new_scene:
             self.scene += 1
-        if self.kept is not None and not new_scene and thumb.grey_difference(self.kept) <= MERGE_DIFF:
+        elif not sample:
+            return  # a keyframe between samples that starts no scene
+        elif self.kept is not None and thumb.grey_difference(self.kept) <= MERGE_DIFF:
             return  # the same picture as the last frame kept
         self.kept = thumb
         yield SampledFrame(t=t, image=_upright(frame=frame, min_side=self.min_side, stream=self.stream),
