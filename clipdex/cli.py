@@ -694,12 +694,14 @@ def _query_text(words: Sequence[str]) -> str:
 @click.option("--label", "label_filter", metavar="SET=LABEL",
               help="Only photos with LABEL in the stored label set SET (a correction wins), e.g. "
                    "taken_time=night.")
+@click.option("--only", "media", type=click.Choice(["photos", "videos"]),
+              help="Only photos, or only moments of videos.")
 @click.option("--exact", is_flag=True, help="Score every photo, even where an approximate index exists.")
 def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, ...],
                index_dir: str | None, model: str | None, weights: str | None,
                model_config: str | None, device: str | None, precision: str | None, as_json: bool, as_csv: bool,
                grid: str | None, folders: tuple[str, ...], after: str | None, before: str | None,
-               label_filter: str | None, exact: bool, per_video: int | None) -> None:
+               label_filter: str | None, exact: bool, per_video: int | None, media: str | None) -> None:
     """Find photos and moments of videos by meaning: text, example images, or both.
 
     \b
@@ -716,6 +718,7 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
       clipdex search -- -people beach           after --, every word is the query
       clipdex search dog --folder ~/Pictures/2021 --after 2021-06 --before 2021-07
       clipdex search "city at night" --label taken_space=outdoor
+      clipdex search "blowing out candles" --only videos --per-video 1
 
     A word that starts with "-" is part of the query unless it is one of the
     options below, written whole (-n 5, --limit 5, --limit=5) or as -n with
@@ -742,7 +745,7 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
         if not sep or not name.strip() or not value.strip():
             raise click.BadParameter("write it as SET=LABEL, e.g. taken_time=night", param_hint="--label")
         label = (name.strip(), value.strip())
-    filters = SearchFilter.make(label=label, after=after, before=before,
+    filters = SearchFilter.make(label=label, after=after, before=before, media=media,
                                 folders=[f if "://" in f else os.path.abspath(os.path.expanduser(f))
                                          for f in folders])  # an import's https://host as it is
     with Index.open(index_dir, model=model, weights=weights, model_config=model_config,

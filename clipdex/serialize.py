@@ -41,17 +41,18 @@ def search_result(result: "SearchResult") -> dict[str, Any]:
 
 
 def search_filter(filters: "SearchFilter | None") -> dict[str, Any]:
-    """The filters a search kept photos by: ``{"folders": [...], "after", "before", "label"}``.
+    """The filters a search kept photos by: ``{"folders": [...], "after", "before", "label", "only"}``.
 
     ``after``/``before`` are local times as the filter holds them
     (``YYYY-MM-DDTHH:MM:SS``; None when not set); ``label`` is ``{"set", "label"}``
-    or None. A search without filters has every part empty (the same shape).
+    or None; ``only`` is "photos", "videos" (moments of videos) or None. A search without
+    filters has every part empty (the same shape).
     """
     if filters is None:
-        return {"folders": [], "after": None, "before": None, "label": None}
+        return {"folders": [], "after": None, "before": None, "label": None, "only": None}
     label = {"set": filters.label[0], "label": filters.label[1]} if filters.label else None
     return {"folders": list(filters.folders), "after": filters.after, "before": filters.before,
-            "label": label}
+            "label": label, "only": filters.media}
 
 
 def search_results(query: str, offset: int, results: Sequence["SearchResult"],

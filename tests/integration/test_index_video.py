@@ -177,3 +177,14 @@ def test_a_deleted_video_takes_its_moments_with_it(tmp_path: Path, media: Path,
         counts = index.store.counts()
         assert "frames" not in counts and counts["ok"] == 3
         assert all(r.t is None for r in index.search("a photo", k=20))
+
+
+def test_a_search_keeps_photos_only_or_moments_only(tmp_path: Path, media: Path, model_kwargs: dict[str, str]) -> None:
+    from clipdex.search.filters import SearchFilter
+
+    with open_index(tmp_path, model_kwargs) as index:
+        index.add(media, settings=settings())
+        photos = index.search("a photo", k=20, filters=SearchFilter(media="photos"))
+        moments = index.search("a photo", k=20, filters=SearchFilter(media="videos"))
+        assert len(photos) == 3 and all(r.t is None for r in photos)
+        assert moments and all(r.t is not None for r in moments)

@@ -63,12 +63,12 @@ def test_folder_filter_keeps_only_that_folders_photos(client: TestClient, folder
     root, trip = folders
     found = api(client, folder=trip)
     assert found["count"] == 2 and all(r["path"].startswith(trip + "/") for r in found["results"])
-    assert found["filters"] == {"folders": [trip], "after": None, "before": None, "label": None}
+    assert found["filters"] == {"folders": [trip], "after": None, "before": None, "label": None, "only": None}
     assert api(client, folder=trip + "/")["count"] == 2  # a trailing slash names the same folder
     assert api(client, folder=root)["count"] == 13
     both = client.get("/api/search", params=[("q", QUERY), ("k", 50), ("folder", trip), ("folder", root)])
     assert both.json()["count"] == 13 and both.json()["filters"]["folders"] == [trip, root]
-    assert api(client)["filters"] == {"folders": [], "after": None, "before": None, "label": None}
+    assert api(client)["filters"] == {"folders": [], "after": None, "before": None, "label": None, "only": None}
 
     page = client.get("/", params={"q": QUERY, "folder": trip})
     assert page.status_code == 200 and len(cards(page.text)) == 2
@@ -106,7 +106,7 @@ def test_label_folder_and_date_together(client: TestClient, web_index: Index, fo
     found = api(client, folder=trip, after="2022", set="taken_space", label=label)
     assert [r["path"] for r in found["results"]] == [trip_photos[0]]
     assert found["filters"] == {"folders": [trip], "after": "2022-01-01T00:00:00", "before": None,
-                                "label": {"set": "taken_space", "label": label}}
+                                "label": {"set": "taken_space", "label": label}, "only": None}
     other = "outdoor" if label == "indoor" else "indoor"
     assert api(client, folder=trip, after="2022", set="taken_space", label=other)["count"] == 0
     page = client.get("/", params={"q": QUERY, "folder": trip, "after": "2022", "set": "taken_space",
