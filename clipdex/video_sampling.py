@@ -53,10 +53,13 @@ if TYPE_CHECKING:
     import av.video.frame
     import av.video.stream
 
-# Seconds after a frame looked at during which further keyframes are not decoded. Phones write a
-# keyframe every 1-2 s and intra-only codecs (MJPEG, ProRes) make every frame one: decoding each
-# would cost up to one decode per frame. Cuts closer than this to the last frame looked at are
-# still seen, at the next frame looked at. bench/video_speed.py measures what it costs.
+# Keyframes between samples are probes for a cut (kept only if they start a new scene) when they
+# come off the stream's cadence: encoders put one at each cut, phones one every 1-2 s whatever is
+# filmed. A keyframe as far from the one before as that one from its own (within this share, or
+# 1.5 frames) is on the cadence and not decoded; cuts there are seen at the next sample.
+CADENCE_TOLERANCE = 0.05
+# Seconds after a frame looked at during which no keyframe is probed (intra-only codecs, MJPEG or
+# ProRes, make every frame a keyframe). bench/video_speed.py measures what probes cost.
 MIN_KEYFRAME_GAP = 1.0
 # Side of the RGB thumbnail two frames are compared on (libav's area filter averages the noise of
 # sensor and codec away; 0.2 ms a 1080p frame).
@@ -285,6 +288,10 @@ class _Sampler:
         stream.codec_context.skip_frame = "NONREF"
         last: float | None = None  # time of the last sample asked for
         probed = -math.inf  # time of the last frame asked for, sample or probe
+        key: float | None = None  # time of the last keyframe, and its distance from the one before
+        key_gap: float | None = None
+        rate = stream.average_rate or stream.guessed_rate
+        frame_time = 1.0 / float(rate) if rate else 0.0
         first: float | None = None  # time of the first packet
         fed = -math.inf  # latest time of a packet fed to the decoder
         seen = -math.inf  # latest time of any packet
@@ -304,9 +311,13 @@ class _Sampler:
             first = t if first is None else first
             if packet.is_keyframe:
                 pending = [packet]
+                gap = None if key is None else t - key
+                on_cadence = gap is not None and key_gap is not None and \
+                    abs(gap - key_gap) <= max(CADENCE_TOLERANCE * key_gap, 1.5 * frame_time)
+                key, key_gap = t, gap
                 if last is None or t >= last + self.interval:
                     last = probed = self._want(t, fed, sample=True)
-                elif t >= probed + self.keyframe_gap:  # a cut, perhaps: looked at, kept if it is one
+                elif not on_cadence and t >= probed + self.keyframe_gap:  # a cut, perhaps: kept if it is one
                     probed = self._want(t, fed, sample=False)
                 else:
                     continue  # too soon after the last frame asked for
