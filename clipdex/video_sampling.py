@@ -53,13 +53,14 @@ if TYPE_CHECKING:
     import av.video.frame
     import av.video.stream
 
-# Keyframes between samples are probes for a cut (kept only if they start a new scene) when they
-# come off the stream's cadence: encoders put one at each cut, phones one every 1-2 s whatever is
-# filmed. A keyframe as far from the one before as that one from its own (within this share, or
-# 1.5 frames) is on the cadence and not decoded; cuts there are seen at the next sample.
+# A keyframe before the next sample is due is sampled (and the next one is due an interval after
+# it) when it comes off the stream's cadence: encoders put one at each cut, phones one every 1-2 s
+# whatever is filmed. A keyframe as far from the one before as that one from its own (within this
+# share, or 1.5 frames) is on the cadence and not decoded; a cut there is seen at the next sample.
 CADENCE_TOLERANCE = 0.05
-# Seconds after a frame looked at during which no keyframe is probed (intra-only codecs, MJPEG or
-# ProRes, make every frame a keyframe). bench/video_speed.py measures what probes cost.
+# Seconds after a keyframe sampled during which no keyframe off the cadence is (a keyframe-only
+# stream of irregular timing, such as a screen recording's; cuts closer than this are seen at
+# the next sample).
 MIN_KEYFRAME_GAP = 1.0
 # Side of the RGB thumbnail two frames are compared on (libav's area filter averages the noise of
 # sensor and codec away; 0.2 ms a 1080p frame).
@@ -274,9 +275,8 @@ class _Sampler:
         self.stop = stop
         self.keyframe_gap = min(MIN_KEYFRAME_GAP, interval)
         self.decoder = _Decoder(path, stream)
-        # For each frame asked for: the time (the first decoded frame at or after it answers) and
-        # whether it is a sample (kept unless the same picture) or a probe (kept if a new scene).
-        self.wants: deque[tuple[float, bool]] = deque()
+        # Times of the frames asked for: the first decoded frame at or after each answers it.
+        self.wants: deque[float] = deque()
         self.scene = 0
         self.previous: _Thumbnail | None = None  # of the frame looked at last
         self.kept: _Thumbnail | None = None  # of the frame kept last
@@ -286,10 +286,10 @@ class _Sampler:
         stream.thread_type = "AUTO"
         # Frames no other frame refers to are never needed to decode one that is looked at.
         stream.codec_context.skip_frame = "NONREF"
-        last: float | None = None  # time of the last sample asked for
-        probed = -math.inf  # time of the last frame asked for, sample or probe
+        last: float | None = None  # time of the last frame asked for
         key: float | None = None  # time of the last keyframe, and its distance from the one before
         key_gap: float | None = None
+        sampled_key = -math.inf  # time of the last keyframe asked for
         rate = stream.average_rate or stream.guessed_rate
         frame_time = 1.0 / float(rate) if rate else 0.0
         first: float | None = None  # time of the first packet
@@ -315,22 +315,20 @@ class _Sampler:
                 on_cadence = gap is not None and key_gap is not None and \
                     abs(gap - key_gap) <= max(CADENCE_TOLERANCE * key_gap, 1.5 * frame_time)
                 key, key_gap = t, gap
-                if last is None or t >= last + self.interval:
-                    last = probed = self._want(t, fed, sample=True)
-                elif not on_cadence and t >= probed + self.keyframe_gap:  # a cut, perhaps: kept if it is one
-                    probed = self._want(t, fed, sample=False)
-                else:
-                    continue  # too soon after the last frame asked for
+                if last is not None and t < last + self.interval and \
+                        (on_cadence or t < sampled_key + self.keyframe_gap):
+                    continue  # before the next sample is due, and no cut
+                last = sampled_key = self._want(t, fed)
             else:
                 pending.append(packet)
                 if last is None:  # no keyframe yet to start from: after an interval, decode what there is
                     if t < first + self.interval:
                         continue
-                    last = probed = self._want(first, fed, sample=True)
+                    last = self._want(first, fed)
                 elif t >= last + self.interval:
                     # No keyframe came in time: decode from the last keyframe (or the last packet
                     # decoded) to this one, the first in decoding order at or past the time due.
-                    last = probed = self._want(last + self.interval, fed, sample=True)
+                    last = self._want(last + self.interval, fed)
                 else:
                     continue
             fed = max(fed, t)
@@ -343,12 +341,11 @@ class _Sampler:
                              else "the video stream holds no frames")
         self._check_complete(seen)
 
-    def _want(self, t: float, fed: float, *, sample: bool) -> float:
-        """Ask for the first decoded frame at or after ``t`` (a sample, or a probe for a cut). Frames
-        decoded from packets fed earlier never answer it (whether they came out of the decoder yet
-        depends on its threads): the time asked for is past all of them."""
-        wanted = t if t > fed else math.nextafter(fed, math.inf)
-        self.wants.append((wanted, sample))
+    def _want(self, t: float, fed: float) -> float:
+        """Ask for the first decoded frame at or after ``t``. Frames decoded from packets fed
+        earlier never answer it (whether they came out of the decoder yet depends on its
+        threads): the time asked for is past all of them."""
+        self.wants.append(t if t > fed else math.nextafter(fed, math.inf))
         return t
 
     def _feed(self, packets: Sequence[av.packet.Packet | None]) -> Iterator[SampledFrame]:
@@ -362,18 +359,15 @@ class _Sampler:
 
     def _look(self, frame: av.video.frame.VideoFrame) -> Iterator[SampledFrame]:
         t = self.decoder.time(frame)
-        if not self.wants or t < self.wants[0][0]:
+        if not self.wants or t < self.wants[0]:
             return  # decoded only to decode the frames after it
-        sample = False
-        while self.wants and self.wants[0][0] <= t:
-            sample |= self.wants.popleft()[1]
+        while self.wants and self.wants[0] <= t:
+            self.wants.popleft()
         thumb = _Thumbnail.of(frame)
         new_scene = self.previous is not None and thumb.histogram_distance(self.previous) > SCENE_DIFF
         self.previous = thumb
         if new_scene:
             self.scene += 1
-        elif not sample:
-            return  # a keyframe between samples that starts no scene
         elif self.kept is not None and thumb.grey_difference(self.kept) <= MERGE_DIFF:
             return  # the same picture as the last frame kept
         self.kept = thumb
