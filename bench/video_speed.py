@@ -5,7 +5,7 @@
     nice -n 10 python bench/video_speed.py --index                  # plus `clipdex index` end to end
 
 The videos are H.264 made once from the shared Unsplash photos into --work (never the repo):
-a photo every 3 s, its shot static, panning or zooming in turn (so frames within a shot differ),
+a photo a shot (1.8 to 5 s, 3.2 s on average), static, panning or zooming in turn (so frames within a shot differ),
 with a little sensor-like grain so the encoder spends bits as on a camera's video. Two GOP styles:
 
 * ``phone``: what phones record: a keyframe every second, no B-frames, no scene-cut keyframes,
@@ -48,7 +48,10 @@ WORK = Path("/tmp/clipdex-bench/videos")
 WEIGHTS = Path("/tmp/clipdex-bench/vit-b-32-random.pt")
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
 FPS = 30
-SHOT_SECONDS = 3.0
+# Lengths of the shots in turn (3.2 s on average): irregular, as an edit's cuts are (a slideshow's
+# regular cuts would look like a phone's keyframe cadence).
+SHOTS = (3.0, 2.2, 4.1, 2.7, 3.6, 1.8, 3.3, 5.0, 2.4, 3.9)
+CONTENT = "shots2"  # in the videos' names: made again when the content changes
 GRAIN = 3.0  # standard deviation of the added grain, grey levels
 GRAIN_FIELDS = 4  # grain fields cycled through (drawn once: drawing 4K noise per frame would dominate)
 PAN_SHARE = 0.2  # a pan crosses this share of the photo's width in one shot
@@ -68,10 +71,11 @@ def frames(size: tuple[int, int], seconds: float, seed: int = 0) -> Iterator[np.
     width, height = size
     rng = np.random.default_rng(seed)
     grain = [rng.normal(0.0, GRAIN, (height, width, 1)).astype(np.int16) for _ in range(GRAIN_FIELDS)]
-    per_shot = round(SHOT_SECONDS * FPS)
+    starts = np.cumsum([0] + [round(SHOTS[k % len(SHOTS)] * FPS) for k in range(round(seconds) + 1)])
     photo = None
     for i in range(round(seconds * FPS)):
-        shot, step = divmod(i, per_shot)
+        shot = int(np.searchsorted(starts, i, side="right")) - 1
+        step, per_shot = i - starts[shot], starts[shot + 1] - starts[shot]
         if step == 0:
             with Image.open(photos[(seed + shot) % len(photos)]) as opened:
                 photo = opened.convert("RGB")
@@ -98,7 +102,7 @@ def make_video(work: Path, size_name: str, style: str, seconds: float) -> Path:
     """The bench video of that size and style (made once; the name says how it was made)."""
     import av
 
-    path = work / f"{size_name}-{style}-{seconds:g}s.mp4"
+    path = work / f"{size_name}-{style}-{seconds:g}s-{CONTENT}.mp4"
     if path.exists():
         return path
     work.mkdir(parents=True, exist_ok=True)
@@ -206,8 +210,8 @@ def main() -> None:
         return
 
     print(cpu_line())
-    print(f"videos: {args.seconds:g} s at {FPS} fps, a photo every {SHOT_SECONDS:g} s (static / pan / zoom); "
-          f"sampled with min_side={MIN_SIDE}; MIN_KEYFRAME_GAP={video_sampling.MIN_KEYFRAME_GAP:g} s")
+    print(f"videos: {args.seconds:g} s at {FPS} fps, a photo a shot ({min(SHOTS):g}-{max(SHOTS):g} s; "
+          f"static / pan / zoom); sampled with min_side={MIN_SIDE}")
     print()
     header = (f"{'video':<14} {'Mbit/s':>6} {'keys':>5} {'how':<22} {'frames':>7} {'kept':>5} "
               f"{'wall s':>7} {'frames/s':>8} {'x real':>7} {'cpu s/s':>7}")
