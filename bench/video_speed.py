@@ -3,6 +3,7 @@
     nice -n 10 python bench/video_speed.py                          # 1080p and 4K, both GOP styles, 1/2/5 s
     nice -n 10 python bench/video_speed.py --sizes 1080p --intervals 2
     nice -n 10 python bench/video_speed.py --index                  # plus `clipdex index` end to end
+    python bench/video_speed.py --thresholds 1000                   # what MERGE_DIFF and SCENE_DIFF rest on
 
 The videos are H.264 made once from the shared Unsplash photos into --work (never the repo):
 a photo a shot (1.8 to 5 s, 3.2 s on average), static, panning or zooming in turn (so frames within a shot differ),
@@ -191,6 +192,57 @@ def index_timed(path: Path, interval: float) -> tuple[float, float, int]:
     return (seconds / stage if stage else float("nan")), seconds / wall, int(report.get("frames") or 0)
 
 
+def thresholds(count: int) -> None:
+    """The distributions behind MERGE_DIFF and SCENE_DIFF, on ``count`` shared photos: a 16:9 view of
+    each compared (as the sampler compares frames) with the next photo's (a cut), with itself
+    shifted by 5% and 20% of the view's width (pans) and narrowed by 10/20/30% (zooms), and with
+    itself plus fresh grain (the same picture, as a static shot's frames)."""
+    import av
+    from PIL import Image
+
+    photos = sorted(PHOTOS.glob("*.jpg"))[:count]
+    size = (480, 270)
+    rng = np.random.default_rng(0)
+
+    def view(photo: Image.Image, shift: float = 0.0, scale: float = 1.0, grain: bool = False):  # type: ignore[no-untyped-def]
+        w, h = photo.size
+        box_w = min(w, h * 16 / 9) * 0.8 * scale
+        box_h = box_w * 9 / 16
+        x = min(max(0.0, (w - box_w) / 2 + shift * box_w), w - box_w)
+        pixels = np.asarray(photo.resize(size, Image.Resampling.BILINEAR,
+                                         box=(x, (h - box_h) / 2, x + box_w, (h + box_h) / 2)), dtype=np.float32)
+        if grain:
+            pixels = np.clip(pixels + rng.normal(0.0, GRAIN, pixels.shape), 0, 255)
+        return video_sampling._Thumbnail.of(av.VideoFrame.from_ndarray(pixels.astype(np.uint8), format="rgb24"))
+
+    cases: dict[str, list[tuple[float, float]]] = {}
+    previous = None
+    for path in photos:
+        with Image.open(path) as opened:
+            photo = opened.convert("RGB")
+        base = view(photo)
+        variants = {"same picture, new grain": view(photo, grain=True), "pan 5%": view(photo, shift=0.05),
+                    "pan 20%": view(photo, shift=0.2), "zoom 10%": view(photo, scale=0.9),
+                    "zoom 20%": view(photo, scale=0.8), "zoom 30%": view(photo, scale=0.7)}
+        if previous is not None:
+            variants["cut (next photo)"] = previous
+        for name, other in variants.items():
+            cases.setdefault(name, []).append((base.grey_difference(other), base.histogram_distance(other)))
+        previous = base
+    print(f"thumbnail differences on {len(photos)} photos: grey = mean absolute grey difference (0-255, "
+          f"merged at <= {video_sampling.MERGE_DIFF:g}); colours = histogram distance (0-1, a new scene "
+          f"at > {video_sampling.SCENE_DIFF:g})")
+    print(f"{'case':<24} {'grey p1':>8} {'p5':>6} {'p50':>6} {'p99':>6} {'merged':>7}   "
+          f"{'colours p1':>10} {'p50':>6} {'p99':>6} {'new scene':>9}")
+    for name, values in cases.items():
+        grey, colours = np.array([v[0] for v in values]), np.array([v[1] for v in values])
+        g1, g5, g50, g99 = np.percentile(grey, [1, 5, 50, 99])
+        c1, c50, c99 = np.percentile(colours, [1, 50, 99])
+        print(f"{name:<24} {g1:>8.2f} {g5:>6.2f} {g50:>6.2f} {g99:>6.2f} "
+              f"{np.mean(grey <= video_sampling.MERGE_DIFF):>7.1%}   {c1:>10.3f} {c50:>6.3f} {c99:>6.3f} "
+              f"{np.mean(colours > video_sampling.SCENE_DIFF):>9.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1080p,4k")
@@ -200,7 +252,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--index", action="store_true", help="add `clipdex index` end to end (random ViT-B-32)")
     parser.add_argument("--make-only", action="store_true", help="make the videos (once) and stop")
+    parser.add_argument("--thresholds", type=int, metavar="PHOTOS", default=0,
+                        help="print the thumbnail differences behind MERGE_DIFF and SCENE_DIFF on this many "
+                             "shared photos, and stop")
     args = parser.parse_args()
+    if args.thresholds:
+        print(cpu_line())
+        thresholds(args.thresholds)
+        return
     intervals = [float(x) for x in args.intervals.split(",")]
     if args.index and not WEIGHTS.exists():
         sys.exit(f"--index needs {WEIGHTS} (python bench/make_random_checkpoint.py)")

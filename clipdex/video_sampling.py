@@ -2,17 +2,20 @@
 
 :func:`sample` reads a video once, front to back, and decodes as little of it as it can:
 
-* **Keyframes first.** Encoders start a new keyframe at each cut (x264's scene-cut detection) and
-  phones every second or two; a keyframe decodes on its own, without the frames before it. Every
-  keyframe at least :data:`MIN_KEYFRAME_GAP` after the last frame looked at is decoded and looked at;
-  the other packets stay undecoded.
-* **Gaps filled.** Where no keyframe comes within ``interval`` seconds of the last frame looked
-  at (a long shot from an encoder with long keyframe intervals), the packets since the last
-  keyframe are decoded up to that time: a video is looked at least every ``interval`` seconds.
-  Frames no other frame refers to are skipped by the decoder (``skip_frame = "NONREF"``).
-* **Compared small.** Each frame looked at is shrunk by libav to a 32 x 32 grey thumbnail and
-  compared with the frame looked at before it (a big difference: a new scene) and with the
-  last frame kept (a tiny one: the same picture, merged into it, so a static shot is one frame).
+* **Keyframes first.** A keyframe decodes on its own, without the frames before it. Encoders
+  put one at each cut (x264's scene-cut detection); phones one every second or two, whatever
+  is filmed. A keyframe is sampled when the next sample is due (``interval`` seconds after the
+  last), and before that when it comes off the stream's cadence (:data:`CADENCE_TOLERANCE`):
+  a cut, sampled where it happens (the next sample then due an interval after it). The other
+  packets stay undecoded: a phone's video costs one keyframe per interval.
+* **Gaps filled.** Where no keyframe comes in time (a long shot from an encoder with long
+  keyframe intervals), the packets since the last keyframe are decoded up to the time due: a
+  video is looked at at least every ``interval`` seconds (plus the few frames the decoder skips:
+  frames no other frame refers to, ``skip_frame = "NONREF"``, are not decoded).
+* **Compared small.** Each frame looked at is shrunk by libav to a 32 x 32 thumbnail, compared
+  with the frame looked at before it (colour histograms far apart: a new scene) and with the
+  last frame kept (grey levels nearly equal: the same picture, merged into it, so a static shot
+  is one frame).
 * **Reduced in libav.** A kept frame is converted to RGB at the size asked for (its shorter side
   ``min_side``) by swscale, then turned upright (the display matrix a phone writes) by Pillow.
 
@@ -66,15 +69,16 @@ MIN_KEYFRAME_GAP = 1.0
 # sensor and codec away; 0.2 ms a 1080p frame).
 THUMB_SIDE = 32
 # Near-identical: mean absolute difference of the two thumbnails' grey levels (0-255) at most this,
-# and the later frame is merged into the earlier. Measured (see the README's "Videos" section):
-# frames of a static shot differ by 0.0-0.2 after H.264 with sensor noise; a pan by 5% of the width
-# by 1.0 at least and 4.3 or more in 95 of 100 photos; half an exposure step by ~8.
+# and the later frame is merged into the earlier. Measured by `bench/video_speed.py --thresholds
+# 1000` on the shared photos: the same picture with fresh grain differs by 0.35-0.71 (all merged),
+# a pan by 5% of the width by 4.0 or more in 95% of photos (1.2% merged: flat skies and walls,
+# where the pan changes nothing at 32 x 32), a 10% zoom by 4.3 or more in 95% (0.7% merged).
 MERGE_DIFF = 2.0
-# New scene: the colour histograms (16 levels per channel) of a frame and the one looked at before
-# it differ by more than this share of their pixels (half the L1 distance, 0-1). Measured on the
-# 1,000 shared Unsplash photos: cuts between two photos differ by 0.24 or more in 99 of 100 pairs
-# (median 0.61), a pan by 20% of the width by 0.14 at most and a 20% zoom by 0.19 at most; 0.25
-# misses 2% of cuts (photos of like colours) and splits 2% of 30% zooms.
+# New scene: the colour histograms (16 levels a channel) of a frame and the one looked at before it
+# differ by more than this share of their pixels (half the L1 distance, 0-1). Measured the same way:
+# a cut between two photos differs by 0.245 or more in 99% of pairs (median 0.60; 98.7% found),
+# a pan by 20% of the width by 0.125 at most in 99%, a 20% zoom by 0.18 (none split), a 30% zoom
+# between two samples by 0.27 in 99% (3% split).
 SCENE_DIFF = 0.25
 HISTOGRAM_LEVELS = 16
 # A stream whose packets stop more than this many seconds before the duration its header states
@@ -163,11 +167,12 @@ def sample(path: str, *, interval: float, min_side: int | None = None,
            stop: threading.Event | None = None) -> Iterator[SampledFrame]:
     """The frames of the video at ``path`` worth indexing, in time order.
 
-    The first frame is always kept; after it, a frame is looked at at every keyframe (at most one
-    per :data:`MIN_KEYFRAME_GAP`) and at least every ``interval`` seconds; one that differs from
-    the frame looked at before it by more than :data:`SCENE_DIFF` starts a new scene, and one
-    within :data:`MERGE_DIFF` of the last kept frame is merged into it (not yielded). Images
-    are RGB, upright, and reduced (never enlarged) so that their shorter side is ``min_side``.
+    The first frame is always kept; after it, a frame is looked at at least every ``interval``
+    seconds and at each cut the encoder marked with a keyframe (see the module's docstring). One
+    whose colours differ from the frame looked at before it by more than :data:`SCENE_DIFF`
+    starts a new scene; one within :data:`MERGE_DIFF` of the last kept frame is merged into it
+    (not yielded). Images are RGB, upright, reduced (never enlarged) so that their shorter side
+    is ``min_side``, with ``info[ORIGINAL_SIZE]`` the frame's full upright size.
 
     Frames decoded before a failure are yielded first; then :class:`VideoError` says what is
     wrong and where (e.g. ``truncated: no frame after 0:00:12 of 0:00:30``). ``stop`` set ends
