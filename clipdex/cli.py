@@ -29,7 +29,7 @@ from clipdex.labels import DEFAULT_THRESHOLD
 from clipdex.models.precision import DEFAULT_MIN_COSINE, INT8_MIN_COSINE, PRECISIONS
 from clipdex.review import MAX_PER_LABEL
 from clipdex.store.vectors import STORAGE_OPTIONS, stored_name
-from clipdex.video import DEFAULT_INTERVAL, MIN_INTERVAL, format_time
+from clipdex.video import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, format_time
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -324,9 +324,9 @@ class _Bar:
                    "[default: a folder in the index, local Ray only].")
 @click.option("--shard-rows", type=click.IntRange(1, 10_000_000),
               help="--engine ray: files per shard [default: by the run's size, 64 to 10,000].")
-@click.option("--video-interval", type=FiniteFloat(min=MIN_INTERVAL), metavar="SECONDS",
+@click.option("--video-interval", type=FiniteFloat(min=MIN_INTERVAL, max=MAX_INTERVAL), metavar="SECONDS",
               help="Videos: sample a frame at least every SECONDS within a scene (and at every scene change); "
-                   f"at least {MIN_INTERVAL:g}. A video indexed at another interval is sampled again. "
+                   f"{MIN_INTERVAL:g} to {MAX_INTERVAL:g}. A video indexed at another interval is sampled again. "
                    f"[default: {DEFAULT_INTERVAL:g}]")
 @click.option("--no-video", "no_video", is_flag=True,
               help="Index the folder's photos only: its videos are not sampled (those indexed before stay "

@@ -164,9 +164,16 @@ def write_predictions(results: Sequence[Classification], out: str | os.PathLike[
     """
     cells = prediction_cells(results, top_k, videos)
     header = ["path", "photo_id"] + prediction_columns(results, top_k)
-    rows = [[path, PurePath(path).stem] + cells[path] for path in sorted(cells)]
+    rows = [[path, photo_id(path)] + cells[path] for path in sorted(cells)]
     write_table(out, header, rows, float_columns=_probability_columns(results))
     return len(rows)
+
+
+def photo_id(path: str) -> str:
+    """The ``photo_id`` cell of a row: the file's stem, or a moment's ``party@83.500`` (its video's
+    stem and time: a frame path's own stem would cut its time at the decimal point)."""
+    frame = split_frame_path(path)
+    return PurePath(path).stem if frame is None else f"{PurePath(frame[0]).stem}@{frame[1]:.3f}"
 
 
 def check_table_path(out: str | os.PathLike[str], option: str = "--out") -> None:

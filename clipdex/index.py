@@ -986,6 +986,13 @@ class Index:
             video_ref, t = moment
             video = self._find_indexed(video_ref)
             if video is not None and self.store.video_sampling(video.id) is not None:
+                if image_files is not None and not image_files(video.fs_path):
+                    # A client that may read no file (the web) asks for kept moments only: their
+                    # stored vectors, never a frame decoded on demand.
+                    kept = [f.frame_t for f in self.store.video_frames(video.id) if f.frame_t is not None]
+                    near = min(kept, key=lambda k: abs(k - t), default=None)
+                    hint = f"; the nearest is @{video_ref}@{near:g}" if near is not None else ""
+                    raise QueryError(f"@{ref}", f"no moment of {video.path} was kept at {format_time(t)}{hint}")
                 return frame_path(video.fs_path, t)  # an indexed video: any of its moments may be read
             path = self._query_file(video_ref, image_files)
             return frame_path(path, t)

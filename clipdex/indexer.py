@@ -49,7 +49,7 @@ from clipdex.models.preprocess import PreprocessConfig
 from clipdex.settings import gpu_decode_setting
 from clipdex.store import FileRecord, ModelRecord, NewFile, Store
 from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF, SampledVideo, VideoFrame, VideoSampling
-from clipdex.video import DEFAULT_INTERVAL, VIDEO_EXTENSIONS, frame_hash, is_video
+from clipdex.video import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, VIDEO_EXTENSIONS, frame_hash, is_video
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -64,6 +64,7 @@ WHOLE_READ_BYTES = 32 << 20  # files up to this size are read once (hash, then d
 HASH_CHUNK = 1 << 20  # larger ones are hashed in chunks and decoded from the file
 RETRY_HINT = "failed on an earlier run; use --retry-failed to try again"
 VIDEO_THREADS_EACH = 2  # cores one video's sampling keeps busy (libav decodes on threads of its own)
+VIDEO_IDLE_S = 1.0  # no frame for this long: the videos sampled to their end are recorded without a full batch
 
 
 def draft_size(encoder: "Encoder") -> int:
@@ -122,6 +123,11 @@ class IndexSettings:
     gpu_decode: GpuDecode = field(default_factory=gpu_decode_setting)
     videos: bool = True  # index the videos of the folder too (--no-video: photos only)
     video_interval: float = DEFAULT_INTERVAL  # seconds between sampled frames within a scene
+
+    def __post_init__(self) -> None:
+        if not MIN_INTERVAL <= self.video_interval <= MAX_INTERVAL:  # nan fails too
+            raise ValueError(f"video_interval must be {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds, "
+                             f"not {self.video_interval!r}")
 
 
 @dataclass(frozen=True)
@@ -557,8 +563,13 @@ class Indexer:
         running = workers
         try:
             while running:
-                item = results.get()
-                if item.kind == "frame":
+                try:
+                    item: _VideoItem | None = results.get(timeout=VIDEO_IDLE_S)
+                except queue.Empty:  # sampling is slow (a long static stretch): do not keep finished videos
+                    item = None
+                if item is None:
+                    pass
+                elif item.kind == "frame":
                     assert item.frame_hash is not None
                     if item.pixels is not None and item.frame_hash not in embedded \
                             and item.frame_hash not in hashes:
@@ -568,7 +579,8 @@ class Indexer:
                     running -= 1
                 else:
                     finished.append(item)
-                if len(pixels) >= batch_size or (finished and not pixels) or (not running and (pixels or finished)):
+                if len(pixels) >= batch_size or (finished and (not pixels or item is None)) \
+                        or (not running and (pixels or finished)):
                     model = self._flush_frames(hashes, pixels, model, embedded, report)
                     hashes, pixels = [], []
                     for video in finished:
@@ -646,7 +658,10 @@ class Indexer:
                 return
             done.reason, done.failure_kind, done.limit = failure_of(e, self.settings.max_megapixels)
             done.frames = []
-        self._put(results, done)
+        try:
+            self._put(results, done)
+        except _Stopped:  # the run stops: the video is not recorded, and is sampled again next time
+            pass
 
     def _flush_frames(self, hashes: list[str], pixels: list[Any], model: ModelRecord, embedded: dict[str, int],
                       report: IndexReport) -> ModelRecord:

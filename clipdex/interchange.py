@@ -219,6 +219,9 @@ def _export_rows(index: "Index", record: ModelRecord, matrix: np.ndarray, hidden
     store = index.store
     sets = _label_columns(store, record)
     where, args = _outside(hidden)
+    # Photos only: a moment of a video is no file a reader of image_path could open (the
+    # clip-retrieval layout has no column for a time within a file).
+    where += " AND f.video_id IS NULL"
     total = c.execute("SELECT count(*) FROM files f JOIN embeddings e ON e.content_hash = "
                       f"f.content_hash AND e.model_id = ? WHERE f.status = 'ok'{where}",
                       (record.id, *args)).fetchone()[0]

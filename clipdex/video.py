@@ -14,6 +14,7 @@ for one as ``@holiday.mp4@83.5`` or ``@holiday.mp4@1:23.5`` (:func:`split_moment
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -25,6 +26,9 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 # bench/video_speed.py: see the README's "Videos" section for the figures behind it.
 DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL = 0.1
+# At most this many seconds between samples: the sampler holds the packets since the last sample,
+# and a longer gap in a long-GOP 4K stream is gigabytes of them (and no longer finds moments).
+MAX_INTERVAL = 60.0
 # Hits of one video within this many seconds of a better one, in the same scene, are the same
 # moment: a search lists the best of them once.
 MOMENT_SECONDS = 10.0
@@ -122,26 +126,27 @@ H = TypeVar("H", bound=Hit)
 def fold_moments(hits: Iterable[H], per_video: int | None = None) -> list[H]:
     """``hits`` (best first) with each video's moments told apart: a frame in the same shot as a
     better hit of its video and within :data:`MOMENT_SECONDS` of it is that moment again (dropped),
-    and at most ``per_video`` moments of one video are kept. Photos pass untouched."""
+    and at most ``per_video`` moments of one video are kept. Photos pass untouched. Each shot's
+    kept times are kept sorted: a hit costs a binary search, not a scan of its video's moments."""
     kept: list[H] = []
-    moments: dict[int, list[H]] = {}
+    listed: dict[int, int] = {}  # video -> moments kept
+    shots: dict[tuple[int, int], list[float]] = {}  # (video, shot) -> kept times, sorted
     for hit in hits:
-        if hit.video_id is None:
+        video = hit.video_id
+        if video is None:
             kept.append(hit)
             continue
-        mine = moments.setdefault(hit.video_id, [])
-        if per_video is not None and len(mine) >= per_video:
+        if per_video is not None and listed.get(video, 0) >= per_video:
             continue
-        if any(_same_moment(hit, other) for other in mine):
+        t = hit.frame_t or 0.0
+        times = shots.setdefault((video, hit.frame_scene or 0), [])
+        at = bisect.bisect_left(times, t)
+        if (at < len(times) and times[at] - t <= MOMENT_SECONDS) or (at and t - times[at - 1] <= MOMENT_SECONDS):
             continue
-        mine.append(hit)
+        times.insert(at, t)
+        listed[video] = listed.get(video, 0) + 1
         kept.append(hit)
     return kept
-
-
-def _same_moment(a: Hit, b: Hit) -> bool:
-    return (a.frame_scene or 0) == (b.frame_scene or 0) and abs((a.frame_t or 0.0) - (b.frame_t or 0.0)) \
-        <= MOMENT_SECONDS
 
 
 def nearest_frame(times: Sequence[float], t: float) -> int | None:

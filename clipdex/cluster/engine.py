@@ -335,7 +335,8 @@ def _claim_output(out: str, key: str, name: str, dim: int, precision: str, sourc
 
 def _known_files(index: "Index", roots: Sequence[str]) -> dict[str, Any]:
     """The photos the index holds under ``roots``: videos (indexed locally; the cluster lists
-    photos only) are left out, so a cluster run never takes them for deleted files."""
+    photos only: :func:`clipdex.cluster.listing.list_source`) are left out, so a cluster run never
+    takes them for deleted files."""
     from clipdex.video import is_video
 
     known: dict[str, Any] = {}

@@ -194,7 +194,7 @@ def _list_folder(path: str, skip: Sequence[str], allow_empty: bool) -> Listing:
     same messages: an index, no images)."""
     from clipdex.indexer import Indexer
 
-    walk = Indexer.scan(path, allow_empty=allow_empty, skip=tuple(skip))
+    walk = Indexer.scan(path, allow_empty=allow_empty, skip=tuple(skip), videos=False)  # photos only
     root = walk.display_root
     return Listing(source=root, kind="folder", root=root, roots=[root], files=walk.files, problems=walk.problems,
                    complete=True, unreadable_dirs=walk.unreadable_dirs)

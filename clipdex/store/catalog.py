@@ -770,9 +770,9 @@ class Store:
                 return 0  # an enclosing indexed folder still holds these files
             under, args = _under_sql([root])
             outside, outside_args = _outside(keep, "path")
-            gone = c.execute(f"SELECT path, status FROM files WHERE {under}{outside}",
+            gone = c.execute(f"SELECT path, status FROM files WHERE {under}{outside} AND video_id IS NULL",
                              (*args, *outside_args)).fetchall()
-            c.executemany("DELETE FROM files WHERE path = ?", [(p,) for p, _ in gone])
+            c.executemany("DELETE FROM files WHERE path = ?", [(p,) for p, _ in gone])  # frames go with videos
         return sum(1 for _, s in gone if s == "ok")
 
     def files_under(self, root: str) -> dict[str, FileRecord]:
@@ -1151,21 +1151,23 @@ class Store:
         cursor = self.conn.cursor()
         cursor.row_factory = None
         rows = cursor.execute(
-            "SELECT v.content_hash, s.duration, s.interval, s.codec, s.fps, f.frame_t, f.content_hash, "
+            "SELECT v.id, v.content_hash, s.duration, s.interval, s.codec, s.fps, f.frame_t, f.content_hash, "
             "f.frame_scene, e.row IS NOT NULL FROM files v JOIN videos s ON s.file_id = v.id "
             "JOIN files f ON f.video_id = v.id "
             "LEFT JOIN embeddings e ON e.model_id = ? AND e.content_hash = f.content_hash "
             "WHERE v.status = 'ok' AND abs(s.interval - ?) < 1e-9 ORDER BY v.id, f.frame_t", (model.id, interval))
         found: dict[str, SampledVideo] = {}
+        source: dict[str, int] = {}  # the one video (of copies of one content) whose frames are taken
         incomplete: set[str] = set()
-        for video_hash, duration, every, codec, fps, t, frame_hash, scene, embedded in rows:
+        for video_id, video_hash, duration, every, codec, fps, t, frame_hash, scene, embedded in rows:
+            if source.setdefault(video_hash, video_id) != video_id:
+                continue
             if not embedded:
                 incomplete.add(video_hash)
             sampled = found.get(video_hash)
             if sampled is None:
                 sampled = found[video_hash] = SampledVideo(VideoSampling(duration, every, codec, fps), [])
-            if not sampled.frames or sampled.frames[-1].t != t:  # a copy's frames are listed once
-                sampled.frames.append(VideoFrame(t, frame_hash, scene or 0))
+            sampled.frames.append(VideoFrame(t, frame_hash, scene or 0))
         return {h: v for h, v in found.items() if h not in incomplete}
 
     def video_frames(self, video_id: int) -> list[FileRecord]:

@@ -69,6 +69,15 @@ def _add_videos(conn: sqlite3.Connection) -> None:
             DELETE FROM files WHERE video_id = OLD.id;
             DELETE FROM videos WHERE file_id = OLD.id;
         END""")
+    # However a video's row comes to say it failed, or to hold other content (a broken link found by
+    # the walk, a Ray run's failure row), its frames go: they are moments of what it held.
+    conn.execute("""
+        CREATE TRIGGER IF NOT EXISTS video_replaced AFTER UPDATE OF status, content_hash ON files
+        WHEN OLD.video_id IS NULL AND (NEW.status != 'ok' OR NEW.content_hash IS NOT OLD.content_hash)
+        BEGIN
+            DELETE FROM files WHERE video_id = OLD.id;
+            DELETE FROM videos WHERE file_id = OLD.id;
+        END""")
 
 
 Migration = str | Callable[[sqlite3.Connection], None]  # SQL statements, or a function run in the transaction

@@ -131,12 +131,14 @@ def row_of_file(store: Store, model: ModelRecord, file_id: int) -> int | None:
 
 
 def indexed_paths(store: Store, hidden_roots: Sequence[str]) -> list[str]:
-    """The paths of every indexed photo outside ``hidden_roots``, sorted (no vector is read)."""
-    where, args = filter_sql(store, None, None, hidden_roots)
+    """The paths of every indexed photo outside ``hidden_roots``, sorted (no vector is read):
+    neither videos nor their frames (a phone's IMG_0001.JPG and IMG_0001.MOV are one name to a
+    table keyed by stem; a video's row is joined by its own path, :mod:`clipdex.video_labels`)."""
+    where, args = filter_sql(store, None, SearchFilter(media="photos"), hidden_roots)
     cursor = store.conn.cursor()
     cursor.row_factory = None
     return [r[0] for r in cursor.execute(f"SELECT f.path FROM files f WHERE f.status = 'ok'{where} "
-                                         "ORDER BY f.path", args)]
+                                         "AND f.id NOT IN (SELECT file_id FROM videos) ORDER BY f.path", args)]
 
 
 def holds_photos_under(store: Store, folder: str) -> bool:

@@ -109,7 +109,8 @@ def servable(index: "Index", video_id: int) -> Served | str:
 
     Only an indexed video of the index is served, under one of its folders that is still there
     (a moved or unmounted folder's files are hidden from search, and not served either), never
-    inside a hidden folder (``.name``) below that folder, and only while it is a regular file.
+    inside a hidden folder (``.name``) below that folder, and only while it is a regular file
+    of the size and time it had when indexed.
     """
     try:
         record, _sampling = index.video(video_id)
@@ -131,6 +132,11 @@ def servable(index: "Index", video_id: int) -> Served | str:
         return f"{record.path} is no longer on disk; run `clipdex index` on its folder to update the index"
     if not stat.S_ISREG(info.st_mode):
         return f"{record.path} is not a regular file; it is not served"
+    if (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
+        # Not the file that was indexed (replaced, edited, or a link pointed elsewhere since): its
+        # bytes are not served under the index's word for what they are.
+        return (f"{record.path} has changed since it was indexed; run `clipdex index` on its folder "
+                "to index it again")
     return Served(record.fs_path, info, media_type(record.path), os.path.basename(record.path))
 
 

@@ -86,8 +86,9 @@ def test_a_moment_found_by_example_plays_from_its_second(server: str, tmp_path: 
         page.context.browser.close()
 
 
-def test_a_video_the_browser_cannot_play_shows_its_frame_and_timeline(server: str, index: Index) -> None:
-    """The file is damaged after indexing: the browser refuses it, and the page says so."""
+def test_a_video_changed_since_indexing_shows_its_frame_and_timeline(server: str, index: Index) -> None:
+    """The file is damaged after indexing: it is not served (not the bytes that were indexed), and
+    the page says so and what to do, with the frame and the timeline from the index."""
     from playwright.sync_api import sync_playwright
 
     video = next(r for r in index.store.files_under(index.store.roots()[0]).values() if r.path.endswith(".mp4"))
@@ -98,8 +99,9 @@ def test_a_video_the_browser_cannot_play_shows_its_frame_and_timeline(server: st
     with sync_playwright() as p:
         page = new_page(p)
         page.goto(f"{server}/photo/{frame.id}")
-        page.wait_for_selector("#unplayable", state="visible", timeout=15_000)
-        assert page.locator("#video").is_hidden() and page.locator("#still").is_visible()
+        page.wait_for_selector("#missing", state="visible", timeout=15_000)
+        assert "changed since it was indexed" in page.locator("#missing").inner_text()
+        assert page.locator("#video").count() == 0 and page.locator("#still").is_visible()
         assert page.locator("#timeline .mark").count() >= PICTURES
         # the frame, from the thumbnail cache (the file itself no longer decodes)
         page.wait_for_function("() => document.getElementById('still').naturalWidth === 192")  # not the placeholder

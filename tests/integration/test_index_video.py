@@ -188,3 +188,44 @@ def test_a_search_keeps_photos_only_or_moments_only(tmp_path: Path, media: Path,
         moments = index.search("a photo", k=20, filters=SearchFilter(media="videos"))
         assert len(photos) == 3 and all(r.t is None for r in photos)
         assert moments and all(r.t is not None for r in moments)
+
+
+def test_a_video_that_turns_failed_loses_its_moments(tmp_path: Path, media: Path, model_kwargs: dict[str, str]) -> None:
+    video = media / "clips" / "party.mp4"
+    with open_index(tmp_path, model_kwargs) as index:
+        index.add(media, settings=settings())
+        video.unlink()
+        video.symlink_to(tmp_path / "nowhere.mp4")  # the walk records a broken link as a failure row
+        report = index.add(media, settings=settings())
+        assert [Path(f.path).name for f in report.failed] == ["party.mp4"]
+        counts = index.store.counts()
+        assert "frames" not in counts and counts["failed"] == 1
+        assert all(r.t is None for r in index.search("a photo", k=20))
+
+
+def test_copies_keep_their_own_moments_and_remove_counts_files(tmp_path: Path, media: Path,
+                                                                model_kwargs: dict[str, str]) -> None:
+    with open_index(tmp_path, model_kwargs) as index:
+        first = index.add(media, settings=settings())
+        for n in (1, 2):
+            shutil.copy(media / "clips" / "party.mp4", media / f"copy-{n}.mp4")
+        copies = index.add(media, settings=settings())
+        assert copies.videos == 2 and copies.frames == 2 * first.frames and copies.encoded == 0
+        assert index.store.counts()["frames"] == 3 * first.frames
+        assert index.remove_folder(media) == 6  # three photos, three videos (frames are no files)
+        assert index.indexed_paths() == []
+
+
+def test_web_clients_query_kept_moments_only_and_intervals_are_bounded(tmp_path: Path, media: Path,
+                                                                       model_kwargs: dict[str, str]) -> None:
+    with open_index(tmp_path, model_kwargs) as index:
+        index.add(media, settings=settings())
+        assert all(not p.endswith(".mp4") for p in index.indexed_paths())  # photos only, for table joins
+        kept = index.moments(index.search("@party.mp4@0", k=1)[0].video_id or 0)[1]
+        assert kept.t is not None
+        assert index.search(f"@party.mp4@{kept.t}", k=1, image_files=lambda path: False)[0].file_id == kept.file_id
+        with pytest.raises(QueryError, match="the nearest is"):
+            index.search(f"@party.mp4@{kept.t + 0.3:.1f}", k=1, image_files=lambda path: False)
+    for bad in (0.0, 0.05, 61.0, float("nan")):
+        with pytest.raises(ValueError, match="video_interval"):
+            IndexSettings(video_interval=bad)

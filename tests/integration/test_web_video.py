@@ -197,6 +197,12 @@ def test_only_a_video_of_the_index_is_served_never_a_path(client: TestClient, in
     response = client.get(f"/video/{party}")
     assert response.status_code == 404 and "hidden folder" in response.text
 
+    clip = media / "formats" / "clip.mov"  # replaced since indexing (or a link pointed elsewhere): not served
+    clip.write_bytes(b"not the indexed video")
+    response = client.get(f"/video/{video_id(index, 'clip.mov')}")
+    assert response.status_code == 404 and "changed since it was indexed" in response.text
+    assert b"not the indexed video" not in response.content
+
     os.rename(media, tmp_path / "moved")  # the index's folder is gone: its files are hidden from search
     response = client.get(f"/video/{video_id(index, 'clip.webm')}")
     assert response.status_code == 404 and "no folder of the index that is there now" in response.text
@@ -254,6 +260,11 @@ def test_a_query_on_the_player_page_reads_no_file_outside_the_index(client: Test
     assert "by time" in page.text  # the timeline still shows the frames
     api = client.get(f"/api/videos/{video_id(index, 'party.mp4')}/moments", params={"q": f"@{outside}"})
     assert api.status_code == 400 and "not a photo of the index" in api.json()["error"]
+    # A moment of an indexed video is a kept frame's stored vector; the server decodes no other one.
+    kept = client.get("/api/search", params={"q": "@party.mp4@3", "k": 1})
+    assert kept.status_code == 200 and kept.json()["results"]
+    between = client.get("/api/search", params={"q": "@party.mp4@3.4", "k": 1})
+    assert between.status_code == 400 and "the nearest is @party.mp4@3" in between.json()["error"]
 
 
 # -- the moments API ---------------------------------------------------------------
