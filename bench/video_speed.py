@@ -188,8 +188,7 @@ def index_timed(path: Path, interval: float) -> tuple[float, float, int]:
         wall = time.perf_counter() - started
     report = json.loads(done.stdout)
     seconds = float(report.get("video_seconds") or 0.0)
-    stage = float(report.get("video_wall_seconds") or 0.0)
-    return (seconds / stage if stage else float("nan")), seconds / wall, int(report.get("frames") or 0)
+    return float(report.get("video_realtime") or float("nan")), seconds / wall, int(report.get("frames") or 0)
 
 
 def thresholds(count: int) -> None:

@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 # whatever is filmed. A keyframe as far from the one before as that one from its own (within this
 # share, or 1.5 frames) is on the cadence and not decoded; a cut there is seen at the next sample.
 CADENCE_TOLERANCE = 0.05
+# Bytes of packets held back waiting for the next keyframe, so that the frames between two sampled
+# keyframes are placed to decode as little as possible (x264's longest keyframe interval, 250 frames,
+# is 10 s at 25 fps: 20 MB at 16 Mbit/s). Past this, gaps are filled as they come.
+LOOKAHEAD_BYTES = 64 * 2**20
 # Seconds after a keyframe sampled during which no keyframe off the cadence is (a keyframe-only
 # stream of irregular timing, such as a screen recording's; cuts closer than this are seen at
 # the next sample).
@@ -282,6 +286,11 @@ class _Sampler:
         self.decoder = _Decoder(path, stream)
         # Times of the frames asked for: the first decoded frame at or after each answers it.
         self.wants: deque[float] = deque()
+        self.last: float | None = None  # time of the last frame asked for
+        self.fed = -math.inf  # latest time of a packet fed to the decoder
+        # Packets not fed yet, with their times, from the last keyframe (or the last packet fed) on.
+        self.pending: list[tuple[float, av.packet.Packet]] = []
+        self.pending_bytes = 0
         self.scene = 0
         self.previous: _Thumbnail | None = None  # of the frame looked at last
         self.kept: _Thumbnail | None = None  # of the frame kept last
@@ -291,23 +300,19 @@ class _Sampler:
         stream.thread_type = "AUTO"
         # Frames no other frame refers to are never needed to decode one that is looked at.
         stream.codec_context.skip_frame = "NONREF"
-        last: float | None = None  # time of the last frame asked for
         key: float | None = None  # time of the last keyframe, and its distance from the one before
         key_gap: float | None = None
         sampled_key = -math.inf  # time of the last keyframe asked for
         rate = stream.average_rate or stream.guessed_rate
         frame_time = 1.0 / float(rate) if rate else 0.0
         first: float | None = None  # time of the first packet
-        fed = -math.inf  # latest time of a packet fed to the decoder
         seen = -math.inf  # latest time of any packet
-        pending: list[av.packet.Packet] = []  # packets not fed since the last keyframe (it included)
-        flushed = False
+        end_packet: av.packet.Packet | None = None
         for packet in _demux(self.path, self.container, stream, self.decoder):
             if self.stop is not None and self.stop.is_set():
                 return
-            if packet.size == 0:  # the end: what the decoder holds comes out
-                yield from self._feed([packet])
-                flushed = True
+            if packet.size == 0:  # the end: what the decoder holds comes out once the last gap is filled
+                end_packet = packet
                 break
             stamped = self.decoder.packet_time(packet)
             # A packet without a timestamp (rare) is taken to come right after the one before.
@@ -315,45 +320,83 @@ class _Sampler:
             seen = max(seen, t)
             first = t if first is None else first
             if packet.is_keyframe:
-                pending = [packet]
                 gap = None if key is None else t - key
                 on_cadence = gap is not None and key_gap is not None and \
                     abs(gap - key_gap) <= max(CADENCE_TOLERANCE * key_gap, 1.5 * frame_time)
                 key, key_gap = t, gap
+                last = self.last
                 if last is not None and t < last + self.interval and \
                         (on_cadence or t < sampled_key + self.keyframe_gap):
-                    continue  # before the next sample is due, and no cut
-                last = sampled_key = self._want(t, fed)
-            else:
-                pending.append(packet)
-                if last is None:  # no keyframe yet to start from: after an interval, decode what there is
-                    if t < first + self.interval:
-                        continue
-                    last = self._want(first, fed)
-                elif t >= last + self.interval:
-                    # No keyframe came in time: decode from the last keyframe (or the last packet
-                    # decoded) to this one, the first in decoding order at or past the time due.
-                    last = self._want(last + self.interval, fed)
-                else:
+                    self._drop_pending()  # before the next sample is due, and no cut: not decoded
+                    self._add_pending(t, packet)
                     continue
-            fed = max(fed, t)
-            yield from self._feed(pending)
-            pending = []
-        if not flushed:  # a demuxer that ended without its empty packet
-            yield from self._feed([None])
+                yield from self._fill_before(t)  # the stretch before it, filled where it is too long
+                self._drop_pending()
+                self._add_pending(t, packet)
+                yield from self._feed_to(t)
+                sampled_key = t
+                continue
+            self._add_pending(t, packet)
+            if self.last is None:  # no keyframe yet to start from: after an interval, decode what there is
+                if t >= first + self.interval:
+                    yield from self._feed_to(first, through=t)
+            elif self.pending_bytes > LOOKAHEAD_BYTES:  # too long to wait for the next keyframe
+                due = self.last + self.interval
+                if t >= due:
+                    yield from self._feed_to(due)
+                else:
+                    yield from self._feed(len(self.pending))
+        yield from self._fill_before(seen + frame_time)
+        yield from self._feed_packets([end_packet])  # flush (None: a demuxer that ended without its packet)
         if self.decoder.decoded == 0:
             raise VideoError(self.path, "no frame of the video decodes" if first is not None
                              else "the video stream holds no frames")
         self._check_complete(seen)
 
-    def _want(self, t: float, fed: float) -> float:
-        """Ask for the first decoded frame at or after ``t``. Frames decoded from packets fed
-        earlier never answer it (whether they came out of the decoder yet depends on its
-        threads): the time asked for is past all of them."""
-        self.wants.append(t if t > fed else math.nextafter(fed, math.inf))
-        return t
+    def _add_pending(self, t: float, packet: av.packet.Packet) -> None:
+        self.pending.append((t, packet))
+        self.pending_bytes += packet.size
 
-    def _feed(self, packets: Sequence[av.packet.Packet | None]) -> Iterator[SampledFrame]:
+    def _drop_pending(self) -> None:
+        self.pending = []
+        self.pending_bytes = 0
+
+    def _fill_before(self, end: float) -> Iterator[SampledFrame]:
+        """Ask for frames between the last one asked for and ``end`` (a keyframe about to be sampled, or
+        the end of the video) so that none is more than an interval from the next: as few as that
+        takes, each as late as it may be (``end`` minus whole intervals), so that as little as
+        possible of the stretch is decoded. None before the packets still pending (a keyframe
+        skipped between: the frames from it on are as good and need nothing before it)."""
+        if self.last is None or not self.pending:
+            return
+        count = math.ceil((end - self.last) / self.interval - 1e-9) - 1
+        for j in range(count, 0, -1):
+            due = max(end - j * self.interval, self.pending[0][0])
+            if due > self.last:
+                yield from self._feed_to(due)
+
+    def _feed_to(self, due: float, through: float | None = None) -> Iterator[SampledFrame]:
+        """Ask for the first frame at or after ``due`` and feed the pending packets up to the first one,
+        in decoding order, at or after it (or ``through``)."""
+        upto = due if through is None else through
+        count = next((i + 1 for i, (t, _) in enumerate(self.pending) if t >= upto), 0)
+        if count == 0:
+            return  # nothing pending reaches it
+        self.wants.append(due if due > self.fed else math.nextafter(self.fed, math.inf))
+        self.last = due
+        yield from self._feed(count)
+
+    def _feed(self, count: int) -> Iterator[SampledFrame]:
+        """Feed the first ``count`` pending packets to the decoder. A frame asked for is never answered
+        by one from a packet fed before it was asked for (whether that came out of the decoder yet
+        depends on its threads): :meth:`_feed_to` asks for times past every packet fed."""
+        packets, self.pending = self.pending[:count], self.pending[count:]
+        self.pending_bytes = sum(packet.size for _, packet in self.pending)
+        for t, _ in packets:
+            self.fed = max(self.fed, t)
+        yield from self._feed_packets([packet for _, packet in packets])
+
+    def _feed_packets(self, packets: Sequence[av.packet.Packet | None]) -> Iterator[SampledFrame]:
         for packet in packets:
             if self.stop is not None and self.stop.is_set():
                 return

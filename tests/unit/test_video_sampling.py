@@ -132,6 +132,22 @@ def test_a_phones_keyframe_every_second_gives_a_frame_every_interval(tmp_path: P
     assert times == pytest.approx([0.0, 1.0, 3.0, 5.0, 7.0, 9.0, 11.0], abs=1e-6)
 
 
+def test_gaps_are_filled_as_late_as_they_may_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two sampled keyframes (cuts at 0 and 5 s, a pan between), the frames filling the gap
+    are placed back from the second (at 3 and 1 s: 3 s of the shot decoded, not 4). Past
+    LOOKAHEAD_BYTES of packets held back, gaps are filled as they come (at 2 and 4 s)."""
+    import clipdex.video_sampling as video_sampling
+
+    frames = pan(5.0, FPS) + [photo(5, 160, 120)] * (2 * FPS)
+    video = write_frames(tmp_path / "cut.mp4", frames, fps=FPS)
+    times = [frame.t for frame in sample(str(video), interval=INTERVAL)]
+    assert times[0] == 0.0 and times[-1] == pytest.approx(5.0)
+    assert times[1:-1] == pytest.approx([1.0, 3.0], abs=LAG + 1e-6)
+    monkeypatch.setattr(video_sampling, "LOOKAHEAD_BYTES", 0)
+    times = [frame.t for frame in sample(str(video), interval=INTERVAL)]
+    assert times[1:-1] == pytest.approx([2.0, 4.0], abs=LAG + 1e-6) and times[-1] == pytest.approx(5.0)
+
+
 def test_sampling_is_deterministic(tmp_path: Path) -> None:
     video = write_frames(tmp_path / "pan.mp4", pan(8.0, FPS), fps=FPS)
     first = [(f.t, f.scene, f.image.tobytes()) for f in sample(str(video), interval=1.5)]
