@@ -654,8 +654,8 @@ def _mp4_problem(path: str) -> str | None:
                 seen.append(name)
                 if offset + length > size:
                     missing = "" if "moov" in seen else "; its index ('moov'), written after it, is missing"
-                    return (f"truncated: the file ends {_megabytes(size - offset)} into its "
-                            f"{_megabytes(length)} '{name}' box{missing}; the recording or copy was cut short")
+                    return (f"truncated: the file ends {_megabytes(size - offset)} into its '{name}' box of "
+                            f"{_megabytes(length)}{missing}; the recording or copy was cut short")
                 offset += length
     except OSError:
         return None
