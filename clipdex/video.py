@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 # Seconds between sampled frames where no scene changes (--video-interval). Measured in
 # bench/video_speed.py: see the README's "Videos" section for the figures behind it.
-DEFAULT_INTERVAL = 2.0
+DEFAULT_INTERVAL = 3.0
 MIN_INTERVAL = 0.1
 # At most this many seconds between samples: the sampler holds the packets since the last sample,
 # and a longer gap in a long-GOP 4K stream is gigabytes of them (and no longer finds moments).
