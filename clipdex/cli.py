@@ -461,7 +461,8 @@ def _print_index_report(report: Any, index_dir: str | None, as_json: bool) -> No
         return
     out = _console()
     out.print(f"[bold]{_t(report.root)}[/] with [bold]{_t(report.model)}[/] -> {_t(index_dir or 'default index')}")
-    out.print(f"  indexed   {report.indexed_total:>7}  photos in this folder")
+    held = f"photos and {_count(report.videos_total, 'video')}" if report.videos_total else "photos"
+    out.print(f"  indexed   {report.indexed_total - report.videos_total:>7}  {held} in this folder")
     out.print(f"  new       {report.new:>7}")
     out.print(f"  changed   {report.changed:>7}")
     out.print(f"  reused    {report.reused:>7}  (moved, renamed or duplicate: vector reused)")

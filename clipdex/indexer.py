@@ -158,7 +158,8 @@ class IndexReport:
     encoded: int = 0
     retried: int = 0  # files that had failed before and were tried again
     failed: list[Failure] = field(default_factory=list)
-    indexed_total: int = 0
+    indexed_total: int = 0  # files (photos and videos) indexed under the folder, after the run
+    videos_total: int = 0  # the videos among them
     dated: int = 0  # unchanged photos, indexed before EXIF dates were read, given their EXIF date
     seconds: float = 0.0
     encode_seconds: float = 0.0
@@ -419,6 +420,7 @@ class Indexer:
         report.removed = remove_gone(self.store, known, walk.files, walk.problems, walk.unreadable_dirs)
         self.store.mark_root_indexed(folder)
         report.indexed_total = self.store.count_under([folder])
+        report.videos_total = self.store.count_videos_under([folder])
         report.seconds = time.perf_counter() - started
         report.failed.sort(key=lambda f: f.path)
         return report

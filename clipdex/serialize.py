@@ -115,13 +115,14 @@ def index_status(status: "IndexStatus", failures: Sequence["FileRecord"] | None 
 def index_report(report: "IndexReport") -> dict[str, Any]:
     """What one ``index`` run did. ``precision`` is what new vectors were computed in (None when
     nothing was encoded under ``auto``: nothing was chosen); ``precision_note`` how it was chosen
-    ("auto: " and auto's reason, or "asked for (--precision fp32)"); ``videos`` sampled, the
+    ("auto: " and auto's reason, or "asked for (--precision fp32)"); ``indexed_total`` counts the
+    photos and videos under the folder, ``videos_total`` the videos among them; ``videos`` sampled, the
     ``frames`` kept of them, their length in ``video_seconds`` and ``video_realtime`` (seconds of video
     indexed per second of the video stage)."""
     return {"root": report.root, "model": report.model, "new": report.new, "changed": report.changed,
             "reused": report.reused, "unchanged": report.unchanged, "removed": report.removed,
             "encoded": report.encoded, "retried": report.retried, "dated": report.dated,
-            "indexed_total": report.indexed_total,
+            "indexed_total": report.indexed_total, "videos_total": report.videos_total,
             "seconds": round(report.seconds, 3), "encode_seconds": round(report.encode_seconds, 3),
             "images_per_second": round(report.images_per_second, 3),
             "precision": report.precision or None, "precision_note": report.precision_note,

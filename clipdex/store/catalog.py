@@ -1065,6 +1065,14 @@ class Store:
         return self.conn.execute(f"SELECT count(*) FROM files WHERE status = ? AND {condition} "
                                  "AND video_id IS NULL", (status, *args)).fetchone()[0]
 
+    def count_videos_under(self, roots: Sequence[str]) -> int:
+        """Indexed videos under any of ``roots`` (counted in :meth:`count_under` too)."""
+        if not roots:
+            return 0
+        condition, args = _under_sql(roots, "f.path")
+        return self.conn.execute(f"SELECT count(*) FROM files f JOIN videos v ON v.file_id = f.id "
+                                 f"WHERE f.status = 'ok' AND {condition}", args).fetchone()[0]
+
     def count_for_model(self, model: ModelRecord, hidden_roots: Sequence[str] = (), media: str | None = None) -> int:
         """Indexed photos and frames of videos outside ``hidden_roots`` that have a vector of
         ``model`` (``media`` "photos": photos only; "videos": frames only)."""
