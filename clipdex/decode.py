@@ -441,14 +441,12 @@ def _open_video_frame(path: str, video: str, t: float, *, max_megapixels: float,
                       draft_size: int | None) -> Image.Image:
     """The frame of ``video`` at ``t`` seconds as :func:`open_image_file` opens a photo: upright RGB,
     reduced by the video decoder so that its shorter side stays at least ``draft_size``, with
-    ``info[ORIGINAL_SIZE]`` the frame's full upright size (checked against the megapixel limit)."""
+    ``info[ORIGINAL_SIZE]`` the frame's full upright size. A video whose pictures are above the
+    megapixel limit is refused before any of them is decoded (:class:`ImageTooLarge`, naming the
+    video, as sampling it does)."""
     from clipdex.video_sampling import frame_at
 
     try:
-        image = frame_at(video, t, min_side=draft_size)
+        return frame_at(video, t, min_side=draft_size, max_megapixels=max_megapixels)
     except OSError as e:  # opening or reading the video (a damaged one is a VideoError, an ImageDecodeError)
         raise ImageUnreadable(path, e) from None
-    width, height = image.info.get(ORIGINAL_SIZE, image.size)
-    if width * height > max_megapixels * 1_000_000:
-        raise ImageTooLarge(path, width * height, max_megapixels, (width, height))
-    return image

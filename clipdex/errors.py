@@ -17,7 +17,8 @@
     ├── PhotoNotFound             no indexed photo with that id
     ├── ImageDecodeError          one image that cannot be used (recorded, not fatal)
     │   ├── ImageTooLarge         over --max-megapixels (retried once the limit is raised)
-    │   └── ImageUnreadable       the OS could not read it (retried on the next run)
+    │   ├── ImageUnreadable       the OS could not read it (retried on the next run)
+    │   └── VideoError            a video that cannot be sampled (not a video, no picture, damaged)
     ├── QueryError                a search query that cannot be understood
     ├── FilterError               a search filter (folder, date, label) that cannot be used
     ├── LabelSetError             a label set or label file that cannot be used
@@ -226,6 +227,12 @@ class ImageUnreadable(ImageDecodeError):
     def __init__(self, path: str, error: OSError) -> None:
         self.error = error
         super().__init__(path, f"cannot be read ({error.strerror or error})")
+
+
+class VideoError(ImageDecodeError):
+    """A video that cannot be sampled: not a video, no picture in it, a codec FFmpeg cannot
+    decode here, cut short or damaged. Recorded as the video's failure reason and not retried
+    until the file changes (an ``OSError`` reading it is raised as it is and retried)."""
 
 
 class QueryError(ClipdexError):

@@ -29,10 +29,15 @@ the same times, on any machine and any number of decoder threads (the index keys
 by time). :func:`frame_at` decodes the frame shown at a moment (thumbnails, ``@video.mp4@83.5``
 queries); :func:`probe` reads a video's facts.
 
-Failures are a :class:`VideoError` (a kind of :class:`~clipdex.errors.ImageDecodeError`: the
-indexer records the reason and moves on) with a reason a person understands: not a video, no
-picture in it, a codec this FFmpeg cannot decode, cut short or damaged (and where). An
-``OSError`` opening or reading the file is raised as it is: it may come right by itself.
+Failures are a :class:`~clipdex.errors.VideoError` (a kind of
+:class:`~clipdex.errors.ImageDecodeError`: the indexer records the reason and moves on) with a
+reason a person understands: not a video (another kind of file under a video's name: only the
+containers of :data:`VIDEO_FORMATS` are read), no picture in it, a codec this FFmpeg cannot
+decode, cut short or damaged (and where). A picture above ``max_megapixels`` is
+:class:`~clipdex.errors.ImageTooLarge` before any frame is decoded, as a photo is (a
+decompression bomb under a video's name). An ``OSError`` opening or reading the file is raised
+as it is: it may come right by itself. Timestamps are taken as they come: a stream whose
+timestamps jump forward is looked at on both sides of the jump, never frame by frame after it.
 """
 
 from __future__ import annotations
@@ -50,8 +55,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipdex.decode import ORIGINAL_SIZE
-from clipdex.errors import ImageDecodeError
+from clipdex.decode import DEFAULT_MAX_MEGAPIXELS, ORIGINAL_SIZE
+from clipdex.errors import ImageTooLarge, VideoError
 from clipdex.video import format_time
 
 if TYPE_CHECKING:
@@ -109,12 +114,15 @@ _UPRIGHT = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
 # to the UTC creation_time that every muxer writes.
 _LOCAL_DATE_TAGS = ("com.apple.quicktime.creationdate",)
 _UTC_DATE_TAGS = ("creation_time",)
+# FFmpeg demuxers read as videos (any of the names in a demuxer's comma-separated name): the
+# containers of clipdex.video.VIDEO_EXTENSIONS. FFmpeg opens a file by its content, whatever its
+# name: a PNG renamed .mp4 would otherwise be "indexed" as a one-frame video.
+VIDEO_FORMATS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
+# What the refusal names as the kinds accepted.
+_VIDEO_FORMAT_NAMES = "MP4/QuickTime, Matroska/WebM or AVI"
 
-
-class VideoError(ImageDecodeError):
-    """A video that cannot be sampled: not a video, no picture in it, a codec FFmpeg cannot
-    decode here, cut short or damaged. Recorded as the video's failure reason and not retried
-    until the file changes (an ``OSError`` reading it is raised as it is and retried)."""
+# VideoError lives in clipdex.errors; imported from here as well.
+__all__ = ["SampledFrame", "VideoError", "VideoInfo", "frame_at", "probe", "sample"]
 
 
 @dataclass(frozen=True)
@@ -146,23 +154,23 @@ class SampledFrame:
     scene: int
 
 
-def probe(path: str) -> VideoInfo:
+def probe(path: str, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> VideoInfo:
     """The facts of the video at ``path``: duration, upright size, frame rate, codec, rotation
     and when it was recorded. Decodes its first frame (the rotation is carried on frames) and
-    nothing else; raises :class:`VideoError` for a file that is not a playable video."""
-    container, stream = _open(path)
+    nothing else; raises :class:`VideoError` for a file that is not a playable video and
+    :class:`~clipdex.errors.ImageTooLarge` for a picture above ``max_megapixels``."""
+    container, stream = _open(path, max_megapixels)
     try:
-        frame = _first_frame(path, container, stream)
+        frame = _first_frame(path, container, stream, max_megapixels)
         rotation = _rotation(frame)
         width, height = _display_size(frame, stream)
         if rotation in (90, 270):
             width, height = height, width
-        rate = stream.average_rate or stream.guessed_rate
         return VideoInfo(
             duration=_duration(container, stream),
             width=width,
             height=height,
-            fps=float(rate) if rate else None,
+            fps=_frame_rate(stream),
             codec=str(stream.codec_context.name),
             rotation=(360 - rotation) % 360,
             taken_at=_taken_at(container, stream),
@@ -171,8 +179,8 @@ def probe(path: str) -> VideoInfo:
         container.close()
 
 
-def sample(path: str, *, interval: float, min_side: int | None = None,
-           stop: threading.Event | None = None) -> Iterator[SampledFrame]:
+def sample(path: str, *, interval: float, min_side: int | None = None, stop: threading.Event | None = None,
+           max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Iterator[SampledFrame]:
     """The frames of the video at ``path`` worth indexing, in time order.
 
     The first frame is always kept; after it, a frame is looked at at least every ``interval``
@@ -183,27 +191,31 @@ def sample(path: str, *, interval: float, min_side: int | None = None,
     is ``min_side``, with ``info[ORIGINAL_SIZE]`` the frame's full upright size.
 
     Frames decoded before a failure are yielded first; then :class:`VideoError` says what is
-    wrong and where (e.g. ``truncated: no frame after 0:00:12 of 0:00:30``). ``stop`` set ends
-    the iteration within a packet's decoding. The file is read as a stream, never whole.
+    wrong and where (e.g. ``truncated: no frame after 0:00:12 of 0:00:30``); a picture above
+    ``max_megapixels`` is :class:`~clipdex.errors.ImageTooLarge`, before any frame is decoded.
+    ``stop`` set ends the iteration within a packet's decoding. The file is read as a stream,
+    never whole.
     """
     if not interval > 0:
         raise ValueError(f"interval must be a positive number of seconds, not {interval}")
-    container, stream = _open(path)
+    container, stream = _open(path, max_megapixels)
     try:
-        yield from _Sampler(path, container, stream, interval, min_side, stop).run()
+        yield from _Sampler(path, container, stream, interval, min_side, stop, max_megapixels).run()
     finally:
         container.close()
 
 
-def frame_at(path: str, t: float, *, min_side: int | None = None) -> Image.Image:
+def frame_at(path: str, t: float, *, min_side: int | None = None,
+             max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
     """The frame of the video at ``path`` shown at ``t`` seconds, upright RGB (reduced so that its
-    shorter side is ``min_side``, when given). ``t`` past the end gives the last frame.
+    shorter side is ``min_side``, when given). ``t`` past the end gives the last frame; a picture
+    above ``max_megapixels`` is :class:`~clipdex.errors.ImageTooLarge`.
 
     Seeks to the keyframe before ``t`` and decodes forward to the frame whose span holds it, so
     a time read back from a frame path (milliseconds) gives the frame sampled there."""
     import av
 
-    container, stream = _open(path)
+    container, stream = _open(path, max_megapixels)
     try:
         stream.thread_type = "AUTO"
         start = _start(stream)
@@ -214,7 +226,7 @@ def frame_at(path: str, t: float, *, min_side: int | None = None) -> Image.Image
             if isinstance(e, OSError):
                 raise
             container.seek(0)
-        decoder = _Decoder(path, stream)
+        decoder = _Decoder(path, stream, max_megapixels)
         shown: av.video.frame.VideoFrame | None = None
         for packet in _demux(path, container, stream, decoder):
             for frame in decoder.decode(packet):
@@ -230,13 +242,18 @@ def frame_at(path: str, t: float, *, min_side: int | None = None) -> Image.Image
 
 class _Decoder:
     """The stream's decoder fed one packet at a time: frame times in seconds from the stream's
-    start, and decoding errors counted (a run of :data:`MAX_BAD_PACKETS` is a damaged file)."""
+    start, decoding errors counted (a run of :data:`MAX_BAD_PACKETS` is a damaged file), and
+    each frame's size checked against ``max_megapixels`` (a stream whose header states no size,
+    or that changes size midway)."""
 
-    def __init__(self, path: str, stream: av.video.stream.VideoStream) -> None:
+    def __init__(self, path: str, stream: av.video.stream.VideoStream,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> None:
         self.path = path
         self.stream = stream
+        self.max_megapixels = max_megapixels
         self.start = _start(stream)
         self.time_base = float(stream.time_base or Fraction(1, 1))
+        self.frame_time = _frame_time(stream)
         self.bad = 0
         self.decoded = 0
         self.last_time: float | None = None
@@ -247,9 +264,7 @@ class _Decoder:
 
     def time(self, frame: av.video.frame.VideoFrame) -> float:
         if frame.pts is None:  # no timestamp (rare raw streams): right after the frame before
-            rate = self.stream.average_rate or self.stream.guessed_rate
-            step = 1.0 / float(rate) if rate else 0.0
-            return (self.last_time or 0.0) + step
+            return (self.last_time or 0.0) + self.frame_time
         return (frame.pts - self.start) * self.time_base
 
     def decode(self, packet: av.packet.Packet | None) -> list[av.video.frame.VideoFrame]:
@@ -269,6 +284,7 @@ class _Decoder:
             return []
         self.bad = 0
         for frame in frames:
+            _check_size(self.path, frame.width, frame.height, self.max_megapixels)
             self.last_time = self.time(frame)
         self.decoded += len(frames)
         return frames
@@ -279,7 +295,8 @@ class _Sampler:
     (``wants``: for each time in it, the first decoded frame at or after it), which to keep."""
 
     def __init__(self, path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                 interval: float, min_side: int | None, stop: threading.Event | None) -> None:
+                 interval: float, min_side: int | None, stop: threading.Event | None,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> None:
         self.path = path
         self.container = container
         self.stream = stream
@@ -287,7 +304,7 @@ class _Sampler:
         self.min_side = min_side
         self.stop = stop
         self.keyframe_gap = min(MIN_KEYFRAME_GAP, interval)
-        self.decoder = _Decoder(path, stream)
+        self.decoder = _Decoder(path, stream, max_megapixels)
         # Times of the frames asked for: the first decoded frame at or after each answers it.
         self.wants: deque[float] = deque()
         self.last: float | None = None  # time of the last frame asked for
@@ -307,8 +324,7 @@ class _Sampler:
         key: float | None = None  # time of the last keyframe, and its distance from the one before
         key_gap: float | None = None
         sampled_key = -math.inf  # time of the last keyframe asked for
-        rate = stream.average_rate or stream.guessed_rate
-        frame_time = 1.0 / float(rate) if rate else 0.0
+        frame_time = self.decoder.frame_time
         first: float | None = None  # time of the first packet
         seen = -math.inf  # latest time of any packet
         end_packet: av.packet.Packet | None = None
@@ -370,24 +386,36 @@ class _Sampler:
         the end of the video) so that none is more than an interval from the next: as few as that
         takes, each as late as it may be (``end`` minus whole intervals), so that as little as
         possible of the stretch is decoded. None before the packets still pending (a keyframe
-        skipped between: the frames from it on are as good and need nothing before it)."""
-        if self.last is None or not self.pending:
-            return
-        count = math.ceil((end - self.last) / self.interval - 1e-9) - 1
-        for j in range(count, 0, -1):
-            due = max(end - j * self.interval, self.pending[0][0])
-            if due > self.last:
-                yield from self._feed_to(due)
+        skipped between: the frames from it on are as good and need nothing before it).
+
+        Each is placed after the last one asked for (which :meth:`_feed_to` moves past a jump in the
+        timestamps), so there are never more of them than packets pending: a stream whose
+        timestamps jump by hours costs no more than one without the jump."""
+        while self.last is not None and self.pending:
+            ahead = math.ceil((end - self.last) / self.interval - 1e-9) - 1  # frames still to ask for
+            if ahead <= 0:
+                return
+            due = max(end - ahead * self.interval, self.pending[0][0])  # after self.last, at most an interval
+            asked = self.last
+            yield from self._feed_to(due)
+            if self.last == asked:
+                return  # nothing pending reaches it
 
     def _feed_to(self, due: float, through: float | None = None) -> Iterator[SampledFrame]:
         """Ask for the first frame at or after ``due`` and feed the pending packets up to the first one,
-        in decoding order, at or after it (or ``through``)."""
+        in decoding order, at or after it (or ``through``).
+
+        The next frame is due an interval after this one: after ``due``, or after the first packet
+        fed that answers it where that comes more than an interval later (the timestamps jump
+        forward), so that the frames after a jump are not each taken for a frame overdue."""
         upto = due if through is None else through
         count = next((i + 1 for i, (t, _) in enumerate(self.pending) if t >= upto), 0)
         if count == 0:
             return  # nothing pending reaches it
-        self.wants.append(due if due > self.fed else math.nextafter(self.fed, math.inf))
-        self.last = due
+        want = due if due > self.fed else math.nextafter(self.fed, math.inf)
+        answer = min((t for t, _ in self.pending[:count] if t >= want), default=want)
+        self.wants.append(want)
+        self.last = answer if answer > due + self.interval else due
         yield from self._feed(count)
 
     def _feed(self, count: int) -> Iterator[SampledFrame]:
@@ -429,16 +457,16 @@ class _Sampler:
     def _check_complete(self, seen: float) -> None:
         """A stream whose packets stop well before its stated duration was cut short."""
         expected = _stated_duration(self.container, self.stream)
-        rate = self.stream.average_rate or self.stream.guessed_rate
-        frame_time = 1.0 / float(rate) if rate else 0.0
-        if expected is not None and seen + frame_time < expected - TRUNCATION_SLACK:
+        if expected is not None and seen + self.decoder.frame_time < expected - TRUNCATION_SLACK:
             raise VideoError(self.path, f"truncated: no frame after {format_time(seen)} of the "
                                         f"{format_time(expected)} its header states; the file was cut short "
                                         "(a copy or recording that did not finish)")
 
 
-def _open(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """The container and its main video stream (cover art skipped), or :class:`VideoError`."""
+def _open(path: str, max_megapixels: float) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """The container and its main video stream (cover art skipped), or :class:`VideoError` (not a
+    video container, no picture in it); :class:`~clipdex.errors.ImageTooLarge` for a picture whose
+    stated size is above ``max_megapixels``, before any of it is decoded."""
     import av
 
     try:
@@ -450,6 +478,7 @@ def _open(path: str) -> tuple[av.container.InputContainer, av.video.stream.Video
             raise VideoError(path, "ends before its first frame: an empty recording, or a file cut short") from None
         raise VideoError(path, _unreadable_reason(path, e)) from None
     try:
+        _check_format(path, container)
         streams = [s for s in container.streams.video
                    if not s.disposition & av.stream.Disposition.attached_pic]
         if not streams:
@@ -460,10 +489,31 @@ def _open(path: str) -> tuple[av.container.InputContainer, av.video.stream.Video
         if stream.codec_context is None:
             raise VideoError(path, f"its video codec ({_codec_name(stream)}) cannot be "
                                    "decoded by this FFmpeg; convert it (e.g. to H.264) to index it")
+        _check_size(path, stream.codec_context.width, stream.codec_context.height, max_megapixels)
         return container, stream
     except BaseException:
         container.close()
         raise
+
+
+def _check_format(path: str, container: av.container.InputContainer) -> None:
+    """A :class:`VideoError` unless FFmpeg reads the file as one of :data:`VIDEO_FORMATS` (it goes by the
+    content, not the name: an image, a sound or a playlist renamed .mp4 opens as what it is)."""
+    name = str(container.format.name)
+    if VIDEO_FORMATS.intersection(name.split(",")):
+        return
+    suffix = os.path.splitext(path)[1] or "a video's name"
+    kind = f"a {name.removesuffix('_pipe').upper()} image" if name.endswith("_pipe") else \
+        f"{container.format.long_name or name}, FFmpeg's '{name}' format,"
+    raise VideoError(path, f"is not a video file ({kind} named {suffix}): only {_VIDEO_FORMAT_NAMES} files "
+                           "are read as videos; give it the extension of what it is to index it as that")
+
+
+def _check_size(path: str, width: int, height: int, max_megapixels: float) -> None:
+    """:class:`~clipdex.errors.ImageTooLarge` for a picture above the limit a photo is held to (a
+    header stating a huge size is a decompression bomb whatever the file is called)."""
+    if width * height > max_megapixels * 1_000_000:
+        raise ImageTooLarge(path, width * height, max_megapixels, (width, height))
 
 
 def _codec_name(stream: Any) -> str:
@@ -493,14 +543,26 @@ def _demux(path: str, container: av.container.InputContainer, stream: av.video.s
         yield packet
 
 
-def _first_frame(path: str, container: av.container.InputContainer,
-                 stream: av.video.stream.VideoStream) -> av.video.frame.VideoFrame:
-    decoder = _Decoder(path, stream)
+def _first_frame(path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 max_megapixels: float) -> av.video.frame.VideoFrame:
+    decoder = _Decoder(path, stream, max_megapixels)
     for packet in _demux(path, container, stream, decoder):
         frames = decoder.decode(packet)
         if frames:
             return frames[0]
     raise VideoError(path, "no frame of the video decodes" if decoder.bad else "the video stream holds no frames")
+
+
+def _frame_rate(stream: av.video.stream.VideoStream) -> float | None:
+    """Frames a second: the stream's average rate, else FFmpeg's guess; None when neither is known."""
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
+
+
+def _frame_time(stream: av.video.stream.VideoStream) -> float:
+    """Seconds a frame is shown (0 when the frame rate is unknown)."""
+    rate = _frame_rate(stream)
+    return 1.0 / rate if rate else 0.0
 
 
 def _start(stream: av.video.stream.VideoStream) -> int:

@@ -202,3 +202,30 @@ def slideshow_images(count: int, width: int = 160, height: int = 120, start: int
     from tests.images import photo
 
     return [photo(seed, width, height) for seed in range(start, start + count)]
+
+
+def write_time_jump(path: Path, source: Path, at: float, jump: float) -> Path:
+    """A copy of ``source`` (remuxed, nothing re-encoded) whose timestamps jump forward by ``jump``
+    seconds at ``at`` seconds: from the first packet, in decoding order, shown at or after ``at``
+    on, every packet is stamped ``jump`` later (a camera's clock set forward mid-recording, two
+    recordings joined). The frames after the jump stay in order; ``at`` need not be a keyframe."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(source)) as reader, av.open(str(path), "w") as writer:
+        stream = reader.streams.video[0]
+        out = writer.add_stream_from_template(stream)
+        time_base = stream.time_base or Fraction(1, 1)
+        start = stream.start_time or 0
+        offset = round(Fraction(jump) / time_base)
+        jumped = False
+        for packet in reader.demux(stream):
+            if packet.dts is None:  # the demuxer's end
+                continue
+            jumped = jumped or (packet.pts is not None and (packet.pts - start) * time_base >= Fraction(at))
+            if jumped:
+                packet.pts = None if packet.pts is None else packet.pts + offset
+                packet.dts += offset
+            packet.stream = out
+            writer.mux(packet)
+    return path

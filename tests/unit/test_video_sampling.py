@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clipdex.decode import ORIGINAL_SIZE, open_image_file
-from clipdex.errors import ImageDecodeError, ImageUnreadable
+from clipdex.errors import ImageDecodeError, ImageTooLarge, ImageUnreadable
 from clipdex.video import frame_path
 from clipdex.video_sampling import VideoError, frame_at, probe, sample
 from tests.images import photo
@@ -23,6 +23,7 @@ from tests.videos import (
     write_damaged,
     write_frames,
     write_no_frames,
+    write_time_jump,
     write_truncated,
     write_video,
 )
@@ -274,3 +275,70 @@ def test_stop_ends_sampling(slideshow: Path) -> None:
 def test_interval_must_be_positive(slideshow: Path) -> None:
     with pytest.raises(ValueError, match="interval"):
         list(sample(str(slideshow), interval=0))
+
+
+def test_a_picture_above_the_megapixel_limit_is_refused_before_decoding(
+        slideshow: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit photos are held to (a decompression bomb under a video's name), from the stream's
+    header: ImageTooLarge (the indexer's 'limit' failure, retried once the limit is raised)."""
+    import clipdex.video_sampling as video_sampling
+
+    def never(*_: object) -> None:
+        raise AssertionError("decoded a picture above the limit")
+
+    monkeypatch.setattr(video_sampling._Decoder, "decode", never)
+    limit = 160 * 120 / 1e6 * 0.99  # just under the slideshow's 160 x 120
+    for read in (lambda: probe(str(slideshow), max_megapixels=limit),
+                 lambda: list(sample(str(slideshow), interval=INTERVAL, max_megapixels=limit)),
+                 lambda: frame_at(str(slideshow), 1.0, max_megapixels=limit),
+                 lambda: open_image_file(frame_path(str(slideshow), 1.0), max_megapixels=limit)):
+        with pytest.raises(ImageTooLarge, match="160x120") as refused:
+            read()
+        assert refused.value.pixels == 160 * 120 and refused.value.needed == 1
+        assert not isinstance(refused.value, VideoError)
+    monkeypatch.undo()
+    assert probe(str(slideshow), max_megapixels=160 * 120 / 1e6).width == 160  # at the limit: read
+
+
+@pytest.mark.parametrize(("name", "kind", "found"), [
+    ("bomb.mp4", "PNG", "(a PNG image named .mp4)"),
+    ("photo.mov", "JPEG", "(a JPEG image named .mov)"),
+    ("anim.mkv", "GIF", "(CompuServe Graphics Interchange Format (GIF), FFmpeg's 'gif' format, named .mkv)"),
+])
+def test_other_kinds_of_file_under_a_video_name_are_not_videos(tmp_path: Path, name: str, kind: str,
+                                                                found: str) -> None:
+    """FFmpeg opens a file by its content: an image renamed .mp4 is not a one-frame video."""
+    path = tmp_path / name
+    photo(3, 160, 120).save(path, format=kind)
+    for read in (lambda: probe(str(path)), lambda: list(sample(str(path), interval=INTERVAL)),
+                 lambda: frame_at(str(path), 0.0)):
+        with pytest.raises(VideoError, match=re.escape(f"is not a video file {found}")):
+            read()
+
+
+@pytest.mark.parametrize("lookahead", [True, False])
+def test_a_forward_jump_in_the_timestamps_is_not_sampled_frame_by_frame(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lookahead: bool) -> None:
+    """A pan whose timestamps jump 1000 s forward at 5 s (no keyframe there): the frames after the jump
+    are looked at every interval, as those before it, not each one taken for a frame overdue; the
+    first after the jump is looked at (it is more than an interval from any before it)."""
+    import clipdex.video_sampling as video_sampling
+
+    looked: list[float] = []
+    thumbnail = video_sampling._Thumbnail.of.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type, frame: object) -> object:
+        looked.append(float(frame.time))  # type: ignore[attr-defined]
+        return thumbnail(cls, frame)
+
+    monkeypatch.setattr(video_sampling._Thumbnail, "of", classmethod(counted))
+    if not lookahead:  # the packets are not held back: gaps filled as they come
+        monkeypatch.setattr(video_sampling, "LOOKAHEAD_BYTES", 0)
+    steady = write_frames(tmp_path / "pan.mp4", pan(10.0, FPS), fps=FPS, gop=300)  # one keyframe only
+    jumped = write_time_jump(tmp_path / "jump.mp4", steady, at=5.0, jump=1000.0)
+    list(sample(str(steady), interval=INTERVAL))
+    without_jump, looked[:] = len(looked), []
+    times = [frame.t for frame in sample(str(jumped), interval=INTERVAL)]
+    assert len(looked) <= without_jump + 1, looked
+    assert any(1005.0 <= t <= 1005.0 + LAG for t in times), times
+    assert times[-1] >= 1010.0 - INTERVAL - LAG and np.all(np.diff(times) > 0)
