@@ -1163,7 +1163,7 @@ def calibrate(index: "Index", *, photos: int = CALIBRATION_PHOTOS, neighbours: i
     photos can be read."""
     record = index.model_record()
     with index.lock:
-        total = index.store.count_for_model(record, index.store.missing_roots())
+        total = index.store.count_for_model(record, index.store.missing_roots(), "photos")
     sample = min(photos, total)
     if sample < MIN_CALIBRATION_PHOTOS:
         return replace(DEFAULT_RULE, note=(
@@ -1322,7 +1322,7 @@ def rule_for(index: "Index", *, threshold: float | None = None, no_phash: bool =
                 else "")
         record = index.model_record()
         with index.lock:
-            now = index.store.count_for_model(record, index.store.missing_roots())
+            now = index.store.count_for_model(record, index.store.missing_roots(), "photos")
         if stored.photos_total and now > stored.photos_total * RECALIBRATE_GROWTH:
             note = (f"NOT USING the rule calibrated{when} on {stored.photos_total} photos: the collection has grown to "
                     f"{now}, and a rule measured on the smaller one lets through more look-alikes here. The default "

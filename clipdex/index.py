@@ -955,6 +955,10 @@ class Index:
         moment = split_moment(ref)
         if moment is not None:
             return self._moment_vector(ref, *moment)
+        video, mark, when = ref.rpartition("@")
+        if mark and is_video(video):
+            raise QueryError(f"@{ref}", f"{when!r} is not a time of {video}: write seconds (83.5), m:ss (1:23.5) "
+                             "or h:mm:ss (0:01:23)")
         found = self._find_indexed(ref)
         if found is not None and self.store.video_sampling(found.id) is not None:
             raise QueryError(f"@{ref}", f"{found.path} is a video: name a moment of it, e.g. @{ref}@83.5 "

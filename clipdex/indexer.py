@@ -166,7 +166,7 @@ class IndexReport:
     precision: str = ""  # what new vectors were computed in (fp32, bf16, int8, fp16)
     precision_note: str = ""  # how it was chosen: --precision auto's reason, or "asked for"
     device_decoded: int = 0  # JPEGs decoded on the encoder's device (the GPU), not by Pillow
-    videos: int = 0  # videos sampled (or taken from an indexed copy) in this run
+    videos: int = 0  # videos sampled in this run (a moved or copied one is counted in ``reused``)
     frames: int = 0  # the moments kept of them (frames with a vector)
     video_seconds: float = 0.0  # their length, in seconds of video
     video_wall_seconds: float = 0.0  # wall time of the video stage (sampling, encoding, storing)
@@ -214,6 +214,7 @@ class _VideoItem:
     info: "VideoInfo | None" = None
     sampling: VideoSampling | None = None
     frames: list[VideoFrame] = field(default_factory=list)
+    reused: bool = False  # its frames came from a video of the same content, sampled before
     reason: str | None = None
     failure_kind: str | None = None
     limit: float | None = None
@@ -637,15 +638,17 @@ class Indexer:
                 st = os.fstat(f.fileno())
                 done.size, done.mtime_ns = st.st_size, st.st_mtime_ns
                 done.content_hash = self._hash_file(f)
-            info = probe(entry.fs_path)
+            limit = self.settings.max_megapixels
+            info = probe(entry.fs_path, max_megapixels=limit)
             done.info = info
             known = sampled.get(done.content_hash)
             if known is not None:  # the same content, sampled before with every vector: no decoding
-                done.frames, done.sampling = list(known.frames), known.sampling
+                done.frames, done.sampling, done.reused = list(known.frames), known.sampling, True
                 self._put(results, done)
                 return
             interval = self.settings.video_interval
-            for frame in sample(entry.fs_path, interval=interval, min_side=draft, stop=self._stop):
+            for frame in sample(entry.fs_path, interval=interval, min_side=draft, stop=self._stop,
+                                max_megapixels=limit):
                 key = frame_hash(done.content_hash, frame.t)
                 done.frames.append(VideoFrame(round(frame.t, 3), key, frame.scene))
                 image = None if key in embedded else self.encoder.preprocess(frame.image)
@@ -693,9 +696,12 @@ class Indexer:
             row = NewFile(entry.path, video.size, video.mtime_ns, video.content_hash, info.width, info.height,
                           raw_path=entry.raw_path, taken_at=info.taken_at,
                           taken_source=TAKEN_EXIF if info.taken_at else TAKEN_NO_EXIF)
-            report.videos += 1
-            report.frames += len(video.frames)
-            report.video_seconds += video.sampling.duration
+            if video.reused:  # moved, renamed or copied: its frames' vectors taken, nothing decoded
+                report.reused += 1
+            else:
+                report.videos += 1
+                report.frames += len(video.frames)
+                report.video_seconds += video.sampling.duration
         self.store.commit_video(row, video.frames, None if video.reason else video.sampling)
         if progress:
             progress.advance(1)

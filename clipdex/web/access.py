@@ -111,14 +111,14 @@ class IndexAccess:
 
     # -- searching ------------------------------------------------------------
     def search(self, terms: list[QueryTerm], k: int, offset: int = 0,
-               filters: SearchFilter | None = None) -> list[SearchResult]:
+               filters: SearchFilter | None = None, per_video: int | None = None) -> list[SearchResult]:
         """:meth:`Index.search` (encoding and ranking outside the index's lock), keeping only
         photos that pass ``filters``.
 
         Image terms are uploads or photos of the index (their stored vectors);
         no other file on the server is read.
         """
-        return self.index.search(terms, k, offset=offset, filters=filters or None,
+        return self.index.search(terms, k, offset=offset, filters=filters or None, per_video=per_video,
                                  image_files=_no_other_files, image_vector=self._upload_or_none)
 
     def similar(self, file_id: int, k: int, offset: int = 0,

@@ -24,8 +24,9 @@ import os
 import shlex
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 import anyio
@@ -91,6 +92,8 @@ After = Annotated[str, Query(max_length=MAX_DATE)]
 Before = Annotated[str, Query(max_length=MAX_DATE)]
 SetName = Annotated[str, Query(max_length=MAX_NAME)]
 LabelName = Annotated[str, Query(max_length=MAX_NAME)]
+Only = Annotated[Literal["photos", "videos"] | None, Query()]  # photos only, or moments of videos only
+PerVideo = Annotated[int | None, Query(ge=1, le=MAX_PAGE)]  # moments listed of one video, at most
 
 
 class Correction(BaseModel):
@@ -326,16 +329,19 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
                          k: int = Query(PAGE_SIZE, ge=1, le=MAX_PAGE),
                          offset: int = Query(0, ge=0, le=MAX_OFFSET),
                          folder: Folders = None, after: After = "", before: Before = "",
-                         set: SetName = "", label: LabelName = "") -> dict[str, Any]:
+                         set: SetName = "", label: LabelName = "", only: Only = None,
+                         per_video: PerVideo = None) -> dict[str, Any]:
         """Photos ranked by a query (same syntax as the CLI); filters: folder (repeatable), after,
-        before (dates taken), set with label. A moment of a video carries ``t`` (seconds),
-        ``video_id`` and ``moment`` ("video.mp4 @ 0:01:23"); its ``id`` is the frame's."""
+        before (dates taken), set with label, only (photos, or videos: their moments). A moment of a
+        video carries ``t`` (seconds), ``video_id`` and ``moment`` ("video.mp4 @ 0:01:23"); its ``id``
+        is the frame's; per_video caps the moments listed of one video."""
         form = FilterForm.of(folder or (), after, before, set, label)
-        return await off_loop(search_threads, api_search_view, q, k, offset, form)
+        return await off_loop(search_threads, api_search_view, q, k, offset, form, only, per_video)
 
-    def api_search_view(q: str, k: int, offset: int, form: FilterForm) -> dict[str, Any]:
-        filters = api_filters(form)
-        hits = access.search(parse_query(q), k, offset, filters)
+    def api_search_view(q: str, k: int, offset: int, form: FilterForm, only: str | None = None,
+                        per_video: int | None = None) -> dict[str, Any]:
+        filters = api_filters(form, only)
+        hits = access.search(parse_query(q), k, offset, filters, per_video)
         return serialize.search_results(q, offset, hits, filters)
 
     @app.get("/api/similar/{file_id}")
@@ -353,11 +359,12 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         record, hits = access.similar(file_id, k, offset, filters)
         return serialize.search_results("@" + shlex.quote(record.path), offset, hits, filters)
 
-    def api_filters(form: FilterForm) -> SearchFilter | None:
+    def api_filters(form: FilterForm, only: str | None = None) -> SearchFilter | None:
         if bool(form.set) != bool(form.label):
             raise HTTPException(400, "a label filter takes both a set and a label: "
                                      "set=NAME&label=LABEL (the sets are listed at /api/labels)")
-        return form.check(access.counts().roots, where=FOLDERS_WHERE)
+        checked = form.check(access.counts().roots, where=FOLDERS_WHERE)
+        return replace(checked or SearchFilter(), media=only) if only else checked
 
     @app.get("/api/photos/{file_id}")
     async def api_photo(file_id: PhotoId) -> dict[str, Any]:

@@ -92,6 +92,9 @@ def test_a_moment_queries_by_example_and_the_timeline_scores_a_video(tmp_path: P
             index.search("@party.mp4")
         with pytest.raises(QueryError, match="past its end"):
             index.search("@party.mp4@1:00:00")
+        for bad in ("1:99", "abc"):
+            with pytest.raises(QueryError, match="is not a time of party.mp4"):
+                index.search(f"@party.mp4@{bad}")
         record, sampling = index.video(video.video_id)
         assert record.path.endswith("party.mp4") and sampling.interval == INTERVAL
 
@@ -112,7 +115,7 @@ def test_unchanged_moved_and_copied_videos_are_not_decoded_again(tmp_path: Path,
         shutil.move(media / "clips" / "party.mp4", media / "party-moved.mp4")
         shutil.copy(media / "party-moved.mp4", media / "party-copy.mp4")
         moved = index.add(media, settings=settings())
-        assert moved.encoded == 0 and moved.videos == 2 and moved.removed == 1
+        assert moved.encoded == 0 and moved.videos == 0 and moved.reused == 2 and moved.removed == 1
         assert index.store.counts()["frames"] == 2 * first.frames
 
 
@@ -210,7 +213,7 @@ def test_copies_keep_their_own_moments_and_remove_counts_files(tmp_path: Path, m
         for n in (1, 2):
             shutil.copy(media / "clips" / "party.mp4", media / f"copy-{n}.mp4")
         copies = index.add(media, settings=settings())
-        assert copies.videos == 2 and copies.frames == 2 * first.frames and copies.encoded == 0
+        assert copies.reused == 2 and copies.videos == 0 and copies.encoded == 0
         assert index.store.counts()["frames"] == 3 * first.frames
         assert index.remove_folder(media) == 6  # three photos, three videos (frames are no files)
         assert index.indexed_paths() == []

@@ -265,6 +265,11 @@ def test_a_query_on_the_player_page_reads_no_file_outside_the_index(client: Test
     assert kept.status_code == 200 and kept.json()["results"]
     between = client.get("/api/search", params={"q": "@party.mp4@3.4", "k": 1})
     assert between.status_code == 400 and "the nearest is @party.mp4@3" in between.json()["error"]
+    moments = client.get("/api/search", params={"q": "a photo", "k": 50, "only": "videos", "per_video": 1}).json()
+    assert moments["filters"]["only"] == "videos" and moments["results"]
+    assert all("t" in r for r in moments["results"])
+    assert len({r["video_id"] for r in moments["results"]}) == len(moments["results"])  # one moment a video
+    assert client.get("/api/search", params={"q": "a photo", "only": "sounds"}).status_code == 400
 
 
 # -- the moments API ---------------------------------------------------------------
