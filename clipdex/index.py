@@ -1451,22 +1451,44 @@ class _PrecisionPlan:
         store = self.index.store
         known = store.files_under(self.walk.display_root)
         embedded = store.embedded_hashes(self.record) if self.record is not None else {}
-        paths = []
+        paths: list[str] = []
+        videos: list[str] = []
         for entry in self.walk.files:
-            if is_video(entry.path):  # checked on photos (a folder of videos alone chooses by rule)
-                continue
             found = known.get(entry.path)
             if found is not None and (found.size, found.mtime_ns) == (entry.size, entry.mtime_ns) and (
-                    found.status == "failed" or found.content_hash in embedded):
+                    found.status == "failed" or found.content_hash in embedded or is_video(entry.path)):
                 continue  # unchanged: nothing to encode (or failed, and most likely fails again)
-            paths.append(entry.fs_path)
+            (videos if is_video(entry.path) else paths).append(entry.fs_path)
         reference = self._built.get("fp32")
         if reference is None:
             reference = make_encoder(self.spec, device=self.index.device, precision="fp32")
             self._built["fp32"] = reference
         draft = draft_size(reference) if self.settings.reduced_decode else None
-        return auto.sample_photos(paths, reference.preprocess, skip_hashes=embedded.__contains__,
-                                  max_megapixels=self.settings.max_megapixels, draft_size=draft)
+        found_photos = auto.sample_photos(paths, reference.preprocess, skip_hashes=embedded.__contains__,
+                                          max_megapixels=self.settings.max_megapixels, draft_size=draft)
+        # Too few photos to encode (a folder of videos): the check runs on the first videos' frames.
+        return found_photos + self._sample_frames(videos, reference.preprocess, draft,
+                                                  auto.SAMPLE_PHOTOS - len(found_photos))
+
+    def _sample_frames(self, videos: list[str], preprocess: Callable[..., np.ndarray], draft: int | None,
+                       count: int) -> list[np.ndarray]:
+        """Up to ``count`` frames of ``videos``, sampled as the indexer samples them and preprocessed."""
+        from clipdex.errors import ImageDecodeError
+        from clipdex.video_sampling import sample
+
+        found: list[np.ndarray] = []
+        for path in videos:
+            if len(found) >= count:
+                break
+            try:
+                for frame in sample(path, interval=self.settings.video_interval, min_side=draft,
+                                    max_megapixels=self.settings.max_megapixels):
+                    found.append(preprocess(frame.image))
+                    if len(found) >= count:
+                        break
+            except (OSError, ImageDecodeError):
+                continue
+        return found
 
 
 class _ProbedEncoder:
