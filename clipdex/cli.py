@@ -493,6 +493,11 @@ def _print_index_report(report: Any, index_dir: str | None, as_json: bool) -> No
             out.print(f"  {failure.path}: {failure.reason}", markup=False)
         if len(report.failed) > 20:
             out.print(f"  … and {len(report.failed) - 20} more (clipdex status --failures)")
+    partial = getattr(report, "partial", [])
+    if partial:
+        out.print("[bold yellow]videos indexed up to a cut or damage:[/]")
+        for note in partial:
+            out.print(f"  {note.path}: {note.reason}", markup=False)
 
 
 def _realtime(report: Any) -> str:

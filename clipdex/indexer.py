@@ -44,12 +44,20 @@ from clipdex.decode import (
     read_taken_at,
     supported_extensions,
 )
-from clipdex.errors import ImageDecodeError, PhotoFolderError
+from clipdex.errors import ImageDecodeError, PhotoFolderError, VideoError
 from clipdex.models.preprocess import PreprocessConfig
 from clipdex.settings import gpu_decode_setting
 from clipdex.store import FileRecord, ModelRecord, NewFile, Store
 from clipdex.store.catalog import TAKEN_EXIF, TAKEN_MTIME, TAKEN_NO_EXIF, SampledVideo, VideoFrame, VideoSampling
-from clipdex.video import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, VIDEO_EXTENSIONS, frame_hash, is_video
+from clipdex.video import (
+    DEFAULT_INTERVAL,
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    VIDEO_EXTENSIONS,
+    format_time,
+    frame_hash,
+    is_video,
+)
 
 if TYPE_CHECKING:
     from clipdex.models.encoder import Encoder
@@ -166,6 +174,7 @@ class IndexReport:
     precision: str = ""  # what new vectors were computed in (fp32, bf16, int8, fp16)
     precision_note: str = ""  # how it was chosen: --precision auto's reason, or "asked for"
     device_decoded: int = 0  # JPEGs decoded on the encoder's device (the GPU), not by Pillow
+    partial: list[Failure] = field(default_factory=list)  # videos indexed up to a cut or damage, and why
     videos: int = 0  # videos sampled in this run (a moved or copied one is counted in ``reused``)
     frames: int = 0  # the moments kept of them (frames with a vector)
     video_seconds: float = 0.0  # their length, in seconds of video
@@ -215,6 +224,7 @@ class _VideoItem:
     sampling: VideoSampling | None = None
     frames: list[VideoFrame] = field(default_factory=list)
     reused: bool = False  # its frames came from a video of the same content, sampled before
+    note: str | None = None  # why only the moments before a cut or damage were indexed
     reason: str | None = None
     failure_kind: str | None = None
     limit: float | None = None
@@ -658,6 +668,17 @@ class Indexer:
             done.sampling = VideoSampling(duration=info.duration, interval=interval, codec=info.codec, fps=info.fps)
         except _Stopped:
             return
+        except VideoError as e:
+            if self._stop.is_set():
+                return
+            if done.frames and done.info is not None:
+                # Cut short or damaged after some moments: those are indexed, and the video is
+                # reported as partly indexed (not tried again until the file changes).
+                done.note = e.reason
+                done.sampling = VideoSampling(duration=done.info.duration, interval=self.settings.video_interval,
+                                              codec=done.info.codec, fps=done.info.fps)
+            else:
+                done.reason, done.failure_kind, done.limit = failure_of(e, self.settings.max_megapixels)
         except Exception as e:  # noqa: BLE001  (one bad video is a failure row, never the run's end)
             if self._stop.is_set():
                 return
@@ -696,6 +717,9 @@ class Indexer:
             row = NewFile(entry.path, video.size, video.mtime_ns, video.content_hash, info.width, info.height,
                           raw_path=entry.raw_path, taken_at=info.taken_at,
                           taken_source=TAKEN_EXIF if info.taken_at else TAKEN_NO_EXIF)
+            if video.note:
+                report.partial.append(Failure(entry.path, f"{video.note}; its {len(video.frames)} moments "
+                                              f"up to {format_time(video.frames[-1].t)} are indexed", "permanent"))
             if video.reused:  # moved, renamed or copied: its frames' vectors taken, nothing decoded
                 report.reused += 1
             else:

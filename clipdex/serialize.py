@@ -118,7 +118,8 @@ def index_report(report: "IndexReport") -> dict[str, Any]:
     ("auto: " and auto's reason, or "asked for (--precision fp32)"); ``indexed_total`` counts the
     photos and videos under the folder, ``videos_total`` the videos among them; ``videos`` sampled, the
     ``frames`` kept of them, their length in ``video_seconds`` and ``video_realtime`` (seconds of video
-    indexed per second of the video stage)."""
+    indexed per second of the video stage); ``partial`` the videos indexed only up to a cut or
+    damage (``{"path", "reason"}``)."""
     return {"root": report.root, "model": report.model, "new": report.new, "changed": report.changed,
             "reused": report.reused, "unchanged": report.unchanged, "removed": report.removed,
             "encoded": report.encoded, "retried": report.retried, "dated": report.dated,
@@ -129,6 +130,7 @@ def index_report(report: "IndexReport") -> dict[str, Any]:
             "device_decoded": report.device_decoded, "videos": report.videos, "frames": report.frames,
             "video_seconds": round(report.video_seconds, 3), "video_realtime": round(report.video_realtime, 3),
             "failed": [failure(f.path, f.reason, f.kind) for f in report.failed],
+            "partial": [{"path": f.path, "reason": f.reason} for f in report.partial],
             **_engine_facts(report)}
 
 

@@ -232,3 +232,17 @@ def test_web_clients_query_kept_moments_only_and_intervals_are_bounded(tmp_path:
     for bad in (0.0, 0.05, 61.0, float("nan")):
         with pytest.raises(ValueError, match="video_interval"):
             IndexSettings(video_interval=bad)
+
+
+def test_a_video_cut_short_keeps_the_moments_before_the_cut(tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    folder = tmp_path / "cut"
+    whole = write_video(tmp_path / "whole.mp4", slideshow_images(6, width=192, height=144),
+                        seconds_each=SECONDS_EACH, faststart=True)  # its index first, as phones write
+    write_truncated(folder / "phone.mp4", whole, keep=0.6)
+    with open_index(tmp_path, model_kwargs) as index:
+        report = index.add(folder, settings=settings())
+        assert not report.failed and [Path(p.path).name for p in report.partial] == ["phone.mp4"]
+        assert "truncated" in report.partial[0].reason and "moments up to" in report.partial[0].reason
+        moments = index.search("a photo", k=50)
+        assert moments and all(r.t is not None and r.t < 6 * SECONDS_EACH for r in moments)
+        assert index.add(folder, settings=settings()).videos == 0  # not sampled again until it changes
