@@ -758,12 +758,15 @@ def search_cmd(query: tuple[str, ...], k: int, offset: int, images: tuple[str, .
                     device=device, precision=precision) as index:
         results = index.search(text, k=k, offset=offset, filters=filters or None, exact=exact,
                                per_video=per_video)
+        # The files to open: a name that is not UTF-8 opens by its real bytes, not the name shown.
+        opened = {i: f.fs_path for i, f in index.store.files_by_ids([r.file_id for r in results]).items()} \
+            if grid else {}
     if grid:
         from clipdex.grid import Tile, draw_grid, tile_name
 
         # A moment's tile is its frame (decoded from the video), captioned with the video's name and time.
-        draw_grid([Tile(r.image_path, f"#{r.rank}  {r.score:.3f}\n{tile_name(r.image_path)}") for r in results],
-                  grid)
+        draw_grid([Tile(opened.get(r.file_id, r.image_path), f"#{r.rank}  {r.score:.3f}\n{tile_name(r.image_path)}")
+                   for r in results], grid)
     if as_json:
         from clipdex import serialize
 
