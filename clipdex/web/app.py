@@ -24,7 +24,6 @@ import os
 import shlex
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
@@ -183,8 +182,9 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
     @app.get("/", response_class=HTMLResponse)
     async def home(q: str = Query("", max_length=MAX_QUERY), like: int | None = Query(None, ge=1, le=MAX_ID),
                    folder: Folders = None, after: After = "", before: Before = "", set: SetName = "",
-                   label: LabelName = "", page: int = Query(1, ge=1, le=MAX_OFFSET // PAGE_SIZE)) -> Response:
-        form = FilterForm.of(folder or (), after, before, set, label)
+                   label: LabelName = "", only: Only = None,
+                   page: int = Query(1, ge=1, le=MAX_OFFSET // PAGE_SIZE)) -> Response:
+        form = FilterForm.of(folder or (), after, before, set, label, only)
         return await off_loop(search_threads, home_page, q, like, form, page)
 
     def home_page(q: str, like: int | None, form: FilterForm, page: int) -> Response:
@@ -229,7 +229,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
                       like_id=like if like is not None and not q.strip() else None,
                       page_size=PAGE_SIZE, set=form.set, label=form.label, label_sets=label_sets,
                       labels_of_set=labels_of_set, status=status, searched=searched and not error,
-                      folders=form.folders, folder_choices=folder_choices,
+                      folders=form.folders, folder_choices=folder_choices, only=form.only,
                       after=date_field(form.after), before=date_field(form.before),
                       narrows=form.narrows, filter_params=form.params(),
                       api_filter_params=form.params(for_api=True),
@@ -335,12 +335,12 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         before (dates taken), set with label, only (photos, or videos: their moments). A moment of a
         video carries ``t`` (seconds), ``video_id`` and ``moment`` ("video.mp4 @ 0:01:23"); its ``id``
         is the frame's; per_video caps the moments listed of one video."""
-        form = FilterForm.of(folder or (), after, before, set, label)
-        return await off_loop(search_threads, api_search_view, q, k, offset, form, only, per_video)
+        form = FilterForm.of(folder or (), after, before, set, label, only)
+        return await off_loop(search_threads, api_search_view, q, k, offset, form, per_video)
 
-    def api_search_view(q: str, k: int, offset: int, form: FilterForm, only: str | None = None,
+    def api_search_view(q: str, k: int, offset: int, form: FilterForm,
                         per_video: int | None = None) -> dict[str, Any]:
-        filters = api_filters(form, only)
+        filters = api_filters(form)
         hits = access.search(parse_query(q), k, offset, filters, per_video)
         return serialize.search_results(q, offset, hits, filters)
 
@@ -359,12 +359,11 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         record, hits = access.similar(file_id, k, offset, filters)
         return serialize.search_results("@" + shlex.quote(record.path), offset, hits, filters)
 
-    def api_filters(form: FilterForm, only: str | None = None) -> SearchFilter | None:
+    def api_filters(form: FilterForm) -> SearchFilter | None:
         if bool(form.set) != bool(form.label):
             raise HTTPException(400, "a label filter takes both a set and a label: "
                                      "set=NAME&label=LABEL (the sets are listed at /api/labels)")
-        checked = form.check(access.counts().roots, where=FOLDERS_WHERE)
-        return replace(checked or SearchFilter(), media=only) if only else checked
+        return form.check(access.counts().roots, where=FOLDERS_WHERE)
 
     @app.get("/api/photos/{file_id}")
     async def api_photo(file_id: PhotoId) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Search filters as the web gets them: URL parameters in, a checked :class:`SearchFilter` out.
 
 Every filter lives in the URL (``folder``, repeatable; ``after``; ``before``;
-``set`` with ``label``), so a filtered search is a link, and the pages' own
+``set`` with ``label``; ``only``: photos or videos), so a filtered search is a link, and the pages' own
 links (next page, "more like this", infinite scroll) carry the same
 parameters on. A folder must be a folder of the index or one inside it; a
 date is one of :data:`~clipdex.search.filters.DATE_FORMS`. Anything else is a
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clipdex.errors import FilterError
-from clipdex.search.filters import SearchFilter, check_folder, parse_date
+from clipdex.search.filters import MEDIA, SearchFilter, check_folder, parse_date
 
 MAX_FOLDERS = 20  # folders one search may name (each is one SQL condition)
 MIDNIGHT = "T00:00:00"
@@ -29,19 +29,20 @@ class FilterForm:
     before: str = ""
     set: str = ""
     label: str = ""
+    only: str = ""  # "photos", "videos" (their moments), or "" for both
 
     @classmethod
     def of(cls, folders: Sequence[str] = (), after: str = "", before: str = "", set: str = "",
-           label: str = "") -> "FilterForm":
+           label: str = "", only: str | None = "") -> "FilterForm":
         """The form with blank fields dropped (an HTML form sends every field, empty or not)."""
         kept = tuple(dict.fromkeys(f.strip() for f in folders if f.strip()))
         return cls(folders=kept, after=after.strip(), before=before.strip(), set=set.strip(),
-                   label=label.strip())
+                   label=label.strip(), only=(only or "").strip())
 
     @property
     def narrows(self) -> bool:
-        """Whether a folder or date is asked for (these need a query; a label alone can be browsed)."""
-        return bool(self.folders or self.after or self.before)
+        """Whether a folder, date or kind is asked for (these need a query; a label alone can be browsed)."""
+        return bool(self.folders or self.after or self.before or self.only)
 
     @property
     def any(self) -> bool:
@@ -59,6 +60,8 @@ class FilterForm:
             out.append(("set", self.set))
         if self.label and (self.set or not for_api):
             out.append(("label", self.label))
+        if self.only:
+            out.append(("only", self.only))
         return out
 
     def check(self, roots: Sequence[str], *, where: str = "") -> SearchFilter | None:
@@ -73,8 +76,10 @@ class FilterForm:
                               "are allowed", "Pick fewer folders, or a folder that holds them.")
         folders = tuple(check_folder(f, roots, where) for f in self.folders)
         label = (self.set, self.label) if self.set and self.label else None
+        if self.only and self.only not in MEDIA:
+            raise FilterError(f"only {self.only!r}", "is not a kind of result", f"Use one of {', '.join(MEDIA)}.")
         made = SearchFilter.make(label=label, folders=folders, after=self.after or None,
-                                 before=self.before or None, names=("after", "before"))
+                                 before=self.before or None, names=("after", "before"), media=self.only or None)
         return made if made else None
 
 
@@ -101,6 +106,8 @@ def describe(found: SearchFilter) -> list[str]:
         parts.append("taken before " + _shown_date(found.before))
     if found.label:
         parts.append(f"{found.label[0]} = {found.label[1]}")
+    if found.media:
+        parts.append("photos only" if found.media == "photos" else "moments of videos only")
     return parts
 
 

@@ -270,6 +270,9 @@ def test_a_query_on_the_player_page_reads_no_file_outside_the_index(client: Test
     assert all("t" in r for r in moments["results"])
     assert len({r["video_id"] for r in moments["results"]}) == len(moments["results"])  # one moment a video
     assert client.get("/api/search", params={"q": "a photo", "only": "sounds"}).status_code == 400
+    page = client.get("/", params={"q": "a photo", "only": "videos"})  # the search page's own menu
+    assert page.status_code == 200 and 'id="only"' in page.text and 'value="videos" selected' in page.text
+    assert "moments of videos only" in page.text and " @ 0:00:" in page.text
 
 
 # -- the moments API ---------------------------------------------------------------

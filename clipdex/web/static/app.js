@@ -84,8 +84,10 @@
     if (label) label.value = "";
     searchForm.requestSubmit();
   });
-  const folderSelect = document.getElementById("folder");
-  if (folderSelect) folderSelect.addEventListener("change", () => searchForm.requestSubmit());
+  ["folder", "only"].forEach((id) => {
+    const select = document.getElementById(id);
+    if (select) select.addEventListener("change", () => searchForm.requestSubmit());
+  });
 
   // Filters left empty stay out of the URL (a search link keeps only what was chosen).
   if (searchForm) searchForm.addEventListener("submit", () => {
