@@ -93,7 +93,7 @@ def test_a_moment_queries_by_example_and_the_timeline_scores_a_video(tmp_path: P
         with pytest.raises(QueryError, match="past its end"):
             index.search("@party.mp4@1:00:00")
         for bad in ("1:99", "abc"):
-            with pytest.raises(QueryError, match="is not a time of party.mp4"):
+            with pytest.raises(QueryError, match=r"is not a time of party\.mp4"):
                 index.search(f"@party.mp4@{bad}")
         record, sampling = index.video(video.video_id)
         assert record.path.endswith("party.mp4") and sampling.interval == INTERVAL
