@@ -960,7 +960,7 @@ class Index:
             raise QueryError(f"@{ref}", f"{when!r} is not a time of {video}: write seconds (83.5), m:ss (1:23.5) "
                              "or h:mm:ss (0:01:23)")
         found = self._find_indexed(ref)
-        if found is not None and self.store.video_sampling(found.id) is not None:
+        if found is not None and self._sampling_of(found) is not None:
             raise QueryError(f"@{ref}", f"{found.path} is a video: name a moment of it, e.g. @{ref}@83.5 "
                              f"(seconds) or @{ref}@1:23")
         if found is not None and found.content_hash:
@@ -971,7 +971,7 @@ class Index:
         """The stored vector of the frame kept at ``t`` of an indexed video (None: no frame was
         kept at that time, or the video is not indexed: the frame is decoded from the file)."""
         video = self._find_indexed(video_ref)
-        sampling = None if video is None else self.store.video_sampling(video.id)
+        sampling = self._sampling_of(video)
         if video is None or sampling is None:
             return None
         if t > sampling.duration + MOMENT_MATCH_SECONDS:
@@ -989,7 +989,7 @@ class Index:
         if moment is not None:
             video_ref, t = moment
             video = self._find_indexed(video_ref)
-            if video is not None and self.store.video_sampling(video.id) is not None:
+            if video is not None and self._sampling_of(video) is not None:
                 if image_files is not None and not image_files(video.fs_path):
                     # A client that may read no file (the web) asks for kept moments only: their
                     # stored vectors, never a frame decoded on demand.
@@ -1006,6 +1006,12 @@ class Index:
         if not os.path.isfile(path):
             raise QueryError(f"@{ref}", f"{ref!r} is neither an image file nor a photo of the index")
         return path
+
+    def _sampling_of(self, record: FileRecord | None) -> VideoSampling | None:
+        """How ``record`` was sampled when it is an indexed video (None: a photo, a frame, nothing)."""
+        if record is None or record.video_id is not None or not is_video(record.path):
+            return None
+        return self.store.video_sampling(record.id)
 
     def _find_indexed(self, ref: str) -> FileRecord | None:
         exact = self.store.file_by_path(os.path.abspath(os.path.expanduser(ref)))  # real or display name

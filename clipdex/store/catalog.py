@@ -763,10 +763,10 @@ class Store:
         """
         root = display_path(root)
         others = [r for r in self.roots() if r != root]
-        keep = [r for r in others if _under(r, root)]  # nested roots keep their files
+        keep = [r for r in others if is_under(r, root)]  # nested roots keep their files
         with self.transaction() as c:
             c.execute("DELETE FROM roots WHERE path = ?", (root,))
-            if any(_under(root, r) for r in others):
+            if any(is_under(root, r) for r in others):
                 return 0  # an enclosing indexed folder still holds these files
             under, args = _under_sql([root])
             outside, outside_args = _outside(keep, "path")
@@ -1097,7 +1097,7 @@ class Store:
         roots = [r for r in self.roots() if not _under_any(r, hidden_roots) and r not in hidden_roots]
         counts: dict[str, int] = {}
         for root in roots:
-            nested = [r for r in roots if _under(r, root)]
+            nested = [r for r in roots if is_under(r, root)]
             inner, inner_args = _outside(nested)
             under, under_args = _under_sql([root], "f.path")
             n = self.conn.execute(base + f" AND {under}{inner}",
@@ -1280,7 +1280,7 @@ def _prefix(root: str) -> str:
     return root.rstrip(os.sep) + os.sep
 
 
-def _under(path: str, root: str) -> bool:
+def is_under(path: str, root: str) -> bool:
     """Is ``path`` inside folder ``root`` (and not ``root`` itself)?"""
     return path.startswith(_prefix(root))
 

@@ -57,7 +57,7 @@ from clipdex.errors import (
 from clipdex.index import Index
 from clipdex.search import SearchResult, parse_query
 from clipdex.search.filters import SearchFilter
-from clipdex.video import is_video, split_frame_path
+from clipdex.video import split_frame_path
 from clipdex.web import dupes, learning, topics, video
 from clipdex.web.access import IndexAccess
 from clipdex.web.context import WebContext
@@ -314,8 +314,7 @@ def create_app(index: Index, metadata: dict[str, dict[str, str]] | None = None, 
         """The thumbnail's JPEG (None: none can be made) and the placeholder to show instead."""
         with access.reader() as reader:
             record = reader.store.file_by_id(file_id)
-            poster = record is not None and record.video_id is None and is_video(record.path) \
-                and reader.store.video_sampling(record.id) is not None
+            poster = record is not None and record.video_id is None and video.is_video_page(reader, record)
         if record is None or record.status != "ok" or not record.content_hash:
             return None, PLACEHOLDER_SVG
         if poster:  # a video itself: its first frame (a frame's path is decoded from its video)

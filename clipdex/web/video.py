@@ -35,6 +35,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from clipdex.classify import SIGMOID, scoring_of
 from clipdex.errors import ClipdexError, PhotoNotFound
 from clipdex.search import SearchResult, parse_query
+from clipdex.store.catalog import is_under
 from clipdex.video import MOMENT_SECONDS, format_time, is_video
 from clipdex.web.context import WebContext
 from clipdex.web.uploads import UPLOAD_PREFIX
@@ -119,7 +120,7 @@ def servable(index: "Index", video_id: int) -> Served | str:
                 "a photo or a frame of a video has a page: /photo/ID)")
     store = index.store
     missing = set(store.missing_roots())
-    root = next((r for r in store.roots() if _under(record.path, r)), None)
+    root = next((r for r in store.roots() if is_under(record.path, r)), None)
     if root is None or root in missing:
         return (f"{record.path} is in no folder of the index that is there now; "
                 "run `clipdex index` on its folder again")
@@ -272,8 +273,4 @@ def is_video_page(index: "Index", record: "FileRecord") -> bool:
     """Whether ``/photo/{id}`` of ``record`` is a player page: a frame of a video, or a video."""
     return record.video_id is not None or (is_video(record.path) and index.store.video_sampling(record.id) is not None)
 
-
-def _under(path: str, root: str) -> bool:
-    prefix = root if root.endswith(os.sep) else root + os.sep
-    return path.startswith(prefix)
 
